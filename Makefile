@@ -1,0 +1,60 @@
+# mayhem — the front door. `make run` and `make test` are all a new machine needs.
+SHELL := /bin/bash
+BUILD ?= build
+JOBS ?= 2
+BUILD_TYPE ?= RelWithDebInfo
+CMAKE_FLAGS ?=
+
+# Debian packages the build, the tests and the benchmarks need.
+DEB_PACKAGES := g++ cmake make pkg-config python3 \
+  libuv1-dev nlohmann-json3-dev prometheus-cpp-dev libcivetweb-dev doctest-dev \
+  libcli11-dev libspdlog-dev libfmt-dev libsqlite3-dev libhiredis-dev \
+  redis-server redis-tools prometheus clang-format
+
+.PHONY: all deps build run test asan tsan bench format format-check clean help
+
+all: build
+
+help:
+	@echo "make run    install missing packages, build, run the worker on its defaults"
+	@echo "make test   install missing packages, build, run every test (ctest)"
+	@echo "make asan   build with AddressSanitizer+UBSan into build-asan/ and run the suite"
+	@echo "make tsan   build with ThreadSanitizer into build-tsan/ and run the suite"
+	@echo "make bench  run scripts/bench (see BENCHMARKS.md)"
+	@echo "make format apply clang-format to every C++ file"
+
+deps:
+	@./scripts/deps $(DEB_PACKAGES)
+
+$(BUILD)/CMakeCache.txt:
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) $(CMAKE_FLAGS)
+
+build: deps $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) -j$(JOBS)
+
+run: build
+	./$(BUILD)/mayhem worker
+
+test: build
+	cd $(BUILD) && ctest --output-on-failure -j$(JOBS)
+
+asan: deps
+	$(MAKE) --no-print-directory build-san SAN=address BUILD=build-asan
+tsan: deps
+	$(MAKE) --no-print-directory build-san SAN=thread BUILD=build-tsan
+
+build-san:
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Debug -DMAYHEM_SANITIZE=$(SAN)
+	cmake --build $(BUILD) -j$(JOBS)
+	cd $(BUILD) && MAYHEM_SANITIZED=$(SAN) ctest --output-on-failure -j$(JOBS)
+
+bench: build
+	./scripts/bench $(BENCH_ARGS)
+
+format:
+	clang-format -i $$(git ls-files '*.cpp' '*.hpp')
+format-check:
+	clang-format --dry-run -Werror $$(git ls-files '*.cpp' '*.hpp')
+
+clean:
+	rm -rf build build-asan build-tsan

@@ -1,0 +1,108 @@
+// mayhem: the executable. It only wires the library together: parse the command line, set up
+// logging, run the chosen command, turn failures into exit codes.
+#include "config/config.hpp"
+#include "pipeline/worker.hpp"
+#include "runtime/log.hpp"
+#include "runtime/loop.hpp"
+#include "sources/simulate_source.hpp"
+#include "version.hpp"
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <iostream>
+#include <string>
+#include <vector>
+
+namespace {
+
+constexpr const char* usage =
+    R"(mayhem — a worker that takes host-restart requests off a message source, saves
+and restarts each one concurrently, gathers both, then acks.
+
+Usage:
+  mayhem worker [flags]     run the worker (mayhem worker --help lists every flag)
+  mayhem publish [flags]    write generated restart requests as NDJSON to stdout
+  mayhem --version          print the version
+  mayhem --help             this text
+
+Exit codes: 0 ok; 1 fatal error; 2 bad flags or config; 3 work was released at a drain.
+)";
+
+int run_worker(const std::vector<std::string>& args) {
+    int code = 0;
+    auto cfg = mayhem::parse_worker_config(args, std::cout, std::cerr, code);
+    if (!cfg) return code;
+    mayhem::log::setup(cfg->log_format == "json" ? mayhem::log::format::json
+                                                 : mayhem::log::format::text,
+                       mayhem::parse_log_level(cfg->log_level));
+    try {
+        mayhem::worker w(*cfg, args);
+        return w.run();
+    } catch (const std::exception& e) {
+        mayhem::log::error("fatal error", {{"error", e.what()}});
+        return mayhem::exit_fatal;
+    }
+}
+
+// `mayhem publish`: generated requests (the simulator's payloads) as NDJSON on stdout, for
+// `mayhem worker --source stdin` and for tests.
+int run_publish(const std::vector<std::string>& args) {
+    CLI::App cmd{"Write generated restart requests as NDJSON to stdout.", "mayhem publish"};
+    std::uint64_t count = 10;
+    double bad_ratio = 0;
+    std::uint64_t seed = 0;
+    cmd.add_option("--count", count, "How many requests")->capture_default_str();
+    cmd.add_option("--bad-ratio", bad_ratio, "Share of undecodable payloads (0..1)")
+        ->check(CLI::Range(0.0, 1.0))
+        ->capture_default_str();
+    cmd.add_option("--seed", seed, "Random seed (0 = random)")->capture_default_str();
+    try {
+        std::vector<std::string> rev(args.rbegin(), args.rend());
+        cmd.parse(rev);
+    } catch (const CLI::CallForHelp&) {
+        std::cout << cmd.help();
+        return 0;
+    } catch (const CLI::Error& e) {
+        std::cerr << "mayhem publish: " << e.what() << "\n";
+        return mayhem::exit_usage;
+    }
+    mayhem::rt::loop loop;
+    mayhem::simulate_options o;
+    o.seed = seed;
+    mayhem::simulate_source gen(loop, o);
+    std::mt19937_64 rng(seed ? seed : std::random_device{}());
+    std::string line;
+    for (std::uint64_t i = 0; i < count; ++i) {
+        if (bad_ratio > 0 && std::uniform_real_distribution<double>(0, 1)(rng) < bad_ratio) {
+            gen.format_bad(line, i);
+        } else {
+            gen.format_message(line, i);
+        }
+        line += '\n';
+        std::fwrite(line.data(), 1, line.size(), stdout);
+    }
+    gen.close();
+    return std::fflush(stdout) == 0 ? 0 : mayhem::exit_fatal;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+    std::vector<std::string> args(argv + 1, argv + argc);
+    if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
+        std::fputs(usage, stdout);
+        return 0;
+    }
+    if (args[0] == "--version" || args[0] == "-V") {
+        std::printf("mayhem %s (%s)\n", MAYHEM_VERSION, MAYHEM_REVISION);
+        return 0;
+    }
+    std::string cmd = args[0];
+    args.erase(args.begin());
+    if (cmd == "worker") return run_worker(args);
+    if (cmd == "publish") return run_publish(args);
+    std::fprintf(stderr,
+                 "mayhem: unknown command '%s' (allowed: worker, publish; see mayhem --help)\n",
+                 cmd.c_str());
+    return mayhem::exit_usage;
+}

@@ -1,0 +1,13 @@
+# Every dependency is a Debian package (scripts/deps installs them); nothing is downloaded.
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(LIBUV REQUIRED IMPORTED_TARGET libuv)
+pkg_check_modules(HIREDIS REQUIRED IMPORTED_TARGET hiredis)
+find_package(nlohmann_json 3.10 REQUIRED)
+find_package(CLI11 REQUIRED)
+find_package(spdlog REQUIRED)
+find_package(fmt REQUIRED)
+find_package(prometheus-cpp REQUIRED COMPONENTS core)
+find_package(civetweb REQUIRED)
+find_package(SQLite3 REQUIRED)
+find_package(doctest REQUIRED)
+find_package(Threads REQUIRED)

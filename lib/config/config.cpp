@@ -1,0 +1,253 @@
+#include "config/config.hpp"
+
+#include <algorithm>
+#include <cstdlib>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+namespace mayhem {
+
+namespace {
+
+// CLI11 validators that also convert: the option is bound to a string and parsed here, so an
+// invalid value is reported with the flag's name and what is allowed.
+template <class T, class Parse>
+CLI::Option* add_parsed(CLI::App& cmd, const std::string& name, T& target, Parse parse,
+                        const std::string& help, const std::string& shown_default,
+                        const std::string& allowed) {
+    auto* opt = cmd.add_option_function<std::string>(
+        name,
+        [&target, parse, name, allowed](const std::string& v) {
+            auto parsed = parse(v);
+            if (!parsed) throw CLI::ValidationError(name, "'" + v + "' is not valid: " + allowed);
+            target = *parsed;
+        },
+        help);
+    opt->default_str(shown_default);
+    return opt;
+}
+
+CLI::Option* add_duration(CLI::App& cmd, const std::string& name, millis& target,
+                          const std::string& help) {
+    return add_parsed(cmd, name, target, parse_duration, help, format_duration(target),
+                      "expected a duration like 250ms, 2s, 5m, 1h, 7d");
+}
+
+CLI::Option* add_range(CLI::App& cmd, const std::string& name, latency_range& target,
+                       const std::string& help) {
+    return add_parsed(cmd, name, target, parse_latency_range, help, format_latency_range(target),
+                      "expected a duration or a range MIN..MAX like 10ms..1s (MIN <= MAX)");
+}
+
+std::string flag_name(const CLI::Option* opt) {
+    const auto& longs = opt->get_lnames();
+    return longs.empty() ? std::string{} : longs.front();
+}
+
+} // namespace
+
+spdlog::level::level_enum parse_log_level(const std::string& s) {
+    if (s == "trace") return spdlog::level::trace;
+    if (s == "debug") return spdlog::level::debug;
+    if (s == "info") return spdlog::level::info;
+    if (s == "warn") return spdlog::level::warn;
+    if (s == "error") return spdlog::level::err;
+    return spdlog::level::off;
+}
+
+std::string env_name(const std::string& flag) {
+    std::string out = "MAYHEM_";
+    for (char c : flag)
+        out += c == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    return out;
+}
+
+void add_worker_options(CLI::App& cmd, worker_config& c) {
+    cmd.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+
+    cmd.add_option("--config", c.config_file,
+                   "JSON file of flag values, e.g. {\"max-in-flight\": 500}; flags and "
+                   "MAYHEM_* environment variables override it")
+        ->group("General");
+
+    cmd.add_option("--source", c.source, "Where requests come from")
+        ->check(CLI::IsMember({"simulate", "stdin"}))
+        ->capture_default_str()
+        ->group("Pipeline");
+    cmd.add_option("--store", c.store, "Where requests are saved")
+        ->check(CLI::IsMember({"memory"}))
+        ->capture_default_str()
+        ->group("Pipeline");
+    cmd.add_option("--restarter", c.restarter, "How hosts are restarted")
+        ->check(CLI::IsMember({"simulate"}))
+        ->capture_default_str()
+        ->group("Pipeline");
+    cmd.add_option("--max-in-flight", c.max_in_flight,
+                   "Messages processed concurrently (SIGHUP can change it)")
+        ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{10'000'000}))
+        ->capture_default_str()
+        ->group("Pipeline");
+    cmd.add_option("--queue-capacity", c.queue_capacity,
+                   "Messages taken from the source and waiting for room in flight; the source "
+                   "is not read while it is full (kept small so a drain is quick)")
+        ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1'000'000}))
+        ->capture_default_str()
+        ->group("Pipeline");
+    add_duration(cmd, "--lease-extend-interval", c.lease_extend_interval,
+                 "How often the lease of an in-flight message is renewed with the source")
+        ->group("Pipeline");
+    cmd.add_option("--max-attempts", c.max_attempts,
+                   "Deliveries of a message whose restart fails before it is dead-lettered")
+        ->check(CLI::Range(1u, 1000u))
+        ->capture_default_str()
+        ->group("Pipeline");
+    add_range(cmd, "--retry-backoff", c.retry_backoff,
+              "Backoff before a retried message is delivered again: BASE..CAP, doubling per "
+              "attempt with jitter")
+        ->group("Pipeline");
+    add_duration(cmd, "--drain-timeout", c.drain_timeout,
+                 "On SIGTERM/SIGINT, how long in-flight messages may finish before they are "
+                 "released")
+        ->group("Pipeline");
+
+    cmd.add_option("--host-domain", c.host_domain,
+                   "Domain of a host derived from instance_name: <instance_name>.<domain>")
+        ->capture_default_str()
+        ->group("Messages");
+    add_parsed(cmd, "--max-message-bytes", c.max_message_bytes, parse_bytes,
+               "Larger payloads are dead-lettered", std::to_string(c.max_message_bytes),
+               "expected a size like 65536, 64KiB, 1MiB")
+        ->group("Messages");
+
+    cmd.add_option("--messages", c.messages,
+                   "simulate: publish this many, exit 0 once all have an outcome (0 = forever)")
+        ->capture_default_str()
+        ->group("Simulation");
+    cmd.add_option("--rate", c.rate, "simulate: messages per second (0 = as fast as taken)")
+        ->check(CLI::NonNegativeNumber)
+        ->capture_default_str()
+        ->group("Simulation");
+    cmd.add_option("--bad-ratio", c.bad_ratio, "simulate: share of undecodable payloads (0..1)")
+        ->check(CLI::Range(0.0, 1.0))
+        ->capture_default_str()
+        ->group("Simulation");
+    add_range(cmd, "--save-latency", c.save_latency, "Simulated save latency, MIN..MAX")
+        ->group("Simulation");
+    add_range(cmd, "--restart-latency", c.restart_latency,
+              "simulate restarter: restart latency, MIN..MAX")
+        ->group("Simulation");
+    cmd.add_option("--restart-failure-rate", c.restart_failure_rate,
+                   "simulate restarter: probability that a restart fails (0..1)")
+        ->check(CLI::Range(0.0, 1.0))
+        ->capture_default_str()
+        ->group("Simulation");
+    cmd.add_option("--seed", c.seed, "Random seed for the simulation (0 = random)")
+        ->capture_default_str()
+        ->group("Simulation");
+
+    add_duration(cmd, "--status-interval", c.status_interval,
+                 "How often a status line is logged (0 = never)")
+        ->group("Output");
+    cmd.add_option("--log-level", c.log_level, "Log level (SIGHUP re-reads it)")
+        ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}))
+        ->capture_default_str()
+        ->group("Output");
+    cmd.add_option("--log-format", c.log_format, "Log format on stderr")
+        ->check(CLI::IsMember({"text", "json"}))
+        ->capture_default_str()
+        ->group("Output");
+}
+
+std::string find_config_file(const std::vector<std::string>& argv) {
+    std::string file;
+    if (const char* env = std::getenv("MAYHEM_CONFIG")) file = env;
+    for (std::size_t i = 0; i < argv.size(); ++i) {
+        const auto& a = argv[i];
+        if (a == "--config" && i + 1 < argv.size())
+            file = argv[i + 1];
+        else if (a.rfind("--config=", 0) == 0)
+            file = a.substr(9);
+    }
+    return file;
+}
+
+std::vector<std::string> layered_args(CLI::App& cmd, const std::vector<std::string>& argv,
+                                      const std::string& config_file) {
+    std::vector<std::string> out;
+    std::vector<CLI::Option*> options = cmd.get_options();
+
+    if (!config_file.empty()) {
+        std::ifstream in(config_file);
+        if (!in) throw CLI::FileError("--config: cannot open '" + config_file + "'");
+        nlohmann::json doc;
+        try {
+            doc = nlohmann::json::parse(in);
+        } catch (const std::exception& e) {
+            throw CLI::ValidationError("--config",
+                                       "'" + config_file + "' is not valid JSON: " + e.what());
+        }
+        if (!doc.is_object())
+            throw CLI::ValidationError("--config", "'" + config_file +
+                                                       "' must hold a JSON object of flag values");
+        for (const auto& [key, value] : doc.items()) {
+            std::string flag = key;
+            std::replace(flag.begin(), flag.end(), '_', '-');
+            auto it = std::find_if(options.begin(), options.end(),
+                                   [&](CLI::Option* o) { return flag_name(o) == flag; });
+            if (it == options.end() || flag == "config")
+                throw CLI::ValidationError("--config",
+                                           "unknown key \"" + key + "\" in '" + config_file +
+                                               "' (keys are flag names, e.g. \"max-in-flight\")");
+            std::string v;
+            if (value.is_string())
+                v = value.get<std::string>();
+            else if (value.is_boolean())
+                v = value.get<bool>() ? "true" : "false";
+            else if (value.is_number())
+                v = value.dump();
+            else
+                throw CLI::ValidationError("--config", "key \"" + key + "\" in '" + config_file +
+                                                           "' must be a string, number or boolean");
+            out.push_back("--" + flag + "=" + v);
+        }
+    }
+    for (CLI::Option* o : options) {
+        std::string flag = flag_name(o);
+        if (flag.empty() || flag == "help" || flag == "config") continue;
+        if (const char* env = std::getenv(env_name(flag).c_str()))
+            out.push_back("--" + flag + "=" + env);
+    }
+    out.insert(out.end(), argv.begin(), argv.end());
+    return out;
+}
+
+std::optional<worker_config> parse_worker_config(const std::vector<std::string>& argv,
+                                                 std::ostream& out, std::ostream& err,
+                                                 int& exit_code) {
+    worker_config cfg;
+    CLI::App cmd{"Take host-restart requests from a source, save and restart each one "
+                 "concurrently, then ack.\nEvery flag can also be set with an environment "
+                 "variable MAYHEM_<FLAG> (e.g. MAYHEM_MAX_IN_FLIGHT=500) or a key in the --config "
+                 "file; flags win over the environment, the environment over the file.",
+                 "mayhem worker"};
+    cmd.footer("Exit codes: 0 done, nothing released; 3 work was released (not acked) at a "
+               "drain; 2 bad flags or config; 1 fatal error.");
+    add_worker_options(cmd, cfg);
+    try {
+        auto args = layered_args(cmd, argv, find_config_file(argv));
+        std::reverse(args.begin(), args.end()); // CLI11 takes a reversed vector
+        cmd.parse(args);
+    } catch (const CLI::CallForHelp&) {
+        out << cmd.help();
+        exit_code = 0;
+        return std::nullopt;
+    } catch (const CLI::Error& e) {
+        err << "mayhem worker: " << e.what() << "\n";
+        exit_code = 2;
+        return std::nullopt;
+    }
+    exit_code = 0;
+    return cfg;
+}
+
+} // namespace mayhem

@@ -1,0 +1,244 @@
+#include "message/message.hpp"
+
+#include <nlohmann/json.hpp>
+
+namespace mayhem {
+
+std::string_view to_string(decode_kind k) noexcept {
+    switch (k) {
+    case decode_kind::too_large:
+        return "too_large";
+    case decode_kind::not_utf8:
+        return "not_utf8";
+    case decode_kind::invalid_json:
+        return "invalid_json";
+    case decode_kind::not_object:
+        return "not_object";
+    case decode_kind::missing_field:
+        return "missing_field";
+    case decode_kind::wrong_type:
+        return "wrong_type";
+    case decode_kind::empty_field:
+        return "empty_field";
+    }
+    return "unknown";
+}
+
+bool valid_utf8(std::string_view s) noexcept {
+    const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+    const auto* end = p + s.size();
+    while (p < end) {
+        unsigned char c = *p;
+        if (c < 0x80) {
+            ++p;
+            continue;
+        }
+        int n;
+        std::uint32_t cp;
+        if ((c & 0xE0) == 0xC0) {
+            n = 1;
+            cp = c & 0x1F;
+        } else if ((c & 0xF0) == 0xE0) {
+            n = 2;
+            cp = c & 0x0F;
+        } else if ((c & 0xF8) == 0xF0) {
+            n = 3;
+            cp = c & 0x07;
+        } else {
+            return false;
+        }
+        if (end - p <= n) return false;
+        for (int i = 1; i <= n; ++i) {
+            if ((p[i] & 0xC0) != 0x80) return false;
+            cp = (cp << 6) | (p[i] & 0x3F);
+        }
+        static constexpr std::uint32_t min_for[] = {0, 0x80, 0x800, 0x10000};
+        if (cp < min_for[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
+        p += n + 1;
+    }
+    return true;
+}
+
+namespace {
+
+// A SAX handler that fills a message straight from the parser's events: no DOM is built, and
+// only the fields we keep are copied.
+class message_sax {
+public:
+    using json = nlohmann::json;
+    using number_integer_t = json::number_integer_t;
+    using number_unsigned_t = json::number_unsigned_t;
+    using number_float_t = json::number_float_t;
+    using string_t = json::string_t;
+    using binary_t = json::binary_t;
+
+    explicit message_sax(message& m) : msg(m) {}
+    message& msg;
+    bool have_id = false, have_instance = false, have_hostname = false;
+    std::string type_error; // first mistyped known field, reported after parsing
+    bool top_is_object = false;
+    std::string parse_error_text;
+
+    bool null() { return scalar("null"); }
+    bool boolean(bool) { return scalar("a boolean"); }
+    bool number_integer(number_integer_t) { return scalar("a number"); }
+    bool number_unsigned(number_unsigned_t) { return scalar("a number"); }
+    bool number_float(number_float_t, const string_t&) { return scalar("a number"); }
+    bool binary(binary_t&) { return scalar("binary"); }
+    bool string(string_t& s) {
+        if (depth_ == 0) return top_level("a string");
+        if (depth_ == 1 && current_ != field::other) {
+            switch (current_) {
+            case field::message_id:
+                msg.message_id = std::move(s);
+                have_id = true;
+                break;
+            case field::instance_name:
+                msg.instance_name = std::move(s);
+                have_instance = true;
+                break;
+            case field::hostname:
+                msg.hostname = std::move(s);
+                have_hostname = true;
+                break;
+            case field::reason:
+                msg.reason = std::move(s);
+                break;
+            case field::other:
+                break;
+            }
+        }
+        return true;
+    }
+    bool start_object(std::size_t) {
+        if (depth_ == 0)
+            top_is_object = true;
+        else if (depth_ == 1)
+            mistyped("an object");
+        ++depth_;
+        return true;
+    }
+    bool end_object() {
+        --depth_;
+        return true;
+    }
+    bool start_array(std::size_t) {
+        if (depth_ == 0) return top_level("an array");
+        if (depth_ == 1) mistyped("an array");
+        ++depth_;
+        return true;
+    }
+    bool end_array() {
+        --depth_;
+        return true;
+    }
+    bool key(string_t& k) {
+        if (depth_ == 1) {
+            if (k == "message_id")
+                current_ = field::message_id;
+            else if (k == "instance_name")
+                current_ = field::instance_name;
+            else if (k == "hostname")
+                current_ = field::hostname;
+            else if (k == "reason")
+                current_ = field::reason;
+            else
+                current_ = field::other;
+        }
+        return true;
+    }
+    bool parse_error(std::size_t pos, const std::string&, const nlohmann::detail::exception& ex) {
+        parse_error_text = "invalid JSON at byte " + std::to_string(pos) + ": " + ex.what();
+        return false;
+    }
+
+    std::string top_level_type; // set when the payload is valid JSON but not an object
+
+private:
+    enum class field { message_id, instance_name, hostname, reason, other };
+
+    bool scalar(const char* what) {
+        if (depth_ == 0) return top_level(what);
+        if (depth_ == 1) mistyped(what);
+        return true;
+    }
+    bool top_level(const char* what) {
+        top_level_type = what;
+        return false; // stop: nothing more to learn
+    }
+    void mistyped(const char* what) {
+        if (current_ == field::other || !type_error.empty()) return;
+        type_error = std::string(name(current_)) + " must be a string, got " + what;
+    }
+    static std::string_view name(field f) {
+        switch (f) {
+        case field::message_id:
+            return "message_id";
+        case field::instance_name:
+            return "instance_name";
+        case field::hostname:
+            return "hostname";
+        case field::reason:
+            return "reason";
+        case field::other:
+            break;
+        }
+        return "";
+    }
+
+    int depth_ = 0;
+    field current_ = field::other;
+};
+
+decode_error fail(decode_kind k, std::string reason) {
+    return decode_error{k, std::move(reason)};
+}
+
+} // namespace
+
+decoded decode(std::string_view payload, const decode_options& opts) {
+    message m;
+    if (auto err = decode_into(m, payload, opts)) return std::move(*err);
+    return m;
+}
+
+std::optional<decode_error> decode_into(message& out, std::string_view payload,
+                                        const decode_options& opts) {
+    if (payload.size() > opts.max_bytes) {
+        return fail(decode_kind::too_large, "payload is " + std::to_string(payload.size()) +
+                                                " bytes, more than max-message-bytes " +
+                                                std::to_string(opts.max_bytes));
+    }
+    if (!valid_utf8(payload)) return fail(decode_kind::not_utf8, "payload is not valid UTF-8");
+
+    message_sax sax(out);
+    bool ok = nlohmann::json::sax_parse(payload.begin(), payload.end(), &sax,
+                                        nlohmann::json::input_format_t::json, true, false);
+    if (!sax.top_level_type.empty())
+        return fail(decode_kind::not_object,
+                    "payload must be a JSON object, got " + sax.top_level_type);
+    if (!ok) {
+        return fail(decode_kind::invalid_json,
+                    sax.parse_error_text.empty() ? "invalid JSON" : sax.parse_error_text);
+    }
+    if (!sax.top_is_object) return fail(decode_kind::not_object, "payload must be a JSON object");
+    if (!sax.type_error.empty()) return fail(decode_kind::wrong_type, sax.type_error);
+    if (!sax.have_id) return fail(decode_kind::missing_field, "missing field \"message_id\"");
+    if (!sax.have_instance)
+        return fail(decode_kind::missing_field, "missing field \"instance_name\"");
+    message& m = sax.msg;
+    if (m.message_id.empty()) return fail(decode_kind::empty_field, "message_id must not be empty");
+    if (m.instance_name.empty())
+        return fail(decode_kind::empty_field, "instance_name must not be empty");
+    if (sax.have_hostname && m.hostname.empty())
+        return fail(decode_kind::empty_field, "hostname must not be empty");
+    if (!sax.have_hostname) {
+        m.hostname.reserve(m.instance_name.size() + 1 + opts.host_domain.size());
+        m.hostname = m.instance_name;
+        m.hostname += '.';
+        m.hostname += opts.host_domain;
+    }
+    return std::nullopt;
+}
+
+} // namespace mayhem

@@ -1,0 +1,71 @@
+// What happens to one delivery, and the plain-code policy that decides it (DESIGN.md,
+// "Outcomes of one message"). No loop, no clock: unit-tested directly.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <random>
+#include <string>
+#include <string_view>
+
+namespace mayhem {
+
+enum class outcome : std::uint8_t { acked, retried, dead_lettered, skipped, released };
+inline constexpr int outcome_count = 5;
+std::string_view to_string(outcome o) noexcept;
+
+// The outcome decided for one delivery, with what the source needs to carry it out.
+struct verdict {
+    outcome what = outcome::acked;
+    std::string reason;                      // why (dead letter, retry), empty when acked
+    std::chrono::milliseconds retry_after{}; // with `retried`: when to deliver it again
+};
+
+// How a restart ended.
+enum class restart_status : std::uint8_t {
+    ok,
+    failed,
+    skipped_cooldown,
+    skipped_duplicate,
+    dry_run,
+    coalesced,
+};
+std::string_view to_string(restart_status s) noexcept;
+
+struct restart_result {
+    restart_status status = restart_status::ok;
+    std::string detail; // failure text, or why it was skipped
+};
+
+// A save either succeeded or failed with a reason (store unreachable, disk full, ...).
+struct save_result {
+    bool ok = true;
+    std::string error;
+};
+
+// Exponential backoff with full jitter, capped: attempt 1 waits up to `base`, attempt n up to
+// base * 2^(n-1), never more than `cap`.
+struct backoff_policy {
+    std::chrono::milliseconds base{200};
+    std::chrono::milliseconds cap{30000};
+
+    std::chrono::milliseconds delay(std::uint32_t attempt, std::uint64_t random) const noexcept;
+};
+
+struct decide_inputs {
+    std::uint32_t attempt = 1;               // this delivery's attempt number, from 1
+    std::uint32_t max_attempts = 5;          // restart failures after this many are dead-lettered
+    std::optional<save_result> saved;        // nullopt: the save threw
+    std::optional<restart_result> restarted; // nullopt: the restart threw
+    std::string save_exception, restart_exception;
+};
+
+// The gather's results -> the outcome:
+//  - a failed save is never acked: retried (store trouble is transient; it does not use up the
+//    message's restart attempts, so an outage cannot dead-letter good requests);
+//  - a failed restart is retried while attempts are left, then dead-lettered;
+//  - a duplicate (already completed) is `skipped`; ok, dry_run, cooldown and coalesced are acked.
+verdict decide(const decide_inputs& in, const backoff_policy& backoff, std::uint64_t random);
+
+} // namespace mayhem

@@ -1,0 +1,148 @@
+// The pipeline: source -> bounded queue -> consumer -> one task per message that fans out
+// save and restart, gathers both, decides the outcome and hands it back to the source.
+//
+// Threading: the loop thread owns every member. The stats are also read by the metrics thread
+// (single-writer relaxed atomics).
+#pragma once
+
+#include "message/message.hpp"
+#include "pipeline/outcome.hpp"
+#include "restart/restarter.hpp"
+#include "runtime/counter.hpp"
+#include "runtime/list.hpp"
+#include "runtime/loop.hpp"
+#include "runtime/task.hpp"
+#include "sources/source.hpp"
+#include "store/store.hpp"
+
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <random>
+#include <string_view>
+#include <unordered_map>
+
+namespace mayhem {
+
+struct pipeline_options {
+    std::size_t max_in_flight = 1000;
+    std::size_t queue_capacity = 64;
+    std::chrono::milliseconds lease_extend_interval{2000};
+    std::uint32_t max_attempts = 5;
+    backoff_policy backoff;
+    decode_options decode;
+    std::uint64_t seed = 0; // 0: random
+};
+
+// Latency histogram written by the loop thread, read by the metrics thread. Buckets are fixed
+// (1 ms .. 60 s) plus a fine set below 1 ms for the worker's own overhead.
+class latency_histogram {
+public:
+    static constexpr std::array<double, 20> bounds = {
+        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+        0.1,     0.25,   0.5,     1.0,    2.5,   5.0,    10.0,  20.0, 30.0,  60.0};
+    void observe(double seconds) noexcept;
+    std::uint64_t bucket(std::size_t i) const noexcept {
+        return counts_[i].get();
+    } // non-cumulative
+    std::uint64_t count() const noexcept { return count_.get(); }
+    double sum() const noexcept { return static_cast<double>(sum_ns_.get()) / 1e9; }
+
+private:
+    std::array<rt::counter, bounds.size() + 1> counts_;
+    rt::counter count_;
+    rt::counter sum_ns_;
+};
+
+struct pipeline_stats {
+    rt::counter received;
+    std::array<rt::counter, outcome_count> completed; // confirmed by the source, by outcome
+    std::array<rt::counter, decode_kind_count> decode_errors;
+    std::array<rt::counter, 6> restarts; // by restart_status
+    rt::counter retries;
+    rt::counter lease_extensions;
+    rt::counter unfinished_restarts; // claims that found a restart started but never finished
+    rt::gauge in_flight;
+    rt::gauge queue_depth;
+    latency_histogram save_seconds, restart_seconds, total_seconds;
+
+    std::uint64_t completed_total() const noexcept {
+        std::uint64_t n = 0;
+        for (const auto& c : completed)
+            n += c.get();
+        return n;
+    }
+};
+
+class pipeline final : private source_sink {
+public:
+    pipeline(rt::loop& loop, pipeline_options opts, source& src, store& st, restarter& rs);
+    pipeline(const pipeline&) = delete;
+    pipeline& operator=(const pipeline&) = delete;
+    ~pipeline() override;
+
+    // Starts the source and grants it the queue's room.
+    void start();
+    // Drain, step 1: take nothing new from the source; queued and in-flight messages go on.
+    void stop_intake();
+    // Forced: every queued and in-flight delivery is released (not acked) at once.
+    void release_all();
+
+    // Nothing queued, nothing in flight, nothing waiting for the source's confirmation.
+    bool idle() const noexcept;
+    bool intake_stopped() const noexcept { return intake_stopped_; }
+
+    // Limits that can change at run time (SIGHUP).
+    void set_max_in_flight(std::size_t n);
+    std::size_t max_in_flight() const noexcept { return opts_.max_in_flight; }
+
+    const pipeline_stats& stats() const noexcept { return stats_; }
+    // Called (on the loop) when the pipeline may have become idle or the source changed.
+    void on_change(std::function<void()> fn) { on_change_ = std::move(fn); }
+
+private:
+    struct flight;
+
+    // source_sink
+    void deliver(delivery d) override;
+    void settled(outcome o) override;
+    void source_changed() override;
+
+    void pump();
+    rt::task<void> process(delivery d);
+    rt::task<restart_result> restart(const message& m);
+    rt::task<save_result> save(const message& m, const delivery& d);
+    void settle(flight& f, verdict v);
+    void renew_leases();
+    void notify();
+    static std::uint64_t now_ns() noexcept;
+
+    rt::loop& loop_;
+    pipeline_options opts_;
+    source& source_;
+    store& store_;
+    restarter& restarter_;
+
+    std::deque<delivery> queue_;
+    std::size_t in_flight_ = 0;
+    std::size_t unconfirmed_ = 0; // verdicts handed to the source, not yet confirmed
+    bool pumping_ = false;
+    bool intake_stopped_ = false;
+    bool releasing_ = false;
+
+    // Message ids in flight, for coalescing a second delivery of the same id.
+    std::unordered_map<std::string_view, flight*> by_id_;
+    // In-flight messages in order of their next lease renewal (all share one interval).
+    rt::intrusive_list leases_;
+    rt::periodic_timer lease_timer_;
+    std::vector<const delivery*> lease_batch_;
+
+    std::mt19937_64 rng_;
+    pipeline_stats stats_;
+    std::function<void()> on_change_;
+    rt::task_scope tasks_;
+};
+
+} // namespace mayhem

@@ -1,0 +1,269 @@
+#include "pipeline/worker.hpp"
+
+#include "restart/simulate_restarter.hpp"
+#include "runtime/log.hpp"
+#include "sources/simulate_source.hpp"
+#include "sources/stdin_source.hpp"
+#include "store/memory_store.hpp"
+
+#include <csignal>
+#include <cstdio>
+#include <sstream>
+#include <unistd.h>
+
+namespace mayhem {
+
+namespace {
+
+std::unique_ptr<source> make_source(rt::loop& loop, const worker_config& c) {
+    if (c.source == "stdin")
+        return std::make_unique<stdin_source>(loop, STDIN_FILENO, c.max_message_bytes);
+    simulate_options o;
+    o.messages = c.messages;
+    o.rate = c.rate;
+    o.bad_ratio = c.bad_ratio;
+    o.seed = c.seed;
+    return std::make_unique<simulate_source>(loop, o);
+}
+
+std::unique_ptr<store> make_store(rt::loop& loop, const worker_config& c) {
+    return std::make_unique<memory_store>(loop, c.save_latency, c.seed ? c.seed + 1 : 0);
+}
+
+std::unique_ptr<restarter> make_restarter(rt::loop& loop, const worker_config& c) {
+    return std::make_unique<simulate_restarter>(loop, c.restart_latency, c.restart_failure_rate,
+                                                c.seed ? c.seed + 2 : 0);
+}
+
+pipeline_options make_pipeline_options(const worker_config& c) {
+    pipeline_options o;
+    o.max_in_flight = c.max_in_flight;
+    o.queue_capacity = c.queue_capacity;
+    o.lease_extend_interval = c.lease_extend_interval;
+    o.max_attempts = c.max_attempts;
+    o.backoff = backoff_policy{c.retry_backoff.min, c.retry_backoff.max};
+    o.decode.max_bytes = c.max_message_bytes;
+    o.decode.host_domain = c.host_domain;
+    o.seed = c.seed ? c.seed + 3 : 0;
+    return o;
+}
+
+const char* signal_name(int s) {
+    switch (s) {
+    case SIGTERM:
+        return "SIGTERM";
+    case SIGINT:
+        return "SIGINT";
+    case SIGHUP:
+        return "SIGHUP";
+    default:
+        return "signal";
+    }
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+} // namespace
+
+worker::worker(worker_config cfg, std::vector<std::string> argv)
+    : cfg_(std::move(cfg)), argv_(std::move(argv)) {
+    source_ = make_source(loop_, cfg_);
+    store_ = make_store(loop_, cfg_);
+    restarter_ = make_restarter(loop_, cfg_);
+    pipeline_ = std::make_unique<pipeline>(loop_, make_pipeline_options(cfg_), *source_, *store_,
+                                           *restarter_);
+    pipeline_->on_change([this] { check_done(); });
+
+    for (int s : {SIGTERM, SIGINT}) {
+        signals_.push_back(
+            std::make_unique<rt::signal_watch>(loop_, s, [this](int n) { begin_drain(n); }));
+    }
+    signals_.push_back(
+        std::make_unique<rt::signal_watch>(loop_, SIGHUP, [this](int) { reload(); }));
+    if (cfg_.status_interval.count() > 0)
+        status_timer_ = std::make_unique<rt::periodic_timer>(loop_, cfg_.status_interval,
+                                                             [this] { log_status(); });
+}
+
+worker::~worker() {
+    // Order matters: the pipeline's tasks reference the source, store and restarter.
+    pipeline_.reset();
+    status_timer_.reset();
+    signals_.clear();
+    drain_deadline_.reset();
+    if (source_) source_->close();
+}
+
+int worker::run() {
+    started_ = last_status_at_ = std::chrono::steady_clock::now();
+    log::info("worker started", {{"source", source_->name()},
+                                 {"store", store_->name()},
+                                 {"restarter", restarter_->name()},
+                                 {"max_in_flight", cfg_.max_in_flight},
+                                 {"queue_capacity", cfg_.queue_capacity},
+                                 {"pid", static_cast<long>(::getpid())}});
+    pipeline_->start();
+    check_done();
+    loop_.run();
+
+    // The loop has stopped: nothing is in flight any more. Close the intake side, then flush the
+    // store with the loop still turning for it.
+    double seconds = seconds_since(started_);
+    status_timer_.reset();
+    drain_deadline_.reset();
+    source_->close();
+    bool store_closed = false;
+    rt::task_scope closing([](std::exception_ptr e) {
+        log::error("store did not close cleanly", {{"error", rt::describe(e)}});
+    });
+    closing.spawn([](store& s, bool& flag) -> rt::task<void> {
+        co_await s.close();
+        flag = true;
+    }(*store_, store_closed));
+    loop_.run_until([&] { return store_closed || closing.size() == 0; });
+    signals_.clear();
+
+    const auto& st = pipeline_->stats();
+    std::uint64_t released = st.completed[static_cast<std::size_t>(outcome::released)].get();
+    std::size_t abandoned = source_->abandoned();
+    std::fputs((summary_json(seconds) + "\n").c_str(), stdout);
+    std::fflush(stdout);
+
+    if (phase_ == phase::draining || phase_ == phase::stopping) {
+        log::info("drain finished", {{"seconds", seconds_since(drain_started_)},
+                                     {"released", released},
+                                     {"deadline_hit", released_by_deadline_}});
+    }
+    if (abandoned > 0) {
+        log::warn("retried messages were waiting for redelivery at exit and are lost with this "
+                  "source (it cannot redeliver after the process ends)",
+                  {{"count", abandoned}, {"source", source_->name()}});
+    }
+    if (!store_closed) return exit_fatal;
+    return released > 0 || abandoned > 0 ? exit_released : exit_ok;
+}
+
+// Called whenever the pipeline may have become idle: decides whether the run is over.
+void worker::check_done() {
+    bool over = false;
+    if (phase_ == phase::running)
+        over = source_->finished() && pipeline_->idle();
+    else
+        over = pipeline_->idle();
+    if (over) loop_.stop();
+}
+
+void worker::begin_drain(int signum) {
+    if (phase_ == phase::running) {
+        phase_ = phase::draining;
+        drain_started_ = std::chrono::steady_clock::now();
+        log::info("draining: intake stopped, waiting for in-flight messages",
+                  {{"signal", signal_name(signum)},
+                   {"in_flight", pipeline_->stats().in_flight.get()},
+                   {"queued", pipeline_->stats().queue_depth.get()},
+                   {"drain_timeout", format_duration(cfg_.drain_timeout)}});
+        drain_deadline_ = std::make_unique<rt::delayed_call>([this] {
+            released_by_deadline_ = true;
+            force_release("drain timeout reached");
+        });
+        loop_.timers().arm(*drain_deadline_, cfg_.drain_timeout);
+        pipeline_->stop_intake();
+        check_done();
+        return;
+    }
+    log::warn("second signal: releasing everything in flight now",
+              {{"signal", signal_name(signum)}});
+    force_release("second signal");
+}
+
+void worker::force_release(const char* why) {
+    if (phase_ == phase::stopping) return;
+    phase_ = phase::stopping;
+    log::warn("releasing unfinished messages (not acked; a source that can redeliver will)",
+              {{"why", why},
+               {"in_flight", pipeline_->stats().in_flight.get()},
+               {"queued", pipeline_->stats().queue_depth.get()}});
+    pipeline_->release_all();
+    check_done();
+}
+
+void worker::reload() {
+    std::ostringstream out, err;
+    int code = 0;
+    auto fresh = parse_worker_config(argv_, out, err, code);
+    if (!fresh) {
+        log::error("SIGHUP: configuration not reloaded", {{"error", err.str()}});
+        return;
+    }
+    int changes = 0;
+    if (fresh->log_level != cfg_.log_level) {
+        log::info("SIGHUP: log level changed",
+                  {{"from", cfg_.log_level}, {"to", fresh->log_level}});
+        log::set_level(parse_log_level(fresh->log_level));
+        cfg_.log_level = fresh->log_level;
+        ++changes;
+    }
+    if (fresh->max_in_flight != cfg_.max_in_flight) {
+        log::info("SIGHUP: max-in-flight changed",
+                  {{"from", cfg_.max_in_flight}, {"to", fresh->max_in_flight}});
+        cfg_.max_in_flight = fresh->max_in_flight;
+        pipeline_->set_max_in_flight(cfg_.max_in_flight);
+        ++changes;
+    }
+    if (fresh->status_interval != cfg_.status_interval) {
+        log::info("SIGHUP: status-interval changed",
+                  {{"from", format_duration(cfg_.status_interval)},
+                   {"to", format_duration(fresh->status_interval)}});
+        cfg_.status_interval = fresh->status_interval;
+        status_timer_.reset();
+        if (cfg_.status_interval.count() > 0)
+            status_timer_ = std::make_unique<rt::periodic_timer>(loop_, cfg_.status_interval,
+                                                                 [this] { log_status(); });
+        ++changes;
+    }
+    log::info("SIGHUP: configuration re-read", {{"changes", changes}});
+}
+
+void worker::log_status() {
+    const auto& st = pipeline_->stats();
+    auto now = std::chrono::steady_clock::now();
+    std::uint64_t done = st.completed_total();
+    double dt = std::chrono::duration<double>(now - last_status_at_).count();
+    double rate = dt > 0 ? static_cast<double>(done - last_status_completed_) / dt : 0;
+    last_status_at_ = now;
+    last_status_completed_ = done;
+    auto c = [&](outcome o) { return st.completed[static_cast<std::size_t>(o)].get(); };
+    log::info("status", {{"msgs_per_s", rate},
+                         {"in_flight", st.in_flight.get()},
+                         {"queued", st.queue_depth.get()},
+                         {"received", st.received.get()},
+                         {"acked", c(outcome::acked)},
+                         {"retried", c(outcome::retried)},
+                         {"dead_lettered", c(outcome::dead_lettered)},
+                         {"skipped", c(outcome::skipped)},
+                         {"released", c(outcome::released)}});
+}
+
+std::string worker::summary_json(double seconds) const {
+    const auto& st = pipeline_->stats();
+    auto c = [&](outcome o) { return st.completed[static_cast<std::size_t>(o)].get(); };
+    char buf[512];
+    double rate = seconds > 0 ? static_cast<double>(st.completed_total()) / seconds : 0;
+    std::snprintf(
+        buf, sizeof buf,
+        R"({"received":%llu,"acked":%llu,"retried":%llu,"dead_lettered":%llu,"skipped":%llu,)"
+        R"("released":%llu,"lease_extensions":%llu,"abandoned":%llu,"seconds":%.3f,"msgs_per_s":%.1f})",
+        static_cast<unsigned long long>(st.received.get()),
+        static_cast<unsigned long long>(c(outcome::acked)),
+        static_cast<unsigned long long>(c(outcome::retried)),
+        static_cast<unsigned long long>(c(outcome::dead_lettered)),
+        static_cast<unsigned long long>(c(outcome::skipped)),
+        static_cast<unsigned long long>(c(outcome::released)),
+        static_cast<unsigned long long>(st.lease_extensions.get()),
+        static_cast<unsigned long long>(source_->abandoned()), seconds, rate);
+    return buf;
+}
+
+} // namespace mayhem

@@ -1,0 +1,68 @@
+// The worker process: builds the source, store, restarter and pipeline from the
+// configuration, runs the loop, and owns the lifecycle — signals, the drain, the status line
+// and the summary line printed at exit.
+//
+// Shutdown (DESIGN.md): SIGTERM/SIGINT stop intake, let queued and in-flight messages finish
+// up to --drain-timeout, release the rest, flush the store and exit. A second signal releases
+// everything at once. SIGHUP re-reads the configuration and applies what can change at run
+// time. Threading: loop thread only.
+#pragma once
+
+#include "config/config.hpp"
+#include "pipeline/pipeline.hpp"
+#include "restart/restarter.hpp"
+#include "runtime/loop.hpp"
+#include "sources/source.hpp"
+#include "store/store.hpp"
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace mayhem {
+
+enum exit_code : int { exit_ok = 0, exit_fatal = 1, exit_usage = 2, exit_released = 3 };
+
+class worker {
+public:
+    // `argv` is kept to re-read the configuration on SIGHUP.
+    worker(worker_config cfg, std::vector<std::string> argv);
+    worker(const worker&) = delete;
+    worker& operator=(const worker&) = delete;
+    ~worker();
+
+    // Runs until the source is finished or a drain ends; prints the summary line on stdout and
+    // returns the process exit code.
+    int run();
+
+private:
+    enum class phase { running, draining, stopping };
+
+    void check_done();
+    void begin_drain(int signum);
+    void force_release(const char* why);
+    void reload();
+    void log_status();
+    std::string summary_json(double seconds) const;
+
+    worker_config cfg_;
+    std::vector<std::string> argv_;
+    rt::loop loop_;
+    std::unique_ptr<source> source_;
+    std::unique_ptr<store> store_;
+    std::unique_ptr<restarter> restarter_;
+    std::unique_ptr<pipeline> pipeline_;
+    std::vector<std::unique_ptr<rt::signal_watch>> signals_;
+    std::unique_ptr<rt::periodic_timer> status_timer_;
+    std::unique_ptr<rt::delayed_call> drain_deadline_;
+
+    phase phase_ = phase::running;
+    bool released_by_deadline_ = false;
+    std::chrono::steady_clock::time_point started_, drain_started_;
+    std::uint64_t last_status_completed_ = 0;
+    std::chrono::steady_clock::time_point last_status_at_;
+};
+
+} // namespace mayhem

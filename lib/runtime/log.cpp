@@ -1,0 +1,132 @@
+#include "runtime/log.hpp"
+
+#include <cstdio>
+#include <spdlog/sinks/stdout_sinks.h>
+
+namespace mayhem::log {
+
+namespace {
+format g_format = format::text;
+std::shared_ptr<spdlog::logger> g_logger;
+
+spdlog::logger& logger() {
+    if (!g_logger) setup(format::text, spdlog::level::info);
+    return *g_logger;
+}
+
+void append_value(std::string& out, const field& f, bool json) {
+    std::visit(
+        [&](const auto& v) {
+            using V = std::decay_t<decltype(v)>;
+            if constexpr (std::is_same_v<V, std::string_view>) {
+                if (json) {
+                    out += '"';
+                    json_escape(out, v);
+                    out += '"';
+                } else if (v.find_first_of(" \"=") != std::string_view::npos || v.empty()) {
+                    out += '"';
+                    json_escape(out, v);
+                    out += '"';
+                } else {
+                    out.append(v);
+                }
+            } else if constexpr (std::is_same_v<V, bool>) {
+                out += v ? "true" : "false";
+            } else if constexpr (std::is_same_v<V, double>) {
+                char buf[32];
+                std::snprintf(buf, sizeof buf, "%.6g", v);
+                out += buf;
+            } else {
+                out += std::to_string(v);
+            }
+        },
+        f.value);
+}
+} // namespace
+
+void json_escape(std::string& out, std::string_view s) {
+    for (unsigned char c : s) {
+        switch (c) {
+        case '"':
+            out += "\\\"";
+            break;
+        case '\\':
+            out += "\\\\";
+            break;
+        case '\n':
+            out += "\\n";
+            break;
+        case '\r':
+            out += "\\r";
+            break;
+        case '\t':
+            out += "\\t";
+            break;
+        default:
+            if (c < 0x20) {
+                char buf[8];
+                std::snprintf(buf, sizeof buf, "\\u%04x", c);
+                out += buf;
+            } else {
+                out += static_cast<char>(c);
+            }
+        }
+    }
+}
+
+void setup(format f, spdlog::level::level_enum level) {
+    g_format = f;
+    if (!g_logger) {
+        g_logger = std::make_shared<spdlog::logger>(
+            "mayhem", std::make_shared<spdlog::sinks::stderr_sink_st>());
+    }
+    if (f == format::json) {
+        // The message part is built by write() as the rest of the object.
+        g_logger->set_pattern(R"({"ts":"%Y-%m-%dT%H:%M:%S.%fZ","level":"%l",%v})",
+                              spdlog::pattern_time_type::utc);
+    } else {
+        g_logger->set_pattern("%Y-%m-%d %H:%M:%S.%e %^%-5l%$ %v");
+    }
+    g_logger->set_level(level);
+    g_logger->flush_on(spdlog::level::trace);
+}
+
+void set_level(spdlog::level::level_enum level) {
+    logger().set_level(level);
+}
+spdlog::level::level_enum level() {
+    return logger().level();
+}
+bool enabled(spdlog::level::level_enum level) {
+    return logger().should_log(level);
+}
+
+void write(spdlog::level::level_enum level, std::string_view msg,
+           std::initializer_list<field> fields) {
+    auto& l = logger();
+    if (!l.should_log(level)) return;
+    std::string line;
+    line.reserve(128);
+    if (g_format == format::json) {
+        line += "\"msg\":\"";
+        json_escape(line, msg);
+        line += '"';
+        for (const auto& f : fields) {
+            line += ",\"";
+            json_escape(line, f.key);
+            line += "\":";
+            append_value(line, f, true);
+        }
+    } else {
+        line.append(msg);
+        for (const auto& f : fields) {
+            line += ' ';
+            line.append(f.key);
+            line += '=';
+            append_value(line, f, false);
+        }
+    }
+    l.log(level, "{}", line);
+}
+
+} // namespace mayhem::log

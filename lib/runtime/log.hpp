@@ -1,0 +1,59 @@
+// Structured logs on stderr over spdlog: human-readable text by default, one JSON object per
+// line with --log-format json. Fields are key/value pairs; every line about a message carries
+// its message_id. Loop thread and start-up only.
+#pragma once
+
+#include <cstdint>
+#include <initializer_list>
+#include <spdlog/spdlog.h>
+#include <string>
+#include <string_view>
+#include <variant>
+
+namespace mayhem::log {
+
+enum class format { text, json };
+
+struct field {
+    std::string_view key;
+    std::variant<std::string_view, std::int64_t, std::uint64_t, double, bool> value;
+
+    field(std::string_view k, std::string_view v) : key(k), value(v) {}
+    field(std::string_view k, const std::string& v) : key(k), value(std::string_view(v)) {}
+    field(std::string_view k, const char* v) : key(k), value(std::string_view(v)) {}
+    field(std::string_view k, int v) : key(k), value(std::int64_t{v}) {}
+    field(std::string_view k, long v) : key(k), value(std::int64_t{v}) {}
+    field(std::string_view k, long long v) : key(k), value(std::int64_t{v}) {}
+    field(std::string_view k, unsigned v) : key(k), value(std::uint64_t{v}) {}
+    field(std::string_view k, unsigned long v) : key(k), value(std::uint64_t{v}) {}
+    field(std::string_view k, unsigned long long v) : key(k), value(std::uint64_t{v}) {}
+    field(std::string_view k, double v) : key(k), value(v) {}
+    field(std::string_view k, bool v) : key(k), value(v) {}
+};
+
+// Sets up the stderr logger. Safe to call again (SIGHUP) to change the level.
+void setup(format f, spdlog::level::level_enum level);
+void set_level(spdlog::level::level_enum level);
+spdlog::level::level_enum level();
+bool enabled(spdlog::level::level_enum level);
+
+void write(spdlog::level::level_enum level, std::string_view msg,
+           std::initializer_list<field> fields);
+
+inline void debug(std::string_view msg, std::initializer_list<field> f = {}) {
+    if (enabled(spdlog::level::debug)) write(spdlog::level::debug, msg, f);
+}
+inline void info(std::string_view msg, std::initializer_list<field> f = {}) {
+    write(spdlog::level::info, msg, f);
+}
+inline void warn(std::string_view msg, std::initializer_list<field> f = {}) {
+    write(spdlog::level::warn, msg, f);
+}
+inline void error(std::string_view msg, std::initializer_list<field> f = {}) {
+    write(spdlog::level::err, msg, f);
+}
+
+// Appends `s` to `out` as the inside of a JSON string (no quotes).
+void json_escape(std::string& out, std::string_view s);
+
+} // namespace mayhem::log

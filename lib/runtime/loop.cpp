@@ -1,0 +1,210 @@
+#include "runtime/loop.hpp"
+
+#include <cstdio>
+#include <cstdlib>
+
+namespace mayhem::rt {
+
+uv_error::uv_error(const std::string& what, int code)
+    : std::runtime_error(what + ": " + uv_strerror(code)), code_(code) {}
+
+int check_uv(int code, const char* what) {
+    if (code < 0) throw uv_error(what, code);
+    return code;
+}
+
+// ---------------------------------------------------------------------------------------------
+// timer_queue
+// ---------------------------------------------------------------------------------------------
+
+timer_entry::~timer_entry() {
+    cancel();
+}
+
+void timer_entry::cancel() noexcept {
+    if (queue_ && armed()) queue_->disarm(*this);
+}
+
+timer_queue::timer_queue(uv_loop_t* loop)
+    : loop_(loop),
+      timer_([loop](uv_timer_t* t) { return uv_timer_init(loop, t); }, "uv_timer_init") {
+    // The timer is active (and keeps the loop alive) exactly while some entry waits on it.
+    timer_->data = this;
+}
+
+timer_queue::~timer_queue() {
+    for (auto* e : heap_)
+        e->index_ = timer_entry::npos;
+    heap_.clear();
+}
+
+bool timer_queue::less(std::size_t a, std::size_t b) const noexcept {
+    const timer_entry* x = heap_[a];
+    const timer_entry* y = heap_[b];
+    return x->due_ != y->due_ ? x->due_ < y->due_ : x->seq_ < y->seq_;
+}
+
+void timer_queue::swap_at(std::size_t a, std::size_t b) noexcept {
+    std::swap(heap_[a], heap_[b]);
+    heap_[a]->index_ = a;
+    heap_[b]->index_ = b;
+}
+
+void timer_queue::sift_up(std::size_t i) noexcept {
+    while (i > 0) {
+        std::size_t parent = (i - 1) / 2;
+        if (!less(i, parent)) break;
+        swap_at(i, parent);
+        i = parent;
+    }
+}
+
+void timer_queue::sift_down(std::size_t i) noexcept {
+    for (;;) {
+        std::size_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < heap_.size() && less(l, m)) m = l;
+        if (r < heap_.size() && less(r, m)) m = r;
+        if (m == i) break;
+        swap_at(i, m);
+        i = m;
+    }
+}
+
+void timer_queue::arm(timer_entry& e, millis delay) {
+    if (e.armed()) disarm(e);
+    e.queue_ = this;
+    e.due_ = uv_now(loop_) + static_cast<std::uint64_t>(std::max<std::int64_t>(0, delay.count()));
+    e.seq_ = next_seq_++;
+    e.index_ = heap_.size();
+    heap_.push_back(&e);
+    sift_up(e.index_);
+    if (heap_.front() == &e) rearm();
+}
+
+void timer_queue::disarm(timer_entry& e) noexcept {
+    std::size_t i = e.index_;
+    if (i == timer_entry::npos) return;
+    std::size_t last = heap_.size() - 1;
+    if (i != last) swap_at(i, last);
+    heap_.pop_back();
+    e.index_ = timer_entry::npos;
+    if (i < heap_.size()) {
+        sift_down(i);
+        sift_up(i);
+    }
+    // No rearm: a timer that fires early finds nothing due and rearms for the new front.
+}
+
+void timer_queue::rearm() noexcept {
+    if (!timer_) return;
+    if (heap_.empty()) {
+        uv_timer_stop(timer_.get());
+        armed_for_ = UINT64_MAX;
+        return;
+    }
+    std::uint64_t due = heap_.front()->due_;
+    if (due == armed_for_ && uv_is_active(timer_.base())) return;
+    std::uint64_t now = uv_now(loop_);
+    armed_for_ = due;
+    uv_timer_start(timer_.get(), &timer_queue::on_timer, due > now ? due - now : 0, 0);
+}
+
+void timer_queue::on_timer(uv_timer_t* t) noexcept {
+    auto* q = static_cast<timer_queue*>(t->data);
+    if (!q) return;
+    q->armed_for_ = UINT64_MAX;
+    std::uint64_t now = uv_now(q->loop_);
+    // Fire only what was due when we started: an entry re-armed with zero delay by a callback
+    // runs on the next turn, so one turn cannot starve the rest of the loop.
+    std::uint64_t limit = q->next_seq_;
+    while (!q->heap_.empty() && q->heap_.front()->due_ <= now && q->heap_.front()->seq_ < limit) {
+        timer_entry* e = q->heap_.front();
+        q->disarm(*e);
+        e->fire(); // may arm or cancel other entries, or destroy `e`'s owner
+    }
+    q->rearm();
+}
+
+void delayed_call::fire() noexcept {
+    try {
+        if (fn_) fn_();
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "mayhem: delayed call failed: %s\n", e.what());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// loop
+// ---------------------------------------------------------------------------------------------
+
+loop::loop() {
+    check_uv(uv_loop_init(&loop_), "uv_loop_init");
+    timers_.emplace(&loop_);
+}
+
+loop::~loop() {
+    timers_.reset();
+    // Let every close callback run (and any orphaned thread-pool work finish).
+    uv_run(&loop_, UV_RUN_DEFAULT);
+    int rc = uv_loop_close(&loop_);
+    if (rc != 0) {
+        std::fprintf(stderr, "mayhem: event loop closed with live handles (%s)\n", uv_strerror(rc));
+        uv_walk(
+            &loop_,
+            [](uv_handle_t* h, void*) {
+                std::fprintf(stderr, "  open handle: %s\n", uv_handle_type_name(h->type));
+            },
+            nullptr);
+#ifndef NDEBUG
+        std::abort();
+#endif
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// periodic_timer, signal_watch
+// ---------------------------------------------------------------------------------------------
+
+periodic_timer::periodic_timer(loop& l, millis period, std::function<void()> fn)
+    : timer_([&l](uv_timer_t* t) { return uv_timer_init(l.get(), t); }, "uv_timer_init"),
+      fn_(std::move(fn)) {
+    timer_->data = this;
+    set_period(period);
+}
+
+void periodic_timer::set_period(millis period) {
+    if (!timer_) return;
+    auto ms = static_cast<std::uint64_t>(std::max<std::int64_t>(1, period.count()));
+    check_uv(uv_timer_start(timer_.get(), &periodic_timer::on_tick, ms, ms), "uv_timer_start");
+    // Housekeeping never keeps the process alive by itself.
+    uv_unref(timer_.base());
+}
+
+void periodic_timer::on_tick(uv_timer_t* t) noexcept {
+    auto* self = static_cast<periodic_timer*>(t->data);
+    if (!self) return;
+    try {
+        self->fn_();
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "mayhem: periodic task failed: %s\n", e.what());
+    }
+}
+
+signal_watch::signal_watch(loop& l, int signum, std::function<void(int)> fn)
+    : sig_([&l](uv_signal_t* s) { return uv_signal_init(l.get(), s); }, "uv_signal_init"),
+      fn_(std::move(fn)) {
+    sig_->data = this;
+    check_uv(uv_signal_start(sig_.get(), &signal_watch::on_signal, signum), "uv_signal_start");
+}
+
+void signal_watch::on_signal(uv_signal_t* s, int signum) noexcept {
+    auto* self = static_cast<signal_watch*>(s->data);
+    if (!self) return;
+    try {
+        self->fn_(signum);
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "mayhem: signal handler failed: %s\n", e.what());
+    }
+}
+
+} // namespace mayhem::rt

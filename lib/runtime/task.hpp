@@ -1,0 +1,338 @@
+// Coroutines on one libuv loop: a lazy task<T>, a join of several tasks that keeps every
+// result or error (gather), and a scope that owns detached tasks (spawn).
+//
+// Threading: everything here is used from the loop thread only.
+//
+// Ownership rules (DESIGN.md, "Coroutines on libuv: the traps"):
+//  - every frame has exactly one owner: the task object that awaits it, or the task_scope
+//    that spawned it. Destroying the owner destroys the frame, and with it the awaiters it
+//    is suspended on (their destructors unlink timers and orphan thread-pool requests);
+//  - continuations are resumed by symmetric transfer, so long chains do not grow the stack;
+//  - exceptions are stored in the promise and rethrown to the awaiter; a spawned task's
+//    exception is reported to its scope's error handler and never reaches libuv.
+#pragma once
+
+#include "runtime/frame_pool.hpp"
+#include "runtime/list.hpp"
+
+#include <atomic>
+#include <cassert>
+#include <coroutine>
+#include <cstddef>
+#include <exception>
+#include <functional>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <variant>
+
+namespace mayhem::rt {
+
+// ---------------------------------------------------------------------------------------------
+// result<T>: a value or the exception that was thrown instead of producing it.
+// ---------------------------------------------------------------------------------------------
+template <class T>
+class result {
+public:
+    result() = default;
+    explicit result(T v) : v_(std::in_place_index<1>, std::move(v)) {}
+    explicit result(std::exception_ptr e) : v_(std::in_place_index<2>, std::move(e)) {}
+
+    bool ok() const noexcept { return v_.index() == 1; }
+    explicit operator bool() const noexcept { return ok(); }
+    T& value() & {
+        if (v_.index() == 2) std::rethrow_exception(std::get<2>(v_));
+        return std::get<1>(v_);
+    }
+    T& operator*() & { return value(); }
+    T* operator->() { return &value(); }
+    std::exception_ptr error() const noexcept {
+        return v_.index() == 2 ? std::get<2>(v_) : std::exception_ptr{};
+    }
+
+private:
+    std::variant<std::monostate, T, std::exception_ptr> v_;
+};
+
+template <>
+class result<void> {
+public:
+    result() = default;
+    explicit result(std::exception_ptr e) : e_(std::move(e)) {}
+    bool ok() const noexcept { return !e_; }
+    explicit operator bool() const noexcept { return ok(); }
+    void value() const {
+        if (e_) std::rethrow_exception(e_);
+    }
+    std::exception_ptr error() const noexcept { return e_; }
+
+private:
+    std::exception_ptr e_;
+};
+
+// The message of an exception_ptr, for logs.
+std::string describe(const std::exception_ptr& e);
+
+template <class T>
+class task;
+class task_scope;
+
+namespace details {
+
+// When a task is one branch of a gather, it resumes the gather's parent only when it is the
+// last branch to finish.
+struct join_state {
+    std::size_t remaining = 0;
+    std::coroutine_handle<> parent;
+};
+
+struct promise_base : pooled_frame {
+    std::coroutine_handle<> continuation;
+    join_state* join = nullptr;
+    task_scope* scope = nullptr;  // set when spawned: the scope owns and frees the frame
+    std::coroutine_handle<> self; // set when spawned, so the scope can destroy the frame
+    owned_node<promise_base> scope_node{this}; // link in the scope's registry
+    std::exception_ptr error;
+
+    std::suspend_always initial_suspend() noexcept { return {}; }
+    void unhandled_exception() noexcept { error = std::current_exception(); }
+};
+
+// Defined after task_scope: a detached frame reports to and unlinks from its scope.
+std::coroutine_handle<> finish_detached(promise_base& p) noexcept;
+
+struct final_awaiter {
+    bool await_ready() const noexcept { return false; }
+    template <class P>
+    std::coroutine_handle<> await_suspend(std::coroutine_handle<P> h) noexcept {
+        promise_base& p = h.promise();
+        if (p.scope) return finish_detached(p);
+        if (p.join) {
+            if (--p.join->remaining == 0) return p.join->parent;
+            return std::noop_coroutine();
+        }
+        return p.continuation ? p.continuation : std::noop_coroutine();
+    }
+    void await_resume() const noexcept {}
+};
+
+template <class T>
+struct promise : promise_base {
+    std::optional<T> value;
+    task<T> get_return_object() noexcept;
+    final_awaiter final_suspend() noexcept { return {}; }
+    template <class U>
+    void return_value(U&& v) {
+        value.emplace(std::forward<U>(v));
+    }
+    T take() {
+        if (error) std::rethrow_exception(error);
+        return std::move(*value);
+    }
+};
+
+template <>
+struct promise<void> : promise_base {
+    task<void> get_return_object() noexcept;
+    final_awaiter final_suspend() noexcept { return {}; }
+    void return_void() noexcept {}
+    void take() {
+        if (error) std::rethrow_exception(error);
+    }
+};
+
+} // namespace details
+
+// ---------------------------------------------------------------------------------------------
+// task<T>: lazy; starts when awaited (or spawned, or gathered) and owns its frame.
+// ---------------------------------------------------------------------------------------------
+template <class T = void>
+class [[nodiscard]] task {
+public:
+    using promise_type = details::promise<T>;
+    using handle_type = std::coroutine_handle<promise_type>;
+
+    task() = default;
+    explicit task(handle_type h) noexcept : h_(h) {}
+    task(task&& o) noexcept : h_(std::exchange(o.h_, {})) {}
+    task& operator=(task&& o) noexcept {
+        if (this != &o) {
+            reset();
+            h_ = std::exchange(o.h_, {});
+        }
+        return *this;
+    }
+    task(const task&) = delete;
+    task& operator=(const task&) = delete;
+    ~task() { reset(); }
+
+    bool valid() const noexcept { return static_cast<bool>(h_); }
+    bool done() const noexcept { return h_ && h_.done(); }
+
+    auto operator co_await() && noexcept {
+        struct awaiter {
+            handle_type h;
+            bool await_ready() const noexcept { return false; }
+            std::coroutine_handle<> await_suspend(std::coroutine_handle<> caller) noexcept {
+                h.promise().continuation = caller;
+                return h;
+            }
+            T await_resume() { return h.promise().take(); }
+        };
+        return awaiter{h_};
+    }
+
+    // Internal: used by gather and task_scope.
+    handle_type handle() const noexcept { return h_; }
+    handle_type release() noexcept { return std::exchange(h_, {}); }
+    result<T> take_result() {
+        try {
+            if constexpr (std::is_void_v<T>) {
+                h_.promise().take();
+                return result<void>{};
+            } else {
+                return result<T>{h_.promise().take()};
+            }
+        } catch (...) {
+            return result<T>{std::current_exception()};
+        }
+    }
+
+private:
+    void reset() noexcept {
+        if (h_) std::exchange(h_, {}).destroy();
+    }
+    handle_type h_;
+};
+
+namespace details {
+template <class T>
+task<T> promise<T>::get_return_object() noexcept {
+    return task<T>{std::coroutine_handle<promise<T>>::from_promise(*this)};
+}
+inline task<void> promise<void>::get_return_object() noexcept {
+    return task<void>{std::coroutine_handle<promise<void>>::from_promise(*this)};
+}
+} // namespace details
+
+// ---------------------------------------------------------------------------------------------
+// gather: run several tasks concurrently, wait for all of them (all settled), and return each
+// one's result or error. The asyncio.gather(..., return_exceptions=True) of the talk.
+// No allocation beyond the tasks' own frames: the join counter lives in the awaiter, which
+// lives in the awaiting frame.
+// ---------------------------------------------------------------------------------------------
+template <class... T>
+class [[nodiscard]] gather_awaiter {
+public:
+    explicit gather_awaiter(task<T>&&... ts) : tasks_(std::move(ts)...) {}
+
+    bool await_ready() const noexcept { return false; }
+    std::coroutine_handle<> await_suspend(std::coroutine_handle<> parent) noexcept {
+        // One extra count held while starting the branches, so a branch that completes
+        // synchronously cannot resume the parent before every branch has started.
+        join_.remaining = sizeof...(T) + 1;
+        join_.parent = parent;
+        std::apply([this](auto&... t) { (start(t), ...); }, tasks_);
+        if (--join_.remaining == 0) return parent;
+        return std::noop_coroutine();
+    }
+    std::tuple<result<T>...> await_resume() {
+        return std::apply([](auto&... t) { return std::tuple<result<T>...>{t.take_result()...}; },
+                          tasks_);
+    }
+
+private:
+    template <class U>
+    void start(task<U>& t) noexcept {
+        t.handle().promise().join = &join_;
+        t.handle().resume();
+    }
+    std::tuple<task<T>...> tasks_;
+    details::join_state join_;
+};
+
+template <class... T>
+gather_awaiter<T...> gather(task<T>... ts) {
+    return gather_awaiter<T...>(std::move(ts)...);
+}
+
+// ---------------------------------------------------------------------------------------------
+// task_scope: the registry that owns detached tasks. spawn() starts a task and forgets it;
+// the scope frees its frame when it finishes, reports its exception if it threw, and can
+// destroy every task still suspended (a forced stop). Nothing is awaited on a scope: the drain
+// watches size().
+// ---------------------------------------------------------------------------------------------
+class task_scope {
+public:
+    using error_handler = std::function<void(std::exception_ptr)>;
+
+    explicit task_scope(error_handler on_error = {}) : on_error_(std::move(on_error)) {}
+    task_scope(const task_scope&) = delete;
+    task_scope& operator=(const task_scope&) = delete;
+    ~task_scope() { cancel_all(); }
+
+    void spawn(task<void> t) {
+        auto h = t.release();
+        details::promise_base& p = h.promise();
+        p.scope = this;
+        p.self = h;
+        tasks_.push_back(p.scope_node);
+        ++size_;
+        h.resume(); // may run to completion (and free itself) right here
+    }
+
+    std::size_t size() const noexcept { return size_; }
+
+    // Destroys every task still suspended; their locals' destructors run (releasing what they
+    // hold). Safe if a destructor spawns or finishes other tasks.
+    void cancel_all() noexcept;
+
+private:
+    friend std::coroutine_handle<> details::finish_detached(details::promise_base&) noexcept;
+    error_handler on_error_;
+    intrusive_list tasks_;
+    std::size_t size_ = 0;
+};
+
+// ---------------------------------------------------------------------------------------------
+// event: a one-shot signal several tasks can wait on. Waiters are resumed in set().
+// ---------------------------------------------------------------------------------------------
+class event {
+public:
+    event() = default;
+    event(const event&) = delete;
+    event& operator=(const event&) = delete;
+    ~event();
+
+    bool is_set() const noexcept { return set_; }
+    void set() noexcept;
+
+    class awaiter {
+    public:
+        explicit awaiter(event& e) : ev_(&e) {}
+        awaiter(const awaiter&) = delete;
+        awaiter& operator=(const awaiter&) = delete;
+        ~awaiter() { node_.unlink(); }
+        bool await_ready() const noexcept { return ev_ == nullptr || ev_->set_; }
+        void await_suspend(std::coroutine_handle<> h) noexcept {
+            h_ = h;
+            ev_->waiters_.push_back(node_);
+        }
+        void await_resume() const noexcept {}
+
+    private:
+        friend class event;
+        event* ev_;
+        std::coroutine_handle<> h_;
+        owned_node<awaiter> node_{this};
+    };
+    awaiter operator co_await() noexcept { return awaiter{*this}; }
+
+private:
+    bool set_ = false;
+    intrusive_list waiters_;
+};
+
+} // namespace mayhem::rt

@@ -1,0 +1,63 @@
+// The seam between a transport and the pipeline. A source delivers raw payloads, only as many
+// as the pipeline asked for (backpressure), and takes back exactly one verdict per delivery,
+// which it carries out in its own terms (ack, redeliver, dead-letter, leave pending).
+//
+// Threading: loop thread only.
+#pragma once
+
+#include "pipeline/outcome.hpp"
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+
+namespace mayhem {
+
+struct delivery {
+    std::string payload;
+    std::string ref;               // the source's id for it (a stream entry id); may be empty
+    std::uint32_t attempt = 1;     // 1 for the first delivery, counting redeliveries
+    std::uint64_t tag = 0;         // source-private
+    std::uint64_t received_ns = 0; // steady clock when the pipeline took it
+};
+
+class source_sink {
+public:
+    virtual ~source_sink() = default;
+    // A new delivery, within the demand granted by request().
+    virtual void deliver(delivery d) = 0;
+    // The source has carried out a verdict (for a broker: the server confirmed it).
+    virtual void settled(outcome o) = 0;
+    // Connection state or `finished()` may have changed.
+    virtual void source_changed() = 0;
+};
+
+class source {
+public:
+    virtual ~source() = default;
+    virtual std::string_view name() const = 0;
+
+    virtual void start(source_sink& sink) = 0;
+    // Grants `n` more deliveries. A source never delivers more than it was granted.
+    virtual void request(std::size_t n) = 0;
+    // Lease renewal for deliveries still in flight (one call for all that are due).
+    virtual void extend(std::span<const delivery* const> in_flight) { (void)in_flight; }
+    // Carries out the verdict for a delivery; calls sink.settled() once it is done.
+    virtual void settle(delivery d, const verdict& v) = 0;
+    // Drain: take nothing new from the transport. Retries the source holds itself are still
+    // redelivered until close().
+    virtual void stop() = 0;
+    // Nothing more will be delivered and nothing awaits confirmation.
+    virtual bool finished() const = 0;
+    // Connected and able to deliver (readiness).
+    virtual bool up() const { return true; }
+    // Retried deliveries the source held for redelivery and dropped at close (a local source
+    // cannot redeliver after the process exits). Counted into the exit code.
+    virtual std::size_t abandoned() const { return 0; }
+    // Releases the source's handles; after it no call but abandoned() is made.
+    virtual void close() = 0;
+};
+
+} // namespace mayhem
