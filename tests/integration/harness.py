@@ -1,0 +1,224 @@
+"""Shared helpers for the integration tests: real processes, cleaned up also on failure.
+
+Every test drives build/mayhem (path in $MAYHEM_BIN) as a child process. Processes started
+through a Harness are killed in tearDown even when the test fails. Standard library only.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import unittest
+import urllib.error
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+MAYHEM = os.environ.get("MAYHEM_BIN") or os.path.join(ROOT, "build", "mayhem")
+# Sanitized builds run slower: scale waits, never assertions about speed.
+SLOW = 4.0 if os.environ.get("MAYHEM_SANITIZED") else 1.0
+
+
+def free_port():
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def parse_summary(stdout):
+    """The worker's summary: the last line of stdout that is a JSON object."""
+    for line in reversed(stdout.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            return json.loads(line)
+    raise AssertionError("no summary line in stdout: %r" % stdout[-2000:])
+
+
+def json_log_lines(stderr):
+    """The JSON log lines of a worker run with --log-format json."""
+    out = []
+    for line in stderr.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+    return out
+
+
+def wait_until(predicate, timeout=10.0, interval=0.02, what="condition"):
+    deadline = time.monotonic() + timeout * SLOW
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("timed out after %.1fs waiting for %s" % (timeout * SLOW, what))
+
+
+def http_get(url, timeout=2.0):
+    """(status, body) of a GET; status 0 when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except (urllib.error.URLError, ConnectionError, socket.timeout, OSError):
+        return 0, ""
+
+
+class Worker:
+    """A running `mayhem worker`; stdout and stderr go to files in the test's temp dir."""
+
+    def __init__(self, harness, args, stdin=None, env=None, name="worker"):
+        self.harness = harness
+        self.args = args
+        base = os.path.join(harness.tmp, name)
+        n = 0
+        while os.path.exists(base + ".%d.out" % n):
+            n += 1
+        self.out_path = base + ".%d.out" % n
+        self.err_path = base + ".%d.err" % n
+        self._out = open(self.out_path, "w")
+        self._err = open(self.err_path, "w")
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(
+            [MAYHEM, "worker"] + list(args),
+            stdin=stdin if stdin is not None else subprocess.DEVNULL,
+            stdout=self._out,
+            stderr=self._err,
+            env=full_env,
+            cwd=harness.tmp,
+        )
+        harness._procs.append(self.proc)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout=60.0):
+        """Waits for exit; returns (exit code, stdout, stderr)."""
+        code = self.proc.wait(timeout=timeout * SLOW)
+        self._out.flush()
+        self._err.flush()
+        return code, self.stdout(), self.stderr()
+
+    def stdout(self):
+        with open(self.out_path) as f:
+            return f.read()
+
+    def stderr(self):
+        with open(self.err_path) as f:
+            return f.read()
+
+    def summary(self):
+        return parse_summary(self.stdout())
+
+    def alive(self):
+        return self.proc.poll() is None
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port, with its data in the test's temp dir."""
+
+    def __init__(self, harness, persistence=True):
+        self.harness = harness
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="redis-", dir=harness.tmp)
+        self.persistence = persistence
+        self.proc = None
+        self.start()
+
+    def start(self):
+        args = [
+            shutil.which("redis-server") or "/usr/bin/redis-server",
+            "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
+            "--save", "", "--daemonize", "no", "--loglevel", "warning",
+        ]
+        if self.persistence:
+            args += ["--appendonly", "yes", "--appendfsync", "always"]
+        else:
+            args += ["--appendonly", "no"]
+        self.log = open(os.path.join(self.dir, "redis.log"), "a")
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=self.log)
+        self.harness._procs.append(self.proc)
+        wait_until(lambda: self.ping(), timeout=10, what="redis-server to answer PING")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    @property
+    def url(self):
+        return "redis://127.0.0.1:%d/0" % self.port
+
+    def cli(self, *args):
+        """Runs redis-cli against this server; returns its stdout (raw output mode)."""
+        r = subprocess.run(
+            ["redis-cli", "-p", str(self.port), "--raw"] + [str(a) for a in args],
+            capture_output=True, text=True, timeout=30,
+        )
+        return r.stdout.strip()
+
+    def ping(self):
+        try:
+            return self.cli("PING") == "PONG"
+        except Exception:
+            return False
+
+
+class Harness(unittest.TestCase):
+    """Base class: a temp dir per test and cleanup of every process started through it."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="mayhem-test-")
+        self._procs = []
+
+    def tearDown(self):
+        for p in self._procs:
+            if p.poll() is None:
+                p.kill()
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    pass
+        if os.environ.get("MAYHEM_KEEP_TMP"):
+            print("kept", self.tmp)
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def worker(self, *args, **kw):
+        return Worker(self, list(args), **kw)
+
+    def redis(self, persistence=True):
+        return RedisServer(self, persistence=persistence)
+
+    def run_worker(self, *args, timeout=60.0, stdin=None, env=None):
+        """Runs a worker to its exit; returns (exit code, summary or None, stderr)."""
+        w = Worker(self, list(args), stdin=stdin, env=env)
+        code, out, err = w.wait(timeout=timeout)
+        try:
+            summary = parse_summary(out)
+        except AssertionError:
+            summary = None
+        return code, summary, err
+
+    def assert_identity(self, s):
+        """Every delivery ends in exactly one outcome."""
+        total = s["acked"] + s["retried"] + s["dead_lettered"] + s["skipped"] + s["released"]
+        self.assertEqual(s["received"], total, "received != sum of outcomes in %r" % s)
