@@ -148,7 +148,12 @@ public:
         return true;
     }
     bool parse_error(std::size_t pos, const std::string&, const nlohmann::detail::exception& ex) {
-        parse_error_text = "invalid JSON at byte " + std::to_string(pos) + ": " + ex.what();
+        // nlohmann's text starts with "[json.exception.parse_error.101] parse error at line 1,
+        // column 2: "; keep what follows, the part a person can act on.
+        std::string_view what = ex.what();
+        if (auto colon = what.find(": "); colon != std::string_view::npos)
+            what.remove_prefix(colon + 2);
+        parse_error_text = "invalid JSON at byte " + std::to_string(pos) + ": " + std::string(what);
         return false;
     }
 
@@ -209,8 +214,8 @@ std::optional<decode_error> decode_into(message& out, std::string_view payload,
                                                 " bytes, more than max-message-bytes " +
                                                 std::to_string(opts.max_bytes));
     }
-    if (!valid_utf8(payload)) return fail(decode_kind::not_utf8, "payload is not valid UTF-8");
-
+    // UTF-8 is validated by the parser itself (inside strings; outside them any non-ASCII byte is
+    // a syntax error), so the separate check runs only to name the failure precisely.
     message_sax sax(out);
     bool ok = nlohmann::json::sax_parse(payload.begin(), payload.end(), &sax,
                                         nlohmann::json::input_format_t::json, true, false);
@@ -218,6 +223,7 @@ std::optional<decode_error> decode_into(message& out, std::string_view payload,
         return fail(decode_kind::not_object,
                     "payload must be a JSON object, got " + sax.top_level_type);
     if (!ok) {
+        if (!valid_utf8(payload)) return fail(decode_kind::not_utf8, "payload is not valid UTF-8");
         return fail(decode_kind::invalid_json,
                     sax.parse_error_text.empty() ? "invalid JSON" : sax.parse_error_text);
     }

@@ -159,6 +159,24 @@ void pipeline::pump() {
     if (taken > 0 || in_flight_ == 0) notify();
 }
 
+bool pipeline::allow_bad_log() {
+    auto now = loop_.now();
+    if (now - bad_log_window_ms_ >= 1000) {
+        if (bad_suppressed_ > 0)
+            log::warn("more undecodable messages were dead-lettered without a log line each",
+                      {{"count", bad_suppressed_}, {"see", "mayhem_decode_errors_total"}});
+        bad_log_window_ms_ = now;
+        bad_logged_ = 0;
+        bad_suppressed_ = 0;
+    }
+    if (bad_logged_ < bad_log_per_second) {
+        ++bad_logged_;
+        return true;
+    }
+    ++bad_suppressed_;
+    return false;
+}
+
 // ---------------------------------------------------------------------------------------------
 // One message, as in the talk: fan out save and restart, gather both, decide, settle.
 // ---------------------------------------------------------------------------------------------
@@ -167,8 +185,9 @@ rt::task<void> pipeline::process(delivery d) {
     flight f(*this, std::move(d));
     if (auto bad = decode_into(f.msg, f.d.payload, opts_.decode)) {
         stats_.decode_errors[static_cast<std::size_t>(bad->kind)].inc();
-        log::warn("undecodable message dead-lettered",
-                  {{"reason", bad->reason}, {"kind", to_string(bad->kind)}, {"ref", f.d.ref}});
+        if (allow_bad_log())
+            log::warn("undecodable message dead-lettered",
+                      {{"reason", bad->reason}, {"kind", to_string(bad->kind)}, {"ref", f.d.ref}});
         co_return settle(f, verdict{outcome::dead_lettered, std::move(bad->reason), {}});
     }
     f.decoded = true;

@@ -139,6 +139,14 @@ private:
     rt::periodic_timer lease_timer_;
     std::vector<const delivery*> lease_batch_;
 
+    // Undecodable messages are logged one line each, but at most this many per second: a flood of
+    // bad input must not turn into a flood of log lines (the counter still counts every one).
+    static constexpr std::uint32_t bad_log_per_second = 100;
+    std::uint64_t bad_log_window_ms_ = 0;
+    std::uint32_t bad_logged_ = 0;
+    std::uint64_t bad_suppressed_ = 0;
+    bool allow_bad_log();
+
     std::mt19937_64 rng_;
     pipeline_stats stats_;
     std::function<void()> on_change_;

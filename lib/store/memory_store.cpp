@@ -1,12 +1,67 @@
 #include "store/memory_store.hpp"
 
+#include <bit>
+
 namespace mayhem {
 
-memory_store::memory_store(rt::loop& loop, latency_range save_latency, std::uint64_t seed)
-    : loop_(loop), latency_(save_latency), rng_(seed ? seed : std::random_device{}()) {}
+memory_store::table::table(std::size_t entries)
+    : slots_(std::bit_ceil(entries * 2)), mask_(slots_.size() - 1), limit_(entries) {}
+
+memory_store::state* memory_store::table::find(std::uint64_t key) noexcept {
+    for (std::size_t i = key & mask_;; i = (i + 1) & mask_) {
+        if (slots_[i].key == key) return &slots_[i].value;
+        if (slots_[i].key == 0) return nullptr;
+    }
+}
+
+bool memory_store::table::put(std::uint64_t key, state s) noexcept {
+    for (std::size_t i = key & mask_;; i = (i + 1) & mask_) {
+        if (slots_[i].key == key) {
+            slots_[i].value = s;
+            return true;
+        }
+        if (slots_[i].key == 0) {
+            if (used_ >= limit_) return false;
+            slots_[i] = slot{key, s};
+            ++used_;
+            return true;
+        }
+    }
+}
+
+void memory_store::table::clear() noexcept {
+    std::fill(slots_.begin(), slots_.end(), slot{0, state::absent});
+    used_ = 0;
+}
+
+memory_store::memory_store(rt::loop& loop, latency_range save_latency, std::uint64_t seed,
+                           std::size_t capacity)
+    : loop_(loop), latency_(save_latency), rng_(seed ? seed : std::random_device{}()),
+      current_(std::max<std::size_t>(capacity / 2, 16)),
+      previous_(std::max<std::size_t>(capacity / 2, 16)) {}
 
 std::uint64_t memory_store::key(const message& m) noexcept {
-    return std::hash<std::string>{}(m.message_id);
+    auto h = std::hash<std::string>{}(m.message_id);
+    // Finalise (the standard hash of a string is good but we index by its low bits) and keep 0
+    // free as the empty-slot marker.
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    return h ? h : 1;
+}
+
+memory_store::state memory_store::lookup(std::uint64_t k) noexcept {
+    if (auto* s = current_.find(k)) return *s;
+    if (auto* s = previous_.find(k)) return *s;
+    return state::absent;
+}
+
+void memory_store::record(std::uint64_t k, state s) noexcept {
+    if (current_.put(k, s)) return;
+    // Current generation full: the previous one is forgotten, the current one becomes it.
+    std::swap(current_, previous_);
+    current_.clear();
+    current_.put(k, s);
 }
 
 rt::task<save_result> memory_store::save(const message&, const delivery&) {
@@ -16,17 +71,22 @@ rt::task<save_result> memory_store::save(const message&, const delivery&) {
 }
 
 rt::task<restart_claim> memory_store::claim_restart(const message& m) {
-    auto [it, inserted] = restarts_.try_emplace(key(m), state::started);
-    if (inserted) co_return restart_claim::proceed;
-    co_return it->second == state::done ? restart_claim::done : restart_claim::unfinished;
+    auto k = key(m);
+    switch (lookup(k)) {
+    case state::done:
+        co_return restart_claim::done;
+    case state::started:
+        co_return restart_claim::unfinished;
+    case state::absent:
+        break;
+    }
+    record(k, state::started);
+    co_return restart_claim::proceed;
 }
 
 rt::task<void> memory_store::finish_restart(const message& m, const restart_result& r) {
-    if (r.status == restart_status::failed) {
-        restarts_.erase(key(m)); // a failed restart may be tried again
-    } else {
-        restarts_[key(m)] = state::done;
-    }
+    // A failed restart may be tried again: forget it; anything else counts as done.
+    record(key(m), r.status == restart_status::failed ? state::absent : state::done);
     co_return;
 }
 

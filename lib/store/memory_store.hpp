@@ -1,7 +1,9 @@
 // `--store memory`: for tests and benchmarks. Nothing survives the process. It keeps only the
-// idempotency record of restarts (a 64-bit hash of each id whose restart succeeded), so a
-// redelivery within one run is still recognised. An optional simulated latency (--save-latency)
-// stands in for the talk's save().
+// idempotency record of restarts — a 64-bit hash of each message id whose restart started or
+// succeeded — for the most recent `capacity` ids (two generations of a flat hash table, so the
+// record stays small and cache-resident however long the run). A redelivery within that window
+// is recognised; older ones are not (use the SQLite store for a complete record). An optional
+// simulated latency (--save-latency) stands in for the talk's save().
 #pragma once
 
 #include "runtime/duration.hpp"
@@ -9,13 +11,15 @@
 #include "store/store.hpp"
 
 #include <random>
-#include <unordered_map>
+#include <vector>
 
 namespace mayhem {
 
 class memory_store final : public store {
 public:
-    memory_store(rt::loop& loop, latency_range save_latency, std::uint64_t seed);
+    static constexpr std::size_t default_capacity = 1 << 18;
+    memory_store(rt::loop& loop, latency_range save_latency, std::uint64_t seed,
+                 std::size_t capacity = default_capacity);
 
     std::string_view name() const override { return "memory"; }
     rt::task<save_result> save(const message& m, const delivery& d) override;
@@ -27,13 +31,35 @@ public:
     std::size_t saved() const noexcept { return saved_; }
 
 private:
-    enum class state : std::uint8_t { started, done };
+    enum class state : std::uint8_t { absent, started, done };
+
+    // Open addressing with linear probing; key 0 marks an empty slot.
+    class table {
+    public:
+        explicit table(std::size_t entries);
+        state* find(std::uint64_t key) noexcept;
+        // Inserts or updates; false when the table is full (the caller rotates generations).
+        bool put(std::uint64_t key, state s) noexcept;
+        void clear() noexcept;
+
+    private:
+        struct slot {
+            std::uint64_t key;
+            state value;
+        };
+        std::vector<slot> slots_;
+        std::size_t mask_;
+        std::size_t used_ = 0, limit_;
+    };
+
     static std::uint64_t key(const message& m) noexcept;
+    state lookup(std::uint64_t k) noexcept;
+    void record(std::uint64_t k, state s) noexcept;
 
     rt::loop& loop_;
     latency_range latency_;
     std::mt19937_64 rng_;
-    std::unordered_map<std::uint64_t, state> restarts_;
+    table current_, previous_;
     std::size_t saved_ = 0;
 };
 

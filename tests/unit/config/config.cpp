@@ -1,1 +1,95 @@
+#include "config/config.hpp"
+
+#include <cstdio>
+#include <cstdlib>
 #include <doctest/doctest.h>
+#include <fstream>
+#include <sstream>
+
+using namespace mayhem;
+using namespace std::chrono_literals;
+
+namespace {
+std::optional<worker_config> parse(std::vector<std::string> args, std::string* err_out = nullptr) {
+    std::ostringstream out, err;
+    int code = -1;
+    auto c = parse_worker_config(args, out, err, code);
+    if (err_out) *err_out = err.str();
+    if (c) CHECK(code == 0);
+    return c;
+}
+} // namespace
+
+TEST_CASE("durations and ranges") {
+    CHECK(parse_duration("250ms") == 250ms);
+    CHECK(parse_duration("2s") == 2000ms);
+    CHECK(parse_duration("2") == 2000ms);
+    CHECK(parse_duration("5m") == 300000ms);
+    CHECK(parse_duration("7d") == 604800000ms);
+    CHECK(parse_duration("1.5s") == 1500ms);
+    CHECK_FALSE(parse_duration("abc"));
+    CHECK_FALSE(parse_duration("-1s"));
+    CHECK_FALSE(parse_duration("5 parsecs"));
+    auto r = parse_latency_range("10ms..1s");
+    REQUIRE(r);
+    CHECK(r->min == 10ms);
+    CHECK(r->max == 1000ms);
+    CHECK_FALSE(parse_latency_range("1s..10ms"));
+    CHECK(parse_bytes("64KiB") == 65536u);
+    CHECK(parse_bytes("1MiB") == 1048576u);
+    CHECK_FALSE(parse_bytes("lots"));
+}
+
+TEST_CASE("defaults are the embedded ones") {
+    auto c = parse({});
+    REQUIRE(c);
+    CHECK(c->source == "simulate");
+    CHECK(c->max_in_flight == 1000);
+    CHECK(c->lease_extend_interval == 2000ms);
+    CHECK(c->max_attempts == 5);
+    CHECK(c->drain_timeout == 30000ms);
+    CHECK(c->max_message_bytes == 65536);
+}
+
+TEST_CASE("bad values name the flag and what is allowed") {
+    std::string err;
+    CHECK_FALSE(parse({"--source", "kafka"}, &err));
+    CHECK(err.find("--source") != std::string::npos);
+    CHECK(err.find("simulate") != std::string::npos);
+    CHECK_FALSE(parse({"--save-latency", "soon"}, &err));
+    CHECK(err.find("--save-latency") != std::string::npos);
+    CHECK(err.find("10ms..1s") != std::string::npos);
+    CHECK_FALSE(parse({"--max-in-flight", "0"}, &err));
+    CHECK(err.find("--max-in-flight") != std::string::npos);
+    CHECK_FALSE(parse({"--no-such-flag"}, &err));
+}
+
+TEST_CASE("flags win over the environment, the environment over the config file") {
+    char path[] = "/tmp/mayhem-config-XXXXXX";
+    int fd = mkstemp(path);
+    REQUIRE(fd >= 0);
+    close(fd);
+    {
+        std::ofstream f(path);
+        f << R"({"max-in-flight": 11, "max_attempts": 7, "messages": 3, "log-format": "json"})";
+    }
+    setenv("MAYHEM_MAX_ATTEMPTS", "8", 1);
+    setenv("MAYHEM_MESSAGES", "4", 1);
+    auto c = parse({"--config", path, "--messages", "5"});
+    unsetenv("MAYHEM_MAX_ATTEMPTS");
+    unsetenv("MAYHEM_MESSAGES");
+    REQUIRE(c);
+    CHECK(c->max_in_flight == 11);  // file only
+    CHECK(c->log_format == "json"); // file only
+    CHECK(c->max_attempts == 8);    // env over file
+    CHECK(c->messages == 5);        // flag over env and file
+
+    {
+        std::ofstream f(path);
+        f << R"({"max-in-flite": 11})";
+    }
+    std::string err;
+    CHECK_FALSE(parse({"--config", path}, &err));
+    CHECK(err.find("max-in-flite") != std::string::npos);
+    std::remove(path);
+}

@@ -1,1 +1,91 @@
+#include "message/message.hpp"
+
 #include <doctest/doctest.h>
+
+using namespace mayhem;
+
+namespace {
+decode_error bad(std::string_view payload, decode_options opts = {}) {
+    auto r = decode(payload, opts);
+    REQUIRE(std::holds_alternative<decode_error>(r));
+    return std::get<decode_error>(r);
+}
+} // namespace
+
+TEST_CASE("a good message decodes and derives its hostname") {
+    auto r =
+        decode(R"({"message_id":"m-1","instance_name":"cattle-ab12","extra":[1,{"x":2}]})", {});
+    REQUIRE(std::holds_alternative<message>(r));
+    const auto& m = std::get<message>(r);
+    CHECK(m.message_id == "m-1");
+    CHECK(m.instance_name == "cattle-ab12");
+    CHECK(m.hostname == "cattle-ab12.example.net");
+    CHECK(m.reason.empty());
+}
+
+TEST_CASE("an explicit hostname and reason are kept; the domain is configurable") {
+    decode_options o;
+    o.host_domain = "corp.internal";
+    auto m =
+        std::get<message>(decode(R"({"message_id":"a","instance_name":"i","reason":"kernel"})", o));
+    CHECK(m.hostname == "i.corp.internal");
+    CHECK(m.reason == "kernel");
+    auto m2 =
+        std::get<message>(decode(R"({"message_id":"a","instance_name":"i","hostname":"h.x"})", o));
+    CHECK(m2.hostname == "h.x");
+}
+
+TEST_CASE("bad payloads give precise reasons and fixed kinds") {
+    struct row {
+        const char* payload;
+        decode_kind kind;
+        const char* reason_contains;
+    };
+    const row rows[] = {
+        {R"({"message_id":"a"})", decode_kind::missing_field, "missing field \"instance_name\""},
+        {R"({"instance_name":"a"})", decode_kind::missing_field, "missing field \"message_id\""},
+        {R"({"message_id":7,"instance_name":"a"})", decode_kind::wrong_type,
+         "message_id must be a string"},
+        {R"({"message_id":"a","instance_name":["x"]})", decode_kind::wrong_type,
+         "instance_name must be a string, got an array"},
+        {R"({"message_id":"a","instance_name":null})", decode_kind::wrong_type,
+         "instance_name must be a string"},
+        {R"({"message_id":"a","instance_name":"b","hostname":{}})", decode_kind::wrong_type,
+         "hostname must be a string"},
+        {R"({"message_id":"","instance_name":"a"})", decode_kind::empty_field,
+         "message_id must not be empty"},
+        {R"({"message_id":"a","instance_name":""})", decode_kind::empty_field,
+         "instance_name must not be empty"},
+        {R"([1,2])", decode_kind::not_object, "must be a JSON object, got an array"},
+        {R"("text")", decode_kind::not_object, "got a string"},
+        {"42", decode_kind::not_object, "got a number"},
+        {"not json", decode_kind::invalid_json, "invalid JSON"},
+        {R"({"message_id":"a",)", decode_kind::invalid_json, "invalid JSON"},
+        {"", decode_kind::invalid_json, "invalid JSON"},
+        {"{\"message_id\":\"\xff\",\"instance_name\":\"a\"}", decode_kind::not_utf8,
+         "not valid UTF-8"},
+    };
+    for (const auto& r : rows) {
+        CAPTURE(r.payload);
+        auto e = bad(r.payload);
+        CHECK(e.kind == r.kind);
+        CHECK(e.reason.find(r.reason_contains) != std::string::npos);
+    }
+}
+
+TEST_CASE("a payload over max_bytes is too large") {
+    decode_options o;
+    o.max_bytes = 16;
+    auto e = bad(R"({"message_id":"aaaaaaaa","instance_name":"b"})", o);
+    CHECK(e.kind == decode_kind::too_large);
+}
+
+TEST_CASE("UTF-8 validation") {
+    CHECK(valid_utf8("plain"));
+    CHECK(valid_utf8("h\xc3\xa9llo"));           // é
+    CHECK(valid_utf8("\xf0\x9f\x98\x80"));       // emoji
+    CHECK_FALSE(valid_utf8("\xc0\xaf"));         // overlong
+    CHECK_FALSE(valid_utf8("\xed\xa0\x80"));     // surrogate
+    CHECK_FALSE(valid_utf8("\xe2\x82"));         // truncated
+    CHECK_FALSE(valid_utf8("\xf4\x90\x80\x80")); // above U+10FFFF
+}
