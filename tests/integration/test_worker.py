@@ -138,6 +138,28 @@ class StdinSource(Harness):
         self.assert_identity(s)
         self.assertEqual(s["received"], 0, s)
 
+    def test_sigterm_with_an_open_pipe_and_work_in_flight(self):
+        # `producer | mayhem worker --source stdin`: the producer is still connected when the
+        # worker is told to stop; what it already read finishes, nothing is released.
+        n = 200
+        w = self.worker("--source", "stdin", "--save-latency", "300ms", "--restart-latency",
+                        "300ms", "--log-format", "json", "--status-interval", "50ms",
+                        stdin=subprocess.PIPE)
+        w.proc.stdin.write(b"".join(good(i) + b"\n" for i in range(n)))
+        w.proc.stdin.flush()
+
+        def received_all():
+            return any(r.get("msg") == "status" and r.get("received") == n
+                       for r in harness.json_log_lines(w.stderr()))
+        harness.wait_until(received_all, timeout=20, what="%d messages received" % n)
+        w.signal(signal.SIGTERM)
+        code, out, err = w.wait(timeout=30)
+        w.proc.stdin.close()
+        self.assertEqual(code, 0, err[-3000:])
+        s = harness.parse_summary(out)
+        self.assert_identity(s)
+        self.assertEqual((s["received"], s["acked"], s["released"]), (n, n, 0), s)
+
     def test_duplicate_message_id_restarts_once(self):
         # The same message_id twice: the second delivery is recognised (by the store, or by the
         # in-flight index when both overlap) and skipped, so the host is restarted once.

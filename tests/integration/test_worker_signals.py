@@ -131,7 +131,7 @@ class Reload(Harness):
         started(w)
         self.assertNotIn("message settled", w.stderr())
         with open(conf, "w") as f:
-            json.dump({"log-level": "debug", "rate": 50}, f)
+            json.dump({"log-level": "debug", "rate": 50, "max-in-flight": 7}, f)
         w.signal(signal.SIGHUP)
         harness.wait_until(lambda: "SIGHUP: log level changed" in w.stderr(), timeout=10,
                            what="the log level change to be logged")
@@ -141,6 +141,9 @@ class Reload(Harness):
         changed = [r for r in harness.json_log_lines(w.stderr())
                    if r.get("msg") == "SIGHUP: log level changed"]
         self.assertEqual((changed[0]["from"], changed[0]["to"]), ("info", "debug"))
+        limit = [r for r in harness.json_log_lines(w.stderr())
+                 if r.get("msg") == "SIGHUP: max-in-flight changed"]
+        self.assertEqual((limit[0]["from"], limit[0]["to"]), (1000, 7))
         self.assertTrue(w.alive())
         w.signal(signal.SIGTERM)
         code, out, err = w.wait(timeout=30)
