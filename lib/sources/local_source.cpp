@@ -55,10 +55,14 @@ void local_source::turn() {
         emit(std::move(d));
         --budget;
     }
-    std::size_t produced = 0;
-    if (budget > 0 && !stopped_ && !exhausted()) produced = produce(budget);
-    // Keep turning only while there is demand and something to deliver right now.
-    bool more = demand_ > 0 && (!ready_.empty() || (produced > 0 && !stopped_ && !exhausted()));
+    bool asked = budget > 0 && !stopped_ && !exhausted();
+    std::size_t produced = asked ? produce(budget) : 0;
+    // Keep turning only while there is demand and something to deliver right now. produce()
+    // returning 0 means "nothing now, I will resume()"; but when redeliveries used up the whole
+    // budget it was not asked at all, and the demand the sink granted back meanwhile (its
+    // request() is a no-op while we are turning) must still be served on the next turn.
+    bool can_produce = !stopped_ && !exhausted() && (!asked || produced > 0);
+    bool more = demand_ > 0 && (!ready_.empty() || can_produce);
     if (!more && idle_on_) {
         idle_on_ = false;
         uv_idle_stop(idle_.get());

@@ -1,0 +1,173 @@
+"""The worker's lifecycle under real signals: drain on SIGTERM/SIGINT, the drain deadline, a
+second signal, SIGHUP. Times are printed for the record, never asserted.
+"""
+
+import json
+import os
+import signal
+import time
+import unittest
+
+import harness
+from harness import Harness
+
+
+def started(w):
+    """Signals are only handled once the worker says it started (before that they kill it)."""
+    harness.wait_until(lambda: "worker started" in w.stderr() or not w.alive(),
+                       timeout=20, what="worker started")
+    if not w.alive():
+        raise AssertionError("worker exited early: %r" % w.stderr()[-3000:])
+
+
+def wait_received(w, at_least):
+    """Waits for a status line that shows at least `at_least` messages received."""
+    def seen():
+        for rec in harness.json_log_lines(w.stderr()):
+            if rec.get("msg") == "status" and rec.get("received", 0) >= at_least:
+                return True
+        return False
+    harness.wait_until(seen, timeout=20, what="%d messages received" % at_least)
+
+
+class Drain(Harness):
+    def test_sigterm_finishes_in_flight_work(self):
+        w = self.worker("--save-latency", "200ms..400ms", "--restart-latency", "200ms..400ms",
+                        "--log-format", "json", "--status-interval", "50ms")
+        started(w)
+        wait_received(w, 100)
+        t0 = time.monotonic()
+        w.signal(signal.SIGTERM)
+        code, out, err = w.wait(timeout=30)
+        print("\nSIGTERM with 200-400 ms latencies: exited after %.3fs" % (time.monotonic() - t0))
+        self.assertEqual(code, 0, err[-3000:])
+        s = harness.parse_summary(out)
+        self.assert_identity(s)
+        self.assertGreater(s["received"], 0, s)
+        self.assertEqual(s["received"], s["acked"], s)
+        self.assertEqual(s["released"], 0, s)
+        drained = [r for r in harness.json_log_lines(err) if r.get("msg") == "drain finished"]
+        self.assertEqual(len(drained), 1, err[-3000:])
+        self.assertEqual(drained[0]["released"], 0)
+
+    def test_sigint_drains_like_sigterm(self):
+        w = self.worker("--save-latency", "100ms..200ms", "--restart-latency", "100ms..200ms",
+                        "--log-format", "json", "--status-interval", "50ms")
+        started(w)
+        wait_received(w, 10)
+        w.signal(signal.SIGINT)
+        code, out, err = w.wait(timeout=30)
+        self.assertEqual(code, 0, err[-3000:])
+        s = harness.parse_summary(out)
+        self.assert_identity(s)
+        self.assertEqual((s["received"], s["released"]), (s["acked"], 0), s)
+        self.assertIn('"signal":"SIGINT"', err)
+
+    def test_drain_timeout_releases_unfinished_work(self):
+        w = self.worker("--save-latency", "2s", "--restart-latency", "2s",
+                        "--drain-timeout", "100ms", "--log-format", "json",
+                        "--status-interval", "50ms")
+        started(w)
+        wait_received(w, 10)
+        t0 = time.monotonic()
+        w.signal(signal.SIGTERM)
+        code, out, err = w.wait(timeout=30)
+        print("\nSIGTERM, --drain-timeout 100ms, 2 s latencies: exited after %.3fs"
+              % (time.monotonic() - t0))
+        self.assertEqual(code, 3, err[-3000:])
+        s = harness.parse_summary(out)
+        self.assert_identity(s)
+        self.assertGreater(s["released"], 0, s)
+        self.assertEqual(s["received"], s["acked"] + s["released"], s)
+        drained = [r for r in harness.json_log_lines(err) if r.get("msg") == "drain finished"]
+        self.assertEqual(len(drained), 1, err[-3000:])
+        self.assertTrue(drained[0]["deadline_hit"], drained)
+
+    def test_second_signal_forces_exit(self):
+        # The drain would wait up to 10 minutes for 5 s restarts; the second signal ends it now.
+        w = self.worker("--save-latency", "5s", "--restart-latency", "5s",
+                        "--drain-timeout", "10m", "--log-format", "json",
+                        "--status-interval", "50ms")
+        started(w)
+        wait_received(w, 10)
+        w.signal(signal.SIGTERM)
+        harness.wait_until(lambda: "draining" in w.stderr(), timeout=10, what="draining")
+        t0 = time.monotonic()
+        w.signal(signal.SIGINT)
+        code, out, err = w.wait(timeout=30)
+        print("\nsecond signal during a drain: exited after %.3fs" % (time.monotonic() - t0))
+        self.assertEqual(code, 3, err[-3000:])
+        s = harness.parse_summary(out)
+        self.assert_identity(s)
+        self.assertGreater(s["released"], 0, s)
+        self.assertEqual(s["received"], s["acked"] + s["released"], s)
+        self.assertIn("second signal", err)
+
+    def test_sigterm_releases_retries_waiting_for_redelivery(self):
+        # Failed restarts wait out a long backoff inside the (local) simulate source; a drain
+        # cannot wait for them, so they are abandoned: counted, warned about, exit 3.
+        w = self.worker("--save-latency", "0", "--restart-latency", "0",
+                        "--restart-failure-rate", "1", "--retry-backoff", "1h",
+                        "--rate", "200", "--log-format", "json", "--status-interval", "50ms")
+        started(w)
+        wait_received(w, 5)
+        w.signal(signal.SIGTERM)
+        code, out, err = w.wait(timeout=30)
+        s = harness.parse_summary(out)
+        self.assert_identity(s)
+        self.assertGreater(s["retried"], 0, s)
+        self.assertEqual(s["abandoned"], s["retried"], s)
+        self.assertEqual(code, 3, err[-3000:])
+        self.assertIn("retried messages were waiting for redelivery", err)
+
+
+class Reload(Harness):
+    def test_sighup_rereads_the_log_level(self):
+        conf = os.path.join(self.tmp, "mayhem.json")
+        with open(conf, "w") as f:
+            json.dump({"log-level": "info", "rate": 50}, f)
+        w = self.worker("--config", conf, "--save-latency", "0", "--restart-latency", "0",
+                        "--log-format", "json")
+        started(w)
+        self.assertNotIn("message settled", w.stderr())
+        with open(conf, "w") as f:
+            json.dump({"log-level": "debug", "rate": 50, "max-in-flight": 7}, f)
+        w.signal(signal.SIGHUP)
+        harness.wait_until(lambda: "SIGHUP: log level changed" in w.stderr(), timeout=10,
+                           what="the log level change to be logged")
+        # Debug lines (one per settled message) follow once the level is debug.
+        harness.wait_until(lambda: "message settled" in w.stderr(), timeout=10,
+                           what="debug lines after SIGHUP")
+        changed = [r for r in harness.json_log_lines(w.stderr())
+                   if r.get("msg") == "SIGHUP: log level changed"]
+        self.assertEqual((changed[0]["from"], changed[0]["to"]), ("info", "debug"))
+        limit = [r for r in harness.json_log_lines(w.stderr())
+                 if r.get("msg") == "SIGHUP: max-in-flight changed"]
+        self.assertEqual((limit[0]["from"], limit[0]["to"]), (1000, 7))
+        self.assertTrue(w.alive())
+        w.signal(signal.SIGTERM)
+        code, out, err = w.wait(timeout=30)
+        self.assertEqual(code, 0, err[-3000:])
+        self.assert_identity(harness.parse_summary(out))
+
+    def test_sighup_with_a_broken_config_keeps_running(self):
+        conf = os.path.join(self.tmp, "mayhem.json")
+        with open(conf, "w") as f:
+            json.dump({"rate": 50}, f)
+        w = self.worker("--config", conf, "--save-latency", "0", "--restart-latency", "0",
+                        "--log-format", "json")
+        started(w)
+        with open(conf, "w") as f:
+            f.write("{ not json")
+        w.signal(signal.SIGHUP)
+        harness.wait_until(lambda: "configuration not reloaded" in w.stderr(), timeout=10,
+                           what="the reload error")
+        self.assertTrue(w.alive())
+        w.signal(signal.SIGTERM)
+        code, out, err = w.wait(timeout=30)
+        self.assertEqual(code, 0, err[-3000:])
+        self.assert_identity(harness.parse_summary(out))
+
+
+if __name__ == "__main__":
+    unittest.main()
