@@ -92,7 +92,9 @@ void timer_queue::disarm(timer_entry& e) noexcept {
         sift_down(i);
         sift_up(i);
     }
-    // No rearm: a timer that fires early finds nothing due and rearms for the new front.
+    // A timer that fires early finds nothing due and rearms for the new front; but with nothing
+    // left at all it is stopped, so a cancelled sleep does not keep the loop alive.
+    if (heap_.empty()) rearm();
 }
 
 void timer_queue::rearm() noexcept {
