@@ -27,17 +27,18 @@ void latency_histogram::observe(double seconds) noexcept {
 
 struct pipeline::flight {
     pipeline& p;
-    delivery d;
+    delivery& d; // the task's own parameter, in the same frame
     message msg; // decoded from d.payload
     bool decoded = false;
     bool settled = false;
-    bool indexed = false; // registered in by_id_
-    verdict last;         // what it settled with, for a coalesced duplicate
+    bool indexed = false;             // registered in by_id_
+    outcome last = outcome::released; // what it settled with, for a coalesced duplicate
+    std::uint64_t started_ns = 0;     // when save and restart were started
     rt::event done;
     rt::owned_node<flight> lease{this};
     std::uint64_t lease_due = 0;
 
-    flight(pipeline& owner, delivery dv) : p(owner), d(std::move(dv)) {
+    flight(pipeline& owner, delivery& dv) : p(owner), d(dv) {
         ++p.in_flight_;
         p.stats_.in_flight.set(static_cast<std::int64_t>(p.in_flight_));
     }
@@ -73,9 +74,7 @@ pipeline::~pipeline() {
 }
 
 std::uint64_t pipeline::now_ns() noexcept {
-    return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                          std::chrono::steady_clock::now().time_since_epoch())
-                                          .count());
+    return rt::details::steady_ns();
 }
 
 void pipeline::start() {
@@ -87,6 +86,7 @@ void pipeline::stop_intake() {
     if (intake_stopped_) return;
     intake_stopped_ = true;
     source_.stop();
+    pump();
     notify();
 }
 
@@ -147,7 +147,10 @@ void pipeline::pump() {
     if (pumping_ || releasing_) return;
     pumping_ = true;
     std::size_t taken = 0;
-    while (!queue_.empty() && in_flight_ < opts_.max_in_flight) {
+    // While draining, what is already queued starts at once, over the in-flight limit by at most
+    // the (small) queue capacity: everything taken from the source then finishes within one
+    // latency instead of waiting for a slot and a second latency.
+    while (!queue_.empty() && (in_flight_ < opts_.max_in_flight || intake_stopped_)) {
         delivery d = std::move(queue_.front());
         queue_.pop_front();
         ++taken;
@@ -182,34 +185,74 @@ bool pipeline::allow_bad_log() {
 // ---------------------------------------------------------------------------------------------
 
 rt::task<void> pipeline::process(delivery d) {
-    flight f(*this, std::move(d));
-    if (auto bad = decode_into(f.msg, f.d.payload, opts_.decode)) {
-        stats_.decode_errors[static_cast<std::size_t>(bad->kind)].inc();
-        if (allow_bad_log())
-            log::warn("undecodable message dead-lettered",
-                      {{"reason", bad->reason}, {"kind", to_string(bad->kind)}, {"ref", f.d.ref}});
-        co_return settle(f, verdict{outcome::dead_lettered, std::move(bad->reason), {}});
-    }
-    f.decoded = true;
-    const message& msg = f.msg;
-
-    if (auto it = by_id_.find(msg.message_id); it != by_id_.end()) {
-        // A second delivery of an id still in flight: wait for the first and share its outcome,
+    flight f(*this, d);
+    if (!admit(f)) co_return; // undecodable: dead-lettered
+    if (flight* first = in_flight_with_id(f.msg.message_id)) {
+        // A second delivery of an id still in flight waits for the first and shares its outcome,
         // so one id never gets two restarts, whatever the timing.
-        flight& first = *it->second;
-        co_await first.done;
-        verdict v = first.last;
-        if (v.what == outcome::acked)
-            v = verdict{outcome::skipped, "duplicate of a message in flight", {}};
-        co_return settle(f, std::move(v));
+        co_await first->done;
+        co_return settle_duplicate(f, *first);
     }
-    by_id_.emplace(msg.message_id, &f);
+    hold(f);
+    auto both = rt::gather_timed(store_.save(f.msg, f.d), restart(f.msg));
+    co_await both;
+    co_return conclude(f, both);
+}
+
+// The steps of process() that need no suspension live in plain functions, so their temporaries
+// (log fields, decide inputs) take no room in the coroutine frame of every message in flight.
+
+bool pipeline::admit(flight& f) {
+    auto bad = decode_into(f.msg, f.d.payload, opts_.decode);
+    if (!bad) {
+        f.decoded = true;
+        return true;
+    }
+    stats_.decode_errors[static_cast<std::size_t>(bad->kind)].inc();
+    if (allow_bad_log())
+        log::warn("undecodable message dead-lettered",
+                  {{"reason", bad->reason}, {"kind", to_string(bad->kind)}, {"ref", f.d.ref}});
+    settle(f, verdict{outcome::dead_lettered, std::move(bad->reason), {}});
+    return false;
+}
+
+pipeline::flight* pipeline::in_flight_with_id(std::string_view id) {
+    auto it = by_id_.find(id);
+    return it == by_id_.end() ? nullptr : it->second;
+}
+
+void pipeline::settle_duplicate(flight& f, const flight& first) {
+    switch (first.last) {
+    case outcome::acked:
+    case outcome::skipped:
+        settle(f, verdict{outcome::skipped, "duplicate of a message in flight", {}});
+        break;
+    case outcome::retried:
+        settle(f, verdict{outcome::retried, "duplicate of a message that was retried",
+                          opts_.backoff.delay(f.d.attempt, rng_())});
+        break;
+    case outcome::dead_lettered:
+        settle(f, verdict{outcome::dead_lettered, "duplicate of a dead-lettered message", {}});
+        break;
+    case outcome::released:
+        settle(f, verdict{outcome::released, "duplicate of a released message", {}});
+        break;
+    }
+}
+
+void pipeline::hold(flight& f) {
+    by_id_.emplace(f.msg.message_id, &f);
     f.indexed = true;
     f.lease_due = loop_.now() + static_cast<std::uint64_t>(opts_.lease_extend_interval.count());
     leases_.push_back(f.lease);
+    f.started_ns = now_ns();
+}
 
-    auto [saved, restarted] = co_await rt::gather(save(msg, f.d), restart(msg));
-
+void pipeline::conclude(flight& f, gathered& both) {
+    stats_.save_seconds.observe(static_cast<double>(both.finished_ns(0) - f.started_ns) / 1e9);
+    stats_.restart_seconds.observe(static_cast<double>(both.finished_ns(1) - f.started_ns) / 1e9);
+    auto saved = both.take<0>();
+    auto restarted = both.take<1>();
     decide_inputs in;
     in.attempt = f.d.attempt;
     in.max_attempts = opts_.max_attempts;
@@ -221,20 +264,12 @@ rt::task<void> pipeline::process(delivery d) {
         in.restarted = std::move(*restarted);
     else
         in.restart_exception = rt::describe(restarted.error());
-    co_return settle(f, decide(in, opts_.backoff, rng_()));
-}
-
-rt::task<save_result> pipeline::save(const message& m, const delivery& d) {
-    auto start = now_ns();
-    save_result r = co_await store_.save(m, d);
-    stats_.save_seconds.observe(static_cast<double>(now_ns() - start) / 1e9);
-    co_return r;
+    settle(f, decide(in, opts_.backoff, rng_()));
 }
 
 // "Block when needed": the restart is a serial chain (claim, restart, record) that still never
 // blocks the loop.
 rt::task<restart_result> pipeline::restart(const message& m) {
-    auto start = now_ns();
     restart_result r;
     switch (co_await store_.claim_restart(m)) {
     case restart_claim::done:
@@ -253,7 +288,6 @@ rt::task<restart_result> pipeline::restart(const message& m) {
         break;
     }
     stats_.restarts[static_cast<std::size_t>(r.status)].inc();
-    stats_.restart_seconds.observe(static_cast<double>(now_ns() - start) / 1e9);
     co_return r;
 }
 
@@ -274,7 +308,7 @@ void pipeline::settle(flight& f, verdict v) {
                                        {"reason", v.reason},
                                        {"attempt", f.d.attempt}});
     }
-    f.last = v;
+    f.last = v.what;
     ++unconfirmed_;
     source_.settle(std::move(f.d), v);
     f.done.set(); // duplicates waiting on this one settle now

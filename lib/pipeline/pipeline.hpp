@@ -112,8 +112,13 @@ private:
 
     void pump();
     rt::task<void> process(delivery d);
+    bool admit(flight& f);
+    flight* in_flight_with_id(std::string_view id);
+    void settle_duplicate(flight& f, const flight& first);
+    void hold(flight& f);
+    using gathered = rt::gather_awaiter<true, save_result, restart_result>;
+    void conclude(flight& f, gathered& both);
     rt::task<restart_result> restart(const message& m);
-    rt::task<save_result> save(const message& m, const delivery& d);
     void settle(flight& f, verdict v);
     void renew_leases();
     void notify();

@@ -17,8 +17,8 @@ std::string describe(const std::exception_ptr& e) {
 }
 
 namespace details {
-std::coroutine_handle<> finish_detached(promise_base& p) noexcept {
-    std::coroutine_handle<> h = p.self;
+std::coroutine_handle<> finish_detached(promise<void>& p) noexcept {
+    auto h = std::coroutine_handle<promise<void>>::from_promise(p);
     task_scope* scope = p.scope;
     std::exception_ptr error = std::move(p.error);
     p.scope_node.unlink();
@@ -39,10 +39,10 @@ void task_scope::cancel_all() noexcept {
     // Destroying a frame runs its locals' destructors, which may settle messages and thereby
     // spawn or finish other tasks: take one frame at a time from the front.
     while (auto* node = tasks_.front()) {
-        auto* p = static_cast<owned_node<details::promise_base>*>(node)->owner;
+        auto* p = static_cast<owned_node<details::promise<void>>*>(node)->owner;
         node->unlink();
         --size_;
-        p->self.destroy();
+        std::coroutine_handle<details::promise<void>>::from_promise(*p).destroy();
     }
 }
 

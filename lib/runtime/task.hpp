@@ -15,10 +15,13 @@
 #include "runtime/frame_pool.hpp"
 #include "runtime/list.hpp"
 
+#include <array>
 #include <atomic>
 #include <cassert>
+#include <chrono>
 #include <coroutine>
 #include <cstddef>
+#include <cstdint>
 #include <exception>
 #include <functional>
 #include <optional>
@@ -82,34 +85,47 @@ class task_scope;
 namespace details {
 
 // When a task is one branch of a gather, it resumes the gather's parent only when it is the
-// last branch to finish.
+// last branch to finish, and stamps when it finished (stage timings come from these stamps).
+inline constexpr std::size_t max_gather = 4;
 struct join_state {
     std::size_t remaining = 0;
     std::coroutine_handle<> parent;
+    std::uint64_t finished_ns[max_gather] = {};
 };
 
+inline std::uint64_t steady_ns() noexcept {
+    return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                          std::chrono::steady_clock::now().time_since_epoch())
+                                          .count());
+}
+
+// Kept small: one of these is in every frame of every message in flight.
 struct promise_base : pooled_frame {
     std::coroutine_handle<> continuation;
     join_state* join = nullptr;
-    task_scope* scope = nullptr;  // set when spawned: the scope owns and frees the frame
-    std::coroutine_handle<> self; // set when spawned, so the scope can destroy the frame
-    owned_node<promise_base> scope_node{this}; // link in the scope's registry
     std::exception_ptr error;
+    std::uint8_t branch = 0; // index within the gather, with `join`
 
     std::suspend_always initial_suspend() noexcept { return {}; }
     void unhandled_exception() noexcept { error = std::current_exception(); }
 };
 
+template <class T>
+struct promise;
+
 // Defined after task_scope: a detached frame reports to and unlinks from its scope.
-std::coroutine_handle<> finish_detached(promise_base& p) noexcept;
+std::coroutine_handle<> finish_detached(promise<void>& p) noexcept;
 
 struct final_awaiter {
     bool await_ready() const noexcept { return false; }
     template <class P>
     std::coroutine_handle<> await_suspend(std::coroutine_handle<P> h) noexcept {
-        promise_base& p = h.promise();
-        if (p.scope) return finish_detached(p);
+        P& p = h.promise();
+        if constexpr (std::is_same_v<P, promise<void>>) {
+            if (p.scope) return finish_detached(p);
+        }
         if (p.join) {
+            p.join->finished_ns[p.branch] = steady_ns();
             if (--p.join->remaining == 0) return p.join->parent;
             return std::noop_coroutine();
         }
@@ -135,6 +151,10 @@ struct promise : promise_base {
 
 template <>
 struct promise<void> : promise_base {
+    // Only a task<void> can be spawned: the scope bookkeeping lives here, not in every frame.
+    task_scope* scope = nullptr; // set when spawned: the scope owns and frees the frame
+    owned_node<promise<void>> scope_node{this}; // link in the scope's registry
+
     task<void> get_return_object() noexcept;
     final_awaiter final_suspend() noexcept { return {}; }
     void return_void() noexcept {}
@@ -223,8 +243,10 @@ inline task<void> promise<void>::get_return_object() noexcept {
 // No allocation beyond the tasks' own frames: the join counter lives in the awaiter, which
 // lives in the awaiting frame.
 // ---------------------------------------------------------------------------------------------
-template <class... T>
+template <bool Timed, class... T>
 class [[nodiscard]] gather_awaiter {
+    static_assert(sizeof...(T) <= details::max_gather, "gather takes at most max_gather tasks");
+
 public:
     explicit gather_awaiter(task<T>&&... ts) : tasks_(std::move(ts)...) {}
 
@@ -234,19 +256,37 @@ public:
         // synchronously cannot resume the parent before every branch has started.
         join_.remaining = sizeof...(T) + 1;
         join_.parent = parent;
-        std::apply([this](auto&... t) { (start(t), ...); }, tasks_);
+        std::uint8_t index = 0;
+        std::apply([&](auto&... t) { (start(t, index++), ...); }, tasks_);
         if (--join_.remaining == 0) return parent;
         return std::noop_coroutine();
     }
-    std::tuple<result<T>...> await_resume() {
+    // gather(): the results as a tuple. gather_timed(): nothing; the awaiter is kept as a named
+    // local and read with results() and finished_ns(), so the results are not copied into a
+    // temporary in the awaiting frame (which lives as long as the message is in flight).
+    auto await_resume() {
+        if constexpr (Timed)
+            return;
+        else
+            return results();
+    }
+    std::tuple<result<T>...> results() {
         return std::apply([](auto&... t) { return std::tuple<result<T>...>{t.take_result()...}; },
                           tasks_);
+    }
+    // When branch `i` finished (steady clock, ns).
+    std::uint64_t finished_ns(std::size_t i) const noexcept { return join_.finished_ns[i]; }
+    template <std::size_t I>
+    auto take() {
+        return std::get<I>(tasks_).take_result();
     }
 
 private:
     template <class U>
-    void start(task<U>& t) noexcept {
-        t.handle().promise().join = &join_;
+    void start(task<U>& t, std::uint8_t index) noexcept {
+        auto& p = t.handle().promise();
+        p.join = &join_;
+        p.branch = index;
         t.handle().resume();
     }
     std::tuple<task<T>...> tasks_;
@@ -254,8 +294,15 @@ private:
 };
 
 template <class... T>
-gather_awaiter<T...> gather(task<T>... ts) {
-    return gather_awaiter<T...>(std::move(ts)...);
+gather_awaiter<false, T...> gather(task<T>... ts) {
+    return gather_awaiter<false, T...>(std::move(ts)...);
+}
+
+// The same, also returning when each branch finished (for stage timings without a wrapper
+// coroutine per stage).
+template <class... T>
+gather_awaiter<true, T...> gather_timed(task<T>... ts) {
+    return gather_awaiter<true, T...>(std::move(ts)...);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -275,9 +322,8 @@ public:
 
     void spawn(task<void> t) {
         auto h = t.release();
-        details::promise_base& p = h.promise();
+        details::promise<void>& p = h.promise();
         p.scope = this;
-        p.self = h;
         tasks_.push_back(p.scope_node);
         ++size_;
         h.resume(); // may run to completion (and free itself) right here
@@ -290,7 +336,7 @@ public:
     void cancel_all() noexcept;
 
 private:
-    friend std::coroutine_handle<> details::finish_detached(details::promise_base&) noexcept;
+    friend std::coroutine_handle<> details::finish_detached(details::promise<void>&) noexcept;
     error_handler on_error_;
     intrusive_list tasks_;
     std::size_t size_ = 0;
