@@ -1,7 +1,8 @@
 // `--store memory`: for tests and benchmarks. Nothing survives the process. It keeps only the
 // idempotency record of restarts (a 64-bit hash of each id whose restart succeeded), so a
-// redelivery within one run is still recognised. An optional simulated latency (--save-latency)
-// stands in for the talk's save().
+// redelivery within one run is still recognised, and per host (by a 64-bit hash of the host
+// name) the one restart that can block the next in claim_host. An optional simulated latency
+// (--save-latency) stands in for the talk's save().
 #pragma once
 
 #include "runtime/duration.hpp"
@@ -20,6 +21,8 @@ public:
     std::string_view name() const override { return "memory"; }
     rt::task<save_result> save(const message& m, const delivery& d) override;
     rt::task<restart_claim> claim_restart(const message& m) override;
+    rt::task<host_claim> claim_host(const message& m, std::chrono::system_clock::time_point now,
+                                    std::chrono::milliseconds cooldown) override;
     rt::task<void> finish_restart(const message& m, const restart_result& r) override;
     void complete(const message& m, const verdict& v) override;
     rt::task<void> close() override;
@@ -29,11 +32,22 @@ public:
 private:
     enum class state : std::uint8_t { started, done };
     static std::uint64_t key(const message& m) noexcept;
+    static std::uint64_t host_key(const message& m) noexcept;
+
+    // The latest restart of a host that was granted: running until finish_restart says how it
+    // ended; a failed one is erased. One record per host is enough: a newer grant means the
+    // older record no longer blocked anything.
+    struct host_record {
+        std::uint64_t message = 0; // key() of the message that claimed it
+        std::chrono::system_clock::time_point started;
+        bool running = true;
+    };
 
     rt::loop& loop_;
     latency_range latency_;
     std::mt19937_64 rng_;
     std::unordered_map<std::uint64_t, state> restarts_;
+    std::unordered_map<std::uint64_t, host_record> hosts_;
     std::size_t saved_ = 0;
 };
 
