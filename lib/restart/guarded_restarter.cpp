@@ -19,7 +19,15 @@ struct guarded_restarter::host_run {
     bool registered = true;
 
     host_run(guarded_restarter& owner, const message& m) : g(owner), msg(m) {
-        g.running_hosts_.emplace(m.hostname, this);
+        if (g.spare_nodes_.empty()) {
+            g.running_hosts_.emplace(msg.hostname, this);
+            return;
+        }
+        auto node = std::move(g.spare_nodes_.back());
+        g.spare_nodes_.pop_back();
+        node.key() = msg.hostname;
+        node.mapped() = this;
+        g.running_hosts_.insert(std::move(node));
     }
     host_run(const host_run&) = delete;
     host_run& operator=(const host_run&) = delete;
@@ -31,8 +39,10 @@ struct guarded_restarter::host_run {
         if (!registered) return;
         registered = false;
         if (auto it = g.running_hosts_.find(msg.hostname);
-            it != g.running_hosts_.end() && it->second == this)
-            g.running_hosts_.erase(it);
+            it != g.running_hosts_.end() && it->second == this) {
+            auto node = g.running_hosts_.extract(it);
+            if (g.spare_nodes_.size() < 1024) g.spare_nodes_.push_back(std::move(node));
+        }
     }
     void finish(restart_result r) {
         result = std::move(r);

@@ -28,7 +28,9 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <unordered_map>
+#include <vector>
 
 namespace mayhem {
 
@@ -93,8 +95,13 @@ private:
     host_filter filter_;
     circuit_breaker breaker_;
 
-    std::unordered_map<std::string, host_run*> running_hosts_; // for coalescing
-    rt::intrusive_list waiters_;                               // admit_awaiter, FIFO
+    // Hosts whose restart runs here, for coalescing. Keys point into the message of the running
+    // restart (alive as long as its host_run). Map nodes are recycled through spare_nodes_, so
+    // steady state allocates nothing per message.
+    using host_map = std::unordered_map<std::string_view, host_run*>;
+    host_map running_hosts_;
+    std::vector<host_map::node_type> spare_nodes_;
+    rt::intrusive_list waiters_; // admit_awaiter, FIFO
     std::size_t running_ = 0;
     bool paused_ = false;
 
