@@ -1,5 +1,8 @@
 #include "config/config.hpp"
 
+#include "restart/command_template.hpp"
+#include "restart/policy.hpp"
+
 #include <algorithm>
 #include <cstdlib>
 #include <fstream>
@@ -37,6 +40,70 @@ CLI::Option* add_range(CLI::App& cmd, const std::string& name, latency_range& ta
                        const std::string& help) {
     return add_parsed(cmd, name, target, parse_latency_range, help, format_latency_range(target),
                       "expected a duration or a range MIN..MAX like 10ms..1s (MIN <= MAX)");
+}
+
+std::optional<std::uint64_t> parse_count(std::string_view s) {
+    if (s.empty() || s.size() > 12) return std::nullopt;
+    std::uint64_t v = 0;
+    for (char ch : s) {
+        if (ch < '0' || ch > '9') return std::nullopt;
+        v = v * 10 + static_cast<std::uint64_t>(ch - '0');
+    }
+    return v;
+}
+
+// The safety rails' flags (README "Safety rails").
+void add_safety_options(CLI::App& cmd, worker_config& c) {
+    const char* g = "Safety rails";
+    cmd.add_option("--restart-command", c.restart_command,
+                   "exec: command run per host, split into argv without a shell; placeholders "
+                   "{hostname} {instance_name} {message_id}")
+        ->group(g);
+    cmd.add_option("--verify-command", c.verify_command,
+                   "exec: command run after a successful restart; must exit 0 (same rules)")
+        ->group(g);
+    add_duration(cmd, "--restart-timeout", c.restart_timeout,
+                 "exec: a command still running after this is ended (SIGTERM, then SIGKILL) and "
+                 "the restart failed")
+        ->group(g);
+    add_duration(cmd, "--restart-kill-grace", c.restart_kill_grace,
+                 "exec: time between SIGTERM and SIGKILL when a command is ended")
+        ->group(g);
+    add_parsed(cmd, "--restart-cooldown", c.restart_cooldown, parse_duration,
+               "Skip a host whose last restart is more recent than this (0 = off)",
+               "7d with exec, 0 with simulate", "expected a duration like 30m, 12h, 7d")
+        ->group(g);
+    add_parsed(cmd, "--max-concurrent-restarts", c.max_concurrent_restarts, parse_count,
+               "Restarts running at once; more wait, in flight (0 = unlimited)",
+               "16 with exec, 0 with simulate", "expected a whole number")
+        ->group(g);
+    cmd.add_option("--allow-hosts", c.allow_hosts,
+                   "Regex a host name must match entirely, else dead-lettered")
+        ->group(g);
+    cmd.add_option("--deny-hosts", c.deny_hosts,
+                   "Regex: a host name matching it entirely is dead-lettered")
+        ->group(g);
+    cmd.add_option("--pause-file", c.pause_file,
+                   "Kill switch: while this file exists no restart starts (looked for every 1s)")
+        ->group(g);
+    add_parsed(
+        cmd, "--breaker-failures", c.breaker_failures,
+        [](std::string_view s) -> std::optional<std::uint32_t> {
+            auto v = parse_count(s);
+            if (!v || *v > 1'000'000) return std::nullopt;
+            return static_cast<std::uint32_t>(*v);
+        },
+        "This many failed restarts within --breaker-window open the circuit breaker (0 = off)",
+        "10 with exec, 0 with simulate", "expected a whole number up to 1000000")
+        ->group(g);
+    add_duration(cmd, "--breaker-window", c.breaker_window,
+                 "The window in which failed restarts are counted")
+        ->group(g);
+    add_duration(cmd, "--breaker-cooldown", c.breaker_cooldown,
+                 "How long an open breaker holds restarts before one trial restart")
+        ->group(g);
+    cmd.add_flag("--dry-run", c.dry_run, "Everything but the restart itself (result dry_run)")
+        ->group(g);
 }
 
 std::string flag_name(const CLI::Option* opt) {
@@ -79,7 +146,7 @@ void add_worker_options(CLI::App& cmd, worker_config& c) {
         ->capture_default_str()
         ->group("Pipeline");
     cmd.add_option("--restarter", c.restarter, "How hosts are restarted")
-        ->check(CLI::IsMember({"simulate"}))
+        ->check(CLI::IsMember({"simulate", "exec"}))
         ->capture_default_str()
         ->group("Pipeline");
     cmd.add_option("--max-in-flight", c.max_in_flight,
@@ -109,6 +176,8 @@ void add_worker_options(CLI::App& cmd, worker_config& c) {
                  "On SIGTERM/SIGINT, how long in-flight messages may finish before they are "
                  "released")
         ->group("Pipeline");
+
+    add_safety_options(cmd, c);
 
     cmd.add_option("--host-domain", c.host_domain,
                    "Domain of a host derived from instance_name: <instance_name>.<domain>")
@@ -246,8 +315,59 @@ std::optional<worker_config> parse_worker_config(const std::vector<std::string>&
         exit_code = 2;
         return std::nullopt;
     }
+    if (auto bad = check_safety(cfg)) {
+        err << "mayhem worker: " << *bad << "\n";
+        exit_code = 2;
+        return std::nullopt;
+    }
     exit_code = 0;
     return cfg;
+}
+
+safety_defaults resolve_safety(const worker_config& c) {
+    bool exec = c.restarter == "exec";
+    safety_defaults d;
+    d.restart_cooldown =
+        c.restart_cooldown.value_or(exec ? millis{7LL * 24 * 3600 * 1000} : millis{0});
+    d.max_concurrent_restarts = c.max_concurrent_restarts.value_or(exec ? 16 : 0);
+    d.breaker_failures = c.breaker_failures.value_or(exec ? 10 : 0);
+    return d;
+}
+
+std::optional<std::string> check_safety(const worker_config& c) {
+    auto check_template = [](const std::string& flag,
+                             const std::string& text) -> std::optional<std::string> {
+        auto t = command_template::parse(text);
+        if (auto* bad = std::get_if<std::string>(&t)) return flag + " \"" + text + "\": " + *bad;
+        const auto& prog = std::get<command_template>(t).program();
+        if (!find_program(prog))
+            return flag + ": program '" + prog +
+                   "' not found (not executable, or not on $PATH); fix the command before any "
+                   "message is taken";
+        return std::nullopt;
+    };
+    if (c.restarter == "exec") {
+        if (c.restart_command.empty())
+            return std::string("--restarter exec needs --restart-command, e.g. "
+                               "--restart-command 'ssh -o BatchMode=yes {hostname} sudo "
+                               "systemctl reboot'");
+        if (auto bad = check_template("--restart-command", c.restart_command)) return bad;
+        if (!c.verify_command.empty())
+            if (auto bad = check_template("--verify-command", c.verify_command)) return bad;
+        if (c.restart_timeout.count() <= 0)
+            return std::string("--restart-timeout must be more than 0: every command ends");
+    } else if (!c.restart_command.empty() || !c.verify_command.empty()) {
+        return std::string("--restart-command and --verify-command need --restarter exec");
+    }
+    for (auto [flag, re] :
+         {std::pair{"--allow-hosts", &c.allow_hosts}, std::pair{"--deny-hosts", &c.deny_hosts}}) {
+        try {
+            host_filter f(*re, "");
+        } catch (const std::regex_error& e) {
+            return std::string(flag) + " \"" + *re + "\" is not a valid regex: " + e.what();
+        }
+    }
+    return std::nullopt;
 }
 
 } // namespace mayhem

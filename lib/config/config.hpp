@@ -31,6 +31,22 @@ struct worker_config {
     latency_range restart_latency{millis{0}, millis{1000}};
     double restart_failure_rate = 0;
 
+    // safety rails (README "Safety rails"); nullopt: the restarter's default (exec: 7d, 16,
+    // 10 failures; simulate: off), see resolve_safety()
+    std::string restart_command;
+    std::string verify_command;
+    millis restart_timeout{5 * 60 * 1000};
+    millis restart_kill_grace{10 * 1000};
+    std::optional<millis> restart_cooldown;
+    std::optional<std::uint64_t> max_concurrent_restarts;
+    std::string allow_hosts;
+    std::string deny_hosts;
+    std::string pause_file;
+    std::optional<std::uint32_t> breaker_failures;
+    millis breaker_window{10 * 60 * 1000};
+    millis breaker_cooldown{5 * 60 * 1000};
+    bool dry_run = false;
+
     // message
     std::string host_domain = "example.net";
     std::uint64_t max_message_bytes = 64 * 1024;
@@ -75,5 +91,19 @@ std::optional<worker_config> parse_worker_config(const std::vector<std::string>&
                                                  int& exit_code);
 
 spdlog::level::level_enum parse_log_level(const std::string& s);
+
+// The safety rails' values after the restarter's defaults are applied: a flag not given is
+// 7d / 16 / 10 failures with --restarter exec, and off with --restarter simulate (a simulation
+// touches no host, and its failure rate is a load-test knob, not a fleet's health).
+struct safety_defaults {
+    millis restart_cooldown;
+    std::uint64_t max_concurrent_restarts; // 0: unlimited
+    std::uint32_t breaker_failures;        // 0: no breaker
+};
+safety_defaults resolve_safety(const worker_config& c);
+
+// Checks the safety flags together (templates, regexes, the restart program on $PATH); the
+// message says what is wrong and which flag to change, or nullopt when all is well.
+std::optional<std::string> check_safety(const worker_config& c);
 
 } // namespace mayhem

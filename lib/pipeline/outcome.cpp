@@ -34,6 +34,8 @@ std::string_view to_string(restart_status s) noexcept {
         return "dry_run";
     case restart_status::coalesced:
         return "coalesced";
+    case restart_status::refused:
+        return "refused";
     }
     return "unknown";
 }
@@ -69,6 +71,8 @@ verdict decide(const decide_inputs& in, const backoff_policy& backoff, std::uint
             return verdict{outcome::acked, {}, {}};
         case restart_status::skipped_duplicate:
             return verdict{outcome::skipped, "already completed", {}};
+        case restart_status::refused:
+            return verdict{outcome::dead_lettered, "restart refused: " + in.restarted->detail, {}};
         case restart_status::failed:
             failure = "restart failed: " + in.restarted->detail;
             break;

@@ -30,7 +30,9 @@ enum class restart_status : std::uint8_t {
     skipped_duplicate,
     dry_run,
     coalesced,
+    refused, // by policy or a bad placeholder value: dead-lettered at once, never retried
 };
+inline constexpr int restart_status_count = 7;
 std::string_view to_string(restart_status s) noexcept;
 
 struct restart_result {
@@ -65,7 +67,9 @@ struct decide_inputs {
 //  - a failed save is never acked: retried (store trouble is transient; it does not use up the
 //    message's restart attempts, so an outage cannot dead-letter good requests);
 //  - a failed restart is retried while attempts are left, then dead-lettered;
-//  - a duplicate (already completed) is `skipped`; ok, dry_run, cooldown and coalesced are acked.
+//  - a duplicate (already completed) is `skipped`; ok, dry_run, cooldown and coalesced are acked;
+//  - a refused restart (host outside --allow-hosts/--deny-hosts, unsafe placeholder value) is
+//    dead-lettered at once: retrying cannot change the answer.
 verdict decide(const decide_inputs& in, const backoff_policy& backoff, std::uint64_t random);
 
 } // namespace mayhem

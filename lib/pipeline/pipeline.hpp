@@ -60,7 +60,7 @@ struct pipeline_stats {
     rt::counter received;
     std::array<rt::counter, outcome_count> completed; // confirmed by the source, by outcome
     std::array<rt::counter, decode_kind_count> decode_errors;
-    std::array<rt::counter, 6> restarts; // by restart_status
+    std::array<rt::counter, restart_status_count> restarts; // by restart_status
     rt::counter retries;
     rt::counter lease_extensions;
     rt::counter unfinished_restarts; // claims that found a restart started but never finished

@@ -1,5 +1,7 @@
 #include "pipeline/worker.hpp"
 
+#include "restart/exec_restarter.hpp"
+#include "restart/guarded_restarter.hpp"
 #include "restart/simulate_restarter.hpp"
 #include "runtime/log.hpp"
 #include "sources/simulate_source.hpp"
@@ -31,8 +33,33 @@ std::unique_ptr<store> make_store(rt::loop& loop, const worker_config& c) {
 }
 
 std::unique_ptr<restarter> make_restarter(rt::loop& loop, const worker_config& c) {
+    if (c.restarter == "exec") {
+        // The templates were checked by check_safety() when the flags were parsed.
+        auto restart = std::get<command_template>(command_template::parse(c.restart_command));
+        std::optional<command_template> verify;
+        if (!c.verify_command.empty())
+            verify = std::get<command_template>(command_template::parse(c.verify_command));
+        return std::make_unique<exec_restarter>(
+            loop, std::move(restart), std::move(verify),
+            exec_options{c.restart_timeout, c.restart_kill_grace});
+    }
     return std::make_unique<simulate_restarter>(loop, c.restart_latency, c.restart_failure_rate,
                                                 c.seed ? c.seed + 2 : 0);
+}
+
+// The safety rails in front of whichever restarter was chosen.
+std::unique_ptr<guarded_restarter> make_guard(rt::loop& loop, const worker_config& c, store& st,
+                                              restarter& inner) {
+    auto d = resolve_safety(c);
+    guard_options o;
+    o.cooldown = d.restart_cooldown;
+    o.max_concurrent = d.max_concurrent_restarts;
+    o.allow_hosts = c.allow_hosts;
+    o.deny_hosts = c.deny_hosts;
+    o.pause_file = c.pause_file;
+    o.breaker = breaker_options{d.breaker_failures, c.breaker_window, c.breaker_cooldown};
+    o.dry_run = c.dry_run;
+    return std::make_unique<guarded_restarter>(loop, std::move(o), st, inner);
 }
 
 pipeline_options make_pipeline_options(const worker_config& c) {
@@ -72,8 +99,9 @@ worker::worker(worker_config cfg, std::vector<std::string> argv)
     source_ = make_source(loop_, cfg_);
     store_ = make_store(loop_, cfg_);
     restarter_ = make_restarter(loop_, cfg_);
-    pipeline_ = std::make_unique<pipeline>(loop_, make_pipeline_options(cfg_), *source_, *store_,
-                                           *restarter_);
+    guard_ = make_guard(loop_, cfg_, *store_, *restarter_);
+    pipeline_ =
+        std::make_unique<pipeline>(loop_, make_pipeline_options(cfg_), *source_, *store_, *guard_);
     pipeline_->on_change([this] { check_done(); });
 
     for (int s : {SIGTERM, SIGINT}) {

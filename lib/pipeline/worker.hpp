@@ -10,6 +10,7 @@
 
 #include "config/config.hpp"
 #include "pipeline/pipeline.hpp"
+#include "restart/guarded_restarter.hpp"
 #include "restart/restarter.hpp"
 #include "runtime/loop.hpp"
 #include "sources/source.hpp"
@@ -37,6 +38,9 @@ public:
     // returns the process exit code.
     int run();
 
+    // The safety rails' gauges and counters, for the metrics exporter.
+    const restart_guard_stats& safety_stats() const noexcept { return guard_->stats(); }
+
 private:
     enum class phase { running, draining, stopping };
 
@@ -53,6 +57,7 @@ private:
     std::unique_ptr<source> source_;
     std::unique_ptr<store> store_;
     std::unique_ptr<restarter> restarter_;
+    std::unique_ptr<guarded_restarter> guard_; // in front of restarter_; destroyed before it
     std::unique_ptr<pipeline> pipeline_;
     std::vector<std::unique_ptr<rt::signal_watch>> signals_;
     std::unique_ptr<rt::periodic_timer> status_timer_;

@@ -1,11 +1,13 @@
 // The seam for `restart`: carries out one host restart and says how it ended. Policy
-// (cooldown, caps, dry-run) sits in front of it, not in it.
+// (cooldown, caps, dry-run) sits in front of it, not in it (restart/guarded_restarter.hpp).
 #pragma once
 
 #include "message/message.hpp"
 #include "pipeline/outcome.hpp"
 #include "runtime/task.hpp"
 
+#include <optional>
+#include <string>
 #include <string_view>
 
 namespace mayhem {
@@ -15,6 +17,13 @@ public:
     virtual ~restarter() = default;
     virtual std::string_view name() const = 0;
     virtual rt::task<restart_result> restart(const message& m) = 0;
+    // Asked before any policy step (coalescing, caps, the cooldown claim): a reason when this
+    // restarter can never carry out `m` (e.g. a placeholder value it will not put on a command
+    // line). Such a message is refused, i.e. dead-lettered with that reason.
+    virtual std::optional<std::string> refuse(const message& m) const {
+        (void)m;
+        return std::nullopt;
+    }
 };
 
 } // namespace mayhem

@@ -64,6 +64,10 @@ void memory_store::record(std::uint64_t k, state s) noexcept {
     current_.put(k, s);
 }
 
+std::uint64_t memory_store::host_key(const message& m) noexcept {
+    return std::hash<std::string>{}(m.hostname);
+}
+
 rt::task<save_result> memory_store::save(const message&, const delivery&) {
     if (!latency_.zero()) co_await rt::sleep_for(loop_, latency_.sample(rng_));
     ++saved_;
@@ -84,7 +88,30 @@ rt::task<restart_claim> memory_store::claim_restart(const message& m) {
     co_return restart_claim::proceed;
 }
 
+// The contract is in store.hpp; on the loop thread, one step is atomic by construction.
+rt::task<host_claim> memory_store::claim_host(const message& m,
+                                              std::chrono::system_clock::time_point now,
+                                              std::chrono::milliseconds cooldown) {
+    auto id = key(m);
+    auto [it, inserted] = hosts_.try_emplace(host_key(m), host_record{id, now, true});
+    if (inserted) co_return host_claim{};
+    host_record& last = it->second;
+    if (last.message != id && cooldown.count() > 0 && last.started > now - cooldown)
+        co_return host_claim{false, last.started};
+    last = host_record{id, now, true};
+    co_return host_claim{};
+}
+
 rt::task<void> memory_store::finish_restart(const message& m, const restart_result& r) {
+    if (!hosts_.empty()) {
+        if (auto it = hosts_.find(host_key(m));
+            it != hosts_.end() && it->second.message == key(m)) {
+            if (r.status == restart_status::ok)
+                it->second.running = false;
+            else
+                hosts_.erase(it); // failed, dry run, refused...: never blocks the next restart
+        }
+    }
     // A failed restart may be tried again: forget it; anything else counts as done.
     record(key(m), r.status == restart_status::failed ? state::absent : state::done);
     co_return;

@@ -2,15 +2,18 @@
 // idempotency record of restarts — a 64-bit hash of each message id whose restart started or
 // succeeded — for the most recent `capacity` ids (two generations of a flat hash table, so the
 // record stays small and cache-resident however long the run). A redelivery within that window
-// is recognised; older ones are not (use the SQLite store for a complete record). An optional
-// simulated latency (--save-latency) stands in for the talk's save().
+// is recognised; older ones are not (use the SQLite store for a complete record). Per host (by a
+// 64-bit hash of the host name) it keeps the one restart that can block the next in claim_host.
+// An optional simulated latency (--save-latency) stands in for the talk's save().
 #pragma once
 
 #include "runtime/duration.hpp"
 #include "runtime/loop.hpp"
 #include "store/store.hpp"
 
+#include <chrono>
 #include <random>
+#include <unordered_map>
 #include <vector>
 
 namespace mayhem {
@@ -24,6 +27,8 @@ public:
     std::string_view name() const override { return "memory"; }
     rt::task<save_result> save(const message& m, const delivery& d) override;
     rt::task<restart_claim> claim_restart(const message& m) override;
+    rt::task<host_claim> claim_host(const message& m, std::chrono::system_clock::time_point now,
+                                    std::chrono::milliseconds cooldown) override;
     rt::task<void> finish_restart(const message& m, const restart_result& r) override;
     void complete(const message& m, const verdict& v) override;
     rt::task<void> close() override;
@@ -55,11 +60,22 @@ private:
     static std::uint64_t key(const message& m) noexcept;
     state lookup(std::uint64_t k) noexcept;
     void record(std::uint64_t k, state s) noexcept;
+    static std::uint64_t host_key(const message& m) noexcept;
+
+    // The latest restart of a host that was granted: running until finish_restart says how it
+    // ended; a failed one is erased. One record per host is enough: a newer grant means the
+    // older record no longer blocked anything.
+    struct host_record {
+        std::uint64_t message = 0; // key() of the message that claimed it
+        std::chrono::system_clock::time_point started;
+        bool running = true;
+    };
 
     rt::loop& loop_;
     latency_range latency_;
     std::mt19937_64 rng_;
     table current_, previous_;
+    std::unordered_map<std::uint64_t, host_record> hosts_;
     std::size_t saved_ = 0;
 };
 

@@ -10,6 +10,7 @@
 #include "runtime/task.hpp"
 #include "sources/source.hpp"
 
+#include <chrono>
 #include <string_view>
 
 namespace mayhem {
@@ -21,6 +22,14 @@ enum class restart_claim : std::uint8_t {
     unfinished, // recorded as started but never finished (a crash in the window)
 };
 
+// The answer to claim_host: the per-host cooldown ("restart only if the host's last restart is
+// older than N"), checked and recorded in one step.
+struct host_claim {
+    bool granted = true;
+    // When not granted: when the restart that blocks this one started (for the log).
+    std::chrono::system_clock::time_point last_restart{};
+};
+
 class store {
 public:
     virtual ~store() = default;
@@ -30,7 +39,27 @@ public:
     virtual rt::task<save_result> save(const message& m, const delivery& d) = 0;
     // Before a restart: claims it (recorded as started) unless already done.
     virtual rt::task<restart_claim> claim_restart(const message& m) = 0;
-    // After a restart: records how it ended.
+    // Per-host cooldown, called by the restart policy right before the restart itself starts.
+    // An implementation must, as ONE atomic step (one transaction; with a database shared by
+    // several workers, atomic against all of them, e.g. BEGIN IMMEDIATE in SQLite):
+    //  1. look at the restarts of host `m.hostname` made for a message id other than
+    //     `m.message_id` that either finished with status `ok` or were started and never
+    //     finished (running elsewhere, or lost in a crash: we cannot know the host was not
+    //     restarted, so it counts);
+    //  2. if one of them started later than `now - cooldown`: record nothing and answer
+    //     {granted = false, last_restart = the latest such start time};
+    //  3. otherwise record a restart of `m.hostname` for `m.message_id` started at `now` (not
+    //     finished) and answer {granted = true}.
+    // A cooldown of zero always grants (and still records). The same message id never blocks
+    // itself, so a redelivery after a crash may finish its own restart. finish_restart(m, r)
+    // then settles that record: status `ok` makes it a successful restart of the host (its
+    // start time is what step 2 compares); any other status (failed, dry_run, refused, ...)
+    // must make it no longer count in step 1, so a failed or simulated restart never blocks the
+    // next real one. `now` is wall-clock time, because records outlive the process.
+    virtual rt::task<host_claim> claim_host(const message& m,
+                                            std::chrono::system_clock::time_point now,
+                                            std::chrono::milliseconds cooldown) = 0;
+    // After a restart: records how it ended (for the message id, and for the host claim above).
     virtual rt::task<void> finish_restart(const message& m, const restart_result& r) = 0;
     // Records the outcome of a message (not awaited: best effort, batched).
     virtual void complete(const message& m, const verdict& v) = 0;
