@@ -67,6 +67,13 @@ double num(std::int64_t v) {
 
 } // namespace
 
+const char* not_ready_reason(const live_state& live) noexcept {
+    if (live.draining.load(std::memory_order_relaxed)) return "draining";
+    if (!live.source_up.load(std::memory_order_relaxed)) return "source_down";
+    if (!live.store_healthy.load(std::memory_order_relaxed)) return "store_unhealthy";
+    return nullptr;
+}
+
 std::vector<MetricFamily> collect(const catalogue_inputs& in) {
     const pipeline_stats& st = *in.stats;
     const live_state& live = *in.live;
@@ -149,6 +156,9 @@ std::vector<MetricFamily> collect(const catalogue_inputs& in) {
     out.push_back(single("mayhem_event_loop_slow_iterations_total",
                          "Loop iterations busy longer than --slow-callback-warn",
                          MetricType::Counter, num(live.slow_iterations.get())));
+    out.push_back(single("mayhem_ready",
+                         "1 when /readyz answers 200: source up, store healthy, not draining",
+                         MetricType::Gauge, not_ready_reason(live) ? 0 : 1));
     out.push_back(single("mayhem_draining", "1 from the moment a drain begins", MetricType::Gauge,
                          live.draining.load(std::memory_order_relaxed)));
     out.push_back(single("mayhem_drain_duration_seconds",

@@ -96,13 +96,7 @@ http_response observability::answer(std::string_view path) const {
         return {ok ? 200 : 503, "application/json", std::string(body) + "\n"};
     }
     if (path == "/readyz") {
-        const char* reason = nullptr;
-        if (live_.draining.load(std::memory_order_relaxed))
-            reason = "draining";
-        else if (!live_.source_up.load(std::memory_order_relaxed))
-            reason = "source_down";
-        else if (!live_.store_healthy.load(std::memory_order_relaxed))
-            reason = "store_unhealthy";
+        const char* reason = not_ready_reason(live_);
         if (!reason) return {200, "application/json", "{\"ready\":true}\n"};
         return {503, "application/json",
                 std::string(R"({"ready":false,"reason":")") + reason + "\"}\n"};

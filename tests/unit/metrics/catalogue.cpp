@@ -51,6 +51,7 @@ TEST_CASE("catalogue: counters carry their labels and values") {
     CHECK(has(text, "mayhem_max_in_flight 1000"));
     CHECK(has(text, "mayhem_source_up 1"));
     CHECK(has(text, "mayhem_draining 1"));
+    CHECK(has(text, "mayhem_ready 0"));
     CHECK(has(text, "mayhem_drain_duration_seconds 1.5"));
     CHECK(has(text, R"(mayhem_build_info{revision="abc",version="1.2.3"} 1)"));
     CHECK(has(text, "# TYPE mayhem_stage_duration_seconds histogram"));
@@ -92,4 +93,17 @@ TEST_CASE("catalogue: process figures when given") {
     CHECK(has(text, "process_resident_memory_bytes 4096"));
     CHECK(has(text, "process_open_fds 12"));
     CHECK(has(text, "process_max_fds 1024"));
+}
+
+TEST_CASE("catalogue: readiness reasons in order") {
+    metrics::live_state live;
+    live.source_up.store(true);
+    live.store_healthy.store(true);
+    CHECK(metrics::not_ready_reason(live) == nullptr);
+    live.store_healthy.store(false);
+    CHECK(std::string(metrics::not_ready_reason(live)) == "store_unhealthy");
+    live.source_up.store(false);
+    CHECK(std::string(metrics::not_ready_reason(live)) == "source_down");
+    live.draining.store(true);
+    CHECK(std::string(metrics::not_ready_reason(live)) == "draining");
 }
