@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <ctime>
 
 namespace mayhem::metrics {
 
@@ -15,6 +16,13 @@ std::int64_t loop_monitor::steady_ns() noexcept {
     return std::chrono::duration_cast<std::chrono::nanoseconds>(
                std::chrono::steady_clock::now().time_since_epoch())
         .count();
+}
+
+std::uint64_t loop_monitor::thread_cpu_ns() noexcept {
+    timespec ts{};
+    if (::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0) return 0;
+    return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000 +
+           static_cast<std::uint64_t>(ts.tv_nsec);
 }
 
 loop_monitor::loop_monitor(rt::loop& l, live_state& live, rt::millis period, rt::millis slow_warn,
@@ -63,6 +71,8 @@ void loop_monitor::on_check(uv_check_t* h) noexcept {
     if (!self) return;
     std::uint64_t now = uv_hrtime();
     std::uint64_t prev = std::exchange(self->last_check_, now);
+    std::uint64_t cpu = thread_cpu_ns();
+    std::uint64_t prev_cpu = std::exchange(self->last_check_cpu_, cpu);
     if (prev == 0 || self->prepare_at_ < prev) return; // first iteration, or no prepare seen
     std::uint64_t idle = uv_metrics_idle_time(self->loop_.get()) - self->idle_at_prepare_;
     std::uint64_t before_poll = self->prepare_at_ - prev;
@@ -78,6 +88,9 @@ void loop_monitor::on_check(uv_check_t* h) noexcept {
     self->last_warn_ = now;
     log::warn("slow event loop iteration: nothing else ran while it was busy",
               {{"busy_ms", static_cast<double>(busy) / 1e6},
+               // Much less CPU than busy time: the thread was not running (an overloaded host,
+               // a page fault storm), rather than a callback computing.
+               {"cpu_ms", static_cast<double>(cpu - prev_cpu) / 1e6},
                {"warn_ms", static_cast<double>(self->slow_ns_) / 1e6},
                {"running", in_poll >= before_poll
                                ? "I/O callbacks (sockets, signals, thread-pool completions)"

@@ -29,6 +29,8 @@ public:
     loop_monitor& operator=(const loop_monitor&) = delete;
 
     static std::int64_t steady_ns() noexcept;
+    // CPU time of the calling thread: tells a slow callback from a thread that was not running.
+    static std::uint64_t thread_cpu_ns() noexcept;
 
 private:
     void tick() noexcept;
@@ -45,7 +47,8 @@ private:
     std::uint64_t last_tick_ = 0; // uv_hrtime
 
     // Iteration accounting (uv_hrtime and uv_metrics_idle_time, both nanoseconds).
-    std::uint64_t last_check_ = 0; // end of the previous iteration's poll phase; 0: none yet
+    std::uint64_t last_check_ = 0;     // end of the previous iteration's poll phase; 0: none yet
+    std::uint64_t last_check_cpu_ = 0; // this thread's CPU time then
     std::uint64_t prepare_at_ = 0, idle_at_prepare_ = 0;
     std::uint64_t last_warn_ = 0, suppressed_ = 0;
 
