@@ -48,15 +48,15 @@ std::string flag_name(const CLI::Option* opt) {
 
 void add_observability_options(CLI::App& cmd, worker_config& c) {
     cmd.add_option("--metrics-addr", c.metrics_addr,
-                   "HOST:PORT serving /metrics, /healthz and /readyz, or off (a numeric host: "
-                   "loopback by default, 0.0.0.0 or [::] to bind every interface)")
+                   "HOST:PORT serving /metrics, /healthz and /readyz, or off (a numeric IPv4 host: "
+                   "loopback by default, 0.0.0.0 to bind every interface)")
         ->check(CLI::Validator(
             [](std::string& v) {
                 return metrics::valid_listen_address(v)
                            ? std::string{}
                            : "'" + v +
-                                 "' is not valid: expected HOST:PORT with a numeric IPv4 host or "
-                                 "a bracketed IPv6 host (127.0.0.1:9477, [::1]:9477) or off";
+                                 "' is not valid: expected HOST:PORT with a numeric IPv4 host "
+                                 "(127.0.0.1:9477, 0.0.0.0:9477) or off";
             },
             "HOST:PORT|off"))
         ->capture_default_str()

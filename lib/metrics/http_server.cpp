@@ -1,9 +1,15 @@
 #include "metrics/http_server.hpp"
 
 #include <arpa/inet.h>
+#include <atomic>
 #include <charconv>
+#include <chrono>
 #include <civetweb.h>
 #include <cstring>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <thread>
+#include <unistd.h>
 
 namespace mayhem::metrics {
 
@@ -22,11 +28,7 @@ bool valid_listen_address(std::string_view addr) {
     unsigned p = 0;
     auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), p);
     if (ec != std::errc{} || end != port.data() + port.size() || p == 0 || p > 65535) return false;
-    unsigned char buf[16];
-    if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
-        std::string h(host.substr(1, host.size() - 2));
-        return ::inet_pton(AF_INET6, h.c_str(), buf) == 1;
-    }
+    unsigned char buf[4];
     std::string h(host);
     return ::inet_pton(AF_INET, h.c_str(), buf) == 1;
 }
@@ -83,8 +85,43 @@ std::unique_ptr<http_server> http_server::start(const std::string& addr, http_ha
     return s;
 }
 
+namespace {
+
+// Opens and closes a TCP connection to `addr` (HOST:PORT as valid_listen_address accepts;
+// the wildcard host is reached on loopback). Errors are ignored: it is only a wake-up call.
+void poke(const std::string& addr) {
+    auto colon = addr.rfind(':');
+    std::string host = addr.substr(0, colon);
+    auto port = static_cast<std::uint16_t>(std::stoi(addr.substr(colon + 1)));
+    if (host == "0.0.0.0") host = "127.0.0.1";
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    if (::inet_pton(AF_INET, host.c_str(), &a.sin_addr) != 1) return;
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return;
+    (void)::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+    ::close(fd);
+}
+
+} // namespace
+
+// civetweb's listener thread polls its sockets with a fixed 2 s timeout and sees the stop flag
+// only after it, so a plain mg_stop() adds up to 2 s to every exit. mg_stop() runs on a helper
+// thread while this one connects to the port to wake the listener; stopping then takes
+// milliseconds.
 http_server::~http_server() {
-    if (ctx_) mg_stop(ctx_);
+    if (!ctx_) return;
+    std::atomic<bool> stopped{false};
+    std::thread stopper([this, &stopped] {
+        mg_stop(ctx_);
+        stopped.store(true);
+    });
+    while (!stopped.load()) {
+        poke(addr_);
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    stopper.join();
 }
 
 int http_server::on_request(mg_connection* conn, void* data) noexcept {

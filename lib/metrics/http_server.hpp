@@ -24,7 +24,8 @@ struct http_response {
 // `path` is the request path without the query string; only GET and HEAD reach the handler.
 using http_handler = std::function<http_response(std::string_view path)>;
 
-// "off", or HOST:PORT with a numeric IPv4 host or a bracketed IPv6 host and a port 1..65535.
+// "off", or HOST:PORT with a numeric IPv4 host and a port 1..65535. (Debian's civetweb is built
+// without IPv6, so an IPv6 address could never be bound.)
 bool valid_listen_address(std::string_view addr);
 
 class http_server {

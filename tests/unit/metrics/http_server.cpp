@@ -48,8 +48,8 @@ TEST_CASE("http_server: listen addresses") {
     CHECK(valid_listen_address("off"));
     CHECK(valid_listen_address("127.0.0.1:9477"));
     CHECK(valid_listen_address("0.0.0.0:1"));
-    CHECK(valid_listen_address("[::1]:9477"));
-    CHECK(valid_listen_address("[::]:65535"));
+    CHECK(valid_listen_address("10.1.2.3:65535"));
+    CHECK_FALSE(valid_listen_address("[::1]:9477")); // civetweb from Debian has no IPv6
     CHECK_FALSE(valid_listen_address("9477"));
     CHECK_FALSE(valid_listen_address(":9477"));
     CHECK_FALSE(valid_listen_address("localhost:9477"));
