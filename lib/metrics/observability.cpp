@@ -58,12 +58,16 @@ void observability::begin_drain() noexcept {
     live_.draining.store(true, std::memory_order_relaxed);
 }
 
-void observability::drain_ended(std::chrono::nanoseconds took) noexcept {
-    live_.drain_duration_ns.set(took.count());
+void observability::run_finished(std::optional<std::chrono::nanoseconds> drain_took) noexcept {
+    if (drain_took) live_.drain_duration_ns.set(drain_took->count());
+    live_.draining.store(true, std::memory_order_relaxed);
+    publishing_ = false; // the heartbeat goes on while the store flushes
+    debug_block_.reset();
 }
 
 // Loop thread, on every probe tick: copies what only the loop may read into live_state.
 void observability::publish() noexcept {
+    if (!publishing_) return;
     live_.source_up.store(source_.up(), std::memory_order_relaxed);
     live_.store_healthy.store(store_.healthy(), std::memory_order_relaxed);
     live_.source_reconnects.set(static_cast<std::int64_t>(source_.reconnects()));

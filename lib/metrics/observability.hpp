@@ -43,7 +43,10 @@ public:
     std::optional<std::string> start();
     // Readiness flips to "draining" at once, before the drain does anything else.
     void begin_drain() noexcept;
-    void drain_ended(std::chrono::nanoseconds took) noexcept;
+    // The loop's main run is over (source finished or drain ended) and the source is about to
+    // close: stop reading the source and store (their contract allows no call after close), keep
+    // serving. /readyz says "draining" from here on. `drain_took` is set if a drain ended it.
+    void run_finished(std::optional<std::chrono::nanoseconds> drain_took) noexcept;
 
     const live_state& state() const noexcept { return live_; }
     // The answer to a GET of `path`; called on the HTTP threads.
@@ -59,6 +62,7 @@ private:
     const store& store_;
     const std::string source_name_;
     live_state live_;
+    bool publishing_ = true; // loop thread: false once the source may be closed
     std::unique_ptr<loop_monitor> monitor_;
     std::unique_ptr<rt::signal_watch> debug_block_;
     std::unique_ptr<http_server> server_;

@@ -126,8 +126,10 @@ int worker::run() {
     pipeline_->start();
     check_done();
     loop_.run();
-    if (phase_ != phase::running)
-        observability_->drain_ended(std::chrono::steady_clock::now() - drain_started_);
+    observability_->run_finished(phase_ == phase::running
+                                     ? std::nullopt
+                                     : std::optional<std::chrono::nanoseconds>(
+                                           std::chrono::steady_clock::now() - drain_started_));
 
     // The loop has stopped: nothing is in flight any more. Close the intake side, then flush the
     // store with the loop still turning for it.
