@@ -2,6 +2,7 @@
 
 #include "restart/command_template.hpp"
 #include "restart/policy.hpp"
+#include "metrics/http_server.hpp"
 
 #include <algorithm>
 #include <cstdlib>
@@ -109,6 +110,33 @@ void add_safety_options(CLI::App& cmd, worker_config& c) {
 std::string flag_name(const CLI::Option* opt) {
     const auto& longs = opt->get_lnames();
     return longs.empty() ? std::string{} : longs.front();
+}
+
+void add_observability_options(CLI::App& cmd, worker_config& c) {
+    cmd.add_option("--metrics-addr", c.metrics_addr,
+                   "HOST:PORT serving /metrics, /healthz and /readyz, or off (a numeric IPv4 host: "
+                   "loopback by default, 0.0.0.0 to bind every interface)")
+        ->check(CLI::Validator(
+            [](std::string& v) {
+                return metrics::valid_listen_address(v)
+                           ? std::string{}
+                           : "'" + v +
+                                 "' is not valid: expected HOST:PORT with a numeric IPv4 host "
+                                 "(127.0.0.1:9477, 0.0.0.0:9477) or off";
+            },
+            "HOST:PORT|off"))
+        ->capture_default_str()
+        ->group("Observability");
+    add_duration(cmd, "--health-max-loop-lag", c.health_max_loop_lag,
+                 "/healthz answers 503 when the event loop has not turned for this long")
+        ->group("Observability");
+    add_duration(cmd, "--slow-callback-warn", c.slow_callback_warn,
+                 "Log a warning when one event-loop iteration is busy this long (0 = never)")
+        ->group("Observability");
+    // Test only: no group, so --help does not list it (README, "Observability").
+    add_duration(cmd, "--debug-block-loop", c.debug_block_loop,
+                 "test only: on SIGUSR1, block the event loop thread this long")
+        ->group("");
 }
 
 } // namespace
@@ -225,6 +253,7 @@ void add_worker_options(CLI::App& cmd, worker_config& c) {
         ->check(CLI::IsMember({"text", "json"}))
         ->capture_default_str()
         ->group("Output");
+    add_observability_options(cmd, c);
 }
 
 std::string find_config_file(const std::vector<std::string>& argv) {

@@ -58,6 +58,12 @@ struct worker_config {
     std::uint32_t max_attempts = 5;
     latency_range retry_backoff{millis{200}, millis{30000}};
 
+    // observability (README, "Observability")
+    std::string metrics_addr = "127.0.0.1:9477"; // "off": no HTTP port
+    millis health_max_loop_lag{5000};
+    millis slow_callback_warn{100};
+    millis debug_block_loop{0}; // test only, hidden: SIGUSR1 blocks the loop this long
+
     // lifecycle and output
     millis drain_timeout{30000};
     millis status_interval{5000};

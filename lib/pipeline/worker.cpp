@@ -2,6 +2,7 @@
 
 #include "restart/exec_restarter.hpp"
 #include "restart/guarded_restarter.hpp"
+#include "metrics/observability.hpp"
 #include "restart/simulate_restarter.hpp"
 #include "runtime/log.hpp"
 #include "sources/simulate_source.hpp"
@@ -75,6 +76,15 @@ pipeline_options make_pipeline_options(const worker_config& c) {
     return o;
 }
 
+metrics::observability_options make_observability_options(const worker_config& c) {
+    metrics::observability_options o;
+    o.listen = c.metrics_addr;
+    o.health_max_loop_lag = c.health_max_loop_lag;
+    o.slow_callback_warn = c.slow_callback_warn;
+    o.debug_block_loop = c.debug_block_loop;
+    return o;
+}
+
 const char* signal_name(int s) {
     switch (s) {
     case SIGTERM:
@@ -103,6 +113,8 @@ worker::worker(worker_config cfg, std::vector<std::string> argv)
     pipeline_ =
         std::make_unique<pipeline>(loop_, make_pipeline_options(cfg_), *source_, *store_, *guard_);
     pipeline_->on_change([this] { check_done(); });
+    observability_ = std::make_unique<metrics::observability>(
+        loop_, make_observability_options(cfg_), *pipeline_, *source_, *store_);
 
     for (int s : {SIGTERM, SIGINT}) {
         signals_.push_back(
@@ -116,7 +128,9 @@ worker::worker(worker_config cfg, std::vector<std::string> argv)
 }
 
 worker::~worker() {
-    // Order matters: the pipeline's tasks reference the source, store and restarter.
+    // Order matters: the HTTP threads read the pipeline's stats; the pipeline's tasks reference
+    // the source, store and restarter.
+    observability_.reset();
     pipeline_.reset();
     status_timer_.reset();
     signals_.clear();
@@ -125,6 +139,11 @@ worker::~worker() {
 }
 
 int worker::run() {
+    if (auto error = observability_->start()) {
+        log::error("cannot serve metrics: --metrics-addr is in use or not allowed",
+                   {{"error", *error}, {"address", cfg_.metrics_addr}});
+        return exit_usage;
+    }
     started_ = last_status_at_ = std::chrono::steady_clock::now();
     log::info("worker started", {{"source", source_->name()},
                                  {"store", store_->name()},
@@ -135,6 +154,10 @@ int worker::run() {
     pipeline_->start();
     check_done();
     loop_.run();
+    observability_->run_finished(phase_ == phase::running
+                                     ? std::nullopt
+                                     : std::optional<std::chrono::nanoseconds>(
+                                           std::chrono::steady_clock::now() - drain_started_));
 
     // The loop has stopped: nothing is in flight any more. Close the intake side, then flush the
     // store with the loop still turning for it.
@@ -186,6 +209,7 @@ void worker::check_done() {
 void worker::begin_drain(int signum) {
     if (phase_ == phase::running) {
         phase_ = phase::draining;
+        observability_->begin_drain(); // not ready from this moment
         drain_started_ = std::chrono::steady_clock::now();
         log::info("draining: intake stopped, waiting for in-flight messages",
                   {{"signal", signal_name(signum)},

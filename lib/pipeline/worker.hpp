@@ -24,6 +24,10 @@
 
 namespace mayhem {
 
+namespace metrics {
+class observability;
+}
+
 enum exit_code : int { exit_ok = 0, exit_fatal = 1, exit_usage = 2, exit_released = 3 };
 
 class worker {
@@ -59,6 +63,9 @@ private:
     std::unique_ptr<restarter> restarter_;
     std::unique_ptr<guarded_restarter> guard_; // in front of restarter_; destroyed before it
     std::unique_ptr<pipeline> pipeline_;
+    // /metrics, /healthz, /readyz and the loop monitor; its HTTP threads read the pipeline's
+    // stats, so it is destroyed first.
+    std::unique_ptr<metrics::observability> observability_;
     std::vector<std::unique_ptr<rt::signal_watch>> signals_;
     std::unique_ptr<rt::periodic_timer> status_timer_;
     std::unique_ptr<rt::delayed_call> drain_deadline_;

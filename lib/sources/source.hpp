@@ -53,6 +53,8 @@ public:
     virtual bool finished() const = 0;
     // Connected and able to deliver (readiness).
     virtual bool up() const { return true; }
+    // Times the connection was lost and made again (mayhem_source_reconnects_total).
+    virtual std::uint64_t reconnects() const { return 0; }
     // Retried deliveries the source held for redelivery and dropped at close (a local source
     // cannot redeliver after the process exits). Counted into the exit code.
     virtual std::size_t abandoned() const { return 0; }

@@ -21,6 +21,10 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 MAYHEM = os.environ.get("MAYHEM_BIN") or os.path.join(ROOT, "build", "mayhem")
 # Sanitized builds run slower: scale waits, never assertions about speed.
 SLOW = 4.0 if os.environ.get("MAYHEM_SANITIZED") else 1.0
+# Workers would all bind the default metrics port 127.0.0.1:9477, and tests run in parallel: a
+# worker started by a test serves no HTTP port unless the test passes --metrics-addr (a flag
+# wins over the environment), always with free_port().
+os.environ.setdefault("MAYHEM_METRICS_ADDR", "off")
 
 
 def free_port():

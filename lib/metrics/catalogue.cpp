@@ -1,0 +1,199 @@
+#include "metrics/catalogue.hpp"
+
+#include "message/message.hpp"
+#include "pipeline/outcome.hpp"
+
+#include <limits>
+#include <prometheus/text_serializer.h>
+#include <sstream>
+#include <utility>
+
+namespace mayhem::metrics {
+
+namespace {
+
+using prometheus::ClientMetric;
+using prometheus::MetricFamily;
+using prometheus::MetricType;
+using labels = std::vector<ClientMetric::Label>;
+
+MetricFamily family(std::string name, std::string help, MetricType type) {
+    MetricFamily f;
+    f.name = std::move(name);
+    f.help = std::move(help);
+    f.type = type;
+    return f;
+}
+
+void add_value(MetricFamily& f, double v, labels l = {}) {
+    ClientMetric m;
+    m.label = std::move(l);
+    if (f.type == MetricType::Counter)
+        m.counter.value = v;
+    else
+        m.gauge.value = v;
+    f.metric.push_back(std::move(m));
+}
+
+MetricFamily single(std::string name, std::string help, MetricType type, double v) {
+    auto f = family(std::move(name), std::move(help), type);
+    add_value(f, v);
+    return f;
+}
+
+void add_histogram(MetricFamily& f, const latency_histogram& h, labels l = {}) {
+    ClientMetric m;
+    m.label = std::move(l);
+    // Buckets first, count after: a writer may land between the loads, and a count read last is
+    // never below the +Inf bucket, which is what the text format expects.
+    std::uint64_t cumulative = 0;
+    for (std::size_t i = 0; i < latency_histogram::bounds.size(); ++i) {
+        cumulative += h.bucket(i);
+        m.histogram.bucket.push_back({cumulative, latency_histogram::bounds[i]});
+    }
+    cumulative += h.bucket(latency_histogram::bounds.size());
+    m.histogram.bucket.push_back({cumulative, std::numeric_limits<double>::infinity()});
+    m.histogram.sample_count = cumulative;
+    m.histogram.sample_sum = h.sum();
+    f.metric.push_back(std::move(m));
+}
+
+double num(std::uint64_t v) {
+    return static_cast<double>(v);
+}
+double num(std::int64_t v) {
+    return static_cast<double>(v);
+}
+
+} // namespace
+
+const char* not_ready_reason(const live_state& live) noexcept {
+    if (live.draining.load(std::memory_order_relaxed)) return "draining";
+    if (!live.source_up.load(std::memory_order_relaxed)) return "source_down";
+    if (!live.store_healthy.load(std::memory_order_relaxed)) return "store_unhealthy";
+    return nullptr;
+}
+
+std::vector<MetricFamily> collect(const catalogue_inputs& in) {
+    const pipeline_stats& st = *in.stats;
+    const live_state& live = *in.live;
+    std::vector<MetricFamily> out;
+    out.reserve(32);
+
+    // Messages
+    out.push_back(single("mayhem_messages_received_total",
+                         "Deliveries taken from the source (redeliveries count again)",
+                         MetricType::Counter, num(st.received.get())));
+    out.back().metric.back().label = {{"source", in.source}};
+
+    auto completed =
+        family("mayhem_messages_completed_total",
+               "Deliveries whose outcome the source carried out, by outcome", MetricType::Counter);
+    for (int i = 0; i < outcome_count; ++i) {
+        add_value(
+            completed, num(st.completed[static_cast<std::size_t>(i)].get()),
+            {{"outcome", std::string(to_string(static_cast<outcome>(i)))}, {"source", in.source}});
+    }
+    out.push_back(std::move(completed));
+
+    auto decode =
+        family("mayhem_decode_errors_total",
+               "Payloads that did not decode (dead-lettered), by reason", MetricType::Counter);
+    for (int i = 0; i < decode_kind_count; ++i) {
+        add_value(decode, num(st.decode_errors[static_cast<std::size_t>(i)].get()),
+                  {{"reason", std::string(to_string(static_cast<decode_kind>(i)))}});
+    }
+    out.push_back(std::move(decode));
+
+    out.push_back(single("mayhem_messages_in_flight",
+                         "Messages being processed (saved and restarted) now", MetricType::Gauge,
+                         num(st.in_flight.get())));
+    out.push_back(single("mayhem_queue_depth",
+                         "Messages taken from the source and waiting for room in flight",
+                         MetricType::Gauge, num(st.queue_depth.get())));
+    out.push_back(single("mayhem_max_in_flight",
+                         "The configured limit of messages in flight (--max-in-flight)",
+                         MetricType::Gauge, num(live.max_in_flight.get())));
+
+    auto stages = family("mayhem_stage_duration_seconds",
+                         "Time per stage: save, restart (claim, restart, record), total "
+                         "(received to outcome)",
+                         MetricType::Histogram);
+    add_histogram(stages, st.save_seconds, {{"stage", "save"}});
+    add_histogram(stages, st.restart_seconds, {{"stage", "restart"}});
+    add_histogram(stages, st.total_seconds, {{"stage", "total"}});
+    out.push_back(std::move(stages));
+
+    // Restarts, retries, leases
+    auto restarts = family("mayhem_restarts_total", "Restart steps by result", MetricType::Counter);
+    for (std::size_t i = 0; i < st.restarts.size(); ++i) {
+        add_value(restarts, num(st.restarts[i].get()),
+                  {{"result", std::string(to_string(static_cast<restart_status>(i)))}});
+    }
+    out.push_back(std::move(restarts));
+    out.push_back(single("mayhem_retries_total", "Deliveries handed back for a later retry",
+                         MetricType::Counter, num(st.retries.get())));
+    out.push_back(single("mayhem_lease_extensions_total",
+                         "Lease renewals of in-flight messages sent to the source",
+                         MetricType::Counter, num(st.lease_extensions.get())));
+
+    // Source and store
+    out.push_back(single("mayhem_source_up", "1 while the source is connected and can deliver",
+                         MetricType::Gauge, live.source_up.load(std::memory_order_relaxed)));
+    out.push_back(single("mayhem_source_reconnects_total",
+                         "Times the source lost its connection and connected again",
+                         MetricType::Counter, num(live.source_reconnects.get())));
+    out.push_back(single("mayhem_store_healthy", "1 while the store is up and writable",
+                         MetricType::Gauge, live.store_healthy.load(std::memory_order_relaxed)));
+
+    // Event loop and lifecycle
+    auto lag = family("mayhem_event_loop_lag_seconds",
+                      "How late the loop's periodic probe timer fired (time the loop was busy "
+                      "elsewhere)",
+                      MetricType::Histogram);
+    add_histogram(lag, live.loop_lag);
+    out.push_back(std::move(lag));
+    out.push_back(single("mayhem_event_loop_slow_iterations_total",
+                         "Loop iterations busy longer than --slow-callback-warn",
+                         MetricType::Counter, num(live.slow_iterations.get())));
+    out.push_back(single("mayhem_ready",
+                         "1 when /readyz answers 200: source up, store healthy, not draining",
+                         MetricType::Gauge, not_ready_reason(live) ? 0 : 1));
+    out.push_back(single("mayhem_draining", "1 from the moment a drain begins", MetricType::Gauge,
+                         live.draining.load(std::memory_order_relaxed)));
+    out.push_back(single("mayhem_drain_duration_seconds",
+                         "How long the drain took (set when it ends, 0 before)", MetricType::Gauge,
+                         num(live.drain_duration_ns.get()) / 1e9));
+
+    out.push_back(single("mayhem_build_info", "Always 1; the labels say which build this is",
+                         MetricType::Gauge, 1));
+    out.back().metric.back().label = {{"revision", in.revision}, {"version", in.version}};
+
+    if (in.process) {
+        const process_stats& p = *in.process;
+        out.push_back(single("process_cpu_seconds_total", "User and system CPU time spent",
+                             MetricType::Counter, p.cpu_seconds));
+        out.push_back(single("process_resident_memory_bytes", "Resident memory size",
+                             MetricType::Gauge, p.resident_bytes));
+        out.push_back(single("process_virtual_memory_bytes", "Virtual memory size",
+                             MetricType::Gauge, p.virtual_bytes));
+        out.push_back(single("process_start_time_seconds",
+                             "Start time of the process since the Unix epoch", MetricType::Gauge,
+                             p.start_time_seconds));
+        out.push_back(
+            single("process_open_fds", "Open file descriptors", MetricType::Gauge, p.open_fds));
+        if (p.max_fds > 0) {
+            out.push_back(single("process_max_fds", "Limit of open file descriptors",
+                                 MetricType::Gauge, p.max_fds));
+        }
+    }
+    return out;
+}
+
+std::string serialize(const std::vector<MetricFamily>& families) {
+    std::ostringstream out;
+    prometheus::TextSerializer{}.Serialize(out, families);
+    return out.str();
+}
+
+} // namespace mayhem::metrics
