@@ -137,6 +137,23 @@ std::vector<MetricFamily> collect(const catalogue_inputs& in) {
                          "Lease renewals of in-flight messages sent to the source",
                          MetricType::Counter, num(st.lease_extensions.get())));
 
+    // Safety rails (README, "Safety rails")
+    if (const restart_guard_stats* g = in.guard) {
+        out.push_back(single("mayhem_restarts_paused", "1 while the pause file holds every restart",
+                             MetricType::Gauge, num(g->paused.get())));
+        out.push_back(single("mayhem_restart_breaker_state",
+                             "Circuit breaker: 0 closed, 1 open, 2 half-open (one trial restart)",
+                             MetricType::Gauge, num(g->breaker_state.get())));
+        out.push_back(single("mayhem_restart_breaker_opened_total", "Times the breaker opened",
+                             MetricType::Counter, num(g->breaker_opened.get())));
+        out.push_back(single("mayhem_restarts_running", "Restarts admitted and not finished",
+                             MetricType::Gauge, num(g->running.get())));
+        out.push_back(
+            single("mayhem_restarts_waiting",
+                   "Restarts waiting for admission (pause file, breaker, concurrency cap)",
+                   MetricType::Gauge, num(g->waiting.get())));
+    }
+
     // Source and store
     out.push_back(single("mayhem_source_up", "1 while the source is connected and can deliver",
                          MetricType::Gauge, live.source_up.load(std::memory_order_relaxed)));

@@ -9,6 +9,7 @@
 #include "metrics/live_state.hpp"
 #include "metrics/process_stats.hpp"
 #include "pipeline/pipeline.hpp"
+#include "restart/guarded_restarter.hpp"
 
 #include <optional>
 #include <prometheus/metric_family.h>
@@ -24,6 +25,7 @@ struct catalogue_inputs {
     std::string version;  // mayhem_build_info labels
     std::string revision; //
     std::optional<process_stats> process;
+    const restart_guard_stats* guard = nullptr; // the safety rails in front of the restarter
 };
 
 std::vector<prometheus::MetricFamily> collect(const catalogue_inputs& in);

@@ -12,6 +12,7 @@
 #include "metrics/live_state.hpp"
 #include "metrics/loop_monitor.hpp"
 #include "pipeline/pipeline.hpp"
+#include "restart/guarded_restarter.hpp"
 #include "runtime/loop.hpp"
 #include "sources/source.hpp"
 #include "store/store.hpp"
@@ -34,7 +35,7 @@ struct observability_options {
 class observability {
 public:
     observability(rt::loop& l, observability_options opts, const pipeline& p, const source& src,
-                  const store& st);
+                  const store& st, const restart_guard_stats* guard = nullptr);
     observability(const observability&) = delete;
     observability& operator=(const observability&) = delete;
     ~observability();
@@ -60,6 +61,7 @@ private:
     const pipeline& pipeline_;
     const source& source_;
     const store& store_;
+    const restart_guard_stats* guard_;
     const std::string source_name_;
     live_state live_;
     bool publishing_ = true; // loop thread: false once the source may be closed

@@ -1,8 +1,8 @@
 #include "pipeline/worker.hpp"
 
+#include "metrics/observability.hpp"
 #include "restart/exec_restarter.hpp"
 #include "restart/guarded_restarter.hpp"
-#include "metrics/observability.hpp"
 #include "restart/simulate_restarter.hpp"
 #include "runtime/log.hpp"
 #include "sources/simulate_source.hpp"
@@ -114,7 +114,7 @@ worker::worker(worker_config cfg, std::vector<std::string> argv)
         std::make_unique<pipeline>(loop_, make_pipeline_options(cfg_), *source_, *store_, *guard_);
     pipeline_->on_change([this] { check_done(); });
     observability_ = std::make_unique<metrics::observability>(
-        loop_, make_observability_options(cfg_), *pipeline_, *source_, *store_);
+        loop_, make_observability_options(cfg_), *pipeline_, *source_, *store_, &guard_->stats());
 
     for (int s : {SIGTERM, SIGINT}) {
         signals_.push_back(
