@@ -11,12 +11,39 @@ namespace mayhem {
 // host_run: the restart of one host in progress here. It lives in the frame of the task that
 // runs it; a second message for the host waits on `done` and shares `result`.
 // ---------------------------------------------------------------------------------------------
+class guarded_restarter::slot {
+public:
+    slot(guarded_restarter& g, bool trial) : g_(&g), trial_(trial) {}
+    slot(slot&& o) noexcept
+        : g_(std::exchange(o.g_, nullptr)), trial_(o.trial_), recorded_(o.recorded_) {}
+    slot(const slot&) = delete;
+    slot& operator=(const slot&) = delete;
+    ~slot() {
+        if (!g_) return;
+        if (trial_ && !recorded_) g_->record(restart_status::dry_run, true); // neutral
+        --g_->running_;
+        g_->stats_.running.set(static_cast<std::int64_t>(g_->running_));
+        g_->schedule_admission();
+    }
+    // The restart ended with `s`: tell the breaker.
+    void finish(restart_status s) {
+        recorded_ = true;
+        g_->record(s, trial_);
+    }
+
+private:
+    guarded_restarter* g_;
+    bool trial_;
+    bool recorded_ = false;
+};
+
 struct guarded_restarter::host_run {
     guarded_restarter& g;
     const message& msg;
     restart_result result;
     rt::event done;
     bool registered = true;
+    std::chrono::system_clock::time_point claimed_at;
 
     host_run(guarded_restarter& owner, const message& m) : g(owner), msg(m) {
         if (g.spare_nodes_.empty()) {
@@ -44,10 +71,14 @@ struct guarded_restarter::host_run {
             if (g.spare_nodes_.size() < 1024) g.spare_nodes_.push_back(std::move(node));
         }
     }
-    void finish(restart_result r) {
+    // The restart ended with `r`: tell the breaker (through the slot), then the coalesced
+    // messages, which resume here while `result` is alive.
+    restart_result complete(slot& admitted, restart_result r) {
+        admitted.finish(r.status);
         result = std::move(r);
         unregister(); // a message arriving from now on starts its own restart (and cooldown)
-        done.set();   // resumes the coalesced ones here, while `result` is alive
+        done.set();
+        return result;
     }
 };
 
@@ -55,31 +86,6 @@ struct guarded_restarter::host_run {
 // slot: one admitted restart. Releasing it frees the concurrency slot and, for the breaker's
 // trial, reports a trial that never got a result (cancelled) as neutral.
 // ---------------------------------------------------------------------------------------------
-class guarded_restarter::slot {
-public:
-    slot(guarded_restarter& g, bool trial) : g_(&g), trial_(trial) {}
-    slot(slot&& o) noexcept
-        : g_(std::exchange(o.g_, nullptr)), trial_(o.trial_), recorded_(o.recorded_) {}
-    slot(const slot&) = delete;
-    slot& operator=(const slot&) = delete;
-    ~slot() {
-        if (!g_) return;
-        if (trial_ && !recorded_) g_->record(restart_status::dry_run, true); // neutral
-        --g_->running_;
-        g_->stats_.running.set(static_cast<std::int64_t>(g_->running_));
-        g_->schedule_admission();
-    }
-    // The restart ended with `s`: tell the breaker.
-    void finish(restart_status s) {
-        recorded_ = true;
-        g_->record(s, trial_);
-    }
-
-private:
-    guarded_restarter* g_;
-    bool trial_;
-    bool recorded_ = false;
-};
 
 // ---------------------------------------------------------------------------------------------
 // admit_awaiter: waits in the FIFO until the admission pass grants a slot. Destroying it while
@@ -188,73 +194,81 @@ std::optional<std::string> guarded_restarter::refuse(const message& m) const {
     return inner_.refuse(m);
 }
 
+// One coroutine frame per message (it stays alive while the restart runs, for every message in
+// flight): the steps that do not suspend are plain functions below, so their temporaries (log
+// fields, reason strings) take no room in it.
 rt::task<restart_result> guarded_restarter::restart(const message& m) {
-    if (auto why = refuse(m)) {
-        stats_.refused.inc();
-        log::warn("restart refused",
-                  {{"message_id", m.message_id}, {"hostname", m.hostname}, {"reason", *why}});
-        co_return restart_result{restart_status::refused, std::move(*why)};
-    }
-    if (auto it = running_hosts_.find(m.hostname); it != running_hosts_.end()) {
-        // One restart per host at a time: wait for the one running and share its result.
-        host_run& first = *it->second;
-        std::string first_id = first.msg.message_id;
-        co_await first.done;
-        restart_result r = first.result; // `first` is alive while it resumes us
-        stats_.coalesced.inc();
-        log::debug("restart coalesced", {{"message_id", m.message_id},
-                                         {"hostname", m.hostname},
-                                         {"with", first_id},
-                                         {"result", to_string(r.status)}});
-        if (r.status == restart_status::ok)
-            co_return restart_result{restart_status::coalesced,
-                                     "shared the restart for message " + first_id};
-        co_return r;
+    if (auto refused = refusal(m)) co_return std::move(*refused);
+    if (host_run* first = running_for(m.hostname)) {
+        // One restart per host at a time: wait for the one running and share its result
+        // (`first` is alive while it resumes us).
+        co_await first->done;
+        co_return shared_result(m, *first);
     }
     host_run here(*this, m);
-    restart_result r;
-    try {
-        r = co_await run(m);
-    } catch (const std::exception& e) {
-        // Store trouble in claim_host, or a restarter that threw: a failure like any other,
-        // and the coalesced messages must hear about it.
-        r = restart_result{restart_status::failed, e.what()};
-    }
-    here.finish(r);
-    co_return r;
-}
-
-rt::task<restart_result> guarded_restarter::run(const message& m) {
     slot admitted = co_await admit_awaiter(*this);
     if (opts_.cooldown.count() > 0) {
-        auto now = std::chrono::system_clock::now();
-        host_claim claim = co_await store_.claim_host(m, now, opts_.cooldown);
-        if (!claim.granted) {
-            stats_.cooldown_skips.inc();
-            auto ago =
-                std::chrono::duration_cast<std::chrono::milliseconds>(now - claim.last_restart);
-            std::string why = "host restarted " + format_duration(ago) + " ago, within the " +
-                              format_duration(opts_.cooldown) + " cooldown";
-            log::info("restart skipped: cooldown",
-                      {{"message_id", m.message_id}, {"hostname", m.hostname}, {"reason", why}});
-            admitted.finish(restart_status::skipped_cooldown);
-            co_return restart_result{restart_status::skipped_cooldown, std::move(why)};
-        }
+        here.claimed_at = std::chrono::system_clock::now();
+        auto claim = co_await store_.claim_host(m, here.claimed_at, opts_.cooldown).settled();
+        if (auto skipped = cooldown_decision(m, here.claimed_at, claim))
+            co_return here.complete(admitted, std::move(*skipped));
     }
-    if (opts_.dry_run) {
-        log::info("dry run: restart not carried out",
-                  {{"message_id", m.message_id}, {"hostname", m.hostname}});
-        admitted.finish(restart_status::dry_run);
-        co_return restart_result{restart_status::dry_run, "dry run"};
-    }
-    restart_result r;
-    try {
-        r = co_await inner_.restart(m);
-    } catch (const std::exception& e) {
-        r = restart_result{restart_status::failed, e.what()};
-    }
-    admitted.finish(r.status);
-    co_return r;
+    if (opts_.dry_run) co_return here.complete(admitted, dry_run(m));
+    co_return here.complete(admitted, as_restart_result(co_await inner_.restart(m).settled()));
+}
+
+std::optional<restart_result> guarded_restarter::refusal(const message& m) {
+    auto why = refuse(m);
+    if (!why) return std::nullopt;
+    stats_.refused.inc();
+    log::warn("restart refused",
+              {{"message_id", m.message_id}, {"hostname", m.hostname}, {"reason", *why}});
+    return restart_result{restart_status::refused, std::move(*why)};
+}
+
+guarded_restarter::host_run* guarded_restarter::running_for(const std::string& hostname) {
+    auto it = running_hosts_.find(hostname);
+    return it == running_hosts_.end() ? nullptr : it->second;
+}
+
+restart_result guarded_restarter::shared_result(const message& m, const host_run& first) {
+    restart_result r = first.result;
+    stats_.coalesced.inc();
+    log::debug("restart coalesced", {{"message_id", m.message_id},
+                                     {"hostname", m.hostname},
+                                     {"with", first.msg.message_id},
+                                     {"result", to_string(r.status)}});
+    if (r.status == restart_status::ok)
+        return restart_result{restart_status::coalesced,
+                              "shared the restart for message " + first.msg.message_id};
+    return r;
+}
+
+std::optional<restart_result>
+guarded_restarter::cooldown_decision(const message& m, std::chrono::system_clock::time_point now,
+                                     rt::result<host_claim>& claim) {
+    // Store trouble in claim_host is a failure like any other; the coalesced messages hear it.
+    if (!claim) return restart_result{restart_status::failed, rt::describe(claim.error())};
+    if (claim->granted) return std::nullopt;
+    stats_.cooldown_skips.inc();
+    auto ago = std::chrono::duration_cast<std::chrono::milliseconds>(now - claim->last_restart);
+    std::string why = "host restarted " + format_duration(ago) + " ago, within the " +
+                      format_duration(opts_.cooldown) + " cooldown";
+    log::info("restart skipped: cooldown",
+              {{"message_id", m.message_id}, {"hostname", m.hostname}, {"reason", why}});
+    return restart_result{restart_status::skipped_cooldown, std::move(why)};
+}
+
+restart_result guarded_restarter::dry_run(const message& m) {
+    log::info("dry run: restart not carried out",
+              {{"message_id", m.message_id}, {"hostname", m.hostname}});
+    return restart_result{restart_status::dry_run, "dry run"};
+}
+
+restart_result guarded_restarter::as_restart_result(rt::result<restart_result> r) {
+    // A restarter that threw: a failure like any other.
+    if (!r) return restart_result{restart_status::failed, rt::describe(r.error())};
+    return std::move(*r);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -79,7 +79,14 @@ private:
     class slot;
     struct pause_probe;
 
-    rt::task<restart_result> run(const message& m);
+    std::optional<restart_result> refusal(const message& m);
+    host_run* running_for(const std::string& hostname);
+    restart_result shared_result(const message& m, const host_run& first);
+    std::optional<restart_result> cooldown_decision(const message& m,
+                                                    std::chrono::system_clock::time_point now,
+                                                    rt::result<host_claim>& claim);
+    restart_result dry_run(const message& m);
+    static restart_result as_restart_result(rt::result<restart_result> r);
     bool room() const noexcept;
     void schedule_admission();
     void admit_waiters();

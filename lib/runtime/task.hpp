@@ -204,22 +204,40 @@ public:
         return awaiter{h_};
     }
 
+    // Awaits the task without throwing: its value or its exception as a result<T>.
+    auto settled() && noexcept {
+        struct awaiter {
+            handle_type h;
+            bool await_ready() const noexcept { return false; }
+            std::coroutine_handle<> await_suspend(std::coroutine_handle<> caller) noexcept {
+                h.promise().continuation = caller;
+                return h;
+            }
+            result<T> await_resume() { return take_result_of(h); }
+        };
+        return awaiter{h_};
+    }
+
     // Internal: used by gather and task_scope.
     handle_type handle() const noexcept { return h_; }
     handle_type release() noexcept { return std::exchange(h_, {}); }
-    result<T> take_result() {
+    result<T> take_result() { return take_result_of(h_); }
+
+private:
+    static result<T> take_result_of(handle_type h) {
         try {
             if constexpr (std::is_void_v<T>) {
-                h_.promise().take();
+                h.promise().take();
                 return result<void>{};
             } else {
-                return result<T>{h_.promise().take()};
+                return result<T>{h.promise().take()};
             }
         } catch (...) {
             return result<T>{std::current_exception()};
         }
     }
 
+public:
 private:
     void reset() noexcept {
         if (h_) std::exchange(h_, {}).destroy();
