@@ -53,19 +53,27 @@ struct backoff_policy {
     std::chrono::milliseconds delay(std::uint32_t attempt, std::uint64_t random) const noexcept;
 };
 
+// What to do with a message whose restart was recorded as started but never finished (the
+// worker died in between): restart it again, or dead-letter it for a human to look at.
+enum class unfinished_policy : std::uint8_t { retry, dead_letter };
+
 struct decide_inputs {
     std::uint32_t attempt = 1;               // this delivery's attempt number, from 1
     std::uint32_t max_attempts = 5;          // restart failures after this many are dead-lettered
     std::optional<save_result> saved;        // nullopt: the save threw
     std::optional<restart_result> restarted; // nullopt: the restart threw
     std::string save_exception, restart_exception;
+    bool restart_unfinished = false; // the claim found an unfinished restart for this id
+    unfinished_policy on_unfinished = unfinished_policy::retry;
 };
 
 // The gather's results -> the outcome:
 //  - a failed save is never acked: retried (store trouble is transient; it does not use up the
 //    message's restart attempts, so an outage cannot dead-letter good requests);
 //  - a failed restart is retried while attempts are left, then dead-lettered;
-//  - a duplicate (already completed) is `skipped`; ok, dry_run, cooldown and coalesced are acked.
+//  - a duplicate (already completed) is `skipped`; ok, dry_run, cooldown and coalesced are acked;
+//  - an unfinished earlier restart under unfinished_policy::dead_letter is dead-lettered (no
+//    restart was run); under retry the restart ran again and its result decides.
 verdict decide(const decide_inputs& in, const backoff_policy& backoff, std::uint64_t random);
 
 } // namespace mayhem

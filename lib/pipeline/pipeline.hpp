@@ -34,6 +34,7 @@ struct pipeline_options {
     backoff_policy backoff;
     decode_options decode;
     std::uint64_t seed = 0; // 0: random
+    unfinished_policy on_unfinished = unfinished_policy::retry;
 };
 
 // Latency histogram written by the loop thread, read by the metrics thread. Buckets are fixed
@@ -112,7 +113,7 @@ private:
 
     void pump();
     rt::task<void> process(delivery d);
-    rt::task<restart_result> restart(const message& m);
+    rt::task<restart_result> restart(const message& m, bool& unfinished);
     rt::task<save_result> save(const message& m, const delivery& d);
     void settle(flight& f, verdict v);
     void renew_leases();
