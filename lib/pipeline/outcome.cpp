@@ -56,11 +56,6 @@ verdict decide(const decide_inputs& in, const backoff_policy& backoff, std::uint
     };
     if (!in.saved) return retry("save failed: " + in.save_exception);
     if (!in.saved->ok) return retry("save failed: " + in.saved->error);
-    if (in.restart_unfinished && in.on_unfinished == unfinished_policy::dead_letter)
-        return verdict{outcome::dead_lettered,
-                       "a restart for this message was started but never finished; not "
-                       "restarted again (--on-unfinished-restart dead-letter)",
-                       {}};
 
     std::string failure;
     if (!in.restarted) {
@@ -79,6 +74,8 @@ verdict decide(const decide_inputs& in, const backoff_policy& backoff, std::uint
             break;
         }
     }
+    if (in.restarted && in.restarted->permanent)
+        return verdict{outcome::dead_lettered, failure, {}};
     if (in.attempt < in.max_attempts) return retry(std::move(failure));
     return verdict{outcome::dead_lettered,
                    failure + " (attempt " + std::to_string(in.attempt) + " of " +

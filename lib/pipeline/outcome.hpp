@@ -35,7 +35,8 @@ std::string_view to_string(restart_status s) noexcept;
 
 struct restart_result {
     restart_status status = restart_status::ok;
-    std::string detail; // failure text, or why it was skipped
+    std::string detail;     // failure text, or why it was skipped
+    bool permanent = false; // with `failed`: retrying cannot fix it, dead-letter at once
 };
 
 // A save either succeeded or failed with a reason (store unreachable, disk full, ...).
@@ -63,8 +64,6 @@ struct decide_inputs {
     std::optional<save_result> saved;        // nullopt: the save threw
     std::optional<restart_result> restarted; // nullopt: the restart threw
     std::string save_exception, restart_exception;
-    bool restart_unfinished = false; // the claim found an unfinished restart for this id
-    unfinished_policy on_unfinished = unfinished_policy::retry;
 };
 
 // The gather's results -> the outcome:
@@ -72,8 +71,7 @@ struct decide_inputs {
 //    message's restart attempts, so an outage cannot dead-letter good requests);
 //  - a failed restart is retried while attempts are left, then dead-lettered;
 //  - a duplicate (already completed) is `skipped`; ok, dry_run, cooldown and coalesced are acked;
-//  - an unfinished earlier restart under unfinished_policy::dead_letter is dead-lettered (no
-//    restart was run); under retry the restart ran again and its result decides.
+//  - a permanent restart failure (retrying cannot fix it) is dead-lettered at once.
 verdict decide(const decide_inputs& in, const backoff_policy& backoff, std::uint64_t random);
 
 } // namespace mayhem

@@ -189,12 +189,9 @@ rt::task<void> pipeline::process(delivery d) {
     f.lease_due = loop_.now() + static_cast<std::uint64_t>(opts_.lease_extend_interval.count());
     leases_.push_back(f.lease);
 
-    bool unfinished = false; // outlives the restart task: this frame awaits it
-    auto [saved, restarted] = co_await rt::gather(save(msg, f.d), restart(msg, unfinished));
+    auto [saved, restarted] = co_await rt::gather(save(msg, f.d), restart(msg));
 
     decide_inputs in;
-    in.restart_unfinished = unfinished;
-    in.on_unfinished = opts_.on_unfinished;
     in.attempt = f.d.attempt;
     in.max_attempts = opts_.max_attempts;
     if (saved)
@@ -217,7 +214,7 @@ rt::task<save_result> pipeline::save(const message& m, const delivery& d) {
 
 // "Block when needed": the restart is a serial chain (claim, restart, record) that still never
 // blocks the loop.
-rt::task<restart_result> pipeline::restart(const message& m, bool& unfinished) {
+rt::task<restart_result> pipeline::restart(const message& m) {
     auto start = now_ns();
     restart_result r;
     switch (co_await store_.claim_restart(m)) {
@@ -227,10 +224,12 @@ rt::task<restart_result> pipeline::restart(const message& m, bool& unfinished) {
     case restart_claim::unfinished:
         // The store keeps the unfinished row as this restart's record: a retry finishes it.
         stats_.unfinished_restarts.inc();
-        unfinished = true;
         if (opts_.on_unfinished == unfinished_policy::dead_letter) {
-            // decide() dead-letters it; nothing ran, so nothing is counted or finished.
-            co_return restart_result{restart_status::failed, "earlier restart never finished"};
+            // Dead-lettered at once by decide(); nothing ran, so nothing is counted or finished.
+            co_return restart_result{restart_status::failed,
+                                     "a restart for this message was started but never finished "
+                                     "(--on-unfinished-restart dead-letter)",
+                                     true};
         }
         [[fallthrough]];
     case restart_claim::proceed:

@@ -113,7 +113,7 @@ private:
 
     void pump();
     rt::task<void> process(delivery d);
-    rt::task<restart_result> restart(const message& m, bool& unfinished);
+    rt::task<restart_result> restart(const message& m);
     rt::task<save_result> save(const message& m, const delivery& d);
     void settle(flight& f, verdict v);
     void renew_leases();

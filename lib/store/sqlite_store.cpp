@@ -198,8 +198,9 @@ struct sqlite_store::shared {
                                    "WHERE message_id = ?1 ORDER BY attempt DESC LIMIT 1");
             start_restart = prepare("INSERT INTO restarts (hostname, message_id, started, "
                                     "attempt) VALUES (?1, ?2, ?3, ?4)");
-            finish = prepare("UPDATE restarts SET finished = ?3, result = ?4, detail = ?5 "
-                             "WHERE message_id = ?1 AND finished IS NULL");
+            finish =
+                prepare("UPDATE restarts SET finished = ?3, result = ?4, detail = NULLIF(?5, '') "
+                        "WHERE message_id = ?1 AND finished IS NULL");
             // A duplicate's `skipped` does not hide that the message was acked; retried is not
             // a completion.
             complete =
@@ -473,7 +474,8 @@ rt::task<save_result> sqlite_store::save(const message& m, const delivery&) {
     r.a = m.instance_name;
     r.b = m.hostname;
     r.c = m.reason;
-    reply x = co_await enqueue(std::move(r));
+    auto pending = enqueue(std::move(r)); // named: see writer() on GCC 12 and temporaries
+    reply x = co_await pending;
     co_return save_result{x.ok, std::move(x.error)};
 }
 
@@ -482,7 +484,8 @@ rt::task<restart_claim> sqlite_store::claim_restart(const message& m) {
     r.kind = op::claim;
     r.id = m.message_id;
     r.a = m.hostname;
-    reply x = co_await enqueue(std::move(r));
+    auto pending = enqueue(std::move(r)); // named: see writer() on GCC 12 and temporaries
+    reply x = co_await pending;
     // Without a durable claim the restart must not run: the caller turns this into a retry.
     if (!x.ok) throw std::runtime_error("store: " + x.error);
     co_return x.claim;
@@ -494,7 +497,8 @@ rt::task<void> sqlite_store::finish_restart(const message& m, const restart_resu
     r.id = m.message_id;
     r.a = to_string(res.status);
     r.b = res.detail;
-    reply x = co_await enqueue(std::move(r));
+    auto pending = enqueue(std::move(r)); // named: see writer() on GCC 12 and temporaries
+    reply x = co_await pending;
     // The restart ran but is still recorded as unfinished: the redelivery meets the
     // --on-unfinished-restart policy, which is the truth.
     if (!x.ok) throw std::runtime_error("store: " + x.error);
