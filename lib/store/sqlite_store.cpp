@@ -281,6 +281,8 @@ struct sqlite_store::shared {
             text(finish, 5, r.b);
             run(finish, "record restart end");
             break;
+        case op::skip:
+            break;
         case op::complete:
             text(complete, 1, r.id);
             text(complete, 2, r.a);
@@ -427,6 +429,10 @@ rt::task<void> sqlite_store::writer() {
             co_await idle_awaiter{*this};
             continue;
         }
+        // A claim whose task is gone (a forced stop) must not record a start: no restart will
+        // run, and the row would read as a crash in the window on the next delivery.
+        for (auto& r : pending_)
+            if (r.kind == op::claim && !r.waiter) r.kind = op::skip;
         std::swap(db_->flying, pending_);
         pending_.clear();
         flying_gen_ = pending_gen_++;

@@ -75,7 +75,7 @@ public:
 
     const sqlite_store_stats& stats() const noexcept { return stats_; }
 
-    enum class op : std::uint8_t { save, claim, finish, complete };
+    enum class op : std::uint8_t { save, claim, finish, complete, skip };
     // One queued request. Strings are copied: the pool thread must never read a message that a
     // cancelled task has already freed.
     struct request {

@@ -172,8 +172,12 @@ TEST_CASE("sqlite_store: a task destroyed while its request is written is forgot
             delivery d;
             co_await s.save(m, d);
         }(st, a));
-    } // its task is destroyed while the request is still queued
+        scope.spawn([](sqlite_store& s, const message& m) -> rt::task<void> {
+            co_await s.claim_restart(m);
+        }(st, a));
+    } // the tasks are destroyed while their requests are still queued
     CHECK(run(loop, st.save(b, delivery{})).ok);
     run(loop, st.close());
-    CHECK(count(dir.db(), "SELECT count(*) FROM messages") == 2);
+    CHECK(count(dir.db(), "SELECT count(*) FROM messages") == 2); // a save is still written
+    CHECK(count(dir.db(), "SELECT count(*) FROM restarts") == 0); // a start that never runs not
 }
