@@ -97,7 +97,7 @@ TEST_CASE("sqlite_store: saves that arrive together share one transaction") {
     CHECK(count(dir.db(), "SELECT count(*) FROM messages") == 200);
 }
 
-TEST_CASE("sqlite_store: a claim is proceed, then done; a failed restart may run again") {
+TEST_CASE("sqlite_store: a claim proceeds, then is done, and a failed restart may run again") {
     temp_dir dir;
     rt::loop loop;
     sqlite_store st(loop, sqlite_options{dir.db()});
@@ -144,7 +144,7 @@ TEST_CASE("sqlite_store: a newer schema version is refused") {
     CHECK_THROWS_AS(sqlite_store(loop, sqlite_options{dir.db()}), sqlite_fatal);
 }
 
-TEST_CASE("sqlite_store: a database that cannot be opened fails saves, never throws") {
+TEST_CASE("sqlite_store: a database that cannot be opened fails saves and never throws") {
     temp_dir dir;
     rt::loop loop;
     sqlite_store st(loop, sqlite_options{(dir.path / "missing" / "t.db").string()});
