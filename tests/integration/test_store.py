@@ -207,6 +207,11 @@ class StoreTest(Harness):
                         "--log-level", "debug", *FAST)
         wait_until(lambda: len(settled(w.stderr(), "acked")) >= 1000, timeout=30,
                    what="1000 messages acked")
+        # `mayhem history` reads while the worker writes (WAL): it neither blocks nor fails.
+        code, out, errtext = self.history("--json")
+        self.assertEqual(code, 0, errtext)
+        self.assertGreater(json.loads(out)["messages"], 0)
+        self.assertTrue(w.alive())
         w.signal(signal.SIGKILL)
         w.wait(timeout=10)
         acked = {l["message_id"] for l in settled(w.stderr(), "acked")}
