@@ -5,6 +5,7 @@
 #include "runtime/log.hpp"
 #include "runtime/loop.hpp"
 #include "sources/simulate_source.hpp"
+#include "store/history.hpp"
 #include "version.hpp"
 
 #include <CLI/CLI.hpp>
@@ -22,6 +23,7 @@ and restarts each one concurrently, gathers both, then acks.
 Usage:
   mayhem worker [flags]     run the worker (mayhem worker --help lists every flag)
   mayhem publish [flags]    write generated restart requests as NDJSON to stdout
+  mayhem history [flags]    what the store database holds: outcomes, restarts per host (read-only)
   mayhem --version          print the version
   mayhem --help             this text
 
@@ -85,6 +87,32 @@ int run_publish(const std::vector<std::string>& args) {
     return std::fflush(stdout) == 0 ? 0 : mayhem::exit_fatal;
 }
 
+// `mayhem history`: read-only summary of a store database (lib/store/history.hpp).
+int run_history(const std::vector<std::string>& args) {
+    CLI::App cmd{"Show what a store database holds: counts by outcome, restarts per host, the "
+                 "most recent messages. Read-only; safe while a worker writes.",
+                 "mayhem history"};
+    mayhem::history_options o;
+    cmd.add_option("--db", o.db, "The database file")->capture_default_str();
+    cmd.add_option("--limit", o.limit, "Recent messages and hosts listed")
+        ->check(CLI::Range(std::size_t{1}, std::size_t{1'000'000}))
+        ->capture_default_str();
+    cmd.add_flag("--json", o.json, "One JSON object on stdout");
+    cmd.footer("Exit codes: 0 ok; 1 the database is missing, unreadable or not a mayhem "
+               "database; 2 bad flags.");
+    try {
+        std::vector<std::string> rev(args.rbegin(), args.rend());
+        cmd.parse(rev);
+    } catch (const CLI::CallForHelp&) {
+        std::cout << cmd.help();
+        return 0;
+    } catch (const CLI::Error& e) {
+        std::cerr << "mayhem history: " << e.what() << "\n";
+        return mayhem::exit_usage;
+    }
+    return mayhem::print_history(o, std::cout, std::cerr);
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
@@ -101,8 +129,10 @@ int main(int argc, char** argv) {
     args.erase(args.begin());
     if (cmd == "worker") return run_worker(args);
     if (cmd == "publish") return run_publish(args);
+    if (cmd == "history") return run_history(args);
     std::fprintf(stderr,
-                 "mayhem: unknown command '%s' (allowed: worker, publish; see mayhem --help)\n",
+                 "mayhem: unknown command '%s' (allowed: worker, publish, history; see mayhem "
+                 "--help)\n",
                  cmd.c_str());
     return mayhem::exit_usage;
 }

@@ -170,9 +170,28 @@ void add_worker_options(CLI::App& cmd, worker_config& c) {
         ->capture_default_str()
         ->group("Pipeline");
     cmd.add_option("--store", c.store, "Where requests are saved")
-        ->check(CLI::IsMember({"memory"}))
+        ->check(CLI::IsMember({"sqlite", "memory"}))
         ->capture_default_str()
         ->group("Pipeline");
+    cmd.add_option("--db", c.db, "sqlite store: the database file (created if missing)")
+        ->capture_default_str()
+        ->group("Store");
+    cmd.add_option("--db-synchronous", c.db_synchronous,
+                   "sqlite store: normal = a commit survives a crash of the process, full = "
+                   "also a power loss (fsync per transaction)")
+        ->check(CLI::IsMember({"normal", "full"}))
+        ->capture_default_str()
+        ->group("Store");
+    add_duration(cmd, "--db-busy-timeout", c.db_busy_timeout,
+                 "sqlite store: how long a transaction waits for another writer's lock before it "
+                 "fails (its messages are retried)")
+        ->group("Store");
+    cmd.add_option("--on-unfinished-restart", c.on_unfinished_restart,
+                   "A message whose restart was recorded as started but never finished (a crash "
+                   "in between): retry = restart it again, dead-letter = do not, dead-letter it")
+        ->check(CLI::IsMember({"retry", "dead-letter"}))
+        ->capture_default_str()
+        ->group("Store");
     cmd.add_option("--restarter", c.restarter, "How hosts are restarted")
         ->check(CLI::IsMember({"simulate", "exec"}))
         ->capture_default_str()

@@ -17,8 +17,14 @@ namespace mayhem {
 struct worker_config {
     // sources, store, restarter
     std::string source = "simulate";
-    std::string store = "memory";
+    std::string store = "sqlite";
     std::string restarter = "simulate";
+
+    // sqlite store
+    std::string db = "mayhem.db";
+    std::string db_synchronous = "normal";
+    millis db_busy_timeout{5000};
+    std::string on_unfinished_restart = "retry";
 
     // simulate source
     std::uint64_t messages = 0;

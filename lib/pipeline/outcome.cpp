@@ -78,6 +78,8 @@ verdict decide(const decide_inputs& in, const backoff_policy& backoff, std::uint
             break;
         }
     }
+    if (in.restarted && in.restarted->permanent)
+        return verdict{outcome::dead_lettered, failure, {}};
     if (in.attempt < in.max_attempts) return retry(std::move(failure));
     return verdict{outcome::dead_lettered,
                    failure + " (attempt " + std::to_string(in.attempt) + " of " +

@@ -37,7 +37,8 @@ std::string_view to_string(restart_status s) noexcept;
 
 struct restart_result {
     restart_status status = restart_status::ok;
-    std::string detail; // failure text, or why it was skipped
+    std::string detail;     // failure text, or why it was skipped
+    bool permanent = false; // with `failed`: retrying cannot fix it, dead-letter at once
 };
 
 // A save either succeeded or failed with a reason (store unreachable, disk full, ...).
@@ -55,6 +56,10 @@ struct backoff_policy {
     std::chrono::milliseconds delay(std::uint32_t attempt, std::uint64_t random) const noexcept;
 };
 
+// What to do with a message whose restart was recorded as started but never finished (the
+// worker died in between): restart it again, or dead-letter it for a human to look at.
+enum class unfinished_policy : std::uint8_t { retry, dead_letter };
+
 struct decide_inputs {
     std::uint32_t attempt = 1;               // this delivery's attempt number, from 1
     std::uint32_t max_attempts = 5;          // restart failures after this many are dead-lettered
@@ -70,6 +75,7 @@ struct decide_inputs {
 //  - a duplicate (already completed) is `skipped`; ok, dry_run, cooldown and coalesced are acked;
 //  - a refused restart (host outside --allow-hosts/--deny-hosts, unsafe placeholder value) is
 //    dead-lettered at once: retrying cannot change the answer.
+//  - a permanent restart failure (retrying cannot fix it) is dead-lettered at once.
 verdict decide(const decide_inputs& in, const backoff_policy& backoff, std::uint64_t random);
 
 } // namespace mayhem

@@ -276,7 +276,15 @@ rt::task<restart_result> pipeline::restart(const message& m) {
         r = restart_result{restart_status::skipped_duplicate, "already restarted for this message"};
         break;
     case restart_claim::unfinished:
+        // The store keeps the unfinished row as this restart's record: a retry finishes it.
         stats_.unfinished_restarts.inc();
+        if (opts_.on_unfinished == unfinished_policy::dead_letter) {
+            // Dead-lettered at once by decide(); nothing ran, so nothing is counted or finished.
+            co_return restart_result{restart_status::failed,
+                                     "a restart for this message was started but never finished "
+                                     "(--on-unfinished-restart dead-letter)",
+                                     true};
+        }
         [[fallthrough]];
     case restart_claim::proceed:
         try {

@@ -34,6 +34,7 @@ struct pipeline_options {
     backoff_policy backoff;
     decode_options decode;
     std::uint64_t seed = 0; // 0: random
+    unfinished_policy on_unfinished = unfinished_policy::retry;
 };
 
 // Latency histogram written by the loop thread, read by the metrics thread. Buckets are fixed

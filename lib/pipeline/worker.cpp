@@ -8,6 +8,7 @@
 #include "sources/simulate_source.hpp"
 #include "sources/stdin_source.hpp"
 #include "store/memory_store.hpp"
+#include "store/sqlite_store.hpp"
 
 #include <csignal>
 #include <cstdio>
@@ -30,6 +31,13 @@ std::unique_ptr<source> make_source(rt::loop& loop, const worker_config& c) {
 }
 
 std::unique_ptr<store> make_store(rt::loop& loop, const worker_config& c) {
+    if (c.store == "sqlite") {
+        sqlite_options o;
+        o.path = c.db;
+        o.synchronous_full = c.db_synchronous == "full";
+        o.busy_timeout = c.db_busy_timeout;
+        return std::make_unique<sqlite_store>(loop, o); // sqlite_fatal (newer schema): exit 1
+    }
     return std::make_unique<memory_store>(loop, c.save_latency, c.seed ? c.seed + 1 : 0);
 }
 
@@ -73,6 +81,8 @@ pipeline_options make_pipeline_options(const worker_config& c) {
     o.decode.max_bytes = c.max_message_bytes;
     o.decode.host_domain = c.host_domain;
     o.seed = c.seed ? c.seed + 3 : 0;
+    o.on_unfinished = c.on_unfinished_restart == "dead-letter" ? unfinished_policy::dead_letter
+                                                               : unfinished_policy::retry;
     return o;
 }
 

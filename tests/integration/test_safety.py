@@ -164,6 +164,32 @@ class SafetyTest(Harness):
 
     # -- policy ---------------------------------------------------------------------------
 
+    def test_cooldown_reads_the_sqlite_table(self):
+        # Seed the restarts table: one host restarted an hour ago, one thirty days ago. With the
+        # default 7d cooldown the first is skipped, the second restarted.
+        import sqlite3
+        rec = self.script()
+        db = os.path.join(self.tmp, "cooldown.db")
+        code, s, err = self.run_stdin([], "--store", "sqlite", "--db", db,
+                                      "--restart-command", rec + " {hostname}")
+        self.assertEqual(code, 0, err)  # creates the schema
+        now_ms = int(time.time() * 1000)
+        with sqlite3.connect(db) as c:
+            for mid, host, age_ms in (("old-1", "h-recent", 3600_000),
+                                      ("old-2", "h-old", 30 * 86400_000)):
+                c.execute("INSERT INTO restarts (message_id, attempt, hostname, started, finished, "
+                          "result, host_claimed) VALUES (?, 1, ?, ?, ?, 'ok', 1)",
+                          (mid, host, now_ms - age_ms, now_ms - age_ms + 1000))
+        code, s, err = self.run_stdin([msg("n1", "h-recent"), msg("n2", "h-old")],
+                                      "--store", "sqlite", "--db", db,
+                                      "--restart-command", rec + " {hostname}")
+        self.assertEqual((code, s["acked"]), (0, 2), err)
+        self.assertEqual(self.starts(), ["h-old"])
+        with sqlite3.connect(db) as c:
+            results = dict(c.execute("SELECT message_id, result FROM restarts "
+                                     "WHERE message_id IN ('n1', 'n2')").fetchall())
+        self.assertEqual(results, {"n1": "skipped_cooldown", "n2": "ok"})
+
     def test_cooldown_skips_a_host_restarted_in_this_run(self):
         rec = self.script()
         lines = [msg("m1", "h1"), msg("m2", "h1")]

@@ -167,8 +167,8 @@ class StdinSource(Harness):
         for name, lat in (("apart", ZERO), ("overlapping", ["--restart-latency", "300ms"])):
             with self.subTest(name):
                 path = self.write("dup-%s.ndjson" % name, line + b"\n" + line + b"\n")
-                code, s, err = self.run_stdin(path, *lat, "--log-level", "debug",
-                                              "--log-format", "json")
+                code, s, err = self.run_stdin(path, *lat, "--db", "dup-%s.db" % name,
+                                              "--log-level", "debug", "--log-format", "json")
                 self.assertEqual(code, 0, err[-3000:])
                 self.assert_identity(s)
                 self.assertEqual(s["received"], 2, s)

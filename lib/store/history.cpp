@@ -1,0 +1,197 @@
+#include "store/history.hpp"
+
+#include "store/sqlite_store.hpp"
+
+#include <ctime>
+#include <nlohmann/json.hpp>
+#include <sqlite3.h>
+#include <stdexcept>
+#include <vector>
+
+namespace mayhem {
+
+namespace {
+
+using json = nlohmann::ordered_json;
+
+class reader {
+public:
+    explicit reader(const std::string& path) {
+        int rc = sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READONLY, nullptr);
+        if (rc != SQLITE_OK) {
+            std::string why = db_ ? sqlite3_errmsg(db_) : sqlite3_errstr(rc);
+            throw std::runtime_error("cannot open " + path + ": " + why);
+        }
+        sqlite3_busy_timeout(db_, 5000);
+    }
+    ~reader() { sqlite3_close_v2(db_); }
+    reader(const reader&) = delete;
+    reader& operator=(const reader&) = delete;
+
+    // Runs `sql` with its integer parameters and returns every row, each column as JSON.
+    std::vector<std::vector<json>> rows(const char* sql,
+                                        std::initializer_list<std::int64_t> args = {}) {
+        sqlite3_stmt* s = nullptr;
+        if (sqlite3_prepare_v2(db_, sql, -1, &s, nullptr) != SQLITE_OK)
+            throw std::runtime_error(std::string("query failed: ") + sqlite3_errmsg(db_));
+        int i = 1;
+        for (auto a : args)
+            sqlite3_bind_int64(s, i++, a);
+        std::vector<std::vector<json>> out;
+        int rc;
+        while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+            std::vector<json> row;
+            for (int c = 0; c < sqlite3_column_count(s); ++c) {
+                switch (sqlite3_column_type(s, c)) {
+                case SQLITE_INTEGER:
+                    row.emplace_back(sqlite3_column_int64(s, c));
+                    break;
+                case SQLITE_FLOAT:
+                    row.emplace_back(sqlite3_column_double(s, c));
+                    break;
+                case SQLITE_NULL:
+                    row.emplace_back(nullptr);
+                    break;
+                default:
+                    row.emplace_back(reinterpret_cast<const char*>(sqlite3_column_text(s, c)));
+                }
+            }
+            out.push_back(std::move(row));
+        }
+        std::string err = sqlite3_errmsg(db_);
+        sqlite3_finalize(s);
+        if (rc != SQLITE_DONE) throw std::runtime_error("query failed: " + err);
+        return out;
+    }
+    std::int64_t scalar(const char* sql) {
+        auto r = rows(sql);
+        return r.empty() || !r[0][0].is_number() ? 0 : r[0][0].get<std::int64_t>();
+    }
+
+private:
+    sqlite3* db_ = nullptr;
+};
+
+std::string when(const json& ms) {
+    if (!ms.is_number()) return "-";
+    std::time_t t = static_cast<std::time_t>(ms.get<std::int64_t>() / 1000);
+    std::tm tm{};
+    gmtime_r(&t, &tm);
+    char buf[32];
+    std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    return buf;
+}
+
+std::string str(const json& v) {
+    if (v.is_null()) return "-";
+    if (v.is_string()) return v.get<std::string>();
+    return v.dump();
+}
+
+json collect(reader& r, const history_options& o) {
+    auto limit = static_cast<std::int64_t>(o.limit);
+    json doc;
+    doc["db"] = o.db;
+    doc["schema_version"] = sqlite_schema_version;
+    doc["messages"] = r.scalar("SELECT count(*) FROM messages");
+    json by_outcome = json::object();
+    for (auto& row : r.rows("SELECT coalesce(outcome, 'in_progress'), count(*) FROM messages "
+                            "GROUP BY 1 ORDER BY 1"))
+        by_outcome[row[0].get<std::string>()] = row[1];
+    doc["by_outcome"] = by_outcome;
+
+    json restarts = json::object();
+    restarts["total"] = r.scalar("SELECT count(*) FROM restarts");
+    restarts["unfinished"] = r.scalar("SELECT count(*) FROM restarts WHERE finished IS NULL");
+    json by_result = json::object();
+    for (auto& row : r.rows("SELECT result, count(*) FROM restarts WHERE result IS NOT NULL "
+                            "GROUP BY 1 ORDER BY 1"))
+        by_result[row[0].get<std::string>()] = row[1];
+    restarts["by_result"] = by_result;
+    doc["restarts"] = restarts;
+
+    json hosts = json::array();
+    for (auto& row :
+         r.rows("SELECT hostname, count(*), sum(result = 'ok'), sum(result = 'failed'), "
+                "sum(finished IS NULL), max(started) FROM restarts GROUP BY hostname "
+                "ORDER BY max(started) DESC, hostname LIMIT ?1",
+                {limit})) {
+        hosts.push_back(json{{"hostname", row[0]},
+                             {"restarts", row[1]},
+                             {"ok", row[2]},
+                             {"failed", row[3]},
+                             {"unfinished", row[4]},
+                             {"last_started", row[5]}});
+    }
+    doc["hosts"] = hosts;
+
+    json recent = json::array();
+    for (auto& row : r.rows("SELECT message_id, instance, hostname, reason, first_seen, attempts, "
+                            "outcome, completed_at, last_error FROM messages "
+                            "ORDER BY first_seen DESC, message_id DESC LIMIT ?1",
+                            {limit})) {
+        recent.push_back(json{{"message_id", row[0]},
+                              {"instance", row[1]},
+                              {"hostname", row[2]},
+                              {"reason", row[3]},
+                              {"first_seen", row[4]},
+                              {"attempts", row[5]},
+                              {"outcome", row[6]},
+                              {"completed_at", row[7]},
+                              {"last_error", row[8]}});
+    }
+    doc["recent"] = recent;
+    return doc;
+}
+
+void print_text(const json& doc, std::ostream& out) {
+    out << "database " << doc["db"].get<std::string>() << ": " << doc["messages"] << " messages, "
+        << doc["restarts"]["total"] << " restarts (" << doc["restarts"]["unfinished"]
+        << " unfinished)\n\nmessages by outcome\n";
+    for (auto& [k, v] : doc["by_outcome"].items())
+        out << "  " << k << ": " << v << "\n";
+    out << "\nrestarts by result\n";
+    for (auto& [k, v] : doc["restarts"]["by_result"].items())
+        out << "  " << k << ": " << v << "\n";
+    out << "\nrestarts per host (most recent first)\n";
+    for (auto& h : doc["hosts"])
+        out << "  " << str(h["hostname"]) << "  restarts " << h["restarts"] << ", ok "
+            << str(h["ok"]) << ", failed " << str(h["failed"]) << ", unfinished "
+            << str(h["unfinished"]) << ", last started " << when(h["last_started"]) << "\n";
+    out << "\nrecent messages\n";
+    for (auto& m : doc["recent"]) {
+        out << "  " << when(m["first_seen"]) << "  " << str(m["message_id"]) << "  "
+            << str(m["hostname"]) << "  " << str(m["outcome"]) << "  attempts " << m["attempts"];
+        if (!m["last_error"].is_null()) out << "  last error: " << str(m["last_error"]);
+        out << "\n";
+    }
+}
+
+} // namespace
+
+int print_history(const history_options& o, std::ostream& out, std::ostream& err) {
+    try {
+        reader r(o.db);
+        auto version = r.scalar("PRAGMA user_version");
+        if (version == 0)
+            throw std::runtime_error(o.db + " holds no mayhem data (no schema version)");
+        if (version > sqlite_schema_version)
+            throw std::runtime_error(o.db + " has schema version " + std::to_string(version) +
+                                     ", newer than this mayhem supports (" +
+                                     std::to_string(sqlite_schema_version) + ")");
+        // One read transaction: every number comes from the same snapshot.
+        r.rows("BEGIN");
+        json doc = collect(r, o);
+        r.rows("COMMIT");
+        if (o.json)
+            out << doc.dump() << "\n";
+        else
+            print_text(doc, out);
+        return 0;
+    } catch (const std::exception& e) {
+        err << "mayhem history: " << e.what() << "\n";
+        return 1;
+    }
+}
+
+} // namespace mayhem

@@ -1,0 +1,24 @@
+// `mayhem history`: a read-only look at a store database (SQLITE_OPEN_READONLY): counts by
+// outcome, restarts per host, the most recent messages. It reads one snapshot (a read
+// transaction), so its numbers agree with each other, and works while a worker writes (WAL).
+//
+// Threading: a command of its own, no loop; blocking calls are fine here.
+#pragma once
+
+#include <cstddef>
+#include <ostream>
+#include <string>
+
+namespace mayhem {
+
+struct history_options {
+    std::string db = "mayhem.db";
+    std::size_t limit = 20; // recent messages and hosts listed
+    bool json = false;
+};
+
+// Prints the history to `out`; returns 0, or 1 with the reason on `err` when the database is
+// missing, unreadable, or not a mayhem database of a version this build understands.
+int print_history(const history_options& opts, std::ostream& out, std::ostream& err);
+
+} // namespace mayhem

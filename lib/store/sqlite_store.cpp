@@ -1,0 +1,592 @@
+#include "store/sqlite_store.hpp"
+
+#include "runtime/log.hpp"
+
+#include <sqlite3.h>
+#include <utility>
+
+namespace mayhem {
+
+// ---------------------------------------------------------------------------------------------
+// The schema (version 1). Times are milliseconds since the Unix epoch (UTC).
+//
+// messages: one row per message id, written by the save (first_seen, attempts = deliveries
+//   saved) and by complete (outcome, completed_at, last_error). WITHOUT ROWID: the id is the
+//   key, so an insert maintains one b-tree, not two.
+// restarts: one row per restart attempt of a message (attempt 1, 2, ... after failures),
+//   inserted as started (finished NULL) before the restart runs and finished after it, so a
+//   crash in between is visible. Keyed (message_id, attempt) WITHOUT ROWID: the latest row of an
+//   id, its idempotency record, is one b-tree probe and no second index is kept in step.
+//   restarts_host_claims answers the per-host cooldown ("did this host restart, or is it
+//   restarting, within the cooldown?") in one probe: claim_host checks it and marks its own row
+//   in one transaction. Partial (host_claimed = 1 only), so without a cooldown nothing pays for
+//   it.
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+constexpr const char* schema_v1 = R"sql(
+CREATE TABLE messages (
+    message_id   TEXT PRIMARY KEY NOT NULL,
+    instance     TEXT NOT NULL,
+    hostname     TEXT NOT NULL,
+    reason       TEXT NOT NULL DEFAULT '',
+    first_seen   INTEGER NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 1,
+    outcome      TEXT,
+    completed_at INTEGER,
+    last_error   TEXT
+) WITHOUT ROWID;
+CREATE TABLE restarts (
+    message_id TEXT NOT NULL,
+    attempt    INTEGER NOT NULL,
+    hostname   TEXT NOT NULL,
+    started    INTEGER NOT NULL,
+    finished   INTEGER,
+    result     TEXT,
+    detail     TEXT,
+    host_claimed INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (message_id, attempt)
+) WITHOUT ROWID;
+-- The per-host cooldown looks only at restarts that passed claim_host: the index holds just
+-- those, so it costs nothing when no cooldown is configured.
+CREATE INDEX restarts_host_claims ON restarts (hostname, started) WHERE host_claimed = 1;
+PRAGMA user_version = 1;
+)sql";
+
+// A failed SQLite call, carried to the end of the transaction (pool thread only).
+struct db_error {
+    int code;
+    std::string what;
+};
+
+std::int64_t now_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+// Errors after which the connection is closed and opened again by the next transaction: the
+// file may have been fixed (made writable, remounted) in the meantime.
+bool reopen_after(int code) {
+    switch (code & 0xFF) {
+    case SQLITE_READONLY:
+    case SQLITE_CANTOPEN:
+    case SQLITE_IOERR:
+    case SQLITE_NOTADB:
+    case SQLITE_CORRUPT:
+        return true;
+    default:
+        return false;
+    }
+}
+
+} // namespace
+
+// ---------------------------------------------------------------------------------------------
+// shared: the connection and the batch in flight. Owned through a shared_ptr so that a
+// transaction still running on the pool when the store is destroyed keeps what it touches.
+// ---------------------------------------------------------------------------------------------
+
+struct sqlite_store::shared {
+    sqlite_options opts;
+    sqlite3* conn = nullptr;
+    sqlite3_stmt *begin = nullptr, *commit = nullptr, *rollback = nullptr, *save = nullptr,
+                 *last_restart = nullptr, *start_restart = nullptr, *finish = nullptr,
+                 *complete = nullptr, *host_blocker = nullptr, *host_claim_row = nullptr;
+    std::vector<request> flying; // the batch being written
+
+    explicit shared(sqlite_options o) : opts(std::move(o)) {}
+    ~shared() { close_conn(); }
+
+    [[noreturn]] void fail(int code, const std::string& what) {
+        throw db_error{code, what + ": " + (conn ? sqlite3_errmsg(conn) : sqlite3_errstr(code))};
+    }
+    void check(int rc, const char* what) {
+        if (rc != SQLITE_OK) fail(rc, what);
+    }
+    void exec(const char* sql, const char* what) {
+        check(sqlite3_exec(conn, sql, nullptr, nullptr, nullptr), what);
+    }
+    sqlite3_stmt* prepare(const char* sql) {
+        sqlite3_stmt* s = nullptr;
+        check(sqlite3_prepare_v3(conn, sql, -1, SQLITE_PREPARE_PERSISTENT, &s, nullptr), "prepare");
+        return s;
+    }
+    // Steps a statement to its end and resets it; the step's error, if any, is thrown.
+    void run(sqlite3_stmt* s, const char* what) {
+        int rc = sqlite3_step(s);
+        sqlite3_reset(s);
+        if (rc != SQLITE_DONE && rc != SQLITE_ROW) fail(rc, what);
+    }
+    static void text(sqlite3_stmt* s, int i, const std::string& v) {
+        sqlite3_bind_text(s, i, v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
+    }
+
+    void close_conn() noexcept {
+        for (auto** s : {&begin, &commit, &rollback, &save, &last_restart, &start_restart, &finish,
+                         &complete, &host_blocker, &host_claim_row}) {
+            sqlite3_finalize(*s);
+            *s = nullptr;
+        }
+        if (conn) sqlite3_close_v2(conn);
+        conn = nullptr;
+    }
+
+    int scalar_int(const char* sql) {
+        sqlite3_stmt* s = nullptr;
+        check(sqlite3_prepare_v2(conn, sql, -1, &s, nullptr), sql);
+        int rc = sqlite3_step(s);
+        int v = rc == SQLITE_ROW ? sqlite3_column_int(s, 0) : 0;
+        sqlite3_finalize(s);
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE) fail(rc, sql);
+        return v;
+    }
+
+    // Opens, sets the pragmas, creates or checks the schema, prepares the statements. Throws
+    // sqlite_fatal for what retrying cannot fix, db_error for the rest (connection closed).
+    void open() {
+        close_conn();
+        int rc = sqlite3_open_v2(opts.path.c_str(), &conn,
+                                 SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                                 nullptr);
+        try {
+            if (rc != SQLITE_OK) fail(rc, "open " + opts.path);
+            sqlite3_extended_result_codes(conn, 1);
+            // SQLite falls back to read-only when the file cannot be opened for writing: a store
+            // that cannot write is not up.
+            if (sqlite3_db_readonly(conn, "main") == 1)
+                throw db_error{SQLITE_READONLY, "database file " + opts.path + " is read-only"};
+            check(sqlite3_busy_timeout(conn, static_cast<int>(opts.busy_timeout.count())),
+                  "busy_timeout");
+            int version = 0;
+            try {
+                version = scalar_int("PRAGMA user_version");
+            } catch (const db_error& e) {
+                if ((e.code & 0xFF) == SQLITE_NOTADB)
+                    throw sqlite_fatal(opts.path + " is not a SQLite database");
+                throw;
+            }
+            if (version > sqlite_schema_version)
+                throw sqlite_fatal("database " + opts.path + " has schema version " +
+                                   std::to_string(version) + ", newer than this mayhem supports (" +
+                                   std::to_string(sqlite_schema_version) +
+                                   "); use a newer mayhem or another --db");
+            std::string mode;
+            {
+                sqlite3_stmt* s = nullptr;
+                check(sqlite3_prepare_v2(conn, "PRAGMA journal_mode=WAL", -1, &s, nullptr),
+                      "journal_mode");
+                if (sqlite3_step(s) == SQLITE_ROW)
+                    mode = reinterpret_cast<const char*>(sqlite3_column_text(s, 0));
+                int frc = sqlite3_finalize(s);
+                if (mode != "wal") fail(frc != SQLITE_OK ? frc : SQLITE_ERROR, "journal_mode=WAL");
+            }
+            exec(opts.synchronous_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",
+                 "synchronous");
+            // A page cache big enough for the hot part of both tables and their indexes, and
+            // reads through mmap: a batch then costs no read() of pages it just wrote.
+            exec("PRAGMA cache_size=-65536", "cache_size");
+            exec("PRAGMA mmap_size=268435456", "mmap_size");
+            // Checkpoint (copy the WAL into the file, fsync) every ~40 MB rather than 4 MB: the
+            // hot index pages are copied once per checkpoint however often they changed.
+            exec("PRAGMA wal_autocheckpoint=10000", "wal_autocheckpoint");
+            if (version < sqlite_schema_version) migrate();
+            begin = prepare("BEGIN IMMEDIATE");
+            commit = prepare("COMMIT");
+            rollback = prepare("ROLLBACK");
+            save = prepare("INSERT INTO messages (message_id, instance, hostname, reason, "
+                           "first_seen) VALUES (?1, ?2, ?3, ?4, ?5) "
+                           "ON CONFLICT (message_id) DO UPDATE SET attempts = attempts + 1");
+            last_restart = prepare("SELECT finished IS NULL, result, attempt FROM restarts "
+                                   "WHERE message_id = ?1 ORDER BY attempt DESC LIMIT 1");
+            start_restart = prepare("INSERT INTO restarts (hostname, message_id, started, "
+                                    "attempt) VALUES (?1, ?2, ?3, ?4)");
+            finish =
+                prepare("UPDATE restarts SET finished = ?3, result = ?4, detail = NULLIF(?5, '') "
+                        "WHERE message_id = ?1 AND finished IS NULL");
+            // The per-host cooldown (store.hpp, claim_host): the latest restart of the host for
+            // another message that passed its own claim and either succeeded or never finished.
+            host_blocker = prepare("SELECT max(started) FROM restarts WHERE hostname = ?1 AND "
+                                   "host_claimed = 1 AND message_id <> ?2 AND started > ?3 AND "
+                                   "(finished IS NULL OR result = 'ok')");
+            // claim_restart recorded this message's start; it now counts for its host.
+            host_claim_row = prepare("UPDATE restarts SET host_claimed = 1, started = ?3 WHERE "
+                                     "message_id = ?1 AND finished IS NULL");
+            // A duplicate's `skipped` does not hide that the message was acked; retried is not
+            // a completion.
+            complete =
+                prepare("UPDATE messages SET outcome = ?2, "
+                        "completed_at = CASE WHEN ?2 = 'retried' THEN completed_at ELSE ?3 END, "
+                        "last_error = COALESCE(NULLIF(?4, ''), last_error) "
+                        "WHERE message_id = ?1 AND NOT (?2 = 'skipped' AND outcome = 'acked')");
+        } catch (...) {
+            close_conn();
+            throw;
+        }
+    }
+
+    // Version 0 -> 1. Re-checked inside the write transaction: another worker on the same file
+    // may have created the schema in the meantime.
+    void migrate() {
+        exec("BEGIN IMMEDIATE", "begin migration");
+        try {
+            int version = scalar_int("PRAGMA user_version");
+            if (version == 0) {
+                if (scalar_int("SELECT count(*) FROM sqlite_schema") > 0)
+                    throw sqlite_fatal(opts.path +
+                                       " holds tables but no mayhem schema version: not a mayhem "
+                                       "database");
+                exec(schema_v1, "create schema");
+            }
+            exec("COMMIT", "commit migration");
+        } catch (...) {
+            sqlite3_exec(conn, "ROLLBACK", nullptr, nullptr, nullptr);
+            throw;
+        }
+    }
+
+    // One request inside the open transaction.
+    void apply(request& r, std::int64_t now) {
+        switch (r.kind) {
+        case op::save:
+            text(save, 1, r.id);
+            text(save, 2, r.a);
+            text(save, 3, r.b);
+            text(save, 4, r.c);
+            sqlite3_bind_int64(save, 5, now);
+            run(save, "save");
+            break;
+        case op::claim: {
+            text(last_restart, 1, r.id);
+            int rc = sqlite3_step(last_restart);
+            bool proceed = true;
+            std::int64_t attempt = 1;
+            if (rc == SQLITE_ROW) {
+                attempt = sqlite3_column_int64(last_restart, 2) + 1;
+                bool unfinished = sqlite3_column_int(last_restart, 0) != 0;
+                auto* res = reinterpret_cast<const char*>(sqlite3_column_text(last_restart, 1));
+                if (unfinished) {
+                    r.claim = restart_claim::unfinished; // its row stays the one to finish
+                    proceed = false;
+                } else if (!res || std::string_view(res) != "failed") {
+                    r.claim = restart_claim::done;
+                    proceed = false;
+                }
+            }
+            sqlite3_reset(last_restart);
+            if (rc != SQLITE_ROW && rc != SQLITE_DONE) fail(rc, "claim");
+            if (proceed) {
+                r.claim = restart_claim::proceed;
+                text(start_restart, 1, r.a);
+                text(start_restart, 2, r.id);
+                sqlite3_bind_int64(start_restart, 3, now);
+                sqlite3_bind_int64(start_restart, 4, attempt);
+                run(start_restart, "record restart start");
+            }
+            break;
+        }
+        case op::finish:
+            text(finish, 1, r.id);
+            sqlite3_bind_int64(finish, 3, now);
+            text(finish, 4, r.a);
+            text(finish, 5, r.b);
+            run(finish, "record restart end");
+            break;
+        case op::claim_host: {
+            text(host_blocker, 1, r.a);
+            text(host_blocker, 2, r.id);
+            sqlite3_bind_int64(host_blocker, 3, r.n); // now - cooldown
+            int rc = sqlite3_step(host_blocker);
+            bool blocked = rc == SQLITE_ROW && sqlite3_column_type(host_blocker, 0) != SQLITE_NULL;
+            if (blocked) r.n = sqlite3_column_int64(host_blocker, 0);
+            sqlite3_reset(host_blocker);
+            if (rc != SQLITE_ROW && rc != SQLITE_DONE) fail(rc, "claim host");
+            r.claim = blocked ? restart_claim::done : restart_claim::proceed;
+            if (!blocked) {
+                text(host_claim_row, 1, r.id);
+                sqlite3_bind_int64(host_claim_row, 3, now);
+                run(host_claim_row, "record host claim");
+            }
+            break;
+        }
+        case op::skip:
+            break;
+        case op::complete:
+            text(complete, 1, r.id);
+            text(complete, 2, r.a);
+            sqlite3_bind_int64(complete, 3, now);
+            text(complete, 4, r.b);
+            run(complete, "record outcome");
+            break;
+        }
+    }
+
+    // Pool thread: writes `flying` as one transaction. Returns the error, empty on success.
+    std::string write() noexcept {
+        try {
+            if (!conn) open();
+            std::int64_t now = now_ms();
+            run(begin, "begin");
+            try {
+                for (auto& r : flying)
+                    apply(r, now);
+                run(commit, "commit");
+            } catch (...) {
+                if (conn && !sqlite3_get_autocommit(conn)) {
+                    sqlite3_step(rollback);
+                    sqlite3_reset(rollback);
+                }
+                throw;
+            }
+            return {};
+        } catch (const db_error& e) {
+            if (reopen_after(e.code)) close_conn();
+            return e.what;
+        } catch (const std::exception& e) {
+            close_conn();
+            return e.what();
+        }
+    }
+};
+
+// ---------------------------------------------------------------------------------------------
+// request_awaiter: suspends a task until the transaction holding its request has ended. It
+// finds its request by (generation, index), so the queues can grow and swap under it; if its
+// task is destroyed first, it clears the request's waiter (the request is still written).
+// ---------------------------------------------------------------------------------------------
+
+struct reply {
+    bool ok = true;
+    std::string error;
+    restart_claim claim = restart_claim::proceed;
+    std::int64_t n = 0;
+};
+
+class sqlite_store::request_awaiter {
+public:
+    request_awaiter(sqlite_store& s, std::uint64_t gen, std::size_t idx)
+        : s_(s), gen_(gen), idx_(idx) {}
+    request_awaiter(const request_awaiter&) = delete;
+    request_awaiter& operator=(const request_awaiter&) = delete;
+    ~request_awaiter() {
+        if (request* r = find()) r->waiter = {};
+    }
+    bool await_ready() const noexcept { return false; }
+    void await_suspend(std::coroutine_handle<> h) noexcept { find()->waiter = h; }
+    reply await_resume() {
+        reply out;
+        out.ok = s_.batch_ok_;
+        if (!out.ok) out.error = s_.batch_error_;
+        if (request* r = find()) {
+            out.claim = r->claim;
+            out.n = r->n;
+        }
+        return out;
+    }
+
+private:
+    request* find() noexcept {
+        if (gen_ == s_.pending_gen_)
+            return idx_ < s_.pending_.size() ? &s_.pending_[idx_] : nullptr;
+        if (gen_ == s_.flying_gen_)
+            return idx_ < s_.db_->flying.size() ? &s_.db_->flying[idx_] : nullptr;
+        return nullptr;
+    }
+    sqlite_store& s_;
+    std::uint64_t gen_;
+    std::size_t idx_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// sqlite_store
+// ---------------------------------------------------------------------------------------------
+
+sqlite_store::sqlite_store(rt::loop& loop, sqlite_options opts)
+    : loop_(loop), db_(std::make_shared<shared>(std::move(opts))), tasks_([](std::exception_ptr e) {
+          log::error("store writer failed", {{"error", rt::describe(e)}});
+      }) {
+    // SQLite's allocation statistics take a global mutex on every malloc; nothing reads them.
+    // Only possible before SQLite initialises, hence once, here.
+    static const bool configured = [] {
+        sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+        return true;
+    }();
+    (void)configured;
+    // Start-up, before the loop runs: the one time the loop thread touches the connection.
+    try {
+        db_->open();
+    } catch (const db_error& e) {
+        // Maybe transient (read-only for now, locked, disk full): run unready and retry with
+        // every transaction, so the messages are retried, not lost, and /readyz says why.
+        note_health(false, e.what);
+    }
+    tasks_.spawn(writer());
+}
+
+sqlite_store::~sqlite_store() = default;
+
+sqlite_store::request_awaiter sqlite_store::enqueue(request r) {
+    pending_.push_back(std::move(r));
+    wake();
+    return request_awaiter(*this, pending_gen_, pending_.size() - 1);
+}
+
+void sqlite_store::wake() noexcept {
+    // The writer starts the next transaction on the next loop turn, so everything queued in
+    // this turn goes into it.
+    if (writer_idle_ && !kick_.armed()) loop_.timers().arm(kick_, rt::millis{0});
+}
+
+void sqlite_store::kick::fire() noexcept {
+    if (auto h = std::exchange(s.writer_idle_, {})) h.resume();
+}
+
+void sqlite_store::note_health(bool ok, const std::string& error) {
+    if (healthy_.load(std::memory_order_relaxed) == ok) return;
+    healthy_.store(ok, std::memory_order_relaxed);
+    if (ok)
+        log::info("store recovered: saves succeed again", {{"db", db_->opts.path}});
+    else
+        log::error("store unavailable: saves fail, their messages are retried, not acked",
+                   {{"db", db_->opts.path}, {"error", error}});
+}
+
+// The group-commit loop: take everything queued, write it as one transaction on the pool,
+// resume every task that waited on it, repeat. What the resumed tasks queue goes into the next
+// transaction.
+rt::task<void> sqlite_store::writer() {
+    for (;;) {
+        if (pending_.empty()) {
+            if (closing_) break;
+            co_await idle_awaiter{*this};
+            continue;
+        }
+        // A claim whose task is gone (a forced stop) must not record a start: no restart will
+        // run, and the row would read as a crash in the window on the next delivery.
+        for (auto& r : pending_)
+            if (r.kind == op::claim && !r.waiter) r.kind = op::skip;
+        std::swap(db_->flying, pending_);
+        pending_.clear();
+        flying_gen_ = pending_gen_++;
+
+        std::string error;
+        try {
+            // The pool thread's reference survives this frame if it is destroyed. The awaiter is
+            // a named local: GCC 12 mishandles lambda temporaries inside a co_await expression
+            // (the capture was destroyed twice).
+            std::function<std::string()> fn = [db = db_] { return db->write(); };
+            rt::offload_awaiter<std::string> work(loop_, std::move(fn));
+            error = co_await work;
+        } catch (const std::exception& e) {
+            error = std::string("thread pool: ") + e.what();
+        }
+        batch_ok_ = error.empty();
+        batch_error_ = std::move(error);
+        if (batch_ok_) {
+            std::uint64_t saves = 0;
+            for (const auto& r : db_->flying)
+                saves += r.kind == op::save;
+            stats_.transactions.inc();
+            stats_.requests.inc(db_->flying.size());
+            stats_.saves.inc(saves);
+        } else {
+            stats_.failed_transactions.inc();
+        }
+        note_health(batch_ok_, batch_error_);
+
+        // Resuming may destroy other waiters' tasks (their awaiters clear their own entry), so
+        // the handle is re-read at each step. New requests land in pending_, not here.
+        for (std::size_t i = 0; i < db_->flying.size(); ++i) {
+            if (auto h = std::exchange(db_->flying[i].waiter, {})) h.resume();
+        }
+        db_->flying.clear();
+        flying_gen_ = 0;
+    }
+    writer_done_.set();
+}
+
+rt::task<save_result> sqlite_store::save(const message& m, const delivery&) {
+    request r;
+    r.kind = op::save;
+    r.id = m.message_id;
+    r.a = m.instance_name;
+    r.b = m.hostname;
+    r.c = m.reason;
+    auto pending = enqueue(std::move(r)); // named: see writer() on GCC 12 and temporaries
+    reply x = co_await pending;
+    co_return save_result{x.ok, std::move(x.error)};
+}
+
+rt::task<restart_claim> sqlite_store::claim_restart(const message& m) {
+    request r;
+    r.kind = op::claim;
+    r.id = m.message_id;
+    r.a = m.hostname;
+    auto pending = enqueue(std::move(r)); // named: see writer() on GCC 12 and temporaries
+    reply x = co_await pending;
+    // Without a durable claim the restart must not run: the caller turns this into a retry.
+    if (!x.ok) throw std::runtime_error("store: " + x.error);
+    co_return x.claim;
+}
+
+rt::task<void> sqlite_store::finish_restart(const message& m, const restart_result& res) {
+    request r;
+    r.kind = op::finish;
+    r.id = m.message_id;
+    r.a = to_string(res.status);
+    r.b = res.detail;
+    auto pending = enqueue(std::move(r)); // named: see writer() on GCC 12 and temporaries
+    reply x = co_await pending;
+    // The restart ran but is still recorded as unfinished: the redelivery meets the
+    // --on-unfinished-restart policy, which is the truth.
+    if (!x.ok) throw std::runtime_error("store: " + x.error);
+}
+
+rt::task<host_claim> sqlite_store::claim_host(const message& m,
+                                              std::chrono::system_clock::time_point now,
+                                              std::chrono::milliseconds cooldown) {
+    request r;
+    r.kind = op::claim_host;
+    r.id = m.message_id;
+    r.a = m.hostname;
+    // The transaction stamps the claim with its own clock; the cutoff uses the caller's.
+    r.n = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() -
+          cooldown.count();
+    auto pending = enqueue(std::move(r)); // named: see writer() on GCC 12 and temporaries
+    reply x = co_await pending;
+    if (!x.ok) throw std::runtime_error("store: " + x.error);
+    if (x.claim == restart_claim::proceed) co_return host_claim{};
+    co_return host_claim{false,
+                         std::chrono::system_clock::time_point{std::chrono::milliseconds{x.n}}};
+}
+
+void sqlite_store::complete(const message& m, const verdict& v) {
+    request r;
+    r.kind = op::complete;
+    r.id = m.message_id;
+    r.a = to_string(v.what);
+    r.b = v.reason;
+    pending_.push_back(std::move(r));
+    wake();
+}
+
+rt::task<void> sqlite_store::close() {
+    closing_ = true;
+    wake();
+    co_await writer_done_;
+    std::function<void()> fn = [db = db_] { db->close_conn(); }; // checkpoints the WAL: blocks
+    rt::offload_awaiter<void> work(loop_, std::move(fn));
+    co_await work;
+    auto tx = stats_.transactions.get();
+    log::info("store closed",
+              {{"db", db_->opts.path},
+               {"transactions", tx},
+               {"failed_transactions", stats_.failed_transactions.get()},
+               {"saves", stats_.saves.get()},
+               {"requests", stats_.requests.get()},
+               {"saves_per_transaction",
+                tx ? static_cast<double>(stats_.saves.get()) / static_cast<double>(tx) : 0.0}});
+}
+
+} // namespace mayhem
