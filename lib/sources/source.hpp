@@ -53,6 +53,13 @@ public:
     virtual bool finished() const = 0;
     // Connected and able to deliver (readiness).
     virtual bool up() const { return true; }
+    // Forced stop (second signal, drain deadline): stop waiting for the transport to confirm
+    // verdicts it could not carry out yet (a broker that is down); report them settled as
+    // `released` (a broker keeps them and delivers them again).
+    virtual void force_stop() {}
+    // Set when the source cannot work and retrying will not help (refused credentials, a key
+    // of the wrong type): the worker stops and exits 1.
+    virtual std::string fatal_error() const { return {}; }
     // Retried deliveries the source held for redelivery and dropped at close (a local source
     // cannot redeliver after the process exits). Counted into the exit code.
     virtual std::size_t abandoned() const { return 0; }
