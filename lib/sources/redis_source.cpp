@@ -606,7 +606,10 @@ bool redis_source::deliver_one(std::string_view id, std::string_view payload, bo
                                std::uint32_t attempt) {
     std::string key(id);
     if (held_.count(key)) return false;    // already ours and in flight
-    if (stopped_ || closed_) return false; // stays pending: reclaimed later
+    // After stop() a read that was already under way may still answer: its entries are within
+    // the demand granted before the stop, and the drain finishes them rather than leaving them
+    // pending until some worker reclaims them.
+    if (closed_) return false;
     if (!has_payload) {
         dead_letter_here(std::move(key), {}, "stream entry has no 'payload' field", attempt);
         return false;
@@ -724,9 +727,6 @@ void redis_source::read_new() {
                     if (deliver_one(id, payload, has_payload, 1)) ++used;
                 }
             }
-            if (got > 0 && stopped_ && used == 0)
-                log::info("entries read after the stop stay pending (reclaimed later)",
-                          {{"count", got}});
             demand_ += k - std::min(k, used);
             // While the idle check runs, no new read: its answer decides whether there is one.
             if (got == 0 && opts_.exit_when_idle && check_idle()) return;
