@@ -186,6 +186,8 @@ void worker::check_done() {
     bool over = false;
     if (phase_ == phase::running)
         over = source_->finished() && pipeline_->idle();
+    else if (phase_ == phase::draining)
+        over = pipeline_->idle() && source_->drained();
     else
         over = pipeline_->idle();
     if (over) loop_.stop();

@@ -5,7 +5,6 @@
 
 #include <arpa/inet.h>
 #include <cstring>
-#include <hiredis/adapters/libuv.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <random>
@@ -29,6 +28,80 @@ bool is_auth_error(std::string_view e) {
            e.find("without any password configured") != std::string_view::npos ||
            e.find("invalid username-password") != std::string_view::npos;
 }
+} // namespace
+
+// ---------------------------------------------------------------------------------------------
+// The event-library glue between hiredis and the loop. hiredis ships a libuv adapter, but it
+// drops every poll callback whose status is an error, and libuv reports a refused or reset
+// connection exactly that way (POLLERR -> UV_EBADF, poll stopped): the connect callback never
+// runs and the link would hang until its timeout. This one hands errors to hiredis (which then
+// finds the socket error itself) and owns its uv_poll_t through rt::uv_handle.
+// ---------------------------------------------------------------------------------------------
+namespace {
+
+struct uv_events {
+    redisAsyncContext* ctx;
+    rt::uv_handle<uv_poll_t> poll;
+    int events = 0;
+
+    uv_events(redisAsyncContext* c, uv_loop_t* loop, int fd)
+        : ctx(c),
+          poll([loop, fd](uv_poll_t* h) { return uv_poll_init(loop, h, fd); }, "uv_poll_init") {
+        poll->data = this;
+    }
+    void update() {
+        if (events)
+            uv_poll_start(poll.get(), events, &uv_events::on_poll);
+        else
+            uv_poll_stop(poll.get());
+    }
+    static void on_poll(uv_poll_t* h, int status, int ready) noexcept {
+        auto* ev = static_cast<uv_events*>(h->data);
+        if (!ev) return;
+        if (status < 0) ready = ev->events; // let hiredis read the socket error
+        if (ready & UV_READABLE) redisAsyncHandleRead(ev->ctx);
+        ev = static_cast<uv_events*>(h->data); // null if hiredis freed the context meanwhile
+        if (ev && (ready & UV_WRITABLE)) redisAsyncHandleWrite(ev->ctx);
+    }
+    static void add_read(void* p) {
+        with(p, [](uv_events& e) { e.events |= UV_READABLE; });
+    }
+    static void del_read(void* p) {
+        with(p, [](uv_events& e) { e.events &= ~UV_READABLE; });
+    }
+    static void add_write(void* p) {
+        with(p, [](uv_events& e) { e.events |= UV_WRITABLE; });
+    }
+    static void del_write(void* p) {
+        with(p, [](uv_events& e) { e.events &= ~UV_WRITABLE; });
+    }
+    // hiredis is done with the context: the handle closes (freed in its close callback, so the
+    // uv_poll_t an on_poll above is still using stays valid) and data turns null.
+    static void cleanup(void* p) { delete static_cast<uv_events*>(p); }
+    template <class F>
+    static void with(void* p, F f) {
+        auto& e = *static_cast<uv_events*>(p);
+        f(e);
+        e.update();
+    }
+};
+
+bool attach(redisAsyncContext* c, uv_loop_t* loop) {
+    if (c->ev.data) return false;
+    try {
+        auto* ev = new uv_events(c, loop, c->c.fd);
+        c->ev.data = ev;
+        c->ev.addRead = &uv_events::add_read;
+        c->ev.delRead = &uv_events::del_read;
+        c->ev.addWrite = &uv_events::add_write;
+        c->ev.delWrite = &uv_events::del_write;
+        c->ev.cleanup = &uv_events::cleanup;
+        return true;
+    } catch (const std::exception&) {
+        return false;
+    }
+}
+
 } // namespace
 
 // A command awaiting its reply; freed in on_reply, which hiredis calls exactly once.
@@ -118,7 +191,7 @@ void redis_link::connect_to(const std::string& address) {
         return;
     }
     c->data = this;
-    if (redisLibuvAttach(c, loop_.get()) != REDIS_OK) {
+    if (!attach(c, loop_.get())) {
         redisAsyncFree(c);
         drop("cannot attach to the event loop", false);
         return;

@@ -1,10 +1,10 @@
-// One asynchronous Redis connection on the worker's loop (hiredis with its libuv adapter: no
-// extra thread), with the hand-shake (AUTH, SELECT, CLIENT SETNAME, CLIENT ID, PING), a connect
+// One asynchronous Redis connection on the worker's loop (hiredis's async API on a uv_poll_t:
+// no extra thread), with the hand-shake (AUTH, SELECT, CLIENT SETNAME, CLIENT ID, PING), a connect
 // timeout and reconnection with capped exponential backoff.
 //
 // Ownership: the hiredis context is freed only by hiredis itself (after a lost connection) or by
-// close()/a failed hand-shake; its uv_poll_t is closed by hiredis's own adapter (the one
-// exception to "only rt::uv_handle calls uv_close", see STYLE.md). Every reply callback is
+// close()/a failed hand-shake; its uv_poll_t is an rt::uv_handle owned by the glue in
+// redis_link.cpp (not hiredis's libuv adapter, which ignores poll errors). Every reply callback is
 // called exactly once: with the reply, or with nullptr when the connection went away first (or
 // close() freed it), so a caller can requeue what it sent. close() must not be called from
 // inside one of this link's reply callbacks (hiredis would defer the free past the link's

@@ -184,6 +184,9 @@ void redis_source::close() {
 // ---------------------------------------------------------------------------------------------
 
 void redis_source::link_up(const char* role) {
+    // A read (or reclaim) whose reply was lost with the old connection left entries pending
+    // under this consumer that nobody works on: take them back now rather than after the lease.
+    if (ever_up_) recover_due_ = true;
     log::info(ever_up_ ? "redis reconnected" : "redis connected",
               {{"role", role}, {"url", opts_.endpoint.shown()}});
     kick();
@@ -251,11 +254,16 @@ void redis_source::turn() {
     }
     flush_acks();
     flush_dead();
-    if (stopped_ || idle_reached_) return;
+    if (stopped_) {
+        if (drained()) sink_->source_changed(); // a drain may be waiting for the last read
+        return;
+    }
+    if (idle_reached_) return;
     if (!history_done_) {
         read_history();
         return;
     }
+    if (recover_due_ && !reclaim_busy_ && demand_ > 0) recover();
     if (reclaim_due_ && !reclaim_busy_ && demand_ > 0) reclaim();
     if (!read_busy_ && !idle_check_busy_ && demand_ > 0 && reader_.up()) read_new();
 }
@@ -605,7 +613,7 @@ redis_source::deliver_entries(std::vector<entry>& entries,
 bool redis_source::deliver_one(std::string_view id, std::string_view payload, bool has_payload,
                                std::uint32_t attempt) {
     std::string key(id);
-    if (held_.count(key)) return false;    // already ours and in flight
+    if (held_.count(key)) return false; // already ours and in flight
     // After stop() a read that was already under way may still answer: its entries are within
     // the demand granted before the stop, and the drain finishes them rather than leaving them
     // pending until some worker reclaims them.
@@ -736,6 +744,69 @@ void redis_source::read_new() {
         read_busy_ = false;
         demand_ += k;
     }
+}
+
+// After a reconnect: this consumer's pending entries that are not in flight here (their read
+// reply was lost). XPENDING lists them with their delivery counts; XCLAIM (not JUSTID) takes
+// them back and counts the new delivery. Entries in flight are not touched, so their counts do
+// not grow. More than one page of them is left to the periodic reclaim.
+void redis_source::recover() {
+    recover_due_ = false;
+    reclaim_busy_ = true; // one claiming request at a time
+    bool ok = writer_.send(
+        {"XPENDING", opts_.stream, opts_.group, "-", "+",
+         std::to_string(held_.size() + opts_.max_read), opts_.consumer},
+        [this](redisReply* r) {
+            if (closed_) return;
+            auto counts = parse_counts(r);
+            std::vector<std::string> ids;
+            for (auto& [id, n] : counts) {
+                (void)n;
+                if (!held_.count(id) && ids.size() < std::min(demand_, opts_.max_read))
+                    ids.push_back(id);
+            }
+            if (ids.empty() || !writer_.up()) {
+                reclaim_busy_ = false;
+                kick();
+                return;
+            }
+            std::size_t k = ids.size();
+            demand_ -= k;
+            argv_builder av;
+            for (std::string_view a :
+                 {std::string_view("XCLAIM"), std::string_view(opts_.stream),
+                  std::string_view(opts_.group), std::string_view(opts_.consumer), "0"sv})
+                av.add(a);
+            for (const auto& id : ids)
+                av.add(id);
+            bool sent = writer_.send(
+                av.argc(), av.ptrs.data(), av.lens.data(), [this, k, counts](redisReply* c) {
+                    if (closed_) return;
+                    std::size_t used = 0;
+                    if (c && c->type == REDIS_REPLY_ARRAY) {
+                        log::info("took back entries whose read reply was lost",
+                                  {{"count", c->elements}});
+                        for (std::size_t i = 0; i < c->elements; ++i) {
+                            std::string_view id, payload;
+                            bool has_payload = false, deleted = false;
+                            if (!parse_entry(c->element[i], id, payload, has_payload, deleted) ||
+                                deleted)
+                                continue;
+                            auto it = counts.find(std::string(id));
+                            std::uint32_t attempt = it == counts.end() ? 1 : it->second + 1;
+                            if (deliver_one(id, payload, has_payload, attempt)) ++used;
+                        }
+                    }
+                    demand_ += k - std::min(k, used);
+                    reclaim_busy_ = false;
+                    kick();
+                });
+            if (!sent) {
+                demand_ += k;
+                reclaim_busy_ = false;
+            }
+        });
+    if (!ok) reclaim_busy_ = false;
 }
 
 // Orphans: entries another consumer (or an earlier us) left pending for longer than the lease

@@ -60,6 +60,7 @@ public:
     void settle(delivery d, const verdict& v) override;
     void stop() override;
     bool finished() const override;
+    bool drained() const override { return !read_busy_ && !reclaim_busy_; }
     bool up() const override;
     void force_stop() override;
     std::string fatal_error() const override { return fatal_; }
@@ -105,6 +106,7 @@ private:
     void read_history();
     void read_new();
     void reclaim();
+    void recover();
     void fetch_counts_and_deliver(std::vector<entry> entries, std::size_t reserved,
                                   bool reclaiming);
     std::size_t deliver_entries(std::vector<entry>& entries,
@@ -146,8 +148,9 @@ private:
     bool setup_busy_ = false;
     bool history_done_ = false;
     bool read_busy_ = false;
-    bool reclaim_due_ = true; // at start: pick up what dead workers left
-    bool reclaim_busy_ = false;
+    bool reclaim_due_ = true;   // at start: pick up what dead workers left
+    bool reclaim_busy_ = false; // an XAUTOCLAIM or a recovery is under way
+    bool recover_due_ = false;  // after a reconnect: entries of ours whose read reply was lost
     bool idle_check_busy_ = false;
     bool idle_reached_ = false; // --exit-when-idle: nothing new or pending for the group
     bool turn_on_ = false;

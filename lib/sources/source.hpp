@@ -51,6 +51,10 @@ public:
     virtual void stop() = 0;
     // Nothing more will be delivered and nothing awaits confirmation.
     virtual bool finished() const = 0;
+    // After stop(): no request to the transport is still under way that could deliver (a read
+    // sent before the stop). The drain waits for it, so what it brings is finished, not left
+    // behind.
+    virtual bool drained() const { return true; }
     // Connected and able to deliver (readiness).
     virtual bool up() const { return true; }
     // Forced stop (second signal, drain deadline): stop waiting for the transport to confirm
