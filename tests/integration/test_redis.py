@@ -23,7 +23,10 @@ def rjson(redis, *args):
     auth = ["-a", redis.password, "--no-auth-warning"] if redis.password else []
     r = subprocess.run(["redis-cli", "-p", str(redis.port), "--json"] + auth +
                        [str(a) for a in args], capture_output=True, text=True, timeout=30)
-    return json.loads(r.stdout) if r.stdout.strip() else None
+    try:
+        return json.loads(r.stdout)
+    except ValueError:
+        return None  # an error reply, e.g. NOGROUP before a worker created the group
 
 
 def pending(redis, stream=STREAM, group=GROUP):
