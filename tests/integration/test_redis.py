@@ -238,6 +238,32 @@ class RedisSourceTest(Harness):
         self.assertIn("cannot connect", err)
         self.assertIn("Connection refused", err)
 
+    def test_unix_socket_database_and_publish_from_stdin(self):
+        sock = os.path.join(self.tmp, "redis.sock")
+        proc = subprocess.Popen(["redis-server", "--port", "0", "--unixsocket", sock, "--save", "",
+                                 "--appendonly", "no", "--dir", self.tmp],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._procs.append(proc)
+        wait_until(lambda: os.path.exists(sock), timeout=10, what="the redis socket")
+        url = "unix://%s?db=3" % sock
+        lines = "".join('{"message_id":"m%d","instance_name":"cattle-%d"}\n' % (i, i)
+                        for i in range(40))
+        code, out, err = self.publish("--redis-url", url, "--stdin",
+                                      stdin=lines + "\n{broken\n")
+        self.assertEqual(code, 1)  # one line rejected, the rest sent
+        self.assertIn("line 42", err)
+        self.assertEqual(json.loads(out)["sent"], 40)
+        self.assertEqual(json.loads(out)["rejected"], 1)
+        code, s, err = self.run_worker("--source", "redis", "--redis-url", url, *FAST,
+                                       "--exit-when-idle", timeout=30)
+        self.assertEqual(code, 0, err[-2000:])
+        self.assertEqual(s["acked"], 40)
+        # NDJSON instead of Redis, for --source stdin.
+        code, out, err = self.publish("--count", 3, "--output", "-")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(len(out.splitlines()), 3)
+        self.assertEqual(json.loads(err.strip().splitlines()[-1])["sent"], 3)
+
 
 if __name__ == "__main__":
     unittest.main()
