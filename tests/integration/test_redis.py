@@ -76,6 +76,11 @@ class RedisSourceTest(Harness):
         g = group_info(r)
         self.assertEqual(g["entries-read"], 20000)
         self.assertEqual(g["lag"], 0)
+        # Acks are batched per loop turn: far fewer XACK calls than messages.
+        stats = dict(line.split(":", 1) for line in r.cli("INFO", "commandstats").splitlines()
+                     if line.startswith("cmdstat_"))
+        xack_calls = int(stats["cmdstat_xack"].split(",")[0].split("=")[1])
+        self.assertLess(xack_calls, 20000 // 8)
 
     def test_two_workers_split_the_stream_and_ack_each_message_once(self):
         r = self.redis()
