@@ -454,11 +454,15 @@ void redis_source::flush_dead() {
                     log::error("dead-letter XADD failed inside the transaction",
                                {{"error", redis_link::error_of(r->element[i])}});
             }
+            // One line per batch: a flood of bad payloads must not flood the log (the pipeline
+            // already logs why, rate-limited); each entry at debug level.
+            log::info("dead letters written",
+                      {{"count", bt.dead.size()}, {"stream", opts_.dead_letter_stream}});
             for (const auto& d : bt.dead) {
-                log::warn("dead-lettered to redis", {{"source_id", d.ack.id},
-                                                     {"message_id", d.message_id},
-                                                     {"reason", d.reason},
-                                                     {"attempts", d.attempts}});
+                log::debug("dead-lettered", {{"source_id", d.ack.id},
+                                             {"message_id", d.message_id},
+                                             {"reason", d.reason},
+                                             {"attempts", d.attempts}});
             }
             confirmed(bt);
             sent_.erase(it);
@@ -642,6 +646,8 @@ bool redis_source::deliver_one(std::string_view id, std::string_view payload, bo
 void redis_source::dead_letter_here(std::string id, std::string payload, std::string reason,
                                     std::uint32_t attempts) {
     ++dead_here_;
+    log::warn("dead-lettering a stream entry without running it",
+              {{"source_id", id}, {"reason", reason}, {"attempts", attempts}});
     held_.insert(id);
     dead_item di{ack_item{std::move(id), outcome::dead_lettered, false},
                  std::move(payload),
