@@ -168,7 +168,7 @@ class RedisSourceTest(Harness):
         w = self.redis_worker(r, "--store", "memory", "--save-latency", "0",
                               "--restart-latency", "2ms..6ms", "--max-in-flight", "40",
                               "--status-interval", "0", "--exit-when-idle")
-        wait_until(lambda: group_info(r).get("entries-read", 0) >= 300, timeout=30,
+        wait_until(lambda: (group_info(r).get("entries-read") or 0) >= 300, timeout=30,
                    what="the worker to be under way")
         r.stop()
         time.sleep(2)
