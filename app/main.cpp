@@ -2,6 +2,7 @@
 // logging, run the chosen command, turn failures into exit codes.
 #include "config/config.hpp"
 #include "pipeline/worker.hpp"
+#include "publish.hpp"
 #include "runtime/log.hpp"
 #include "runtime/loop.hpp"
 #include "sources/simulate_source.hpp"
@@ -22,7 +23,7 @@ and restarts each one concurrently, gathers both, then acks.
 
 Usage:
   mayhem worker [flags]     run the worker (mayhem worker --help lists every flag)
-  mayhem publish [flags]    write generated restart requests as NDJSON to stdout
+  mayhem publish [flags]    send restart requests to a Redis stream (or NDJSON with --output)
   mayhem history [flags]    what the store database holds: outcomes, restarts per host (read-only)
   mayhem --version          print the version
   mayhem --help             this text
@@ -44,47 +45,6 @@ int run_worker(const std::vector<std::string>& args) {
         mayhem::log::error("fatal error", {{"error", e.what()}});
         return mayhem::exit_fatal;
     }
-}
-
-// `mayhem publish`: generated requests (the simulator's payloads) as NDJSON on stdout, for
-// `mayhem worker --source stdin` and for tests.
-int run_publish(const std::vector<std::string>& args) {
-    CLI::App cmd{"Write generated restart requests as NDJSON to stdout.", "mayhem publish"};
-    std::uint64_t count = 10;
-    double bad_ratio = 0;
-    std::uint64_t seed = 0;
-    cmd.add_option("--count", count, "How many requests")->capture_default_str();
-    cmd.add_option("--bad-ratio", bad_ratio, "Share of undecodable payloads (0..1)")
-        ->check(CLI::Range(0.0, 1.0))
-        ->capture_default_str();
-    cmd.add_option("--seed", seed, "Random seed (0 = random)")->capture_default_str();
-    try {
-        std::vector<std::string> rev(args.rbegin(), args.rend());
-        cmd.parse(rev);
-    } catch (const CLI::CallForHelp&) {
-        std::cout << cmd.help();
-        return 0;
-    } catch (const CLI::Error& e) {
-        std::cerr << "mayhem publish: " << e.what() << "\n";
-        return mayhem::exit_usage;
-    }
-    mayhem::rt::loop loop;
-    mayhem::simulate_options o;
-    o.seed = seed;
-    mayhem::simulate_source gen(loop, o);
-    std::mt19937_64 rng(seed ? seed : std::random_device{}());
-    std::string line;
-    for (std::uint64_t i = 0; i < count; ++i) {
-        if (bad_ratio > 0 && std::uniform_real_distribution<double>(0, 1)(rng) < bad_ratio) {
-            gen.format_bad(line, i);
-        } else {
-            gen.format_message(line, i);
-        }
-        line += '\n';
-        std::fwrite(line.data(), 1, line.size(), stdout);
-    }
-    gen.close();
-    return std::fflush(stdout) == 0 ? 0 : mayhem::exit_fatal;
 }
 
 // `mayhem history`: read-only summary of a store database (lib/store/history.hpp).
@@ -128,7 +88,7 @@ int main(int argc, char** argv) {
     std::string cmd = args[0];
     args.erase(args.begin());
     if (cmd == "worker") return run_worker(args);
-    if (cmd == "publish") return run_publish(args);
+    if (cmd == "publish") return mayhem::run_publish(args);
     if (cmd == "history") return run_history(args);
     std::fprintf(stderr,
                  "mayhem: unknown command '%s' (allowed: worker, publish, history; see mayhem "

@@ -3,6 +3,7 @@
 #include "restart/command_template.hpp"
 #include "restart/policy.hpp"
 #include "metrics/http_server.hpp"
+#include "sources/redis_url.hpp"
 
 #include <algorithm>
 #include <cstdlib>
@@ -166,7 +167,7 @@ void add_worker_options(CLI::App& cmd, worker_config& c) {
         ->group("General");
 
     cmd.add_option("--source", c.source, "Where requests come from")
-        ->check(CLI::IsMember({"simulate", "stdin"}))
+        ->check(CLI::IsMember({"simulate", "stdin", "redis"}))
         ->capture_default_str()
         ->group("Pipeline");
     cmd.add_option("--store", c.store, "Where requests are saved")
@@ -260,6 +261,38 @@ void add_worker_options(CLI::App& cmd, worker_config& c) {
     cmd.add_option("--seed", c.seed, "Random seed for the simulation (0 = random)")
         ->capture_default_str()
         ->group("Simulation");
+
+    cmd.add_option("--redis-url", c.redis_url,
+                   "redis: redis://[[user]:password@]host[:port][/db] or unix:///path[?db=N]")
+        ->check([](const std::string& v) {
+            std::string why;
+            return parse_redis_url(v, &why) ? std::string{} : "'" + v + "' is not valid: " + why;
+        })
+        ->capture_default_str()
+        ->group("Redis");
+    cmd.add_option("--stream", c.stream, "redis: the stream to consume")
+        ->capture_default_str()
+        ->group("Redis");
+    cmd.add_option("--group", c.group, "redis: the consumer group (shared by all workers)")
+        ->capture_default_str()
+        ->group("Redis");
+    cmd.add_option("--consumer", c.consumer,
+                   "redis: this worker's consumer name, unique per process (default "
+                   "<hostname>-<pid>)")
+        ->group("Redis");
+    cmd.add_option("--dead-letter-stream", c.dead_letter_stream,
+                   "redis: where dead letters go (default <stream>:dead)")
+        ->group("Redis");
+    add_duration(cmd, "--reclaim-interval", c.reclaim_interval,
+                 "redis: how often entries left pending by dead workers are reclaimed")
+        ->group("Redis");
+    add_duration(cmd, "--lease-timeout", c.lease_timeout,
+                 "redis: idle time after which a pending entry is reclaimed by any worker "
+                 "(keep --lease-extend-interval well below it)")
+        ->group("Redis");
+    cmd.add_flag("--exit-when-idle", c.exit_when_idle,
+                 "redis: exit 0 once the stream has no new or pending entries for the group")
+        ->group("Redis");
 
     add_duration(cmd, "--status-interval", c.status_interval,
                  "How often a status line is logged (0 = never)")

@@ -32,6 +32,16 @@ struct worker_config {
     double bad_ratio = 0;
     std::uint64_t seed = 0;
 
+    // redis source (README "Redis Streams")
+    std::string redis_url = "redis://127.0.0.1:6379/0";
+    std::string stream = "mayhem:restarts";
+    std::string group = "mayhem";
+    std::string consumer;           // empty: <hostname>-<pid>
+    std::string dead_letter_stream; // empty: <stream>:dead
+    millis reclaim_interval{30000};
+    millis lease_timeout{60000};
+    bool exit_when_idle = false;
+
     // simulated latencies and failures
     latency_range save_latency{millis{0}, millis{1000}};
     latency_range restart_latency{millis{0}, millis{1000}};

@@ -100,7 +100,8 @@ void pipeline::release_all() {
         ++unconfirmed_;
         source_.settle(std::move(d), verdict{outcome::released, "stopped before it started", {}});
     }
-    tasks_.cancel_all(); // each flight's destructor releases its delivery
+    tasks_.cancel_all();  // each flight's destructor releases its delivery
+    source_.force_stop(); // verdicts the transport cannot confirm now are released too
     notify();
 }
 

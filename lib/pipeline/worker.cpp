@@ -5,6 +5,7 @@
 #include "restart/guarded_restarter.hpp"
 #include "restart/simulate_restarter.hpp"
 #include "runtime/log.hpp"
+#include "sources/redis_source.hpp"
 #include "sources/simulate_source.hpp"
 #include "sources/stdin_source.hpp"
 #include "store/memory_store.hpp"
@@ -19,7 +20,35 @@ namespace mayhem {
 
 namespace {
 
+std::unique_ptr<source> make_redis_source(rt::loop& loop, const worker_config& c) {
+    redis_source_options o;
+    std::string why;
+    auto ep = parse_redis_url(c.redis_url, &why);
+    if (!ep) throw std::runtime_error("--redis-url: " + why);
+    o.endpoint = *ep;
+    o.stream = c.stream;
+    o.group = c.group;
+    o.consumer = c.consumer;
+    if (o.consumer.empty()) {
+        char host[256] = {};
+        if (::gethostname(host, sizeof host - 1) != 0) std::snprintf(host, sizeof host, "host");
+        o.consumer = std::string(host) + "-" + std::to_string(::getpid());
+    }
+    o.dead_letter_stream = c.dead_letter_stream;
+    o.reclaim_interval = c.reclaim_interval;
+    o.lease_timeout = c.lease_timeout;
+    o.max_attempts = c.max_attempts;
+    o.exit_when_idle = c.exit_when_idle;
+    if (c.lease_extend_interval * 2 > c.lease_timeout)
+        log::warn("--lease-extend-interval is not well below --lease-timeout: entries in flight "
+                  "may be reclaimed by other workers while this one works on them",
+                  {{"lease_extend_interval", format_duration(c.lease_extend_interval)},
+                   {"lease_timeout", format_duration(c.lease_timeout)}});
+    return std::make_unique<redis_source>(loop, std::move(o));
+}
+
 std::unique_ptr<source> make_source(rt::loop& loop, const worker_config& c) {
+    if (c.source == "redis") return make_redis_source(loop, c);
     if (c.source == "stdin")
         return std::make_unique<stdin_source>(loop, STDIN_FILENO, c.max_message_bytes);
     simulate_options o;
@@ -202,15 +231,24 @@ int worker::run() {
                   "source (it cannot redeliver after the process ends)",
                   {{"count", abandoned}, {"source", source_->name()}});
     }
-    if (!store_closed) return exit_fatal;
+    if (!store_closed || fatal_) return exit_fatal;
     return released > 0 || abandoned > 0 ? exit_released : exit_ok;
 }
 
 // Called whenever the pipeline may have become idle: decides whether the run is over.
 void worker::check_done() {
+    if (!fatal_ && !source_->fatal_error().empty()) {
+        fatal_ = true; // e.g. refused credentials: retrying will not help
+        log::error("source failed",
+                   {{"source", source_->name()}, {"error", source_->fatal_error()}});
+        loop_.stop();
+        return;
+    }
     bool over = false;
     if (phase_ == phase::running)
         over = source_->finished() && pipeline_->idle();
+    else if (phase_ == phase::draining)
+        over = pipeline_->idle() && source_->drained();
     else
         over = pipeline_->idle();
     if (over) loop_.stop();

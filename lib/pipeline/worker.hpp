@@ -72,6 +72,7 @@ private:
 
     phase phase_ = phase::running;
     bool released_by_deadline_ = false;
+    bool fatal_ = false; // the source reported an error retrying cannot fix
     std::chrono::steady_clock::time_point started_, drain_started_;
     std::uint64_t last_status_completed_ = 0;
     std::chrono::steady_clock::time_point last_status_at_;

@@ -51,10 +51,21 @@ public:
     virtual void stop() = 0;
     // Nothing more will be delivered and nothing awaits confirmation.
     virtual bool finished() const = 0;
+    // After stop(): no request to the transport is still under way that could deliver (a read
+    // sent before the stop). The drain waits for it, so what it brings is finished, not left
+    // behind.
+    virtual bool drained() const { return true; }
     // Connected and able to deliver (readiness).
     virtual bool up() const { return true; }
     // Times the connection was lost and made again (mayhem_source_reconnects_total).
     virtual std::uint64_t reconnects() const { return 0; }
+    // Forced stop (second signal, drain deadline): stop waiting for the transport to confirm
+    // verdicts it could not carry out yet (a broker that is down); report them settled as
+    // `released` (a broker keeps them and delivers them again).
+    virtual void force_stop() {}
+    // Set when the source cannot work and retrying will not help (refused credentials, a key
+    // of the wrong type): the worker stops and exits 1.
+    virtual std::string fatal_error() const { return {}; }
     // Retried deliveries the source held for redelivery and dropped at close (a local source
     // cannot redeliver after the process exits). Counted into the exit code.
     virtual std::size_t abandoned() const { return 0; }

@@ -135,11 +135,12 @@ class Worker:
 class RedisServer:
     """A real redis-server on a free loopback port, with its data in the test's temp dir."""
 
-    def __init__(self, harness, persistence=True):
+    def __init__(self, harness, persistence=True, password=None):
         self.harness = harness
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="redis-", dir=harness.tmp)
         self.persistence = persistence
+        self.password = password  # --requirepass, when set
         self.proc = None
         self.start()
 
@@ -153,6 +154,8 @@ class RedisServer:
             args += ["--appendonly", "yes", "--appendfsync", "always"]
         else:
             args += ["--appendonly", "no"]
+        if self.password:
+            args += ["--requirepass", self.password]
         self.log = open(os.path.join(self.dir, "redis.log"), "a")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=self.log)
         self.harness._procs.append(self.proc)
@@ -169,12 +172,15 @@ class RedisServer:
 
     @property
     def url(self):
+        if self.password:
+            return "redis://:%s@127.0.0.1:%d/0" % (self.password, self.port)
         return "redis://127.0.0.1:%d/0" % self.port
 
     def cli(self, *args):
         """Runs redis-cli against this server; returns its stdout (raw output mode)."""
+        auth = ["-a", self.password, "--no-auth-warning"] if self.password else []
         r = subprocess.run(
-            ["redis-cli", "-p", str(self.port), "--raw"] + [str(a) for a in args],
+            ["redis-cli", "-p", str(self.port), "--raw"] + auth + [str(a) for a in args],
             capture_output=True, text=True, timeout=30,
         )
         return r.stdout.strip()
@@ -209,8 +215,14 @@ class Harness(unittest.TestCase):
     def worker(self, *args, **kw):
         return Worker(self, list(args), **kw)
 
-    def redis(self, persistence=True):
-        return RedisServer(self, persistence=persistence)
+    def redis(self, persistence=True, password=None):
+        return RedisServer(self, persistence=persistence, password=password)
+
+    def publish(self, *args, stdin=None, timeout=60.0):
+        """Runs `mayhem publish` to its exit; returns (exit code, stdout, stderr)."""
+        r = subprocess.run([MAYHEM, "publish"] + [str(a) for a in args], input=stdin,
+                           capture_output=True, text=True, timeout=timeout * SLOW, cwd=self.tmp)
+        return r.returncode, r.stdout, r.stderr
 
     def run_worker(self, *args, timeout=60.0, stdin=None, env=None):
         """Runs a worker to its exit; returns (exit code, summary or None, stderr)."""

@@ -91,7 +91,7 @@ class MetricsTest(Harness):
 
     def test_counters_equal_the_summary(self):
         n = 400
-        pub = subprocess.run([harness.MAYHEM, "publish", "--count", str(n), "--bad-ratio", "0.2",
+        pub = subprocess.run([harness.MAYHEM, "publish", "--output", "-", "--count", str(n), "--bad-ratio", "0.2",
                               "--seed", "11"], capture_output=True, check=True, timeout=30)
         w = self.start("--source", "stdin", "--save-latency", "0..5ms", "--restart-latency",
                        "0..5ms", "--restart-failure-rate", "0.2", "--max-attempts", "2",

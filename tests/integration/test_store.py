@@ -46,7 +46,7 @@ class StoreTest(Harness):
         return os.path.join(self.tmp, name)
 
     def publish(self, count, seed):
-        r = subprocess.run([MAYHEM, "publish", "--count", str(count), "--seed", str(seed)],
+        r = subprocess.run([MAYHEM, "publish", "--output", "-", "--count", str(count), "--seed", str(seed)],
                            capture_output=True, text=True, check=True)
         return r.stdout.splitlines()
 

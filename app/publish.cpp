@@ -1,0 +1,179 @@
+// `mayhem publish`: restart requests onto the stream the redis source consumes. Generated ones
+// (--count, the simulator's payloads, --bad-ratio of them undecodable) or NDJSON lines from
+// standard input (--stdin, each validated like the worker decodes it unless --raw). With
+// --output FILE|- they are written as NDJSON instead (for `mayhem worker --source stdin`).
+#include "publish.hpp"
+
+#include "message/message.hpp"
+#include "pipeline/worker.hpp"
+#include "runtime/loop.hpp"
+#include "sources/redis_publisher.hpp"
+#include "sources/redis_url.hpp"
+#include "sources/simulate_source.hpp"
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <random>
+
+namespace mayhem {
+
+namespace {
+
+// Where the payloads go: Redis, or NDJSON on a stream.
+class sink {
+public:
+    virtual ~sink() = default;
+    virtual void add(std::string_view payload) = 0;
+    virtual void flush() = 0;
+};
+
+class redis_sink final : public sink {
+public:
+    redis_sink(const redis_endpoint& ep, const std::string& stream) : pub_(ep, stream) {}
+    void add(std::string_view p) override { pub_.add(p); }
+    void flush() override { pub_.flush(); }
+
+private:
+    redis_publisher pub_;
+};
+
+class ndjson_sink final : public sink {
+public:
+    explicit ndjson_sink(std::FILE* f) : f_(f) {}
+    void add(std::string_view p) override {
+        std::fwrite(p.data(), 1, p.size(), f_);
+        std::fputc('\n', f_);
+    }
+    void flush() override {
+        if (std::fflush(f_) != 0) throw std::runtime_error("cannot write the output");
+    }
+
+private:
+    std::FILE* f_;
+};
+
+} // namespace
+
+int run_publish(const std::vector<std::string>& args) {
+    CLI::App cmd{"Send restart requests to a Redis stream (XADD <stream> * payload <json>), "
+                 "pipelined. Generated ones (--count) or NDJSON lines from standard input "
+                 "(--stdin). Prints {\"sent\":N,...} when done.",
+                 "mayhem publish"};
+    std::uint64_t count = 10;
+    double bad_ratio = 0;
+    std::uint64_t seed = 0;
+    bool from_stdin = false, raw = false;
+    std::string url = "redis://127.0.0.1:6379/0";
+    std::string stream = "mayhem:restarts";
+    std::string output;
+    cmd.add_option("--count", count, "How many generated requests (ignored with --stdin)")
+        ->capture_default_str();
+    cmd.add_option("--bad-ratio", bad_ratio, "Share of undecodable generated payloads (0..1)")
+        ->check(CLI::Range(0.0, 1.0))
+        ->capture_default_str();
+    cmd.add_option("--seed", seed, "Random seed (0 = random)")->capture_default_str();
+    cmd.add_flag("--stdin", from_stdin, "Send the NDJSON lines of standard input instead");
+    cmd.add_flag("--raw", raw, "With --stdin: send every non-blank line as is, unvalidated");
+    cmd.add_option("--redis-url", url, "redis://[[user]:password@]host[:port][/db] or unix:///path")
+        ->capture_default_str();
+    cmd.add_option("--stream", stream, "The stream to add to")->capture_default_str();
+    cmd.add_option("--output", output,
+                   "Write NDJSON to this file ('-' = standard output) instead of Redis");
+    try {
+        std::vector<std::string> rev(args.rbegin(), args.rend());
+        cmd.parse(rev);
+    } catch (const CLI::CallForHelp&) {
+        std::cout << cmd.help();
+        return 0;
+    } catch (const CLI::Error& e) {
+        std::cerr << "mayhem publish: " << e.what() << "\n";
+        return exit_usage;
+    }
+    std::string why;
+    auto ep = parse_redis_url(url, &why);
+    if (!ep) {
+        std::cerr << "mayhem publish: --redis-url: '" << url << "' is not valid: " << why << "\n";
+        return exit_usage;
+    }
+
+    std::unique_ptr<sink> out;
+    std::FILE* file = nullptr;
+    try {
+        if (output == "-") {
+            out = std::make_unique<ndjson_sink>(stdout);
+        } else if (!output.empty()) {
+            file = std::fopen(output.c_str(), "w");
+            if (!file) throw std::runtime_error("cannot open '" + output + "' for writing");
+            out = std::make_unique<ndjson_sink>(file);
+        } else {
+            out = std::make_unique<redis_sink>(*ep, stream);
+        }
+    } catch (const std::exception& e) {
+        std::cerr << "mayhem publish: " << e.what() << "\n";
+        return exit_fatal;
+    }
+
+    std::uint64_t added = 0, rejected = 0;
+    try {
+        if (from_stdin) {
+            decode_options dopts;
+            std::string line;
+            std::uint64_t lineno = 0;
+            while (std::getline(std::cin, line)) {
+                ++lineno;
+                if (!line.empty() && line.back() == '\r') line.pop_back();
+                if (line.find_first_not_of(" \t") == std::string::npos) continue;
+                if (!raw) {
+                    auto d = decode(line, dopts);
+                    if (auto* bad = std::get_if<decode_error>(&d)) {
+                        std::cerr << "mayhem publish: line " << lineno
+                                  << " not sent: " << bad->reason << "\n";
+                        ++rejected;
+                        continue;
+                    }
+                }
+                out->add(line);
+                ++added;
+            }
+        } else {
+            rt::loop loop;
+            simulate_options o;
+            o.seed = seed;
+            simulate_source gen(loop, o);
+            std::mt19937_64 rng(seed ? seed : std::random_device{}());
+            std::uniform_real_distribution<double> coin(0, 1);
+            std::string payload;
+            for (std::uint64_t i = 0; i < count; ++i) {
+                if (bad_ratio > 0 && coin(rng) < bad_ratio)
+                    gen.format_bad(payload, i);
+                else
+                    gen.format_message(payload, i);
+                out->add(payload);
+                ++added;
+            }
+            gen.close();
+        }
+        out->flush();
+    } catch (const std::exception& e) {
+        std::cerr << "mayhem publish: " << e.what() << "\n";
+        if (file) std::fclose(file);
+        return exit_fatal;
+    }
+    if (file && std::fclose(file) != 0) {
+        std::cerr << "mayhem publish: cannot write '" << output << "'\n";
+        return exit_fatal;
+    }
+    // The summary goes to stderr when stdout carries the NDJSON itself.
+    std::FILE* report = output == "-" ? stderr : stdout;
+    std::fprintf(report, "{\"sent\":%llu,\"rejected\":%llu,\"target\":\"%s\"}\n",
+                 static_cast<unsigned long long>(added), static_cast<unsigned long long>(rejected),
+                 output.empty() ? (ep->shown() + " " + stream).c_str()
+                                : (output == "-" ? "stdout" : output.c_str()));
+    std::fflush(report);
+    return rejected > 0 ? exit_fatal : 0;
+}
+
+} // namespace mayhem

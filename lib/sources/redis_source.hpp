@@ -1,0 +1,169 @@
+// `--source redis`: a consumer in a Redis Streams consumer group, so any number of workers, on
+// one machine or many, share one stream. Every Redis call runs on the worker's loop through
+// hiredis's libuv adapter, on two connections: `reader` only carries the blocking XREADGROUP
+// (so a read waiting for new entries never delays an ack), `writer` carries everything else
+// (group set-up, XACK, dead letters, lease renewal, reclaim).
+//
+// What a verdict means here:
+//  - acked / skipped: XACK; batched, one XACK for everything settled in a loop turn. The
+//    pipeline hears `settled` only once Redis answered, so nothing is counted as acked early.
+//  - dead_lettered: XADD to the dead-letter stream and XACK in one MULTI/EXEC (never acked
+//    without its dead-letter entry), batched per turn too.
+//  - retried / released: nothing is sent; the entry stays pending in the group and is picked
+//    up by whichever worker reclaims it once it has been idle for --lease-timeout (XAUTOCLAIM
+//    every --reclaim-interval). The retry delay is therefore the lease timeout, not
+//    --retry-backoff, and a retry survives this worker's death.
+//
+// The attempt number of a delivery is the entry's delivery count in the group (XPENDING), so a
+// message that keeps killing workers is recognised: delivered more than --max-attempts times,
+// it is dead-lettered by the source itself without being run again.
+//
+// Threading: loop thread only.
+#pragma once
+
+#include "runtime/loop.hpp"
+#include "sources/redis_link.hpp"
+#include "sources/source.hpp"
+
+#include <list>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+namespace mayhem {
+
+struct redis_source_options {
+    redis_endpoint endpoint;
+    std::string stream = "mayhem:restarts";
+    std::string group = "mayhem";
+    std::string consumer;           // unique per process
+    std::string dead_letter_stream; // empty: <stream>:dead
+    rt::millis reclaim_interval{30000};
+    rt::millis lease_timeout{60000};
+    std::uint32_t max_attempts = 5;
+    bool exit_when_idle = false;
+    rt::millis block{1000};       // how long one XREADGROUP waits for new entries
+    std::size_t max_read = 1000;  // entries per read at most (and never more than the demand)
+    std::size_t max_batch = 4096; // ids per XACK / per MULTI at most
+};
+
+class redis_source final : public source {
+public:
+    redis_source(rt::loop& loop, redis_source_options opts);
+    ~redis_source() override;
+    std::string_view name() const override { return "redis"; }
+
+    void start(source_sink& sink) override;
+    void request(std::size_t n) override;
+    void extend(std::span<const delivery* const> in_flight) override;
+    void settle(delivery d, const verdict& v) override;
+    void stop() override;
+    bool finished() const override;
+    bool drained() const override { return !read_busy_ && !reclaim_busy_; }
+    bool up() const override;
+    void force_stop() override;
+    std::string fatal_error() const override { return fatal_; }
+    void close() override;
+
+    // Dead-lettered without being delivered (no payload field, too many deliveries).
+    std::uint64_t dead_lettered_here() const noexcept { return dead_here_; }
+    std::uint64_t reclaimed() const noexcept { return reclaimed_; }
+
+private:
+    struct entry {
+        std::string id;
+        std::string payload;
+        bool has_payload = false;
+        bool deleted = false; // in the PEL, but the stream entry itself is gone
+    };
+    struct ack_item {
+        std::string id;
+        outcome what = outcome::acked;
+        bool report = true; // the pipeline awaits `settled` for it
+    };
+    struct dead_item {
+        ack_item ack;
+        std::string payload, reason, message_id;
+        std::uint32_t attempts = 1;
+    };
+    struct batch {
+        std::vector<ack_item> acks;
+        std::vector<dead_item> dead;
+        bool dropped = false; // reported as released by force_stop(); ignore the reply
+    };
+
+    static void on_idle(uv_idle_t* h) noexcept;
+    void kick();
+    void turn();
+    void cool_down(const std::string& what, const std::string& error);
+
+    void setup();
+    void flush_acks();
+    void flush_dead();
+    void confirmed(batch& b);
+    void requeue(batch& b);
+    void read_history();
+    void read_new();
+    void reclaim();
+    void recover();
+    void fetch_counts_and_deliver(std::vector<entry> entries, std::size_t reserved,
+                                  bool reclaiming);
+    std::size_t deliver_entries(std::vector<entry>& entries,
+                                const std::unordered_map<std::string, std::uint32_t>* counts);
+    bool deliver_one(std::string_view id, std::string_view payload, bool has_payload,
+                     std::uint32_t attempt);
+    void dead_letter_here(std::string id, std::string payload, std::string reason,
+                          std::uint32_t attempts);
+    bool check_idle(); // true when a check was sent (its reply resumes reading)
+    void release_unconfirmed();
+    void report(const ack_item& a, outcome o);
+    bool handle_nogroup(const std::string& error);
+
+    void link_up(const char* role);
+    void link_down(const char* role, const std::string& why);
+    void link_rejected(const char* role, const std::string& why);
+
+    rt::loop& loop_;
+    redis_source_options opts_;
+    source_sink* sink_ = nullptr;
+    redis_link reader_;
+    redis_link writer_;
+    rt::uv_handle<uv_idle_t> idle_;
+    std::unique_ptr<rt::periodic_timer> reclaim_timer_;
+    rt::delayed_call cool_timer_;
+    rt::delayed_call force_timer_;
+
+    std::size_t demand_ = 0;               // granted, neither delivered nor reserved by a request
+    std::size_t unconfirmed_ = 0;          // verdicts from the pipeline not yet reported settled
+    std::unordered_set<std::string> held_; // entry ids delivered (or dead-lettered here) and not
+                                           // yet confirmed: never delivered twice at once
+    std::vector<ack_item> acks_;
+    std::vector<dead_item> dead_;
+    std::list<batch> sent_; // XACK / MULTI batches awaiting their reply
+
+    std::string history_cursor_ = "0"; // this consumer's own pending entries, read first
+    std::string reclaim_cursor_ = "0-0";
+    bool group_ready_ = false;
+    bool setup_busy_ = false;
+    bool history_done_ = false;
+    bool read_busy_ = false;
+    bool reclaim_due_ = true;   // at start: pick up what dead workers left
+    bool reclaim_busy_ = false; // an XAUTOCLAIM or a recovery is under way
+    bool recover_due_ = false;  // after a reconnect: entries of ours whose read reply was lost
+    bool idle_check_busy_ = false;
+    bool idle_reached_ = false; // --exit-when-idle: nothing new or pending for the group
+    bool turn_on_ = false;
+    bool cooling_ = false;
+    bool started_ = false;
+    bool stopped_ = false;
+    bool forced_ = false;
+    bool closed_ = false;
+    bool was_up_ = false;
+    bool ever_up_ = false;
+    std::string fatal_;
+    std::uint64_t dead_here_ = 0;
+    std::uint64_t reclaimed_ = 0;
+};
+
+} // namespace mayhem

@@ -1,0 +1,274 @@
+"""The redis source against a real redis-server: consumer groups, acks, reclaim of orphans,
+dead letters, reconnection, drain, and the errors a user sees for bad credentials or no server.
+`mayhem publish` fills the stream. Every test uses --store memory (the store is not the subject).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import time
+import unittest
+
+from harness import Harness, SLOW, free_port, json_log_lines, wait_until
+
+STREAM = "mayhem:restarts"
+GROUP = "mayhem"
+FAST = ["--store", "memory", "--save-latency", "0", "--restart-latency", "0",
+        "--status-interval", "0"]
+
+
+def rjson(redis, *args):
+    """A redis-cli reply as JSON (redis-cli --json)."""
+    auth = ["-a", redis.password, "--no-auth-warning"] if redis.password else []
+    r = subprocess.run(["redis-cli", "-p", str(redis.port), "--json"] + auth +
+                       [str(a) for a in args], capture_output=True, text=True, timeout=30)
+    try:
+        return json.loads(r.stdout)
+    except ValueError:
+        return None  # an error reply, e.g. NOGROUP before a worker created the group
+
+
+def pending(redis, stream=STREAM, group=GROUP):
+    """The group's pending count (XPENDING summary)."""
+    reply = rjson(redis, "XPENDING", stream, group)
+    return reply[0] if isinstance(reply, list) else None
+
+
+def group_info(redis, stream=STREAM, group=GROUP):
+    for g in rjson(redis, "XINFO", "GROUPS", stream) or []:
+        if g.get("name") == group:
+            return g
+    return {}
+
+
+def dead_letters(redis, stream=STREAM + ":dead"):
+    """The dead-letter stream as a list of dicts."""
+    out = []
+    for entry_id, fields in rjson(redis, "XRANGE", stream, "-", "+") or []:
+        d = dict(zip(fields[0::2], fields[1::2]))
+        d["id"] = entry_id
+        out.append(d)
+    return out
+
+
+class RedisSourceTest(Harness):
+    def publish_n(self, redis, n, *extra):
+        code, out, err = self.publish("--redis-url", redis.url, "--count", n, *extra)
+        self.assertEqual(code, 0, err)
+        self.assertEqual(json.loads(out)["sent"], n)
+
+    def redis_worker(self, redis, *args, **kw):
+        return self.worker("--source", "redis", "--redis-url", redis.url, *args, **kw)
+
+    def test_all_published_messages_are_acked(self):
+        r = self.redis()
+        self.publish_n(r, 20000)
+        self.assertEqual(int(r.cli("XLEN", STREAM)), 20000)
+        w = self.redis_worker(r, *FAST, "--restart-latency", "0..2ms", "--exit-when-idle")
+        code, _, err = w.wait(timeout=120)
+        self.assertEqual(code, 0, err[-3000:])
+        s = w.summary()
+        self.assert_identity(s)
+        self.assertEqual(s["acked"], 20000)
+        self.assertEqual(s["received"], 20000)
+        self.assertEqual(pending(r), 0)
+        g = group_info(r)
+        self.assertEqual(g["entries-read"], 20000)
+        self.assertEqual(g["lag"], 0)
+        # Acks are batched per loop turn: far fewer XACK calls than messages.
+        stats = dict(line.split(":", 1) for line in r.cli("INFO", "commandstats").splitlines()
+                     if line.startswith("cmdstat_"))
+        xack_calls = int(stats["cmdstat_xack"].split(",")[0].split("=")[1])
+        self.assertLess(xack_calls, 20000 // 8)
+
+    def test_two_workers_split_the_stream_and_ack_each_message_once(self):
+        r = self.redis()
+        self.publish_n(r, 6000)
+        args = FAST + ["--restart-latency", "0..2ms", "--exit-when-idle", "--max-in-flight", "50"]
+        a = self.redis_worker(r, *args, "--consumer", "a")
+        b = self.redis_worker(r, *args, "--consumer", "b")
+        for w in (a, b):
+            code, _, err = w.wait(timeout=120)
+            self.assertEqual(code, 0, err[-3000:])
+        sa, sb = a.summary(), b.summary()
+        for s in (sa, sb):
+            self.assert_identity(s)
+            self.assertEqual(s["skipped"], 0)
+            self.assertEqual(s["released"], 0)
+        self.assertGreater(sa["acked"], 0)
+        self.assertGreater(sb["acked"], 0)
+        self.assertEqual(sa["acked"] + sb["acked"], 6000)
+        self.assertEqual(pending(r), 0)
+
+    def test_entries_of_a_killed_worker_are_reclaimed_by_another(self):
+        r = self.redis()
+        self.publish_n(r, 300)
+        slow = self.redis_worker(r, "--store", "memory", "--save-latency", "0",
+                                 "--restart-latency", "30s", "--max-in-flight", "100",
+                                 "--consumer", "doomed")
+        wait_until(lambda: (pending(r) or 0) >= 100, timeout=20, what="entries in flight")
+        slow.signal(signal.SIGKILL)
+        slow.wait()
+        self.assertGreater(pending(r), 0)
+        w = self.redis_worker(r, *FAST, "--consumer", "rescuer", "--lease-timeout", "1s",
+                              "--reclaim-interval", "300ms", "--lease-extend-interval", "200ms",
+                              "--exit-when-idle")
+        code, _, err = w.wait(timeout=60)
+        self.assertEqual(code, 0, err[-3000:])
+        s = w.summary()
+        self.assert_identity(s)
+        # Nothing lost: every entry was acked, the orphans by the rescuer after reclaiming them.
+        self.assertEqual(s["acked"], 300)
+        self.assertEqual(pending(r), 0)
+        self.assertIn("reclaimed entries", err)
+
+    def test_poison_messages_are_dead_lettered_with_their_reason_and_acked(self):
+        r = self.redis()
+        # 1. undecodable: dead-lettered at once.
+        code, out, err = self.publish("--redis-url", r.url, "--stdin", "--raw",
+                                      stdin="this is not json\n")
+        self.assertEqual(code, 0, err)
+        # 2. a restart that always fails: retried (left pending, reclaimed) until max attempts.
+        code, out, err = self.publish(
+            "--redis-url", r.url, "--stdin",
+            stdin='{"message_id":"always-fails","instance_name":"cattle-bad"}\n')
+        self.assertEqual(code, 0, err)
+        # 3. an entry that was delivered too often (workers died on it): dead-lettered unrun.
+        r.cli("XGROUP", "CREATE", STREAM, GROUP, "0", "MKSTREAM")
+        r.cli("XREADGROUP", "GROUP", GROUP, "ghost", "COUNT", "2", "STREAMS", STREAM, ">")
+        crashy = r.cli("XADD", STREAM, "*", "payload",
+                       '{"message_id":"kills-workers","instance_name":"cattle-k"}')
+        r.cli("XREADGROUP", "GROUP", GROUP, "ghost", "COUNT", "1", "STREAMS", STREAM, ">")
+        for _ in range(3):
+            r.cli("XCLAIM", STREAM, GROUP, "ghost", "0", crashy)  # delivery count 4
+        w = self.redis_worker(r, "--store", "memory", "--save-latency", "0",
+                              "--restart-latency", "0", "--restart-failure-rate", "1",
+                              "--max-attempts", "3", "--lease-timeout", "300ms",
+                              "--reclaim-interval", "100ms", "--lease-extend-interval", "50ms",
+                              "--exit-when-idle")
+        code, _, err = w.wait(timeout=60)
+        self.assertEqual(code, 0, err[-3000:])
+        self.assertEqual(pending(r), 0)
+        dead = {d.get("message_id") or d["payload"]: d for d in dead_letters(r)}
+        self.assertEqual(len(dead), 3, dead)
+        self.assertIn("invalid JSON", dead["this is not json"]["reason"])
+        fails = dead["always-fails"]
+        self.assertEqual(fails["attempts"], "3")
+        self.assertIn("cattle-bad", fails["payload"])
+        self.assertTrue(fails["reason"])
+        crash = dead["kills-workers"]
+        self.assertEqual(crash["source_id"], crashy)
+        self.assertIn("--max-attempts 3", crash["reason"])
+        self.assertGreater(int(crash["attempts"]), 3)
+
+    def test_worker_reconnects_after_redis_restarts(self):
+        r = self.redis(persistence=True)
+        self.publish_n(r, 3000)
+        w = self.redis_worker(r, "--store", "memory", "--save-latency", "0",
+                              "--restart-latency", "2ms..6ms", "--max-in-flight", "40",
+                              "--status-interval", "0", "--exit-when-idle")
+        wait_until(lambda: (group_info(r).get("entries-read") or 0) >= 300, timeout=30,
+                   what="the worker to be under way")
+        r.stop()
+        time.sleep(2)
+        self.assertTrue(w.alive(), w.stderr()[-2000:])
+        r.start()
+        code, _, err = w.wait(timeout=90)
+        self.assertEqual(code, 0, err[-3000:])
+        self.assertIn("redis connection down", err)
+        self.assertIn("redis reconnected", err)
+        s = w.summary()
+        self.assert_identity(s)
+        self.assertEqual(s["released"], 0)
+        # At least once: every entry acked; one read just before the stop may come again.
+        self.assertGreaterEqual(s["acked"] + s["skipped"], 3000)
+        self.assertEqual(pending(r), 0)
+        self.assertEqual(group_info(r)["entries-read"], 3000)
+
+    def test_sigterm_drains_and_flushes_acks(self):
+        r = self.redis()
+        self.publish_n(r, 5000)
+        w = self.redis_worker(r, "--store", "memory", "--save-latency", "0",
+                              "--restart-latency", "20ms..60ms", "--max-in-flight", "200",
+                              "--status-interval", "0")
+        wait_until(lambda: (pending(r) or 0) >= 100, timeout=20, what="messages in flight")
+        w.signal(signal.SIGTERM)
+        code, _, err = w.wait(timeout=60)
+        self.assertEqual(code, 0, err[-3000:])
+        s = w.summary()
+        self.assert_identity(s)
+        self.assertEqual(s["released"], 0)
+        self.assertGreater(s["acked"], 0)
+        self.assertEqual(pending(r), 0)  # every ack reached Redis before the exit
+        self.assertEqual(group_info(r)["entries-read"], s["received"])
+
+    def test_wrong_password_is_a_clear_fatal_error(self):
+        r = self.redis(password="s3cret")
+        good = r.url
+        # No password, then a wrong one: exit 1 with the reason, never a crash or a hang.
+        for url in ("redis://127.0.0.1:%d/0" % r.port, "redis://:nope@127.0.0.1:%d/0" % r.port):
+            code, summary, err = self.run_worker("--source", "redis", "--redis-url", url,
+                                                 "--store", "memory", timeout=30)
+            self.assertEqual(code, 1, err[-2000:])
+            self.assertIn("authentication failed", err)
+            self.assertNotIn("nope", err)  # the password is never logged
+        code, out, err = self.publish("--redis-url", "redis://:nope@127.0.0.1:%d" % r.port)
+        self.assertEqual(code, 1)
+        self.assertIn("AUTH", err)
+        # The right password works end to end.
+        code, out, err = self.publish("--redis-url", good, "--count", 50)
+        self.assertEqual(code, 0, err)
+        code, s, err = self.run_worker("--source", "redis", "--redis-url", good, *FAST,
+                                       "--exit-when-idle", timeout=30)
+        self.assertEqual(code, 0, err[-2000:])
+        self.assertEqual(s["acked"], 50)
+
+    def test_unreachable_redis_is_retried_not_fatal(self):
+        port = free_port()
+        url = "redis://127.0.0.1:%d/0" % port
+        w = self.worker("--source", "redis", "--redis-url", url, "--store", "memory",
+                        "--log-format", "json")
+        wait_until(lambda: len([l for l in json_log_lines(w.stderr())
+                                if l.get("msg", l.get("message", "")).startswith(
+                                    "redis connection down")]) >= 3,
+                   timeout=20, what="several reconnect attempts")
+        self.assertTrue(w.alive())
+        self.assertIn("Connection refused", w.stderr())
+        w.signal(signal.SIGTERM)
+        code, _, err = w.wait(timeout=30)
+        self.assertEqual(code, 0, err[-2000:])
+        code, out, err = self.publish("--redis-url", url, "--count", 1)
+        self.assertEqual(code, 1)
+        self.assertIn("cannot connect", err)
+        self.assertIn("Connection refused", err)
+
+    def test_unix_socket_database_and_publish_from_stdin(self):
+        sock = os.path.join(self.tmp, "redis.sock")
+        proc = subprocess.Popen(["redis-server", "--port", "0", "--unixsocket", sock, "--save", "",
+                                 "--appendonly", "no", "--dir", self.tmp],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._procs.append(proc)
+        wait_until(lambda: os.path.exists(sock), timeout=10, what="the redis socket")
+        url = "unix://%s?db=3" % sock
+        lines = "".join('{"message_id":"m%d","instance_name":"cattle-%d"}\n' % (i, i)
+                        for i in range(40))
+        code, out, err = self.publish("--redis-url", url, "--stdin",
+                                      stdin=lines + "\n{broken\n")
+        self.assertEqual(code, 1)  # one line rejected, the rest sent
+        self.assertIn("line 42", err)
+        self.assertEqual(json.loads(out)["sent"], 40)
+        self.assertEqual(json.loads(out)["rejected"], 1)
+        code, s, err = self.run_worker("--source", "redis", "--redis-url", url, *FAST,
+                                       "--exit-when-idle", timeout=30)
+        self.assertEqual(code, 0, err[-2000:])
+        self.assertEqual(s["acked"], 40)
+        # NDJSON instead of Redis, for --source stdin.
+        code, out, err = self.publish("--count", 3, "--output", "-")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(len(out.splitlines()), 3)
+        self.assertEqual(json.loads(err.strip().splitlines()[-1])["sent"], 3)
+
+
+if __name__ == "__main__":
+    unittest.main()
