@@ -137,6 +137,13 @@ std::vector<MetricFamily> collect(const catalogue_inputs& in) {
                          "Lease renewals of in-flight messages sent to the source",
                          MetricType::Counter, num(st.lease_extensions.get())));
 
+    // Store group commit: saves / transactions is the messages per transaction.
+    out.push_back(single("mayhem_store_transactions_total",
+                         "Store transactions committed (group commit; 0 for the memory store)",
+                         MetricType::Counter, num(live.store_transactions.get())));
+    out.push_back(single("mayhem_store_saves_total", "Saves in committed store transactions",
+                         MetricType::Counter, num(live.store_saves.get())));
+
     // Safety rails (README, "Safety rails")
     if (const restart_guard_stats* g = in.guard) {
         out.push_back(single("mayhem_restarts_paused", "1 while the pause file holds every restart",

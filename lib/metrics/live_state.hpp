@@ -22,6 +22,8 @@ struct live_state {
     // Copies of loop-owned figures, refreshed by the monitor's timer.
     rt::gauge max_in_flight;
     rt::gauge source_reconnects;
+    rt::gauge store_transactions;
+    rt::gauge store_saves;
     // Set once, when a drain ends; 0 before.
     rt::gauge drain_duration_ns;
     // How late the monitor's timer fired, and loop iterations that ran longer than

@@ -71,6 +71,9 @@ void observability::publish() noexcept {
     live_.source_up.store(source_.up(), std::memory_order_relaxed);
     live_.store_healthy.store(store_.healthy(), std::memory_order_relaxed);
     live_.source_reconnects.set(static_cast<std::int64_t>(source_.reconnects()));
+    auto commits = store_.commits();
+    live_.store_transactions.set(static_cast<std::int64_t>(commits.transactions));
+    live_.store_saves.set(static_cast<std::int64_t>(commits.saves));
     live_.max_in_flight.set(static_cast<std::int64_t>(pipeline_.max_in_flight()));
 }
 

@@ -73,6 +73,9 @@ public:
     rt::task<void> finish_restart(const message& m, const restart_result& r) override;
     void complete(const message& m, const verdict& v) override;
     bool healthy() const override { return healthy_.load(std::memory_order_relaxed); }
+    commit_counts commits() const override {
+        return {stats_.transactions.get(), stats_.saves.get()};
+    }
     rt::task<void> close() override;
 
     const sqlite_store_stats& stats() const noexcept { return stats_; }

@@ -65,6 +65,12 @@ public:
     virtual void complete(const message& m, const verdict& v) = 0;
     // Up and writable (readiness).
     virtual bool healthy() const { return true; }
+    // Group-commit figures, for metrics: transactions committed and saves in them (0 for a
+    // store without transactions). Loop thread.
+    struct commit_counts {
+        std::uint64_t transactions = 0, saves = 0;
+    };
+    virtual commit_counts commits() const { return {}; }
     // Flushes and closes; the loop still runs while it completes.
     virtual rt::task<void> close() = 0;
 };
