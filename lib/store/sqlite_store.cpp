@@ -391,6 +391,7 @@ private:
             return idx_ < s_.pending_.size() ? &s_.pending_[idx_] : nullptr;
         if (gen_ == s_.flying_gen_)
             return idx_ < s_.db_->flying.size() ? &s_.db_->flying[idx_] : nullptr;
+        if (gen_ == s_.done_gen_) return idx_ < s_.done_.size() ? &s_.done_[idx_] : nullptr;
         return nullptr;
     }
     sqlite_store& s_;
@@ -452,12 +453,15 @@ void sqlite_store::note_health(bool ok, const std::string& error) {
                    {{"db", db_->opts.path}, {"error", error}});
 }
 
-// The group-commit loop: take everything queued, write it as one transaction on the pool,
-// resume every task that waited on it, repeat. What the resumed tasks queue goes into the next
-// transaction.
+// The group-commit loop: take everything queued, write it as one transaction on the pool, hand
+// the next queue to the pool, and resume the tasks that waited on the committed one meanwhile
+// (resume_). What the resumed tasks queue goes into a later transaction.
 rt::task<void> sqlite_store::writer() {
     for (;;) {
         if (pending_.empty()) {
+            // Nothing to write meanwhile: resume now, so what the tasks queue is written next.
+            flush_done();
+            if (!pending_.empty()) continue;
             if (closing_) break;
             co_await idle_awaiter{*this};
             continue;
@@ -481,9 +485,11 @@ rt::task<void> sqlite_store::writer() {
         } catch (const std::exception& e) {
             error = std::string("thread pool: ") + e.what();
         }
-        batch_ok_ = error.empty();
-        batch_error_ = std::move(error);
-        if (batch_ok_) {
+        // The previous batch is normally resumed by now (resume_ fired while this one was
+        // written); if not, it is resumed first, so its tasks read their own result.
+        flush_done();
+        bool ok = error.empty();
+        if (ok) {
             std::uint64_t saves = 0;
             for (const auto& r : db_->flying)
                 saves += r.kind == op::save;
@@ -493,17 +499,27 @@ rt::task<void> sqlite_store::writer() {
         } else {
             stats_.failed_transactions.inc();
         }
-        note_health(batch_ok_, batch_error_);
-
-        // Resuming may destroy other waiters' tasks (their awaiters clear their own entry), so
-        // the handle is re-read at each step. New requests land in pending_, not here.
-        for (std::size_t i = 0; i < db_->flying.size(); ++i) {
-            if (auto h = std::exchange(db_->flying[i].waiter, {})) h.resume();
-        }
-        db_->flying.clear();
-        flying_gen_ = 0;
+        note_health(ok, error);
+        batch_ok_ = ok;
+        batch_error_ = std::move(error);
+        std::swap(done_, db_->flying);
+        done_gen_ = std::exchange(flying_gen_, 0);
+        loop_.timers().arm(resume_, rt::millis{0});
     }
     writer_done_.set();
+}
+
+// Resumes every task that waited on done_. Resuming may destroy other waiters' tasks (their
+// awaiters clear their own entry), so the handle is re-read at each step; new requests land in
+// pending_, not here.
+void sqlite_store::flush_done() noexcept {
+    if (done_gen_ == 0) return;
+    resume_.cancel();
+    for (std::size_t i = 0; i < done_.size(); ++i) {
+        if (auto h = std::exchange(done_[i].waiter, {})) h.resume();
+    }
+    done_.clear();
+    done_gen_ = 0;
 }
 
 rt::task<save_result> sqlite_store::save(const message& m, const delivery&) {

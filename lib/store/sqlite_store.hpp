@@ -6,7 +6,9 @@
 // queued on the loop thread; one writer task hands the whole queue to libuv's thread pool as ONE
 // transaction, and requests that arrive while it is being written wait for the next one. At most
 // one transaction is in flight; a task waiting on a request resumes (on the loop) only after the
-// transaction holding it committed.
+// transaction holding it committed. The writer hands over the next queue as soon as a
+// transaction has committed, before the tasks that waited on it are resumed (on the next loop
+// turn): the pool writes while the loop resumes, instead of each waiting for the other.
 //
 // Threading: the store object and its queues belong to the loop thread. The SQLite connection
 // and the batch being written (both in `shared`) are touched only by the pool thread running the
@@ -97,6 +99,12 @@ private:
         explicit kick(sqlite_store& st) : s(st) {}
         void fire() noexcept override;
     };
+    // Resumes the tasks of the transaction that just committed, while the next one is written.
+    struct resume_done final : rt::timer_entry {
+        sqlite_store& s;
+        explicit resume_done(sqlite_store& st) : s(st) {}
+        void fire() noexcept override { s.flush_done(); }
+    };
     struct idle_awaiter {
         sqlite_store& s;
         bool await_ready() const noexcept { return false; }
@@ -106,6 +114,7 @@ private:
 
     request_awaiter enqueue(request r);
     void wake() noexcept;
+    void flush_done() noexcept;
     rt::task<void> writer();
     void note_health(bool ok, const std::string& error);
 
@@ -114,10 +123,13 @@ private:
     std::vector<request> pending_;        // waiting for the next transaction (loop thread)
     std::uint64_t pending_gen_ = 1;       // generation of pending_
     std::uint64_t flying_gen_ = 0;        // generation of db_->flying while in flight, else 0
-    bool batch_ok_ = true;                // result of the batch just written (while resuming it)
+    std::vector<request> done_;           // committed (or failed), its tasks not resumed yet
+    std::uint64_t done_gen_ = 0;          // generation of done_ while it holds a batch, else 0
+    bool batch_ok_ = true;                // result of done_ (while resuming it)
     std::string batch_error_;             //   and why it failed
     std::coroutine_handle<> writer_idle_; // the writer, suspended with nothing to write
     kick kick_{*this};
+    resume_done resume_{*this};
     bool closing_ = false;
     rt::event writer_done_;
     std::atomic<bool> healthy_{true};
