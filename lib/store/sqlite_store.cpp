@@ -93,7 +93,8 @@ struct sqlite_store::shared {
     sqlite3* conn = nullptr;
     sqlite3_stmt *begin = nullptr, *commit = nullptr, *rollback = nullptr, *save = nullptr,
                  *last_restart = nullptr, *start_restart = nullptr, *finish = nullptr,
-                 *complete = nullptr, *host_blocker = nullptr, *host_claim_row = nullptr;
+                 *complete = nullptr, *host_blocker = nullptr, *host_claim_row = nullptr,
+                 *first_restart = nullptr;
     std::vector<request> flying; // the batch being written
 
     explicit shared(sqlite_options o) : opts(std::move(o)) {}
@@ -125,7 +126,7 @@ struct sqlite_store::shared {
 
     void close_conn() noexcept {
         for (auto** s : {&begin, &commit, &rollback, &save, &last_restart, &start_restart, &finish,
-                         &complete, &host_blocker, &host_claim_row}) {
+                         &complete, &host_blocker, &host_claim_row, &first_restart}) {
             sqlite3_finalize(*s);
             *s = nullptr;
         }
@@ -200,6 +201,10 @@ struct sqlite_store::shared {
                            "ON CONFLICT (message_id) DO UPDATE SET attempts = attempts + 1");
             last_restart = prepare("SELECT finished IS NULL, result, attempt FROM restarts "
                                    "WHERE message_id = ?1 ORDER BY attempt DESC LIMIT 1");
+            // The first claim of an id (the common case) in one statement: attempt 1 exists iff
+            // any restart of the id was recorded.
+            first_restart = prepare("INSERT INTO restarts (hostname, message_id, started, attempt) "
+                                    "VALUES (?1, ?2, ?3, 1) ON CONFLICT DO NOTHING");
             start_restart = prepare("INSERT INTO restarts (hostname, message_id, started, "
                                     "attempt) VALUES (?1, ?2, ?3, ?4)");
             finish =
@@ -258,6 +263,15 @@ struct sqlite_store::shared {
             run(save, "save");
             break;
         case op::claim: {
+            text(first_restart, 1, r.a);
+            text(first_restart, 2, r.id);
+            sqlite3_bind_int64(first_restart, 3, now);
+            run(first_restart, "record restart start");
+            if (sqlite3_changes(conn) == 1) {
+                r.claim = restart_claim::proceed;
+                break;
+            }
+            // A restart of this id was recorded before: its latest row decides.
             text(last_restart, 1, r.id);
             int rc = sqlite3_step(last_restart);
             bool proceed = true;
