@@ -96,7 +96,7 @@ struct sqlite_store::shared {
                  *last_restart = nullptr, *start_restart = nullptr, *finish = nullptr,
                  *complete = nullptr, *host_blocker = nullptr, *host_claim_row = nullptr,
                  *first_restart = nullptr, *save_many = nullptr;
-    std::vector<request> flying; // the batch being written
+    batch flying; // the batch being written
 
     explicit shared(sqlite_options o) : opts(std::move(o)) {}
     ~shared() { close_conn(); }
@@ -121,8 +121,9 @@ struct sqlite_store::shared {
         sqlite3_reset(s);
         if (rc != SQLITE_DONE && rc != SQLITE_ROW) fail(rc, what);
     }
-    static void text(sqlite3_stmt* s, int i, const std::string& v) {
-        sqlite3_bind_text(s, i, v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
+    // Binds a string of the batch being written.
+    void text(sqlite3_stmt* s, int i, text_ref v) {
+        sqlite3_bind_text(s, i, flying.text.data() + v.off, static_cast<int>(v.len), SQLITE_STATIC);
     }
 
     void close_conn() noexcept {
@@ -491,8 +492,8 @@ sqlite_store::sqlite_store(rt::loop& loop, sqlite_options opts)
 
 sqlite_store::~sqlite_store() = default;
 
-sqlite_store::request_awaiter sqlite_store::enqueue(request r) {
-    pending_.push_back(std::move(r));
+sqlite_store::request_awaiter sqlite_store::enqueue(const request& r) {
+    pending_.reqs.push_back(r);
     wake();
     return request_awaiter(*this, pending_gen_, pending_.size() - 1);
 }
@@ -534,7 +535,7 @@ rt::task<void> sqlite_store::writer() {
         // run, and the row would read as a crash in the window on the next delivery.
         for (auto& r : pending_)
             if (r.kind == op::claim && !r.waiter) r.kind = op::skip;
-        std::swap(db_->flying, pending_);
+        swap(db_->flying, pending_);
         pending_.clear();
         flying_gen_ = pending_gen_++;
 
@@ -566,7 +567,7 @@ rt::task<void> sqlite_store::writer() {
         note_health(ok, error);
         batch_ok_ = ok;
         batch_error_ = std::move(error);
-        std::swap(done_, db_->flying);
+        swap(done_, db_->flying);
         done_gen_ = std::exchange(flying_gen_, 0);
         loop_.timers().arm(resume_, rt::millis{0});
     }
@@ -589,11 +590,11 @@ void sqlite_store::flush_done() noexcept {
 rt::task<save_result> sqlite_store::save(const message& m, const delivery&) {
     request r;
     r.kind = op::save;
-    r.id = m.message_id;
-    r.a = m.instance_name;
-    r.b = m.hostname;
-    r.c = m.reason;
-    auto pending = enqueue(std::move(r)); // named: see writer() on GCC 12 and temporaries
+    r.id = pending_.put(m.message_id);
+    r.a = pending_.put(m.instance_name);
+    r.b = pending_.put(m.hostname);
+    r.c = pending_.put(m.reason);
+    auto pending = enqueue(r); // named: see writer() on GCC 12 and temporaries
     reply x = co_await pending;
     co_return save_result{x.ok, std::move(x.error)};
 }
@@ -601,9 +602,9 @@ rt::task<save_result> sqlite_store::save(const message& m, const delivery&) {
 rt::task<restart_claim> sqlite_store::claim_restart(const message& m) {
     request r;
     r.kind = op::claim;
-    r.id = m.message_id;
-    r.a = m.hostname;
-    auto pending = enqueue(std::move(r)); // named: see writer() on GCC 12 and temporaries
+    r.id = pending_.put(m.message_id);
+    r.a = pending_.put(m.hostname);
+    auto pending = enqueue(r); // named: see writer() on GCC 12 and temporaries
     reply x = co_await pending;
     // Without a durable claim the restart must not run: the caller turns this into a retry.
     if (!x.ok) throw std::runtime_error("store: " + x.error);
@@ -613,10 +614,10 @@ rt::task<restart_claim> sqlite_store::claim_restart(const message& m) {
 rt::task<void> sqlite_store::finish_restart(const message& m, const restart_result& res) {
     request r;
     r.kind = op::finish;
-    r.id = m.message_id;
-    r.a = to_string(res.status);
-    r.b = res.detail;
-    auto pending = enqueue(std::move(r)); // named: see writer() on GCC 12 and temporaries
+    r.id = pending_.put(m.message_id);
+    r.a = pending_.put(to_string(res.status));
+    r.b = pending_.put(res.detail);
+    auto pending = enqueue(r); // named: see writer() on GCC 12 and temporaries
     reply x = co_await pending;
     // The restart ran but is still recorded as unfinished: the redelivery meets the
     // --on-unfinished-restart policy, which is the truth.
@@ -628,12 +629,12 @@ rt::task<host_claim> sqlite_store::claim_host(const message& m,
                                               std::chrono::milliseconds cooldown) {
     request r;
     r.kind = op::claim_host;
-    r.id = m.message_id;
-    r.a = m.hostname;
+    r.id = pending_.put(m.message_id);
+    r.a = pending_.put(m.hostname);
     // The transaction stamps the claim with its own clock; the cutoff uses the caller's.
     r.n = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() -
           cooldown.count();
-    auto pending = enqueue(std::move(r)); // named: see writer() on GCC 12 and temporaries
+    auto pending = enqueue(r); // named: see writer() on GCC 12 and temporaries
     reply x = co_await pending;
     if (!x.ok) throw std::runtime_error("store: " + x.error);
     if (x.claim == restart_claim::proceed) co_return host_claim{};
@@ -644,10 +645,10 @@ rt::task<host_claim> sqlite_store::claim_host(const message& m,
 void sqlite_store::complete(const message& m, const verdict& v) {
     request r;
     r.kind = op::complete;
-    r.id = m.message_id;
-    r.a = to_string(v.what);
-    r.b = v.reason;
-    pending_.push_back(std::move(r));
+    r.id = pending_.put(m.message_id);
+    r.a = pending_.put(to_string(v.what));
+    r.b = pending_.put(v.reason);
+    pending_.reqs.push_back(r);
     wake();
 }
 

@@ -80,15 +80,48 @@ public:
     const sqlite_store_stats& stats() const noexcept { return stats_; }
 
     enum class op : std::uint8_t { save, claim, claim_host, finish, complete, skip };
-    // One queued request. Strings are copied: the pool thread must never read a message that a
-    // cancelled task has already freed.
+    // A string copied into a batch's text (offset, length): the pool thread must never read a
+    // message that a cancelled task has already freed.
+    struct text_ref {
+        std::uint32_t off = 0, len = 0;
+    };
+    // One queued request.
     struct request {
         op kind = op::save;
-        std::string id, a, b, c; // save: instance, hostname, reason; claim: hostname;
-                                 // finish: result, detail; complete: outcome, reason
+        text_ref id, a, b, c; // save: instance, hostname, reason; claim: hostname;
+                              // finish: result, detail; complete: outcome, reason
         restart_claim claim = restart_claim::proceed; // out (claim; claim_host: done = blocked)
         std::int64_t n = 0; // claim_host: in, the cutoff (ms); out, the blocking start (ms)
         std::coroutine_handle<> waiter; // null: nobody waits (complete, cancelled)
+    };
+    // Requests and the strings they refer to, all in one buffer: queueing a request allocates
+    // nothing once the buffers have grown to a batch's size (they are reused, batch after batch).
+    struct batch {
+        std::vector<request> reqs;
+        std::string text;
+
+        text_ref put(std::string_view v) {
+            text_ref r{static_cast<std::uint32_t>(text.size()),
+                       static_cast<std::uint32_t>(v.size())};
+            text.append(v);
+            return r;
+        }
+        std::string_view view(text_ref r) const { return {text.data() + r.off, r.len}; }
+        std::size_t size() const noexcept { return reqs.size(); }
+        bool empty() const noexcept { return reqs.empty(); }
+        request& operator[](std::size_t i) { return reqs[i]; }
+        auto begin() { return reqs.begin(); }
+        auto end() { return reqs.end(); }
+        auto begin() const { return reqs.begin(); }
+        auto end() const { return reqs.end(); }
+        void clear() noexcept {
+            reqs.clear();
+            text.clear();
+        }
+        friend void swap(batch& x, batch& y) noexcept {
+            x.reqs.swap(y.reqs);
+            x.text.swap(y.text);
+        }
     };
     struct shared; // connection + statements + the batch in flight
 
@@ -112,7 +145,7 @@ private:
         void await_resume() const noexcept {}
     };
 
-    request_awaiter enqueue(request r);
+    request_awaiter enqueue(const request& r);
     void wake() noexcept;
     void flush_done() noexcept;
     rt::task<void> writer();
@@ -120,10 +153,10 @@ private:
 
     rt::loop& loop_;
     std::shared_ptr<shared> db_;
-    std::vector<request> pending_;        // waiting for the next transaction (loop thread)
+    batch pending_;                       // waiting for the next transaction (loop thread)
     std::uint64_t pending_gen_ = 1;       // generation of pending_
     std::uint64_t flying_gen_ = 0;        // generation of db_->flying while in flight, else 0
-    std::vector<request> done_;           // committed (or failed), its tasks not resumed yet
+    batch done_;                          // committed (or failed), its tasks not resumed yet
     std::uint64_t done_gen_ = 0;          // generation of done_ while it holds a batch, else 0
     bool batch_ok_ = true;                // result of done_ (while resuming it)
     std::string batch_error_;             //   and why it failed
