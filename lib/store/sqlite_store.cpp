@@ -89,12 +89,14 @@ bool reopen_after(int code) {
 // ---------------------------------------------------------------------------------------------
 
 struct sqlite_store::shared {
+    static constexpr int save_rows = 32; // saves per save_many statement
     sqlite_options opts;
     sqlite3* conn = nullptr;
     sqlite3_stmt *begin = nullptr, *commit = nullptr, *rollback = nullptr, *save = nullptr,
                  *last_restart = nullptr, *start_restart = nullptr, *finish = nullptr,
-                 *complete = nullptr, *host_blocker = nullptr, *host_claim_row = nullptr;
-    std::vector<request> flying; // the batch being written
+                 *complete = nullptr, *host_blocker = nullptr, *host_claim_row = nullptr,
+                 *first_restart = nullptr, *save_many = nullptr;
+    batch flying; // the batch being written
 
     explicit shared(sqlite_options o) : opts(std::move(o)) {}
     ~shared() { close_conn(); }
@@ -119,13 +121,14 @@ struct sqlite_store::shared {
         sqlite3_reset(s);
         if (rc != SQLITE_DONE && rc != SQLITE_ROW) fail(rc, what);
     }
-    static void text(sqlite3_stmt* s, int i, const std::string& v) {
-        sqlite3_bind_text(s, i, v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
+    // Binds a string of the batch being written.
+    void text(sqlite3_stmt* s, int i, text_ref v) {
+        sqlite3_bind_text(s, i, flying.text.data() + v.off, static_cast<int>(v.len), SQLITE_STATIC);
     }
 
     void close_conn() noexcept {
         for (auto** s : {&begin, &commit, &rollback, &save, &last_restart, &start_restart, &finish,
-                         &complete, &host_blocker, &host_claim_row}) {
+                         &complete, &host_blocker, &host_claim_row, &first_restart, &save_many}) {
             sqlite3_finalize(*s);
             *s = nullptr;
         }
@@ -198,8 +201,26 @@ struct sqlite_store::shared {
             save = prepare("INSERT INTO messages (message_id, instance, hostname, reason, "
                            "first_seen) VALUES (?1, ?2, ?3, ?4, ?5) "
                            "ON CONFLICT (message_id) DO UPDATE SET attempts = attempts + 1");
+            {
+                // save_rows saves in one statement: its cursor stays on the b-tree between rows,
+                // so ids in ascending order (the usual case) are appended without a search from
+                // the root, and bind/step/reset are paid once per chunk.
+                std::string sql = "INSERT INTO messages (message_id, instance, hostname, reason, "
+                                  "first_seen) VALUES ";
+                for (int i = 0; i < save_rows; ++i) {
+                    int p = 2 + 4 * i;
+                    sql += (i ? ",(?" : "(?") + std::to_string(p) + ",?" + std::to_string(p + 1) +
+                           ",?" + std::to_string(p + 2) + ",?" + std::to_string(p + 3) + ",?1)";
+                }
+                sql += " ON CONFLICT (message_id) DO UPDATE SET attempts = attempts + 1";
+                save_many = prepare(sql.c_str());
+            }
             last_restart = prepare("SELECT finished IS NULL, result, attempt FROM restarts "
                                    "WHERE message_id = ?1 ORDER BY attempt DESC LIMIT 1");
+            // The first claim of an id (the common case) in one statement: attempt 1 exists iff
+            // any restart of the id was recorded.
+            first_restart = prepare("INSERT INTO restarts (hostname, message_id, started, attempt) "
+                                    "VALUES (?1, ?2, ?3, 1) ON CONFLICT DO NOTHING");
             start_restart = prepare("INSERT INTO restarts (hostname, message_id, started, "
                                     "attempt) VALUES (?1, ?2, ?3, ?4)");
             finish =
@@ -258,6 +279,15 @@ struct sqlite_store::shared {
             run(save, "save");
             break;
         case op::claim: {
+            text(first_restart, 1, r.a);
+            text(first_restart, 2, r.id);
+            sqlite3_bind_int64(first_restart, 3, now);
+            run(first_restart, "record restart start");
+            if (sqlite3_changes(conn) == 1) {
+                r.claim = restart_claim::proceed;
+                break;
+            }
+            // A restart of this id was recorded before: its latest row decides.
             text(last_restart, 1, r.id);
             int rc = sqlite3_step(last_restart);
             bool proceed = true;
@@ -322,6 +352,18 @@ struct sqlite_store::shared {
         }
     }
 
+    // save_rows saves, in order, in one statement.
+    void apply_saves(request* const* r, std::int64_t now) {
+        sqlite3_bind_int64(save_many, 1, now);
+        for (int i = 0; i < save_rows; ++i) {
+            text(save_many, 2 + 4 * i, r[i]->id);
+            text(save_many, 3 + 4 * i, r[i]->a);
+            text(save_many, 4 + 4 * i, r[i]->b);
+            text(save_many, 5 + 4 * i, r[i]->c);
+        }
+        run(save_many, "save");
+    }
+
     // Pool thread: writes `flying` as one transaction. Returns the error, empty on success.
     std::string write() noexcept {
         try {
@@ -329,8 +371,31 @@ struct sqlite_store::shared {
             std::int64_t now = now_ms();
             run(begin, "begin");
             try {
+                // Table by table (messages, then restarts), each in arrival order: no request
+                // reads the other table, so the result is the same, and the statements of one
+                // table run back to back over the same hot pages.
+                // Saves go save_rows at a time, in order; a complete first writes the saves
+                // before it, so the table sees the same order.
+                request* run_of[save_rows];
+                int n = 0;
+                for (auto& r : flying) {
+                    if (r.kind == op::save) {
+                        run_of[n++] = &r;
+                        if (n == save_rows) {
+                            apply_saves(run_of, now);
+                            n = 0;
+                        }
+                    } else if (r.kind == op::complete) {
+                        for (int i = 0; i < n; ++i)
+                            apply(*run_of[i], now);
+                        n = 0;
+                        apply(r, now);
+                    }
+                }
+                for (int i = 0; i < n; ++i)
+                    apply(*run_of[i], now);
                 for (auto& r : flying)
-                    apply(r, now);
+                    if (r.kind != op::save && r.kind != op::complete) apply(r, now);
                 run(commit, "commit");
             } catch (...) {
                 if (conn && !sqlite3_get_autocommit(conn)) {
@@ -391,6 +456,7 @@ private:
             return idx_ < s_.pending_.size() ? &s_.pending_[idx_] : nullptr;
         if (gen_ == s_.flying_gen_)
             return idx_ < s_.db_->flying.size() ? &s_.db_->flying[idx_] : nullptr;
+        if (gen_ == s_.done_gen_) return idx_ < s_.done_.size() ? &s_.done_[idx_] : nullptr;
         return nullptr;
     }
     sqlite_store& s_;
@@ -426,8 +492,8 @@ sqlite_store::sqlite_store(rt::loop& loop, sqlite_options opts)
 
 sqlite_store::~sqlite_store() = default;
 
-sqlite_store::request_awaiter sqlite_store::enqueue(request r) {
-    pending_.push_back(std::move(r));
+sqlite_store::request_awaiter sqlite_store::enqueue(const request& r) {
+    pending_.reqs.push_back(r);
     wake();
     return request_awaiter(*this, pending_gen_, pending_.size() - 1);
 }
@@ -452,12 +518,15 @@ void sqlite_store::note_health(bool ok, const std::string& error) {
                    {{"db", db_->opts.path}, {"error", error}});
 }
 
-// The group-commit loop: take everything queued, write it as one transaction on the pool,
-// resume every task that waited on it, repeat. What the resumed tasks queue goes into the next
-// transaction.
+// The group-commit loop: take everything queued, write it as one transaction on the pool, hand
+// the next queue to the pool, and resume the tasks that waited on the committed one meanwhile
+// (resume_). What the resumed tasks queue goes into a later transaction.
 rt::task<void> sqlite_store::writer() {
     for (;;) {
         if (pending_.empty()) {
+            // Nothing to write meanwhile: resume now, so what the tasks queue is written next.
+            flush_done();
+            if (!pending_.empty()) continue;
             if (closing_) break;
             co_await idle_awaiter{*this};
             continue;
@@ -466,7 +535,7 @@ rt::task<void> sqlite_store::writer() {
         // run, and the row would read as a crash in the window on the next delivery.
         for (auto& r : pending_)
             if (r.kind == op::claim && !r.waiter) r.kind = op::skip;
-        std::swap(db_->flying, pending_);
+        swap(db_->flying, pending_);
         pending_.clear();
         flying_gen_ = pending_gen_++;
 
@@ -481,9 +550,11 @@ rt::task<void> sqlite_store::writer() {
         } catch (const std::exception& e) {
             error = std::string("thread pool: ") + e.what();
         }
-        batch_ok_ = error.empty();
-        batch_error_ = std::move(error);
-        if (batch_ok_) {
+        // The previous batch is normally resumed by now (resume_ fired while this one was
+        // written); if not, it is resumed first, so its tasks read their own result.
+        flush_done();
+        bool ok = error.empty();
+        if (ok) {
             std::uint64_t saves = 0;
             for (const auto& r : db_->flying)
                 saves += r.kind == op::save;
@@ -493,27 +564,37 @@ rt::task<void> sqlite_store::writer() {
         } else {
             stats_.failed_transactions.inc();
         }
-        note_health(batch_ok_, batch_error_);
-
-        // Resuming may destroy other waiters' tasks (their awaiters clear their own entry), so
-        // the handle is re-read at each step. New requests land in pending_, not here.
-        for (std::size_t i = 0; i < db_->flying.size(); ++i) {
-            if (auto h = std::exchange(db_->flying[i].waiter, {})) h.resume();
-        }
-        db_->flying.clear();
-        flying_gen_ = 0;
+        note_health(ok, error);
+        batch_ok_ = ok;
+        batch_error_ = std::move(error);
+        swap(done_, db_->flying);
+        done_gen_ = std::exchange(flying_gen_, 0);
+        loop_.timers().arm(resume_, rt::millis{0});
     }
     writer_done_.set();
+}
+
+// Resumes every task that waited on done_. Resuming may destroy other waiters' tasks (their
+// awaiters clear their own entry), so the handle is re-read at each step; new requests land in
+// pending_, not here.
+void sqlite_store::flush_done() noexcept {
+    if (done_gen_ == 0) return;
+    resume_.cancel();
+    for (std::size_t i = 0; i < done_.size(); ++i) {
+        if (auto h = std::exchange(done_[i].waiter, {})) h.resume();
+    }
+    done_.clear();
+    done_gen_ = 0;
 }
 
 rt::task<save_result> sqlite_store::save(const message& m, const delivery&) {
     request r;
     r.kind = op::save;
-    r.id = m.message_id;
-    r.a = m.instance_name;
-    r.b = m.hostname;
-    r.c = m.reason;
-    auto pending = enqueue(std::move(r)); // named: see writer() on GCC 12 and temporaries
+    r.id = pending_.put(m.message_id);
+    r.a = pending_.put(m.instance_name);
+    r.b = pending_.put(m.hostname);
+    r.c = pending_.put(m.reason);
+    auto pending = enqueue(r); // named: see writer() on GCC 12 and temporaries
     reply x = co_await pending;
     co_return save_result{x.ok, std::move(x.error)};
 }
@@ -521,9 +602,9 @@ rt::task<save_result> sqlite_store::save(const message& m, const delivery&) {
 rt::task<restart_claim> sqlite_store::claim_restart(const message& m) {
     request r;
     r.kind = op::claim;
-    r.id = m.message_id;
-    r.a = m.hostname;
-    auto pending = enqueue(std::move(r)); // named: see writer() on GCC 12 and temporaries
+    r.id = pending_.put(m.message_id);
+    r.a = pending_.put(m.hostname);
+    auto pending = enqueue(r); // named: see writer() on GCC 12 and temporaries
     reply x = co_await pending;
     // Without a durable claim the restart must not run: the caller turns this into a retry.
     if (!x.ok) throw std::runtime_error("store: " + x.error);
@@ -533,10 +614,10 @@ rt::task<restart_claim> sqlite_store::claim_restart(const message& m) {
 rt::task<void> sqlite_store::finish_restart(const message& m, const restart_result& res) {
     request r;
     r.kind = op::finish;
-    r.id = m.message_id;
-    r.a = to_string(res.status);
-    r.b = res.detail;
-    auto pending = enqueue(std::move(r)); // named: see writer() on GCC 12 and temporaries
+    r.id = pending_.put(m.message_id);
+    r.a = pending_.put(to_string(res.status));
+    r.b = pending_.put(res.detail);
+    auto pending = enqueue(r); // named: see writer() on GCC 12 and temporaries
     reply x = co_await pending;
     // The restart ran but is still recorded as unfinished: the redelivery meets the
     // --on-unfinished-restart policy, which is the truth.
@@ -548,12 +629,12 @@ rt::task<host_claim> sqlite_store::claim_host(const message& m,
                                               std::chrono::milliseconds cooldown) {
     request r;
     r.kind = op::claim_host;
-    r.id = m.message_id;
-    r.a = m.hostname;
+    r.id = pending_.put(m.message_id);
+    r.a = pending_.put(m.hostname);
     // The transaction stamps the claim with its own clock; the cutoff uses the caller's.
     r.n = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() -
           cooldown.count();
-    auto pending = enqueue(std::move(r)); // named: see writer() on GCC 12 and temporaries
+    auto pending = enqueue(r); // named: see writer() on GCC 12 and temporaries
     reply x = co_await pending;
     if (!x.ok) throw std::runtime_error("store: " + x.error);
     if (x.claim == restart_claim::proceed) co_return host_claim{};
@@ -564,10 +645,10 @@ rt::task<host_claim> sqlite_store::claim_host(const message& m,
 void sqlite_store::complete(const message& m, const verdict& v) {
     request r;
     r.kind = op::complete;
-    r.id = m.message_id;
-    r.a = to_string(v.what);
-    r.b = v.reason;
-    pending_.push_back(std::move(r));
+    r.id = pending_.put(m.message_id);
+    r.a = pending_.put(to_string(v.what));
+    r.b = pending_.put(v.reason);
+    pending_.reqs.push_back(r);
     wake();
 }
 

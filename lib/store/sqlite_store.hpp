@@ -6,7 +6,9 @@
 // queued on the loop thread; one writer task hands the whole queue to libuv's thread pool as ONE
 // transaction, and requests that arrive while it is being written wait for the next one. At most
 // one transaction is in flight; a task waiting on a request resumes (on the loop) only after the
-// transaction holding it committed.
+// transaction holding it committed. The writer hands over the next queue as soon as a
+// transaction has committed, before the tasks that waited on it are resumed (on the next loop
+// turn): the pool writes while the loop resumes, instead of each waiting for the other.
 //
 // Threading: the store object and its queues belong to the loop thread. The SQLite connection
 // and the batch being written (both in `shared`) are touched only by the pool thread running the
@@ -81,15 +83,48 @@ public:
     const sqlite_store_stats& stats() const noexcept { return stats_; }
 
     enum class op : std::uint8_t { save, claim, claim_host, finish, complete, skip };
-    // One queued request. Strings are copied: the pool thread must never read a message that a
-    // cancelled task has already freed.
+    // A string copied into a batch's text (offset, length): the pool thread must never read a
+    // message that a cancelled task has already freed.
+    struct text_ref {
+        std::uint32_t off = 0, len = 0;
+    };
+    // One queued request.
     struct request {
         op kind = op::save;
-        std::string id, a, b, c; // save: instance, hostname, reason; claim: hostname;
-                                 // finish: result, detail; complete: outcome, reason
+        text_ref id, a, b, c; // save: instance, hostname, reason; claim: hostname;
+                              // finish: result, detail; complete: outcome, reason
         restart_claim claim = restart_claim::proceed; // out (claim; claim_host: done = blocked)
         std::int64_t n = 0; // claim_host: in, the cutoff (ms); out, the blocking start (ms)
         std::coroutine_handle<> waiter; // null: nobody waits (complete, cancelled)
+    };
+    // Requests and the strings they refer to, all in one buffer: queueing a request allocates
+    // nothing once the buffers have grown to a batch's size (they are reused, batch after batch).
+    struct batch {
+        std::vector<request> reqs;
+        std::string text;
+
+        text_ref put(std::string_view v) {
+            text_ref r{static_cast<std::uint32_t>(text.size()),
+                       static_cast<std::uint32_t>(v.size())};
+            text.append(v);
+            return r;
+        }
+        std::string_view view(text_ref r) const { return {text.data() + r.off, r.len}; }
+        std::size_t size() const noexcept { return reqs.size(); }
+        bool empty() const noexcept { return reqs.empty(); }
+        request& operator[](std::size_t i) { return reqs[i]; }
+        auto begin() { return reqs.begin(); }
+        auto end() { return reqs.end(); }
+        auto begin() const { return reqs.begin(); }
+        auto end() const { return reqs.end(); }
+        void clear() noexcept {
+            reqs.clear();
+            text.clear();
+        }
+        friend void swap(batch& x, batch& y) noexcept {
+            x.reqs.swap(y.reqs);
+            x.text.swap(y.text);
+        }
     };
     struct shared; // connection + statements + the batch in flight
 
@@ -100,6 +135,12 @@ private:
         explicit kick(sqlite_store& st) : s(st) {}
         void fire() noexcept override;
     };
+    // Resumes the tasks of the transaction that just committed, while the next one is written.
+    struct resume_done final : rt::timer_entry {
+        sqlite_store& s;
+        explicit resume_done(sqlite_store& st) : s(st) {}
+        void fire() noexcept override { s.flush_done(); }
+    };
     struct idle_awaiter {
         sqlite_store& s;
         bool await_ready() const noexcept { return false; }
@@ -107,20 +148,24 @@ private:
         void await_resume() const noexcept {}
     };
 
-    request_awaiter enqueue(request r);
+    request_awaiter enqueue(const request& r);
     void wake() noexcept;
+    void flush_done() noexcept;
     rt::task<void> writer();
     void note_health(bool ok, const std::string& error);
 
     rt::loop& loop_;
     std::shared_ptr<shared> db_;
-    std::vector<request> pending_;        // waiting for the next transaction (loop thread)
+    batch pending_;                       // waiting for the next transaction (loop thread)
     std::uint64_t pending_gen_ = 1;       // generation of pending_
     std::uint64_t flying_gen_ = 0;        // generation of db_->flying while in flight, else 0
-    bool batch_ok_ = true;                // result of the batch just written (while resuming it)
+    batch done_;                          // committed (or failed), its tasks not resumed yet
+    std::uint64_t done_gen_ = 0;          // generation of done_ while it holds a batch, else 0
+    bool batch_ok_ = true;                // result of done_ (while resuming it)
     std::string batch_error_;             //   and why it failed
     std::coroutine_handle<> writer_idle_; // the writer, suspended with nothing to write
     kick kick_{*this};
+    resume_done resume_{*this};
     bool closing_ = false;
     rt::event writer_done_;
     std::atomic<bool> healthy_{true};
