@@ -195,6 +195,7 @@ void redis_source::link_up(const char* role) {
 void redis_source::link_down(const char* role, const std::string& why) {
     log::warn("redis connection down, retrying with backoff",
               {{"role", role}, {"url", opts_.endpoint.shown()}, {"error", why}});
+    if (ever_up_) lost_ = true;
     if (was_up_ && sink_) {
         was_up_ = false;
         sink_->source_changed();
@@ -244,7 +245,13 @@ void redis_source::turn() {
     bool now_up = up();
     if (now_up != was_up_) {
         was_up_ = now_up;
-        if (now_up) ever_up_ = true;
+        if (now_up) {
+            // Both links back after an outage: one reconnect, however many attempts it took
+            // and whichever link dropped. (A group re-created after NOGROUP is not one.)
+            if (lost_) ++reconnects_;
+            lost_ = false;
+            ever_up_ = true;
+        }
         sink_->source_changed();
     }
     if (!fatal_.empty() || cooling_ || !writer_.up()) return;

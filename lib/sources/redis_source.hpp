@@ -62,6 +62,7 @@ public:
     bool finished() const override;
     bool drained() const override { return !read_busy_ && !reclaim_busy_; }
     bool up() const override;
+    std::uint64_t reconnects() const override { return reconnects_; }
     void force_stop() override;
     std::string fatal_error() const override { return fatal_; }
     void close() override;
@@ -161,9 +162,12 @@ private:
     bool closed_ = false;
     bool was_up_ = false;
     bool ever_up_ = false;
+    bool lost_ = false; // a connection dropped after the source had been up; cleared when up again
     std::string fatal_;
     std::uint64_t dead_here_ = 0;
     std::uint64_t reclaimed_ = 0;
+    std::uint64_t reconnects_ = 0; // outages the source came back from (not each link, not
+                                   // each failed attempt)
 };
 
 } // namespace mayhem
