@@ -137,6 +137,10 @@ std::vector<MetricFamily> collect(const catalogue_inputs& in) {
                          "Lease renewals of in-flight messages sent to the source",
                          MetricType::Counter, num(st.lease_extensions.get())));
 
+    out.push_back(single("mayhem_unfinished_restarts_total",
+                         "Restart claims that found a restart of the same message started but "
+                         "never finished (a crash in the window; see --on-unfinished-restart)",
+                         MetricType::Counter, num(st.unfinished_restarts.get())));
     // Store group commit: saves / transactions is the messages per transaction.
     out.push_back(single("mayhem_store_transactions_total",
                          "Store transactions committed (group commit; 0 for the memory store)",
