@@ -60,16 +60,8 @@ int run_history(const std::vector<std::string>& args) {
     cmd.add_flag("--json", o.json, "One JSON object on stdout");
     cmd.footer("Exit codes: 0 ok; 1 the database is missing, unreadable or not a mayhem "
                "database; 2 bad flags.");
-    try {
-        std::vector<std::string> rev(args.rbegin(), args.rend());
-        cmd.parse(rev);
-    } catch (const CLI::CallForHelp&) {
-        std::cout << cmd.help();
-        return 0;
-    } catch (const CLI::Error& e) {
-        std::cerr << "mayhem history: " << e.what() << "\n";
-        return mayhem::exit_usage;
-    }
+    if (auto code = mayhem::parse_command(cmd, args, "mayhem history", std::cout, std::cerr))
+        return *code;
     return mayhem::print_history(o, std::cout, std::cerr);
 }
 

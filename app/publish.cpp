@@ -4,6 +4,7 @@
 // --output FILE|- they are written as NDJSON instead (for `mayhem worker --source stdin`).
 #include "publish.hpp"
 
+#include "config/config.hpp"
 #include "message/message.hpp"
 #include "pipeline/worker.hpp"
 #include "runtime/loop.hpp"
@@ -82,16 +83,8 @@ int run_publish(const std::vector<std::string>& args) {
     cmd.add_option("--stream", stream, "The stream to add to")->capture_default_str();
     cmd.add_option("--output", output,
                    "Write NDJSON to this file ('-' = standard output) instead of Redis");
-    try {
-        std::vector<std::string> rev(args.rbegin(), args.rend());
-        cmd.parse(rev);
-    } catch (const CLI::CallForHelp&) {
-        std::cout << cmd.help();
-        return 0;
-    } catch (const CLI::Error& e) {
-        std::cerr << "mayhem publish: " << e.what() << "\n";
-        return exit_usage;
-    }
+    if (auto code = mayhem::parse_command(cmd, args, "mayhem publish", std::cout, std::cerr))
+        return *code;
     std::string why;
     auto ep = parse_redis_url(url, &why);
     if (!ep) {

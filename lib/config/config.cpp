@@ -1,8 +1,8 @@
 #include "config/config.hpp"
 
+#include "metrics/http_server.hpp"
 #include "restart/command_template.hpp"
 #include "restart/policy.hpp"
-#include "metrics/http_server.hpp"
 #include "sources/redis_url.hpp"
 
 #include <algorithm>
@@ -369,6 +369,21 @@ std::vector<std::string> layered_args(CLI::App& cmd, const std::vector<std::stri
     }
     out.insert(out.end(), argv.begin(), argv.end());
     return out;
+}
+
+std::optional<int> parse_command(CLI::App& cmd, const std::vector<std::string>& args,
+                                 const char* name, std::ostream& out, std::ostream& err) {
+    try {
+        std::vector<std::string> rev(args.rbegin(), args.rend()); // CLI11 takes it reversed
+        cmd.parse(rev);
+    } catch (const CLI::CallForHelp&) {
+        out << cmd.help();
+        return 0;
+    } catch (const CLI::Error& e) {
+        err << name << ": " << e.what() << "\n";
+        return 2;
+    }
+    return std::nullopt;
 }
 
 std::optional<worker_config> parse_worker_config(const std::vector<std::string>& argv,

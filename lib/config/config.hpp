@@ -108,6 +108,12 @@ std::string find_config_file(const std::vector<std::string>& argv);
 // environment and config file layered in. On --help prints the help to `out` and returns
 // nullopt with exit_code 0; on a bad flag, value or file prints the error (naming the flag and
 // what is allowed) to `err` and returns nullopt with exit_code 2.
+// Parses `args` (program name and command excluded) into `cmd`, the way every mayhem command
+// does: on --help prints the help to `out` and returns 0; on a bad flag prints
+// "<name>: <error>" to `err` and returns 2; returns nullopt when parsing succeeded.
+std::optional<int> parse_command(CLI::App& cmd, const std::vector<std::string>& args,
+                                 const char* name, std::ostream& out, std::ostream& err);
+
 std::optional<worker_config> parse_worker_config(const std::vector<std::string>& argv,
                                                  std::ostream& out, std::ostream& err,
                                                  int& exit_code);

@@ -191,32 +191,9 @@ public:
     bool valid() const noexcept { return static_cast<bool>(h_); }
     bool done() const noexcept { return h_ && h_.done(); }
 
-    auto operator co_await() && noexcept {
-        struct awaiter {
-            handle_type h;
-            bool await_ready() const noexcept { return false; }
-            std::coroutine_handle<> await_suspend(std::coroutine_handle<> caller) noexcept {
-                h.promise().continuation = caller;
-                return h;
-            }
-            T await_resume() { return h.promise().take(); }
-        };
-        return awaiter{h_};
-    }
-
+    auto operator co_await() && noexcept { return awaiter<false>{h_}; }
     // Awaits the task without throwing: its value or its exception as a result<T>.
-    auto settled() && noexcept {
-        struct awaiter {
-            handle_type h;
-            bool await_ready() const noexcept { return false; }
-            std::coroutine_handle<> await_suspend(std::coroutine_handle<> caller) noexcept {
-                h.promise().continuation = caller;
-                return h;
-            }
-            result<T> await_resume() { return take_result_of(h); }
-        };
-        return awaiter{h_};
-    }
+    auto settled() && noexcept { return awaiter<true>{h_}; }
 
     // Internal: used by gather and task_scope.
     handle_type handle() const noexcept { return h_; }
@@ -224,6 +201,24 @@ public:
     result<T> take_result() { return take_result_of(h_); }
 
 private:
+    // Starts the task by symmetric transfer and resumes the caller when it ends; `Settled`
+    // returns a result<T> instead of rethrowing.
+    template <bool Settled>
+    struct awaiter {
+        handle_type h;
+        bool await_ready() const noexcept { return false; }
+        std::coroutine_handle<> await_suspend(std::coroutine_handle<> caller) noexcept {
+            h.promise().continuation = caller;
+            return h;
+        }
+        auto await_resume() {
+            if constexpr (Settled)
+                return take_result_of(h);
+            else
+                return h.promise().take();
+        }
+    };
+
     static result<T> take_result_of(handle_type h) {
         try {
             if constexpr (std::is_void_v<T>) {
