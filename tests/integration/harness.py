@@ -56,6 +56,16 @@ def json_log_lines(stderr):
     return out
 
 
+def query_db(db, sql, *args):
+    """Rows of a read-only query on a SQLite store file (works while a worker writes: WAL)."""
+    import sqlite3
+    c = sqlite3.connect("file:%s?mode=ro" % db, uri=True)
+    try:
+        return c.execute(sql, args).fetchall()
+    finally:
+        c.close()
+
+
 def wait_until(predicate, timeout=10.0, interval=0.02, what="condition"):
     deadline = time.monotonic() + timeout * SLOW
     while time.monotonic() < deadline:

@@ -13,6 +13,7 @@ import subprocess
 import time
 import unittest
 
+import harness
 from harness import Harness, SLOW, free_port, http_get, json_log_lines, wait_until
 
 STREAM = "mayhem:restarts"
@@ -45,13 +46,7 @@ def group_info(redis, stream=STREAM, group=GROUP):
     return {}
 
 
-def query(db, sql, *args):
-    """Rows of a read-only query (works while a worker writes: WAL)."""
-    c = sqlite3.connect("file:%s?mode=ro" % db, uri=True)
-    try:
-        return c.execute(sql, args).fetchall()
-    finally:
-        c.close()
+query = harness.query_db
 
 
 def published_ids(redis, stream=STREAM):

@@ -17,12 +17,7 @@ from harness import Harness, MAYHEM, json_log_lines, wait_until
 FAST = ["--save-latency", "0", "--restart-latency", "0", "--status-interval", "0"]
 
 
-def query(db, sql, *args):
-    c = sqlite3.connect("file:%s?mode=ro" % db, uri=True)
-    try:
-        return c.execute(sql, args).fetchall()
-    finally:
-        c.close()
+query = harness.query_db
 
 
 def scalar(db, sql, *args):
