@@ -367,13 +367,19 @@ void redis_source::report(const ack_item& a, outcome o) {
     sink_->settled(o);
 }
 
+// Moves up to `max` items from the end of `from` into `to` (one round trip's worth).
+template <class T>
+static void take_batch(std::vector<T>& from, std::vector<T>& to, std::size_t max) {
+    std::size_t n = std::min(from.size(), max);
+    to.assign(std::make_move_iterator(from.end() - static_cast<std::ptrdiff_t>(n)),
+              std::make_move_iterator(from.end()));
+    from.resize(from.size() - n);
+}
+
 void redis_source::flush_acks() {
     while (!acks_.empty() && writer_.up()) {
         auto& b = sent_.emplace_back();
-        std::size_t n = std::min(acks_.size(), opts_.max_batch);
-        b.acks.assign(std::make_move_iterator(acks_.end() - static_cast<std::ptrdiff_t>(n)),
-                      std::make_move_iterator(acks_.end()));
-        acks_.resize(acks_.size() - n);
+        take_batch(acks_, b.acks, opts_.max_batch);
         argv_builder av;
         av.add("XACK");
         av.add(opts_.stream);
@@ -414,10 +420,7 @@ void redis_source::flush_acks() {
 void redis_source::flush_dead() {
     while (!dead_.empty() && writer_.up()) {
         auto& b = sent_.emplace_back();
-        std::size_t n = std::min(dead_.size(), opts_.max_batch);
-        b.dead.assign(std::make_move_iterator(dead_.end() - static_cast<std::ptrdiff_t>(n)),
-                      std::make_move_iterator(dead_.end()));
-        dead_.resize(dead_.size() - n);
+        take_batch(dead_, b.dead, opts_.max_batch);
         auto it = std::prev(sent_.end());
 
         bool ok = writer_.send({"MULTI"}, {});
