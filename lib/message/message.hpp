@@ -50,6 +50,13 @@ decoded decode(std::string_view payload, const decode_options& opts);
 std::optional<decode_error> decode_into(message& out, std::string_view payload,
                                         const decode_options& opts);
 
+namespace details {
+// The same through nlohmann_json's SAX parser alone. decode_into() takes a direct path for a
+// flat object of plain strings and this one for everything else; tests compare the two.
+std::optional<decode_error> decode_with_parser(message& out, std::string_view payload,
+                                               const decode_options& opts);
+} // namespace details
+
 // True if `s` is well-formed UTF-8 (no overlongs, no surrogates, nothing above U+10FFFF).
 bool valid_utf8(std::string_view s) noexcept;
 

@@ -89,3 +89,69 @@ TEST_CASE("UTF-8 validation") {
     CHECK_FALSE(valid_utf8("\xe2\x82"));         // truncated
     CHECK_FALSE(valid_utf8("\xf4\x90\x80\x80")); // above U+10FFFF
 }
+
+// ---------------------------------------------------------------------------------------------
+// The plain fast path and nlohmann's parser must agree on every payload: the same fields, or
+// the same error kind and reason. A corpus of shapes, each mutated byte by byte.
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+std::string describe_result(const message& m, const std::optional<decode_error>& e) {
+    if (e) return "error " + std::string(to_string(e->kind)) + ": " + e->reason;
+    return "ok id=" + m.message_id + " instance=" + m.instance_name + " host=" + m.hostname +
+           " reason=" + m.reason;
+}
+
+void check_paths_agree(const std::string& payload, const decode_options& opts) {
+    message fast, slow;
+    auto fe = decode_into(fast, payload, opts);
+    auto se = details::decode_with_parser(slow, payload, opts);
+    INFO("payload: ", payload);
+    CHECK(describe_result(fast, fe) == describe_result(slow, se));
+}
+} // namespace
+
+TEST_CASE("the plain path and the parser agree on a mutated corpus") {
+    const std::string bases[] = {
+        R"({"message_id":"4f9c-1","instance_name":"cattle-k7oo"})",
+        R"({"message_id":"a","instance_name":"b","hostname":"h.x","reason":"kernel update"})",
+        " \t\n{ \"message_id\" : \"a\" ,\r\n \"instance_name\" : \"b\" } \n",
+        R"({"instance_name":"b","message_id":"a","extra":"ignored"})",
+        R"({"message_id":"a","message_id":"b","instance_name":"i","instance_name":"j"})",
+        R"({"message_id":"caf\u00e9","instance_name":"i"})",
+        "{\"message_id\":\"caf\xC3\xA9\",\"instance_name\":\"\xF0\x9F\x90\x84\"}",
+        R"({"message_id":"a\"b","instance_name":"i\\j"})",
+        R"({"message_id":"a","instance_name":"i","n":1,"f":-1.5e3,"t":true,"z":null})",
+        R"({"message_id":"a","instance_name":"i","nested":{"message_id":"x"},"arr":[1,"2"]})",
+        R"({"message_id":"","instance_name":"i"})",
+        R"({"message_id":"a","instance_name":"i","hostname":""})",
+        R"({"message_id":7,"instance_name":"i"})",
+        R"({})",
+        R"([])",
+        R"("message_id")",
+        R"({"":"","message_id":"a","instance_name":"i","reason":""})",
+    };
+    // Bytes that matter to a JSON scanner, and some that do not.
+    const std::string specials = std::string("\"{}[],: \t\r\n\\/0a-eE.+u") + '\0' + "\x1f\x7f" +
+                                 "\x80\xC3\xA9\xED\xA0\x80\xF4\x90\xFF";
+    decode_options opts;
+    opts.max_bytes = 120;
+    std::size_t cases = 0;
+    for (const auto& base : bases) {
+        check_paths_agree(base, opts);
+        for (std::size_t i = 0; i <= base.size(); ++i) {
+            check_paths_agree(base.substr(0, i), opts); // truncated
+            if (i < base.size()) check_paths_agree(base.substr(0, i) + base.substr(i + 1), opts);
+            for (char c : specials) {
+                check_paths_agree(base.substr(0, i) + c + base.substr(i), opts); // inserted
+                if (i < base.size()) {
+                    std::string replaced = base;
+                    replaced[i] = c;
+                    check_paths_agree(replaced, opts);
+                }
+            }
+            cases += 2 + 2 * specials.size();
+        }
+    }
+    CHECK(cases > 20000);
+}
