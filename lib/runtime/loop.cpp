@@ -22,7 +22,7 @@ timer_entry::~timer_entry() {
 }
 
 void timer_entry::cancel() noexcept {
-    if (queue_ && armed()) queue_->disarm(*this);
+    if (lane_) lane_->queue->disarm(*this);
 }
 
 timer_queue::timer_queue(uv_loop_t* loop)
@@ -33,21 +33,29 @@ timer_queue::timer_queue(uv_loop_t* loop)
 }
 
 timer_queue::~timer_queue() {
-    for (auto* e : heap_)
-        e->index_ = timer_entry::npos;
+    for (auto& [delay, l] : lanes_) {
+        for (timer_entry* e = l->head; e;) {
+            timer_entry* next = e->next_;
+            e->lane_ = nullptr;
+            e->prev_ = e->next_ = nullptr;
+            e = next;
+        }
+    }
     heap_.clear();
+    lanes_.clear();
 }
 
+// The heap orders lanes by their first entry; a lane in the heap is never empty.
 bool timer_queue::less(std::size_t a, std::size_t b) const noexcept {
-    const timer_entry* x = heap_[a];
-    const timer_entry* y = heap_[b];
+    const timer_entry* x = heap_[a]->head;
+    const timer_entry* y = heap_[b]->head;
     return x->due_ != y->due_ ? x->due_ < y->due_ : x->seq_ < y->seq_;
 }
 
 void timer_queue::swap_at(std::size_t a, std::size_t b) noexcept {
     std::swap(heap_[a], heap_[b]);
-    heap_[a]->index_ = a;
-    heap_[b]->index_ = b;
+    heap_[a]->heap_index = a;
+    heap_[b]->heap_index = b;
 }
 
 void timer_queue::sift_up(std::size_t i) noexcept {
@@ -70,27 +78,79 @@ void timer_queue::sift_down(std::size_t i) noexcept {
     }
 }
 
-void timer_queue::arm(timer_entry& e, millis delay) {
-    if (e.armed()) disarm(e);
-    e.queue_ = this;
-    e.due_ = uv_now(loop_) + static_cast<std::uint64_t>(std::max<std::int64_t>(0, delay.count()));
-    e.seq_ = next_seq_++;
-    e.index_ = heap_.size();
-    heap_.push_back(&e);
-    sift_up(e.index_);
-    if (heap_.front() == &e) rearm();
-}
-
-void timer_queue::disarm(timer_entry& e) noexcept {
-    std::size_t i = e.index_;
-    if (i == timer_entry::npos) return;
+void timer_queue::heap_remove(timer_lane& l) noexcept {
+    std::size_t i = l.heap_index;
     std::size_t last = heap_.size() - 1;
     if (i != last) swap_at(i, last);
     heap_.pop_back();
-    e.index_ = timer_entry::npos;
+    l.heap_index = static_cast<std::size_t>(-1);
     if (i < heap_.size()) {
         sift_down(i);
         sift_up(i);
+    }
+}
+
+timer_lane& timer_queue::lane_for(std::uint64_t delay) {
+    if (last_lane_ && last_lane_->delay == delay) return *last_lane_;
+    auto& slot = lanes_[delay];
+    if (!slot) slot.reset(new timer_lane{this, delay});
+    last_lane_ = slot.get();
+    return *slot;
+}
+
+// An empty lane leaves the heap. Lanes are kept for their delay's next entry, unless there are
+// many (random delays, backoffs with jitter): then an empty one is freed.
+void timer_queue::drop_lane(timer_lane& l) noexcept {
+    heap_remove(l);
+    if (lanes_.size() <= 256) return;
+    if (last_lane_ == &l) last_lane_ = nullptr;
+    lanes_.erase(l.delay);
+}
+
+void timer_queue::arm(timer_entry& e, millis delay) {
+    if (e.armed()) disarm(e);
+    auto d = static_cast<std::uint64_t>(std::max<std::int64_t>(0, delay.count()));
+    timer_lane& l = lane_for(d);
+    // uv_now never goes back, so an entry armed later on the same lane is never due earlier:
+    // appending keeps the lane in deadline order.
+    e.lane_ = &l;
+    e.due_ = uv_now(loop_) + d;
+    e.seq_ = next_seq_++;
+    e.next_ = nullptr;
+    e.prev_ = l.tail;
+    ++size_;
+    if (l.tail) {
+        l.tail->next_ = &e;
+        l.tail = &e;
+        return; // the lane's first entry, and so the heap, did not change
+    }
+    l.head = l.tail = &e;
+    l.heap_index = heap_.size();
+    heap_.push_back(&l);
+    sift_up(l.heap_index);
+    if (heap_.front() == &l) rearm();
+}
+
+void timer_queue::disarm(timer_entry& e) noexcept {
+    timer_lane* l = e.lane_;
+    if (!l) return;
+    bool was_head = l->head == &e;
+    if (e.prev_)
+        e.prev_->next_ = e.next_;
+    else
+        l->head = e.next_;
+    if (e.next_)
+        e.next_->prev_ = e.prev_;
+    else
+        l->tail = e.prev_;
+    e.lane_ = nullptr;
+    e.prev_ = e.next_ = nullptr;
+    --size_;
+    if (was_head) {
+        if (!l->head)
+            drop_lane(*l);
+        else
+            sift_down(l->heap_index); // its first entry is now a later one
     }
     // A timer that fires early finds nothing due and rearms for the new front; but with nothing
     // left at all it is stopped, so a cancelled sleep does not keep the loop alive.
@@ -104,7 +164,7 @@ void timer_queue::rearm() noexcept {
         armed_for_ = UINT64_MAX;
         return;
     }
-    std::uint64_t due = heap_.front()->due_;
+    std::uint64_t due = heap_.front()->head->due_;
     if (due == armed_for_ && uv_is_active(timer_.base())) return;
     std::uint64_t now = uv_now(loop_);
     armed_for_ = due;
@@ -117,10 +177,12 @@ void timer_queue::on_timer(uv_timer_t* t) noexcept {
     q->armed_for_ = UINT64_MAX;
     std::uint64_t now = uv_now(q->loop_);
     // Fire only what was due when we started: an entry re-armed with zero delay by a callback
-    // runs on the next turn, so one turn cannot starve the rest of the loop.
+    // runs on the next turn, so one turn cannot starve the rest of the loop. (An entry armed
+    // now is due no earlier than `now`, so an older due entry always sorts before it.)
     std::uint64_t limit = q->next_seq_;
-    while (!q->heap_.empty() && q->heap_.front()->due_ <= now && q->heap_.front()->seq_ < limit) {
-        timer_entry* e = q->heap_.front();
+    while (!q->heap_.empty()) {
+        timer_entry* e = q->heap_.front()->head;
+        if (e->due_ > now || e->seq_ >= limit) break;
         q->disarm(*e);
         e->fire(); // may arm or cancel other entries, or destroy `e`'s owner
     }

@@ -19,6 +19,7 @@
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <unordered_map>
 #include <utility>
 #include <uv.h>
 #include <vector>
@@ -91,10 +92,15 @@ private:
 
 // ---------------------------------------------------------------------------------------------
 // timer_queue: every sleep, deadline and delayed callback of the process shares one uv_timer.
-// Entries sit in a binary min-heap and know their index, so a cancelled entry (its owner was
-// destroyed) is removed in O(log n).
+// Entries are kept in lanes, one lane per distinct delay (as Node.js does): entries armed with
+// the same delay fall due in the order they were armed, so a lane is a FIFO list and arming,
+// firing and cancelling an entry are O(1) pointer updates. Only the lanes sit in a min-heap,
+// keyed by their first entry. A worker arms thousands of entries with a handful of delays
+// (simulated latencies, timeouts, backoffs), so the heap stays tiny and no per-entry heap walk
+// chases pointers through memory that no cache holds.
 // ---------------------------------------------------------------------------------------------
 class timer_queue;
+struct timer_lane;
 
 class timer_entry {
 public:
@@ -103,7 +109,7 @@ public:
     timer_entry& operator=(const timer_entry&) = delete;
     virtual ~timer_entry();
 
-    bool armed() const noexcept { return index_ != npos; }
+    bool armed() const noexcept { return lane_ != nullptr; }
     void cancel() noexcept;
 
 protected:
@@ -112,11 +118,19 @@ protected:
 
 private:
     friend class timer_queue;
-    static constexpr std::size_t npos = static_cast<std::size_t>(-1);
-    timer_queue* queue_ = nullptr;
+    timer_lane* lane_ = nullptr; // set while armed
+    timer_entry* prev_ = nullptr;
+    timer_entry* next_ = nullptr;
     std::uint64_t due_ = 0; // loop time, ms
     std::uint64_t seq_ = 0; // FIFO among equal deadlines
-    std::size_t index_ = npos;
+};
+
+struct timer_lane {
+    timer_queue* queue;
+    std::uint64_t delay;
+    timer_entry* head = nullptr;
+    timer_entry* tail = nullptr;
+    std::size_t heap_index = static_cast<std::size_t>(-1); // in the heap while not empty
 };
 
 class timer_queue {
@@ -128,20 +142,26 @@ public:
 
     void arm(timer_entry& e, millis delay);
     void disarm(timer_entry& e) noexcept;
-    std::size_t size() const noexcept { return heap_.size(); }
+    std::size_t size() const noexcept { return size_; }
     std::uint64_t now() const noexcept { return uv_now(loop_); }
 
 private:
     static void on_timer(uv_timer_t* t) noexcept;
+    timer_lane& lane_for(std::uint64_t delay);
+    void drop_lane(timer_lane& l) noexcept;
     bool less(std::size_t a, std::size_t b) const noexcept;
     void swap_at(std::size_t a, std::size_t b) noexcept;
     void sift_up(std::size_t i) noexcept;
     void sift_down(std::size_t i) noexcept;
+    void heap_remove(timer_lane& l) noexcept;
     void rearm() noexcept;
 
     uv_loop_t* loop_;
     uv_handle<uv_timer_t> timer_;
-    std::vector<timer_entry*> heap_;
+    std::unordered_map<std::uint64_t, std::unique_ptr<timer_lane>> lanes_;
+    timer_lane* last_lane_ = nullptr; // the lane armed last: the next arm is often the same
+    std::vector<timer_lane*> heap_;   // non-empty lanes, by (due, seq) of their first entry
+    std::size_t size_ = 0;
     std::uint64_t next_seq_ = 0;
     std::uint64_t armed_for_ = UINT64_MAX;
 };

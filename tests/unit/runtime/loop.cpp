@@ -1,7 +1,9 @@
 #include "runtime/loop.hpp"
 
 #include <doctest/doctest.h>
+#include <memory>
 #include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -114,4 +116,65 @@ TEST_CASE("a delayed call fires once, and not at all when cancelled") {
     l.run();
     CHECK(a == 1);
     CHECK(b == 0);
+}
+
+namespace {
+// A delayed call that records its name in a shared log when it fires.
+struct named_call : delayed_call {
+    named_call(std::vector<std::string>& log, std::string name)
+        : delayed_call([&log, name] { log.push_back(name); }) {}
+};
+} // namespace
+
+TEST_CASE("entries of several delays fire in deadline order, FIFO within one delay") {
+    loop l;
+    std::vector<std::string> log;
+    named_call a1(log, "a1"), a2(log, "a2"), b1(log, "b1"), c1(log, "c1"), a3(log, "a3");
+    auto& q = l.timers();
+    q.arm(a1, 20ms); // lane 20 ms
+    q.arm(b1, 5ms);  // lane 5 ms
+    q.arm(a2, 20ms);
+    q.arm(c1, 40ms); // lane 40 ms
+    q.arm(a3, 20ms);
+    CHECK(q.size() == 5);
+    l.run();
+    CHECK(log == std::vector<std::string>{"b1", "a1", "a2", "a3", "c1"});
+    CHECK(q.size() == 0);
+}
+
+TEST_CASE("cancelling the first entry of a lane lets a later lane fire first") {
+    loop l;
+    std::vector<std::string> log;
+    named_call early(log, "early"), late(log, "late"), middle(log, "middle"), re(log, "re");
+    auto& q = l.timers();
+    q.arm(early, 5ms); // lane 5 ms, first
+    q.arm(middle, 15ms);
+    q.arm(late, 5ms); // lane 5 ms, behind `early`
+    early.cancel();   // the 5 ms lane now starts at `late`: still before `middle`
+    q.arm(re, 30ms);
+    q.arm(re, 1ms); // re-arming moves it to another lane
+    CHECK(q.size() == 3);
+    l.run();
+    CHECK(log == std::vector<std::string>{"re", "late", "middle"});
+}
+
+TEST_CASE("many distinct delays (lanes are freed when empty) all fire, in order") {
+    loop l;
+    std::vector<std::string> log;
+    std::vector<std::unique_ptr<named_call>> calls;
+    for (int i = 600; i > 0; --i) {
+        calls.push_back(std::make_unique<named_call>(log, std::to_string(i)));
+        l.timers().arm(*calls.back(), millis{i / 2}); // 300 lanes
+    }
+    calls[10]->cancel(); // delay 295 ms (i = 590)
+    l.run();
+    REQUIRE(log.size() == 599);
+    for (std::size_t k = 1; k < log.size(); ++k)
+        CHECK(std::stoi(log[k - 1]) / 2 <= std::stoi(log[k]) / 2);
+    CHECK(l.timers().size() == 0);
+    // The queue still works after lanes were freed.
+    named_call again(log, "again");
+    l.timers().arm(again, 1ms);
+    l.run();
+    CHECK(log.back() == "again");
 }
