@@ -217,9 +217,12 @@ bool pipeline::admit(flight& f) {
     return false;
 }
 
+std::string_view pipeline::id_of(const flight& f) noexcept {
+    return f.msg.message_id;
+}
+
 pipeline::flight* pipeline::in_flight_with_id(std::string_view id) {
-    auto it = by_id_.find(id);
-    return it == by_id_.end() ? nullptr : it->second;
+    return by_id_.find(id);
 }
 
 void pipeline::settle_duplicate(flight& f, const flight& first) {
@@ -242,7 +245,7 @@ void pipeline::settle_duplicate(flight& f, const flight& first) {
 }
 
 void pipeline::hold(flight& f) {
-    by_id_.emplace(f.msg.message_id, &f);
+    by_id_.insert(&f); // in_flight_with_id() found none
     f.indexed = true;
     f.lease_due = loop_.now() + static_cast<std::uint64_t>(opts_.lease_extend_interval.count());
     leases_.push_back(f.lease);
@@ -305,7 +308,7 @@ void pipeline::settle(flight& f, verdict v) {
     f.settled = true;
     f.lease.unlink();
     if (f.indexed) {
-        by_id_.erase(f.msg.message_id);
+        by_id_.erase(&f);
         f.indexed = false;
     }
     if (v.what == outcome::retried) stats_.retries.inc();

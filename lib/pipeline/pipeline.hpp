@@ -11,6 +11,7 @@
 #include "runtime/counter.hpp"
 #include "runtime/list.hpp"
 #include "runtime/loop.hpp"
+#include "runtime/string_index.hpp"
 #include "runtime/task.hpp"
 #include "sources/source.hpp"
 #include "store/store.hpp"
@@ -22,7 +23,6 @@
 #include <functional>
 #include <random>
 #include <string_view>
-#include <unordered_map>
 
 namespace mayhem {
 
@@ -139,7 +139,8 @@ private:
     bool releasing_ = false;
 
     // Message ids in flight, for coalescing a second delivery of the same id.
-    std::unordered_map<std::string_view, flight*> by_id_;
+    static std::string_view id_of(const flight& f) noexcept;
+    rt::string_index<flight, &pipeline::id_of> by_id_;
     // In-flight messages in order of their next lease renewal (all share one interval).
     rt::intrusive_list leases_;
     rt::periodic_timer lease_timer_;

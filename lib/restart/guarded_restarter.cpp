@@ -45,16 +45,9 @@ struct guarded_restarter::host_run {
     bool registered = true;
     std::chrono::system_clock::time_point claimed_at;
 
+    // running_for() found no restart of this host (and nothing suspended since).
     host_run(guarded_restarter& owner, const message& m) : g(owner), msg(m) {
-        if (g.spare_nodes_.empty()) {
-            g.running_hosts_.emplace(msg.hostname, this);
-            return;
-        }
-        auto node = std::move(g.spare_nodes_.back());
-        g.spare_nodes_.pop_back();
-        node.key() = msg.hostname;
-        node.mapped() = this;
-        g.running_hosts_.insert(std::move(node));
+        g.running_hosts_.insert(this);
     }
     host_run(const host_run&) = delete;
     host_run& operator=(const host_run&) = delete;
@@ -65,11 +58,7 @@ struct guarded_restarter::host_run {
     void unregister() noexcept {
         if (!registered) return;
         registered = false;
-        if (auto it = g.running_hosts_.find(msg.hostname);
-            it != g.running_hosts_.end() && it->second == this) {
-            auto node = g.running_hosts_.extract(it);
-            if (g.spare_nodes_.size() < 1024) g.spare_nodes_.push_back(std::move(node));
-        }
+        g.running_hosts_.erase(this);
     }
     // The restart ended with `r`: tell the breaker (through the slot), then the coalesced
     // messages, which resume here while `result` is alive.
@@ -226,9 +215,12 @@ std::optional<restart_result> guarded_restarter::refusal(const message& m) {
     return restart_result{restart_status::refused, std::move(*why)};
 }
 
+std::string_view guarded_restarter::host_of(const host_run& r) noexcept {
+    return r.msg.hostname;
+}
+
 guarded_restarter::host_run* guarded_restarter::running_for(const std::string& hostname) {
-    auto it = running_hosts_.find(hostname);
-    return it == running_hosts_.end() ? nullptr : it->second;
+    return running_hosts_.find(hostname);
 }
 
 restart_result guarded_restarter::shared_result(const message& m, const host_run& first) {

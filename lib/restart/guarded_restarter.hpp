@@ -22,6 +22,7 @@
 #include "runtime/counter.hpp"
 #include "runtime/list.hpp"
 #include "runtime/loop.hpp"
+#include "runtime/string_index.hpp"
 #include "store/store.hpp"
 
 #include <chrono>
@@ -29,7 +30,6 @@
 #include <memory>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <vector>
 
 namespace mayhem {
@@ -102,12 +102,10 @@ private:
     host_filter filter_;
     circuit_breaker breaker_;
 
-    // Hosts whose restart runs here, for coalescing. Keys point into the message of the running
-    // restart (alive as long as its host_run). Map nodes are recycled through spare_nodes_, so
-    // steady state allocates nothing per message.
-    using host_map = std::unordered_map<std::string_view, host_run*>;
-    host_map running_hosts_;
-    std::vector<host_map::node_type> spare_nodes_;
+    // Hosts whose restart runs here, for coalescing. Keys are the hostnames of the running
+    // restarts' messages (alive as long as their host_run).
+    static std::string_view host_of(const host_run& r) noexcept;
+    rt::string_index<host_run, &guarded_restarter::host_of> running_hosts_;
     rt::intrusive_list waiters_; // admit_awaiter, FIFO
     std::size_t running_ = 0;
     bool paused_ = false;
