@@ -39,8 +39,9 @@ struct pipeline::flight {
     std::uint64_t lease_due = 0;
 
     flight(pipeline& owner, delivery& dv) : p(owner), d(dv) {
-        ++p.in_flight_;
-        p.stats_.in_flight.set(static_cast<std::int64_t>(p.in_flight_));
+        auto n = static_cast<std::int64_t>(++p.in_flight_);
+        p.stats_.in_flight.set(n);
+        if (n > p.stats_.peak_in_flight.get()) p.stats_.peak_in_flight.set(n);
     }
     flight(const flight&) = delete;
     flight& operator=(const flight&) = delete;

@@ -66,6 +66,7 @@ struct pipeline_stats {
     rt::counter lease_extensions;
     rt::counter unfinished_restarts; // claims that found a restart started but never finished
     rt::gauge in_flight;
+    rt::gauge peak_in_flight; // the most in flight at once since start
     rt::gauge queue_depth;
     latency_histogram save_seconds, restart_seconds, total_seconds;
 

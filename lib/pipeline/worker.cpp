@@ -354,7 +354,8 @@ std::string worker::summary_json(double seconds) const {
     std::snprintf(
         buf, sizeof buf,
         R"({"received":%llu,"acked":%llu,"retried":%llu,"dead_lettered":%llu,"skipped":%llu,)"
-        R"("released":%llu,"lease_extensions":%llu,"abandoned":%llu,"seconds":%.3f,"msgs_per_s":%.1f})",
+        R"("released":%llu,"lease_extensions":%llu,"abandoned":%llu,"peak_in_flight":%lld,)"
+        R"("seconds":%.3f,"msgs_per_s":%.1f})",
         static_cast<unsigned long long>(st.received.get()),
         static_cast<unsigned long long>(c(outcome::acked)),
         static_cast<unsigned long long>(c(outcome::retried)),
@@ -362,7 +363,8 @@ std::string worker::summary_json(double seconds) const {
         static_cast<unsigned long long>(c(outcome::skipped)),
         static_cast<unsigned long long>(c(outcome::released)),
         static_cast<unsigned long long>(st.lease_extensions.get()),
-        static_cast<unsigned long long>(source_->abandoned()), seconds, rate);
+        static_cast<unsigned long long>(source_->abandoned()),
+        static_cast<long long>(st.peak_in_flight.get()), seconds, rate);
     return buf;
 }
 

@@ -254,9 +254,17 @@ class SimulateSource(Harness):
         code, s, err = self.run_worker("--messages", "10", *ZERO)
         self.assertEqual(code, 0, err[-3000:])
         for key in ("received", "acked", "retried", "dead_lettered", "skipped", "released",
-                    "lease_extensions", "abandoned", "seconds", "msgs_per_s"):
+                    "lease_extensions", "abandoned", "peak_in_flight", "seconds", "msgs_per_s"):
             self.assertIn(key, s)
         self.assert_identity(s)
+
+    def test_peak_in_flight_reaches_the_limit_and_never_passes_it(self):
+        # 200 messages that each wait 100 ms, at most 30 at once: the peak is exactly the limit.
+        code, s, err = self.run_worker("--messages", "200", "--save-latency", "100ms",
+                                       "--restart-latency", "100ms", "--max-in-flight", "30")
+        self.assertEqual(code, 0, err[-3000:])
+        self.assert_identity(s)
+        self.assertEqual(s["peak_in_flight"], 30, s)
 
 
 class LogFormat(Harness):
