@@ -7,22 +7,25 @@ namespace mayhem {
 memory_store::table::table(std::size_t entries)
     : slots_(std::bit_ceil(entries * 2)), mask_(slots_.size() - 1), limit_(entries) {}
 
-memory_store::state* memory_store::table::find(std::uint64_t key) noexcept {
-    for (std::size_t i = key & mask_;; i = (i + 1) & mask_) {
-        if (slots_[i].key == key) return &slots_[i].value;
-        if (slots_[i].key == 0) return nullptr;
+std::optional<memory_store::state> memory_store::table::find(std::uint64_t key) const noexcept {
+    for (std::size_t i = (key >> 2) & mask_;; i = (i + 1) & mask_) {
+        std::uint64_t w = slots_[i];
+        if ((w & ~state_bits) == key) return static_cast<state>(w & state_bits);
+        if (w == 0) return std::nullopt;
     }
 }
 
 bool memory_store::table::put(std::uint64_t key, state s) noexcept {
-    for (std::size_t i = key & mask_;; i = (i + 1) & mask_) {
-        if (slots_[i].key == key) {
-            slots_[i].value = s;
+    std::uint64_t word = key | static_cast<std::uint64_t>(s);
+    for (std::size_t i = (key >> 2) & mask_;; i = (i + 1) & mask_) {
+        std::uint64_t w = slots_[i];
+        if ((w & ~state_bits) == key) {
+            slots_[i] = word;
             return true;
         }
-        if (slots_[i].key == 0) {
+        if (w == 0) {
             if (used_ >= limit_) return false;
-            slots_[i] = slot{key, s};
+            slots_[i] = word;
             ++used_;
             return true;
         }
@@ -30,7 +33,7 @@ bool memory_store::table::put(std::uint64_t key, state s) noexcept {
 }
 
 void memory_store::table::clear() noexcept {
-    std::fill(slots_.begin(), slots_.end(), slot{0, state::absent});
+    std::fill(slots_.begin(), slots_.end(), 0);
     used_ = 0;
 }
 
@@ -47,12 +50,13 @@ std::uint64_t memory_store::key(const message& m) noexcept {
     h ^= h >> 33;
     h *= 0xff51afd7ed558ccdULL;
     h ^= h >> 33;
-    return h ? h : 1;
+    h &= ~std::uint64_t{3}; // the low bits hold a slot's state
+    return h ? h : 4;
 }
 
 memory_store::state memory_store::lookup(std::uint64_t k) noexcept {
-    if (auto* s = current_.find(k)) return *s;
-    if (auto* s = previous_.find(k)) return *s;
+    if (auto s = current_.find(k)) return *s;
+    if (auto s = previous_.find(k)) return *s;
     return state::absent;
 }
 

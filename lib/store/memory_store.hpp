@@ -12,6 +12,7 @@
 #include "store/store.hpp"
 
 #include <chrono>
+#include <optional>
 #include <random>
 #include <unordered_map>
 #include <vector>
@@ -38,21 +39,21 @@ public:
 private:
     enum class state : std::uint8_t { absent, started, done };
 
-    // Open addressing with linear probing; key 0 marks an empty slot.
+    // Open addressing with linear probing. A slot is one word: the key's hash with its two low
+    // bits holding the state (keys have them clear and are never 0), 0 marking an empty slot.
+    // 8 bytes a slot keeps the tables small enough for the caches to hold more of them: every
+    // new id probes both generations.
     class table {
     public:
         explicit table(std::size_t entries);
-        state* find(std::uint64_t key) noexcept;
+        std::optional<state> find(std::uint64_t key) const noexcept;
         // Inserts or updates; false when the table is full (the caller rotates generations).
         bool put(std::uint64_t key, state s) noexcept;
         void clear() noexcept;
 
     private:
-        struct slot {
-            std::uint64_t key;
-            state value;
-        };
-        std::vector<slot> slots_;
+        static constexpr std::uint64_t state_bits = 3;
+        std::vector<std::uint64_t> slots_;
         std::size_t mask_;
         std::size_t used_ = 0, limit_;
     };
