@@ -273,35 +273,53 @@ void pipeline::conclude(flight& f, gathered& both) {
 }
 
 // "Block when needed": the restart is a serial chain (claim, restart, record) that still never
-// blocks the loop.
+// blocks the loop. Its frame lives as long as the restart runs, so the steps that do not suspend
+// are plain functions writing into the one result `r`.
 rt::task<restart_result> pipeline::restart(const message& m) {
     restart_result r;
-    switch (co_await store_.claim_restart(m)) {
+    switch (after_claim(co_await store_.claim_restart(m), r)) {
+    case claim_step::restart:
+        restarted(co_await restarter_.restart(m).settled(), r);
+        co_await store_.finish_restart(m, r);
+        [[fallthrough]];
+    case claim_step::counted:
+        stats_.restarts[static_cast<std::size_t>(r.status)].inc();
+        break;
+    case claim_step::uncounted:
+        break;
+    }
+    co_return std::move(r);
+}
+
+pipeline::claim_step pipeline::after_claim(restart_claim claim, restart_result& r) {
+    switch (claim) {
     case restart_claim::done:
         r = restart_result{restart_status::skipped_duplicate, "already restarted for this message"};
-        break;
+        return claim_step::counted;
     case restart_claim::unfinished:
         // The store keeps the unfinished row as this restart's record: a retry finishes it.
         stats_.unfinished_restarts.inc();
         if (opts_.on_unfinished == unfinished_policy::dead_letter) {
             // Dead-lettered at once by decide(); nothing ran, so nothing is counted or finished.
-            co_return restart_result{restart_status::failed,
-                                     "a restart for this message was started but never finished "
-                                     "(--on-unfinished-restart dead-letter)",
-                                     true};
+            r = restart_result{restart_status::failed,
+                               "a restart for this message was started but never finished "
+                               "(--on-unfinished-restart dead-letter)",
+                               true};
+            return claim_step::uncounted;
         }
-        [[fallthrough]];
+        return claim_step::restart;
     case restart_claim::proceed:
-        try {
-            r = co_await restarter_.restart(m);
-        } catch (const std::exception& e) {
-            r = restart_result{restart_status::failed, e.what()};
-        }
-        co_await store_.finish_restart(m, r);
         break;
     }
-    stats_.restarts[static_cast<std::size_t>(r.status)].inc();
-    co_return r;
+    return claim_step::restart;
+}
+
+void pipeline::restarted(rt::result<restart_result> done, restart_result& r) {
+    // A restarter that threw: a failure like any other.
+    if (done)
+        r = std::move(*done);
+    else
+        r = restart_result{restart_status::failed, rt::describe(done.error())};
 }
 
 void pipeline::settle(flight& f, verdict v) {

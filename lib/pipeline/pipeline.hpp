@@ -121,6 +121,9 @@ private:
     using gathered = rt::gather_awaiter<true, save_result, restart_result>;
     void conclude(flight& f, gathered& both);
     rt::task<restart_result> restart(const message& m);
+    enum class claim_step { restart, counted, uncounted };
+    claim_step after_claim(restart_claim claim, restart_result& r);
+    static void restarted(rt::result<restart_result> done, restart_result& r);
     void settle(flight& f, verdict v);
     void renew_leases();
     void notify();

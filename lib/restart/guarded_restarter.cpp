@@ -40,13 +40,13 @@ private:
 struct guarded_restarter::host_run {
     guarded_restarter& g;
     const message& msg;
-    restart_result result;
+    const restart_result& result; // the running task's own result, read by coalesced messages
     rt::event done;
     bool registered = true;
-    std::chrono::system_clock::time_point claimed_at;
 
     // running_for() found no restart of this host (and nothing suspended since).
-    host_run(guarded_restarter& owner, const message& m) : g(owner), msg(m) {
+    host_run(guarded_restarter& owner, const message& m, const restart_result& r)
+        : g(owner), msg(m), result(r) {
         g.running_hosts_.insert(this);
     }
     host_run(const host_run&) = delete;
@@ -60,14 +60,12 @@ struct guarded_restarter::host_run {
         registered = false;
         g.running_hosts_.erase(this);
     }
-    // The restart ended with `r`: tell the breaker (through the slot), then the coalesced
-    // messages, which resume here while `result` is alive.
-    restart_result complete(slot& admitted, restart_result r) {
-        admitted.finish(r.status);
-        result = std::move(r);
+    // The restart ended (its result is in `result`): tell the breaker (through the slot), then
+    // the coalesced messages, which resume here while `result` is alive.
+    void complete(slot& admitted) {
+        admitted.finish(result.status);
         unregister(); // a message arriving from now on starts its own restart (and cooldown)
         done.set();
-        return result;
     }
 };
 
@@ -184,35 +182,47 @@ std::optional<std::string> guarded_restarter::refuse(const message& m) const {
 }
 
 // One coroutine frame per message (it stays alive while the restart runs, for every message in
-// flight): the steps that do not suspend are plain functions below, so their temporaries (log
-// fields, reason strings) take no room in it.
+// flight), so it is kept small: the steps that do not suspend are plain functions below that
+// write into the one result `r` (no result temporaries of their own in the frame), and the
+// cooldown claim, which suspends only when a cooldown is set, has a frame of its own.
 rt::task<restart_result> guarded_restarter::restart(const message& m) {
-    if (auto refused = refusal(m)) co_return std::move(*refused);
+    restart_result r;
+    if (refused(m, r)) co_return std::move(r);
     if (host_run* first = running_for(m.hostname)) {
         // One restart per host at a time: wait for the one running and share its result
         // (`first` is alive while it resumes us).
         co_await first->done;
-        co_return shared_result(m, *first);
+        shared_result(m, *first, r);
+        co_return std::move(r);
     }
-    host_run here(*this, m);
+    host_run here(*this, m, r);
     slot admitted = co_await admit_awaiter(*this);
-    if (opts_.cooldown.count() > 0) {
-        here.claimed_at = std::chrono::system_clock::now();
-        auto claim = co_await store_.claim_host(m, here.claimed_at, opts_.cooldown).settled();
-        if (auto skipped = cooldown_decision(m, here.claimed_at, claim))
-            co_return here.complete(admitted, std::move(*skipped));
+    bool go = true;
+    if (opts_.cooldown.count() > 0) go = co_await cooldown_granted(m, r);
+    if (go && opts_.dry_run) {
+        dry_run(m, r);
+    } else if (go) {
+        as_restart_result(co_await inner_.restart(m).settled(), r);
     }
-    if (opts_.dry_run) co_return here.complete(admitted, dry_run(m));
-    co_return here.complete(admitted, as_restart_result(co_await inner_.restart(m).settled()));
+    here.complete(admitted);
+    co_return std::move(r);
 }
 
-std::optional<restart_result> guarded_restarter::refusal(const message& m) {
+// The per-host cooldown: true when the store granted the restart; otherwise `r` says why not.
+rt::task<bool> guarded_restarter::cooldown_granted(const message& m, restart_result& r) {
+    auto now = std::chrono::system_clock::now();
+    auto claim = co_await store_.claim_host(m, now, opts_.cooldown).settled();
+    co_return cooldown_decision(m, now, claim, r);
+}
+
+bool guarded_restarter::refused(const message& m, restart_result& r) {
     auto why = refuse(m);
-    if (!why) return std::nullopt;
+    if (!why) return false;
     stats_.refused.inc();
     log::warn("restart refused",
               {{"message_id", m.message_id}, {"hostname", m.hostname}, {"reason", *why}});
-    return restart_result{restart_status::refused, std::move(*why)};
+    r = restart_result{restart_status::refused, std::move(*why)};
+    return true;
 }
 
 std::string_view guarded_restarter::host_of(const host_run& r) noexcept {
@@ -223,44 +233,49 @@ guarded_restarter::host_run* guarded_restarter::running_for(const std::string& h
     return running_hosts_.find(hostname);
 }
 
-restart_result guarded_restarter::shared_result(const message& m, const host_run& first) {
-    restart_result r = first.result;
+void guarded_restarter::shared_result(const message& m, const host_run& first, restart_result& r) {
+    r = first.result;
     stats_.coalesced.inc();
     log::debug("restart coalesced", {{"message_id", m.message_id},
                                      {"hostname", m.hostname},
                                      {"with", first.msg.message_id},
                                      {"result", to_string(r.status)}});
     if (r.status == restart_status::ok)
-        return restart_result{restart_status::coalesced,
-                              "shared the restart for message " + first.msg.message_id};
-    return r;
+        r = restart_result{restart_status::coalesced,
+                           "shared the restart for message " + first.msg.message_id};
 }
 
-std::optional<restart_result>
-guarded_restarter::cooldown_decision(const message& m, std::chrono::system_clock::time_point now,
-                                     rt::result<host_claim>& claim) {
+bool guarded_restarter::cooldown_decision(const message& m,
+                                          std::chrono::system_clock::time_point now,
+                                          rt::result<host_claim>& claim, restart_result& r) {
     // Store trouble in claim_host is a failure like any other; the coalesced messages hear it.
-    if (!claim) return restart_result{restart_status::failed, rt::describe(claim.error())};
-    if (claim->granted) return std::nullopt;
+    if (!claim) {
+        r = restart_result{restart_status::failed, rt::describe(claim.error())};
+        return false;
+    }
+    if (claim->granted) return true;
     stats_.cooldown_skips.inc();
     auto ago = std::chrono::duration_cast<std::chrono::milliseconds>(now - claim->last_restart);
     std::string why = "host restarted " + format_duration(ago) + " ago, within the " +
                       format_duration(opts_.cooldown) + " cooldown";
     log::info("restart skipped: cooldown",
               {{"message_id", m.message_id}, {"hostname", m.hostname}, {"reason", why}});
-    return restart_result{restart_status::skipped_cooldown, std::move(why)};
+    r = restart_result{restart_status::skipped_cooldown, std::move(why)};
+    return false;
 }
 
-restart_result guarded_restarter::dry_run(const message& m) {
+void guarded_restarter::dry_run(const message& m, restart_result& r) {
     log::info("dry run: restart not carried out",
               {{"message_id", m.message_id}, {"hostname", m.hostname}});
-    return restart_result{restart_status::dry_run, "dry run"};
+    r = restart_result{restart_status::dry_run, "dry run"};
 }
 
-restart_result guarded_restarter::as_restart_result(rt::result<restart_result> r) {
+void guarded_restarter::as_restart_result(rt::result<restart_result> done, restart_result& r) {
     // A restarter that threw: a failure like any other.
-    if (!r) return restart_result{restart_status::failed, rt::describe(r.error())};
-    return std::move(*r);
+    if (!done)
+        r = restart_result{restart_status::failed, rt::describe(done.error())};
+    else
+        r = std::move(*done);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -79,14 +79,15 @@ private:
     class slot;
     struct pause_probe;
 
-    std::optional<restart_result> refusal(const message& m);
+    // The steps that do not suspend: each writes the restart's result into `r`.
+    bool refused(const message& m, restart_result& r);
     host_run* running_for(const std::string& hostname);
-    restart_result shared_result(const message& m, const host_run& first);
-    std::optional<restart_result> cooldown_decision(const message& m,
-                                                    std::chrono::system_clock::time_point now,
-                                                    rt::result<host_claim>& claim);
-    restart_result dry_run(const message& m);
-    static restart_result as_restart_result(rt::result<restart_result> r);
+    void shared_result(const message& m, const host_run& first, restart_result& r);
+    rt::task<bool> cooldown_granted(const message& m, restart_result& r);
+    bool cooldown_decision(const message& m, std::chrono::system_clock::time_point now,
+                           rt::result<host_claim>& claim, restart_result& r);
+    void dry_run(const message& m, restart_result& r);
+    static void as_restart_result(rt::result<restart_result> done, restart_result& r);
     bool room() const noexcept;
     void schedule_admission();
     void admit_waiters();
