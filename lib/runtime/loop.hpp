@@ -231,6 +231,29 @@ inline sleep_awaiter sleep_for(loop& l, millis d) {
     return sleep_awaiter{l.timers(), d};
 }
 
+// after(loop, delay, value): a task that completes with `value` once `delay` has passed since
+// it was made, with no coroutine frame (task.hpp, leaf): one pooled object holding the value and
+// its timer entry. For simulated steps, which are awaited as soon as they are made. Destroying
+// the task cancels the timer.
+template <class T>
+class timed_leaf final : public details::leaf<T>, private timer_entry {
+public:
+    timed_leaf(timer_queue& q, millis d, T v) : details::leaf<T>(std::move(v)) {
+        if (d.count() > 0)
+            q.arm(*this, d);
+        else
+            this->complete();
+    }
+
+private:
+    void fire() noexcept override { this->complete(); }
+};
+
+template <class T>
+task<T> after(loop& l, millis d, T value) {
+    return task<T>{new timed_leaf<T>(l.timers(), d, std::move(value))};
+}
+
 // ---------------------------------------------------------------------------------------------
 // periodic_timer: its own uv_timer, for housekeeping at a fixed period (status line, lease
 // renewal, loop-lag probe). The callback runs on the loop thread; exceptions are reported.

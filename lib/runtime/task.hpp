@@ -99,15 +99,62 @@ inline std::uint64_t steady_ns() noexcept {
                                           .count());
 }
 
-// Kept small: one of these is in every frame of every message in flight.
-struct promise_base : pooled_frame {
+// Who runs when a task (a coroutine or a leaf) completes: the awaiting coroutine, or, for a
+// branch of a gather, the gather's parent once the last branch is done.
+struct completion {
     std::coroutine_handle<> continuation;
     join_state* join = nullptr;
-    std::exception_ptr error;
     std::uint8_t branch = 0; // index within the gather, with `join`
+
+    // Records the completion; returns what to run next (never null).
+    std::coroutine_handle<> next() noexcept {
+        if (join) {
+            join->finished_ns[branch] = steady_ns();
+            if (--join->remaining == 0) return join->parent;
+            return std::noop_coroutine();
+        }
+        return continuation ? continuation : std::noop_coroutine();
+    }
+};
+
+// Kept small: one of these is in every frame of every message in flight.
+struct promise_base : pooled_frame, completion {
+    std::exception_ptr error;
 
     std::suspend_always initial_suspend() noexcept { return {}; }
     void unhandled_exception() noexcept { error = std::current_exception(); }
+};
+
+// A leaf: a task's work that needs no coroutine frame of its own (a value after a delay). The
+// step that waits is then one small pooled object instead of a frame, which matters because
+// every message in flight keeps its waiting steps alive. The work may finish before the task is
+// started (it runs from the leaf's creation); complete() then only marks it done and start()
+// answers "done already".
+template <class T>
+class leaf : public completion, public pooled_frame {
+public:
+    leaf(const leaf&) = delete;
+    leaf& operator=(const leaf&) = delete;
+    virtual ~leaf() = default; // cancels what the leaf waits for
+
+    // The task starts: true when the value is there already (nothing to wait for).
+    bool start() noexcept {
+        started_ = true;
+        return done_;
+    }
+    T take() { return std::move(*value_); }
+
+protected:
+    explicit leaf(T v) : value_(std::move(v)) {}
+    // The work is done; from a loop callback this runs whoever waits (it may destroy the leaf).
+    void complete() noexcept {
+        done_ = true;
+        if (started_) next().resume();
+    }
+
+private:
+    std::optional<T> value_;
+    bool started_ = false, done_ = false;
 };
 
 template <class T>
@@ -124,12 +171,7 @@ struct final_awaiter {
         if constexpr (std::is_same_v<P, promise<void>>) {
             if (p.scope) return finish_detached(p);
         }
-        if (p.join) {
-            p.join->finished_ns[p.branch] = steady_ns();
-            if (--p.join->remaining == 0) return p.join->parent;
-            return std::noop_coroutine();
-        }
-        return p.continuation ? p.continuation : std::noop_coroutine();
+        return p.next();
     }
     void await_resume() const noexcept {}
 };
@@ -175,12 +217,15 @@ public:
     using handle_type = std::coroutine_handle<promise_type>;
 
     task() = default;
-    explicit task(handle_type h) noexcept : h_(h) {}
-    task(task&& o) noexcept : h_(std::exchange(o.h_, {})) {}
+    explicit task(handle_type h) noexcept : p_(h.address()) {}
+    // A task whose work is a leaf (not a coroutine); the task owns it.
+    explicit task(details::leaf<T>* l) noexcept requires(!std::is_void_v<T>)
+        : p_(reinterpret_cast<void*>(reinterpret_cast<std::uintptr_t>(l) | leaf_tag)) {}
+    task(task&& o) noexcept : p_(std::exchange(o.p_, nullptr)) {}
     task& operator=(task&& o) noexcept {
         if (this != &o) {
             reset();
-            h_ = std::exchange(o.h_, {});
+            p_ = std::exchange(o.p_, nullptr);
         }
         return *this;
     }
@@ -188,56 +233,107 @@ public:
     task& operator=(const task&) = delete;
     ~task() { reset(); }
 
-    bool valid() const noexcept { return static_cast<bool>(h_); }
-    bool done() const noexcept { return h_ && h_.done(); }
+    bool valid() const noexcept { return p_ != nullptr; }
 
-    auto operator co_await() && noexcept { return awaiter<false>{h_}; }
+    auto operator co_await() && noexcept { return awaiter<false>{this}; }
     // Awaits the task without throwing: its value or its exception as a result<T>.
-    auto settled() && noexcept { return awaiter<true>{h_}; }
+    auto settled() && noexcept { return awaiter<true>{this}; }
 
     // Internal: used by gather and task_scope.
-    handle_type handle() const noexcept { return h_; }
-    handle_type release() noexcept { return std::exchange(h_, {}); }
-    result<T> take_result() { return take_result_of(h_); }
+    // Starts the task as branch `index` of a gather.
+    void start_branch(details::join_state& join, std::uint8_t index) noexcept {
+        if constexpr (!std::is_void_v<T>) {
+            if (is_leaf()) {
+                details::leaf<T>& l = *as_leaf();
+                l.join = &join;
+                l.branch = index;
+                // Done at once: counted here (the gather holds a count while it starts its
+                // branches, so this never resumes the parent).
+                if (l.start()) (void)l.next();
+                return;
+            }
+        }
+        auto& p = handle().promise();
+        p.join = &join;
+        p.branch = index;
+        handle().resume();
+    }
+    // A coroutine task only (spawn): gives up ownership of the frame.
+    handle_type release() noexcept {
+        assert(!is_leaf());
+        return handle_type::from_address(std::exchange(p_, nullptr));
+    }
+    result<T> take_result() { return take_result_of(*this); }
 
 private:
+    static constexpr std::uintptr_t leaf_tag = 1; // frames and leaves are 16-byte aligned
+
+    bool is_leaf() const noexcept { return reinterpret_cast<std::uintptr_t>(p_) & leaf_tag; }
+    details::leaf<T>* as_leaf() const noexcept {
+        return reinterpret_cast<details::leaf<T>*>(reinterpret_cast<std::uintptr_t>(p_) &
+                                                   ~leaf_tag);
+    }
+    handle_type handle() const noexcept { return handle_type::from_address(p_); }
+
     // Starts the task by symmetric transfer and resumes the caller when it ends; `Settled`
     // returns a result<T> instead of rethrowing.
     template <bool Settled>
     struct awaiter {
-        handle_type h;
+        task* t;
         bool await_ready() const noexcept { return false; }
         std::coroutine_handle<> await_suspend(std::coroutine_handle<> caller) noexcept {
-            h.promise().continuation = caller;
-            return h;
+            if constexpr (!std::is_void_v<T>) {
+                if (t->is_leaf()) {
+                    t->as_leaf()->continuation = caller;
+                    return t->as_leaf()->start() ? caller : std::noop_coroutine();
+                }
+            }
+            t->handle().promise().continuation = caller;
+            return t->handle();
         }
         auto await_resume() {
             if constexpr (Settled)
-                return take_result_of(h);
+                return take_result_of(*t);
             else
-                return h.promise().take();
+                return t->take();
         }
     };
 
-    static result<T> take_result_of(handle_type h) {
+    T take() {
+        if constexpr (std::is_void_v<T>) {
+            handle().promise().take();
+        } else {
+            if (is_leaf()) return as_leaf()->take();
+            return handle().promise().take();
+        }
+    }
+
+    static result<T> take_result_of(task& t) {
         try {
             if constexpr (std::is_void_v<T>) {
-                h.promise().take();
+                t.take();
                 return result<void>{};
             } else {
-                return result<T>{h.promise().take()};
+                return result<T>{t.take()};
             }
         } catch (...) {
             return result<T>{std::current_exception()};
         }
     }
 
-public:
-private:
     void reset() noexcept {
-        if (h_) std::exchange(h_, {}).destroy();
+        if (!p_) return;
+        if constexpr (!std::is_void_v<T>) {
+            if (is_leaf()) {
+                delete as_leaf();
+                p_ = nullptr;
+                return;
+            }
+        }
+        handle().destroy();
+        p_ = nullptr;
     }
-    handle_type h_;
+    void* p_ = nullptr;
 };
 
 namespace details {
@@ -297,10 +393,7 @@ public:
 private:
     template <class U>
     void start(task<U>& t, std::uint8_t index) noexcept {
-        auto& p = t.handle().promise();
-        p.join = &join_;
-        p.branch = index;
-        t.handle().resume();
+        t.start_branch(join_, index);
     }
     std::tuple<task<T>...> tasks_;
     details::join_state join_;

@@ -34,8 +34,6 @@ public:
     void complete(const message& m, const verdict& v) override;
     rt::task<void> close() override;
 
-    std::size_t saved() const noexcept { return saved_; }
-
 private:
     enum class state : std::uint8_t { absent, started, done };
 
@@ -77,7 +75,6 @@ private:
     std::mt19937_64 rng_;
     table current_, previous_;
     std::unordered_map<std::uint64_t, host_record> hosts_;
-    std::size_t saved_ = 0;
 };
 
 } // namespace mayhem

@@ -178,3 +178,88 @@ TEST_CASE("many distinct delays (lanes are freed when empty) all fire, in order"
     l.run();
     CHECK(log.back() == "again");
 }
+
+// ---------------------------------------------------------------------------------------------
+// after(): a task with a value after a delay and no coroutine frame (a leaf).
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+task<int> after_plus_one(loop& l, millis d, int v) {
+    int got = co_await after(l, d, v);
+    co_return got + 1;
+}
+task<void> gather_leaf_and_frame(loop& l, std::string& out) {
+    auto both = gather(after(l, 20ms, std::string("leaf")), after_plus_one(l, 5ms, 1));
+    auto [a, b] = co_await both;
+    out = *a + " " + std::to_string(*b);
+}
+} // namespace
+
+TEST_CASE("after() completes with its value once the delay has passed") {
+    loop l;
+    task_scope scope;
+    int result = 0;
+    auto start = l.now();
+    scope.spawn([](loop& lp, int& r) -> task<void> {
+        r = co_await after_plus_one(lp, 20ms, 41);
+    }(l, result));
+    CHECK(l.timers().size() == 1);
+    l.run_until([&] { return scope.size() == 0; });
+    CHECK(result == 42);
+    CHECK(l.now() - start >= 19);
+    CHECK(l.timers().size() == 0);
+}
+
+TEST_CASE("after() with no delay is ready at once and arms nothing") {
+    loop l;
+    task_scope scope;
+    int result = 0;
+    scope.spawn([](loop& lp, int& r) -> task<void> { r = co_await after(lp, 0ms, 7); }(l, result));
+    CHECK(result == 7); // finished inside spawn, without a loop turn
+    CHECK(scope.size() == 0);
+    CHECK(l.timers().size() == 0);
+}
+
+TEST_CASE("a leaf and a coroutine gathered: both results, the parent resumed once") {
+    loop l;
+    task_scope scope;
+    std::string out;
+    scope.spawn(gather_leaf_and_frame(l, out));
+    l.run_until([&] { return scope.size() == 0; });
+    CHECK(out == "leaf 2");
+}
+
+TEST_CASE("destroying a task whose leaf waits cancels its timer") {
+    loop l;
+    {
+        auto t = after(l, 10s, 1);
+        CHECK(l.timers().size() == 1);
+    }
+    CHECK(l.timers().size() == 0);
+    task_scope scope;
+    bool resumed = false;
+    scope.spawn([](loop& lp, bool& r) -> task<void> {
+        (void)co_await after(lp, 10s, 1);
+        r = true;
+    }(l, resumed));
+    CHECK(l.timers().size() == 1);
+    scope.cancel_all();
+    CHECK(l.timers().size() == 0);
+    l.run();
+    CHECK_FALSE(resumed);
+}
+
+TEST_CASE("a leaf whose delay passed before it was awaited returns at once") {
+    loop l;
+    auto t = after(l, 5ms, 3);
+    task_scope scope;
+    scope.spawn([](loop& lp) -> task<void> { co_await sleep_for(lp, 30ms); }(l));
+    l.run_until([&] { return scope.size() == 0; }); // the leaf's timer fired meanwhile
+    CHECK(l.timers().size() == 0);
+    int result = 0;
+    scope.spawn([](task<int> leaf, int& r) -> task<void> {
+        r = co_await std::move(leaf);
+    }(std::move(t), result));
+    CHECK(result == 3);
+    CHECK(scope.size() == 0);
+}
