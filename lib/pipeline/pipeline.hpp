@@ -124,7 +124,8 @@ private:
     enum class claim_step { restart, counted, uncounted };
     claim_step after_claim(restart_claim claim, restart_result& r);
     static void restarted(rt::result<restart_result> done, restart_result& r);
-    void settle(flight& f, verdict v);
+    // `now`: the steady clock in ns if the caller has just read it, else 0.
+    void settle(flight& f, verdict v, std::uint64_t now = 0);
     void renew_leases();
     void notify();
     static std::uint64_t now_ns() noexcept;

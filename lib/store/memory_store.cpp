@@ -55,6 +55,9 @@ std::uint64_t memory_store::key(const message& m) noexcept {
 }
 
 memory_store::state memory_store::lookup(std::uint64_t k) noexcept {
+    // A new id misses in both generations: start loading the older one's slot now, so the two
+    // cache misses overlap instead of following each other.
+    previous_.prefetch(k);
     if (auto s = current_.find(k)) return *s;
     if (auto s = previous_.find(k)) return *s;
     return state::absent;

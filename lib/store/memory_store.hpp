@@ -45,6 +45,9 @@ private:
     public:
         explicit table(std::size_t entries);
         std::optional<state> find(std::uint64_t key) const noexcept;
+        void prefetch(std::uint64_t key) const noexcept {
+            __builtin_prefetch(&slots_[(key >> 2) & mask_]);
+        }
         // Inserts or updates; false when the table is full (the caller rotates generations).
         bool put(std::uint64_t key, state s) noexcept;
         void clear() noexcept;
