@@ -1,5 +1,6 @@
 #include "message/message.hpp"
 
+#include <array>
 #include <nlohmann/json.hpp>
 
 namespace mayhem {
@@ -276,17 +277,32 @@ private:
         const char* start = p_;
         bool ascii = true;
         for (; p_ != end_; ++p_) {
-            auto c = static_cast<unsigned char>(*p_);
-            if (c == '"') {
+            switch (byte_class[static_cast<unsigned char>(*p_)]) {
+            case plain:
+                continue;
+            case quote:
                 out = std::string_view(start, static_cast<std::size_t>(p_ - start));
                 ++p_;
                 return ascii || valid_utf8(out);
+            case high:
+                ascii = false;
+                continue;
+            default:
+                return false; // a backslash or a control byte
             }
-            if (c == '\\' || c < 0x20) return false;
-            if (c >= 0x80) ascii = false;
         }
         return false;
     }
+
+    enum : std::uint8_t { plain, quote, high, other };
+    static constexpr auto byte_class = [] {
+        std::array<std::uint8_t, 256> t{};
+        for (int c = 0; c < 256; ++c)
+            t[c] = c < 0x20 ? other : c >= 0x80 ? high : plain;
+        t['"'] = quote;
+        t['\\'] = other;
+        return t;
+    }();
 
     const char* p_;
     const char* end_;

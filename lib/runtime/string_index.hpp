@@ -10,9 +10,10 @@
 // Threading: loop thread only. The index never owns or frees an object.
 #pragma once
 
+#include "runtime/hash.hpp"
+
 #include <cstddef>
 #include <cstdint>
-#include <functional>
 #include <string_view>
 #include <vector>
 
@@ -23,9 +24,7 @@ class string_index {
 public:
     string_index() : slots_(16) {}
 
-    static std::uint64_t hash(std::string_view key) noexcept {
-        return std::hash<std::string_view>{}(key);
-    }
+    static std::uint64_t hash(std::string_view key) noexcept { return hash_key(key); }
 
     T* find(std::string_view key) const noexcept {
         std::uint64_t h = hash(key);

@@ -1,5 +1,7 @@
 #include "store/memory_store.hpp"
 
+#include "runtime/hash.hpp"
+
 #include <bit>
 
 namespace mayhem {
@@ -44,13 +46,8 @@ memory_store::memory_store(rt::loop& loop, latency_range save_latency, std::uint
       previous_(std::max<std::size_t>(capacity / 2, 16)) {}
 
 std::uint64_t memory_store::key(const message& m) noexcept {
-    auto h = std::hash<std::string>{}(m.message_id);
-    // Finalise (the standard hash of a string is good but we index by its low bits) and keep 0
-    // free as the empty-slot marker.
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdULL;
-    h ^= h >> 33;
-    h &= ~std::uint64_t{3}; // the low bits hold a slot's state
+    // Keep 0 free as the empty-slot marker and the low bits for a slot's state.
+    std::uint64_t h = rt::hash_key(m.message_id) & ~std::uint64_t{3};
     return h ? h : 4;
 }
 
@@ -72,7 +69,7 @@ void memory_store::record(std::uint64_t k, state s) noexcept {
 }
 
 std::uint64_t memory_store::host_key(const message& m) noexcept {
-    return std::hash<std::string>{}(m.hostname);
+    return rt::hash_key(m.hostname);
 }
 
 // No coroutine frame: a save that only waits out the simulated latency.

@@ -16,11 +16,11 @@ struct item {
 std::string_view key_of(const item& i) noexcept {
     return i.key;
 }
-using index = string_index<item, &key_of>;
+using item_index = string_index<item, &key_of>;
 } // namespace
 
 TEST_CASE("string_index finds what was inserted and forgets what was erased") {
-    index ix;
+    item_index ix;
     item a{"alpha"}, b{"beta"};
     CHECK(ix.find("alpha") == nullptr);
     ix.insert(&a);
@@ -45,7 +45,7 @@ TEST_CASE("string_index agrees with unordered_map through random inserts and era
     std::vector<std::unique_ptr<item>> pool;
     for (int i = 0; i < 3000; ++i)
         pool.push_back(std::make_unique<item>(item{"host-" + std::to_string(i)}));
-    index ix;
+    item_index ix;
     std::unordered_map<std::string, item*> model;
     for (int step = 0; step < 200000; ++step) {
         item* it = pool[rng() % pool.size()].get();
@@ -64,4 +64,25 @@ TEST_CASE("string_index agrees with unordered_map through random inserts and era
         }
     }
     CHECK(ix.size() == model.size());
+}
+
+TEST_CASE("hash_key tells apart keys that differ in one byte, at every length and position") {
+    std::unordered_map<std::uint64_t, std::string> seen;
+    std::size_t keys = 0;
+    for (std::size_t len = 0; len <= 40; ++len) {
+        std::string base(len, 'a');
+        auto add = [&](const std::string& k) {
+            auto [it, fresh] = seen.emplace(mayhem::rt::hash_key(k), k);
+            INFO("collision: ", k, " and ", it->second);
+            CHECK((fresh || it->second == k));
+            ++keys;
+        };
+        add(base);
+        for (std::size_t i = 0; i < len; ++i) {
+            std::string k = base;
+            k[i] = 'b';
+            add(k);
+        }
+    }
+    CHECK(seen.size() == keys);
 }
