@@ -2,6 +2,7 @@
 
 #include "runtime/duration.hpp"
 #include "runtime/log.hpp"
+#include "sources/redis_reply.hpp"
 
 #include <arpa/inet.h>
 #include <cstring>
@@ -191,6 +192,7 @@ void redis_link::connect_to(const std::string& address) {
         return;
     }
     c->data = this;
+    c->c.reader->fn = pooled_replies(); // before any reply: no malloc per reply object
     if (!attach(c, loop_.get())) {
         redisAsyncFree(c);
         drop("cannot attach to the event loop", false);
