@@ -136,8 +136,8 @@ void redis_source::request(std::size_t n) {
 void redis_source::stop() {
     if (stopped_) return;
     stopped_ = true;
-    // A blocking read would hold the reader for up to --block; entries it returns after the
-    // stop are not delivered anyway (they stay pending), so end it now.
+    // A blocking read would hold the reader (and the drain, which waits for reads under way)
+    // for up to --block: end it now. What it returns is delivered within the demand left.
     if ((read_busy_ || reads_ > 0) && writer_.up() && reader_.client_id() >= 0) {
         writer_.send({"CLIENT", "UNBLOCK", std::to_string(reader_.client_id())}, {});
     }
@@ -743,10 +743,11 @@ void redis_source::read_new() {
     std::size_t held = ahead_.size() + reading_;
     std::size_t room = demand_ + opts_.read_ahead;
     room = room > held ? room - held : 0;
-    std::size_t half = std::max<std::size_t>(1, opts_.read_ahead / 2);
-    std::size_t k = std::min({room, opts_.max_read, std::max(demand_, half)});
+    // A read takes half the read-ahead (at most max_read), or the demand when that is more.
+    std::size_t chunk = std::min(opts_.max_read, std::max<std::size_t>(1, opts_.read_ahead / 2));
+    std::size_t k = std::min({room, opts_.max_read, std::max(demand_, chunk)});
     if (k == 0 || reads_ >= 2) return;
-    if (reads_ == 0 ? (k < half && !ahead_.empty()) : (!last_full_ || k < half)) return;
+    if (reads_ == 0 ? (k < chunk && !ahead_.empty()) : (!last_full_ || k < chunk)) return;
     bool block = reads_ == 0;
     std::vector<std::string> args{"XREADGROUP",   "GROUP", opts_.group,
                                   opts_.consumer, "COUNT", std::to_string(k)};

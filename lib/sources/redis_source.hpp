@@ -1,8 +1,10 @@
 // `--source redis`: a consumer in a Redis Streams consumer group, so any number of workers, on
 // one machine or many, share one stream. Every Redis call runs on the worker's loop through
-// hiredis's libuv adapter, on two connections: `reader` only carries the blocking XREADGROUP
-// (so a read waiting for new entries never delays an ack), `writer` carries everything else
-// (group set-up, XACK, dead letters, lease renewal, reclaim).
+// hiredis's async API (glue in redis_link.cpp), on two connections: `reader` only carries the
+// XREADGROUPs of new entries, at most two pipelined, the first blocking (so a read waiting for
+// new entries never delays an ack), `writer` carries everything else (group set-up, XACK, dead
+// letters, lease renewal, reclaim). What a read brings beyond the pipeline's demand waits in
+// the source (--read-ahead), so the next read is under way while the loop works on the last.
 //
 // What a verdict means here:
 //  - acked / skipped: XACK; batched, one XACK for everything settled in a loop turn. The
