@@ -117,7 +117,8 @@ void redis_source::start(source_sink& sink) {
                                         {"stream", opts_.stream},
                                         {"group", opts_.group},
                                         {"consumer", opts_.consumer},
-                                        {"dead_letter_stream", opts_.dead_letter_stream}});
+                                        {"dead_letter_stream", opts_.dead_letter_stream},
+                                        {"read_ahead", opts_.read_ahead}});
     reclaim_timer_ = std::make_unique<rt::periodic_timer>(loop_, opts_.reclaim_interval, [this] {
         reclaim_due_ = true;
         kick();
