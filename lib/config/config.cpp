@@ -202,9 +202,11 @@ void add_worker_options(CLI::App& cmd, worker_config& c) {
         ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{10'000'000}))
         ->capture_default_str()
         ->group("Pipeline");
-    cmd.add_option("--queue-capacity", c.queue_capacity,
-                   "Messages taken from the source and waiting for room in flight; the source "
-                   "is not read while it is full (kept small so a drain is quick)")
+    cmd.add_option(
+           "--queue-capacity", c.queue_capacity,
+           "Messages taken from the source and waiting for room in flight; the source "
+           "is not read while it is full (kept small so a drain is quick; a redis source holds "
+           "up to --read-ahead more)")
         ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1'000'000}))
         ->capture_default_str()
         ->group("Pipeline");
@@ -289,6 +291,13 @@ void add_worker_options(CLI::App& cmd, worker_config& c) {
     add_duration(cmd, "--lease-timeout", c.lease_timeout,
                  "redis: idle time after which a pending entry is reclaimed by any worker "
                  "(keep --lease-extend-interval well below it)")
+        ->group("Redis");
+    cmd.add_option("--read-ahead", c.read_ahead,
+                   "redis: new entries read beyond the pipeline's free room and held until it "
+                   "has room (their leases are renewed; at a drain they are not started but left "
+                   "pending for any worker); 0 = read only what the queue has room for")
+        ->check(CLI::Range(std::uint64_t{0}, std::uint64_t{100'000}))
+        ->capture_default_str()
         ->group("Redis");
     cmd.add_flag("--exit-when-idle", c.exit_when_idle,
                  "redis: exit 0 once the stream has no new or pending entries for the group")

@@ -41,6 +41,7 @@ struct worker_config {
     millis reclaim_interval{30000};
     millis lease_timeout{60000};
     bool exit_when_idle = false;
+    std::uint64_t read_ahead = 512; // entries read beyond the pipeline's room
 
     // simulated latencies and failures
     latency_range save_latency{millis{0}, millis{1000}};

@@ -39,6 +39,8 @@ std::unique_ptr<source> make_redis_source(rt::loop& loop, const worker_config& c
     o.lease_timeout = c.lease_timeout;
     o.max_attempts = c.max_attempts;
     o.exit_when_idle = c.exit_when_idle;
+    o.read_ahead = c.read_ahead;
+    o.lease_extend = c.lease_extend_interval;
     if (c.lease_extend_interval * 2 > c.lease_timeout)
         log::warn("--lease-extend-interval is not well below --lease-timeout: entries in flight "
                   "may be reclaimed by other workers while this one works on them",

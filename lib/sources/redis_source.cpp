@@ -103,6 +103,7 @@ redis_source::redis_source(rt::loop& loop, redis_source_options opts)
     if (opts_.dead_letter_stream.empty()) opts_.dead_letter_stream = opts_.stream + ":dead";
     if (opts_.max_read == 0) opts_.max_read = 1;
     if (opts_.max_batch == 0) opts_.max_batch = 1;
+    if (opts_.lease_extend.count() <= 0) opts_.lease_extend = rt::millis{1};
 }
 
 redis_source::~redis_source() {
@@ -116,11 +117,14 @@ void redis_source::start(source_sink& sink) {
                                         {"stream", opts_.stream},
                                         {"group", opts_.group},
                                         {"consumer", opts_.consumer},
-                                        {"dead_letter_stream", opts_.dead_letter_stream}});
+                                        {"dead_letter_stream", opts_.dead_letter_stream},
+                                        {"read_ahead", opts_.read_ahead}});
     reclaim_timer_ = std::make_unique<rt::periodic_timer>(loop_, opts_.reclaim_interval, [this] {
         reclaim_due_ = true;
         kick();
     });
+    ahead_timer_ =
+        std::make_unique<rt::periodic_timer>(loop_, opts_.lease_extend, [this] { renew_ahead(); });
     writer_.open();
     reader_.open();
 }
@@ -133,9 +137,9 @@ void redis_source::request(std::size_t n) {
 void redis_source::stop() {
     if (stopped_) return;
     stopped_ = true;
-    // A blocking read would hold the reader for up to --block; entries it returns after the
-    // stop are not delivered anyway (they stay pending), so end it now.
-    if (read_busy_ && writer_.up() && reader_.client_id() >= 0) {
+    // A blocking read would hold the reader (and the drain, which waits for reads under way)
+    // for up to --block: end it now. What it returns is delivered within the demand left.
+    if ((read_busy_ || reads_ > 0) && writer_.up() && reader_.client_id() >= 0) {
         writer_.send({"CLIENT", "UNBLOCK", std::to_string(reader_.client_id())}, {});
     }
     kick();
@@ -166,6 +170,7 @@ void redis_source::close() {
     closed_ = true;
     stopped_ = true;
     reclaim_timer_.reset();
+    ahead_timer_.reset();
     cool_timer_.cancel();
     force_timer_.cancel();
     idle_.close();
@@ -254,6 +259,12 @@ void redis_source::turn() {
         }
         sink_->source_changed();
     }
+    if (stopped_ && fatal_.empty()) {
+        // What reads under way brought is delivered within the demand granted before the stop;
+        // the rest, once no read is under way, is left pending (even with Redis down).
+        deliver_ahead();
+        if (reads_ == 0) leave_ahead();
+    }
     if (!fatal_.empty() || cooling_ || !writer_.up()) return;
     if (!group_ready_) {
         setup();
@@ -270,9 +281,12 @@ void redis_source::turn() {
         read_history();
         return;
     }
+    // Claims go first: they take the demand before entries read ahead do, so orphans of dead
+    // workers are not starved by a long backlog of new entries.
     if (recover_due_ && !reclaim_busy_ && demand_ > 0) recover();
     if (reclaim_due_ && !reclaim_busy_ && demand_ > 0) reclaim();
-    if (!read_busy_ && !idle_check_busy_ && demand_ > 0 && reader_.up()) read_new();
+    deliver_ahead();
+    if (!idle_check_busy_ && reader_.up()) read_new();
 }
 
 void redis_source::cool_down(const std::string& what, const std::string& error) {
@@ -719,46 +733,155 @@ void redis_source::read_history() {
     }
 }
 
-// New entries: COUNT is the free demand (never more than the pipeline has room for; no read at
-// all while it is full, so backpressure reaches Redis), BLOCK waits for entries.
+// New entries. Reads are sized by the room the source has: the pipeline's free demand plus
+// --read-ahead, less what is held here or asked for already; a full worker with a full
+// read-ahead does not read at all, so backpressure still reaches Redis. A read is issued
+// while the previous one is still under way (at most two, pipelined on the reader) when the
+// last one came back full, so Redis prepares the next batch while this loop works on the
+// last: only the first of two blocks (BLOCK), the second never waits behind it for long, and
+// CLIENT UNBLOCK at a drain ends both at once.
 void redis_source::read_new() {
-    std::size_t k = std::min(demand_, opts_.max_read);
-    demand_ -= k;
-    read_busy_ = true;
-    bool ok = reader_.send(
-        {"XREADGROUP", "GROUP", opts_.group, opts_.consumer, "COUNT", std::to_string(k), "BLOCK",
-         std::to_string(opts_.block.count()), "STREAMS", opts_.stream, ">"},
-        [this, k](redisReply* r) {
+    std::size_t held = ahead_.size() + reading_;
+    std::size_t room = demand_ + opts_.read_ahead;
+    room = room > held ? room - held : 0;
+    // A read takes half the read-ahead (at most max_read), or the demand when that is more.
+    std::size_t chunk = std::min(opts_.max_read, std::max<std::size_t>(1, opts_.read_ahead / 2));
+    std::size_t k = std::min({room, opts_.max_read, std::max(demand_, chunk)});
+    if (k == 0 || reads_ >= 2) return;
+    if (reads_ == 0 ? (k < chunk && !ahead_.empty()) : (!last_full_ || k < chunk)) return;
+    bool block = reads_ == 0;
+    std::vector<std::string> args{"XREADGROUP",   "GROUP", opts_.group,
+                                  opts_.consumer, "COUNT", std::to_string(k)};
+    if (block) {
+        args.emplace_back("BLOCK");
+        args.push_back(std::to_string(opts_.block.count()));
+    }
+    args.emplace_back("STREAMS");
+    args.push_back(opts_.stream);
+    args.emplace_back(">");
+    if (!reader_.send(args, [this, k](redisReply* r) { on_read_new(r, k); })) return;
+    ++reads_;
+    reading_ += k;
+}
+
+void redis_source::on_read_new(redisReply* r, std::size_t asked) {
+    if (closed_) return;
+    --reads_;
+    reading_ -= asked;
+    std::string e = redis_link::error_of(r);
+    if (!e.empty()) {
+        if (r && !handle_nogroup(e)) cool_down("XREADGROUP", e);
+        kick();
+        return;
+    }
+    std::size_t got = 0;
+    if (r->type == REDIS_REPLY_ARRAY && r->elements > 0) {
+        const redisReply* s = r->element[0];
+        const redisReply* list =
+            s->type == REDIS_REPLY_ARRAY && s->elements == 2 ? s->element[1] : nullptr;
+        for (std::size_t i = 0; list && i < list->elements; ++i) {
+            std::string_view id, payload;
+            bool has_payload = false, deleted = false;
+            if (!parse_entry(list->element[i], id, payload, has_payload, deleted)) continue;
+            ++got;
+            if (!has_payload) {
+                deliver_one(id, payload, has_payload, 1); // dead-lettered here, no demand used
+                continue;
+            }
+            entry en;
+            en.id = id;
+            if (!held_.insert(en.id).second) continue; // already ours and in flight
+            en.payload = payload;
+            en.has_payload = true;
+            ahead_.push_back(std::move(en));
+        }
+    }
+    last_full_ = got >= asked;
+    // While the idle check runs, no new read: its answer decides whether there is one.
+    if (got == 0 && reads_ == 0 && ahead_.empty() && opts_.exit_when_idle && check_idle()) return;
+    kick(); // the turn hands them over and reads again
+}
+
+// Entries read ahead go to the pipeline as far as it granted demand.
+void redis_source::deliver_ahead() {
+    while (demand_ > 0 && !ahead_.empty() && !closed_ && !forced_) {
+        if (!stopped_ && (reclaim_due_ || recover_due_) && !reclaim_busy_ && history_done_) {
+            kick(); // demand came back while handing over: the claim takes it first
+            return;
+        }
+        entry en = std::move(ahead_.front());
+        ahead_.pop_front();
+        delivery d;
+        d.payload = std::move(en.payload);
+        d.ref = std::move(en.id);
+        d.attempt = 1;
+        --demand_;
+        sink_->deliver(std::move(d));
+    }
+}
+
+// One XCLAIM ... JUSTID for everything held here, like extend() does for what is in flight (JUSTID:
+// the delivery count does not grow).
+void redis_source::renew_ahead() {
+    if (closed_ || ahead_.empty() || !writer_.up()) return;
+    for (std::size_t at = 0; at < ahead_.size(); at += opts_.max_batch) {
+        argv_builder av;
+        for (std::string_view a :
+             {"XCLAIM"sv, std::string_view(opts_.stream), std::string_view(opts_.group),
+              std::string_view(opts_.consumer), "0"sv})
+            av.add(a);
+        std::size_t end = std::min(ahead_.size(), at + opts_.max_batch);
+        for (std::size_t i = at; i < end; ++i)
+            av.add(ahead_[i].id);
+        av.add("JUSTID");
+        writer_.send(av.argc(), av.ptrs.data(), av.lens.data(), [this](redisReply* r) {
+            if (closed_ || !r) return;
+            if (auto e = redis_link::error_of(r); !e.empty() && !handle_nogroup(e))
+                log::warn("lease renewal of entries read ahead failed", {{"error", e}});
+        });
+    }
+}
+
+// A drain or a forced stop with entries read ahead that were never delivered: they were not
+// started, so they are not acked; they stay pending in the group. Their idle time is set to
+// --lease-timeout (XCLAIM ... IDLE, JUSTID so their delivery count does not grow), so any
+// worker's next reclaim takes them instead of waiting out the lease. With Redis down they are
+// simply left: the lease runs out on its own.
+void redis_source::leave_ahead() {
+    if (ahead_.empty()) return;
+    log::info("entries read ahead and not started are left pending for any worker",
+              {{"count", ahead_.size()}});
+    std::vector<std::string> ids;
+    ids.reserve(ahead_.size());
+    for (auto& en : ahead_) {
+        held_.erase(en.id);
+        ids.push_back(std::move(en.id));
+    }
+    ahead_.clear();
+    if (closed_ || !writer_.up()) return;
+    std::string idle = std::to_string(opts_.lease_timeout.count());
+    for (std::size_t at = 0; at < ids.size(); at += opts_.max_batch) {
+        argv_builder av;
+        for (std::string_view a :
+             {"XCLAIM"sv, std::string_view(opts_.stream), std::string_view(opts_.group),
+              std::string_view(opts_.consumer), "0"sv})
+            av.add(a);
+        std::size_t end = std::min(ids.size(), at + opts_.max_batch);
+        for (std::size_t i = at; i < end; ++i)
+            av.add(ids[i]);
+        av.add("IDLE");
+        av.add(idle);
+        av.add("JUSTID");
+        bool sent = writer_.send(av.argc(), av.ptrs.data(), av.lens.data(), [this](redisReply* r) {
             if (closed_) return;
-            read_busy_ = false;
-            std::string e = redis_link::error_of(r);
-            if (!e.empty()) {
-                demand_ += k;
-                if (r && !handle_nogroup(e)) cool_down("XREADGROUP", e);
-                kick();
-                return;
-            }
-            std::size_t used = 0, got = 0;
-            if (r->type == REDIS_REPLY_ARRAY && r->elements > 0) {
-                const redisReply* s = r->element[0];
-                const redisReply* list =
-                    s->type == REDIS_REPLY_ARRAY && s->elements == 2 ? s->element[1] : nullptr;
-                for (std::size_t i = 0; list && i < list->elements; ++i) {
-                    std::string_view id, payload;
-                    bool has_payload = false, deleted = false;
-                    if (!parse_entry(list->element[i], id, payload, has_payload, deleted)) continue;
-                    ++got;
-                    if (deliver_one(id, payload, has_payload, 1)) ++used;
-                }
-            }
-            demand_ += k - std::min(k, used);
-            // While the idle check runs, no new read: its answer decides whether there is one.
-            if (got == 0 && opts_.exit_when_idle && check_idle()) return;
+            --releases_;
+            if (auto e = redis_link::error_of(r); r && !e.empty())
+                log::warn("could not mark entries read ahead as idle (they are reclaimed after "
+                          "--lease-timeout)",
+                          {{"error", e}});
             kick();
         });
-    if (!ok) {
-        read_busy_ = false;
-        demand_ += k;
+        if (sent) ++releases_;
     }
 }
 

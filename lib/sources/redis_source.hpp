@@ -1,8 +1,10 @@
 // `--source redis`: a consumer in a Redis Streams consumer group, so any number of workers, on
 // one machine or many, share one stream. Every Redis call runs on the worker's loop through
-// hiredis's libuv adapter, on two connections: `reader` only carries the blocking XREADGROUP
-// (so a read waiting for new entries never delays an ack), `writer` carries everything else
-// (group set-up, XACK, dead letters, lease renewal, reclaim).
+// hiredis's async API (glue in redis_link.cpp), on two connections: `reader` only carries the
+// XREADGROUPs of new entries, at most two pipelined, the first blocking (so a read waiting for
+// new entries never delays an ack), `writer` carries everything else (group set-up, XACK, dead
+// letters, lease renewal, reclaim). What a read brings beyond the pipeline's demand waits in
+// the source (--read-ahead), so the next read is under way while the loop works on the last.
 //
 // What a verdict means here:
 //  - acked / skipped: XACK; batched, one XACK for everything settled in a loop turn. The
@@ -25,6 +27,7 @@
 #include "sources/redis_link.hpp"
 #include "sources/source.hpp"
 
+#include <deque>
 #include <list>
 #include <string>
 #include <unordered_map>
@@ -44,8 +47,12 @@ struct redis_source_options {
     std::uint32_t max_attempts = 5;
     bool exit_when_idle = false;
     rt::millis block{1000};       // how long one XREADGROUP waits for new entries
-    std::size_t max_read = 1000;  // entries per read at most (and never more than the demand)
+    std::size_t max_read = 1000;  // entries per read at most
     std::size_t max_batch = 4096; // ids per XACK / per MULTI at most
+    // New entries read beyond the demand and held here until the pipeline has room (0: read
+    // only what was granted). With it, one read is under way while the last one is processed.
+    std::size_t read_ahead = 512;
+    rt::millis lease_extend{2000}; // how often the leases of entries held here are renewed
 };
 
 class redis_source final : public source {
@@ -60,7 +67,9 @@ public:
     void settle(delivery d, const verdict& v) override;
     void stop() override;
     bool finished() const override;
-    bool drained() const override { return !read_busy_ && !reclaim_busy_; }
+    bool drained() const override {
+        return !read_busy_ && reads_ == 0 && !reclaim_busy_ && releases_ == 0 && ahead_.empty();
+    }
     bool up() const override;
     std::uint64_t reconnects() const override { return reconnects_; }
     void force_stop() override;
@@ -106,6 +115,10 @@ private:
     void requeue(batch& b);
     void read_history();
     void read_new();
+    void on_read_new(redisReply* r, std::size_t asked);
+    void deliver_ahead();
+    void renew_ahead();
+    void leave_ahead();
     void reclaim();
     void recover();
     void fetch_counts_and_deliver(std::vector<entry> entries, std::size_t reserved,
@@ -132,6 +145,7 @@ private:
     redis_link writer_;
     rt::uv_handle<uv_idle_t> idle_;
     std::unique_ptr<rt::periodic_timer> reclaim_timer_;
+    std::unique_ptr<rt::periodic_timer> ahead_timer_; // renews the leases of ahead_
     rt::delayed_call cool_timer_;
     rt::delayed_call force_timer_;
 
@@ -142,6 +156,16 @@ private:
     std::vector<ack_item> acks_;
     std::vector<dead_item> dead_;
     std::list<batch> sent_; // XACK / MULTI batches awaiting their reply
+
+    // Read ahead: new entries read beyond the demand, in the order read. They are in held_ (ours,
+    // pending in the group, leases renewed by ahead_timer_) and go to the pipeline as demand
+    // comes. Bounded: ahead_ plus what reads under way asked for stays within demand_ +
+    // read_ahead. Never started at a drain: left pending, idle, for any worker to reclaim.
+    std::deque<entry> ahead_;
+    std::size_t reading_ = 0; // COUNT of the reads of new entries under way, summed
+    unsigned reads_ = 0;      // reads of new entries under way (at most 2, pipelined)
+    bool last_full_ = true;   // the last read returned all it asked for: more are waiting
+    unsigned releases_ = 0;   // XCLAIM ... IDLE of entries left at a drain, awaiting a reply
 
     std::string history_cursor_ = "0"; // this consumer's own pending entries, read first
     std::string reclaim_cursor_ = "0-0";

@@ -289,11 +289,14 @@ class RedisSourceTest(Harness):
         self.assertEqual(group_info(r)["entries-read"], 3000)
 
     def test_sigterm_drains_and_flushes_acks(self):
+        # --read-ahead 0: the worker holds only what the pipeline asked for, so a drain
+        # finishes everything it read and leaves nothing pending (the read-ahead case is the
+        # next test).
         r = self.redis()
         self.publish_n(r, 5000)
         w = self.redis_worker(r, "--store", "memory", "--save-latency", "0",
                               "--restart-latency", "20ms..60ms", "--max-in-flight", "200",
-                              "--status-interval", "0")
+                              "--status-interval", "0", "--read-ahead", "0")
         wait_until(lambda: (pending(r) or 0) >= 100, timeout=20, what="messages in flight")
         w.signal(signal.SIGTERM)
         code, _, err = w.wait(timeout=60)
@@ -304,6 +307,63 @@ class RedisSourceTest(Harness):
         self.assertGreater(s["acked"], 0)
         self.assertEqual(pending(r), 0)  # every ack reached Redis before the exit
         self.assertEqual(group_info(r)["entries-read"], s["received"])
+
+    def test_entries_read_ahead_are_not_started_at_a_drain_and_go_to_another_worker(self):
+        r = self.redis()
+        self.publish_n(r, 3000)
+        a = self.redis_worker(r, *FAST, "--restart-latency", "20ms..60ms", "--max-in-flight",
+                              "50", "--queue-capacity", "8", "--read-ahead", "300",
+                              "--lease-timeout", "30s", "--consumer", "a", "--log-format",
+                              "json", "--log-level", "info")
+        wait_until(lambda: (pending(r) or 0) >= 300, timeout=20, what="entries read ahead")
+        a.signal(signal.SIGTERM)
+        code, _, err = a.wait(timeout=60)
+        self.assertEqual(code, 0, err[-3000:])
+        sa = a.summary()
+        self.assert_identity(sa)
+        self.assertEqual(sa["released"], 0)
+        self.assertEqual(sa["acked"], sa["received"])  # what was delivered was finished
+        # The rest of what it read was never delivered, so never acked: still pending, and
+        # marked idle past --lease-timeout so that any worker's next reclaim takes it.
+        left = group_info(r)["entries-read"] - sa["received"]
+        self.assertGreater(left, 0)
+        self.assertLessEqual(left, 300 + 8)
+        self.assertEqual(pending(r), left)
+        idle = rjson(r, "XPENDING", STREAM, GROUP, "IDLE", 30000, "-", "+", 1000, "a")
+        self.assertEqual(len(idle), left)
+        logged = [e for e in json_log_lines(err) if "read ahead" in e.get("msg", "")]
+        self.assertEqual([e.get("count") for e in logged], [left])
+
+        b = self.redis_worker(r, *FAST, "--consumer", "b", "--lease-timeout", "30s",
+                              "--reclaim-interval", "100ms", "--exit-when-idle")
+        code, _, err = b.wait(timeout=60)
+        self.assertEqual(code, 0, err[-3000:])
+        sb = b.summary()
+        self.assert_identity(sb)
+        self.assertIn("reclaimed entries", err)  # at once, not after the 30 s lease
+        self.assertEqual(sa["acked"] + sb["acked"], 3000)  # each entry acked once
+        self.assertEqual(sb["skipped"] + sb["released"] + sb["dead_lettered"], 0)
+        self.assertEqual(pending(r), 0)
+
+    def test_entries_read_ahead_have_their_leases_renewed(self):
+        r = self.redis()
+        self.publish_n(r, 40)
+        # Restarts slower than the test, so nothing completes (and nothing more is read) while
+        # the leases are watched.
+        w = self.redis_worker(r, *FAST, "--restart-latency", "60s", "--max-in-flight", "1",
+                              "--queue-capacity", "1", "--read-ahead", "20",
+                              "--lease-extend-interval", "200ms", "--lease-timeout", "1500ms",
+                              "--drain-timeout", "500ms", "--consumer", "slow")
+        wait_until(lambda: (pending(r) or 0) >= 20, timeout=20, what="entries read ahead")
+        time.sleep(2.0 * SLOW)
+        # 1 in flight (renewed by the pipeline), 1 in the pipeline's queue (not renewed while
+        # it waits), the rest read ahead by the source (renewed by the source): only the queued
+        # one may be idle past the lease.
+        self.assertIn(pending(r), range(20, 23))
+        stale = rjson(r, "XPENDING", STREAM, GROUP, "IDLE", 1000, "-", "+", 100, "slow")
+        self.assertLessEqual(len(stale), 1, stale)
+        w.signal(signal.SIGTERM)  # the 60 s restart is released at the drain deadline
+        w.wait(timeout=30)
 
     def test_wrong_password_is_a_clear_fatal_error(self):
         r = self.redis(password="s3cret")

@@ -49,6 +49,7 @@ TEST_CASE("defaults are the embedded ones") {
     CHECK(c->max_attempts == 5);
     CHECK(c->drain_timeout == 30000ms);
     CHECK(c->max_message_bytes == 65536);
+    CHECK(c->read_ahead == 512);
 }
 
 TEST_CASE("bad values name the flag and what is allowed") {
@@ -61,6 +62,11 @@ TEST_CASE("bad values name the flag and what is allowed") {
     CHECK(err.find("10ms..1s") != std::string::npos);
     CHECK_FALSE(parse({"--max-in-flight", "0"}, &err));
     CHECK(err.find("--max-in-flight") != std::string::npos);
+    CHECK_FALSE(parse({"--read-ahead", "100001"}, &err));
+    CHECK(err.find("--read-ahead") != std::string::npos);
+    auto zero = parse({"--read-ahead", "0"});
+    REQUIRE(zero);
+    CHECK(zero->read_ahead == 0);
     CHECK_FALSE(parse({"--no-such-flag"}, &err));
 }
 
