@@ -235,12 +235,13 @@ struct sqlite_store::shared {
             host_claim_row = prepare("UPDATE restarts SET host_claimed = 1, started = ?3 WHERE "
                                      "message_id = ?1 AND finished IS NULL");
             // A duplicate's `skipped` does not hide that the message was acked; retried is not
-            // a completion.
+            // a completion. `IS`, not `=`: with no outcome yet (NULL), `outcome = 'acked'` is
+            // NULL and the whole condition with it, so a `skipped` would never be written.
             complete =
                 prepare("UPDATE messages SET outcome = ?2, "
                         "completed_at = CASE WHEN ?2 = 'retried' THEN completed_at ELSE ?3 END, "
                         "last_error = COALESCE(NULLIF(?4, ''), last_error) "
-                        "WHERE message_id = ?1 AND NOT (?2 = 'skipped' AND outcome = 'acked')");
+                        "WHERE message_id = ?1 AND NOT (?2 = 'skipped' AND outcome IS 'acked')");
         } catch (...) {
             close_conn();
             throw;

@@ -116,6 +116,25 @@ TEST_CASE("sqlite_store: a claim proceeds, then is done, and a failed restart ma
     CHECK(count(dir.db(), "SELECT count(*) FROM messages WHERE outcome = 'acked'") == 1);
 }
 
+TEST_CASE("sqlite_store: a skipped outcome is written over no outcome, never over an ack") {
+    temp_dir dir;
+    rt::loop loop;
+    sqlite_store st(loop, sqlite_options{dir.db()});
+    auto a = msg("a"), b = msg("b");
+    CHECK(run(loop, st.save(a, delivery{})).ok);
+    CHECK(run(loop, st.save(b, delivery{})).ok);
+    // a: restarted by a worker that died before its outcome; the redelivery is skipped.
+    st.complete(a, verdict{outcome::skipped, {}, {}});
+    st.complete(b, verdict{outcome::acked, {}, {}});
+    CHECK(run(loop, st.save(msg("c"), delivery{})).ok); // the outcomes are written by now
+    st.complete(b, verdict{outcome::skipped, {}, {}});
+    run(loop, st.close());
+    CHECK(count(dir.db(), "SELECT count(*) FROM messages WHERE message_id = 'a' AND "
+                          "outcome = 'skipped' AND completed_at IS NOT NULL") == 1);
+    CHECK(count(dir.db(), "SELECT count(*) FROM messages WHERE message_id = 'b' AND "
+                          "outcome = 'acked'") == 1);
+}
+
 TEST_CASE("sqlite_store: a restart started and never finished is unfinished after a restart") {
     temp_dir dir;
     auto a = msg("a");
