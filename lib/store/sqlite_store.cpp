@@ -493,7 +493,10 @@ struct sqlite_store::shared {
         auto values = [this](const request* r) {
             return std::pair{flying.view(r->a), flying.view(r->b)};
         };
-        if (same_values)
+        // Usually they all set the same values (acked, ok): then there is nothing to sort.
+        if (same_values && !rs.empty() &&
+            std::any_of(rs.begin() + 1, rs.end(),
+                        [&](const request* r) { return values(r) != values(rs.front()); }))
             std::sort(rs.begin(), rs.end(),
                       [&](const request* x, const request* y) { return values(x) < values(y); });
         std::size_t i = 0;
@@ -516,14 +519,25 @@ struct sqlite_store::shared {
     }
 
     // True if no message id occurs twice among `rs` (hash collisions answer false: harmless).
+    // The hashes go in an open-addressed table at most half full (0 marks a free slot).
     bool distinct_ids(const std::vector<request*>& a, const std::vector<request*>& b) {
-        ids_.clear();
+        std::size_t slots = 16;
+        while (slots < 2 * (a.size() + b.size()))
+            slots *= 2;
+        ids_.assign(slots, 0);
         std::hash<std::string_view> h;
         for (const auto* v : {&a, &b})
-            for (const request* r : *v)
-                ids_.push_back(h(flying.view(r->id)));
-        std::sort(ids_.begin(), ids_.end());
-        return std::adjacent_find(ids_.begin(), ids_.end()) == ids_.end();
+            for (const request* r : *v) {
+                std::size_t x = h(flying.view(r->id)) | 1;
+                for (std::size_t i = x & (slots - 1);; i = (i + 1) & (slots - 1)) {
+                    if (ids_[i] == x) return false;
+                    if (ids_[i] == 0) {
+                        ids_[i] = x;
+                        break;
+                    }
+                }
+            }
+        return true;
     }
 
     // The requests on `messages`, in arrival order.
