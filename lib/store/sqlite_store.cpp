@@ -93,8 +93,10 @@ bool reopen_after(int code) {
 
 struct sqlite_store::shared {
     // Rows per multi-row statement: a run of requests of one kind goes max_rows at a time, the
-    // rest in one statement of its own size.
-    static constexpr int max_rows = 32;
+    // rest in one statement of its own size. 64 costs ~5% fewer instructions per message than
+    // 32; 128 no fewer than 64. (At most 4 x 63 statements once every size was used; the
+    // benchmark's peak RSS did not change.)
+    static constexpr int max_rows = 64;
     // The kinds written by multi-row statements (index into `multi`): inserts of n rows of
     // VALUES, and updates of the n ids of an IN list that set the same values (the outcome and
     // its reason; the restart's result and detail), one statement per distinct values. (An
