@@ -116,6 +116,25 @@ TEST_CASE("sqlite_store: a claim proceeds, then is done, and a failed restart ma
     CHECK(count(dir.db(), "SELECT count(*) FROM messages WHERE outcome = 'acked'") == 1);
 }
 
+TEST_CASE("sqlite_store: a skipped outcome is written over no outcome, never over an ack") {
+    temp_dir dir;
+    rt::loop loop;
+    sqlite_store st(loop, sqlite_options{dir.db()});
+    auto a = msg("a"), b = msg("b");
+    CHECK(run(loop, st.save(a, delivery{})).ok);
+    CHECK(run(loop, st.save(b, delivery{})).ok);
+    // a: restarted by a worker that died before its outcome; the redelivery is skipped.
+    st.complete(a, verdict{outcome::skipped, {}, {}});
+    st.complete(b, verdict{outcome::acked, {}, {}});
+    CHECK(run(loop, st.save(msg("c"), delivery{})).ok); // the outcomes are written by now
+    st.complete(b, verdict{outcome::skipped, {}, {}});
+    run(loop, st.close());
+    CHECK(count(dir.db(), "SELECT count(*) FROM messages WHERE message_id = 'a' AND "
+                          "outcome = 'skipped' AND completed_at IS NOT NULL") == 1);
+    CHECK(count(dir.db(), "SELECT count(*) FROM messages WHERE message_id = 'b' AND "
+                          "outcome = 'acked'") == 1);
+}
+
 TEST_CASE("sqlite_store: a restart started and never finished is unfinished after a restart") {
     temp_dir dir;
     auto a = msg("a");
@@ -180,4 +199,172 @@ TEST_CASE("sqlite_store: a task destroyed while its request is written is forgot
     run(loop, st.close());
     CHECK(count(dir.db(), "SELECT count(*) FROM messages") == 2); // a save is still written
     CHECK(count(dir.db(), "SELECT count(*) FROM restarts") == 0); // a start that never runs not
+}
+
+namespace {
+
+std::string text_of(const std::string& db, const std::string& sql) {
+    sqlite3* c = nullptr;
+    REQUIRE(sqlite3_open_v2(db.c_str(), &c, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
+    sqlite3_stmt* s = nullptr;
+    REQUIRE(sqlite3_prepare_v2(c, sql.c_str(), -1, &s, nullptr) == SQLITE_OK);
+    std::string v;
+    if (sqlite3_step(s) == SQLITE_ROW && sqlite3_column_type(s, 0) != SQLITE_NULL)
+        v = reinterpret_cast<const char*>(sqlite3_column_text(s, 0));
+    else
+        v = "NULL";
+    sqlite3_finalize(s);
+    sqlite3_close(c);
+    return v;
+}
+
+} // namespace
+
+// Many requests of one kind in one transaction go through the multi-row statements (inserts of
+// many rows, updates of an IN list per distinct values); they must answer and write exactly what
+// one statement per request would.
+TEST_CASE("sqlite_store: many claims, finishes and outcomes in one transaction") {
+    temp_dir dir;
+    rt::loop loop;
+    sqlite_store st(loop, sqlite_options{dir.db()});
+    // Before: d* restarted (done), f* failed (may run again), u* started and never finished.
+    std::vector<message> before;
+    for (const char* p : {"d", "f", "u"})
+        for (int i = 0; i < 5; ++i)
+            before.push_back(msg(p + std::to_string(i)));
+    for (auto& m : before) {
+        REQUIRE(run(loop, st.claim_restart(m)) == restart_claim::proceed);
+        if (m.message_id[0] == 'd')
+            run(loop, st.finish_restart(m, restart_result{restart_status::ok, {}}));
+        if (m.message_id[0] == 'f')
+            run(loop, st.finish_restart(m, restart_result{restart_status::failed, "boom"}));
+    }
+    // 70 new ids with the 15 above mixed in, all claimed in the same loop turn.
+    std::vector<message> ms;
+    for (int i = 0; i < 70; ++i) {
+        ms.push_back(msg("n" + std::to_string(100 + i), "cattle-" + std::to_string(i % 7)));
+        if (i % 5 == 0) ms.push_back(before[static_cast<std::size_t>(i / 5)]);
+    }
+    REQUIRE(ms.size() == 84);
+    ms.push_back(before.back());
+    std::vector<restart_claim> claims(ms.size());
+    std::size_t answered = 0;
+    auto tx = st.stats().transactions.get();
+    {
+        rt::task_scope scope;
+        for (std::size_t i = 0; i < ms.size(); ++i)
+            scope.spawn([](sqlite_store& s, const message& m, restart_claim& out,
+                           std::size_t& n) -> rt::task<void> {
+                out = co_await s.claim_restart(m);
+                ++n;
+            }(st, ms[i], claims[i], answered));
+        loop.run_until([&] { return answered == ms.size(); });
+    }
+    REQUIRE(answered == ms.size());
+    CHECK(st.stats().transactions.get() == tx + 1);
+    for (std::size_t i = 0; i < ms.size(); ++i) {
+        char p = ms[i].message_id[0];
+        auto want = p == 'd'   ? restart_claim::done
+                    : p == 'u' ? restart_claim::unfinished
+                               : restart_claim::proceed;
+        CHECK_MESSAGE(claims[i] == want, ms[i].message_id);
+    }
+    CHECK(count(dir.db(), "SELECT count(*) FROM restarts WHERE message_id LIKE 'n%' AND "
+                          "attempt = 1 AND finished IS NULL") == 70);
+    CHECK(count(dir.db(), "SELECT count(*) FROM restarts WHERE message_id LIKE 'f%' AND "
+                          "attempt = 2 AND finished IS NULL") == 5);
+    CHECK(count(dir.db(), "SELECT count(*) FROM restarts WHERE message_id LIKE 'u%'") == 5);
+
+    // Finishes with different results in one transaction: each row gets its own.
+    std::size_t finished = 0;
+    tx = st.stats().transactions.get();
+    {
+        rt::task_scope scope;
+        for (std::size_t i = 0; i < ms.size(); ++i) {
+            if (claims[i] == restart_claim::done) continue;
+            restart_result r{restart_status::ok, {}};
+            if (i % 3 == 1)
+                r = restart_result{restart_status::failed, "exit 1 on " + ms[i].hostname};
+            if (i % 3 == 2 && i % 2 == 0) r = restart_result{restart_status::dry_run, "dry run"};
+            scope.spawn([](sqlite_store& s, const message& m, restart_result rr,
+                           std::size_t& n) -> rt::task<void> {
+                co_await s.finish_restart(m, rr);
+                ++n;
+            }(st, ms[i], r, finished));
+        }
+        loop.run_until([&] { return finished == ms.size() - 5; });
+    }
+    CHECK(st.stats().transactions.get() == tx + 1);
+    for (std::size_t i = 0; i < ms.size(); ++i) {
+        const auto& id = ms[i].message_id;
+        std::string latest =
+            "SELECT %s FROM restarts WHERE message_id = '" + id + "' ORDER BY attempt DESC LIMIT 1";
+        auto col = [&](const char* c) {
+            std::string q = latest;
+            q.replace(q.find("%s"), 2, c);
+            return text_of(dir.db(), q);
+        };
+        if (claims[i] == restart_claim::done) {
+            CHECK(col("result") == "ok");
+            continue;
+        }
+        std::string want = "ok", detail = "NULL";
+        if (i % 3 == 1) {
+            want = "failed";
+            detail = "exit 1 on " + ms[i].hostname;
+        } else if (i % 3 == 2 && i % 2 == 0) {
+            want = "dry_run";
+            detail = "dry run";
+        }
+        CHECK_MESSAGE(col("result") == want, id);
+        CHECK_MESSAGE(col("detail") == detail, id);
+        CHECK_MESSAGE(col("finished IS NOT NULL") == "1", id);
+    }
+    CHECK(count(dir.db(), "SELECT count(*) FROM restarts WHERE finished IS NULL") == 0);
+
+    // Saves and outcomes: distinct ids in one transaction, then one with an id twice (a
+    // duplicate's `skipped` right after the `acked`), which keeps arrival order.
+    std::size_t saved = 0;
+    {
+        rt::task_scope scope;
+        for (auto& m : ms)
+            scope.spawn([](sqlite_store& s, const message& mm, std::size_t& n) -> rt::task<void> {
+                delivery d;
+                auto r = co_await s.save(mm, d);
+                if (r.ok) ++n;
+            }(st, m, saved));
+        loop.run_until([&] { return saved == ms.size(); });
+    }
+    REQUIRE(saved == ms.size());
+    for (std::size_t i = 0; i < ms.size() - 1; ++i) {
+        if (i % 4 == 0)
+            st.complete(ms[i], verdict{outcome::acked, {}, {}});
+        else if (i % 4 == 1)
+            st.complete(ms[i], verdict{outcome::retried, "store: busy " + ms[i].message_id, {}});
+        else if (i % 4 == 2)
+            st.complete(ms[i], verdict{outcome::dead_lettered, "bad host", {}});
+        else
+            st.complete(ms[i], verdict{outcome::skipped, {}, {}});
+    }
+    CHECK(run(loop, st.save(msg("z"), delivery{})).ok); // the outcomes are written by now
+    st.complete(ms[0], verdict{outcome::skipped, "duplicate", {}}); // does not hide the ack
+    st.complete(ms[0], verdict{outcome::acked, {}, {}});
+    st.complete(ms[4], verdict{outcome::acked, {}, {}});
+    st.complete(ms[4], verdict{outcome::skipped, "duplicate", {}});
+    run(loop, st.close());
+    for (std::size_t i = 0; i < ms.size() - 1; ++i) {
+        auto q = [&](const char* c) {
+            return text_of(dir.db(), std::string("SELECT ") + c +
+                                         " FROM messages WHERE message_id = '" + ms[i].message_id +
+                                         "'");
+        };
+        const char* want[] = {"acked", "retried", "dead_lettered", "skipped"};
+        CHECK_MESSAGE(q("outcome") == want[i % 4], ms[i].message_id);
+        CHECK_MESSAGE(q("completed_at IS NULL") == (i % 4 == 1 ? "1" : "0"), ms[i].message_id);
+        // A `skipped` after the `acked` changes nothing, not even last_error.
+        std::string err = i % 4 == 1   ? "store: busy " + ms[i].message_id
+                          : i % 4 == 2 ? "bad host"
+                                       : "NULL";
+        CHECK_MESSAGE(q("last_error") == err, ms[i].message_id);
+    }
 }
