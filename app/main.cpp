@@ -10,9 +10,12 @@
 #include "version.hpp"
 
 #include <CLI/CLI.hpp>
+#include <csignal>
 #include <cstdio>
 #include <iostream>
+#include <pthread.h>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -31,7 +34,34 @@ Usage:
 Exit codes: 0 ok; 1 fatal error; 2 bad flags or config; 3 work was released at a drain.
 )";
 
+// Stop signals that arrive while the worker is still starting (reading its config, opening its
+// store, connecting) are held back until its handlers are installed, then handled like any
+// other: a drain with nothing in flight, exit 0. Unheld, a SIGTERM in that window would kill
+// the process. Threads started meanwhile (libuv's pool) keep them blocked, so signals go to the
+// loop's thread or to threads started later.
+class hold_stop_signals {
+public:
+    hold_stop_signals() {
+        sigset_t stop;
+        sigemptyset(&stop);
+        for (int s : {SIGTERM, SIGINT, SIGHUP})
+            sigaddset(&stop, s);
+        pthread_sigmask(SIG_BLOCK, &stop, &before_);
+    }
+    hold_stop_signals(const hold_stop_signals&) = delete;
+    hold_stop_signals& operator=(const hold_stop_signals&) = delete;
+    ~hold_stop_signals() { release(); }
+    void release() {
+        if (std::exchange(held_, false)) pthread_sigmask(SIG_SETMASK, &before_, nullptr);
+    }
+
+private:
+    sigset_t before_;
+    bool held_ = true;
+};
+
 int run_worker(const std::vector<std::string>& args) {
+    hold_stop_signals held;
     int code = 0;
     auto cfg = mayhem::parse_worker_config(args, std::cout, std::cerr, code);
     if (!cfg) return code;
@@ -40,6 +70,7 @@ int run_worker(const std::vector<std::string>& args) {
                        mayhem::parse_log_level(cfg->log_level));
     try {
         mayhem::worker w(*cfg, args);
+        held.release(); // its signal handlers are installed: what was held is delivered now
         return w.run();
     } catch (const std::exception& e) {
         mayhem::log::error("fatal error", {{"error", e.what()}});

@@ -13,7 +13,7 @@ from harness import Harness
 
 
 def started(w):
-    """Signals are only handled once the worker says it started (before that they kill it)."""
+    """Waits for the worker's start line (a signal sent before it is held until then)."""
     harness.wait_until(lambda: "worker started" in w.stderr() or not w.alive(),
                        timeout=20, what="worker started")
     if not w.alive():
@@ -49,6 +49,36 @@ class Drain(Harness):
         drained = [r for r in harness.json_log_lines(err) if r.get("msg") == "drain finished"]
         self.assertEqual(len(drained), 1, err[-3000:])
         self.assertEqual(drained[0]["released"], 0)
+
+    def test_sigterm_during_start_up_is_held_then_drains(self):
+        # The worker reads --config from a FIFO, so it waits in start-up, inside run_worker,
+        # until the test writes the file; a SIGTERM sent then must not kill it.
+        fifo = os.path.join(self.tmp, "config.json")
+        os.mkfifo(fifo)
+        w = self.worker("--config", fifo, "--store", "memory", "--messages", "0",
+                        "--save-latency", "0", "--restart-latency", "0", "--log-format", "json")
+        fd = None
+
+        def reader_waiting():
+            nonlocal fd
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO until a reader opens
+                return True
+            except OSError:
+                return not w.alive()
+        harness.wait_until(reader_waiting, timeout=20, what="the worker to open its config")
+        self.assertIsNotNone(fd, w.stderr()[-3000:])
+        try:
+            w.signal(signal.SIGTERM)  # the worker is blocked reading its config
+            time.sleep(0.2)
+            self.assertTrue(w.alive(), "killed by a SIGTERM during start-up")
+            os.write(fd, b"{}")
+        finally:
+            os.close(fd)
+        code, out, err = w.wait(timeout=30)
+        self.assertEqual(code, 0, err[-3000:])
+        self.assert_identity(harness.parse_summary(out))
+        self.assertIn("drain", err)
 
     def test_sigint_drains_like_sigterm(self):
         w = self.worker("--save-latency", "100ms..200ms", "--restart-latency", "100ms..200ms",
