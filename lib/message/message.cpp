@@ -1,6 +1,7 @@
 #include "message/message.hpp"
 
 #include <array>
+#include <cstring>
 #include <nlohmann/json.hpp>
 
 namespace mayhem {
@@ -275,6 +276,7 @@ private:
     // control byte (those need the real parser) and is valid UTF-8.
     bool string(std::string_view& out) noexcept {
         const char* start = p_;
+        skip_plain_words();
         bool ascii = true;
         for (; p_ != end_; ++p_) {
             switch (byte_class[static_cast<unsigned char>(*p_)]) {
@@ -292,6 +294,22 @@ private:
             }
         }
         return false;
+    }
+
+    // Eight bytes a step while none of them is a quote, a backslash, a control byte or
+    // non-ASCII; the byte loop above takes over at the first word that holds one.
+    void skip_plain_words() noexcept {
+        constexpr std::uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+        while (end_ - p_ >= 8) {
+            std::uint64_t w;
+            std::memcpy(&w, p_, 8);
+            auto has_zero = [&](std::uint64_t v) { return (v - ones) & ~v & highs; };
+            std::uint64_t special = ((w - ones * 0x20) & ~w & highs) // a byte below 0x20
+                                    | has_zero(w ^ (ones * '"')) | has_zero(w ^ (ones * '\\')) |
+                                    (w & highs); // non-ASCII
+            if (special) return;
+            p_ += 8;
+        }
     }
 
     enum : std::uint8_t { plain, quote, high, other };

@@ -114,6 +114,8 @@ void check_paths_agree(const std::string& payload, const decode_options& opts) {
 TEST_CASE("the plain path and the parser agree on a mutated corpus") {
     const std::string bases[] = {
         R"({"message_id":"4f9c-1","instance_name":"cattle-k7oo"})",
+        // Strings of several 8-byte words, so a special byte lands in every word position.
+        R"({"message_id":"0123456789abcdef0123456789abcdef-4f9c","instance_name":"cattle-k7oo-x"})",
         R"({"message_id":"a","instance_name":"b","hostname":"h.x","reason":"kernel update"})",
         " \t\n{ \"message_id\" : \"a\" ,\r\n \"instance_name\" : \"b\" } \n",
         R"({"instance_name":"b","message_id":"a","extra":"ignored"})",
