@@ -280,7 +280,7 @@ rt::task<restart_result> pipeline::restart(const message& m) {
     restart_result r;
     switch (after_claim(co_await store_.claim_restart(m), r)) {
     case claim_step::restart:
-        restarted(co_await restarter_.restart(m).settled(), r);
+        restarted(co_await restarter_.restart(m).into(r), r);
         co_await store_.finish_restart(m, r);
         [[fallthrough]];
     case claim_step::counted:
@@ -315,12 +315,9 @@ pipeline::claim_step pipeline::after_claim(restart_claim claim, restart_result& 
     return claim_step::restart;
 }
 
-void pipeline::restarted(rt::result<restart_result> done, restart_result& r) {
+void pipeline::restarted(const std::exception_ptr& error, restart_result& r) {
     // A restarter that threw: a failure like any other.
-    if (done)
-        r = std::move(*done);
-    else
-        r = restart_result{restart_status::failed, rt::describe(done.error())};
+    if (error) r = restart_result{restart_status::failed, rt::describe(error)};
 }
 
 void pipeline::settle(flight& f, verdict v, std::uint64_t now) {

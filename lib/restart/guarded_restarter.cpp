@@ -202,7 +202,7 @@ rt::task<restart_result> guarded_restarter::restart(const message& m) {
     if (go && opts_.dry_run) {
         dry_run(m, r);
     } else if (go) {
-        as_restart_result(co_await inner_.restart(m).settled(), r);
+        as_restart_result(co_await inner_.restart(m).into(r), r);
     }
     here.complete(admitted);
     co_return std::move(r);
@@ -270,12 +270,9 @@ void guarded_restarter::dry_run(const message& m, restart_result& r) {
     r = restart_result{restart_status::dry_run, "dry run"};
 }
 
-void guarded_restarter::as_restart_result(rt::result<restart_result> done, restart_result& r) {
+void guarded_restarter::as_restart_result(const std::exception_ptr& error, restart_result& r) {
     // A restarter that threw: a failure like any other.
-    if (!done)
-        r = restart_result{restart_status::failed, rt::describe(done.error())};
-    else
-        r = std::move(*done);
+    if (error) r = restart_result{restart_status::failed, rt::describe(error)};
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -238,6 +238,12 @@ public:
     auto operator co_await() && noexcept { return awaiter<false>{this}; }
     // Awaits the task without throwing: its value or its exception as a result<T>.
     auto settled() && noexcept { return awaiter<true>{this}; }
+    // The same without a result<T> temporary in the awaiting frame (which lives as long as the
+    // awaiting coroutine): moves the value into `out`, returns the exception (null if none).
+    template <class U = T>
+    requires(!std::is_void_v<U>) auto into(U& out) && noexcept {
+        return into_awaiter{{this}, &out};
+    }
 
     // Internal: used by gather and task_scope.
     // Starts the task as branch `index` of a gather.
@@ -296,6 +302,18 @@ private:
                 return take_result_of(*t);
             else
                 return t->take();
+        }
+    };
+
+    struct into_awaiter : awaiter<false> {
+        T* out;
+        std::exception_ptr await_resume() noexcept {
+            try {
+                *out = this->t->take();
+                return {};
+            } catch (...) {
+                return std::current_exception();
+            }
         }
     };
 

@@ -1,10 +1,12 @@
 #include "pipeline/pipeline.hpp"
 
+#include "restart/guarded_restarter.hpp"
 #include "restart/simulate_restarter.hpp"
 #include "store/memory_store.hpp"
 
 #include <doctest/doctest.h>
 #include <map>
+#include <stdexcept>
 
 using namespace mayhem;
 using namespace std::chrono_literals;
@@ -190,4 +192,40 @@ TEST_CASE("stats: received equals the sum of outcomes") {
     const auto& st = f.p->stats();
     CHECK(st.received.get() == 100);
     CHECK(st.completed_total() == 100);
+}
+
+namespace {
+// A restarter whose restart throws: at once, or after a sleep (from inside a resumed frame).
+class throwing_restarter final : public restarter {
+public:
+    explicit throwing_restarter(rt::loop& l) : loop_(l) {}
+    std::string_view name() const override { return "throwing"; }
+    rt::task<restart_result> restart(const message& m) override {
+        if (m.message_id == "late") co_await rt::sleep_for(loop_, 5ms);
+        throw std::runtime_error("restart of " + m.hostname + " blew up");
+    }
+
+private:
+    rt::loop& loop_;
+};
+} // namespace
+
+TEST_CASE("a restarter that throws is a failed restart: retried with its reason, never acked") {
+    for (bool guarded : {false, true}) {
+        CAPTURE(guarded);
+        rt::loop loop;
+        script_source src;
+        memory_store store(loop, latency_range{}, 1);
+        throwing_restarter inner(loop);
+        guarded_restarter guard(loop, guard_options{}, store, inner);
+        pipeline_options opts;
+        opts.seed = 3;
+        pipeline p(loop, opts, src, store, guarded ? static_cast<restarter&>(guard) : inner);
+        p.start();
+        src.feed({msg("early"), msg("late")});
+        loop.run_until([&] { return src.pending.empty() && p.idle(); });
+        CHECK(src.outcomes[outcome::retried] == 2);
+        CHECK(src.outcomes[outcome::acked] == 0);
+        CHECK(p.stats().restarts[static_cast<std::size_t>(restart_status::failed)].get() == 2);
+    }
 }
