@@ -116,6 +116,7 @@ private:
     rt::task<void> process(delivery d);
     bool admit(flight& f);
     flight* in_flight_with_id(std::string_view id);
+    rt::task<void> follow(flight& f, flight& first);
     void settle_duplicate(flight& f, const flight& first);
     void hold(flight& f);
     using gathered = rt::gather_awaiter<true, save_result, restart_result>;

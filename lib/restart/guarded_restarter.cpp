@@ -189,10 +189,8 @@ rt::task<restart_result> guarded_restarter::restart(const message& m) {
     restart_result r;
     if (refused(m, r)) co_return std::move(r);
     if (host_run* first = running_for(m.hostname)) {
-        // One restart per host at a time: wait for the one running and share its result
-        // (`first` is alive while it resumes us).
-        co_await first->done;
-        shared_result(m, *first, r);
+        // One restart per host at a time: wait for the one running and share its result.
+        co_await coalesce(m, *first, r);
         co_return std::move(r);
     }
     host_run here(*this, m, r);
@@ -206,6 +204,12 @@ rt::task<restart_result> guarded_restarter::restart(const message& m) {
     }
     here.complete(admitted);
     co_return std::move(r);
+}
+
+// The rare path in a frame of its own, so the event's awaiter takes no room in every message's.
+rt::task<void> guarded_restarter::coalesce(const message& m, host_run& first, restart_result& r) {
+    co_await first.done;
+    shared_result(m, first, r); // `first` is alive: set() resumes us
 }
 
 // The per-host cooldown: true when the store granted the restart; otherwise `r` says why not.

@@ -82,6 +82,7 @@ private:
     // The steps that do not suspend: each writes the restart's result into `r`.
     bool refused(const message& m, restart_result& r);
     host_run* running_for(const std::string& hostname);
+    rt::task<void> coalesce(const message& m, host_run& first, restart_result& r);
     void shared_result(const message& m, const host_run& first, restart_result& r);
     rt::task<bool> cooldown_granted(const message& m, restart_result& r);
     bool cooldown_decision(const message& m, std::chrono::system_clock::time_point now,

@@ -229,3 +229,26 @@ TEST_CASE("a restarter that throws is a failed restart: retried with its reason,
         CHECK(p.stats().restarts[static_cast<std::size_t>(restart_status::failed)].get() == 2);
     }
 }
+
+TEST_CASE("two messages for one host at once: one restart, the second coalesced with it") {
+    rt::loop loop;
+    script_source src;
+    latency_range lat{20ms, 20ms};
+    memory_store store(loop, lat, 1);
+    simulate_restarter inner(loop, lat, 0.0, 2);
+    guarded_restarter guard(loop, guard_options{}, store, inner);
+    pipeline_options opts;
+    opts.seed = 3;
+    pipeline p(loop, opts, src, store, guard);
+    p.start();
+    src.feed(
+        {msg("first", "cattle-same"), msg("second", "cattle-same"), msg("other", "cattle-else")});
+    loop.run_until([&] { return src.pending.empty() && p.idle(); });
+    CHECK(src.outcomes[outcome::acked] == 3);
+    auto restarts = [&](restart_status s) {
+        return p.stats().restarts[static_cast<std::size_t>(s)].get();
+    };
+    CHECK(restarts(restart_status::ok) == 2);
+    CHECK(restarts(restart_status::coalesced) == 1);
+    CHECK(guard.stats().coalesced.get() == 1);
+}
