@@ -556,23 +556,37 @@ void redis_source::release_unconfirmed() {
 
 void redis_source::extend(std::span<const delivery* const> in_flight) {
     if (closed_ || !writer_.up()) return; // entries stay pending; renewed at the next tick
-    for (std::size_t at = 0; at < in_flight.size(); at += opts_.max_batch) {
-        argv_builder av;
-        av.add("XCLAIM");
-        av.add(opts_.stream);
-        av.add(opts_.group);
-        av.add(opts_.consumer);
-        av.add("0");
-        std::size_t end = std::min(in_flight.size(), at + opts_.max_batch);
-        for (std::size_t i = at; i < end; ++i)
-            av.add(in_flight[i]->ref);
-        av.add("JUSTID");
-        writer_.send(av.argc(), av.ptrs.data(), av.lens.data(), [this](redisReply* r) {
+    xclaim(
+        in_flight.size(), [&](std::size_t i) { return std::string_view(in_flight[i]->ref); },
+        {"JUSTID"},
+        [this](redisReply* r) {
             if (closed_ || !r) return;
             if (auto e = redis_link::error_of(r); !e.empty() && !handle_nogroup(e))
                 log::warn("lease renewal failed", {{"error", e}});
         });
+}
+
+// XCLAIM <stream> <group> <consumer> 0 <id>... <options>..., --max-batch ids a command, each
+// answered to `on_reply`. Returns how many commands were sent.
+template <class IdOf>
+std::size_t redis_source::xclaim(std::size_t n, IdOf id_of,
+                                 std::initializer_list<std::string_view> options,
+                                 const redis_link::reply_fn& on_reply) {
+    std::size_t sent = 0;
+    for (std::size_t at = 0; at < n; at += opts_.max_batch) {
+        argv_builder av;
+        for (std::string_view a :
+             {"XCLAIM"sv, std::string_view(opts_.stream), std::string_view(opts_.group),
+              std::string_view(opts_.consumer), "0"sv})
+            av.add(a);
+        std::size_t end = std::min(n, at + opts_.max_batch);
+        for (std::size_t i = at; i < end; ++i)
+            av.add(id_of(i));
+        for (std::string_view o : options)
+            av.add(o);
+        if (writer_.send(av.argc(), av.ptrs.data(), av.lens.data(), on_reply)) ++sent;
     }
+    return sent;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -824,22 +838,13 @@ void redis_source::deliver_ahead() {
 // the delivery count does not grow).
 void redis_source::renew_ahead() {
     if (closed_ || ahead_.empty() || !writer_.up()) return;
-    for (std::size_t at = 0; at < ahead_.size(); at += opts_.max_batch) {
-        argv_builder av;
-        for (std::string_view a :
-             {"XCLAIM"sv, std::string_view(opts_.stream), std::string_view(opts_.group),
-              std::string_view(opts_.consumer), "0"sv})
-            av.add(a);
-        std::size_t end = std::min(ahead_.size(), at + opts_.max_batch);
-        for (std::size_t i = at; i < end; ++i)
-            av.add(ahead_[i].id);
-        av.add("JUSTID");
-        writer_.send(av.argc(), av.ptrs.data(), av.lens.data(), [this](redisReply* r) {
+    xclaim(
+        ahead_.size(), [&](std::size_t i) { return std::string_view(ahead_[i].id); }, {"JUSTID"},
+        [this](redisReply* r) {
             if (closed_ || !r) return;
             if (auto e = redis_link::error_of(r); !e.empty() && !handle_nogroup(e))
                 log::warn("lease renewal of entries read ahead failed", {{"error", e}});
         });
-    }
 }
 
 // A drain or a forced stop with entries read ahead that were never delivered: they were not
@@ -860,19 +865,10 @@ void redis_source::leave_ahead() {
     ahead_.clear();
     if (closed_ || !writer_.up()) return;
     std::string idle = std::to_string(opts_.lease_timeout.count());
-    for (std::size_t at = 0; at < ids.size(); at += opts_.max_batch) {
-        argv_builder av;
-        for (std::string_view a :
-             {"XCLAIM"sv, std::string_view(opts_.stream), std::string_view(opts_.group),
-              std::string_view(opts_.consumer), "0"sv})
-            av.add(a);
-        std::size_t end = std::min(ids.size(), at + opts_.max_batch);
-        for (std::size_t i = at; i < end; ++i)
-            av.add(ids[i]);
-        av.add("IDLE");
-        av.add(idle);
-        av.add("JUSTID");
-        bool sent = writer_.send(av.argc(), av.ptrs.data(), av.lens.data(), [this](redisReply* r) {
+    releases_ += xclaim(
+        ids.size(), [&](std::size_t i) { return std::string_view(ids[i]); },
+        {"IDLE", idle, "JUSTID"},
+        [this](redisReply* r) {
             if (closed_) return;
             --releases_;
             if (auto e = redis_link::error_of(r); r && !e.empty())
@@ -881,8 +877,6 @@ void redis_source::leave_ahead() {
                           {{"error", e}});
             kick();
         });
-        if (sent) ++releases_;
-    }
 }
 
 // After a reconnect: this consumer's pending entries that are not in flight here (their read

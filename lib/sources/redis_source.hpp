@@ -117,6 +117,9 @@ private:
     void read_new();
     void on_read_new(redisReply* r, std::size_t asked);
     void deliver_ahead();
+    template <class IdOf>
+    std::size_t xclaim(std::size_t n, IdOf id_of, std::initializer_list<std::string_view> options,
+                       const redis_link::reply_fn& on_reply);
     void renew_ahead();
     void leave_ahead();
     void reclaim();
