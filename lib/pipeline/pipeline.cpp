@@ -285,7 +285,7 @@ rt::task<restart_result> pipeline::restart(const message& m) {
     restart_result r;
     switch (after_claim(co_await store_.claim_restart(m), r)) {
     case claim_step::restart:
-        restarted(co_await restarter_.restart(m).into(r), r);
+        fail_if_thrown(co_await restarter_.restart(m).into(r), r);
         co_await store_.finish_restart(m, r);
         [[fallthrough]];
     case claim_step::counted:
@@ -318,11 +318,6 @@ pipeline::claim_step pipeline::after_claim(restart_claim claim, restart_result& 
         break;
     }
     return claim_step::restart;
-}
-
-void pipeline::restarted(const std::exception_ptr& error, restart_result& r) {
-    // A restarter that threw: a failure like any other.
-    if (error) r = restart_result{restart_status::failed, rt::describe(error)};
 }
 
 void pipeline::settle(flight& f, verdict v, std::uint64_t now) {

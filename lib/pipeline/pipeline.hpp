@@ -124,7 +124,6 @@ private:
     rt::task<restart_result> restart(const message& m);
     enum class claim_step { restart, counted, uncounted };
     claim_step after_claim(restart_claim claim, restart_result& r);
-    static void restarted(const std::exception_ptr& error, restart_result& r);
     // `now`: the steady clock in ns if the caller has just read it, else 0.
     void settle(flight& f, verdict v, std::uint64_t now = 0);
     void renew_leases();

@@ -197,10 +197,11 @@ rt::task<restart_result> guarded_restarter::restart(const message& m) {
     slot admitted = co_await admit_awaiter(*this);
     bool go = true;
     if (opts_.cooldown.count() > 0) go = co_await cooldown_granted(m, r);
-    if (go && opts_.dry_run) {
-        dry_run(m, r);
-    } else if (go) {
-        as_restart_result(co_await inner_.restart(m).into(r), r);
+    if (go) {
+        if (opts_.dry_run)
+            dry_run(m, r);
+        else
+            fail_if_thrown(co_await inner_.restart(m).into(r), r);
     }
     here.complete(admitted);
     co_return std::move(r);
@@ -272,11 +273,6 @@ void guarded_restarter::dry_run(const message& m, restart_result& r) {
     log::info("dry run: restart not carried out",
               {{"message_id", m.message_id}, {"hostname", m.hostname}});
     r = restart_result{restart_status::dry_run, "dry run"};
-}
-
-void guarded_restarter::as_restart_result(const std::exception_ptr& error, restart_result& r) {
-    // A restarter that threw: a failure like any other.
-    if (error) r = restart_result{restart_status::failed, rt::describe(error)};
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -88,7 +88,6 @@ private:
     bool cooldown_decision(const message& m, std::chrono::system_clock::time_point now,
                            rt::result<host_claim>& claim, restart_result& r);
     void dry_run(const message& m, restart_result& r);
-    static void as_restart_result(const std::exception_ptr& error, restart_result& r);
     bool room() const noexcept;
     void schedule_admission();
     void admit_waiters();

@@ -6,11 +6,18 @@
 #include "pipeline/outcome.hpp"
 #include "runtime/task.hpp"
 
+#include <exception>
 #include <optional>
 #include <string>
 #include <string_view>
 
 namespace mayhem {
+
+// For `co_await some_restarter.restart(m).into(r)`: a restarter that threw is a failed restart
+// like any other, its exception's text the detail; `r` is left as it is when nothing was thrown.
+inline void fail_if_thrown(const std::exception_ptr& error, restart_result& r) {
+    if (error) r = restart_result{restart_status::failed, rt::describe(error)};
+}
 
 class restarter {
 public:
