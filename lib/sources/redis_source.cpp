@@ -856,27 +856,24 @@ void redis_source::leave_ahead() {
     if (ahead_.empty()) return;
     log::info("entries read ahead and not started are left pending for any worker",
               {{"count", ahead_.size()}});
-    std::vector<std::string> ids;
-    ids.reserve(ahead_.size());
-    for (auto& en : ahead_) {
+    for (const auto& en : ahead_)
         held_.erase(en.id);
-        ids.push_back(std::move(en.id));
+    if (!closed_ && writer_.up()) {
+        std::string idle = std::to_string(opts_.lease_timeout.count());
+        releases_ += xclaim(
+            ahead_.size(), [&](std::size_t i) { return std::string_view(ahead_[i].id); },
+            {"IDLE", idle, "JUSTID"},
+            [this](redisReply* r) {
+                if (closed_) return;
+                --releases_;
+                if (auto e = redis_link::error_of(r); r && !e.empty())
+                    log::warn("could not mark entries read ahead as idle (they are reclaimed "
+                              "after --lease-timeout)",
+                              {{"error", e}});
+                kick();
+            });
     }
     ahead_.clear();
-    if (closed_ || !writer_.up()) return;
-    std::string idle = std::to_string(opts_.lease_timeout.count());
-    releases_ += xclaim(
-        ids.size(), [&](std::size_t i) { return std::string_view(ids[i]); },
-        {"IDLE", idle, "JUSTID"},
-        [this](redisReply* r) {
-            if (closed_) return;
-            --releases_;
-            if (auto e = redis_link::error_of(r); r && !e.empty())
-                log::warn("could not mark entries read ahead as idle (they are reclaimed after "
-                          "--lease-timeout)",
-                          {{"error", e}});
-            kick();
-        });
 }
 
 // After a reconnect: this consumer's pending entries that are not in flight here (their read
