@@ -9,7 +9,7 @@
 #include "metrics/live_state.hpp"
 #include "metrics/process_stats.hpp"
 #include "pipeline/pipeline.hpp"
-#include "restart/guarded_restarter.hpp"
+#include "restart/restart_guard.hpp"
 
 #include <optional>
 #include <prometheus/metric_family.h>

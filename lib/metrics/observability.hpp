@@ -12,7 +12,7 @@
 #include "metrics/live_state.hpp"
 #include "metrics/loop_monitor.hpp"
 #include "pipeline/pipeline.hpp"
-#include "restart/guarded_restarter.hpp"
+#include "restart/restart_guard.hpp"
 #include "runtime/loop.hpp"
 #include "sources/source.hpp"
 #include "store/store.hpp"

@@ -34,9 +34,13 @@ struct pipeline::flight {
     bool indexed = false;             // registered in by_id_
     outcome last = outcome::released; // what it settled with, for a coalesced duplicate
     std::uint64_t started_ns = 0;     // when save and restart were started
+    std::uint64_t restarted_ns = 0;   // when the restart's steps ended
     rt::event done;
     rt::owned_node<flight> lease{this};
     std::uint64_t lease_due = 0;
+    rt::branch<save_result> save;
+    restart_result restarted;
+    restart_guard::pass pass; // the restart's way through the guard
 
     flight(pipeline& owner, delivery& dv) : p(owner), d(dv) {
         auto n = static_cast<std::int64_t>(++p.in_flight_);
@@ -57,8 +61,9 @@ struct pipeline::flight {
 // pipeline
 // ---------------------------------------------------------------------------------------------
 
-pipeline::pipeline(rt::loop& loop, pipeline_options opts, source& src, store& st, restarter& rs)
-    : loop_(loop), opts_(std::move(opts)), source_(src), store_(st), restarter_(rs),
+pipeline::pipeline(rt::loop& loop, pipeline_options opts, source& src, store& st,
+                   restart_guard& guard)
+    : loop_(loop), opts_(std::move(opts)), source_(src), store_(st), guard_(guard),
       lease_timer_(loop, std::max(std::chrono::milliseconds{1}, opts_.lease_extend_interval / 4),
                    [this] { renew_leases(); }),
       rng_(opts_.seed ? opts_.seed : std::random_device{}()), tasks_([](std::exception_ptr e) {
@@ -195,9 +200,28 @@ rt::task<void> pipeline::process(delivery d) {
         co_return co_await follow(f, *first);
     }
     hold(f);
-    auto both = rt::gather_timed(store_.save(f.msg, f.d), restart(f.msg));
-    co_await both;
-    co_return conclude(f, both);
+    // Fan out: the save runs as a branch while this frame carries out the restart, a serial
+    // chain that never blocks the loop ("block when needed"): claim, the guard's steps, the
+    // restart, its record. Every step writes the one result `f.restarted`.
+    f.save.start(store_.save(f.msg, f.d));
+    restart_claim claim{};
+    auto step = after_claim(co_await store_.claim_restart(f.msg).into(claim), claim, f.restarted);
+    if (step == claim_step::restart) {
+        auto gate = guard_.enter(f.pass, f.msg, f.restarted);
+        bool go = gate == restart_guard::gate::restart;
+        if (gate == restart_guard::gate::wait)
+            fail_if_thrown(co_await guard_.wait(f.pass, f.msg, f.restarted).into(go), f.restarted);
+        if (go)
+            fail_if_thrown(co_await guard_.inner().restart(f.msg).into(f.restarted), f.restarted);
+        guard_.leave(f.pass);
+        step =
+            after_finish(co_await store_.finish_restart(f.msg, f.restarted).caught(), f.restarted);
+    }
+    if (step == claim_step::counted)
+        stats_.restarts[static_cast<std::size_t>(f.restarted.status)].inc();
+    f.restarted_ns = now_ns();
+    co_await f.save; // gather
+    co_return conclude(f);
 }
 
 // The steps of process() that need no suspension live in plain functions, so their temporaries
@@ -258,11 +282,11 @@ void pipeline::hold(flight& f) {
     f.started_ns = now_ns();
 }
 
-void pipeline::conclude(flight& f, gathered& both) {
-    stats_.save_seconds.observe(static_cast<double>(both.finished_ns(0) - f.started_ns) / 1e9);
-    stats_.restart_seconds.observe(static_cast<double>(both.finished_ns(1) - f.started_ns) / 1e9);
-    auto saved = both.take<0>();
-    auto restarted = both.take<1>();
+void pipeline::conclude(flight& f) {
+    auto saved_ns = f.save.finished_ns();
+    stats_.save_seconds.observe(static_cast<double>(saved_ns - f.started_ns) / 1e9);
+    stats_.restart_seconds.observe(static_cast<double>(f.restarted_ns - f.started_ns) / 1e9);
+    auto saved = f.save.take();
     decide_inputs in;
     in.attempt = f.d.attempt;
     in.max_attempts = opts_.max_attempts;
@@ -270,34 +294,18 @@ void pipeline::conclude(flight& f, gathered& both) {
         in.saved = std::move(*saved);
     else
         in.save_exception = rt::describe(saved.error());
-    if (restarted)
-        in.restarted = std::move(*restarted);
-    else
-        in.restart_exception = rt::describe(restarted.error());
-    settle(f, decide(in, opts_.backoff, rng_()),
-           std::max(both.finished_ns(0), both.finished_ns(1)));
+    in.restarted = std::move(f.restarted);
+    settle(f, decide(in, opts_.backoff, rng_()), std::max(saved_ns, f.restarted_ns));
 }
 
-// "Block when needed": the restart is a serial chain (claim, restart, record) that still never
-// blocks the loop. Its frame lives as long as the restart runs, so the steps that do not suspend
-// are plain functions writing into the one result `r`.
-rt::task<restart_result> pipeline::restart(const message& m) {
-    restart_result r;
-    switch (after_claim(co_await store_.claim_restart(m), r)) {
-    case claim_step::restart:
-        fail_if_thrown(co_await restarter_.restart(m).into(r), r);
-        co_await store_.finish_restart(m, r);
-        [[fallthrough]];
-    case claim_step::counted:
-        stats_.restarts[static_cast<std::size_t>(r.status)].inc();
-        break;
-    case claim_step::uncounted:
-        break;
+// Store trouble in the restart's claim or record is a failed restart like any other (retried,
+// its reason the error's text); it is not counted by restart result, as no restart ended.
+pipeline::claim_step pipeline::after_claim(const std::exception_ptr& error, restart_claim claim,
+                                           restart_result& r) {
+    if (error) {
+        r = restart_result{restart_status::failed, rt::describe(error)};
+        return claim_step::uncounted;
     }
-    co_return std::move(r);
-}
-
-pipeline::claim_step pipeline::after_claim(restart_claim claim, restart_result& r) {
     switch (claim) {
     case restart_claim::done:
         r = restart_result{restart_status::skipped_duplicate, "already restarted for this message"};
@@ -320,6 +328,12 @@ pipeline::claim_step pipeline::after_claim(restart_claim claim, restart_result& 
     return claim_step::restart;
 }
 
+pipeline::claim_step pipeline::after_finish(const std::exception_ptr& error, restart_result& r) {
+    if (!error) return claim_step::counted;
+    r = restart_result{restart_status::failed, rt::describe(error)};
+    return claim_step::uncounted;
+}
+
 void pipeline::settle(flight& f, verdict v, std::uint64_t now) {
     assert(!f.settled);
     f.settled = true;
@@ -330,7 +344,7 @@ void pipeline::settle(flight& f, verdict v, std::uint64_t now) {
     }
     if (v.what == outcome::retried) stats_.retries.inc();
     if (f.decoded && v.what != outcome::released) store_.complete(f.msg, v);
-    // After a gather the last branch's stamp is now (one clock read less per message).
+    // After the gather, the later of the two stamps is now (one clock read less per message).
     if (now == 0) now = now_ns();
     stats_.total_seconds.observe(static_cast<double>(now - f.d.received_ns) / 1e9);
     if (log::enabled(spdlog::level::debug)) {

@@ -1,5 +1,8 @@
 // The pipeline: source -> bounded queue -> consumer -> one task per message that fans out
-// save and restart, gathers both, decides the outcome and hands it back to the source.
+// save and restart, gathers both, decides the outcome and hands it back to the source. The
+// task's frame is the only one a message keeps while it waits: the save runs as a branch (a
+// leaf, for the stores here), and the restart's serial steps, the guard's among them, run in the
+// message's own frame.
 //
 // Threading: the loop thread owns every member. The stats are also read by the metrics thread
 // (single-writer relaxed atomics).
@@ -7,7 +10,7 @@
 
 #include "message/message.hpp"
 #include "pipeline/outcome.hpp"
-#include "restart/restarter.hpp"
+#include "restart/restart_guard.hpp"
 #include "runtime/counter.hpp"
 #include "runtime/list.hpp"
 #include "runtime/loop.hpp"
@@ -80,7 +83,7 @@ struct pipeline_stats {
 
 class pipeline final : private source_sink {
 public:
-    pipeline(rt::loop& loop, pipeline_options opts, source& src, store& st, restarter& rs);
+    pipeline(rt::loop& loop, pipeline_options opts, source& src, store& st, restart_guard& guard);
     pipeline(const pipeline&) = delete;
     pipeline& operator=(const pipeline&) = delete;
     ~pipeline() override;
@@ -119,11 +122,10 @@ private:
     rt::task<void> follow(flight& f, flight& first);
     void settle_duplicate(flight& f, const flight& first);
     void hold(flight& f);
-    using gathered = rt::gather_awaiter<true, save_result, restart_result>;
-    void conclude(flight& f, gathered& both);
-    rt::task<restart_result> restart(const message& m);
-    enum class claim_step { restart, counted, uncounted };
-    claim_step after_claim(restart_claim claim, restart_result& r);
+    void conclude(flight& f);
+    enum class claim_step : std::uint8_t { restart, counted, uncounted };
+    claim_step after_claim(const std::exception_ptr& error, restart_claim claim, restart_result& r);
+    claim_step after_finish(const std::exception_ptr& error, restart_result& r);
     // `now`: the steady clock in ns if the caller has just read it, else 0.
     void settle(flight& f, verdict v, std::uint64_t now = 0);
     void renew_leases();
@@ -134,7 +136,7 @@ private:
     pipeline_options opts_;
     source& source_;
     store& store_;
-    restarter& restarter_;
+    restart_guard& guard_;
 
     std::deque<delivery> queue_;
     std::size_t in_flight_ = 0;

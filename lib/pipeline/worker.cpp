@@ -2,7 +2,7 @@
 
 #include "metrics/observability.hpp"
 #include "restart/exec_restarter.hpp"
-#include "restart/guarded_restarter.hpp"
+#include "restart/restart_guard.hpp"
 #include "restart/simulate_restarter.hpp"
 #include "runtime/log.hpp"
 #include "sources/redis_source.hpp"
@@ -88,8 +88,8 @@ std::unique_ptr<restarter> make_restarter(rt::loop& loop, const worker_config& c
 }
 
 // The safety rails in front of whichever restarter was chosen.
-std::unique_ptr<guarded_restarter> make_guard(rt::loop& loop, const worker_config& c, store& st,
-                                              restarter& inner) {
+std::unique_ptr<restart_guard> make_guard(rt::loop& loop, const worker_config& c, store& st,
+                                          restarter& inner) {
     auto d = resolve_safety(c);
     guard_options o;
     o.cooldown = d.restart_cooldown;
@@ -99,7 +99,7 @@ std::unique_ptr<guarded_restarter> make_guard(rt::loop& loop, const worker_confi
     o.pause_file = c.pause_file;
     o.breaker = breaker_options{d.breaker_failures, c.breaker_window, c.breaker_cooldown};
     o.dry_run = c.dry_run;
-    return std::make_unique<guarded_restarter>(loop, std::move(o), st, inner);
+    return std::make_unique<restart_guard>(loop, std::move(o), st, inner);
 }
 
 pipeline_options make_pipeline_options(const worker_config& c) {

@@ -10,7 +10,7 @@
 
 #include "config/config.hpp"
 #include "pipeline/pipeline.hpp"
-#include "restart/guarded_restarter.hpp"
+#include "restart/restart_guard.hpp"
 #include "restart/restarter.hpp"
 #include "runtime/loop.hpp"
 #include "sources/source.hpp"
@@ -61,7 +61,7 @@ private:
     std::unique_ptr<source> source_;
     std::unique_ptr<store> store_;
     std::unique_ptr<restarter> restarter_;
-    std::unique_ptr<guarded_restarter> guard_; // in front of restarter_; destroyed before it
+    std::unique_ptr<restart_guard> guard_; // in front of restarter_; destroyed before it
     std::unique_ptr<pipeline> pipeline_;
     // /metrics, /healthz, /readyz and the loop monitor; its HTTP threads read the pipeline's
     // stats, so it is destroyed first.

@@ -1,6 +1,6 @@
 // The restart policy as plain code: the host filter, the circuit breaker and the cooldown rule.
 // Each takes data and a clock reading and returns a decision; nothing here knows the loop, so it
-// is unit-tested directly (tests/unit/restart/policy.cpp). guarded_restarter wires them in.
+// is unit-tested directly (tests/unit/restart/policy.cpp). restart_guard wires them in.
 //
 // Threading: plain objects, used by their owner's thread only (the loop thread).
 #pragma once

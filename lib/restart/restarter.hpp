@@ -1,5 +1,5 @@
 // The seam for `restart`: carries out one host restart and says how it ended. Policy
-// (cooldown, caps, dry-run) sits in front of it, not in it (restart/guarded_restarter.hpp).
+// (cooldown, caps, dry-run) sits in front of it, not in it (restart/restart_guard.hpp).
 #pragma once
 
 #include "message/message.hpp"

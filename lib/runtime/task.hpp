@@ -84,13 +84,14 @@ class task_scope;
 
 namespace details {
 
-// When a task is one branch of a gather, it resumes the gather's parent only when it is the
-// last branch to finish, and stamps when it finished (stage timings come from these stamps).
+// When a task is one branch of a join (a gather, or a branch awaited later), it resumes the
+// join's parent only when it is the last to finish, and stamps when it finished if the join
+// keeps stamps (stage timings come from these).
 inline constexpr std::size_t max_gather = 4;
 struct join_state {
     std::size_t remaining = 0;
     std::coroutine_handle<> parent;
-    std::uint64_t finished_ns[max_gather] = {};
+    std::uint64_t* finished_ns = nullptr; // one stamp per branch, or none
 };
 
 inline std::uint64_t steady_ns() noexcept {
@@ -109,7 +110,7 @@ struct completion {
     // Records the completion; returns what to run next (never null).
     std::coroutine_handle<> next() noexcept {
         if (join) {
-            join->finished_ns[branch] = steady_ns();
+            if (join->finished_ns) join->finished_ns[branch] = steady_ns();
             if (--join->remaining == 0) return join->parent;
             return std::noop_coroutine();
         }
@@ -236,6 +237,10 @@ public:
     bool valid() const noexcept { return p_ != nullptr; }
 
     auto operator co_await() && noexcept { return awaiter<false>{this}; }
+    // Awaits a task<void> without throwing: the exception it ended with (null if none).
+    template <class U = T>
+    requires std::is_void_v<U>
+    auto caught() && noexcept { return caught_awaiter{{this}}; }
     // Awaits the task without throwing: its value or its exception as a result<T>.
     auto settled() && noexcept { return awaiter<true>{this}; }
     // The same without a result<T> temporary in the awaiting frame (which lives as long as the
@@ -317,6 +322,17 @@ private:
         }
     };
 
+    struct caught_awaiter : awaiter<false> {
+        std::exception_ptr await_resume() noexcept {
+            try {
+                this->t->take();
+                return {};
+            } catch (...) {
+                return std::current_exception();
+            }
+        }
+    };
+
     T take() {
         if constexpr (std::is_void_v<T>) {
             handle().promise().take();
@@ -370,7 +386,7 @@ inline task<void> promise<void>::get_return_object() noexcept {
 // No allocation beyond the tasks' own frames: the join counter lives in the awaiter, which
 // lives in the awaiting frame.
 // ---------------------------------------------------------------------------------------------
-template <bool Timed, class... T>
+template <class... T>
 class [[nodiscard]] gather_awaiter {
     static_assert(sizeof...(T) <= details::max_gather, "gather takes at most max_gather tasks");
 
@@ -384,50 +400,61 @@ public:
         join_.remaining = sizeof...(T) + 1;
         join_.parent = parent;
         std::uint8_t index = 0;
-        std::apply([&](auto&... t) { (start(t, index++), ...); }, tasks_);
+        std::apply([&](auto&... t) { (t.start_branch(join_, index++), ...); }, tasks_);
         if (--join_.remaining == 0) return parent;
         return std::noop_coroutine();
     }
-    // gather(): the results as a tuple. gather_timed(): nothing; the awaiter is kept as a named
-    // local and read with results() and finished_ns(), so the results are not copied into a
-    // temporary in the awaiting frame (which lives as long as the message is in flight).
-    auto await_resume() {
-        if constexpr (Timed)
-            return;
-        else
-            return results();
-    }
-    std::tuple<result<T>...> results() {
+    std::tuple<result<T>...> await_resume() {
         return std::apply([](auto&... t) { return std::tuple<result<T>...>{t.take_result()...}; },
                           tasks_);
     }
-    // When branch `i` finished (steady clock, ns).
-    std::uint64_t finished_ns(std::size_t i) const noexcept { return join_.finished_ns[i]; }
-    template <std::size_t I>
-    auto take() {
-        return std::get<I>(tasks_).take_result();
-    }
 
 private:
-    template <class U>
-    void start(task<U>& t, std::uint8_t index) noexcept {
-        t.start_branch(join_, index);
-    }
     std::tuple<task<T>...> tasks_;
     details::join_state join_;
 };
 
 template <class... T>
-gather_awaiter<false, T...> gather(task<T>... ts) {
-    return gather_awaiter<false, T...>(std::move(ts)...);
+gather_awaiter<T...> gather(task<T>... ts) {
+    return gather_awaiter<T...>(std::move(ts)...);
 }
 
-// The same, also returning when each branch finished (for stage timings without a wrapper
-// coroutine per stage).
-template <class... T>
-gather_awaiter<true, T...> gather_timed(task<T>... ts) {
-    return gather_awaiter<true, T...>(std::move(ts)...);
-}
+// ---------------------------------------------------------------------------------------------
+// branch<T>: a task started now and awaited later, while the coroutine that started it carries
+// out steps of its own: the other half of a gather whose first half is that coroutine itself.
+// A message fans out its save as a branch and runs the restart's serial steps in its own frame,
+// so one frame (not three) stays alive while both wait. It stamps when the task finished.
+// Destroying the branch destroys the task (its timers and requests are cancelled).
+// ---------------------------------------------------------------------------------------------
+template <class T>
+class [[nodiscard]] branch {
+public:
+    branch() = default;
+    branch(const branch&) = delete;
+    branch& operator=(const branch&) = delete;
+
+    // Starts `t`; it runs until its first suspension (or to its end) before this returns.
+    void start(task<T> t) noexcept {
+        assert(!task_.valid());
+        task_ = std::move(t);
+        join_.remaining = 2; // the task, and the await below
+        join_.finished_ns = &finished_ns_;
+        task_.start_branch(join_, 0);
+    }
+    // `co_await b` waits until the task has finished (at once if it has). Awaited once.
+    bool await_ready() noexcept { return --join_.remaining == 0; }
+    void await_suspend(std::coroutine_handle<> parent) noexcept { join_.parent = parent; }
+    void await_resume() const noexcept {}
+
+    // After the await: its value or error, and when it finished (steady clock, ns).
+    result<T> take() { return task_.take_result(); }
+    std::uint64_t finished_ns() const noexcept { return finished_ns_; }
+
+private:
+    task<T> task_;
+    details::join_state join_;
+    std::uint64_t finished_ns_ = 0;
+};
 
 // ---------------------------------------------------------------------------------------------
 // task_scope: the registry that owns detached tasks. spawn() starts a task and forgets it;

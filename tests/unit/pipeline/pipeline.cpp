@@ -1,6 +1,6 @@
 #include "pipeline/pipeline.hpp"
 
-#include "restart/guarded_restarter.hpp"
+#include "restart/restart_guard.hpp"
 #include "restart/simulate_restarter.hpp"
 #include "store/memory_store.hpp"
 
@@ -78,16 +78,18 @@ struct fixture {
     script_source src;
     memory_store store;
     simulate_restarter restarter;
+    restart_guard guard;
     pipeline_options opts;
     std::unique_ptr<pipeline> p;
 
     fixture(latency_range lat, std::size_t max_in_flight, std::size_t queue_capacity)
-        : store(loop, lat, 1), restarter(loop, lat, 0.0, 2) {
+        : store(loop, lat, 1), restarter(loop, lat, 0.0, 2),
+          guard(loop, guard_options{}, store, restarter) {
         opts.max_in_flight = max_in_flight;
         opts.queue_capacity = queue_capacity;
         opts.lease_extend_interval = 20ms;
         opts.seed = 3;
-        p = std::make_unique<pipeline>(loop, opts, src, store, restarter);
+        p = std::make_unique<pipeline>(loop, opts, src, store, guard);
         p->start();
     }
     void run_until_idle() {
@@ -211,22 +213,26 @@ private:
 } // namespace
 
 TEST_CASE("a restarter that throws is a failed restart: retried with its reason, never acked") {
-    for (bool guarded : {false, true}) {
-        CAPTURE(guarded);
+    for (bool cooldown : {false, true}) {
+        CAPTURE(cooldown); // with a cooldown, the restart starts from the guard's wait()
         rt::loop loop;
         script_source src;
         memory_store store(loop, latency_range{}, 1);
         throwing_restarter inner(loop);
-        guarded_restarter guard(loop, guard_options{}, store, inner);
+        guard_options g;
+        if (cooldown) g.cooldown = 1ms;
+        restart_guard guard(loop, g, store, inner);
         pipeline_options opts;
         opts.seed = 3;
-        pipeline p(loop, opts, src, store, guarded ? static_cast<restarter&>(guard) : inner);
+        pipeline p(loop, opts, src, store, guard);
         p.start();
-        src.feed({msg("early"), msg("late")});
+        // Two hosts, so neither restart is coalesced with the other.
+        src.feed({msg("early", "cattle-1"), msg("late", "cattle-2")});
         loop.run_until([&] { return src.pending.empty() && p.idle(); });
         CHECK(src.outcomes[outcome::retried] == 2);
         CHECK(src.outcomes[outcome::acked] == 0);
         CHECK(p.stats().restarts[static_cast<std::size_t>(restart_status::failed)].get() == 2);
+        CHECK(guard.stats().running.get() == 0);
     }
 }
 
@@ -236,7 +242,7 @@ TEST_CASE("two messages for one host at once: one restart, the second coalesced 
     latency_range lat{20ms, 20ms};
     memory_store store(loop, lat, 1);
     simulate_restarter inner(loop, lat, 0.0, 2);
-    guarded_restarter guard(loop, guard_options{}, store, inner);
+    restart_guard guard(loop, guard_options{}, store, inner);
     pipeline_options opts;
     opts.seed = 3;
     pipeline p(loop, opts, src, store, guard);

@@ -85,10 +85,11 @@ verdict run_with_policy(const std::string& db, unfinished_policy policy) {
     sqlite_store st(loop, sqlite_options{db});
     fake_source src(loop, {R"({"message_id":"m1","instance_name":"cattle-1"})"});
     simulate_restarter rs(loop, latency_range{}, 0, 1);
+    restart_guard guard(loop, guard_options{}, st, rs);
     pipeline_options o;
     o.on_unfinished = policy;
     o.seed = 1;
-    pipeline p(loop, o, src, st, rs);
+    pipeline p(loop, o, src, st, guard);
     p.start();
     loop.run_until([&] { return src.finished() && p.idle(); });
     CHECK(p.stats().unfinished_restarts.get() == 1);

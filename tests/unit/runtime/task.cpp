@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 using namespace mayhem::rt;
 
@@ -166,4 +167,82 @@ TEST_CASE("a waiter cancelled before the event fires is unlinked") {
     } // scope destroyed: the waiting frame is gone
     ev.set();
     CHECK(woke == 0);
+}
+
+namespace {
+// Starts `value` as a branch, then does a step of its own before gathering the branch.
+task<void> fan_out(task<int> value, gate& own, std::vector<std::string>& log, int& got) {
+    branch<int> b;
+    b.start(std::move(value));
+    log.push_back("started");
+    co_await own;
+    log.push_back("own step done");
+    co_await b;
+    log.push_back("gathered");
+    auto r = b.take();
+    got = *r;
+}
+} // namespace
+
+TEST_CASE("a branch runs while its starter does its own steps; the await joins both") {
+    for (bool branch_first : {true, false}) {
+        CAPTURE(branch_first);
+        gate g_branch, g_own;
+        std::vector<std::string> log;
+        int got = 0;
+        task_scope scope;
+        scope.spawn(fan_out(after(g_branch, 7), g_own, log, got));
+        CHECK(log == std::vector<std::string>{"started"});
+        if (branch_first) {
+            g_branch.open(); // finishes before it is awaited: the await does not suspend
+            g_own.open();
+        } else {
+            g_own.open(); // the starter waits on the branch
+            CHECK(log.back() == "own step done");
+            CHECK(scope.size() == 1);
+            g_branch.open();
+        }
+        CHECK(log.back() == "gathered");
+        CHECK(got == 7);
+        CHECK(scope.size() == 0);
+    }
+}
+
+TEST_CASE("a branch that fails reports its error at take(); destroying its starter destroys it") {
+    int got = 0;
+    gate own;
+    {
+        task_scope scope;
+        scope.spawn([](gate& g, int& out) -> task<void> {
+            branch<int> b;
+            b.start(fails("save failed"));
+            co_await g;
+            co_await b;
+            out = b.take().ok() ? 1 : -1;
+        }(own, got));
+        own.open();
+        CHECK(got == -1);
+    }
+    gate never;
+    bool destroyed = false;
+    {
+        task_scope scope;
+        struct flag {
+            bool* d;
+            ~flag() { *d = true; }
+        };
+        scope.spawn([](gate& g, bool& d) -> task<void> {
+            branch<int> b;
+            b.start([](gate& inner, bool& dd) -> task<int> {
+                flag f{&dd};
+                co_await inner;
+                co_return 1;
+            }(g, d));
+            co_await b;
+        }(never, destroyed));
+        CHECK(scope.size() == 1);
+        CHECK_FALSE(destroyed);
+        scope.cancel_all(); // a forced stop: the starter's frame, and with it the branch
+        CHECK(destroyed);
+    }
 }

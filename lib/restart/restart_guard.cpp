@@ -1,4 +1,4 @@
-#include "restart/guarded_restarter.hpp"
+#include "restart/restart_guard.hpp"
 
 #include "runtime/duration.hpp"
 #include "runtime/log.hpp"
@@ -8,79 +8,21 @@
 namespace mayhem {
 
 // ---------------------------------------------------------------------------------------------
-// host_run: the restart of one host in progress here. It lives in the frame of the task that
-// runs it; a second message for the host waits on `done` and shares `result`.
+// pass: while it holds its host (from hold() to leave()), it is in running_hosts_ and coalesced
+// messages wait on `done_`. Destroyed before leave() only when every task is being destroyed
+// (a forced release): the tasks waiting on `done_` are destroyed too, so they are not resumed.
 // ---------------------------------------------------------------------------------------------
-class guarded_restarter::slot {
+restart_guard::pass::~pass() {
+    if (g_) g_->release(*this);
+}
+
+// ---------------------------------------------------------------------------------------------
+// admit_awaiter: waits in the FIFO until the admission pass grants the pass a slot. Destroying
+// it while it waits (the task is destroyed) just leaves the queue.
+// ---------------------------------------------------------------------------------------------
+class restart_guard::admit_awaiter {
 public:
-    slot(guarded_restarter& g, bool trial) : g_(&g), trial_(trial) {}
-    slot(slot&& o) noexcept
-        : g_(std::exchange(o.g_, nullptr)), trial_(o.trial_), recorded_(o.recorded_) {}
-    slot(const slot&) = delete;
-    slot& operator=(const slot&) = delete;
-    ~slot() {
-        if (!g_) return;
-        if (trial_ && !recorded_) g_->record(restart_status::dry_run, true); // neutral
-        --g_->running_;
-        g_->stats_.running.set(static_cast<std::int64_t>(g_->running_));
-        g_->schedule_admission();
-    }
-    // The restart ended with `s`: tell the breaker.
-    void finish(restart_status s) {
-        recorded_ = true;
-        g_->record(s, trial_);
-    }
-
-private:
-    guarded_restarter* g_;
-    bool trial_;
-    bool recorded_ = false;
-};
-
-struct guarded_restarter::host_run {
-    guarded_restarter& g;
-    const message& msg;
-    const restart_result& result; // the running task's own result, read by coalesced messages
-    rt::event done;
-    bool registered = true;
-
-    // running_for() found no restart of this host (and nothing suspended since).
-    host_run(guarded_restarter& owner, const message& m, const restart_result& r)
-        : g(owner), msg(m), result(r) {
-        g.running_hosts_.insert(this);
-    }
-    host_run(const host_run&) = delete;
-    host_run& operator=(const host_run&) = delete;
-    // Destroyed unfinished only when every task is being destroyed (a forced release): the
-    // tasks waiting on `done` are destroyed too, so they are not resumed.
-    ~host_run() { unregister(); }
-
-    void unregister() noexcept {
-        if (!registered) return;
-        registered = false;
-        g.running_hosts_.erase(this);
-    }
-    // The restart ended (its result is in `result`): tell the breaker (through the slot), then
-    // the coalesced messages, which resume here while `result` is alive.
-    void complete(slot& admitted) {
-        admitted.finish(result.status);
-        unregister(); // a message arriving from now on starts its own restart (and cooldown)
-        done.set();
-    }
-};
-
-// ---------------------------------------------------------------------------------------------
-// slot: one admitted restart. Releasing it frees the concurrency slot and, for the breaker's
-// trial, reports a trial that never got a result (cancelled) as neutral.
-// ---------------------------------------------------------------------------------------------
-
-// ---------------------------------------------------------------------------------------------
-// admit_awaiter: waits in the FIFO until the admission pass grants a slot. Destroying it while
-// it waits (the task is destroyed) just leaves the queue.
-// ---------------------------------------------------------------------------------------------
-class guarded_restarter::admit_awaiter {
-public:
-    explicit admit_awaiter(guarded_restarter& g) : g_(g) {}
+    admit_awaiter(restart_guard& g, pass& p) : g_(g), pass_(p) {}
     admit_awaiter(const admit_awaiter&) = delete;
     admit_awaiter& operator=(const admit_awaiter&) = delete;
     ~admit_awaiter() {
@@ -90,34 +32,20 @@ public:
         }
     }
 
-    // Fast path: nobody waits and there is room: no suspension at all.
-    bool await_ready() {
-        if (!g_.waiters_.empty() || !g_.room()) return false;
-        auto a = g_.breaker_.admit(g_.now());
-        g_.stats_.breaker_state.set(static_cast<std::int64_t>(g_.breaker_.state()));
-        if (a == circuit_breaker::admission::wait) return false;
-        grant(a == circuit_breaker::admission::trial);
-        return true;
-    }
+    bool await_ready() const noexcept { return pass_.admitted_; }
     void await_suspend(std::coroutine_handle<> h) {
         h_ = h;
         g_.waiters_.push_back(node_);
         g_.stats_.waiting.add(1);
         g_.schedule_admission(); // arms the breaker's wake-up if that is what holds it
     }
-    slot await_resume() { return slot(g_, trial_); }
+    void await_resume() const noexcept {}
 
 private:
-    friend class guarded_restarter;
-    void grant(bool trial) {
-        trial_ = trial;
-        ++g_.running_;
-        g_.stats_.running.set(static_cast<std::int64_t>(g_.running_));
-    }
-
-    guarded_restarter& g_;
+    friend class restart_guard;
+    restart_guard& g_;
+    pass& pass_;
     std::coroutine_handle<> h_;
-    bool trial_ = false;
     rt::owned_node<admit_awaiter> node_{this};
 };
 
@@ -125,9 +53,9 @@ private:
 // pause_probe: one uv_fs_stat of the pause file in flight. If the guard is destroyed first, the
 // callback only frees the request.
 // ---------------------------------------------------------------------------------------------
-struct guarded_restarter::pause_probe {
+struct restart_guard::pause_probe {
     uv_fs_t req{};
-    guarded_restarter* owner;
+    restart_guard* owner;
 };
 
 namespace {
@@ -139,11 +67,10 @@ bool pause_file_present(int stat_result) {
 } // namespace
 
 // ---------------------------------------------------------------------------------------------
-// guarded_restarter
+// restart_guard
 // ---------------------------------------------------------------------------------------------
 
-guarded_restarter::guarded_restarter(rt::loop& loop, guard_options opts, store& st,
-                                     restarter& inner)
+restart_guard::restart_guard(rt::loop& loop, guard_options opts, store& st, restarter& inner)
     : loop_(loop), opts_(std::move(opts)), store_(st), inner_(inner),
       filter_(opts_.allow_hosts, opts_.deny_hosts), breaker_(opts_.breaker),
       admission_([this] { admit_waiters(); }), breaker_wake_([this] { schedule_admission(); }) {
@@ -168,59 +95,109 @@ guarded_restarter::guarded_restarter(rt::loop& loop, guard_options opts, store& 
     }
 }
 
-guarded_restarter::~guarded_restarter() {
+restart_guard::~restart_guard() {
     if (probe_) probe_->owner = nullptr;
 }
 
-std::chrono::milliseconds guarded_restarter::now() const noexcept {
+std::chrono::milliseconds restart_guard::now() const noexcept {
     return std::chrono::milliseconds{static_cast<std::int64_t>(loop_.now())};
 }
 
-std::optional<std::string> guarded_restarter::refuse(const message& m) const {
+std::optional<std::string> restart_guard::refuse(const message& m) const {
     if (auto why = filter_.refuse(m.hostname)) return why;
     return inner_.refuse(m);
 }
 
-// One coroutine frame per message (it stays alive while the restart runs, for every message in
-// flight), so it is kept small: the steps that do not suspend are plain functions below that
-// write into the one result `r` (no result temporaries of their own in the frame), and the
-// cooldown claim, which suspends only when a cooldown is set, has a frame of its own.
-rt::task<restart_result> guarded_restarter::restart(const message& m) {
-    restart_result r;
-    if (refused(m, r)) co_return std::move(r);
-    if (host_run* first = running_for(m.hostname)) {
-        // One restart per host at a time: wait for the one running and share its result.
-        co_await coalesce(m, *first, r);
-        co_return std::move(r);
+// ---------------------------------------------------------------------------------------------
+// The steps (see the header for how a message's task strings them together)
+// ---------------------------------------------------------------------------------------------
+
+restart_guard::gate restart_guard::enter(pass& p, const message& m, restart_result& r) {
+    if (refused(m, r)) return gate::done;
+    // One restart per host at a time: wait for the one running and share its result.
+    if (running_for(m.hostname)) return gate::wait;
+    hold(p, m, r);
+    if (!admit_now(p) || opts_.cooldown.count() > 0) return gate::wait;
+    return go(m, r) ? gate::restart : gate::done;
+}
+
+// The rare paths, in a frame that lives only while the message waits here (or, with a cooldown
+// set, while the store answers the claim), not while its restart runs.
+rt::task<bool> restart_guard::wait(pass& p, const message& m, restart_result& r) {
+    if (!p.g_) {
+        pass* first = running_for(m.hostname); // enter() found it, and nothing ran since
+        co_await first->done_;
+        shared_result(m, *first, r); // `first` is alive: set() resumes us
+        co_return false;
     }
-    host_run here(*this, m, r);
-    slot admitted = co_await admit_awaiter(*this);
-    bool go = true;
-    if (opts_.cooldown.count() > 0) go = co_await cooldown_granted(m, r);
-    if (go) {
-        if (opts_.dry_run)
-            dry_run(m, r);
-        else
-            fail_if_thrown(co_await inner_.restart(m).into(r), r);
+    co_await admit_awaiter(*this, p);
+    if (opts_.cooldown.count() > 0) {
+        auto now = std::chrono::system_clock::now();
+        auto claim = co_await store_.claim_host(m, now, opts_.cooldown).settled();
+        if (!cooldown_decision(m, now, claim, r)) co_return false;
     }
-    here.complete(admitted);
-    co_return std::move(r);
+    co_return go(m, r);
 }
 
-// The rare path in a frame of its own, so the event's awaiter takes no room in every message's.
-rt::task<void> guarded_restarter::coalesce(const message& m, host_run& first, restart_result& r) {
-    co_await first.done;
-    shared_result(m, first, r); // `first` is alive: set() resumes us
+void restart_guard::leave(pass& p) {
+    if (!p.g_) return; // refused or coalesced: held nothing
+    if (p.admitted_) {
+        record(p.result_->status, p.trial_);
+        p.trial_ = false; // heard: release() must not report it again
+    }
+    // A message arriving from now on starts its own restart (and cooldown); the coalesced ones
+    // resume here, while the result they copy is alive.
+    release(p);
+    p.done_.set();
 }
 
-// The per-host cooldown: true when the store granted the restart; otherwise `r` says why not.
-rt::task<bool> guarded_restarter::cooldown_granted(const message& m, restart_result& r) {
-    auto now = std::chrono::system_clock::now();
-    auto claim = co_await store_.claim_host(m, now, opts_.cooldown).settled();
-    co_return cooldown_decision(m, now, claim, r);
+void restart_guard::hold(pass& p, const message& m, const restart_result& r) {
+    p.g_ = this;
+    p.msg_ = &m;
+    p.result_ = &r;
+    running_hosts_.insert(&p); // running_for() found none
 }
 
-bool guarded_restarter::refused(const message& m, restart_result& r) {
+// Fast path: nobody waits and there is room: admitted without suspending.
+bool restart_guard::admit_now(pass& p) {
+    if (!waiters_.empty() || !room()) return false;
+    auto a = breaker_.admit(now());
+    stats_.breaker_state.set(static_cast<std::int64_t>(breaker_.state()));
+    if (a == circuit_breaker::admission::wait) return false;
+    grant(p, a == circuit_breaker::admission::trial);
+    return true;
+}
+
+void restart_guard::grant(pass& p, bool trial) {
+    p.admitted_ = true;
+    p.trial_ = trial;
+    ++running_;
+    stats_.running.set(static_cast<std::int64_t>(running_));
+}
+
+// Gives back what the pass holds: its host and its slot. A breaker trial that never got a
+// result (destroyed unfinished) is neutral.
+void restart_guard::release(pass& p) noexcept {
+    running_hosts_.erase(&p);
+    p.g_ = nullptr;
+    if (!p.admitted_) return;
+    p.admitted_ = false;
+    if (p.trial_) record(restart_status::dry_run, true);
+    --running_;
+    stats_.running.set(static_cast<std::int64_t>(running_));
+    schedule_admission();
+}
+
+// The last step before the restart itself: --dry-run stops here.
+bool restart_guard::go(const message& m, restart_result& r) {
+    if (!opts_.dry_run) return true;
+    log::info("dry run: restart not carried out",
+              {{"message_id", m.message_id}, {"hostname", m.hostname}});
+    r = restart_result{restart_status::dry_run, "dry run"};
+    return false;
+}
+
+bool restart_guard::refused(const message& m, restart_result& r) {
     auto why = refuse(m);
     if (!why) return false;
     stats_.refused.inc();
@@ -230,29 +207,28 @@ bool guarded_restarter::refused(const message& m, restart_result& r) {
     return true;
 }
 
-std::string_view guarded_restarter::host_of(const host_run& r) noexcept {
-    return r.msg.hostname;
+std::string_view restart_guard::host_of(const pass& p) noexcept {
+    return p.msg_->hostname;
 }
 
-guarded_restarter::host_run* guarded_restarter::running_for(const std::string& hostname) {
+restart_guard::pass* restart_guard::running_for(const std::string& hostname) {
     return running_hosts_.find(hostname);
 }
 
-void guarded_restarter::shared_result(const message& m, const host_run& first, restart_result& r) {
-    r = first.result;
+void restart_guard::shared_result(const message& m, const pass& first, restart_result& r) {
+    r = *first.result_;
     stats_.coalesced.inc();
     log::debug("restart coalesced", {{"message_id", m.message_id},
                                      {"hostname", m.hostname},
-                                     {"with", first.msg.message_id},
+                                     {"with", first.msg_->message_id},
                                      {"result", to_string(r.status)}});
     if (r.status == restart_status::ok)
         r = restart_result{restart_status::coalesced,
-                           "shared the restart for message " + first.msg.message_id};
+                           "shared the restart for message " + first.msg_->message_id};
 }
 
-bool guarded_restarter::cooldown_decision(const message& m,
-                                          std::chrono::system_clock::time_point now,
-                                          rt::result<host_claim>& claim, restart_result& r) {
+bool restart_guard::cooldown_decision(const message& m, std::chrono::system_clock::time_point now,
+                                      rt::result<host_claim>& claim, restart_result& r) {
     // Store trouble in claim_host is a failure like any other; the coalesced messages hear it.
     if (!claim) {
         r = restart_result{restart_status::failed, rt::describe(claim.error())};
@@ -269,27 +245,21 @@ bool guarded_restarter::cooldown_decision(const message& m,
     return false;
 }
 
-void guarded_restarter::dry_run(const message& m, restart_result& r) {
-    log::info("dry run: restart not carried out",
-              {{"message_id", m.message_id}, {"hostname", m.hostname}});
-    r = restart_result{restart_status::dry_run, "dry run"};
-}
-
 // ---------------------------------------------------------------------------------------------
 // Admission
 // ---------------------------------------------------------------------------------------------
 
-bool guarded_restarter::room() const noexcept {
+bool restart_guard::room() const noexcept {
     return !paused_ && (opts_.max_concurrent == 0 || running_ < opts_.max_concurrent);
 }
 
-void guarded_restarter::schedule_admission() {
+void restart_guard::schedule_admission() {
     if (!waiters_.empty() && !admission_.armed()) loop_.timers().arm(admission_, millis{0});
 }
 
 // Resumes waiters in order while there is room. Each resumed task runs until it suspends (or
 // finishes), so the front is re-read every time.
-void guarded_restarter::admit_waiters() {
+void restart_guard::admit_waiters() {
     while (auto* n = waiters_.front()) {
         if (!room()) return;
         auto a = breaker_.admit(now());
@@ -302,12 +272,12 @@ void guarded_restarter::admit_waiters() {
         auto* w = static_cast<rt::owned_node<admit_awaiter>*>(n)->owner;
         n->unlink();
         stats_.waiting.add(-1);
-        w->grant(a == circuit_breaker::admission::trial);
+        grant(w->pass_, a == circuit_breaker::admission::trial);
         w->h_.resume();
     }
 }
 
-void guarded_restarter::record(restart_status s, bool trial) {
+void restart_guard::record(restart_status s, bool trial) {
     using result = circuit_breaker::result;
     result r = s == restart_status::ok       ? result::ok
                : s == restart_status::failed ? result::failed
@@ -335,7 +305,7 @@ void guarded_restarter::record(restart_status s, bool trial) {
 // The kill switch: one periodic stat of --pause-file, not one per message.
 // ---------------------------------------------------------------------------------------------
 
-void guarded_restarter::check_pause_file() {
+void restart_guard::check_pause_file() {
     if (probe_) return; // the previous look has not answered yet
     auto* p = new pause_probe{};
     p->owner = this;
@@ -358,7 +328,7 @@ void guarded_restarter::check_pause_file() {
     probe_ = p;
 }
 
-void guarded_restarter::set_paused(bool paused) {
+void restart_guard::set_paused(bool paused) {
     if (paused == paused_) return;
     paused_ = paused;
     stats_.paused.set(paused ? 1 : 0);

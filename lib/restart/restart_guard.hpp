@@ -1,0 +1,165 @@
+// The restart policy in front of any restarter: the talk's "block when needed" step.
+//
+//   refused?  (--allow-hosts/--deny-hosts, or the restarter will not take the message)
+//   coalesce  (a restart of this host is running here: wait for it, share its result)
+//   admit     (wait while --pause-file exists, the circuit breaker is open, or
+//              --max-concurrent-restarts are running; FIFO, no polling)
+//   cooldown  (store.claim_host: skipped_cooldown if restarted within the cooldown)
+//   dry run   (--dry-run: stop here, result dry_run)
+//   restart   (the inner restarter), then tell the breaker how it went
+//
+// The guard is a set of steps, not a coroutine: the message's own task awaits them, so the
+// guard's bookkeeping for one restart (a `pass`) lives in the message's frame and no frame of
+// the guard's stays alive while the restart runs. The task does
+//
+//     gate g = guard.enter(pass, m, r);               // no waiting: decided, or must wait
+//     bool go = g == gate::restart;
+//     if (g == gate::wait) go = co_await guard.wait(pass, m, r);   // its own, short-lived frame
+//     if (go) r = co_await guard.inner().restart(m);
+//     guard.leave(pass);                              // the breaker and coalesced messages hear r
+//
+// Waiting messages stay in flight, so the pipeline keeps renewing their leases. The admission
+// queue is a semaphore of suspended coroutines: a slot freed, the pause file gone or the
+// breaker's cooldown over schedule one admission pass on the next loop turn (a zero-delay timer
+// entry), which resumes waiters in order while there is room. Passes never run inside a
+// destructor, so a forced release that destroys every task cannot start new restarts.
+//
+// Threading: loop thread only. `stats()` is read by the metrics thread (relaxed atomics).
+#pragma once
+
+#include "restart/policy.hpp"
+#include "restart/restarter.hpp"
+#include "runtime/counter.hpp"
+#include "runtime/list.hpp"
+#include "runtime/loop.hpp"
+#include "runtime/string_index.hpp"
+#include "store/store.hpp"
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace mayhem {
+
+struct guard_options {
+    std::chrono::milliseconds cooldown{0};       // 0: no per-host cooldown (no store round trip)
+    std::size_t max_concurrent = 0;              // 0: unlimited
+    std::string allow_hosts, deny_hosts;         // regexes, full match; empty: not set
+    std::string pause_file;                      // empty: no kill switch
+    std::chrono::milliseconds pause_check{1000}; // how often the pause file is looked for
+    breaker_options breaker{0, {}, {}};          // failures 0: no breaker
+    bool dry_run = false;
+};
+
+// For the metrics exporter (mayhem_restarts_paused, the breaker state, ...). Restarts by result
+// are counted by the pipeline (pipeline_stats::restarts, by restart_status).
+struct restart_guard_stats {
+    rt::gauge paused;        // 1 while the pause file exists
+    rt::gauge breaker_state; // 0 closed, 1 open, 2 half-open (breaker_state)
+    rt::gauge running;       // restarts admitted and not finished
+    rt::gauge waiting;       // restarts waiting for admission (pause, breaker, cap)
+    rt::counter breaker_opened;
+    rt::counter cooldown_skips;
+    rt::counter coalesced;
+    rt::counter refused;
+};
+
+class restart_guard {
+    class admit_awaiter;
+
+public:
+    // Throws std::regex_error for a bad --allow-hosts/--deny-hosts (validated at start-up).
+    restart_guard(rt::loop& loop, guard_options opts, store& st, restarter& inner);
+    restart_guard(const restart_guard&) = delete;
+    restart_guard& operator=(const restart_guard&) = delete;
+    ~restart_guard();
+
+    restarter& inner() const noexcept { return inner_; }
+
+    // One message's way through the guard. It lives in the message's task frame, next to the
+    // restart's result `r` it was entered with; destroyed unfinished (a forced release), it gives
+    // its concurrency slot back and reports a breaker trial that never got a result as neutral.
+    class pass {
+    public:
+        pass() = default;
+        pass(const pass&) = delete;
+        pass& operator=(const pass&) = delete;
+        ~pass();
+
+    private:
+        friend class restart_guard;
+        friend class admit_awaiter;
+        restart_guard* g_ = nullptr;             // set while this pass holds the host
+        const message* msg_ = nullptr;           // the host's key in running_hosts_
+        const restart_result* result_ = nullptr; // read by coalesced messages
+        rt::event done_;                         // coalesced messages wait on it
+        bool admitted_ = false, trial_ = false;
+    };
+
+    enum class gate : std::uint8_t {
+        restart, // go ahead: run the inner restarter now
+        done,    // `r` holds the result (refused, dry run): no restart
+        wait,    // co_await wait() first
+    };
+    // What can be decided without waiting. Writes `r` when it returns done.
+    gate enter(pass& p, const message& m, restart_result& r);
+    // The waits (coalescing, admission, the cooldown claim): true when the restart may run now;
+    // otherwise `r` holds the result.
+    rt::task<bool> wait(pass& p, const message& m, restart_result& r);
+    // The restart ended with the result `enter` was given (or never ran): the breaker hears it,
+    // the messages coalesced with it share it, and the concurrency slot is freed.
+    void leave(pass& p);
+
+    const restart_guard_stats& stats() const noexcept { return stats_; }
+    bool paused() const noexcept { return paused_; }
+    breaker_state breaker() const noexcept { return breaker_.state(); }
+
+private:
+    struct pause_probe;
+
+    std::optional<std::string> refuse(const message& m) const;
+    bool refused(const message& m, restart_result& r);
+    pass* running_for(const std::string& hostname);
+    void hold(pass& p, const message& m, const restart_result& r);
+    bool admit_now(pass& p);
+    void grant(pass& p, bool trial);
+    void release(pass& p) noexcept;
+    bool go(const message& m, restart_result& r);
+    void shared_result(const message& m, const pass& first, restart_result& r);
+    bool cooldown_decision(const message& m, std::chrono::system_clock::time_point now,
+                           rt::result<host_claim>& claim, restart_result& r);
+    bool room() const noexcept;
+    void schedule_admission();
+    void admit_waiters();
+    void record(restart_status s, bool trial);
+    void check_pause_file();
+    void set_paused(bool paused);
+    std::chrono::milliseconds now() const noexcept;
+
+    rt::loop& loop_;
+    guard_options opts_;
+    store& store_;
+    restarter& inner_;
+    host_filter filter_;
+    circuit_breaker breaker_;
+
+    // Hosts whose restart runs here, for coalescing. Keys are the hostnames of the running
+    // restarts' messages (alive as long as their pass holds the host).
+    static std::string_view host_of(const pass& p) noexcept;
+    rt::string_index<pass, &restart_guard::host_of> running_hosts_;
+    rt::intrusive_list waiters_; // admit_awaiter, FIFO
+    std::size_t running_ = 0;
+    bool paused_ = false;
+
+    rt::delayed_call admission_;    // one admission pass per loop turn
+    rt::delayed_call breaker_wake_; // when the breaker's cooldown ends
+    std::unique_ptr<rt::periodic_timer> pause_timer_;
+    pause_probe* probe_ = nullptr; // the uv_fs_stat in progress, if any
+    restart_guard_stats stats_;
+};
+
+} // namespace mayhem
