@@ -57,7 +57,7 @@ verdict decide(const decide_inputs& in, const backoff_policy& backoff, std::uint
         return verdict{outcome::retried, std::move(reason), backoff.delay(in.attempt, random)};
     };
     if (!in.saved) return retry("save failed: " + in.save_exception);
-    if (!in.saved->ok) return retry("save failed: " + in.saved->error);
+    if (!in.saved->ok) return retry("save failed: " + in.saved->error.str());
 
     std::string failure;
     if (!in.restarted) {
@@ -72,9 +72,10 @@ verdict decide(const decide_inputs& in, const backoff_policy& backoff, std::uint
         case restart_status::skipped_duplicate:
             return verdict{outcome::skipped, "already completed", {}};
         case restart_status::refused:
-            return verdict{outcome::dead_lettered, "restart refused: " + in.restarted->detail, {}};
+            return verdict{
+                outcome::dead_lettered, "restart refused: " + in.restarted->detail.str(), {}};
         case restart_status::failed:
-            failure = "restart failed: " + in.restarted->detail;
+            failure = "restart failed: " + in.restarted->detail.str();
             break;
         }
     }

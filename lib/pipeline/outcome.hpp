@@ -2,6 +2,8 @@
 // "Outcomes of one message"). No loop, no clock: unit-tested directly.
 #pragma once
 
+#include "runtime/text.hpp"
+
 #include <chrono>
 #include <cstdint>
 #include <optional>
@@ -36,15 +38,19 @@ inline constexpr int restart_status_count = 7;
 std::string_view to_string(restart_status s) noexcept;
 
 struct restart_result {
+    restart_result() = default;
+    restart_result(restart_status s, rt::text d = {}, bool perm = false)
+        : status(s), permanent(perm), detail(std::move(d)) {}
+
     restart_status status = restart_status::ok;
-    std::string detail;     // failure text, or why it was skipped
     bool permanent = false; // with `failed`: retrying cannot fix it, dead-letter at once
+    rt::text detail;        // failure text, or why it was skipped
 };
 
 // A save either succeeded or failed with a reason (store unreachable, disk full, ...).
 struct save_result {
     bool ok = true;
-    std::string error;
+    rt::text error;
 };
 
 // Exponential backoff with full jitter, capped: attempt 1 waits up to `base`, attempt n up to

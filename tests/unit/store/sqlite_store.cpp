@@ -170,7 +170,7 @@ TEST_CASE("sqlite_store: a database that cannot be opened fails saves and never 
     CHECK_FALSE(st.healthy());
     auto r = run(loop, st.save(msg("a"), delivery{}));
     CHECK_FALSE(r.ok);
-    CHECK(r.error.find("open") != std::string::npos);
+    CHECK(r.error.str().find("open") != std::string::npos);
     CHECK_THROWS(run(loop, st.claim_restart(msg("a"))));
     CHECK(st.stats().failed_transactions.get() >= 1);
     // The directory appears: the next transaction opens the file and succeeds.
