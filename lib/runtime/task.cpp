@@ -48,21 +48,45 @@ void task_scope::cancel_all() noexcept {
 
 event::~event() {
     // Waiters still linked (only possible while a scope is being cancelled) are detached so
-    // their destructors do not touch this list.
-    while (auto* n = waiters_.front()) {
-        static_cast<owned_node<awaiter>*>(n)->owner->ev_ = nullptr;
-        n->unlink();
+    // their destructors do not touch this event.
+    for (awaiter* a = first(); a; a = a->next_)
+        a->ev_ = nullptr;
+}
+
+void event::add(awaiter* a) noexcept {
+    a->next_ = nullptr;
+    awaiter* last = first();
+    if (!last) {
+        state_ = reinterpret_cast<std::uintptr_t>(a);
+        return;
     }
+    while (last->next_)
+        last = last->next_;
+    last->next_ = a;
+}
+
+void event::remove(awaiter* a) noexcept {
+    awaiter* cur = first();
+    if (cur == a) {
+        state_ = reinterpret_cast<std::uintptr_t>(a->next_);
+    } else {
+        while (cur && cur->next_ != a)
+            cur = cur->next_;
+        if (cur) cur->next_ = a->next_;
+    }
+    a->ev_ = nullptr;
 }
 
 void event::set() noexcept {
-    if (set_) return;
-    set_ = true;
-    // Resuming a waiter may destroy other waiters (and this event): take the handles first.
+    if (is_set()) return;
+    awaiter* a = first();
+    state_ = set_state;
+    if (!a) return;
+    // Resuming a waiter may destroy other waiters (and this event): detach them all and take
+    // their handles first.
     std::vector<std::coroutine_handle<>> ready;
-    while (auto* n = waiters_.front()) {
-        auto* a = static_cast<owned_node<awaiter>*>(n)->owner;
-        n->unlink();
+    for (; a; a = a->next_) {
+        a->ev_ = nullptr;
         ready.push_back(a->h_);
     }
     for (auto h : ready)

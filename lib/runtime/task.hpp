@@ -494,7 +494,9 @@ private:
 };
 
 // ---------------------------------------------------------------------------------------------
-// event: a one-shot signal several tasks can wait on. Waiters are resumed in set().
+// event: a one-shot signal several tasks can wait on. Waiters are resumed in set(), in the order
+// they came. One word: every message in flight has one (its duplicates wait on it), and waiting
+// is rare, so the waiters are a singly linked list walked only by the rare paths.
 // ---------------------------------------------------------------------------------------------
 class event {
 public:
@@ -503,7 +505,7 @@ public:
     event& operator=(const event&) = delete;
     ~event();
 
-    bool is_set() const noexcept { return set_; }
+    bool is_set() const noexcept { return state_ == set_state; }
     void set() noexcept;
 
     class awaiter {
@@ -511,25 +513,33 @@ public:
         explicit awaiter(event& e) : ev_(&e) {}
         awaiter(const awaiter&) = delete;
         awaiter& operator=(const awaiter&) = delete;
-        ~awaiter() { node_.unlink(); }
-        bool await_ready() const noexcept { return ev_ == nullptr || ev_->set_; }
+        ~awaiter() {
+            if (ev_) ev_->remove(this);
+        }
+        bool await_ready() const noexcept { return ev_ == nullptr || ev_->is_set(); }
         void await_suspend(std::coroutine_handle<> h) noexcept {
             h_ = h;
-            ev_->waiters_.push_back(node_);
+            ev_->add(this);
         }
         void await_resume() const noexcept {}
 
     private:
         friend class event;
-        event* ev_;
+        event* ev_; // while linked (or before it waits); null once detached
+        awaiter* next_ = nullptr;
         std::coroutine_handle<> h_;
-        owned_node<awaiter> node_{this};
     };
     awaiter operator co_await() noexcept { return awaiter{*this}; }
 
 private:
-    bool set_ = false;
-    intrusive_list waiters_;
+    static constexpr std::uintptr_t set_state = 1;
+    awaiter* first() const noexcept {
+        return state_ == set_state ? nullptr : reinterpret_cast<awaiter*>(state_);
+    }
+    void add(awaiter* a) noexcept;
+    void remove(awaiter* a) noexcept;
+
+    std::uintptr_t state_ = 0; // 0: not set, nobody waits; set_state; else the first waiter
 };
 
 } // namespace mayhem::rt

@@ -169,6 +169,24 @@ TEST_CASE("a waiter cancelled before the event fires is unlinked") {
     CHECK(woke == 0);
 }
 
+TEST_CASE("an event resumes its waiters in the order they came; one that left is skipped") {
+    event ev;
+    std::vector<int> order;
+    task_scope keep, leave;
+    auto waiter = [](event& e, std::vector<int>& o, int id) -> task<void> {
+        co_await e;
+        o.push_back(id);
+    };
+    keep.spawn(waiter(ev, order, 1));
+    leave.spawn(waiter(ev, order, 2)); // the first to leave: the list's middle
+    keep.spawn(waiter(ev, order, 3));
+    leave.cancel_all();
+    keep.spawn(waiter(ev, order, 4));
+    ev.set();
+    CHECK(order == std::vector<int>{1, 3, 4});
+    CHECK(keep.size() == 0);
+}
+
 namespace {
 // Starts `value` as a branch, then does a step of its own before gathering the branch.
 task<void> fan_out(task<int> value, gate& own, std::vector<std::string>& log, int& got) {
