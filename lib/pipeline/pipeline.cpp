@@ -25,7 +25,8 @@ void latency_histogram::observe(double seconds) noexcept {
 // the task is destroyed before it settled (a forced stop), the destructor releases it.
 // ---------------------------------------------------------------------------------------------
 
-struct pipeline::flight {
+// Its list node (a base) links it into the lease renewal order.
+struct pipeline::flight : rt::list_node {
     pipeline& p;
     delivery& d; // the task's own parameter, in the same frame
     message msg; // decoded from d.payload
@@ -36,7 +37,6 @@ struct pipeline::flight {
     std::uint64_t started_ns = 0;     // when save and restart were started
     std::uint64_t restarted_ns = 0;   // when the restart's steps ended
     rt::event done;
-    rt::owned_node<flight> lease{this};
     std::uint64_t lease_due = 0;
     rt::branch<save_result> save;
     restart_result restarted;
@@ -278,7 +278,7 @@ void pipeline::hold(flight& f) {
     by_id_.insert(&f); // in_flight_with_id() found none
     f.indexed = true;
     f.lease_due = loop_.now() + static_cast<std::uint64_t>(opts_.lease_extend_interval.count());
-    leases_.push_back(f.lease);
+    leases_.push_back(f);
     f.started_ns = now_ns();
 }
 
@@ -337,7 +337,7 @@ pipeline::claim_step pipeline::after_finish(const std::exception_ptr& error, res
 void pipeline::settle(flight& f, verdict v, std::uint64_t now) {
     assert(!f.settled);
     f.settled = true;
-    f.lease.unlink();
+    f.unlink();
     if (f.indexed) {
         by_id_.erase(&f);
         f.indexed = false;
@@ -367,7 +367,7 @@ void pipeline::renew_leases() {
     lease_batch_.clear();
     rt::intrusive_list renewed;
     while (auto* n = leases_.front()) {
-        flight* f = static_cast<rt::owned_node<flight>*>(n)->owner;
+        flight* f = static_cast<flight*>(n);
         if (f->lease_due > now) break;
         lease_batch_.push_back(&f->d);
         f->lease_due = now + interval;

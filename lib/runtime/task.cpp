@@ -21,7 +21,7 @@ std::coroutine_handle<> finish_detached(promise<void>& p) noexcept {
     auto h = std::coroutine_handle<promise<void>>::from_promise(p);
     task_scope* scope = p.scope;
     std::exception_ptr error = std::move(p.error);
-    p.scope_node.unlink();
+    p.unlink();
     --scope->size_;
     h.destroy();
     // The exception is reported at the scope's boundary; the handler must not throw, and if it
@@ -39,7 +39,7 @@ void task_scope::cancel_all() noexcept {
     // Destroying a frame runs its locals' destructors, which may settle messages and thereby
     // spawn or finish other tasks: take one frame at a time from the front.
     while (auto* node = tasks_.front()) {
-        auto* p = static_cast<owned_node<details::promise<void>>*>(node)->owner;
+        auto* p = static_cast<details::promise<void>*>(node);
         node->unlink();
         --size_;
         std::coroutine_handle<details::promise<void>>::from_promise(*p).destroy();

@@ -143,7 +143,7 @@ public:
         started_ = true;
         return done_;
     }
-    T take() { return std::move(*value_); }
+    T take() { return std::move(value_); }
 
 protected:
     explicit leaf(T v) : value_(std::move(v)) {}
@@ -154,8 +154,8 @@ protected:
     }
 
 private:
-    std::optional<T> value_;
-    bool started_ = false, done_ = false;
+    bool started_ = false, done_ = false; // in the completion's tail padding
+    T value_;
 };
 
 template <class T>
@@ -172,7 +172,7 @@ struct final_awaiter {
         if constexpr (std::is_same_v<P, promise<void>>) {
             if (p.scope) return finish_detached(p);
         }
-        return p.next();
+        return static_cast<completion&>(p).next(); // not list_node::next
     }
     void await_resume() const noexcept {}
 };
@@ -192,11 +192,12 @@ struct promise : promise_base {
     }
 };
 
+// Only a task<void> can be spawned: the scope bookkeeping lives here, not in every frame. The
+// list node (a base, so the scope gets from its node back to the promise with a static_cast and
+// no owner pointer) links the frame into its scope's registry.
 template <>
-struct promise<void> : promise_base {
-    // Only a task<void> can be spawned: the scope bookkeeping lives here, not in every frame.
+struct promise<void> : promise_base, list_node {
     task_scope* scope = nullptr; // set when spawned: the scope owns and frees the frame
-    owned_node<promise<void>> scope_node{this}; // link in the scope's registry
 
     task<void> get_return_object() noexcept;
     final_awaiter final_suspend() noexcept { return {}; }
@@ -475,7 +476,7 @@ public:
         auto h = t.release();
         details::promise<void>& p = h.promise();
         p.scope = this;
-        tasks_.push_back(p.scope_node);
+        tasks_.push_back(p);
         ++size_;
         h.resume(); // may run to completion (and free itself) right here
     }
