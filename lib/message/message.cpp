@@ -74,8 +74,7 @@ public:
     using string_t = json::string_t;
     using binary_t = json::binary_t;
 
-    explicit message_sax(message& m) : msg(m) {}
-    message& msg;
+    std::string id, instance, hostname, reason;
     bool have_id = false, have_instance = false, have_hostname = false;
     std::string type_error; // first mistyped known field, reported after parsing
     bool top_is_object = false;
@@ -92,19 +91,19 @@ public:
         if (depth_ == 1 && current_ != field::other) {
             switch (current_) {
             case field::message_id:
-                msg.message_id = std::move(s);
+                id = std::move(s);
                 have_id = true;
                 break;
             case field::instance_name:
-                msg.instance_name = std::move(s);
+                instance = std::move(s);
                 have_instance = true;
                 break;
             case field::hostname:
-                msg.hostname = std::move(s);
+                hostname = std::move(s);
                 have_hostname = true;
                 break;
             case field::reason:
-                msg.reason = std::move(s);
+                reason = std::move(s);
                 break;
             case field::other:
                 break;
@@ -326,22 +325,21 @@ private:
     const char* end_;
 };
 
-// The checks both paths share, in the order the reasons are reported.
-std::optional<decode_error> check_fields(message& m, bool have_id, bool have_instance,
-                                         bool have_hostname, const decode_options& opts) {
-    if (!have_id) return fail(decode_kind::missing_field, "missing field \"message_id\"");
-    if (!have_instance) return fail(decode_kind::missing_field, "missing field \"instance_name\"");
-    if (m.message_id.empty()) return fail(decode_kind::empty_field, "message_id must not be empty");
-    if (m.instance_name.empty())
+// The checks both paths share, in the order the reasons are reported; then `out` is written.
+std::optional<decode_error> check_fields(message& out, const plain_fields& f,
+                                         const decode_options& opts) {
+    if (!f.have_id) return fail(decode_kind::missing_field, "missing field \"message_id\"");
+    if (!f.have_instance)
+        return fail(decode_kind::missing_field, "missing field \"instance_name\"");
+    if (f.id.empty()) return fail(decode_kind::empty_field, "message_id must not be empty");
+    if (f.instance.empty())
         return fail(decode_kind::empty_field, "instance_name must not be empty");
-    if (have_hostname && m.hostname.empty())
+    if (f.have_hostname && f.hostname.empty())
         return fail(decode_kind::empty_field, "hostname must not be empty");
-    if (!have_hostname) {
-        m.hostname.reserve(m.instance_name.size() + 1 + opts.host_domain.size());
-        m.hostname = m.instance_name;
-        m.hostname += '.';
-        m.hostname += opts.host_domain;
-    }
+    if (f.have_hostname)
+        out.assign(f.id, f.instance, {f.hostname}, f.reason);
+    else
+        out.assign(f.id, f.instance, {f.instance, ".", opts.host_domain}, f.reason);
     return std::nullopt;
 }
 
@@ -354,6 +352,29 @@ std::optional<decode_error> too_large(std::string_view payload, const decode_opt
 
 } // namespace
 
+message::message(std::string_view message_id, std::string_view instance_name,
+                 std::string_view hostname, std::string_view reason) {
+    assign(message_id, instance_name, {hostname}, reason);
+}
+
+void message::assign(std::string_view message_id, std::string_view instance_name,
+                     std::initializer_list<std::string_view> host_parts, std::string_view reason) {
+    std::size_t host = 0;
+    for (auto part : host_parts)
+        host += part.size();
+    buf_.clear();
+    buf_.reserve(message_id.size() + instance_name.size() + host + reason.size());
+    buf_.append(message_id);
+    end_[0] = static_cast<std::uint32_t>(buf_.size());
+    buf_.append(instance_name);
+    end_[1] = static_cast<std::uint32_t>(buf_.size());
+    for (auto part : host_parts)
+        buf_.append(part);
+    end_[2] = static_cast<std::uint32_t>(buf_.size());
+    buf_.append(reason);
+    end_[3] = static_cast<std::uint32_t>(buf_.size());
+}
+
 decoded decode(std::string_view payload, const decode_options& opts) {
     message m;
     if (auto err = decode_into(m, payload, opts)) return std::move(*err);
@@ -365,11 +386,7 @@ std::optional<decode_error> decode_into(message& out, std::string_view payload,
     if (auto err = too_large(payload, opts)) return err;
     plain_fields f;
     if (!plain_scanner(payload).scan(f)) return details::decode_with_parser(out, payload, opts);
-    if (f.have_id) out.message_id.assign(f.id);
-    if (f.have_instance) out.instance_name.assign(f.instance);
-    if (f.have_hostname) out.hostname.assign(f.hostname);
-    if (f.have_reason) out.reason.assign(f.reason);
-    return check_fields(out, f.have_id, f.have_instance, f.have_hostname, opts);
+    return check_fields(out, f, opts);
 }
 
 namespace details {
@@ -379,7 +396,7 @@ std::optional<decode_error> decode_with_parser(message& out, std::string_view pa
     if (auto err = too_large(payload, opts)) return err;
     // UTF-8 is validated by the parser itself (inside strings; outside them any non-ASCII byte is
     // a syntax error), so the separate check runs only to name the failure precisely.
-    message_sax sax(out);
+    message_sax sax;
     bool ok = nlohmann::json::sax_parse(payload.begin(), payload.end(), &sax,
                                         nlohmann::json::input_format_t::json, true, false);
     if (!sax.top_level_type.empty())
@@ -392,7 +409,10 @@ std::optional<decode_error> decode_with_parser(message& out, std::string_view pa
     }
     if (!sax.top_is_object) return fail(decode_kind::not_object, "payload must be a JSON object");
     if (!sax.type_error.empty()) return fail(decode_kind::wrong_type, sax.type_error);
-    return check_fields(sax.msg, sax.have_id, sax.have_instance, sax.have_hostname, opts);
+    return check_fields(out,
+                        plain_fields{sax.id, sax.instance, sax.hostname, sax.reason, sax.have_id,
+                                     sax.have_instance, sax.have_hostname, true},
+                        opts);
 }
 
 } // namespace details

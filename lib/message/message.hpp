@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -14,11 +15,33 @@
 
 namespace mayhem {
 
-struct message {
-    std::string message_id;
-    std::string instance_name;
-    std::string hostname; // always set after decode (given or derived)
-    std::string reason;
+// A decoded request. Its four strings share one buffer and are read as views: one allocation,
+// and 48 bytes in place (four std::strings took 128), as every message in flight holds one.
+// Copies are independent (the views are offsets into the copy's own buffer). The views are
+// const so that `m.hostname() = x` does not compile (it would assign to a temporary).
+class message {
+public:
+    message() = default;
+    message(std::string_view message_id, std::string_view instance_name, std::string_view hostname,
+            std::string_view reason = {});
+
+    const std::string_view message_id() const noexcept { return piece(0); }
+    const std::string_view instance_name() const noexcept { return piece(1); }
+    const std::string_view hostname() const noexcept { return piece(2); } // given or derived
+    const std::string_view reason() const noexcept { return piece(3); }
+
+    // `hostname` is the concatenation of `host_parts` (one piece as given, or the derived
+    // "<instance>.<domain>" as three).
+    void assign(std::string_view message_id, std::string_view instance_name,
+                std::initializer_list<std::string_view> host_parts, std::string_view reason);
+
+private:
+    std::string_view piece(int i) const noexcept {
+        std::uint32_t from = i == 0 ? 0 : end_[i - 1];
+        return {buf_.data() + from, end_[i] - from};
+    }
+    std::string buf_;
+    std::uint32_t end_[4] = {}; // where each piece ends in buf_
 };
 
 enum class decode_kind : std::uint8_t {

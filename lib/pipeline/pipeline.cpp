@@ -194,7 +194,7 @@ bool pipeline::allow_bad_log() {
 rt::task<void> pipeline::process(delivery d) {
     flight f(*this, d);
     if (!admit(f)) co_return; // undecodable: dead-lettered
-    if (flight* first = in_flight_with_id(f.msg.message_id)) {
+    if (flight* first = in_flight_with_id(f.msg.message_id())) {
         // A second delivery of an id still in flight waits for the first and shares its outcome,
         // so one id never gets two restarts, whatever the timing.
         co_return co_await follow(f, *first);
@@ -242,7 +242,7 @@ bool pipeline::admit(flight& f) {
 }
 
 std::string_view pipeline::id_of(const flight& f) noexcept {
-    return f.msg.message_id;
+    return f.msg.message_id();
 }
 
 // The rare path in a frame of its own, so the event's awaiter takes no room in every message's.
@@ -348,7 +348,7 @@ void pipeline::settle(flight& f, verdict v, std::uint64_t now) {
     if (now == 0) now = now_ns();
     stats_.total_seconds.observe(static_cast<double>(now - f.d.received_ns) / 1e9);
     if (log::enabled(spdlog::level::debug)) {
-        log::debug("message settled", {{"message_id", f.msg.message_id},
+        log::debug("message settled", {{"message_id", f.msg.message_id()},
                                        {"outcome", to_string(v.what)},
                                        {"reason", v.reason},
                                        {"attempt", f.d.attempt}});

@@ -140,13 +140,13 @@ std::optional<std::string> command_template::refuse(const message& m) const {
             case slot::none:
                 break;
             case slot::hostname:
-                bad = unsafe_placeholder_value("hostname", m.hostname);
+                bad = unsafe_placeholder_value("hostname", m.hostname());
                 break;
             case slot::instance_name:
-                bad = unsafe_placeholder_value("instance_name", m.instance_name);
+                bad = unsafe_placeholder_value("instance_name", m.instance_name());
                 break;
             case slot::message_id:
-                bad = unsafe_placeholder_value("message_id", m.message_id);
+                bad = unsafe_placeholder_value("message_id", m.message_id());
                 break;
             }
             if (bad) return bad;
@@ -167,13 +167,13 @@ command_template::expand(const message& m) const {
                 arg += p.literal;
                 break;
             case slot::hostname:
-                arg += m.hostname;
+                arg += m.hostname();
                 break;
             case slot::instance_name:
-                arg += m.instance_name;
+                arg += m.instance_name();
                 break;
             case slot::message_id:
-                arg += m.message_id;
+                arg += m.message_id();
                 break;
             }
         }

@@ -288,8 +288,8 @@ rt::task<restart_result> exec_restarter::restart(const message& m) {
         co_return restart_result{restart_status::refused, *why};
     command_result r = co_await run(std::get<0>(std::move(argv)));
     if (!r.ok) {
-        log::warn("restart command failed", {{"message_id", m.message_id},
-                                             {"hostname", m.hostname},
+        log::warn("restart command failed", {{"message_id", m.message_id()},
+                                             {"hostname", m.hostname()},
                                              {"command", restart_.program()},
                                              {"error", r.detail}});
         co_return restart_result{restart_status::failed, std::move(r.detail)};
@@ -301,15 +301,15 @@ rt::task<restart_result> exec_restarter::restart(const message& m) {
         command_result v = co_await run(std::get<0>(std::move(vargv)));
         if (!v.ok) {
             log::warn("verify command failed after the restart command succeeded",
-                      {{"message_id", m.message_id},
-                       {"hostname", m.hostname},
+                      {{"message_id", m.message_id()},
+                       {"hostname", m.hostname()},
                        {"command", verify_->program()},
                        {"error", v.detail}});
             co_return restart_result{restart_status::failed, "verify command: " + v.detail};
         }
     }
-    log::info("host restarted", {{"message_id", m.message_id},
-                                 {"hostname", m.hostname},
+    log::info("host restarted", {{"message_id", m.message_id()},
+                                 {"hostname", m.hostname()},
                                  {"command", restart_.program()},
                                  {"verified", verify_.has_value()}});
     co_return restart_result{restart_status::ok, {}};

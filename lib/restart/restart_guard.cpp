@@ -104,7 +104,7 @@ std::chrono::milliseconds restart_guard::now() const noexcept {
 }
 
 std::optional<std::string> restart_guard::refuse(const message& m) const {
-    if (auto why = filter_.refuse(m.hostname)) return why;
+    if (auto why = filter_.refuse(m.hostname())) return why;
     return inner_.refuse(m);
 }
 
@@ -115,7 +115,7 @@ std::optional<std::string> restart_guard::refuse(const message& m) const {
 restart_guard::gate restart_guard::enter(pass& p, const message& m, restart_result& r) {
     if (refused(m, r)) return gate::done;
     // One restart per host at a time: wait for the one running and share its result.
-    if (running_for(m.hostname)) return gate::wait;
+    if (running_for(m.hostname())) return gate::wait;
     hold(p, m, r);
     if (!admit_now(p) || opts_.cooldown.count() > 0) return gate::wait;
     return go(m, r) ? gate::restart : gate::done;
@@ -125,7 +125,7 @@ restart_guard::gate restart_guard::enter(pass& p, const message& m, restart_resu
 // set, while the store answers the claim), not while its restart runs.
 rt::task<bool> restart_guard::wait(pass& p, const message& m, restart_result& r) {
     if (!p.g_) {
-        pass* first = running_for(m.hostname); // enter() found it, and nothing ran since
+        pass* first = running_for(m.hostname()); // enter() found it, and nothing ran since
         co_await first->done_;
         shared_result(m, *first, r); // `first` is alive: set() resumes us
         co_return false;
@@ -192,7 +192,7 @@ void restart_guard::release(pass& p) noexcept {
 bool restart_guard::go(const message& m, restart_result& r) {
     if (!opts_.dry_run) return true;
     log::info("dry run: restart not carried out",
-              {{"message_id", m.message_id}, {"hostname", m.hostname}});
+              {{"message_id", m.message_id()}, {"hostname", m.hostname()}});
     r = restart_result{restart_status::dry_run, "dry run"};
     return false;
 }
@@ -202,29 +202,29 @@ bool restart_guard::refused(const message& m, restart_result& r) {
     if (!why) return false;
     stats_.refused.inc();
     log::warn("restart refused",
-              {{"message_id", m.message_id}, {"hostname", m.hostname}, {"reason", *why}});
+              {{"message_id", m.message_id()}, {"hostname", m.hostname()}, {"reason", *why}});
     r = restart_result{restart_status::refused, std::move(*why)};
     return true;
 }
 
 std::string_view restart_guard::host_of(const pass& p) noexcept {
-    return p.msg_->hostname;
+    return p.msg_->hostname();
 }
 
-restart_guard::pass* restart_guard::running_for(const std::string& hostname) {
+restart_guard::pass* restart_guard::running_for(std::string_view hostname) {
     return running_hosts_.find(hostname);
 }
 
 void restart_guard::shared_result(const message& m, const pass& first, restart_result& r) {
     r = *first.result_;
     stats_.coalesced.inc();
-    log::debug("restart coalesced", {{"message_id", m.message_id},
-                                     {"hostname", m.hostname},
-                                     {"with", first.msg_->message_id},
+    log::debug("restart coalesced", {{"message_id", m.message_id()},
+                                     {"hostname", m.hostname()},
+                                     {"with", first.msg_->message_id()},
                                      {"result", to_string(r.status)}});
     if (r.status == restart_status::ok)
-        r = restart_result{restart_status::coalesced,
-                           "shared the restart for message " + first.msg_->message_id};
+        r = restart_result{restart_status::coalesced, "shared the restart for message " +
+                                                          std::string(first.msg_->message_id())};
 }
 
 bool restart_guard::cooldown_decision(const message& m, std::chrono::system_clock::time_point now,
@@ -240,7 +240,7 @@ bool restart_guard::cooldown_decision(const message& m, std::chrono::system_cloc
     std::string why = "host restarted " + format_duration(ago) + " ago, within the " +
                       format_duration(opts_.cooldown) + " cooldown";
     log::info("restart skipped: cooldown",
-              {{"message_id", m.message_id}, {"hostname", m.hostname}, {"reason", why}});
+              {{"message_id", m.message_id()}, {"hostname", m.hostname()}, {"reason", why}});
     r = restart_result{restart_status::skipped_cooldown, std::move(why)};
     return false;
 }

@@ -123,7 +123,7 @@ private:
 
     std::optional<std::string> refuse(const message& m) const;
     bool refused(const message& m, restart_result& r);
-    pass* running_for(const std::string& hostname);
+    pass* running_for(std::string_view hostname);
     void hold(pass& p, const message& m, const restart_result& r);
     bool admit_now(pass& p);
     void grant(pass& p, bool trial);

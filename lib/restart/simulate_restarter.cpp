@@ -11,9 +11,9 @@ simulate_restarter::simulate_restarter(rt::loop& loop, latency_range latency, do
 rt::task<restart_result> simulate_restarter::restart(const message& m) {
     rt::millis delay = latency_.zero() ? rt::millis{0} : latency_.sample(rng_);
     if (failure_rate_ > 0 && std::uniform_real_distribution<double>(0, 1)(rng_) < failure_rate_)
-        return rt::after(
-            loop_, delay,
-            restart_result{restart_status::failed, "simulated failure restarting " + m.hostname});
+        return rt::after(loop_, delay,
+                         restart_result{restart_status::failed, "simulated failure restarting " +
+                                                                    std::string(m.hostname())});
     return rt::after(loop_, delay, restart_result{restart_status::ok, {}});
 }
 

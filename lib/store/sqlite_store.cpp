@@ -815,10 +815,10 @@ void sqlite_store::flush_done() noexcept {
 rt::task<save_result> sqlite_store::save(const message& m, const delivery&) {
     request r;
     r.kind = op::save;
-    r.id = pending_.put(m.message_id);
-    r.a = pending_.put(m.instance_name);
-    r.b = pending_.put(m.hostname);
-    r.c = pending_.put(m.reason);
+    r.id = pending_.put(m.message_id());
+    r.a = pending_.put(m.instance_name());
+    r.b = pending_.put(m.hostname());
+    r.c = pending_.put(m.reason());
     auto pending = enqueue(r); // named: see writer() on GCC 12 and temporaries
     reply x = co_await pending;
     co_return save_result{x.ok, std::move(x.error)};
@@ -827,8 +827,8 @@ rt::task<save_result> sqlite_store::save(const message& m, const delivery&) {
 rt::task<restart_claim> sqlite_store::claim_restart(const message& m) {
     request r;
     r.kind = op::claim;
-    r.id = pending_.put(m.message_id);
-    r.a = pending_.put(m.hostname);
+    r.id = pending_.put(m.message_id());
+    r.a = pending_.put(m.hostname());
     auto pending = enqueue(r); // named: see writer() on GCC 12 and temporaries
     reply x = co_await pending;
     // Without a durable claim the restart must not run: the caller turns this into a retry.
@@ -839,7 +839,7 @@ rt::task<restart_claim> sqlite_store::claim_restart(const message& m) {
 rt::task<void> sqlite_store::finish_restart(const message& m, const restart_result& res) {
     request r;
     r.kind = op::finish;
-    r.id = pending_.put(m.message_id);
+    r.id = pending_.put(m.message_id());
     r.a = pending_.put(to_string(res.status));
     r.b = pending_.put(res.detail);
     auto pending = enqueue(r); // named: see writer() on GCC 12 and temporaries
@@ -854,8 +854,8 @@ rt::task<host_claim> sqlite_store::claim_host(const message& m,
                                               std::chrono::milliseconds cooldown) {
     request r;
     r.kind = op::claim_host;
-    r.id = pending_.put(m.message_id);
-    r.a = pending_.put(m.hostname);
+    r.id = pending_.put(m.message_id());
+    r.a = pending_.put(m.hostname());
     // The transaction stamps the claim with its own clock; the cutoff uses the caller's.
     r.n = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() -
           cooldown.count();
@@ -870,7 +870,7 @@ rt::task<host_claim> sqlite_store::claim_host(const message& m,
 void sqlite_store::complete(const message& m, const verdict& v) {
     request r;
     r.kind = op::complete;
-    r.id = pending_.put(m.message_id);
+    r.id = pending_.put(m.message_id());
     r.a = pending_.put(to_string(v.what));
     r.b = pending_.put(v.reason);
     pending_.reqs.push_back(r);

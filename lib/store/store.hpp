@@ -42,13 +42,13 @@ public:
     // Per-host cooldown, called by the restart policy right before the restart itself starts.
     // An implementation must, as ONE atomic step (one transaction; with a database shared by
     // several workers, atomic against all of them, e.g. BEGIN IMMEDIATE in SQLite):
-    //  1. look at the restarts of host `m.hostname` made for a message id other than
-    //     `m.message_id` that either finished with status `ok` or were started and never
+    //  1. look at the restarts of host `m.hostname()` made for a message id other than
+    //     `m.message_id()` that either finished with status `ok` or were started and never
     //     finished (running elsewhere, or lost in a crash: we cannot know the host was not
     //     restarted, so it counts);
     //  2. if one of them started later than `now - cooldown`: record nothing and answer
     //     {granted = false, last_restart = the latest such start time};
-    //  3. otherwise record a restart of `m.hostname` for `m.message_id` started at `now` (not
+    //  3. otherwise record a restart of `m.hostname()` for `m.message_id()` started at `now` (not
     //     finished) and answer {granted = true}.
     // A cooldown of zero always grants (and still records). The same message id never blocks
     // itself, so a redelivery after a crash may finish its own restart. finish_restart(m, r)

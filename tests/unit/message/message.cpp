@@ -17,10 +17,10 @@ TEST_CASE("a good message decodes and derives its hostname") {
         decode(R"({"message_id":"m-1","instance_name":"cattle-ab12","extra":[1,{"x":2}]})", {});
     REQUIRE(std::holds_alternative<message>(r));
     const auto& m = std::get<message>(r);
-    CHECK(m.message_id == "m-1");
-    CHECK(m.instance_name == "cattle-ab12");
-    CHECK(m.hostname == "cattle-ab12.example.net");
-    CHECK(m.reason.empty());
+    CHECK(m.message_id() == "m-1");
+    CHECK(m.instance_name() == "cattle-ab12");
+    CHECK(m.hostname() == "cattle-ab12.example.net");
+    CHECK(m.reason().empty());
 }
 
 TEST_CASE("an explicit hostname and reason are kept; the domain is configurable") {
@@ -28,11 +28,11 @@ TEST_CASE("an explicit hostname and reason are kept; the domain is configurable"
     o.host_domain = "corp.internal";
     auto m =
         std::get<message>(decode(R"({"message_id":"a","instance_name":"i","reason":"kernel"})", o));
-    CHECK(m.hostname == "i.corp.internal");
-    CHECK(m.reason == "kernel");
+    CHECK(m.hostname() == "i.corp.internal");
+    CHECK(m.reason() == "kernel");
     auto m2 =
         std::get<message>(decode(R"({"message_id":"a","instance_name":"i","hostname":"h.x"})", o));
-    CHECK(m2.hostname == "h.x");
+    CHECK(m2.hostname() == "h.x");
 }
 
 TEST_CASE("bad payloads give precise reasons and fixed kinds") {
@@ -98,8 +98,8 @@ TEST_CASE("UTF-8 validation") {
 namespace {
 std::string describe_result(const message& m, const std::optional<decode_error>& e) {
     if (e) return "error " + std::string(to_string(e->kind)) + ": " + e->reason;
-    return "ok id=" + m.message_id + " instance=" + m.instance_name + " host=" + m.hostname +
-           " reason=" + m.reason;
+    return "ok id=" + std::string(m.message_id()) + " instance=" + std::string(m.instance_name()) +
+           " host=" + std::string(m.hostname()) + " reason=" + std::string(m.reason());
 }
 
 void check_paths_agree(const std::string& payload, const decode_options& opts) {

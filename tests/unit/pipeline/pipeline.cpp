@@ -203,8 +203,8 @@ public:
     explicit throwing_restarter(rt::loop& l) : loop_(l) {}
     std::string_view name() const override { return "throwing"; }
     rt::task<restart_result> restart(const message& m) override {
-        if (m.message_id == "late") co_await rt::sleep_for(loop_, 5ms);
-        throw std::runtime_error("restart of " + m.hostname + " blew up");
+        if (m.message_id() == "late") co_await rt::sleep_for(loop_, 5ms);
+        throw std::runtime_error("restart of " + std::string(m.hostname()) + " blew up");
     }
 
 private:

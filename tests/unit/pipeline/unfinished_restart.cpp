@@ -64,10 +64,7 @@ private:
 };
 
 verdict run_with_policy(const std::string& db, unfinished_policy policy) {
-    message m;
-    m.message_id = "m1";
-    m.instance_name = "cattle-1";
-    m.hostname = "cattle-1.example.net";
+    message m{"m1", "cattle-1", "cattle-1.example.net"};
     {
         // A restart recorded as started, then the worker "died".
         rt::loop loop;

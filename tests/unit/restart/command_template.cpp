@@ -57,8 +57,7 @@ TEST_CASE("command_template: unsafe placeholder values are refused") {
     CHECK_FALSE(t.refuse(msg("10.0.0.1")));
     CHECK_FALSE(t.refuse(msg("fe80::1")));
     // Only the placeholders the template uses are checked.
-    auto m = msg("ok");
-    m.message_id = "not safe; at all";
+    message m{"not safe; at all", "i-1", "ok"};
     CHECK_FALSE(t.refuse(m));
     auto with_id = std::get<command_template>(command_template::parse("echo {message_id}"));
     CHECK(with_id.refuse(m));

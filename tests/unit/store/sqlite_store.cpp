@@ -24,11 +24,7 @@ struct temp_dir {
 };
 
 message msg(const std::string& id, const std::string& host = "cattle-1") {
-    message m;
-    m.message_id = id;
-    m.instance_name = host;
-    m.hostname = host + ".example.net";
-    return m;
+    return message{id, host, host + ".example.net"};
 }
 
 // Runs `t` to completion on the loop.
@@ -234,9 +230,9 @@ TEST_CASE("sqlite_store: many claims, finishes and outcomes in one transaction")
             before.push_back(msg(p + std::to_string(i)));
     for (auto& m : before) {
         REQUIRE(run(loop, st.claim_restart(m)) == restart_claim::proceed);
-        if (m.message_id[0] == 'd')
+        if (m.message_id()[0] == 'd')
             run(loop, st.finish_restart(m, restart_result{restart_status::ok, {}}));
-        if (m.message_id[0] == 'f')
+        if (m.message_id()[0] == 'f')
             run(loop, st.finish_restart(m, restart_result{restart_status::failed, "boom"}));
     }
     // 70 new ids with the 15 above mixed in, all claimed in the same loop turn.
@@ -263,11 +259,11 @@ TEST_CASE("sqlite_store: many claims, finishes and outcomes in one transaction")
     REQUIRE(answered == ms.size());
     CHECK(st.stats().transactions.get() == tx + 1);
     for (std::size_t i = 0; i < ms.size(); ++i) {
-        char p = ms[i].message_id[0];
+        char p = ms[i].message_id()[0];
         auto want = p == 'd'   ? restart_claim::done
                     : p == 'u' ? restart_claim::unfinished
                                : restart_claim::proceed;
-        CHECK_MESSAGE(claims[i] == want, ms[i].message_id);
+        CHECK_MESSAGE(claims[i] == want, ms[i].message_id());
     }
     CHECK(count(dir.db(), "SELECT count(*) FROM restarts WHERE message_id LIKE 'n%' AND "
                           "attempt = 1 AND finished IS NULL") == 70);
@@ -284,7 +280,8 @@ TEST_CASE("sqlite_store: many claims, finishes and outcomes in one transaction")
             if (claims[i] == restart_claim::done) continue;
             restart_result r{restart_status::ok, {}};
             if (i % 3 == 1)
-                r = restart_result{restart_status::failed, "exit 1 on " + ms[i].hostname};
+                r = restart_result{restart_status::failed,
+                                   "exit 1 on " + std::string(ms[i].hostname())};
             if (i % 3 == 2 && i % 2 == 0) r = restart_result{restart_status::dry_run, "dry run"};
             scope.spawn([](sqlite_store& s, const message& m, restart_result rr,
                            std::size_t& n) -> rt::task<void> {
@@ -296,7 +293,7 @@ TEST_CASE("sqlite_store: many claims, finishes and outcomes in one transaction")
     }
     CHECK(st.stats().transactions.get() == tx + 1);
     for (std::size_t i = 0; i < ms.size(); ++i) {
-        const auto& id = ms[i].message_id;
+        std::string id(ms[i].message_id());
         std::string latest =
             "SELECT %s FROM restarts WHERE message_id = '" + id + "' ORDER BY attempt DESC LIMIT 1";
         auto col = [&](const char* c) {
@@ -311,7 +308,7 @@ TEST_CASE("sqlite_store: many claims, finishes and outcomes in one transaction")
         std::string want = "ok", detail = "NULL";
         if (i % 3 == 1) {
             want = "failed";
-            detail = "exit 1 on " + ms[i].hostname;
+            detail = "exit 1 on " + std::string(ms[i].hostname());
         } else if (i % 3 == 2 && i % 2 == 0) {
             want = "dry_run";
             detail = "dry run";
@@ -340,7 +337,9 @@ TEST_CASE("sqlite_store: many claims, finishes and outcomes in one transaction")
         if (i % 4 == 0)
             st.complete(ms[i], verdict{outcome::acked, {}, {}});
         else if (i % 4 == 1)
-            st.complete(ms[i], verdict{outcome::retried, "store: busy " + ms[i].message_id, {}});
+            st.complete(
+                ms[i],
+                verdict{outcome::retried, "store: busy " + std::string(ms[i].message_id()), {}});
         else if (i % 4 == 2)
             st.complete(ms[i], verdict{outcome::dead_lettered, "bad host", {}});
         else
@@ -355,16 +354,16 @@ TEST_CASE("sqlite_store: many claims, finishes and outcomes in one transaction")
     for (std::size_t i = 0; i < ms.size() - 1; ++i) {
         auto q = [&](const char* c) {
             return text_of(dir.db(), std::string("SELECT ") + c +
-                                         " FROM messages WHERE message_id = '" + ms[i].message_id +
-                                         "'");
+                                         " FROM messages WHERE message_id = '" +
+                                         std::string(ms[i].message_id()) + "'");
         };
         const char* want[] = {"acked", "retried", "dead_lettered", "skipped"};
-        CHECK_MESSAGE(q("outcome") == want[i % 4], ms[i].message_id);
-        CHECK_MESSAGE(q("completed_at IS NULL") == (i % 4 == 1 ? "1" : "0"), ms[i].message_id);
+        CHECK_MESSAGE(q("outcome") == want[i % 4], ms[i].message_id());
+        CHECK_MESSAGE(q("completed_at IS NULL") == (i % 4 == 1 ? "1" : "0"), ms[i].message_id());
         // A `skipped` after the `acked` changes nothing, not even last_error.
-        std::string err = i % 4 == 1   ? "store: busy " + ms[i].message_id
+        std::string err = i % 4 == 1   ? "store: busy " + std::string(ms[i].message_id())
                           : i % 4 == 2 ? "bad host"
                                        : "NULL";
-        CHECK_MESSAGE(q("last_error") == err, ms[i].message_id);
+        CHECK_MESSAGE(q("last_error") == err, ms[i].message_id());
     }
 }
