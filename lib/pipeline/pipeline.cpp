@@ -204,18 +204,29 @@ rt::task<void> pipeline::process(delivery d) {
     // chain that never blocks the loop ("block when needed"): claim, the guard's steps, the
     // restart, its record. Every step writes the one result `f.restarted`.
     f.save.start(store_.save(f.msg, f.d));
-    restart_claim claim{};
-    auto step = after_claim(co_await store_.claim_restart(f.msg).into(claim), claim, f.restarted);
+    claim_step step;
+    try {
+        step = after_claim(co_await store_.claim_restart(f.msg), f.restarted);
+    } catch (...) {
+        step = store_failed(f.restarted);
+    }
     if (step == claim_step::restart) {
         auto gate = guard_.enter(f.pass, f.msg, f.restarted);
         bool go = gate == restart_guard::gate::restart;
-        if (gate == restart_guard::gate::wait)
-            fail_if_thrown(co_await guard_.wait(f.pass, f.msg, f.restarted).into(go), f.restarted);
-        if (go)
-            fail_if_thrown(co_await guard_.inner().restart(f.msg).into(f.restarted), f.restarted);
+        try {
+            if (gate == restart_guard::gate::wait)
+                go = co_await guard_.wait(f.pass, f.msg, f.restarted);
+            if (go) f.restarted = co_await guard_.inner().restart(f.msg);
+        } catch (...) {
+            restart_failed(f.restarted); // a restarter that threw: a failed restart like any other
+        }
         guard_.leave(f.pass);
-        step =
-            after_finish(co_await store_.finish_restart(f.msg, f.restarted).caught(), f.restarted);
+        try {
+            co_await store_.finish_restart(f.msg, f.restarted);
+            step = claim_step::counted;
+        } catch (...) {
+            step = store_failed(f.restarted);
+        }
     }
     if (step == claim_step::counted)
         stats_.restarts[static_cast<std::size_t>(f.restarted.status)].inc();
@@ -298,14 +309,7 @@ void pipeline::conclude(flight& f) {
     settle(f, decide(in, opts_.backoff, rng_()), std::max(saved_ns, f.restarted_ns));
 }
 
-// Store trouble in the restart's claim or record is a failed restart like any other (retried,
-// its reason the error's text); it is not counted by restart result, as no restart ended.
-pipeline::claim_step pipeline::after_claim(const std::exception_ptr& error, restart_claim claim,
-                                           restart_result& r) {
-    if (error) {
-        r = restart_result{restart_status::failed, rt::describe(error)};
-        return claim_step::uncounted;
-    }
+pipeline::claim_step pipeline::after_claim(restart_claim claim, restart_result& r) {
     switch (claim) {
     case restart_claim::done:
         r = restart_result{restart_status::skipped_duplicate, "already restarted for this message"};
@@ -328,9 +332,15 @@ pipeline::claim_step pipeline::after_claim(const std::exception_ptr& error, rest
     return claim_step::restart;
 }
 
-pipeline::claim_step pipeline::after_finish(const std::exception_ptr& error, restart_result& r) {
-    if (!error) return claim_step::counted;
-    r = restart_result{restart_status::failed, rt::describe(error)};
+// From a catch block: the exception in flight is the restart's failure, its text the detail.
+void pipeline::restart_failed(restart_result& r) {
+    r = restart_result{restart_status::failed, rt::describe(std::current_exception())};
+}
+
+// Store trouble in the restart's claim or record is a failed restart like any other (retried,
+// with the error's text); it is not counted by restart result, as no restart ended.
+pipeline::claim_step pipeline::store_failed(restart_result& r) {
+    restart_failed(r);
     return claim_step::uncounted;
 }
 

@@ -124,8 +124,9 @@ private:
     void hold(flight& f);
     void conclude(flight& f);
     enum class claim_step : std::uint8_t { restart, counted, uncounted };
-    claim_step after_claim(const std::exception_ptr& error, restart_claim claim, restart_result& r);
-    claim_step after_finish(const std::exception_ptr& error, restart_result& r);
+    claim_step after_claim(restart_claim claim, restart_result& r);
+    static void restart_failed(restart_result& r);
+    static claim_step store_failed(restart_result& r);
     // `now`: the steady clock in ns if the caller has just read it, else 0.
     void settle(flight& f, verdict v, std::uint64_t now = 0);
     void renew_leases();

@@ -13,12 +13,6 @@
 
 namespace mayhem {
 
-// For `co_await some_restarter.restart(m).into(r)`: a restarter that threw is a failed restart
-// like any other, its exception's text the detail; `r` is left as it is when nothing was thrown.
-inline void fail_if_thrown(const std::exception_ptr& error, restart_result& r) {
-    if (error) r = restart_result{restart_status::failed, rt::describe(error)};
-}
-
 class restarter {
 public:
     virtual ~restarter() = default;

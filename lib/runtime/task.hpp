@@ -237,19 +237,25 @@ public:
 
     bool valid() const noexcept { return p_ != nullptr; }
 
-    auto operator co_await() && noexcept { return awaiter<false>{this}; }
-    // Awaits a task<void> without throwing: the exception it ended with (null if none).
-    template <class U = T>
-    requires std::is_void_v<U>
-    auto caught() && noexcept { return caught_awaiter{{this}}; }
-    // Awaits the task without throwing: its value or its exception as a result<T>.
-    auto settled() && noexcept { return awaiter<true>{this}; }
-    // The same without a result<T> temporary in the awaiting frame (which lives as long as the
-    // awaiting coroutine): moves the value into `out`, returns the exception (null if none).
-    template <class U = T>
-    requires(!std::is_void_v<U>) auto into(U& out) && noexcept {
-        return into_awaiter{{this}, &out};
+    // `co_await t` starts the task and resumes the caller when it ends, with its value (or its
+    // exception, rethrown). The task is its own awaiter, so awaiting a call's result keeps one
+    // pointer in the awaiting frame (which lives as long as the message is in flight), not a
+    // task and an awaiter.
+    bool await_ready() const noexcept { return false; }
+    // Starts the task by symmetric transfer; it resumes the caller when it ends.
+    std::coroutine_handle<> await_suspend(std::coroutine_handle<> caller) noexcept {
+        if constexpr (!std::is_void_v<T>) {
+            if (is_leaf()) {
+                as_leaf()->continuation = caller;
+                return as_leaf()->start() ? caller : std::noop_coroutine();
+            }
+        }
+        handle().promise().continuation = caller;
+        return handle();
     }
+    T await_resume() { return take(); }
+    // Awaits the task without throwing: its value or its exception as a result<T>.
+    auto settled() && noexcept { return settled_awaiter{this}; }
 
     // Internal: used by gather and task_scope.
     // Starts the task as branch `index` of a gather.
@@ -287,51 +293,13 @@ private:
     }
     handle_type handle() const noexcept { return handle_type::from_address(p_); }
 
-    // Starts the task by symmetric transfer and resumes the caller when it ends; `Settled`
-    // returns a result<T> instead of rethrowing.
-    template <bool Settled>
-    struct awaiter {
+    struct settled_awaiter {
         task* t;
         bool await_ready() const noexcept { return false; }
         std::coroutine_handle<> await_suspend(std::coroutine_handle<> caller) noexcept {
-            if constexpr (!std::is_void_v<T>) {
-                if (t->is_leaf()) {
-                    t->as_leaf()->continuation = caller;
-                    return t->as_leaf()->start() ? caller : std::noop_coroutine();
-                }
-            }
-            t->handle().promise().continuation = caller;
-            return t->handle();
+            return t->await_suspend(caller);
         }
-        auto await_resume() {
-            if constexpr (Settled)
-                return take_result_of(*t);
-            else
-                return t->take();
-        }
-    };
-
-    struct into_awaiter : awaiter<false> {
-        T* out;
-        std::exception_ptr await_resume() noexcept {
-            try {
-                *out = this->t->take();
-                return {};
-            } catch (...) {
-                return std::current_exception();
-            }
-        }
-    };
-
-    struct caught_awaiter : awaiter<false> {
-        std::exception_ptr await_resume() noexcept {
-            try {
-                this->t->take();
-                return {};
-            } catch (...) {
-                return std::current_exception();
-            }
-        }
+        result<T> await_resume() { return take_result_of(*t); }
     };
 
     T take() {
