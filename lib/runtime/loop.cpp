@@ -45,11 +45,13 @@ timer_queue::~timer_queue() {
     lanes_.clear();
 }
 
-// The heap orders lanes by their first entry; a lane in the heap is never empty.
+// The heap orders lanes by their first entry; a lane in the heap is never empty. Of two entries
+// due at the same time, the one with the longer delay was armed first (due = armed + delay), so
+// ordering equal deadlines by delay, longest first, keeps them first in, first out.
 bool timer_queue::less(std::size_t a, std::size_t b) const noexcept {
     const timer_entry* x = heap_[a]->head;
     const timer_entry* y = heap_[b]->head;
-    return x->due_ != y->due_ ? x->due_ < y->due_ : x->seq_ < y->seq_;
+    return x->due_ != y->due_ ? x->due_ < y->due_ : heap_[a]->delay > heap_[b]->delay;
 }
 
 void timer_queue::swap_at(std::size_t a, std::size_t b) noexcept {
@@ -115,7 +117,7 @@ void timer_queue::arm(timer_entry& e, millis delay) {
     // appending keeps the lane in deadline order.
     e.lane_ = &l;
     e.due_ = uv_now(loop_) + d;
-    e.seq_ = next_seq_++;
+    e.epoch_ = epoch_;
     e.next_ = nullptr;
     e.prev_ = l.tail;
     ++size_;
@@ -177,12 +179,13 @@ void timer_queue::on_timer(uv_timer_t* t) noexcept {
     q->armed_for_ = UINT64_MAX;
     std::uint64_t now = uv_now(q->loop_);
     // Fire only what was due when we started: an entry re-armed with zero delay by a callback
-    // runs on the next turn, so one turn cannot starve the rest of the loop. (An entry armed
-    // now is due no earlier than `now`, so an older due entry always sorts before it.)
-    std::uint64_t limit = q->next_seq_;
+    // runs on the next turn, so one turn cannot starve the rest of the loop. Entries armed from
+    // here on carry this pass's epoch. (An entry armed now is due no earlier than `now`, and an
+    // older one due at `now` has the longer delay, so every older due entry sorts before it.)
+    std::uint16_t during = ++q->epoch_;
     while (!q->heap_.empty()) {
         timer_entry* e = q->heap_.front()->head;
-        if (e->due_ > now || e->seq_ >= limit) break;
+        if (e->due_ > now || e->epoch_ == during) break;
         q->disarm(*e);
         e->fire(); // may arm or cancel other entries, or destroy `e`'s owner
     }

@@ -8,6 +8,7 @@
 #pragma once
 
 #include "runtime/task.hpp"
+#include "runtime/timer_entry.hpp"
 
 #include <chrono>
 #include <coroutine>
@@ -100,30 +101,6 @@ private:
 // chases pointers through memory that no cache holds.
 // ---------------------------------------------------------------------------------------------
 class timer_queue;
-struct timer_lane;
-
-class timer_entry {
-public:
-    timer_entry() = default;
-    timer_entry(const timer_entry&) = delete;
-    timer_entry& operator=(const timer_entry&) = delete;
-    virtual ~timer_entry();
-
-    bool armed() const noexcept { return lane_ != nullptr; }
-    void cancel() noexcept;
-
-protected:
-    // Called on the loop thread when the entry is due; the entry is already disarmed.
-    virtual void fire() noexcept = 0;
-
-private:
-    friend class timer_queue;
-    timer_lane* lane_ = nullptr; // set while armed
-    timer_entry* prev_ = nullptr;
-    timer_entry* next_ = nullptr;
-    std::uint64_t due_ = 0; // loop time, ms
-    std::uint64_t seq_ = 0; // FIFO among equal deadlines
-};
 
 struct timer_lane {
     timer_queue* queue;
@@ -160,9 +137,9 @@ private:
     uv_handle<uv_timer_t> timer_;
     std::unordered_map<std::uint64_t, std::unique_ptr<timer_lane>> lanes_;
     timer_lane* last_lane_ = nullptr; // the lane armed last: the next arm is often the same
-    std::vector<timer_lane*> heap_;   // non-empty lanes, by (due, seq) of their first entry
+    std::vector<timer_lane*> heap_;   // non-empty lanes, by the due time of their first entry
     std::size_t size_ = 0;
-    std::uint64_t next_seq_ = 0;
+    std::uint16_t epoch_ = 0; // what entries armed now are marked with; a firing pass moves it on
     std::uint64_t armed_for_ = UINT64_MAX;
 };
 
@@ -236,7 +213,7 @@ inline sleep_awaiter sleep_for(loop& l, millis d) {
 // its timer entry. For simulated steps, which are awaited as soon as they are made. Destroying
 // the task cancels the timer.
 template <class T>
-class timed_leaf final : public details::leaf<T>, private timer_entry {
+class timed_leaf final : public details::leaf<T> {
 public:
     timed_leaf(timer_queue& q, millis d, T v) : details::leaf<T>(std::move(v)) {
         if (d.count() > 0)

@@ -14,6 +14,7 @@
 
 #include "runtime/frame_pool.hpp"
 #include "runtime/list.hpp"
+#include "runtime/timer_entry.hpp"
 
 #include <array>
 #include <atomic>
@@ -126,17 +127,17 @@ struct promise_base : pooled_frame, completion {
     void unhandled_exception() noexcept { error = std::current_exception(); }
 };
 
-// A leaf: a task's work that needs no coroutine frame of its own (a value after a delay). The
-// step that waits is then one small pooled object instead of a frame, which matters because
-// every message in flight keeps its waiting steps alive. The work may finish before the task is
-// started (it runs from the leaf's creation); complete() then only marks it done and start()
-// answers "done already".
+// A leaf: a task's work that needs no coroutine frame of its own: a value after a delay (the
+// leaf is the delay's timer entry; rt::after() in runtime/loop.hpp makes one). The step that
+// waits is then one small pooled object instead of a frame, which matters because every message
+// in flight keeps its waiting steps alive. The work may finish before the task is started (it
+// runs from the leaf's creation); complete() then only marks it done and start() answers "done
+// already". Destroying the leaf cancels its timer.
 template <class T>
-class leaf : public completion, public pooled_frame {
+class leaf : public timer_entry, public completion, public pooled_frame {
 public:
     leaf(const leaf&) = delete;
     leaf& operator=(const leaf&) = delete;
-    virtual ~leaf() = default; // cancels what the leaf waits for
 
     // The task starts: true when the value is there already (nothing to wait for).
     bool start() noexcept {

@@ -158,6 +158,46 @@ TEST_CASE("cancelling the first entry of a lane lets a later lane fire first") {
     CHECK(log == std::vector<std::string>{"re", "late", "middle"});
 }
 
+namespace {
+// Re-arms itself with zero delay from its own callback, twice.
+struct respinner final : timer_entry {
+    respinner(timer_queue& queue, std::vector<std::string>& out) : q(queue), log(out) {}
+    void fire() noexcept override {
+        log.push_back("spin");
+        if (++fired < 3) q.arm(*this, 0ms);
+    }
+    timer_queue& q;
+    std::vector<std::string>& log;
+    int fired = 0;
+};
+} // namespace
+
+TEST_CASE("an entry re-armed with zero delay by its callback waits for what was already due") {
+    loop l;
+    std::vector<std::string> log;
+    respinner spin(l.timers(), log);
+    named_call other(log, "other");
+    l.timers().arm(spin, 0ms);
+    l.timers().arm(other, 0ms);
+    l.run();
+    CHECK(log == std::vector<std::string>{"spin", "other", "spin", "spin"});
+}
+
+TEST_CASE("entries of two delays due at the same time fire in the order they were armed") {
+    loop l;
+    std::vector<std::string> log;
+    named_call first(log, "first"), second(log, "second");
+    auto& q = l.timers();
+    q.arm(first, 30ms);
+    // Sleep until the loop's clock moved on by 10 ms, then arm a 20 ms entry: both due at +30.
+    auto start = q.now();
+    while (q.now() < start + 10)
+        uv_update_time(l.get());
+    q.arm(second, millis{30 - static_cast<int>(q.now() - start)});
+    l.run();
+    CHECK(log == std::vector<std::string>{"first", "second"});
+}
+
 TEST_CASE("many distinct delays (lanes are freed when empty) all fire, in order") {
     loop l;
     std::vector<std::string> log;
