@@ -6,8 +6,10 @@
 // a small fixed kind (the kind is a metric label; the reason is free text for logs).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <initializer_list>
+#include <iterator>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -25,6 +27,23 @@ public:
     message(std::string_view message_id, std::string_view instance_name, std::string_view hostname,
             std::string_view reason = {});
 
+    message(const message&) = default;
+    message& operator=(const message&) = default;
+    // A moved-from message is empty (all four views), not views past its emptied buffer.
+    message(message&& o) noexcept : buf_(std::move(o.buf_)) {
+        std::copy(std::begin(o.end_), std::end(o.end_), end_);
+        o.clear();
+    }
+    message& operator=(message&& o) noexcept {
+        if (this != &o) {
+            buf_ = std::move(o.buf_);
+            std::copy(std::begin(o.end_), std::end(o.end_), end_);
+            o.clear();
+        }
+        return *this;
+    }
+    ~message() = default;
+
     const std::string_view message_id() const noexcept { return piece(0); }
     const std::string_view instance_name() const noexcept { return piece(1); }
     const std::string_view hostname() const noexcept { return piece(2); } // given or derived
@@ -36,6 +55,10 @@ public:
                 std::initializer_list<std::string_view> host_parts, std::string_view reason);
 
 private:
+    void clear() noexcept {
+        buf_.clear();
+        std::fill(std::begin(end_), std::end(end_), 0);
+    }
     std::string_view piece(int i) const noexcept {
         std::uint32_t from = i == 0 ? 0 : end_[i - 1];
         return {buf_.data() + from, end_[i] - from};

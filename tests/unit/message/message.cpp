@@ -157,3 +157,20 @@ TEST_CASE("the plain path and the parser agree on a mutated corpus") {
     }
     CHECK(cases > 20000);
 }
+
+TEST_CASE("a message's copies are independent, and a moved-from message is empty") {
+    message a{"id-1", "cattle-1", "cattle-1.example.net", "kernel panic"};
+    message b = a;
+    a = message{"id-2", "i", "h"};
+    CHECK(b.message_id() == "id-1");
+    CHECK(b.instance_name() == "cattle-1");
+    CHECK(b.hostname() == "cattle-1.example.net");
+    CHECK(b.reason() == "kernel panic");
+    CHECK(a.hostname() == "h");
+    CHECK(a.reason().empty());
+    message c = std::move(b);
+    CHECK(c.hostname() == "cattle-1.example.net");
+    CHECK(b.message_id().empty()); // NOLINT(bugprone-use-after-move): what a move leaves
+    CHECK(b.hostname().empty());
+    CHECK(b.reason().empty());
+}
