@@ -357,22 +357,59 @@ message::message(std::string_view message_id, std::string_view instance_name,
     assign(message_id, instance_name, {hostname}, reason);
 }
 
+char* message::storage(std::size_t bytes) {
+    if (bytes <= inline_bytes) {
+        heap_.reset();
+        return inline_;
+    }
+    heap_ = std::make_unique_for_overwrite<char[]>(bytes);
+    return heap_.get();
+}
+
+message& message::operator=(const message& o) {
+    if (this == &o) return *this;
+    std::size_t n = o.end_[3];
+    char* out = storage(n);
+    if (n > 0) std::memcpy(out, o.data(), n);
+    std::copy(std::begin(o.end_), std::end(o.end_), end_);
+    return *this;
+}
+
+message& message::operator=(message&& o) noexcept {
+    if (this == &o) return *this;
+    if (o.heap_) {
+        heap_ = std::move(o.heap_);
+    } else {
+        heap_.reset();
+        if (o.end_[3] > 0) std::memcpy(inline_, o.inline_, o.end_[3]);
+    }
+    std::copy(std::begin(o.end_), std::end(o.end_), end_);
+    o.clear();
+    return *this;
+}
+
 void message::assign(std::string_view message_id, std::string_view instance_name,
                      std::initializer_list<std::string_view> host_parts, std::string_view reason) {
     std::size_t host = 0;
     for (auto part : host_parts)
         host += part.size();
-    buf_.clear();
-    buf_.reserve(message_id.size() + instance_name.size() + host + reason.size());
-    buf_.append(message_id);
-    end_[0] = static_cast<std::uint32_t>(buf_.size());
-    buf_.append(instance_name);
-    end_[1] = static_cast<std::uint32_t>(buf_.size());
+    std::size_t total = message_id.size() + instance_name.size() + host + reason.size();
+    char* out = storage(total);
+    auto put = [&out](std::string_view piece) {
+        if (!piece.empty()) std::memcpy(out, piece.data(), piece.size());
+        out += piece.size();
+    };
+    const char* start = out;
+    auto at = [&] { return static_cast<std::uint32_t>(out - start); };
+    put(message_id);
+    end_[0] = at();
+    put(instance_name);
+    end_[1] = at();
     for (auto part : host_parts)
-        buf_.append(part);
-    end_[2] = static_cast<std::uint32_t>(buf_.size());
-    buf_.append(reason);
-    end_[3] = static_cast<std::uint32_t>(buf_.size());
+        put(part);
+    end_[2] = at();
+    put(reason);
+    end_[3] = at();
 }
 
 decoded decode(std::string_view payload, const decode_options& opts) {

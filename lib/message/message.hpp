@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <iterator>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -17,31 +18,24 @@
 
 namespace mayhem {
 
-// A decoded request. Its four strings share one buffer and are read as views: one allocation,
-// and 48 bytes in place (four std::strings took 128), as every message in flight holds one.
-// Copies are independent (the views are offsets into the copy's own buffer). The views are
-// const so that `m.hostname() = x` does not compile (it would assign to a temporary).
+// A decoded request. Its four strings are stored back to back and read as views: inside the
+// message itself while they fit in `inline_bytes` (a UUID id, an instance name and its derived
+// hostname do), in one heap block otherwise. A message in flight is then read and freed without
+// touching the heap. Copies are independent (views are offsets into the copy's own storage).
+// The views are const so that `m.hostname() = x` does not compile (it would assign to a
+// temporary).
 class message {
 public:
+    static constexpr std::size_t inline_bytes = 80;
+
     message() = default;
     message(std::string_view message_id, std::string_view instance_name, std::string_view hostname,
             std::string_view reason = {});
-
-    message(const message&) = default;
-    message& operator=(const message&) = default;
-    // A moved-from message is empty (all four views), not views past its emptied buffer.
-    message(message&& o) noexcept : buf_(std::move(o.buf_)) {
-        std::copy(std::begin(o.end_), std::end(o.end_), end_);
-        o.clear();
-    }
-    message& operator=(message&& o) noexcept {
-        if (this != &o) {
-            buf_ = std::move(o.buf_);
-            std::copy(std::begin(o.end_), std::end(o.end_), end_);
-            o.clear();
-        }
-        return *this;
-    }
+    message(const message& o) { *this = o; }
+    message& operator=(const message& o);
+    // A moved-from message is empty (all four views).
+    message(message&& o) noexcept { *this = std::move(o); }
+    message& operator=(message&& o) noexcept;
     ~message() = default;
 
     const std::string_view message_id() const noexcept { return piece(0); }
@@ -55,16 +49,19 @@ public:
                 std::initializer_list<std::string_view> host_parts, std::string_view reason);
 
 private:
+    const char* data() const noexcept { return heap_ ? heap_.get() : inline_; }
+    char* storage(std::size_t bytes); // room for `bytes`, inline or on the heap
     void clear() noexcept {
-        buf_.clear();
+        heap_.reset();
         std::fill(std::begin(end_), std::end(end_), 0);
     }
     std::string_view piece(int i) const noexcept {
         std::uint32_t from = i == 0 ? 0 : end_[i - 1];
-        return {buf_.data() + from, end_[i] - from};
+        return {data() + from, end_[i] - from};
     }
-    std::string buf_;
-    std::uint32_t end_[4] = {}; // where each piece ends in buf_
+    std::unique_ptr<char[]> heap_; // null: the pieces are in inline_
+    std::uint32_t end_[4] = {};    // where each piece ends
+    char inline_[inline_bytes];
 };
 
 enum class decode_kind : std::uint8_t {

@@ -174,3 +174,22 @@ TEST_CASE("a message's copies are independent, and a moved-from message is empty
     CHECK(b.hostname().empty());
     CHECK(b.reason().empty());
 }
+
+TEST_CASE("a message too long to keep inline: the same views, copies and moves") {
+    std::string reason(200, 'r');
+    message a{"id-1", "cattle-1", "cattle-1.example.net", reason};
+    message b = a;
+    message c = std::move(a);
+    for (const message* m : {&b, &c}) {
+        CHECK(m->message_id() == "id-1");
+        CHECK(m->hostname() == "cattle-1.example.net");
+        CHECK(m->reason() == reason);
+    }
+    CHECK(a.reason().empty());     // NOLINT(bugprone-use-after-move): what a move leaves
+    b = message{"id-2", "i", "h"}; // back to inline storage
+    CHECK(b.message_id() == "id-2");
+    CHECK(b.hostname() == "h");
+    c = b;
+    CHECK(c.reason().empty());
+    CHECK(c.instance_name() == "i");
+}
