@@ -130,6 +130,7 @@ private:
     // `now`: the steady clock in ns if the caller has just read it, else 0.
     void settle(flight& f, verdict v, std::uint64_t now = 0);
     void renew_leases();
+    void warm(const flight& f, bool ending) const noexcept;
     void notify();
     static std::uint64_t now_ns() noexcept;
 

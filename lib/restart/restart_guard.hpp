@@ -114,6 +114,9 @@ public:
     // the messages coalesced with it share it, and the concurrency slot is freed.
     void leave(pass& p);
 
+    // Starts loading what enter() and leave() touch for `m` (its host's index slot).
+    void prefetch(const message& m) const noexcept { running_hosts_.prefetch(m.hostname()); }
+
     const restart_guard_stats& stats() const noexcept { return stats_; }
     bool paused() const noexcept { return paused_; }
     breaker_state breaker() const noexcept { return breaker_.state(); }

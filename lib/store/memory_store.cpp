@@ -51,6 +51,12 @@ std::uint64_t memory_store::key(const message& m) noexcept {
     return h ? h : 4;
 }
 
+void memory_store::prefetch(const message& m) const noexcept {
+    auto k = key(m);
+    current_.prefetch(k);
+    previous_.prefetch(k);
+}
+
 memory_store::state memory_store::lookup(std::uint64_t k) noexcept {
     // A new id misses in both generations: start loading the older one's slot now, so the two
     // cache misses overlap instead of following each other.

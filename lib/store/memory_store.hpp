@@ -26,6 +26,7 @@ public:
                  std::size_t capacity = default_capacity);
 
     std::string_view name() const override { return "memory"; }
+    void prefetch(const message& m) const noexcept override;
     rt::task<save_result> save(const message& m, const delivery& d) override;
     rt::task<restart_claim> claim_restart(const message& m) override;
     rt::task<host_claim> claim_host(const message& m, std::chrono::system_clock::time_point now,

@@ -64,6 +64,9 @@ public:
     // Records the outcome of a message (not awaited: best effort, batched).
     virtual void complete(const message& m, const verdict& v) = 0;
     // Up and writable (readiness).
+    // A hint that `m`'s record is about to be read or written: a store that keeps it in memory
+    // starts loading it (with thousands of messages in flight, no cache holds it).
+    virtual void prefetch(const message& m) const noexcept { (void)m; }
     virtual bool healthy() const { return true; }
     // Group-commit figures, for metrics: transactions committed and saves in them (0 for a
     // store without transactions). Loop thread.
