@@ -1,5 +1,6 @@
 #include "runtime/loop.hpp"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 
@@ -111,7 +112,9 @@ void timer_queue::drop_lane(timer_lane& l) noexcept {
 
 void timer_queue::arm(timer_entry& e, millis delay) {
     if (e.armed()) disarm(e);
-    auto d = static_cast<std::uint64_t>(std::max<std::int64_t>(0, delay.count()));
+    // Deadlines are 48 bits of milliseconds: a delay beyond 2^46 ms (2,230 years) is "never".
+    constexpr std::int64_t longest = std::int64_t{1} << 46;
+    auto d = static_cast<std::uint64_t>(std::clamp<std::int64_t>(delay.count(), 0, longest));
     timer_lane& l = lane_for(d);
     // uv_now never goes back, so an entry armed later on the same lane is never due earlier:
     // appending keeps the lane in deadline order.

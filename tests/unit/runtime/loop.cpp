@@ -1,6 +1,7 @@
 #include "runtime/loop.hpp"
 
 #include <doctest/doctest.h>
+#include <limits>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -196,6 +197,18 @@ TEST_CASE("entries of two delays due at the same time fire in the order they wer
     q.arm(second, millis{30 - static_cast<int>(q.now() - start)});
     l.run();
     CHECK(log == std::vector<std::string>{"first", "second"});
+}
+
+TEST_CASE("a delay too long for a deadline's 48 bits waits, it does not wrap and fire at once") {
+    loop l;
+    std::vector<std::string> log;
+    named_call forever(log, "forever"), soon(log, "soon");
+    l.timers().arm(forever, millis{std::numeric_limits<std::int64_t>::max() / 2});
+    l.timers().arm(soon, 5ms);
+    l.run_until([&] { return !log.empty(); });
+    CHECK(log == std::vector<std::string>{"soon"});
+    CHECK(forever.armed());
+    forever.cancel();
 }
 
 TEST_CASE("many distinct delays (lanes are freed when empty) all fire, in order") {
