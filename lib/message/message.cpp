@@ -1,5 +1,7 @@
 #include "message/message.hpp"
 
+#include "runtime/hash.hpp"
+
 #include <array>
 #include <cstring>
 #include <nlohmann/json.hpp>
@@ -372,6 +374,8 @@ message& message::operator=(const message& o) {
     char* out = storage(n);
     if (n > 0) std::memcpy(out, o.data(), n);
     std::copy(std::begin(o.end_), std::end(o.end_), end_);
+    id_hash_ = o.id_hash_;
+    host_hash_ = o.host_hash_;
     return *this;
 }
 
@@ -384,8 +388,15 @@ message& message::operator=(message&& o) noexcept {
         if (o.end_[3] > 0) std::memcpy(inline_, o.inline_, o.end_[3]);
     }
     std::copy(std::begin(o.end_), std::end(o.end_), end_);
+    id_hash_ = o.id_hash_;
+    host_hash_ = o.host_hash_;
     o.clear();
     return *this;
+}
+
+void message::rehash() noexcept {
+    id_hash_ = rt::hash_key(message_id());
+    host_hash_ = rt::hash_key(hostname());
 }
 
 void message::assign(std::string_view message_id, std::string_view instance_name,
@@ -410,6 +421,7 @@ void message::assign(std::string_view message_id, std::string_view instance_name
     end_[2] = at();
     put(reason);
     end_[3] = at();
+    rehash();
 }
 
 decoded decode(std::string_view payload, const decode_options& opts) {

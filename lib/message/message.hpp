@@ -6,6 +6,8 @@
 // a small fixed kind (the kind is a metric label; the reason is free text for logs).
 #pragma once
 
+#include "runtime/hash.hpp"
+
 #include <algorithm>
 #include <cstdint>
 #include <initializer_list>
@@ -42,6 +44,10 @@ public:
     const std::string_view instance_name() const noexcept { return piece(1); }
     const std::string_view hostname() const noexcept { return piece(2); } // given or derived
     const std::string_view reason() const noexcept { return piece(3); }
+    // rt::hash_key(message_id()) and rt::hash_key(hostname()), computed once: the in-flight
+    // indexes and the memory store would otherwise hash them a dozen times over a message's life.
+    std::uint64_t id_hash() const noexcept { return id_hash_; }
+    std::uint64_t host_hash() const noexcept { return host_hash_; }
 
     // `hostname` is the concatenation of `host_parts` (one piece as given, or the derived
     // "<instance>.<domain>" as three).
@@ -54,13 +60,16 @@ private:
     void clear() noexcept {
         heap_.reset();
         std::fill(std::begin(end_), std::end(end_), 0);
+        id_hash_ = host_hash_ = rt::empty_key_hash;
     }
     std::string_view piece(int i) const noexcept {
         std::uint32_t from = i == 0 ? 0 : end_[i - 1];
         return {data() + from, end_[i] - from};
     }
+    void rehash() noexcept;
     std::unique_ptr<char[]> heap_; // null: the pieces are in inline_
-    std::uint32_t end_[4] = {};    // where each piece ends
+    std::uint64_t id_hash_ = rt::empty_key_hash, host_hash_ = rt::empty_key_hash;
+    std::uint32_t end_[4] = {}; // where each piece ends
     char inline_[inline_bytes];
 };
 

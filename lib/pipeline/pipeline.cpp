@@ -195,7 +195,7 @@ rt::task<void> pipeline::process(delivery d) {
     flight f(*this, d);
     if (!admit(f)) co_return; // undecodable: dead-lettered
     warm(f, false);
-    if (flight* first = in_flight_with_id(f.msg.message_id())) {
+    if (flight* first = in_flight_with_id(f.msg)) {
         // A second delivery of an id still in flight waits for the first and shares its outcome,
         // so one id never gets two restarts, whatever the timing.
         co_return co_await follow(f, *first);
@@ -258,14 +258,18 @@ std::string_view pipeline::id_of(const flight& f) noexcept {
     return f.msg.message_id();
 }
 
+std::uint64_t pipeline::id_hash_of(const flight& f) noexcept {
+    return f.msg.id_hash();
+}
+
 // The rare path in a frame of its own, so the event's awaiter takes no room in every message's.
 rt::task<void> pipeline::follow(flight& f, flight& first) {
     co_await first.done;
     settle_duplicate(f, first); // `first` is alive: set() resumes us
 }
 
-pipeline::flight* pipeline::in_flight_with_id(std::string_view id) {
-    return by_id_.find(id);
+pipeline::flight* pipeline::in_flight_with_id(const message& m) {
+    return by_id_.find(m.message_id(), m.id_hash());
 }
 
 void pipeline::settle_duplicate(flight& f, const flight& first) {
@@ -377,7 +381,7 @@ void pipeline::settle(flight& f, verdict v, std::uint64_t now) {
 // touched one latency ago. Started together, the loads overlap instead of following each other.
 void pipeline::warm(const flight& f, bool ending) const noexcept {
     if (in_flight_ < 4096) return; // below this they are still cached
-    by_id_.prefetch(f.msg.message_id());
+    by_id_.prefetch_hash(f.msg.id_hash());
     guard_.prefetch(f.msg);
     store_.prefetch(f.msg);
     if (!ending) return;

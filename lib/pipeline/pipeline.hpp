@@ -118,7 +118,7 @@ private:
     void pump();
     rt::task<void> process(delivery d);
     bool admit(flight& f);
-    flight* in_flight_with_id(std::string_view id);
+    flight* in_flight_with_id(const message& m);
     rt::task<void> follow(flight& f, flight& first);
     void settle_duplicate(flight& f, const flight& first);
     void hold(flight& f);
@@ -149,7 +149,8 @@ private:
 
     // Message ids in flight, for coalescing a second delivery of the same id.
     static std::string_view id_of(const flight& f) noexcept;
-    rt::string_index<flight, &pipeline::id_of> by_id_;
+    static std::uint64_t id_hash_of(const flight& f) noexcept;
+    rt::string_index<flight, &pipeline::id_of, &pipeline::id_hash_of> by_id_;
     // In-flight messages in order of their next lease renewal (all share one interval).
     rt::intrusive_list leases_;
     rt::periodic_timer lease_timer_;

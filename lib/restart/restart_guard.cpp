@@ -115,7 +115,7 @@ std::optional<std::string> restart_guard::refuse(const message& m) const {
 restart_guard::gate restart_guard::enter(pass& p, const message& m, restart_result& r) {
     if (refused(m, r)) return gate::done;
     // One restart per host at a time: wait for the one running and share its result.
-    if (running_for(m.hostname())) return gate::wait;
+    if (running_for(m)) return gate::wait;
     hold(p, m, r);
     if (!admit_now(p) || opts_.cooldown.count() > 0) return gate::wait;
     return go(m, r) ? gate::restart : gate::done;
@@ -125,7 +125,7 @@ restart_guard::gate restart_guard::enter(pass& p, const message& m, restart_resu
 // set, while the store answers the claim), not while its restart runs.
 rt::task<bool> restart_guard::wait(pass& p, const message& m, restart_result& r) {
     if (!p.g_) {
-        pass* first = running_for(m.hostname()); // enter() found it, and nothing ran since
+        pass* first = running_for(m); // enter() found it, and nothing ran since
         co_await first->done_;
         shared_result(m, *first, r); // `first` is alive: set() resumes us
         co_return false;
@@ -211,8 +211,12 @@ std::string_view restart_guard::host_of(const pass& p) noexcept {
     return p.msg_->hostname();
 }
 
-restart_guard::pass* restart_guard::running_for(std::string_view hostname) {
-    return running_hosts_.find(hostname);
+std::uint64_t restart_guard::host_hash_of(const pass& p) noexcept {
+    return p.msg_->host_hash();
+}
+
+restart_guard::pass* restart_guard::running_for(const message& m) {
+    return running_hosts_.find(m.hostname(), m.host_hash());
 }
 
 void restart_guard::shared_result(const message& m, const pass& first, restart_result& r) {

@@ -115,7 +115,7 @@ public:
     void leave(pass& p);
 
     // Starts loading what enter() and leave() touch for `m` (its host's index slot).
-    void prefetch(const message& m) const noexcept { running_hosts_.prefetch(m.hostname()); }
+    void prefetch(const message& m) const noexcept { running_hosts_.prefetch_hash(m.host_hash()); }
 
     const restart_guard_stats& stats() const noexcept { return stats_; }
     bool paused() const noexcept { return paused_; }
@@ -126,7 +126,7 @@ private:
 
     std::optional<std::string> refuse(const message& m) const;
     bool refused(const message& m, restart_result& r);
-    pass* running_for(std::string_view hostname);
+    pass* running_for(const message& m);
     void hold(pass& p, const message& m, const restart_result& r);
     bool admit_now(pass& p);
     void grant(pass& p, bool trial);
@@ -153,7 +153,8 @@ private:
     // Hosts whose restart runs here, for coalescing. Keys are the hostnames of the running
     // restarts' messages (alive as long as their pass holds the host).
     static std::string_view host_of(const pass& p) noexcept;
-    rt::string_index<pass, &restart_guard::host_of> running_hosts_;
+    static std::uint64_t host_hash_of(const pass& p) noexcept;
+    rt::string_index<pass, &restart_guard::host_of, &restart_guard::host_hash_of> running_hosts_;
     rt::intrusive_list waiters_; // admit_awaiter, FIFO
     std::size_t running_ = 0;
     bool paused_ = false;

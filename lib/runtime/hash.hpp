@@ -11,7 +11,7 @@
 
 namespace mayhem::rt {
 
-inline std::uint64_t hash_key(std::string_view s) noexcept {
+constexpr std::uint64_t hash_key(std::string_view s) noexcept {
     constexpr std::uint64_t k1 = 0xbf58476d1ce4e5b9ULL, k2 = 0x94d049bb133111ebULL;
     std::uint64_t h = 0x9e3779b97f4a7c15ULL ^ (s.size() * k2);
     const char* p = s.data();
@@ -37,5 +37,8 @@ inline std::uint64_t hash_key(std::string_view s) noexcept {
     h ^= h >> 32;
     return h;
 }
+
+// The hash of "" (no bytes are read, so it is a constant).
+inline constexpr std::uint64_t empty_key_hash = hash_key({});
 
 } // namespace mayhem::rt

@@ -19,15 +19,18 @@
 
 namespace mayhem::rt {
 
-template <class T, std::string_view (*KeyOf)(const T&)>
+// `HashOf`, when given, returns hash(KeyOf(x)) kept by the object, so inserting and erasing
+// do not hash the key again; find() and prefetch() then take the caller's copy of it too.
+template <class T, std::string_view (*KeyOf)(const T&), std::uint64_t (*HashOf)(const T&) = nullptr>
 class string_index {
 public:
     string_index() : slots_(16) {}
 
     static std::uint64_t hash(std::string_view key) noexcept { return hash_key(key); }
 
-    T* find(std::string_view key) const noexcept {
-        std::uint64_t h = hash(key);
+    T* find(std::string_view key) const noexcept { return find(key, hash(key)); }
+    // `h` is hash(key).
+    T* find(std::string_view key, std::uint64_t h) const noexcept {
         for (std::size_t i = h & mask(); slots_[i].value; i = (i + 1) & mask()) {
             if (slots_[i].hash == h && KeyOf(*slots_[i].value) == key) return slots_[i].value;
         }
@@ -35,20 +38,19 @@ public:
     }
 
     // Starts loading the slot a lookup of `key` begins at (a lookup or erase soon after hits).
-    void prefetch(std::string_view key) const noexcept {
-        __builtin_prefetch(&slots_[hash(key) & mask()]);
-    }
+    void prefetch(std::string_view key) const noexcept { prefetch_hash(hash(key)); }
+    void prefetch_hash(std::uint64_t h) const noexcept { __builtin_prefetch(&slots_[h & mask()]); }
 
     // `value`'s key must not be in the index yet.
     void insert(T* value) {
         if ((size_ + 1) * 2 > slots_.size()) grow();
-        place(slot{hash(KeyOf(*value)), value});
+        place(slot{hash_of(*value), value});
         ++size_;
     }
 
     // Removes `value` if the index holds it under its key; true if it did.
     bool erase(const T* value) noexcept {
-        std::uint64_t h = hash(KeyOf(*value));
+        std::uint64_t h = hash_of(*value);
         std::size_t i = h & mask();
         for (; slots_[i].value != value; i = (i + 1) & mask()) {
             if (!slots_[i].value) return false;
@@ -80,6 +82,12 @@ private:
     };
 
     std::size_t mask() const noexcept { return slots_.size() - 1; }
+    static std::uint64_t hash_of(const T& value) noexcept {
+        if constexpr (HashOf != nullptr)
+            return HashOf(value);
+        else
+            return hash(KeyOf(value));
+    }
 
     void place(slot s) noexcept {
         std::size_t i = s.hash & mask();

@@ -47,7 +47,7 @@ memory_store::memory_store(rt::loop& loop, latency_range save_latency, std::uint
 
 std::uint64_t memory_store::key(const message& m) noexcept {
     // Keep 0 free as the empty-slot marker and the low bits for a slot's state.
-    std::uint64_t h = rt::hash_key(m.message_id()) & ~std::uint64_t{3};
+    std::uint64_t h = m.id_hash() & ~std::uint64_t{3};
     return h ? h : 4;
 }
 
@@ -75,7 +75,7 @@ void memory_store::record(std::uint64_t k, state s) noexcept {
 }
 
 std::uint64_t memory_store::host_key(const message& m) noexcept {
-    return rt::hash_key(m.hostname());
+    return m.host_hash();
 }
 
 // No coroutine frame: a save that only waits out the simulated latency.

@@ -1,5 +1,7 @@
 #include "message/message.hpp"
 
+#include "runtime/hash.hpp"
+
 #include <doctest/doctest.h>
 
 using namespace mayhem;
@@ -192,4 +194,23 @@ TEST_CASE("a message too long to keep inline: the same views, copies and moves")
     c = b;
     CHECK(c.reason().empty());
     CHECK(c.instance_name() == "i");
+}
+
+TEST_CASE("a message's id and host hashes are those of its views, through copies and moves") {
+    auto check = [](const message& m) {
+        CHECK(m.id_hash() == rt::hash_key(m.message_id()));
+        CHECK(m.host_hash() == rt::hash_key(m.hostname()));
+    };
+    message empty;
+    check(empty);
+    auto d = std::get<message>(decode(R"({"message_id":"m-1","instance_name":"cattle-ab12"})", {}));
+    check(d);
+    CHECK(d.host_hash() == rt::hash_key("cattle-ab12.example.net"));
+    message copy = d;
+    check(copy);
+    message moved = std::move(copy);
+    check(moved);
+    check(copy); // NOLINT(bugprone-use-after-move): a moved-from message is empty
+    message big{"id", "i", std::string(300, 'h')};
+    check(big);
 }
