@@ -60,27 +60,21 @@ verdict decide(const decide_inputs& in, const backoff_policy& backoff, std::uint
     if (!in.saved->ok) return retry("save failed: " + in.saved->error.str());
 
     std::string failure;
-    if (!in.restarted) {
-        failure = "restart failed: " + in.restart_exception;
-    } else {
-        switch (in.restarted->status) {
-        case restart_status::ok:
-        case restart_status::dry_run:
-        case restart_status::skipped_cooldown:
-        case restart_status::coalesced:
-            return verdict{outcome::acked, {}, {}};
-        case restart_status::skipped_duplicate:
-            return verdict{outcome::skipped, "already completed", {}};
-        case restart_status::refused:
-            return verdict{
-                outcome::dead_lettered, "restart refused: " + in.restarted->detail.str(), {}};
-        case restart_status::failed:
-            failure = "restart failed: " + in.restarted->detail.str();
-            break;
-        }
+    switch (in.restarted.status) {
+    case restart_status::ok:
+    case restart_status::dry_run:
+    case restart_status::skipped_cooldown:
+    case restart_status::coalesced:
+        return verdict{outcome::acked, {}, {}};
+    case restart_status::skipped_duplicate:
+        return verdict{outcome::skipped, "already completed", {}};
+    case restart_status::refused:
+        return verdict{outcome::dead_lettered, "restart refused: " + in.restarted.detail.str(), {}};
+    case restart_status::failed:
+        failure = "restart failed: " + in.restarted.detail.str();
+        break;
     }
-    if (in.restarted && in.restarted->permanent)
-        return verdict{outcome::dead_lettered, failure, {}};
+    if (in.restarted.permanent) return verdict{outcome::dead_lettered, failure, {}};
     if (in.attempt < in.max_attempts) return retry(std::move(failure));
     return verdict{outcome::dead_lettered,
                    failure + " (attempt " + std::to_string(in.attempt) + " of " +

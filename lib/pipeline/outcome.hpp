@@ -67,11 +67,11 @@ struct backoff_policy {
 enum class unfinished_policy : std::uint8_t { retry, dead_letter };
 
 struct decide_inputs {
-    std::uint32_t attempt = 1;               // this delivery's attempt number, from 1
-    std::uint32_t max_attempts = 5;          // restart failures after this many are dead-lettered
-    std::optional<save_result> saved;        // nullopt: the save threw
-    std::optional<restart_result> restarted; // nullopt: the restart threw
-    std::string save_exception, restart_exception;
+    std::uint32_t attempt = 1;        // this delivery's attempt number, from 1
+    std::uint32_t max_attempts = 5;   // restart failures after this many are dead-lettered
+    std::optional<save_result> saved; // nullopt: the save threw
+    restart_result restarted; // a restart step that threw is a `failed` result with its text
+    std::string save_exception;
 };
 
 // The gather's results -> the outcome:

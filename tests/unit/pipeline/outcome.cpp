@@ -48,10 +48,6 @@ TEST_CASE("a failed restart is retried while attempts are left, then dead-letter
     CHECK(v.what == outcome::dead_lettered);
     CHECK(v.reason.find("ssh: timeout") != std::string::npos);
     CHECK(v.reason.find("attempt 3 of 3") != std::string::npos);
-    decide_inputs threw = inputs(3, {}, {});
-    threw.restarted.reset();
-    threw.restart_exception = "exploded";
-    CHECK(decide(threw, backoff, 0).what == outcome::dead_lettered);
 }
 
 TEST_CASE("backoff doubles per attempt, is jittered within [ceiling/2, ceiling] and capped") {

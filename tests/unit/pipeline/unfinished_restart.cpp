@@ -23,11 +23,11 @@ TEST_CASE("decide: a permanent restart failure is dead-lettered on the first att
     CHECK(v.what == outcome::dead_lettered);
     CHECK(v.reason.find("never finished") != std::string::npos);
 
-    in.restarted->permanent = false;
+    in.restarted.permanent = false;
     CHECK(decide(in, backoff_policy{}, 0).what == outcome::retried);
 
     in.saved = save_result{false, "disk full"}; // a failed save still wins: retried, not lost
-    in.restarted->permanent = true;
+    in.restarted.permanent = true;
     CHECK(decide(in, backoff_policy{}, 0).what == outcome::retried);
 }
 
