@@ -20,7 +20,7 @@
 namespace mayhem::rt {
 
 // `HashOf`, when given, returns hash(KeyOf(x)) kept by the object, so inserting and erasing
-// do not hash the key again; find() and prefetch() then take the caller's copy of it too.
+// do not hash the key again; callers that keep it too pass it to find() and prefetch_hash().
 template <class T, std::string_view (*KeyOf)(const T&), std::uint64_t (*HashOf)(const T&) = nullptr>
 class string_index {
 public:
@@ -37,8 +37,8 @@ public:
         return nullptr;
     }
 
-    // Starts loading the slot a lookup of `key` begins at (a lookup or erase soon after hits).
-    void prefetch(std::string_view key) const noexcept { prefetch_hash(hash(key)); }
+    // Starts loading the slot a lookup of a key with hash `h` begins at (a lookup or an erase
+    // soon after hits).
     void prefetch_hash(std::uint64_t h) const noexcept { __builtin_prefetch(&slots_[h & mask()]); }
 
     // `value`'s key must not be in the index yet.

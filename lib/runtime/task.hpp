@@ -258,7 +258,7 @@ public:
     // Awaits the task without throwing: its value or its exception as a result<T>.
     auto settled() && noexcept { return settled_awaiter{this}; }
 
-    // Internal: used by gather and task_scope.
+    // Internal: used by gather, branch and task_scope.
     // Starts the task as branch `index` of a gather.
     void start_branch(details::join_state& join, std::uint8_t index) noexcept {
         if constexpr (!std::is_void_v<T>) {
