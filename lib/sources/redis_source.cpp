@@ -43,19 +43,51 @@ bool parse_entry(const redisReply* e, std::string_view& id, std::string_view& pa
     return true;
 }
 
-// XPENDING <key> <group> <start> <end> <count> <consumer> -> id -> delivery count.
-std::unordered_map<std::string, std::uint32_t> parse_counts(const redisReply* r) {
-    std::unordered_map<std::string, std::uint32_t> out;
+// One row of XPENDING's extended form: [id, consumer, idle ms, delivery count].
+struct pending_row {
+    std::string id;
+    std::string consumer;
+    std::uint32_t count = 0;
+};
+
+std::vector<pending_row> parse_pending(const redisReply* r) {
+    std::vector<pending_row> out;
     if (!r || r->type != REDIS_REPLY_ARRAY) return out;
+    out.reserve(r->elements);
     for (std::size_t i = 0; i < r->elements; ++i) {
         const redisReply* p = r->element[i];
         if (p->type != REDIS_REPLY_ARRAY || p->elements < 4) continue;
         if (p->element[3]->type != REDIS_REPLY_INTEGER) continue;
-        out.emplace(std::string(str(p->element[0])),
-                    static_cast<std::uint32_t>(std::max<long long>(1, p->element[3]->integer)));
+        out.push_back({std::string(str(p->element[0])), std::string(str(p->element[1])),
+                       static_cast<std::uint32_t>(std::max<long long>(0, p->element[3]->integer))});
     }
     return out;
 }
+
+// Renews (JUSTID: the delivery count stays) or takes back (the count grows, the entries come
+// back with it) entries of this consumer, only those still pending under it: XCLAIM alone would
+// take an entry back from a peer that reclaimed it after our lease lapsed. Checking and claiming
+// in one script makes it atomic. KEYS[1] stream; ARGV: group, consumer, 'justid' or 'entries',
+// ids. Returns {own, lost}: own = ids (justid) or {id, fields or nil, delivery count} (entries);
+// lost = the ids no longer ours.
+constexpr std::string_view claim_own_lua = R"lua(
+local stream, group, me, justid = KEYS[1], ARGV[1], ARGV[2], ARGV[3] == 'justid'
+local own, lost = {}, {}
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  local p = redis.call('XPENDING', stream, group, id, id, 1, me)
+  if p[1] == nil then
+    lost[#lost + 1] = id
+  elseif justid then
+    redis.call('XCLAIM', stream, group, me, 0, id, 'JUSTID')
+    own[#own + 1] = id
+  else
+    local e = redis.call('XCLAIM', stream, group, me, 0, id)
+    own[#own + 1] = {id, e[1] and e[1][2] or false, p[1][4] + 1}
+  end
+end
+return {own, lost}
+)lua";
 
 std::string message_id_of(const std::string& payload) {
     auto j = nlohmann::json::parse(payload, nullptr, false);
@@ -121,6 +153,7 @@ void redis_source::start(source_sink& sink) {
                                         {"read_ahead", opts_.read_ahead}});
     reclaim_timer_ = std::make_unique<rt::periodic_timer>(loop_, opts_.reclaim_interval, [this] {
         reclaim_due_ = true;
+        prune_waiting();
         kick();
     });
     ahead_timer_ =
@@ -139,7 +172,7 @@ void redis_source::stop() {
     stopped_ = true;
     // A blocking read would hold the reader (and the drain, which waits for reads under way)
     // for up to --block: end it now. What it returns is delivered within the demand left.
-    if ((read_busy_ || reads_ > 0) && writer_.up() && reader_.client_id() >= 0) {
+    if (reads_ > 0 && writer_.up() && reader_.client_id() >= 0) {
         writer_.send({"CLIENT", "UNBLOCK", std::to_string(reader_.client_id())}, {});
     }
     kick();
@@ -148,6 +181,10 @@ void redis_source::stop() {
 
 bool redis_source::finished() const {
     return (stopped_ || idle_reached_) && unconfirmed_ == 0;
+}
+
+bool redis_source::drained() const {
+    return reads_ == 0 && !claim_busy_ && releases_ == 0 && ahead_.empty();
 }
 
 bool redis_source::up() const {
@@ -189,9 +226,13 @@ void redis_source::close() {
 // ---------------------------------------------------------------------------------------------
 
 void redis_source::link_up(const char* role) {
-    // A read (or reclaim) whose reply was lost with the old connection left entries pending
+    // A read (or claim) whose reply was lost with the old connection left entries pending
     // under this consumer that nobody works on: take them back now rather than after the lease.
-    if (ever_up_) recover_due_ = true;
+    if (ever_up_) {
+        own_due_ = true;
+        own_cursor_ = "-";
+        ++own_pass_;
+    }
     log::info(ever_up_ ? "redis reconnected" : "redis connected",
               {{"role", role}, {"url", opts_.endpoint.shown()}});
     kick();
@@ -200,7 +241,7 @@ void redis_source::link_up(const char* role) {
 void redis_source::link_down(const char* role, const std::string& why) {
     log::warn("redis connection down, retrying with backoff",
               {{"role", role}, {"url", opts_.endpoint.shown()}, {"error", why}});
-    if (ever_up_) lost_ = true;
+    if (ever_up_) lost_link_ = true;
     if (was_up_ && sink_) {
         was_up_ = false;
         sink_->source_changed();
@@ -224,7 +265,7 @@ void redis_source::link_rejected(const char* role, const std::string& why) {
 
 // ---------------------------------------------------------------------------------------------
 // The turn: everything the loop turn produced goes out together (one XACK, one MULTI), then
-// reads for whatever demand is free.
+// claims and reads for whatever demand is free.
 // ---------------------------------------------------------------------------------------------
 
 void redis_source::kick() {
@@ -253,8 +294,8 @@ void redis_source::turn() {
         if (now_up) {
             // Both links back after an outage: one reconnect, however many attempts it took
             // and whichever link dropped. (A group re-created after NOGROUP is not one.)
-            if (lost_) ++reconnects_;
-            lost_ = false;
+            if (lost_link_) ++reconnects_;
+            lost_link_ = false;
             ever_up_ = true;
         }
         sink_->source_changed();
@@ -277,16 +318,15 @@ void redis_source::turn() {
         return;
     }
     if (idle_reached_) return;
-    if (!history_done_) {
-        read_history();
-        return;
-    }
     // Claims go first: they take the demand before entries read ahead do, so orphans of dead
     // workers are not starved by a long backlog of new entries.
-    if (recover_due_ && !reclaim_busy_ && demand_ > 0) recover();
-    if (reclaim_due_ && !reclaim_busy_ && demand_ > 0) reclaim();
+    if (own_due_ && !claim_busy_ && demand_ > 0) take_own();
+    if (!history_done_) return; // this consumer's own entries first, then new ones
+    if (reclaim_due_ && !claim_busy_ && demand_ > 0) reclaim();
     deliver_ahead();
-    if (!idle_check_busy_ && reader_.up()) read_new();
+    // A read that found nothing may mean the stream is idle: no new read until that is checked.
+    if (idle_check_due_) check_idle();
+    if (!idle_check_busy_ && !idle_check_due_ && reader_.up()) read_new();
 }
 
 void redis_source::cool_down(const std::string& what, const std::string& error) {
@@ -298,7 +338,7 @@ void redis_source::cool_down(const std::string& what, const std::string& error) 
 
 // The group is gone (Redis lost its data, someone ran XGROUP DESTROY): create it again.
 bool redis_source::handle_nogroup(const std::string& error) {
-    if (!error.starts_with("NOGROUP")) return false;
+    if (error.find("NOGROUP") == std::string::npos) return false; // also inside a script error
     if (group_ready_) log::warn("consumer group missing, creating it again", {{"error", error}});
     group_ready_ = false;
     kick();
@@ -306,7 +346,8 @@ bool redis_source::handle_nogroup(const std::string& error) {
 }
 
 // Start-up (and after NOGROUP): check that the keys are streams (or absent), then create the
-// group at the start of the stream, so entries published before the first worker ran are read.
+// group at the start of the stream, so entries published before the first worker ran are read,
+// and this consumer in it.
 void redis_source::setup() {
     if (setup_busy_) return;
     setup_busy_ = true;
@@ -341,7 +382,14 @@ void redis_source::setup() {
             group_ready_ = true;
             kick();
         });
-    if (!sent) setup_busy_ = false;
+    if (!sent) {
+        setup_busy_ = false;
+        return;
+    }
+    // The consumer is in the group from the start (XINFO CONSUMERS lists the live workers), not
+    // only from its first entry: a blocking read that finds nothing does not create it (and the
+    // pass over our own entries reads none with XREADGROUP).
+    writer_.send({"XGROUP", "CREATECONSUMER", opts_.stream, opts_.group, opts_.consumer}, {});
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -369,6 +417,7 @@ void redis_source::settle(delivery d, const verdict& v) {
     case outcome::retried:
     case outcome::released:
         // Left pending in the group: reclaimed once idle for --lease-timeout, by any worker.
+        waiting_[a.id] = loop_.now() + static_cast<std::uint64_t>(opts_.lease_timeout.count());
         return report(a, v.what);
     }
 }
@@ -566,8 +615,21 @@ void redis_source::extend(std::span<const delivery* const> in_flight) {
         });
 }
 
-// XCLAIM <stream> <group> <consumer> 0 <id>... <options>..., --max-batch ids a command, each
-// answered to `on_reply`. Returns how many commands were sent.
+// One XCLAIM ... JUSTID for everything held here, like extend() does for what is in flight (JUSTID:
+// the delivery count does not grow).
+void redis_source::renew_ahead() {
+    if (closed_ || ahead_.empty() || !writer_.up()) return;
+    xclaim(
+        ahead_.size(), [&](std::size_t i) { return std::string_view(ahead_[i].id); }, {"JUSTID"},
+        [this](redisReply* r) {
+            if (closed_ || !r) return;
+            if (auto e = redis_link::error_of(r); !e.empty() && !handle_nogroup(e))
+                log::warn("lease renewal of entries read ahead failed", {{"error", e}});
+        });
+}
+
+// XCLAIM <stream> <group> <consumer> <min idle> <id>... <options>..., --max-batch ids a
+// command, each answered to `on_reply`. Returns how many commands were sent.
 template <class IdOf>
 std::size_t redis_source::xclaim(std::size_t n, IdOf id_of,
                                  std::initializer_list<std::string_view> options,
@@ -590,162 +652,8 @@ std::size_t redis_source::xclaim(std::size_t n, IdOf id_of,
 }
 
 // ---------------------------------------------------------------------------------------------
-// Reading
+// Reading new entries
 // ---------------------------------------------------------------------------------------------
-
-// The attempt number of an entry is its delivery count, which XREADGROUP with an id and
-// XAUTOCLAIM raise but do not return: ask XPENDING for exactly those entries.
-void redis_source::fetch_counts_and_deliver(std::vector<entry> entries, std::size_t reserved,
-                                            bool reclaiming) {
-    auto done = [this, reserved, reclaiming](std::size_t used) {
-        demand_ += reserved - std::min(reserved, used);
-        if (reclaiming)
-            reclaim_busy_ = false;
-        else
-            read_busy_ = false;
-        kick();
-    };
-    if (entries.empty()) return done(0);
-    auto [lo, hi] = std::minmax_element(entries.begin(), entries.end(), [](auto& a, auto& b) {
-        // Stream ids compare as (ms, seq) numbers.
-        auto key = [](const std::string& id) {
-            auto dash = id.find('-');
-            return std::pair{std::stoull(id.substr(0, dash)),
-                             dash == std::string::npos ? 0ULL : std::stoull(id.substr(dash + 1))};
-        };
-        return key(a.id) < key(b.id);
-    });
-    std::string first = lo->id, last = hi->id;
-    auto shared = std::make_shared<std::vector<entry>>(std::move(entries));
-    bool ok = writer_.send({"XPENDING", opts_.stream, opts_.group, first, last,
-                            std::to_string(shared->size() + held_.size() + 16), opts_.consumer},
-                           [this, shared, done](redisReply* r) {
-                               if (closed_) return;
-                               if (!r) return done(0); // still pending; reclaimed later
-                               auto counts = parse_counts(r);
-                               done(deliver_entries(*shared, &counts));
-                           });
-    if (!ok) done(0);
-}
-
-std::size_t
-redis_source::deliver_entries(std::vector<entry>& entries,
-                              const std::unordered_map<std::string, std::uint32_t>* counts) {
-    std::size_t used = 0;
-    for (auto& e : entries) {
-        std::uint32_t attempt = 1;
-        if (counts) {
-            auto it = counts->find(e.id);
-            if (it == counts->end()) continue; // no longer ours (another worker claimed it)
-            attempt = it->second;
-        }
-        if (e.deleted) {
-            // Trimmed or deleted while pending: nothing to do but forget it.
-            acks_.push_back(ack_item{e.id, outcome::acked, false});
-            held_.insert(e.id);
-            kick();
-            continue;
-        }
-        if (deliver_one(e.id, e.payload, e.has_payload, attempt)) ++used;
-    }
-    return used;
-}
-
-// Returns true when the entry went to the pipeline (and used one unit of demand).
-bool redis_source::deliver_one(std::string_view id, std::string_view payload, bool has_payload,
-                               std::uint32_t attempt) {
-    std::string key(id);
-    if (held_.count(key)) return false; // already ours and in flight
-    // After stop() a read that was already under way may still answer: its entries are within
-    // the demand granted before the stop, and the drain finishes them rather than leaving them
-    // pending until some worker reclaims them.
-    if (closed_) return false;
-    if (!has_payload) {
-        dead_letter_here(std::move(key), {}, "stream entry has no 'payload' field", attempt);
-        return false;
-    }
-    if (attempt > opts_.max_attempts) {
-        dead_letter_here(
-            std::move(key), std::string(payload),
-            "delivered " + std::to_string(attempt) + " times without an outcome (--max-attempts " +
-                std::to_string(opts_.max_attempts) + "): a poison message that may crash workers",
-            attempt);
-        return false;
-    }
-    held_.insert(key);
-    delivery d;
-    d.payload.assign(payload);
-    d.ref = std::move(key);
-    d.attempt = attempt;
-    sink_->deliver(std::move(d));
-    return true;
-}
-
-void redis_source::dead_letter_here(std::string id, std::string payload, std::string reason,
-                                    std::uint32_t attempts) {
-    ++dead_here_;
-    log::warn("dead-lettering a stream entry without running it",
-              {{"source_id", id}, {"reason", reason}, {"attempts", attempts}});
-    held_.insert(id);
-    dead_item di{ack_item{std::move(id), outcome::dead_lettered, false},
-                 std::move(payload),
-                 std::move(reason),
-                 {},
-                 attempts};
-    di.message_id = message_id_of(di.payload);
-    dead_.push_back(std::move(di));
-    kick();
-}
-
-// This consumer's own pending entries, from an earlier run under the same --consumer name:
-// XREADGROUP ... <id> pages through them (it does not block), then reads switch to `>`.
-void redis_source::read_history() {
-    if (read_busy_ || demand_ == 0 || !reader_.up()) return;
-    std::size_t k = std::min(demand_, opts_.max_read);
-    demand_ -= k;
-    read_busy_ = true;
-    bool ok = reader_.send(
-        {"XREADGROUP", "GROUP", opts_.group, opts_.consumer, "COUNT", std::to_string(k), "STREAMS",
-         opts_.stream, history_cursor_},
-        [this, k](redisReply* r) {
-            if (closed_) return;
-            std::string e = redis_link::error_of(r);
-            if (!e.empty()) {
-                read_busy_ = false;
-                demand_ += k;
-                if (r && !handle_nogroup(e)) cool_down("XREADGROUP", e);
-                kick();
-                return;
-            }
-            std::vector<entry> entries;
-            if (r->type == REDIS_REPLY_ARRAY && r->elements > 0) {
-                const redisReply* s = r->element[0];
-                const redisReply* list =
-                    s->type == REDIS_REPLY_ARRAY && s->elements == 2 ? s->element[1] : nullptr;
-                for (std::size_t i = 0; list && i < list->elements; ++i) {
-                    entry en;
-                    std::string_view id, payload;
-                    if (!parse_entry(list->element[i], id, payload, en.has_payload, en.deleted))
-                        continue;
-                    en.id = id;
-                    en.payload = payload;
-                    entries.push_back(std::move(en));
-                }
-            }
-            if (entries.empty()) {
-                history_done_ = true;
-            } else {
-                history_cursor_ = entries.back().id;
-                log::info("re-reading this consumer's pending entries",
-                          {{"count", entries.size()}});
-            }
-            fetch_counts_and_deliver(std::move(entries), k, false);
-        });
-    if (!ok) {
-        read_busy_ = false;
-        demand_ += k;
-    }
-}
 
 // New entries. Reads are sized by the room the source has: the pipeline's free demand plus
 // --read-ahead, less what is held here or asked for already; a full worker with a full
@@ -811,15 +719,14 @@ void redis_source::on_read_new(redisReply* r, std::size_t asked) {
         }
     }
     last_full_ = got >= asked;
-    // While the idle check runs, no new read: its answer decides whether there is one.
-    if (got == 0 && reads_ == 0 && ahead_.empty() && opts_.exit_when_idle && check_idle()) return;
-    kick(); // the turn hands them over and reads again
+    if (got == 0 && reads_ == 0 && ahead_.empty() && opts_.exit_when_idle) idle_check_due_ = true;
+    kick(); // the turn hands them over and reads again (or checks for idleness first)
 }
 
 // Entries read ahead go to the pipeline as far as it granted demand.
 void redis_source::deliver_ahead() {
     while (demand_ > 0 && !ahead_.empty() && !closed_ && !forced_) {
-        if (!stopped_ && (reclaim_due_ || recover_due_) && !reclaim_busy_ && history_done_) {
+        if (!stopped_ && (reclaim_due_ || own_due_) && !claim_busy_ && history_done_) {
             kick(); // demand came back while handing over: the claim takes it first
             return;
         }
@@ -834,166 +741,302 @@ void redis_source::deliver_ahead() {
     }
 }
 
-// One XCLAIM ... JUSTID for everything held here, like extend() does for what is in flight (JUSTID:
-// the delivery count does not grow).
-void redis_source::renew_ahead() {
-    if (closed_ || ahead_.empty() || !writer_.up()) return;
-    xclaim(
-        ahead_.size(), [&](std::size_t i) { return std::string_view(ahead_[i].id); }, {"JUSTID"},
-        [this](redisReply* r) {
-            if (closed_ || !r) return;
-            if (auto e = redis_link::error_of(r); !e.empty() && !handle_nogroup(e))
-                log::warn("lease renewal of entries read ahead failed", {{"error", e}});
-        });
-}
-
 // A drain or a forced stop with entries read ahead that were never delivered: they were not
-// started, so they are not acked; they stay pending in the group. Their idle time is set to
-// --lease-timeout (XCLAIM ... IDLE, JUSTID so their delivery count does not grow), so any
-// worker's next reclaim takes them instead of waiting out the lease. With Redis down they are
-// simply left: the lease runs out on its own.
+// started, so they are not acked; they stay pending in the group, left for any worker.
 void redis_source::leave_ahead() {
     if (ahead_.empty()) return;
     log::info("entries read ahead and not started are left pending for any worker",
               {{"count", ahead_.size()}});
-    for (const auto& en : ahead_)
-        held_.erase(en.id);
-    if (!closed_ && writer_.up()) {
-        std::string idle = std::to_string(opts_.lease_timeout.count());
-        releases_ += xclaim(
-            ahead_.size(), [&](std::size_t i) { return std::string_view(ahead_[i].id); },
-            {"IDLE", idle, "JUSTID"},
-            [this](redisReply* r) {
-                if (closed_) return;
-                --releases_;
-                if (auto e = redis_link::error_of(r); r && !e.empty())
-                    log::warn("could not mark entries read ahead as idle (they are reclaimed "
-                              "after --lease-timeout)",
-                              {{"error", e}});
-                kick();
-            });
-    }
+    std::vector<entry> left(std::make_move_iterator(ahead_.begin()),
+                            std::make_move_iterator(ahead_.end()));
     ahead_.clear();
+    leave(std::move(left));
 }
 
-// After a reconnect: this consumer's pending entries that are not in flight here (their read
-// reply was lost). XPENDING lists them with their delivery counts; XCLAIM (not JUSTID) takes
-// them back and counts the new delivery. Entries in flight are not touched, so their counts do
-// not grow. More than one page of them is left to the periodic reclaim.
-void redis_source::recover() {
-    recover_due_ = false;
-    reclaim_busy_ = true; // one claiming request at a time
-    bool ok = writer_.send(
-        {"XPENDING", opts_.stream, opts_.group, "-", "+",
-         std::to_string(held_.size() + opts_.max_read), opts_.consumer},
+// Entries of ours that will not be started here: their idle time is set to --lease-timeout
+// (XCLAIM ... IDLE, JUSTID so their delivery count does not grow), so any worker's next reclaim
+// takes them instead of waiting out the lease. With Redis down they are simply left: the lease
+// runs out on its own.
+void redis_source::leave(std::vector<entry> entries) {
+    for (const auto& en : entries)
+        held_.erase(en.id);
+    if (closed_ || entries.empty() || !writer_.up()) return;
+    std::string idle = std::to_string(opts_.lease_timeout.count());
+    releases_ += xclaim(
+        entries.size(), [&](std::size_t i) { return std::string_view(entries[i].id); },
+        {"IDLE", idle, "JUSTID"},
         [this](redisReply* r) {
             if (closed_) return;
-            auto counts = parse_counts(r);
+            --releases_;
+            if (auto e = redis_link::error_of(r); r && !e.empty())
+                log::warn("could not mark entries left pending as idle (they are reclaimed "
+                          "after --lease-timeout)",
+                          {{"error", e}});
+            kick();
+        });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Claims: entries already pending in the group. Both kinds list what to take with XPENDING
+// (which gives each entry's delivery count), then claim exactly those, so every entry claimed
+// is delivered with its count and none is left claimed but undelivered.
+// ---------------------------------------------------------------------------------------------
+
+// This consumer's own pending entries that it does not hold: at start, those an earlier run
+// under the same --consumer name left; after a reconnect, those whose read or claim reply was
+// lost. Paged through in id order. Entries waiting out a retry's lease are not taken early.
+void redis_source::take_own() {
+    std::size_t k = std::min(demand_, opts_.max_read);
+    demand_ -= k;
+    claim_busy_ = true;
+    std::uint64_t pass = own_pass_;
+    bool ok = writer_.send(
+        {"XPENDING", opts_.stream, opts_.group, own_cursor_, "+", std::to_string(opts_.max_read),
+         opts_.consumer},
+        [this, k, pass](redisReply* r) {
+            if (closed_) return;
+            std::string e = redis_link::error_of(r);
+            if (!e.empty()) {
+                if (r && !handle_nogroup(e)) cool_down("XPENDING", e);
+                return claim_done(k, 0);
+            }
+            auto rows = parse_pending(r);
+            bool more = rows.size() >= opts_.max_read;
             std::vector<std::string> ids;
-            for (auto& [id, n] : counts) {
-                (void)n;
-                if (!held_.count(id) && ids.size() < std::min(demand_, opts_.max_read))
-                    ids.push_back(id);
+            std::string last;
+            std::uint64_t now = loop_.now();
+            for (const auto& row : rows) {
+                auto w = waiting_.find(row.id);
+                bool takeable = !held_.count(row.id) && (w == waiting_.end() || w->second <= now);
+                if (takeable && ids.size() == k) {
+                    more = true;
+                    break;
+                }
+                if (takeable) ids.push_back(row.id);
+                last = row.id;
             }
-            if (ids.empty() || !writer_.up()) {
-                reclaim_busy_ = false;
-                kick();
-                return;
+            if (pass == own_pass_) { // not started over meanwhile
+                if (more && !last.empty()) {
+                    own_cursor_ = "(" + last;
+                } else {
+                    own_cursor_ = "-";
+                    own_due_ = false;
+                    history_done_ = true;
+                }
             }
-            std::size_t k = ids.size();
-            demand_ -= k;
+            if (ids.empty() || !writer_.up()) return claim_done(k, 0);
             argv_builder av;
             for (std::string_view a :
-                 {std::string_view("XCLAIM"), std::string_view(opts_.stream),
-                  std::string_view(opts_.group), std::string_view(opts_.consumer), "0"sv})
+                 {"EVAL"sv, claim_own_lua, "1"sv, std::string_view(opts_.stream),
+                  std::string_view(opts_.group), std::string_view(opts_.consumer), "entries"sv})
                 av.add(a);
             for (const auto& id : ids)
                 av.add(id);
-            bool sent = writer_.send(
-                av.argc(), av.ptrs.data(), av.lens.data(), [this, k, counts](redisReply* c) {
+            bool sent =
+                writer_.send(av.argc(), av.ptrs.data(), av.lens.data(), [this, k](redisReply* c) {
                     if (closed_) return;
-                    std::size_t used = 0;
-                    if (c && c->type == REDIS_REPLY_ARRAY) {
-                        log::info("took back entries whose read reply was lost",
-                                  {{"count", c->elements}});
-                        for (std::size_t i = 0; i < c->elements; ++i) {
-                            std::string_view id, payload;
-                            bool has_payload = false, deleted = false;
-                            if (!parse_entry(c->element[i], id, payload, has_payload, deleted) ||
-                                deleted)
-                                continue;
-                            auto it = counts.find(std::string(id));
-                            std::uint32_t attempt = it == counts.end() ? 1 : it->second + 1;
-                            if (deliver_one(id, payload, has_payload, attempt)) ++used;
-                        }
+                    std::string ce = redis_link::error_of(c);
+                    if (!ce.empty()) {
+                        if (c && !handle_nogroup(ce)) cool_down("claim of own entries", ce);
+                        return claim_done(k, 0);
                     }
-                    demand_ += k - std::min(k, used);
-                    reclaim_busy_ = false;
-                    kick();
+                    std::vector<entry> entries;
+                    const redisReply* own =
+                        c->type == REDIS_REPLY_ARRAY && c->elements == 2 ? c->element[0] : nullptr;
+                    for (std::size_t i = 0; own && i < own->elements; ++i) {
+                        const redisReply* o = own->element[i];
+                        if (o->type != REDIS_REPLY_ARRAY || o->elements < 3) continue;
+                        // [id, fields or nil, count] is parsed as the entry [id, fields].
+                        entry en;
+                        std::string_view id, payload;
+                        if (!parse_entry(o, id, payload, en.has_payload, en.deleted)) continue;
+                        en.id = id;
+                        en.payload = payload;
+                        if (o->element[2]->type == REDIS_REPLY_INTEGER)
+                            en.attempt = static_cast<std::uint32_t>(
+                                std::max<long long>(1, o->element[2]->integer));
+                        entries.push_back(std::move(en));
+                    }
+                    if (!entries.empty())
+                        log::info("took back this consumer's pending entries",
+                                  {{"count", entries.size()}});
+                    claim_done(k, deliver_claimed(entries));
                 });
-            if (!sent) {
-                demand_ += k;
-                reclaim_busy_ = false;
-            }
+            if (!sent) claim_done(k, 0);
         });
-    if (!ok) reclaim_busy_ = false;
+    if (!ok) claim_done(k, 0);
 }
 
-// Orphans: entries another consumer (or an earlier us) left pending for longer than the lease
-// timeout. XAUTOCLAIM moves them to this consumer and raises their delivery count.
+// Orphans: entries left pending for longer than the lease timeout, by another consumer (its
+// worker died or stalled) or by this one (a retry whose delay, the lease, is over). XPENDING
+// IDLE lists them with their delivery counts; XCLAIM with the same minimum idle time takes
+// those still idle (not renewed or taken by a peer in between) and raises their counts.
 void redis_source::reclaim() {
     std::size_t k = std::min(demand_, opts_.max_read);
     demand_ -= k;
-    reclaim_busy_ = true;
+    claim_busy_ = true;
+    std::string lease = std::to_string(opts_.lease_timeout.count());
     bool ok = writer_.send(
-        {"XAUTOCLAIM", opts_.stream, opts_.group, opts_.consumer,
-         std::to_string(opts_.lease_timeout.count()), reclaim_cursor_, "COUNT", std::to_string(k)},
-        [this, k](redisReply* r) {
+        {"XPENDING", opts_.stream, opts_.group, "IDLE", lease, reclaim_cursor_, "+",
+         std::to_string(k)},
+        [this, k, lease](redisReply* r) {
             if (closed_) return;
             std::string e = redis_link::error_of(r);
-            if (e.empty() && (r->type != REDIS_REPLY_ARRAY || r->elements < 2))
-                e = "unexpected XAUTOCLAIM reply";
             if (!e.empty()) {
-                reclaim_busy_ = false;
-                demand_ += k;
-                if (r && !handle_nogroup(e)) cool_down("XAUTOCLAIM", e);
-                kick();
-                return;
+                if (r && !handle_nogroup(e)) cool_down("XPENDING", e);
+                return claim_done(k, 0);
             }
-            std::string next(str(r->element[0]));
-            reclaim_cursor_ = next.empty() ? "0-0" : next;
-            if (reclaim_cursor_ == "0-0") reclaim_due_ = false; // a full pass is done
-            std::vector<entry> entries;
-            const redisReply* list = r->element[1];
-            for (std::size_t i = 0; list->type == REDIS_REPLY_ARRAY && i < list->elements; ++i) {
-                entry en;
-                std::string_view id, payload;
-                if (!parse_entry(list->element[i], id, payload, en.has_payload, en.deleted))
-                    continue;
-                en.id = id;
-                en.payload = payload;
-                entries.push_back(std::move(en));
+            auto rows = parse_pending(r);
+            if (rows.size() >= k) {
+                reclaim_cursor_ = "(" + rows.back().id;
+            } else {
+                reclaim_cursor_ = "-"; // a full pass is done
+                reclaim_due_ = false;
             }
-            if (!entries.empty()) {
-                reclaimed_ += entries.size();
-                log::info("reclaimed entries idle longer than the lease timeout",
-                          {{"count", entries.size()},
-                           {"lease_timeout", format_duration(opts_.lease_timeout)}});
+            // id -> (delivery count, was it ours)
+            auto known = std::make_shared<std::unordered_map<std::string, pending_row>>();
+            argv_builder av;
+            for (std::string_view a :
+                 {"XCLAIM"sv, std::string_view(opts_.stream), std::string_view(opts_.group),
+                  std::string_view(opts_.consumer), std::string_view(lease)})
+                av.add(a);
+            for (auto& row : rows) {
+                if (held_.count(row.id)) continue; // in our hands (queued in the pipeline)
+                auto [it, fresh] = known->emplace(row.id, std::move(row));
+                if (fresh) av.add(it->first);
             }
-            fetch_counts_and_deliver(std::move(entries), k, true);
+            if (known->empty() || !writer_.up()) return claim_done(k, 0);
+            bool sent = writer_.send(
+                av.argc(), av.ptrs.data(), av.lens.data(), [this, k, known](redisReply* c) {
+                    if (closed_) return;
+                    std::string ce = redis_link::error_of(c);
+                    if (!ce.empty()) {
+                        if (c && !handle_nogroup(ce)) cool_down("XCLAIM", ce);
+                        return claim_done(k, 0);
+                    }
+                    std::vector<entry> entries;
+                    std::size_t orphans = 0, retries = 0;
+                    for (std::size_t i = 0; c->type == REDIS_REPLY_ARRAY && i < c->elements; ++i) {
+                        entry en;
+                        std::string_view id, payload;
+                        if (!parse_entry(c->element[i], id, payload, en.has_payload, en.deleted))
+                            continue;
+                        auto it = known->find(std::string(id));
+                        if (it == known->end()) continue;
+                        en.id = id;
+                        en.payload = payload;
+                        en.attempt = it->second.count + 1;
+                        ++(it->second.consumer == opts_.consumer ? retries : orphans);
+                        entries.push_back(std::move(en));
+                    }
+                    reclaimed_orphans_ += orphans;
+                    reclaimed_retries_ += retries;
+                    if (!entries.empty()) {
+                        log::info("reclaimed entries idle longer than the lease timeout",
+                                  {{"count", entries.size()},
+                                   {"orphans", orphans},
+                                   {"retries", retries},
+                                   {"lease_timeout", format_duration(opts_.lease_timeout)}});
+                    }
+                    claim_done(k, deliver_claimed(entries));
+                });
+            if (!sent) claim_done(k, 0);
         });
-    if (!ok) {
-        reclaim_busy_ = false;
-        demand_ += k;
-    }
+    if (!ok) claim_done(k, 0);
 }
+
+// A claim is over: what it reserved and did not deliver goes back to the demand.
+void redis_source::claim_done(std::size_t reserved, std::size_t used) {
+    demand_ += reserved - std::min(reserved, used);
+    claim_busy_ = false;
+    kick();
+}
+
+// Entries a claim took, now ours.
+std::size_t redis_source::deliver_claimed(std::vector<entry>& entries) {
+    std::size_t used = 0;
+    for (auto& e : entries) {
+        waiting_.erase(e.id);
+        if (e.deleted) {
+            // Trimmed or deleted while pending: nothing to do but forget it.
+            if (held_.insert(e.id).second) acks_.push_back(ack_item{e.id, outcome::acked, false});
+            kick();
+            continue;
+        }
+        if (deliver_one(e.id, e.payload, e.has_payload, e.attempt)) ++used;
+    }
+    return used;
+}
+
+// Returns true when the entry went to the pipeline (and used one unit of demand).
+bool redis_source::deliver_one(std::string_view id, std::string_view payload, bool has_payload,
+                               std::uint32_t attempt) {
+    std::string key(id);
+    if (held_.count(key)) return false; // already ours and in flight
+    // After stop() a read that was already under way may still answer: its entries are within
+    // the demand granted before the stop, and the drain finishes them rather than leaving them
+    // pending until some worker reclaims them.
+    if (closed_) return false;
+    if (!has_payload) {
+        dead_letter_here(std::move(key), {}, "stream entry has no 'payload' field", attempt);
+        return false;
+    }
+    if (attempt > opts_.max_attempts) {
+        dead_letter_here(
+            std::move(key), std::string(payload),
+            "delivered " + std::to_string(attempt) + " times without an outcome (--max-attempts " +
+                std::to_string(opts_.max_attempts) + "): a poison message that may crash workers",
+            attempt);
+        return false;
+    }
+    held_.insert(key);
+    delivery d;
+    d.payload.assign(payload);
+    d.ref = std::move(key);
+    d.attempt = attempt;
+    sink_->deliver(std::move(d));
+    return true;
+}
+
+void redis_source::dead_letter_here(std::string id, std::string payload, std::string reason,
+                                    std::uint32_t attempts) {
+    ++dead_here_;
+    log::warn("dead-lettering a stream entry without running it",
+              {{"source_id", id}, {"reason", reason}, {"attempts", attempts}});
+    held_.insert(id);
+    dead_item di{ack_item{std::move(id), outcome::dead_lettered, false},
+                 std::move(payload),
+                 std::move(reason),
+                 {},
+                 attempts};
+    di.message_id = message_id_of(di.payload);
+    dead_.push_back(std::move(di));
+    kick();
+}
+
+// Entries left waiting whose lease ran out are reclaimed like any orphan (by us or a peer):
+// nothing to remember about them any more.
+void redis_source::prune_waiting() {
+    std::uint64_t now = loop_.now();
+    std::erase_if(waiting_, [now](const auto& w) { return w.second <= now; });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The end
+// ---------------------------------------------------------------------------------------------
 
 // --exit-when-idle: a read found nothing new; if nothing of ours is outstanding and the group
 // has no pending entry at all (no other worker is busy, nothing left to reclaim), we are done.
-bool redis_source::check_idle() {
-    if (idle_check_busy_ || idle_reached_ || !history_done_ || reclaim_busy_ || !held_.empty() ||
-        unconfirmed_ > 0 || !acks_.empty() || !dead_.empty() || !writer_.up())
-        return false;
+// While a claim is under way the check waits for it (reads wait too: a claim and a blocking
+// read that end together must not keep postponing the check); with work in hand, reading
+// resumes.
+void redis_source::check_idle() {
+    if (idle_check_busy_ || idle_reached_ || claim_busy_ || !writer_.up()) return;
+    if (!history_done_ || !held_.empty() || unconfirmed_ > 0 || !acks_.empty() || !dead_.empty()) {
+        idle_check_due_ = false;
+        return;
+    }
+    idle_check_due_ = false;
     idle_check_busy_ = true;
     bool sent = writer_.send({"XPENDING", opts_.stream, opts_.group}, [this](redisReply* r) {
         if (closed_) return;
@@ -1002,8 +1045,8 @@ bool redis_source::check_idle() {
         if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < 1 ||
             r->element[0]->type != REDIS_REPLY_INTEGER)
             return;
-        if (r->element[0]->integer == 0 && held_.empty() && unconfirmed_ == 0 && !reclaim_busy_ &&
-            acks_.empty() && dead_.empty()) {
+        if (r->element[0]->integer == 0 && held_.empty() && unconfirmed_ == 0 && acks_.empty() &&
+            dead_.empty()) {
             idle_reached_ = true;
             log::info("stream idle: nothing new or pending for the group",
                       {{"stream", opts_.stream}, {"group", opts_.group}});
@@ -1011,7 +1054,6 @@ bool redis_source::check_idle() {
         }
     });
     if (!sent) idle_check_busy_ = false;
-    return sent;
 }
 
 } // namespace mayhem

@@ -12,9 +12,15 @@
 //  - dead_lettered: XADD to the dead-letter stream and XACK in one MULTI/EXEC (never acked
 //    without its dead-letter entry), batched per turn too.
 //  - retried / released: nothing is sent; the entry stays pending in the group and is picked
-//    up by whichever worker reclaims it once it has been idle for --lease-timeout (XAUTOCLAIM
+//    up by whichever worker reclaims it once it has been idle for --lease-timeout (a reclaim
 //    every --reclaim-interval). The retry delay is therefore the lease timeout, not
-//    --retry-backoff, and a retry survives this worker's death.
+//    --retry-backoff, and a retry survives this worker's death. A reconnect does not take it
+//    back early.
+//
+// Entries already pending are claimed in two steps: XPENDING lists them with their delivery
+// counts, then a claim takes exactly those (reclaim: XCLAIM with the lease as minimum idle time;
+// this consumer's own: a script that claims only what is still pending under it). So every
+// entry claimed is delivered, with its count, and none is left claimed but undelivered.
 //
 // The attempt number of a delivery is the entry's delivery count in the group (XPENDING), so a
 // message that keeps killing workers is recognised: delivered more than --max-attempts times,
@@ -67,9 +73,7 @@ public:
     void settle(delivery d, const verdict& v) override;
     void stop() override;
     bool finished() const override;
-    bool drained() const override {
-        return !read_busy_ && reads_ == 0 && !reclaim_busy_ && releases_ == 0 && ahead_.empty();
-    }
+    bool drained() const override;
     bool up() const override;
     std::uint64_t reconnects() const override { return reconnects_; }
     void force_stop() override;
@@ -78,14 +82,18 @@ public:
 
     // Dead-lettered without being delivered (no payload field, too many deliveries).
     std::uint64_t dead_lettered_here() const noexcept { return dead_here_; }
-    std::uint64_t reclaimed() const noexcept { return reclaimed_; }
+    // Entries taken from the group's pending list: of another consumer (an orphan, its worker
+    // gone or stalled), or this one's own, retried and waiting out their lease.
+    std::uint64_t reclaimed_orphans() const noexcept { return reclaimed_orphans_; }
+    std::uint64_t reclaimed_retries() const noexcept { return reclaimed_retries_; }
 
 private:
     struct entry {
         std::string id;
         std::string payload;
         bool has_payload = false;
-        bool deleted = false; // in the PEL, but the stream entry itself is gone
+        bool deleted = false;      // in the PEL, but the stream entry itself is gone
+        std::uint32_t attempt = 1; // its delivery count in the group, this delivery included
     };
     struct ack_item {
         std::string id;
@@ -113,7 +121,6 @@ private:
     void flush_dead();
     void confirmed(batch& b);
     void requeue(batch& b);
-    void read_history();
     void read_new();
     void on_read_new(redisReply* r, std::size_t asked);
     void deliver_ahead();
@@ -122,20 +129,20 @@ private:
                        const redis_link::reply_fn& on_reply);
     void renew_ahead();
     void leave_ahead();
+    void leave(std::vector<entry> entries);
+    void take_own();
     void reclaim();
-    void recover();
-    void fetch_counts_and_deliver(std::vector<entry> entries, std::size_t reserved,
-                                  bool reclaiming);
-    std::size_t deliver_entries(std::vector<entry>& entries,
-                                const std::unordered_map<std::string, std::uint32_t>* counts);
+    void claim_done(std::size_t reserved, std::size_t used);
+    std::size_t deliver_claimed(std::vector<entry>& entries);
     bool deliver_one(std::string_view id, std::string_view payload, bool has_payload,
                      std::uint32_t attempt);
     void dead_letter_here(std::string id, std::string payload, std::string reason,
                           std::uint32_t attempts);
-    bool check_idle(); // true when a check was sent (its reply resumes reading)
+    void check_idle();
     void release_unconfirmed();
     void report(const ack_item& a, outcome o);
     bool handle_nogroup(const std::string& error);
+    void prune_waiting();
 
     void link_up(const char* role);
     void link_down(const char* role, const std::string& why);
@@ -156,6 +163,10 @@ private:
     std::size_t unconfirmed_ = 0;          // verdicts from the pipeline not yet reported settled
     std::unordered_set<std::string> held_; // entry ids delivered (or dead-lettered here) and not
                                            // yet confirmed: never delivered twice at once
+    // Entries this worker left pending after a verdict (retried, released), with when their
+    // lease runs out: until then they wait out their retry delay, and a reconnect does not take
+    // them back early (after it, a reclaim takes them like any orphan).
+    std::unordered_map<std::string, std::uint64_t> waiting_;
     std::vector<ack_item> acks_;
     std::vector<dead_item> dead_;
     std::list<batch> sent_; // XACK / MULTI batches awaiting their reply
@@ -170,15 +181,18 @@ private:
     bool last_full_ = true;   // the last read returned all it asked for: more are waiting
     unsigned releases_ = 0;   // XCLAIM ... IDLE of entries left at a drain, awaiting a reply
 
-    std::string history_cursor_ = "0"; // this consumer's own pending entries, read first
-    std::string reclaim_cursor_ = "0-0";
+    // This consumer's own pending entries not in hand: taken at start (an earlier run under the
+    // same name left them) and after a reconnect (a read or claim whose reply was lost).
+    std::string own_cursor_ = "-";
+    std::uint64_t own_pass_ = 0; // bumped when a pass starts over; a stale reply keeps out
+    bool own_due_ = true;
+    std::string reclaim_cursor_ = "-";
     bool group_ready_ = false;
     bool setup_busy_ = false;
-    bool history_done_ = false;
-    bool read_busy_ = false;
-    bool reclaim_due_ = true;   // at start: pick up what dead workers left
-    bool reclaim_busy_ = false; // an XAUTOCLAIM or a recovery is under way
-    bool recover_due_ = false;  // after a reconnect: entries of ours whose read reply was lost
+    bool history_done_ = false;   // the first pass over our own entries is done: read new ones
+    bool reclaim_due_ = true;     // at start: pick up what dead workers left
+    bool claim_busy_ = false;     // a pass over our own entries or a reclaim is under way
+    bool idle_check_due_ = false; // --exit-when-idle: a read found nothing; check before reading
     bool idle_check_busy_ = false;
     bool idle_reached_ = false; // --exit-when-idle: nothing new or pending for the group
     bool turn_on_ = false;
@@ -189,10 +203,11 @@ private:
     bool closed_ = false;
     bool was_up_ = false;
     bool ever_up_ = false;
-    bool lost_ = false; // a connection dropped after the source had been up; cleared when up again
+    bool lost_link_ = false; // a connection dropped after the source had been up
     std::string fatal_;
     std::uint64_t dead_here_ = 0;
-    std::uint64_t reclaimed_ = 0;
+    std::uint64_t reclaimed_orphans_ = 0;
+    std::uint64_t reclaimed_retries_ = 0;
     std::uint64_t reconnects_ = 0; // outages the source came back from (not each link, not
                                    // each failed attempt)
 };

@@ -1,0 +1,162 @@
+"""The redis source's bookkeeping of who owns which pending entry, against a real redis-server:
+what a forced stop leaves behind, how reclaimed entries get their delivery counts, what a
+reconnect takes back, what lease renewal may renew, what a dead-letter transaction may ack, and
+what a worker leaves in the group when it exits.
+
+Faults are made real: a worker's connection is killed with CLIENT KILL, Redis is held with
+CLIENT PAUSE WRITE (reads answer, writes wait), a peer worker is played by redis-cli (XCLAIM),
+and a restart lasts exactly as long as the test wants (an exec restarter that waits for a file).
+Every wait is on an observable fact (a log line, XPENDING, CLIENT LIST), never on a sleep.
+"""
+
+import json
+import os
+import signal
+import stat
+import unittest
+
+from harness import Harness, json_log_lines, wait_until
+from test_redis import GROUP, STREAM, dead_letters, pending, rjson
+
+FAST = ["--store", "memory", "--save-latency", "0", "--restart-latency", "0",
+        "--status-interval", "0"]
+# The worker's timers that would act on their own during a test are pushed far away; a test
+# that needs one sets it.
+QUIET = ["--reclaim-interval", "1h", "--lease-timeout", "2h", "--lease-extend-interval", "1h"]
+
+
+def payload(mid, host=None):
+    return json.dumps({"message_id": mid, "instance_name": host or "cattle-" + mid})
+
+
+def owners(redis, consumer=None):
+    """id -> (consumer, times delivered) of the group's pending entries."""
+    args = ["XPENDING", STREAM, GROUP, "-", "+", 100000] + ([consumer] if consumer else [])
+    return {p[0]: (p[1], p[3]) for p in rjson(redis, *args) or []}
+
+
+def client(redis, name):
+    """The CLIENT LIST fields of the connection called `name`, or None."""
+    for line in redis.cli("CLIENT", "LIST").splitlines():
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        if fields.get("name") == name:
+            return fields
+    return None
+
+
+def logged(worker, msg):
+    """The worker's JSON log lines whose message starts with `msg`."""
+    return [e for e in json_log_lines(worker.stderr()) if e.get("msg", "").startswith(msg)]
+
+
+class RedisClaimsTest(Harness):
+    def setUp(self):
+        super().setUp()
+        self.r = self.redis(persistence=False)
+        self.r.cli("XGROUP", "CREATE", STREAM, GROUP, "0", "MKSTREAM")
+
+    def add(self, mid, consumer=None):
+        """Appends an entry; with `consumer`, that consumer reads it at once (XREADGROUP)."""
+        entry = self.r.cli("XADD", STREAM, "*", "payload", payload(mid))
+        if consumer:
+            got = rjson(self.r, "XREADGROUP", "GROUP", GROUP, consumer, "COUNT", 1, "STREAMS",
+                        STREAM, ">")
+            self.assertEqual(got[STREAM][0][0], entry)  # redis-cli --json: {stream: [[id, f]]}
+        return entry
+
+    def worker(self, *args, **kw):
+        return super().worker("--source", "redis", "--redis-url", self.r.url, "--log-format",
+                              "json", "--log-level", "debug", *args, **kw)
+
+    def gate(self):
+        """An exec restarter whose restart of message M starts by creating started/M and ends
+        when go/M exists: (flags, started dir, go dir)."""
+        started = os.path.join(self.tmp, "started")
+        go = os.path.join(self.tmp, "go")
+        os.makedirs(started)
+        os.makedirs(go)
+        script = os.path.join(self.tmp, "gate.sh")
+        with open(script, "w") as f:
+            f.write("#!/bin/sh\ntouch %s/$1\nwhile [ ! -e %s/$1 ]; do sleep 0.02; done\n"
+                    % (started, go))
+        os.chmod(script, os.stat(script).st_mode | stat.S_IXUSR)
+        flags = ["--restarter", "exec", "--restart-command", script + " {message_id}",
+                 "--restart-cooldown", "0", "--max-concurrent-restarts", "0",
+                 "--breaker-failures", "0", "--store", "memory", "--save-latency", "0",
+                 "--status-interval", "0"]
+        return flags, started, go
+
+    def settled(self, w, outcome=None):
+        """message_id of each 'message settled' line so far (with that outcome)."""
+        return [e["message_id"] for e in logged(w, "message settled")
+                if outcome is None or e.get("outcome") == outcome]
+
+    def kill_link(self, role):
+        c = client(self.r, "mayhem-" + role)
+        self.assertIsNotNone(c, "no %s connection" % role)
+        self.r.cli("CLIENT", "KILL", "ID", c["id"])
+        return c["id"]
+
+    def stop(self, w, code=0):
+        w.signal(signal.SIGTERM)
+        got, _, err = w.wait(timeout=60)
+        self.assertEqual(got, code, err[-3000:])
+        return w.summary()
+
+    # -- reclaim -------------------------------------------------------------------------------
+
+    def test_every_reclaimed_entry_is_delivered_among_many_retried_ones(self):
+        # 50 entries this worker retried (left pending under it, waiting for their lease),
+        # and 10 orphans of a dead peer spread over the same id range: a reclaim takes the 10,
+        # and must deliver all 10, however many retried entries lie between them.
+        first = [self.add("orphan-%d" % i, consumer="dead") for i in range(5)]
+        w = self.worker(*FAST, "--restart-failure-rate", "1", "--consumer", "w",
+                        "--lease-timeout", "1h", "--lease-extend-interval", "1h",
+                        "--reclaim-interval", "100ms")
+        retried = [self.add("retried-%d" % i) for i in range(50)]
+        wait_until(lambda: len(self.settled(w, "retried")) == 50, timeout=30,
+                   what="50 entries retried")
+        self.assertEqual(set(owners(self.r, "w")), set(retried))
+        # Five of the retried entries pass to the dead peer (with --lease-timeout behind them),
+        # and the first five orphans go idle: the next reclaim takes exactly these ten.
+        later = retried[9::10]
+        orphans = first + later
+        self.r.cli("XCLAIM", STREAM, GROUP, "dead", "0", *later, "JUSTID")
+        self.r.cli("XCLAIM", STREAM, GROUP, "dead", "0", *orphans, "IDLE", 7300000, "JUSTID")
+        wait_until(lambda: len(self.settled(w, "retried")) == 60, timeout=30,
+                   what="the 10 orphans reclaimed, run and retried")
+        s = self.stop(w)
+        self.assertEqual(s["received"], 60)
+        self.assertEqual(sorted(self.settled(w, "retried")),
+                         sorted(["retried-%d" % i for i in range(50)] +
+                                ["orphan-%d" % i for i in range(5)] +
+                                ["retried-%d" % i for i in range(9, 50, 10)]))
+        counts = owners(self.r)
+        self.assertEqual({counts[i] for i in orphans}, {("w", 2)})
+        self.assertEqual({counts[i] for i in set(retried) - set(later)}, {("w", 1)})
+
+    # -- reconnect -----------------------------------------------------------------------------
+
+    def test_a_reconnect_does_not_redeliver_retried_entries_before_their_lease(self):
+        lost = self.add("lost", consumer="ghost")
+        w = self.worker(*FAST, *QUIET, "--restart-failure-rate", "1", "--consumer", "w")
+        retried = [self.add("retried-%d" % i) for i in range(5)]
+        wait_until(lambda: len(self.settled(w, "retried")) == 5, timeout=30,
+                   what="5 entries retried")
+        # A read whose reply was lost left `lost` pending under w; the connection drops.
+        self.r.cli("XCLAIM", STREAM, GROUP, "w", "0", lost, "JUSTID")
+        self.kill_link("writer")
+        wait_until(lambda: "lost" in self.settled(w, "retried"), timeout=30,
+                   what="the lost entry taken back, run and retried")
+        s = self.stop(w)
+        # Only the lost entry came back; the retried ones wait for their lease (2 h here) and
+        # keep their delivery count: a flapping connection does not use up their attempts.
+        self.assertEqual(s["received"], 6)
+        self.assertEqual(self.settled(w, "retried"),
+                         ["retried-%d" % i for i in range(5)] + ["lost"])
+        self.assertEqual({owners(self.r)[i] for i in retried}, {("w", 1)})
+        self.assertEqual(owners(self.r)[lost], ("w", 2))
+
+
+if __name__ == "__main__":
+    unittest.main()
