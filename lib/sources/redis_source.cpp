@@ -399,6 +399,8 @@ void redis_source::setup() {
 void redis_source::settle(delivery d, const verdict& v) {
     ++unconfirmed_;
     ack_item a{std::move(d.ref), v.what, true};
+    // A peer holds it now: acking it (or dead-lettering it) here would finish the peer's work.
+    if (!lost_.empty() && lost_.erase(a.id)) return report(a, outcome::released);
     switch (v.what) {
     case outcome::acked:
     case outcome::skipped:
@@ -599,33 +601,88 @@ void redis_source::release_unconfirmed() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Lease renewal: one XCLAIM ... JUSTID for every due in-flight entry, so their idle time stays
-// below --lease-timeout and no other worker reclaims them while we work on them.
+// Lease renewal: every due in-flight entry (extend) and every entry read ahead (renew_ahead)
+// has its idle time reset, so it stays below --lease-timeout and no other worker reclaims it
+// while we hold it; only entries still pending under this consumer are renewed (claim_own_lua),
+// and one found in a peer's hands is dropped from our books.
 // ---------------------------------------------------------------------------------------------
 
 void redis_source::extend(std::span<const delivery* const> in_flight) {
     if (closed_ || !writer_.up()) return; // entries stay pending; renewed at the next tick
-    xclaim(
+    renew(
         in_flight.size(), [&](std::size_t i) { return std::string_view(in_flight[i]->ref); },
-        {"JUSTID"},
-        [this](redisReply* r) {
-            if (closed_ || !r) return;
-            if (auto e = redis_link::error_of(r); !e.empty() && !handle_nogroup(e))
-                log::warn("lease renewal failed", {{"error", e}});
-        });
+        "lease renewal failed");
 }
 
-// One XCLAIM ... JUSTID for everything held here, like extend() does for what is in flight (JUSTID:
-// the delivery count does not grow).
 void redis_source::renew_ahead() {
     if (closed_ || ahead_.empty() || !writer_.up()) return;
-    xclaim(
-        ahead_.size(), [&](std::size_t i) { return std::string_view(ahead_[i].id); }, {"JUSTID"},
-        [this](redisReply* r) {
+    renew(
+        ahead_.size(), [&](std::size_t i) { return std::string_view(ahead_[i].id); },
+        "lease renewal of entries read ahead failed");
+}
+
+// One script per --max-batch ids.
+template <class IdOf>
+void redis_source::renew(std::size_t n, IdOf id_of, const char* what) {
+    for (std::size_t at = 0; at < n; at += opts_.max_batch) {
+        argv_builder av;
+        for (std::string_view a :
+             {"EVAL"sv, claim_own_lua, "1"sv, std::string_view(opts_.stream),
+              std::string_view(opts_.group), std::string_view(opts_.consumer), "justid"sv})
+            av.add(a);
+        std::size_t end = std::min(n, at + opts_.max_batch);
+        for (std::size_t i = at; i < end; ++i)
+            av.add(id_of(i));
+        writer_.send(av.argc(), av.ptrs.data(), av.lens.data(), [this, what](redisReply* r) {
             if (closed_ || !r) return;
-            if (auto e = redis_link::error_of(r); !e.empty() && !handle_nogroup(e))
-                log::warn("lease renewal of entries read ahead failed", {{"error", e}});
+            if (auto e = redis_link::error_of(r); !e.empty()) {
+                if (!handle_nogroup(e)) log::warn(what, {{"error", e}});
+                return;
+            }
+            if (r->type != REDIS_REPLY_ARRAY || r->elements < 2) return;
+            const redisReply* lost = r->element[1];
+            for (std::size_t i = 0; lost->type == REDIS_REPLY_ARRAY && i < lost->elements; ++i)
+                on_lease_lost(std::string(str(lost->element[i])));
         });
+    }
+}
+
+// Renewal found the entry pending under another consumer (our lease had lapsed and a peer
+// reclaimed it) or not pending at all: it is no longer ours. Read ahead, it is simply dropped;
+// delivered, the pipeline hears of it and its verdict is not carried out here.
+void redis_source::on_lease_lost(const std::string& id) {
+    if (!held_.count(id) || lost_.count(id)) return; // confirmed meanwhile, or known
+    ++lost_leases_;
+    log::warn("lease lost: a peer reclaimed the entry while this worker held it; it is not "
+              "acked here",
+              {{"source_id", id}});
+    auto ahead = std::find_if(ahead_.begin(), ahead_.end(), [&](auto& e) { return e.id == id; });
+    if (ahead != ahead_.end()) {
+        ahead_.erase(ahead);
+        held_.erase(id);
+        return;
+    }
+    // A verdict not sent yet is given up; one already sent went out after this renewal and
+    // Redis carries it out (the entry was finished here; the peer finds it done).
+    auto queued = std::find_if(acks_.begin(), acks_.end(), [&](auto& a) { return a.id == id; });
+    if (queued != acks_.end()) {
+        ack_item a = std::move(*queued);
+        acks_.erase(queued);
+        return report(a, outcome::released);
+    }
+    auto dead = std::find_if(dead_.begin(), dead_.end(), [&](auto& d) { return d.ack.id == id; });
+    if (dead != dead_.end()) {
+        ack_item a = std::move(dead->ack);
+        dead_.erase(dead);
+        return report(a, outcome::released);
+    }
+    bool in_batch = std::any_of(sent_.begin(), sent_.end(), [&](const batch& b) {
+        return std::any_of(b.acks.begin(), b.acks.end(), [&](auto& a) { return a.id == id; }) ||
+               std::any_of(b.dead.begin(), b.dead.end(), [&](auto& d) { return d.ack.id == id; });
+    });
+    if (in_batch) return;
+    lost_.insert(id);
+    sink_->lease_lost(id);
 }
 
 // XCLAIM <stream> <group> <consumer> <min idle> <id>... <options>..., --max-batch ids a

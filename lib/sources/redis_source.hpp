@@ -22,6 +22,12 @@
 // this consumer's own: a script that claims only what is still pending under it). So every
 // entry claimed is delivered, with its count, and none is left claimed but undelivered.
 //
+// Lease renewal (in-flight entries at the pipeline's call, entries read ahead on a timer) uses
+// the same script with JUSTID: it renews only what is still pending under this consumer. An
+// entry found in a peer's hands (our lease lapsed, a peer reclaimed it) is dropped from our
+// books: read ahead, it is forgotten; delivered, the sink hears lease_lost() and its verdict is
+// reported `released`, never acked here.
+//
 // The attempt number of a delivery is the entry's delivery count in the group (XPENDING), so a
 // message that keeps killing workers is recognised: delivered more than --max-attempts times,
 // it is dead-lettered by the source itself without being run again.
@@ -86,6 +92,8 @@ public:
     // gone or stalled), or this one's own, retried and waiting out their lease.
     std::uint64_t reclaimed_orphans() const noexcept { return reclaimed_orphans_; }
     std::uint64_t reclaimed_retries() const noexcept { return reclaimed_retries_; }
+    // Deliveries (or entries read ahead) found in a peer's hands at lease renewal.
+    std::uint64_t lost_leases() const noexcept { return lost_leases_; }
 
 private:
     struct entry {
@@ -127,7 +135,10 @@ private:
     template <class IdOf>
     std::size_t xclaim(std::size_t n, IdOf id_of, std::initializer_list<std::string_view> options,
                        const redis_link::reply_fn& on_reply);
+    template <class IdOf>
+    void renew(std::size_t n, IdOf id_of, const char* what);
     void renew_ahead();
+    void on_lease_lost(const std::string& id);
     void leave_ahead();
     void leave(std::vector<entry> entries);
     void take_own();
@@ -163,6 +174,8 @@ private:
     std::size_t unconfirmed_ = 0;          // verdicts from the pipeline not yet reported settled
     std::unordered_set<std::string> held_; // entry ids delivered (or dead-lettered here) and not
                                            // yet confirmed: never delivered twice at once
+    // Delivered entries whose lease renewal found them in a peer's hands: not acked here.
+    std::unordered_set<std::string> lost_;
     // Entries this worker left pending after a verdict (retried, released), with when their
     // lease runs out: until then they wait out their retry delay, and a reconnect does not take
     // them back early (after it, a reclaim takes them like any orphan).
@@ -208,6 +221,7 @@ private:
     std::uint64_t dead_here_ = 0;
     std::uint64_t reclaimed_orphans_ = 0;
     std::uint64_t reclaimed_retries_ = 0;
+    std::uint64_t lost_leases_ = 0;
     std::uint64_t reconnects_ = 0; // outages the source came back from (not each link, not
                                    // each failed attempt)
 };

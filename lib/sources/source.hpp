@@ -32,6 +32,11 @@ public:
     virtual void settled(outcome o) = 0;
     // Connection state or `finished()` may have changed.
     virtual void source_changed() = 0;
+    // A delivery not yet settled is no longer this worker's: the transport gave it to a peer
+    // (its lease lapsed, a peer reclaimed it). The source will not ack it: its settle() is
+    // reported `released` whatever the verdict. A restart not started for it should not be;
+    // one that already ran overlaps with the peer's and is worth reporting.
+    virtual void lease_lost(std::string_view ref) { (void)ref; }
 };
 
 class source {

@@ -157,6 +157,52 @@ class RedisClaimsTest(Harness):
         self.assertEqual({owners(self.r)[i] for i in retried}, {("w", 1)})
         self.assertEqual(owners(self.r)[lost], ("w", 2))
 
+    # -- lease renewal -------------------------------------------------------------------------
+
+    def test_lease_renewal_does_not_take_back_an_entry_a_peer_reclaimed(self):
+        flags, started, go = self.gate()
+        w = self.worker(*flags, "--consumer", "w", "--reclaim-interval", "1h",
+                        "--lease-timeout", "2h", "--lease-extend-interval", "100ms")
+        entry = self.add("slow")
+        wait_until(lambda: os.path.exists(os.path.join(started, "slow")), timeout=20,
+                   what="the restart to start")
+        # The worker's lease lapsed (a stall) and a peer reclaimed the entry.
+        self.r.cli("XCLAIM", STREAM, GROUP, "peer", "0", entry, "JUSTID")
+        wait_until(lambda: owners(self.r)[entry][0] != "peer" or logged(w, "lease lost"),
+                   timeout=20, what="the next lease renewal")
+        self.assertEqual(owners(self.r)[entry][0], "peer")  # not taken back
+        lost = logged(w, "lease lost")
+        self.assertEqual([e.get("source_id") for e in lost], [entry])
+        # The restart ends; the entry is not acked by a worker that no longer owns it.
+        open(os.path.join(go, "slow"), "w").close()
+        wait_until(lambda: self.settled(w), timeout=20, what="the message settled")
+        s = self.stop(w, code=3)
+        self.assertEqual((s["received"], s["acked"], s["released"]), (1, 0, 1))
+        self.assertEqual(owners(self.r), {entry: ("peer", 1)})
+
+    def test_lease_renewal_of_entries_read_ahead_does_not_take_back_a_peers_entry(self):
+        flags, started, go = self.gate()
+        w = self.worker(*flags, "--consumer", "w", "--reclaim-interval", "1h",
+                        "--lease-timeout", "2h", "--lease-extend-interval", "100ms",
+                        "--max-in-flight", "1", "--queue-capacity", "1", "--read-ahead", "10")
+        entries = [self.add("m%d" % i) for i in range(6)]
+        wait_until(lambda: len(owners(self.r, "w")) == 6, timeout=20, what="all 6 read")
+        # m0 runs, m1 waits in the pipeline's queue, m2.. are read ahead in the source.
+        wait_until(lambda: os.path.exists(os.path.join(started, "m0")), timeout=20,
+                   what="the restart of m0 to start")
+        self.r.cli("XCLAIM", STREAM, GROUP, "peer", "0", entries[4], "JUSTID")
+        wait_until(lambda: owners(self.r)[entries[4]][0] != "peer" or logged(w, "lease lost"),
+                   timeout=20, what="the next lease renewal")
+        self.assertEqual(owners(self.r)[entries[4]][0], "peer")
+        # What is no longer ours is not started: every other message runs, m4 never does.
+        for i in range(6):
+            open(os.path.join(go, "m%d" % i), "w").close()
+        wait_until(lambda: len(self.settled(w)) == 5, timeout=20, what="5 messages settled")
+        s = self.stop(w)
+        self.assertEqual((s["received"], s["acked"]), (5, 5))
+        self.assertFalse(os.path.exists(os.path.join(started, "m4")))
+        self.assertEqual(owners(self.r), {entries[4]: ("peer", 1)})
+
 
 if __name__ == "__main__":
     unittest.main()
