@@ -89,6 +89,24 @@ end
 return {own, lost}
 )lua";
 
+// Dead letters: every XADD to the dead-letter stream, then the XACK of their entries. A failed
+// XADD raises and ends the script before the XACK, so an entry is never acked without its
+// dead-letter record (MULTI/EXEC would run the XACK anyway). KEYS: stream, dead-letter stream;
+// ARGV: group, then per entry: id, payload, reason, message_id, attempts.
+constexpr std::string_view dead_letter_lua = R"lua(
+local ids = {}
+for i = 2, #ARGV, 5 do
+  redis.call('XADD', KEYS[2], '*', 'payload', ARGV[i + 1], 'reason', ARGV[i + 2],
+             'message_id', ARGV[i + 3], 'source_id', ARGV[i], 'attempts', ARGV[i + 4])
+  ids[#ids + 1] = ARGV[i]
+end
+local acked = 0
+for i = 1, #ids, 500 do
+  acked = acked + redis.call('XACK', KEYS[1], ARGV[1], unpack(ids, i, math.min(i + 499, #ids)))
+end
+return acked
+)lua";
+
 std::string message_id_of(const std::string& payload) {
     auto j = nlohmann::json::parse(payload, nullptr, false);
     if (j.is_object()) {
@@ -264,8 +282,8 @@ void redis_source::link_rejected(const char* role, const std::string& why) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The turn: everything the loop turn produced goes out together (one XACK, one MULTI), then
-// claims and reads for whatever demand is free.
+// The turn: everything the loop turn produced goes out together (one XACK, one dead-letter
+// script), then claims and reads for whatever demand is free.
 // ---------------------------------------------------------------------------------------------
 
 void redis_source::kick() {
@@ -478,73 +496,60 @@ void redis_source::flush_acks() {
     }
 }
 
-// Dead letters: XADD each to the dead-letter stream and XACK them all, in one MULTI/EXEC, so an
-// entry is never acked without its dead-letter record. (If the connection drops after EXEC ran
-// but before its reply arrived, the batch is sent again: a dead-letter entry may then appear
-// twice; it is never missing.)
+// Dead letters: one script per batch XADDs each to the dead-letter stream and then XACKs them
+// all; a failed XADD ends it before the XACK, so an entry is never acked without its dead-letter
+// record, and the batch is sent again after a pause. (A record may then appear twice, and so it
+// may if the connection drops after the script ran but before its reply arrived; it is never
+// missing.)
 void redis_source::flush_dead() {
     while (!dead_.empty() && writer_.up()) {
         auto& b = sent_.emplace_back();
         take_batch(dead_, b.dead, opts_.max_batch);
         auto it = std::prev(sent_.end());
-
-        bool ok = writer_.send({"MULTI"}, {});
         std::vector<std::string> attempts;
-        attempts.reserve(b.dead.size());
+        attempts.reserve(b.dead.size()); // stable: the argv points into it
+        argv_builder av;
+        for (std::string_view a :
+             {"EVAL"sv, dead_letter_lua, "2"sv, std::string_view(opts_.stream),
+              std::string_view(opts_.dead_letter_stream), std::string_view(opts_.group)})
+            av.add(a);
         for (const auto& d : b.dead) {
             attempts.push_back(std::to_string(d.attempts));
-            argv_builder av;
-            for (std::string_view s :
-                 {std::string_view("XADD"), std::string_view(opts_.dead_letter_stream), "*"sv,
-                  "payload"sv, std::string_view(d.payload), "reason"sv, std::string_view(d.reason),
-                  "message_id"sv, std::string_view(d.message_id), "source_id"sv,
-                  std::string_view(d.ack.id), "attempts"sv, std::string_view(attempts.back())})
-                av.add(s);
-            ok = ok && writer_.send(av.argc(), av.ptrs.data(), av.lens.data(), {});
+            for (std::string_view a : {std::string_view(d.ack.id), std::string_view(d.payload),
+                                       std::string_view(d.reason), std::string_view(d.message_id),
+                                       std::string_view(attempts.back())})
+                av.add(a);
         }
-        argv_builder ack;
-        ack.add("XACK");
-        ack.add(opts_.stream);
-        ack.add(opts_.group);
-        for (const auto& d : b.dead)
-            ack.add(d.ack.id);
-        ok = ok && writer_.send(ack.argc(), ack.ptrs.data(), ack.lens.data(), {});
-        ok = ok && writer_.send({"EXEC"}, [this, it](redisReply* r) {
-            if (closed_) return;
-            batch& bt = *it;
-            if (bt.dropped) {
+        bool ok =
+            writer_.send(av.argc(), av.ptrs.data(), av.lens.data(), [this, it](redisReply* r) {
+                if (closed_) return;
+                batch& bt = *it;
+                if (bt.dropped) {
+                    sent_.erase(it);
+                    return;
+                }
+                std::string e = redis_link::error_of(r);
+                if (!e.empty()) {
+                    requeue(bt);
+                    sent_.erase(it);
+                    if (r && !handle_nogroup(e)) cool_down("dead letter (XADD + XACK)", e);
+                    return;
+                }
+                // One line per batch: a flood of bad payloads must not flood the log (the
+                // pipeline already logs why, rate-limited); each entry at debug level.
+                log::info("dead letters written",
+                          {{"count", bt.dead.size()}, {"stream", opts_.dead_letter_stream}});
+                for (const auto& d : bt.dead) {
+                    log::debug("dead-lettered", {{"source_id", d.ack.id},
+                                                 {"message_id", d.message_id},
+                                                 {"reason", d.reason},
+                                                 {"attempts", d.attempts}});
+                }
+                confirmed(bt);
                 sent_.erase(it);
-                return;
-            }
-            std::string e = redis_link::error_of(r);
-            if (e.empty() && r->type != REDIS_REPLY_ARRAY) e = "transaction aborted";
-            if (!e.empty()) {
-                requeue(bt);
-                sent_.erase(it);
-                if (r) cool_down("MULTI/XADD/XACK/EXEC", e);
-                return;
-            }
-            for (std::size_t i = 0; i + 1 < r->elements; ++i) {
-                if (r->element[i]->type == REDIS_REPLY_ERROR)
-                    log::error("dead-letter XADD failed inside the transaction",
-                               {{"error", redis_link::error_of(r->element[i])}});
-            }
-            // One line per batch: a flood of bad payloads must not flood the log (the pipeline
-            // already logs why, rate-limited); each entry at debug level.
-            log::info("dead letters written",
-                      {{"count", bt.dead.size()}, {"stream", opts_.dead_letter_stream}});
-            for (const auto& d : bt.dead) {
-                log::debug("dead-lettered", {{"source_id", d.ack.id},
-                                             {"message_id", d.message_id},
-                                             {"reason", d.reason},
-                                             {"attempts", d.attempts}});
-            }
-            confirmed(bt);
-            sent_.erase(it);
-        });
+            });
         if (!ok) {
-            // The connection went away half-way: Redis discards an unfinished MULTI.
-            if (!it->dropped) requeue(*it);
+            requeue(*it);
             sent_.erase(it);
             return;
         }

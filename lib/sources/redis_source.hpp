@@ -9,8 +9,8 @@
 // What a verdict means here:
 //  - acked / skipped: XACK; batched, one XACK for everything settled in a loop turn. The
 //    pipeline hears `settled` only once Redis answered, so nothing is counted as acked early.
-//  - dead_lettered: XADD to the dead-letter stream and XACK in one MULTI/EXEC (never acked
-//    without its dead-letter entry), batched per turn too.
+//  - dead_lettered: XADD to the dead-letter stream, then XACK, in one script that stops at a
+//    failed XADD (never acked without its dead-letter entry), batched per turn too.
 //  - retried / released: nothing is sent; the entry stays pending in the group and is picked
 //    up by whichever worker reclaims it once it has been idle for --lease-timeout (a reclaim
 //    every --reclaim-interval). The retry delay is therefore the lease timeout, not
@@ -182,7 +182,7 @@ private:
     std::unordered_map<std::string, std::uint64_t> waiting_;
     std::vector<ack_item> acks_;
     std::vector<dead_item> dead_;
-    std::list<batch> sent_; // XACK / MULTI batches awaiting their reply
+    std::list<batch> sent_; // dead-letter / XACK batches awaiting their reply
 
     // Read ahead: new entries read beyond the demand, in the order read. They are in held_ (ours,
     // pending in the group, leases renewed by ahead_timer_) and go to the pipeline as demand

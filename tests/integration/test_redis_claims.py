@@ -203,6 +203,26 @@ class RedisClaimsTest(Harness):
         self.assertFalse(os.path.exists(os.path.join(started, "m4")))
         self.assertEqual(owners(self.r), {entries[4]: ("peer", 1)})
 
+    # -- dead letters --------------------------------------------------------------------------
+
+    def test_a_dead_letter_refused_inside_the_transaction_is_not_acked(self):
+        w = self.worker(*FAST, *QUIET, "--consumer", "w")
+        # Reads start after the set-up, which checks the type of the dead-letter key.
+        wait_until(lambda: (client(self.r, "mayhem-reader") or {}).get("cmd") == "xreadgroup",
+                   timeout=20, what="the worker reading")
+        # The dead-letter key turns into something else after the worker checked it.
+        self.r.cli("SET", STREAM + ":dead", "not a stream")
+        bad = self.r.cli("XADD", STREAM, "*", "payload", "this is not json")
+        wait_until(lambda: "WRONGTYPE" in w.stderr(), timeout=20,
+                   what="the dead letter refused")
+        self.assertEqual(owners(self.r), {bad: ("w", 1)})  # not acked without its record
+        self.r.cli("DEL", STREAM + ":dead")
+        wait_until(lambda: dead_letters(self.r) and pending(self.r) == 0, timeout=20,
+                   what="the dead letter written and acked")
+        self.assertEqual([(d["source_id"], d["payload"]) for d in dead_letters(self.r)],
+                         [(bad, "this is not json")])
+        self.stop(w)
+
 
 if __name__ == "__main__":
     unittest.main()
