@@ -1014,9 +1014,11 @@ void redis_source::claim_done(std::size_t reserved, std::size_t used) {
     kick();
 }
 
-// Entries a claim took, now ours.
+// Entries a claim took, now ours. After a forced stop none is delivered (the pipeline starts
+// nothing more): they are left pending for any worker instead.
 std::size_t redis_source::deliver_claimed(std::vector<entry>& entries) {
     std::size_t used = 0;
+    std::vector<entry> left;
     for (auto& e : entries) {
         waiting_.erase(e.id);
         if (e.deleted) {
@@ -1025,7 +1027,16 @@ std::size_t redis_source::deliver_claimed(std::vector<entry>& entries) {
             kick();
             continue;
         }
+        if (forced_ && !held_.count(e.id)) {
+            left.push_back(std::move(e));
+            continue;
+        }
         if (deliver_one(e.id, e.payload, e.has_payload, e.attempt)) ++used;
+    }
+    if (!left.empty()) {
+        log::info("entries claimed after a forced stop are left pending for any worker",
+                  {{"count", left.size()}});
+        leave(std::move(left));
     }
     return used;
 }
@@ -1037,8 +1048,8 @@ bool redis_source::deliver_one(std::string_view id, std::string_view payload, bo
     if (held_.count(key)) return false; // already ours and in flight
     // After stop() a read that was already under way may still answer: its entries are within
     // the demand granted before the stop, and the drain finishes them rather than leaving them
-    // pending until some worker reclaims them.
-    if (closed_) return false;
+    // pending until some worker reclaims them. After a forced stop nothing is delivered.
+    if (closed_ || forced_) return false;
     if (!has_payload) {
         dead_letter_here(std::move(key), {}, "stream entry has no 'payload' field", attempt);
         return false;

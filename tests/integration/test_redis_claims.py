@@ -103,6 +103,48 @@ class RedisClaimsTest(Harness):
         self.assertEqual(got, code, err[-3000:])
         return w.summary()
 
+    # -- a forced stop -------------------------------------------------------------------------
+
+    def test_a_claim_answered_after_a_forced_stop_is_left_pending_not_delivered(self):
+        flags, started, go = self.gate()
+        # An entry of this consumer that it does not know about: a read whose reply was lost.
+        lost = self.add("lost", consumer="ghost")
+        w = self.worker(*flags, *QUIET, "--consumer", "w", "--drain-timeout", "1h")
+        one = self.add("one")
+        wait_until(lambda: os.path.exists(os.path.join(started, "one")), timeout=20,
+                   what="the restart of 'one' to start")
+        self.r.cli("XCLAIM", STREAM, GROUP, "w", "0", lost, "JUSTID")
+        # Redis holds writes; the writer reconnects, and its recovery (a claim of `lost`) waits
+        # in Redis; then 'one' is acked (that XACK waits too) and the worker is stopped twice.
+        self.r.cli("CLIENT", "PAUSE", "600000", "WRITE")
+        try:
+            old = self.kill_link("writer")
+            wait_until(lambda: (lambda c: c and c["id"] != old and "b" in c["flags"])(
+                client(self.r, "mayhem-writer")), timeout=20,
+                what="the new writer to wait on a write")
+            open(os.path.join(go, "one"), "w").close()
+            wait_until(lambda: self.settled(w, "acked") == ["one"], timeout=20,
+                       what="'one' acked by the pipeline")
+            w.signal(signal.SIGTERM)
+            wait_until(lambda: logged(w, "draining"), timeout=20, what="the drain")
+            w.signal(signal.SIGTERM)
+            wait_until(lambda: logged(w, "releasing unfinished"), timeout=20,
+                       what="the forced stop")
+        finally:
+            self.r.cli("CLIENT", "UNPAUSE")
+        # The claim's answer arrives after the forced stop: nothing is delivered any more, so
+        # the worker exits instead of waiting forever for a delivery nobody will start. (The
+        # ack of 'one' is confirmed with it, or given up after the forced stop's 2 s grace if
+        # this test was slower than that: exit 0 or 3.)
+        code, _, err = w.wait(timeout=30)
+        s = w.summary()
+        self.assertEqual((code, s["received"], s["acked"] + s["released"]),
+                         (0 if s["acked"] else 3, 1, 1), err[-3000:])
+        self.assertNotIn("lost", self.settled(w))
+        left = owners(self.r)
+        self.assertEqual(list(left), [lost])  # 'one' acked, 'lost' left pending for a peer
+        self.assertNotIn(one, left)
+
     # -- reclaim -------------------------------------------------------------------------------
 
     def test_every_reclaimed_entry_is_delivered_among_many_retried_ones(self):
