@@ -107,6 +107,14 @@ end
 return acked
 )lua";
 
+// At a clean exit: the consumer leaves the group, unless entries are still pending under it
+// (they would lose their owner and no reclaim would find them). KEYS[1] stream; ARGV: group,
+// consumer. Returns the pending count the consumer had when deleted (0), or -1 when kept.
+constexpr std::string_view farewell_lua = R"lua(
+if redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])[1] then return -1 end
+return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+)lua";
+
 std::string message_id_of(const std::string& payload) {
     auto j = nlohmann::json::parse(payload, nullptr, false);
     if (j.is_object()) {
@@ -198,11 +206,13 @@ void redis_source::stop() {
 }
 
 bool redis_source::finished() const {
-    return (stopped_ || idle_reached_) && unconfirmed_ == 0;
+    return (stopped_ || idle_reached_) && unconfirmed_ == 0 &&
+           (farewell_ == farewell::done || forced_);
 }
 
 bool redis_source::drained() const {
-    return reads_ == 0 && !claim_busy_ && releases_ == 0 && ahead_.empty();
+    return reads_ == 0 && !claim_busy_ && releases_ == 0 && ahead_.empty() &&
+           (farewell_ == farewell::done || forced_ || !fatal_.empty());
 }
 
 bool redis_source::up() const {
@@ -265,6 +275,7 @@ void redis_source::link_down(const char* role, const std::string& why) {
         sink_->source_changed();
     }
     if (forced_ && std::string_view(role) == "writer") release_unconfirmed();
+    kick(); // a stop waiting for its farewell does not wait for a writer that is gone
 }
 
 void redis_source::link_rejected(const char* role, const std::string& why) {
@@ -324,18 +335,21 @@ void redis_source::turn() {
         deliver_ahead();
         if (reads_ == 0) leave_ahead();
     }
-    if (!fatal_.empty() || cooling_ || !writer_.up()) return;
+    if (!fatal_.empty() || cooling_ || !writer_.up()) {
+        say_farewell(); // with the writer gone, a stop does not wait for it
+        return;
+    }
     if (!group_ready_) {
         setup();
         return;
     }
     flush_acks();
     flush_dead();
-    if (stopped_) {
+    if (stopped_ || idle_reached_) {
+        say_farewell();
         if (drained()) sink_->source_changed(); // a drain may be waiting for the last read
         return;
     }
-    if (idle_reached_) return;
     // Claims go first: they take the demand before entries read ahead do, so orphans of dead
     // workers are not starved by a long backlog of new entries.
     if (own_due_ && !claim_busy_ && demand_ > 0) take_own();
@@ -445,6 +459,7 @@ void redis_source::settle(delivery d, const verdict& v) {
 // The verdict for one item is carried out (or given up): tell the pipeline.
 void redis_source::report(const ack_item& a, outcome o) {
     held_.erase(a.id);
+    if (stopped_ || idle_reached_) kick(); // the last one lets the farewell go out
     if (!a.report) return;
     --unconfirmed_;
     sink_->settled(o);
@@ -1127,6 +1142,49 @@ void redis_source::check_idle() {
         }
     });
     if (!sent) idle_check_busy_ = false;
+}
+
+// Nothing of ours in hand or under way: no delivery unconfirmed, no verdict unsent, no read or
+// claim that could still bring an entry.
+bool redis_source::quiet() const {
+    return held_.empty() && ahead_.empty() && unconfirmed_ == 0 && acks_.empty() && dead_.empty() &&
+           sent_.empty() && reads_ == 0 && !claim_busy_ && releases_ == 0 && !idle_check_busy_;
+}
+
+// A clean exit (a drain or --exit-when-idle, not a forced stop): once quiet, the consumer
+// leaves the group if nothing is pending under it, so workers named <host>-<pid> do not pile
+// up in XINFO CONSUMERS. With the writer down it is skipped: a stop never waits for Redis here.
+void redis_source::say_farewell() {
+    if (farewell_ != farewell::not_yet || !(stopped_ || idle_reached_) || forced_ || closed_)
+        return;
+    if (!fatal_.empty() || !writer_.up()) {
+        if (!quiet() && fatal_.empty()) return;
+        farewell_ = farewell::done;
+        sink_->source_changed();
+        return;
+    }
+    if (!quiet()) return;
+    farewell_ = farewell::sent;
+    bool sent = writer_.send(
+        {"EVAL", farewell_lua, "1", opts_.stream, opts_.group, opts_.consumer},
+        [this](redisReply* r) {
+            if (closed_) return;
+            farewell_ = farewell::done;
+            if (r && r->type == REDIS_REPLY_INTEGER) {
+                if (r->integer >= 0)
+                    log::info("consumer left the group", {{"consumer", opts_.consumer}});
+                else
+                    log::info("consumer stays in the group: entries are pending under it",
+                              {{"consumer", opts_.consumer}});
+            } else if (auto e = redis_link::error_of(r); r && !e.empty()) {
+                log::warn("could not delete the consumer from the group", {{"error", e}});
+            }
+            sink_->source_changed();
+        });
+    if (!sent) {
+        farewell_ = farewell::done;
+        sink_->source_changed();
+    }
 }
 
 } // namespace mayhem

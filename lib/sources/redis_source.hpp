@@ -118,6 +118,7 @@ private:
         std::vector<dead_item> dead;
         bool dropped = false; // reported as released by force_stop(); ignore the reply
     };
+    enum class farewell : std::uint8_t { not_yet, sent, done };
 
     static void on_idle(uv_idle_t* h) noexcept;
     void kick();
@@ -150,6 +151,8 @@ private:
     void dead_letter_here(std::string id, std::string payload, std::string reason,
                           std::uint32_t attempts);
     void check_idle();
+    bool quiet() const;
+    void say_farewell();
     void release_unconfirmed();
     void report(const ack_item& a, outcome o);
     bool handle_nogroup(const std::string& error);
@@ -217,6 +220,7 @@ private:
     bool was_up_ = false;
     bool ever_up_ = false;
     bool lost_link_ = false; // a connection dropped after the source had been up
+    farewell farewell_ = farewell::not_yet;
     std::string fatal_;
     std::uint64_t dead_here_ = 0;
     std::uint64_t reclaimed_orphans_ = 0;

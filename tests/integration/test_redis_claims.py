@@ -265,6 +265,38 @@ class RedisClaimsTest(Harness):
                          [(bad, "this is not json")])
         self.stop(w)
 
+    # -- consumers clean up ----------------------------------------------------------------
+
+    def consumers(self):
+        return {c["name"]: c["pending"]
+                for c in rjson(self.r, "XINFO", "CONSUMERS", STREAM, GROUP) or []}
+
+    def test_a_worker_that_exits_with_nothing_pending_deletes_its_consumer(self):
+        for i in range(20):
+            self.add("m%d" % i)
+        w = self.worker(*FAST, "--consumer", "tidy", "--exit-when-idle")
+        code, _, err = w.wait(timeout=60)
+        self.assertEqual(code, 0, err[-3000:])
+        self.assertEqual(w.summary()["acked"], 20)
+        self.assertNotIn("tidy", self.consumers())
+        # The same at a drain (SIGTERM).
+        w = self.worker(*FAST, "--consumer", "drained")
+        self.add("late")
+        wait_until(lambda: self.settled(w) == ["late"] and pending(self.r) == 0, timeout=20,
+                   what="'late' acked")
+        self.assertEqual(self.consumers(), {"drained": 0})
+        self.stop(w)
+        self.assertNotIn("drained", self.consumers())
+
+    def test_a_worker_that_exits_with_entries_pending_keeps_its_consumer(self):
+        flags, started, go = self.gate()
+        w = self.worker(*flags, *QUIET, "--consumer", "busy", "--drain-timeout", "100ms")
+        self.add("slow")
+        wait_until(lambda: os.path.exists(os.path.join(started, "slow")), timeout=20,
+                   what="the restart to start")
+        self.stop(w, code=3)  # released at the drain deadline: still pending, still its own
+        self.assertEqual(self.consumers(), {"busy": 1})
+
 
 if __name__ == "__main__":
     unittest.main()
