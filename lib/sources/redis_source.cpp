@@ -831,26 +831,37 @@ void redis_source::leave_ahead() {
 }
 
 // Entries of ours that will not be started here: their idle time is set to --lease-timeout
-// (XCLAIM ... IDLE, JUSTID so their delivery count does not grow), so any worker's next reclaim
-// takes them instead of waiting out the lease. With Redis down they are simply left: the lease
-// runs out on its own.
+// (XCLAIM ... IDLE), so any worker's next reclaim takes them instead of waiting out the lease,
+// and their delivery count is set back to what it was before they came to us (RETRYCOUNT,
+// JUSTID): never started here, they were not delivered. With Redis down they are simply left:
+// the lease runs out on its own.
 void redis_source::leave(std::vector<entry> entries) {
     for (const auto& en : entries)
         held_.erase(en.id);
     if (closed_ || entries.empty() || !writer_.up()) return;
+    // One command per count (entries read ahead all have 1).
+    std::sort(entries.begin(), entries.end(),
+              [](const entry& a, const entry& b) { return a.attempt < b.attempt; });
     std::string idle = std::to_string(opts_.lease_timeout.count());
-    releases_ += xclaim(
-        entries.size(), [&](std::size_t i) { return std::string_view(entries[i].id); },
-        {"IDLE", idle, "JUSTID"},
-        [this](redisReply* r) {
-            if (closed_) return;
-            --releases_;
-            if (auto e = redis_link::error_of(r); r && !e.empty())
-                log::warn("could not mark entries left pending as idle (they are reclaimed "
-                          "after --lease-timeout)",
-                          {{"error", e}});
-            kick();
-        });
+    for (std::size_t at = 0; at < entries.size();) {
+        std::size_t end = at;
+        while (end < entries.size() && entries[end].attempt == entries[at].attempt)
+            ++end;
+        std::string before = std::to_string(entries[at].attempt - 1);
+        releases_ += xclaim(
+            end - at, [&](std::size_t i) { return std::string_view(entries[at + i].id); },
+            {"IDLE", idle, "RETRYCOUNT", before, "JUSTID"},
+            [this](redisReply* r) {
+                if (closed_) return;
+                --releases_;
+                if (auto e = redis_link::error_of(r); r && !e.empty())
+                    log::warn("could not mark entries left pending as idle (they are reclaimed "
+                              "after --lease-timeout)",
+                              {{"error", e}});
+                kick();
+            });
+        at = end;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1069,14 +1080,9 @@ bool redis_source::deliver_one(std::string_view id, std::string_view payload, bo
         dead_letter_here(std::move(key), {}, "stream entry has no 'payload' field", attempt);
         return false;
     }
-    if (attempt > opts_.max_attempts) {
-        dead_letter_here(
-            std::move(key), std::string(payload),
-            "delivered " + std::to_string(attempt) + " times without an outcome (--max-attempts " +
-                std::to_string(opts_.max_attempts) + "): a poison message that may crash workers",
-            attempt);
-        return false;
-    }
+    // However high its delivery count, the entry goes to the pipeline: a count also grows for
+    // entries only read or queued by workers that died, so it does not tell that a restart
+    // ever started (the store does).
     held_.insert(key);
     delivery d;
     d.payload.assign(payload);

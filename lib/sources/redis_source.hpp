@@ -28,9 +28,10 @@
 // books: read ahead, it is forgotten; delivered, the sink hears lease_lost() and its verdict is
 // reported `released`, never acked here.
 //
-// The attempt number of a delivery is the entry's delivery count in the group (XPENDING), so a
-// message that keeps killing workers is recognised: delivered more than --max-attempts times,
-// it is dead-lettered by the source itself without being run again.
+// The attempt number of a delivery is the entry's delivery count in the group (XPENDING): how
+// often it was handed to a consumer, an upper bound of how often its restart started (workers
+// that died with it only read ahead or queued raised it too). The source never dead-letters on
+// it; an entry it takes but does not start is handed back with its count as it was.
 //
 // Threading: loop thread only.
 #pragma once
@@ -56,7 +57,7 @@ struct redis_source_options {
     std::string dead_letter_stream; // empty: <stream>:dead
     rt::millis reclaim_interval{30000};
     rt::millis lease_timeout{60000};
-    std::uint32_t max_attempts = 5;
+    std::uint32_t max_attempts = 5; // not used here: attempts are counted where restarts start
     bool exit_when_idle = false;
     rt::millis block{1000};       // how long one XREADGROUP waits for new entries
     std::size_t max_read = 1000;  // entries per read at most
@@ -86,7 +87,7 @@ public:
     std::string fatal_error() const override { return fatal_; }
     void close() override;
 
-    // Dead-lettered without being delivered (no payload field, too many deliveries).
+    // Dead-lettered without being delivered (no payload field).
     std::uint64_t dead_lettered_here() const noexcept { return dead_here_; }
     // Entries taken from the group's pending list: of another consumer (an orphan, its worker
     // gone or stalled), or this one's own, retried and waiting out their lease.
@@ -102,6 +103,7 @@ private:
         bool has_payload = false;
         bool deleted = false;      // in the PEL, but the stream entry itself is gone
         std::uint32_t attempt = 1; // its delivery count in the group, this delivery included
+                                   // (entries read ahead: 1)
     };
     struct ack_item {
         std::string id;

@@ -265,6 +265,46 @@ class RedisClaimsTest(Harness):
                          [(bad, "this is not json")])
         self.stop(w)
 
+    # -- delivery counts -----------------------------------------------------------------------
+
+    def test_an_entry_delivered_often_but_never_run_is_run_not_dead_lettered(self):
+        # Workers that crash-loop under one consumer name re-read their pending entries at
+        # every start, also those only read ahead: the delivery count grows without a single
+        # restart. The count is not an attempt: the entry runs and is acked.
+        entry = self.add("healthy", consumer="crashed")
+        for _ in range(6):
+            self.r.cli("XCLAIM", STREAM, GROUP, "crashed", "0", entry)
+        self.r.cli("XCLAIM", STREAM, GROUP, "crashed", "0", entry, "IDLE", 7300000, "JUSTID")
+        self.assertEqual(owners(self.r), {entry: ("crashed", 7)})
+        w = self.worker(*FAST, "--max-attempts", "3", "--lease-timeout", "1h",
+                        "--reclaim-interval", "100ms", "--exit-when-idle")
+        code, _, err = w.wait(timeout=60)
+        self.assertEqual(code, 0, err[-3000:])
+        self.assertEqual(self.settled(w, "acked"), ["healthy"])
+        self.assertEqual((dead_letters(self.r), pending(self.r)), ([], 0))
+
+    def test_entries_left_unstarted_at_a_drain_keep_their_delivery_count(self):
+        flags, started, go = self.gate()
+        w = self.worker(*flags, *QUIET, "--consumer", "w", "--max-in-flight", "1",
+                        "--queue-capacity", "1", "--read-ahead", "10", "--drain-timeout", "1h")
+        entries = [self.add("m%d" % i) for i in range(12)]
+        # m0 runs, m1 waits in the pipeline's queue, the source reads some more ahead.
+        wait_until(lambda: len(owners(self.r, "w")) >= 3, timeout=20, what="entries read ahead")
+        wait_until(lambda: os.path.exists(os.path.join(started, "m0")), timeout=20,
+                   what="the restart of m0 to start")
+        w.signal(signal.SIGTERM)  # m0 finishes (and m1, queued); m2.. were only read ahead
+        wait_until(lambda: logged(w, "entries read ahead and not started"), timeout=20,
+                   what="the entries read ahead left")
+        for i in range(12):
+            open(os.path.join(go, "m%d" % i), "w").close()
+        code, _, err = w.wait(timeout=60)
+        self.assertEqual(code, 0, err[-3000:])
+        left = owners(self.r, "w")
+        self.assertTrue(left and set(left) <= set(entries[2:]), left)
+        # Read once, never delivered: as if never delivered, so whoever takes them next
+        # delivers them as a first attempt.
+        self.assertEqual(set(left.values()), {("w", 0)})
+
     # -- consumers clean up ----------------------------------------------------------------
 
     def consumers(self):
