@@ -138,8 +138,54 @@ struct argv_builder {
 } // namespace
 
 // ---------------------------------------------------------------------------------------------
-// Life cycle
+// Life cycle: one state at a time (redis_source::state), changed only by enter(), which logs
+// `redis source state` with from, to and why. What each state does is in turn(); the events that
+// change it are the connections (link_up/down/rejected), replies, and the calls of the worker
+// (stop, force_stop, close).
+//
+//   created ──start──► connecting ──both links up──► setting_up ──group ready──► recovering
+//                          ▲   (group known to exist: straight to recovering)        │ own pass
+//                          └──── a link dropped (setting_up, recovering, reading, ◄──┘ done
+//                                 checking_idle)                                 ▼
+//   NOGROUP (recovering, reading, checking_idle) ──► setting_up            reading ◄──┐
+//   --exit-when-idle: a read found nothing ──► checking_idle ──work or pending──────┘
+//                                                   └──nothing pending──► leaving
+//   stop() (any running state) ──► draining ──quiet──► leaving ──farewell answered──► stopped
+//                                     └──quiet, writer down──────────────────────────► stopped
+//   force_stop() (running, draining, leaving) ──► forced ──no verdict unconfirmed──► stopped
+//   refused credentials before the first success, a key of the wrong type ──► failed
+//   close() ──► closed
 // ---------------------------------------------------------------------------------------------
+
+std::string_view redis_source::name_of(state s) noexcept {
+    switch (s) {
+    case state::created:
+        return "created";
+    case state::connecting:
+        return "connecting";
+    case state::setting_up:
+        return "setting_up";
+    case state::recovering:
+        return "recovering";
+    case state::reading:
+        return "reading";
+    case state::checking_idle:
+        return "checking_idle";
+    case state::draining:
+        return "draining";
+    case state::leaving:
+        return "leaving";
+    case state::forced:
+        return "forced";
+    case state::stopped:
+        return "stopped";
+    case state::failed:
+        return "failed";
+    case state::closed:
+        return "closed";
+    }
+    return "?";
+}
 
 redis_source::redis_source(rt::loop& loop, redis_source_options opts)
     : loop_(loop), opts_(std::move(opts)),
@@ -152,11 +198,7 @@ redis_source::redis_source(rt::loop& loop, redis_source_options opts)
                [this](const std::string& why) { link_down("writer", why); },
                [this](const std::string& why) { link_rejected("writer", why); }}),
       idle_([&loop](uv_idle_t* h) { return uv_idle_init(loop.get(), h); }, "uv_idle_init"),
-      cool_timer_([this] {
-          cooling_ = false;
-          kick();
-      }),
-      force_timer_([this] { release_unconfirmed(); }) {
+      cool_timer_([this] { kick(); }), force_timer_([this] { release_unconfirmed(); }) {
     idle_->data = this;
     if (opts_.dead_letter_stream.empty()) opts_.dead_letter_stream = opts_.stream + ":dead";
     if (opts_.max_read == 0) opts_.max_read = 1;
@@ -168,9 +210,72 @@ redis_source::~redis_source() {
     close();
 }
 
+// The one place the state changes. Entering a state does what that state starts with.
+void redis_source::enter(state next, std::string_view why) {
+    if (state_ == next || state_ == state::closed) return;
+    state from = std::exchange(state_, next);
+    // A worker waiting for its peers with --exit-when-idle goes back and forth between these
+    // two once per --block: not worth a line each at info.
+    bool routine = (from == state::reading && next == state::checking_idle) ||
+                   (from == state::checking_idle && next == state::reading);
+    log::write(routine ? spdlog::level::debug : spdlog::level::info, "redis source state",
+               {{"from", name_of(from)}, {"to", name_of(next)}, {"why", why}});
+    switch (next) {
+    case state::recovering:
+        // Both links up and the group there: at start, and after every outage (a read or claim
+        // whose reply was lost left entries pending under this consumer that nobody works on:
+        // they are taken back now rather than after the lease).
+        if (from == state::connecting && ever_up_) ++reconnects_;
+        ever_up_ = true;
+        own_cursor_ = "-";
+        ++own_pass_;
+        break;
+    case state::draining:
+        // A blocking read would hold the reader (and the drain, which waits for reads under way)
+        // for up to --block: end it now. What it returns is delivered within the demand left.
+        if (reads_ > 0 && writer_.up() && reader_.client_id() >= 0)
+            writer_.send({"CLIENT", "UNBLOCK", std::to_string(reader_.client_id())}, {});
+        break;
+    case state::leaving:
+        say_farewell();
+        break;
+    case state::forced:
+        if (!writer_.up())
+            release_unconfirmed();
+        else if (unconfirmed_ > 0)
+            loop_.timers().arm(force_timer_, force_grace);
+        if (unconfirmed_ == 0) enter(state::stopped, "nothing left to confirm");
+        break;
+    default:
+        break;
+    }
+    // Not after close(): the sink may be gone already, and a stop is over anyway.
+    if (next == state::closed) return;
+    kick();
+    if (sink_) sink_->source_changed();
+}
+
+bool redis_source::running() const noexcept {
+    switch (state_) {
+    case state::connecting:
+    case state::setting_up:
+    case state::recovering:
+    case state::reading:
+    case state::checking_idle:
+        return true;
+    default:
+        return false;
+    }
+}
+
+// Entries still go to the pipeline: running, or draining (what reads and claims under way bring
+// is delivered within the demand granted before the stop, and the drain finishes it).
+bool redis_source::delivering() const noexcept {
+    return running() || state_ == state::draining;
+}
+
 void redis_source::start(source_sink& sink) {
     sink_ = &sink;
-    started_ = true;
     log::info("redis source starting", {{"url", opts_.endpoint.shown()},
                                         {"stream", opts_.stream},
                                         {"group", opts_.group},
@@ -184,6 +289,7 @@ void redis_source::start(source_sink& sink) {
     });
     ahead_timer_ =
         std::make_unique<rt::periodic_timer>(loop_, opts_.lease_extend, [this] { renew_ahead(); });
+    enter(state::connecting, "started");
     writer_.open();
     reader_.open();
 }
@@ -194,52 +300,35 @@ void redis_source::request(std::size_t n) {
 }
 
 void redis_source::stop() {
-    if (stopped_) return;
-    stopped_ = true;
-    // A blocking read would hold the reader (and the drain, which waits for reads under way)
-    // for up to --block: end it now. What it returns is delivered within the demand left.
-    if (reads_ > 0 && writer_.up() && reader_.client_id() >= 0) {
-        writer_.send({"CLIENT", "UNBLOCK", std::to_string(reader_.client_id())}, {});
-    }
-    kick();
-    if (sink_) sink_->source_changed();
+    if (running()) enter(state::draining, "stop");
+}
+
+void redis_source::force_stop() {
+    if (running() || state_ == state::draining || state_ == state::leaving)
+        enter(state::forced, "forced stop");
 }
 
 bool redis_source::finished() const {
-    return (stopped_ || idle_reached_) && unconfirmed_ == 0 &&
-           (farewell_ == farewell::done || forced_);
+    return state_ == state::stopped || state_ == state::failed;
 }
 
 bool redis_source::drained() const {
-    return reads_ == 0 && !claim_busy_ && releases_ == 0 && ahead_.empty() &&
-           (farewell_ == farewell::done || forced_ || !fatal_.empty());
+    return finished();
 }
 
 bool redis_source::up() const {
     return writer_.up() && reader_.up() && group_ready_;
 }
 
-void redis_source::force_stop() {
-    if (forced_ || closed_) return;
-    forced_ = true;
-    stop();
-    if (!writer_.up()) {
-        release_unconfirmed();
-    } else if (unconfirmed_ > 0) {
-        loop_.timers().arm(force_timer_, force_grace);
-    }
-}
-
 void redis_source::close() {
-    if (closed_) return;
-    closed_ = true;
-    stopped_ = true;
+    if (state_ == state::closed) return;
+    enter(state::closed, "closed");
     reclaim_timer_.reset();
     ahead_timer_.reset();
     cool_timer_.cancel();
     force_timer_.cancel();
     idle_.close();
-    // Freeing the connections runs every pending reply callback with nullptr; they see closed_.
+    // Freeing the connections runs every pending reply callback with nullptr; they see closed.
     reader_.close();
     writer_.close();
     if (!acks_.empty() || !dead_.empty() || unconfirmed_ > 0) {
@@ -249,18 +338,16 @@ void redis_source::close() {
     }
 }
 
+void redis_source::fail(std::string why) {
+    if (fatal_.empty()) fatal_ = std::move(why);
+    enter(state::failed, fatal_);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Connections
 // ---------------------------------------------------------------------------------------------
 
 void redis_source::link_up(const char* role) {
-    // A read (or claim) whose reply was lost with the old connection left entries pending
-    // under this consumer that nobody works on: take them back now rather than after the lease.
-    if (ever_up_) {
-        own_due_ = true;
-        own_cursor_ = "-";
-        ++own_pass_;
-    }
     log::info(ever_up_ ? "redis reconnected" : "redis connected",
               {{"role", role}, {"url", opts_.endpoint.shown()}});
     kick();
@@ -269,22 +356,19 @@ void redis_source::link_up(const char* role) {
 void redis_source::link_down(const char* role, const std::string& why) {
     log::warn("redis connection down, retrying with backoff",
               {{"role", role}, {"url", opts_.endpoint.shown()}, {"error", why}});
-    if (ever_up_) lost_link_ = true;
-    if (was_up_ && sink_) {
-        was_up_ = false;
-        sink_->source_changed();
-    }
-    if (forced_ && std::string_view(role) == "writer") release_unconfirmed();
-    kick(); // a stop waiting for its farewell does not wait for a writer that is gone
+    bool writer = std::string_view(role) == "writer";
+    if (running() && state_ != state::connecting) enter(state::connecting, "connection lost");
+    if (state_ == state::forced && writer) release_unconfirmed();
+    kick(); // a drain waiting to be quiet does not wait for a farewell to a writer that is gone
+    if (sink_) sink_->source_changed();
 }
 
 void redis_source::link_rejected(const char* role, const std::string& why) {
     if (!ever_up_) {
         // Never worked: a wrong password or user does not fix itself by retrying, and a worker
         // that exits 1 at start says so louder than one that stays not-ready forever.
-        fatal_ = "redis refused the credentials of " + opts_.endpoint.shown() + ": " + why;
         log::error("redis authentication failed", {{"role", role}, {"error", why}});
-        if (sink_) sink_->source_changed();
+        fail("redis refused the credentials of " + opts_.endpoint.shown() + ": " + why);
         return;
     }
     // It worked before: the password may be in rotation. Keep retrying, loudly.
@@ -294,19 +378,19 @@ void redis_source::link_rejected(const char* role, const std::string& why) {
 
 // ---------------------------------------------------------------------------------------------
 // The turn: everything the loop turn produced goes out together (one XACK, one dead-letter
-// script), then claims and reads for whatever demand is free.
+// script), then the state does its part: claims and reads for whatever demand is free, or the
+// steps of a stop.
 // ---------------------------------------------------------------------------------------------
 
 void redis_source::kick() {
-    if (closed_ || turn_on_) return;
-    turn_on_ = true;
+    if (state_ == state::closed || uv_is_active(reinterpret_cast<uv_handle_t*>(idle_.get())))
+        return;
     uv_idle_start(idle_.get(), &redis_source::on_idle);
 }
 
 void redis_source::on_idle(uv_idle_t* h) noexcept {
     auto* self = static_cast<redis_source*>(h->data);
     if (!self) return;
-    self->turn_on_ = false;
     uv_idle_stop(h);
     try {
         self->turn();
@@ -316,55 +400,68 @@ void redis_source::on_idle(uv_idle_t* h) noexcept {
 }
 
 void redis_source::turn() {
-    if (closed_ || !sink_) return;
-    bool now_up = up();
-    if (now_up != was_up_) {
-        was_up_ = now_up;
-        if (now_up) {
-            // Both links back after an outage: one reconnect, however many attempts it took
-            // and whichever link dropped. (A group re-created after NOGROUP is not one.)
-            if (lost_link_) ++reconnects_;
-            lost_link_ = false;
-            ever_up_ = true;
-        }
-        sink_->source_changed();
-    }
-    if (stopped_ && fatal_.empty()) {
-        // What reads under way brought is delivered within the demand granted before the stop;
-        // the rest, once no read is under way, is left pending (even with Redis down).
+    if (!sink_ || state_ == state::created || state_ == state::closed || state_ == state::failed)
+        return;
+    // Entries read ahead that will not be delivered any more are left for any worker, once no
+    // read under way can add to them (even with Redis down).
+    if (!running()) {
         deliver_ahead();
         if (reads_ == 0) leave_ahead();
     }
-    if (!fatal_.empty() || cooling_ || !writer_.up()) {
-        say_farewell(); // with the writer gone, a stop does not wait for it
-        return;
-    }
-    if (!group_ready_) {
+    bool writing = writer_.up() && !cool_timer_.armed();
+    // The group is set up in its own state, or again during a drain (NOGROUP) so that the
+    // acks left can go out.
+    if (writing && !group_ready_ && control_ == control::none &&
+        (state_ == state::setting_up || state_ == state::draining))
         setup();
+    if (writing && group_ready_) {
+        flush_acks();
+        flush_dead();
+    }
+    switch (state_) {
+    case state::connecting:
+        deliver_ahead();
+        if (writer_.up() && reader_.up())
+            enter(group_ready_ ? state::recovering : state::setting_up, "connected");
+        return;
+    case state::setting_up:
+        if (group_ready_) enter(state::recovering, "group ready");
+        return;
+    case state::recovering:
+        // This consumer's own pending entries first, then new ones.
+        deliver_ahead();
+        if (writing && group_ready_ && control_ == control::none && demand_ > 0) take_own();
+        return;
+    case state::reading:
+        // Claims go first: they take the demand before entries read ahead do, so orphans of
+        // dead workers are not starved by a long backlog of new entries.
+        if (writing && reclaim_due_ && control_ == control::none && demand_ > 0) reclaim();
+        deliver_ahead();
+        if (reader_.up()) read_new();
+        return;
+    case state::checking_idle:
+        // No read until the check answers; it waits for a claim under way.
+        if (writing && control_ == control::none) check_idle();
+        return;
+    case state::draining:
+        if (quiet()) enter(writer_.up() ? state::leaving : state::stopped, "drained");
+        return;
+    case state::leaving:
+        return; // the farewell's reply moves on
+    case state::forced:
+        if (unconfirmed_ == 0) enter(state::stopped, "nothing left to confirm");
+        return;
+    case state::created:
+    case state::stopped:
+    case state::failed:
+    case state::closed:
         return;
     }
-    flush_acks();
-    flush_dead();
-    if (stopped_ || idle_reached_) {
-        say_farewell();
-        if (drained()) sink_->source_changed(); // a drain may be waiting for the last read
-        return;
-    }
-    // Claims go first: they take the demand before entries read ahead do, so orphans of dead
-    // workers are not starved by a long backlog of new entries.
-    if (own_due_ && !claim_busy_ && demand_ > 0) take_own();
-    if (!history_done_) return; // this consumer's own entries first, then new ones
-    if (reclaim_due_ && !claim_busy_ && demand_ > 0) reclaim();
-    deliver_ahead();
-    // A read that found nothing may mean the stream is idle: no new read until that is checked.
-    if (idle_check_due_) check_idle();
-    if (!idle_check_busy_ && !idle_check_due_ && reader_.up()) read_new();
 }
 
 void redis_source::cool_down(const std::string& what, const std::string& error) {
     log::warn("redis command failed, trying again shortly", {{"command", what}, {"error", error}});
-    if (cooling_ || closed_) return;
-    cooling_ = true;
+    if (cool_timer_.armed() || state_ == state::closed) return;
     loop_.timers().arm(cool_timer_, cool_off);
 }
 
@@ -373,6 +470,8 @@ bool redis_source::handle_nogroup(const std::string& error) {
     if (error.find("NOGROUP") == std::string::npos) return false; // also inside a script error
     if (group_ready_) log::warn("consumer group missing, creating it again", {{"error", error}});
     group_ready_ = false;
+    if (state_ == state::recovering || state_ == state::reading || state_ == state::checking_idle)
+        enter(state::setting_up, "consumer group missing");
     kick();
     return true;
 }
@@ -381,16 +480,14 @@ bool redis_source::handle_nogroup(const std::string& error) {
 // group at the start of the stream, so entries published before the first worker ran are read,
 // and this consumer in it.
 void redis_source::setup() {
-    if (setup_busy_) return;
-    setup_busy_ = true;
+    control_ = control::setup;
     auto type_check = [this](std::string key) {
         return [this, key](redisReply* r) {
-            if (closed_ || !r) return;
+            if (closed() || !r) return;
             auto t = str(r);
-            if (!t.empty() && t != "none" && t != "stream" && fatal_.empty()) {
-                fatal_ = "redis key '" + key + "' is a " + std::string(t) + ", not a stream";
+            if (!t.empty() && t != "none" && t != "stream") {
                 log::error("redis key has the wrong type", {{"key", key}, {"type", t}});
-                sink_->source_changed();
+                fail("redis key '" + key + "' is a " + std::string(t) + ", not a stream");
             }
         };
     };
@@ -398,24 +495,20 @@ void redis_source::setup() {
     writer_.send({"TYPE", opts_.dead_letter_stream}, type_check(opts_.dead_letter_stream));
     bool sent = writer_.send(
         {"XGROUP", "CREATE", opts_.stream, opts_.group, "0", "MKSTREAM"}, [this](redisReply* r) {
-            if (closed_) return;
-            setup_busy_ = false;
-            if (!r || !fatal_.empty()) return; // reconnect, or fatal
+            if (closed()) return;
+            control_ = control::none;
+            kick();
+            if (!r || state_ == state::failed) return; // reconnect, or fatal
             std::string e = redis_link::error_of(r);
             if (!e.empty() && !e.starts_with("BUSYGROUP")) {
-                if (e.starts_with("WRONGTYPE")) {
-                    fatal_ = "redis key '" + opts_.stream + "' is not a stream";
-                    sink_->source_changed();
-                    return;
-                }
-                cool_down("XGROUP CREATE", e);
-                return;
+                if (e.starts_with("WRONGTYPE"))
+                    return fail("redis key '" + opts_.stream + "' is not a stream");
+                return cool_down("XGROUP CREATE", e);
             }
             group_ready_ = true;
-            kick();
         });
     if (!sent) {
-        setup_busy_ = false;
+        control_ = control::none;
         return;
     }
     // The consumer is in the group from the start (XINFO CONSUMERS lists the live workers), not
@@ -436,12 +529,12 @@ void redis_source::settle(delivery d, const verdict& v) {
     switch (v.what) {
     case outcome::acked:
     case outcome::skipped:
-        if (closed_ || (forced_ && !writer_.up())) return report(a, outcome::released);
+        if (closed() || (giving_up() && !writer_.up())) return report(a, outcome::released);
         acks_.push_back(std::move(a));
         kick();
         return;
     case outcome::dead_lettered: {
-        if (closed_ || (forced_ && !writer_.up())) return report(a, outcome::released);
+        if (closed() || (giving_up() && !writer_.up())) return report(a, outcome::released);
         dead_item di{std::move(a), std::move(d.payload), v.reason, {}, d.attempt};
         di.message_id = message_id_of(di.payload);
         dead_.push_back(std::move(di));
@@ -459,9 +552,10 @@ void redis_source::settle(delivery d, const verdict& v) {
 // The verdict for one item is carried out (or given up): tell the pipeline.
 void redis_source::report(const ack_item& a, outcome o) {
     held_.erase(a.id);
-    if (stopped_ || idle_reached_) kick(); // the last one lets the farewell go out
+    if (!running()) kick(); // the last one may end a stop
     if (!a.report) return;
     --unconfirmed_;
+    if (state_ == state::forced && unconfirmed_ == 0) enter(state::stopped, "all confirmed");
     sink_->settled(o);
 }
 
@@ -487,7 +581,7 @@ void redis_source::flush_acks() {
         auto it = std::prev(sent_.end());
         bool ok =
             writer_.send(av.argc(), av.ptrs.data(), av.lens.data(), [this, it](redisReply* r) {
-                if (closed_) return;
+                if (closed()) return;
                 batch& bt = *it;
                 if (bt.dropped) {
                     sent_.erase(it);
@@ -537,7 +631,7 @@ void redis_source::flush_dead() {
         }
         bool ok =
             writer_.send(av.argc(), av.ptrs.data(), av.lens.data(), [this, it](redisReply* r) {
-                if (closed_) return;
+                if (closed()) return;
                 batch& bt = *it;
                 if (bt.dropped) {
                     sent_.erase(it);
@@ -581,13 +675,13 @@ void redis_source::confirmed(batch& b) {
 // Not confirmed (connection lost, error): send again later, or give up if forced to stop.
 void redis_source::requeue(batch& b) {
     for (auto& a : b.acks) {
-        if (forced_)
+        if (giving_up())
             report(a, outcome::released);
         else
             acks_.push_back(std::move(a));
     }
     for (auto& d : b.dead) {
-        if (forced_)
+        if (giving_up())
             report(d.ack, outcome::released);
         else
             dead_.push_back(std::move(d));
@@ -600,7 +694,7 @@ void redis_source::requeue(batch& b) {
 // released. The entries stay pending in the group; whoever reclaims them finds them done in
 // the store and acks them without a second restart.
 void redis_source::release_unconfirmed() {
-    if (closed_) return;
+    if (closed()) return;
     force_timer_.cancel();
     for (auto& b : sent_) {
         if (b.dropped) continue;
@@ -628,14 +722,14 @@ void redis_source::release_unconfirmed() {
 // ---------------------------------------------------------------------------------------------
 
 void redis_source::extend(std::span<const delivery* const> in_flight) {
-    if (closed_ || !writer_.up()) return; // entries stay pending; renewed at the next tick
+    if (closed() || !writer_.up()) return; // entries stay pending; renewed at the next tick
     renew(
         in_flight.size(), [&](std::size_t i) { return std::string_view(in_flight[i]->ref); },
         "lease renewal failed");
 }
 
 void redis_source::renew_ahead() {
-    if (closed_ || ahead_.empty() || !writer_.up()) return;
+    if (closed() || ahead_.empty() || !writer_.up()) return;
     renew(
         ahead_.size(), [&](std::size_t i) { return std::string_view(ahead_[i].id); },
         "lease renewal of entries read ahead failed");
@@ -654,7 +748,7 @@ void redis_source::renew(std::size_t n, IdOf id_of, const char* what) {
         for (std::size_t i = at; i < end; ++i)
             av.add(id_of(i));
         writer_.send(av.argc(), av.ptrs.data(), av.lens.data(), [this, what](redisReply* r) {
-            if (closed_ || !r) return;
+            if (closed() || !r) return;
             if (auto e = redis_link::error_of(r); !e.empty()) {
                 if (!handle_nogroup(e)) log::warn(what, {{"error", e}});
                 return;
@@ -764,7 +858,7 @@ void redis_source::read_new() {
 }
 
 void redis_source::on_read_new(redisReply* r, std::size_t asked) {
-    if (closed_) return;
+    if (closed()) return;
     --reads_;
     reading_ -= asked;
     std::string e = redis_link::error_of(r);
@@ -796,14 +890,17 @@ void redis_source::on_read_new(redisReply* r, std::size_t asked) {
         }
     }
     last_full_ = got >= asked;
-    if (got == 0 && reads_ == 0 && ahead_.empty() && opts_.exit_when_idle) idle_check_due_ = true;
-    kick(); // the turn hands them over and reads again (or checks for idleness first)
+    // Nothing new: the stream may be idle (checked before any further read).
+    if (got == 0 && reads_ == 0 && ahead_.empty() && held_.empty() && unconfirmed_ == 0 &&
+        opts_.exit_when_idle && state_ == state::reading)
+        enter(state::checking_idle, "a read found nothing new");
+    kick(); // the turn hands them over and reads again
 }
 
 // Entries read ahead go to the pipeline as far as it granted demand.
 void redis_source::deliver_ahead() {
-    while (demand_ > 0 && !ahead_.empty() && !closed_ && !forced_) {
-        if (!stopped_ && (reclaim_due_ || own_due_) && !claim_busy_ && history_done_) {
+    while (demand_ > 0 && !ahead_.empty() && delivering()) {
+        if (state_ == state::reading && reclaim_due_ && control_ == control::none) {
             kick(); // demand came back while handing over: the claim takes it first
             return;
         }
@@ -838,7 +935,7 @@ void redis_source::leave_ahead() {
 void redis_source::leave(std::vector<entry> entries) {
     for (const auto& en : entries)
         held_.erase(en.id);
-    if (closed_ || entries.empty() || !writer_.up()) return;
+    if (closed() || entries.empty() || !writer_.up()) return;
     // One command per count (entries read ahead all have 1).
     std::sort(entries.begin(), entries.end(),
               [](const entry& a, const entry& b) { return a.attempt < b.attempt; });
@@ -852,7 +949,7 @@ void redis_source::leave(std::vector<entry> entries) {
             end - at, [&](std::size_t i) { return std::string_view(entries[at + i].id); },
             {"IDLE", idle, "RETRYCOUNT", before, "JUSTID"},
             [this](redisReply* r) {
-                if (closed_) return;
+                if (closed()) return;
                 --releases_;
                 if (auto e = redis_link::error_of(r); r && !e.empty())
                     log::warn("could not mark entries left pending as idle (they are reclaimed "
@@ -876,13 +973,13 @@ void redis_source::leave(std::vector<entry> entries) {
 void redis_source::take_own() {
     std::size_t k = std::min(demand_, opts_.max_read);
     demand_ -= k;
-    claim_busy_ = true;
+    control_ = control::own;
     std::uint64_t pass = own_pass_;
     bool ok = writer_.send(
         {"XPENDING", opts_.stream, opts_.group, own_cursor_, "+", std::to_string(opts_.max_read),
          opts_.consumer},
         [this, k, pass](redisReply* r) {
-            if (closed_) return;
+            if (closed()) return;
             std::string e = redis_link::error_of(r);
             if (!e.empty()) {
                 if (r && !handle_nogroup(e)) cool_down("XPENDING", e);
@@ -903,14 +1000,11 @@ void redis_source::take_own() {
                 if (takeable) ids.push_back(row.id);
                 last = row.id;
             }
-            if (pass == own_pass_) { // not started over meanwhile
-                if (more && !last.empty()) {
+            if (pass == own_pass_ && state_ == state::recovering) { // not started over meanwhile
+                if (more && !last.empty())
                     own_cursor_ = "(" + last;
-                } else {
-                    own_cursor_ = "-";
-                    own_due_ = false;
-                    history_done_ = true;
-                }
+                else
+                    enter(state::reading, "own pending entries taken back");
             }
             if (ids.empty() || !writer_.up()) return claim_done(k, 0);
             argv_builder av;
@@ -922,7 +1016,7 @@ void redis_source::take_own() {
                 av.add(id);
             bool sent =
                 writer_.send(av.argc(), av.ptrs.data(), av.lens.data(), [this, k](redisReply* c) {
-                    if (closed_) return;
+                    if (closed()) return;
                     std::string ce = redis_link::error_of(c);
                     if (!ce.empty()) {
                         if (c && !handle_nogroup(ce)) cool_down("claim of own entries", ce);
@@ -962,13 +1056,13 @@ void redis_source::take_own() {
 void redis_source::reclaim() {
     std::size_t k = std::min(demand_, opts_.max_read);
     demand_ -= k;
-    claim_busy_ = true;
+    control_ = control::reclaim;
     std::string lease = std::to_string(opts_.lease_timeout.count());
     bool ok = writer_.send(
         {"XPENDING", opts_.stream, opts_.group, "IDLE", lease, reclaim_cursor_, "+",
          std::to_string(k)},
         [this, k, lease](redisReply* r) {
-            if (closed_) return;
+            if (closed()) return;
             std::string e = redis_link::error_of(r);
             if (!e.empty()) {
                 if (r && !handle_nogroup(e)) cool_down("XPENDING", e);
@@ -996,7 +1090,7 @@ void redis_source::reclaim() {
             if (known->empty() || !writer_.up()) return claim_done(k, 0);
             bool sent = writer_.send(
                 av.argc(), av.ptrs.data(), av.lens.data(), [this, k, known](redisReply* c) {
-                    if (closed_) return;
+                    if (closed()) return;
                     std::string ce = redis_link::error_of(c);
                     if (!ce.empty()) {
                         if (c && !handle_nogroup(ce)) cool_down("XCLAIM", ce);
@@ -1036,7 +1130,7 @@ void redis_source::reclaim() {
 // A claim is over: what it reserved and did not deliver goes back to the demand.
 void redis_source::claim_done(std::size_t reserved, std::size_t used) {
     demand_ += reserved - std::min(reserved, used);
-    claim_busy_ = false;
+    control_ = control::none;
     kick();
 }
 
@@ -1053,7 +1147,7 @@ std::size_t redis_source::deliver_claimed(std::vector<entry>& entries) {
             kick();
             continue;
         }
-        if (forced_ && !held_.count(e.id)) {
+        if (!delivering() && !held_.count(e.id)) {
             left.push_back(std::move(e));
             continue;
         }
@@ -1075,7 +1169,7 @@ bool redis_source::deliver_one(std::string_view id, std::string_view payload, bo
     // After stop() a read that was already under way may still answer: its entries are within
     // the demand granted before the stop, and the drain finishes them rather than leaving them
     // pending until some worker reclaims them. After a forced stop nothing is delivered.
-    if (closed_ || forced_) return false;
+    if (!delivering()) return false;
     if (!has_payload) {
         dead_letter_here(std::move(key), {}, "stream entry has no 'payload' field", attempt);
         return false;
@@ -1120,62 +1214,50 @@ void redis_source::prune_waiting() {
 // ---------------------------------------------------------------------------------------------
 
 // --exit-when-idle: a read found nothing new; if nothing of ours is outstanding and the group
-// has no pending entry at all (no other worker is busy, nothing left to reclaim), we are done.
-// While a claim is under way the check waits for it (reads wait too: a claim and a blocking
-// read that end together must not keep postponing the check); with work in hand, reading
-// resumes.
+// has no pending entry at all (no other worker is busy, nothing left to reclaim), we are done;
+// otherwise reading resumes. (While checking no read is sent: a claim and a blocking read that
+// end together must not keep postponing the check.)
 void redis_source::check_idle() {
-    if (idle_check_busy_ || idle_reached_ || claim_busy_ || !writer_.up()) return;
-    if (!history_done_ || !held_.empty() || unconfirmed_ > 0 || !acks_.empty() || !dead_.empty()) {
-        idle_check_due_ = false;
-        return;
-    }
-    idle_check_due_ = false;
-    idle_check_busy_ = true;
+    if (!held_.empty() || unconfirmed_ > 0 || !acks_.empty() || !dead_.empty())
+        return enter(state::reading, "work in hand");
+    control_ = control::idle_check;
     bool sent = writer_.send({"XPENDING", opts_.stream, opts_.group}, [this](redisReply* r) {
-        if (closed_) return;
-        idle_check_busy_ = false;
+        if (closed()) return;
+        control_ = control::none;
         kick();
+        if (state_ != state::checking_idle) return;
         if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < 1 ||
             r->element[0]->type != REDIS_REPLY_INTEGER)
-            return;
+            return; // asked again at the next turn
         if (r->element[0]->integer == 0 && held_.empty() && unconfirmed_ == 0 && acks_.empty() &&
             dead_.empty()) {
-            idle_reached_ = true;
             log::info("stream idle: nothing new or pending for the group",
                       {{"stream", opts_.stream}, {"group", opts_.group}});
-            sink_->source_changed();
+            enter(writer_.up() ? state::leaving : state::stopped, "stream idle");
+        } else {
+            enter(state::reading, "entries pending in the group");
         }
     });
-    if (!sent) idle_check_busy_ = false;
+    if (!sent) control_ = control::none;
 }
 
 // Nothing of ours in hand or under way: no delivery unconfirmed, no verdict unsent, no read or
-// claim that could still bring an entry.
+// request that could still bring an entry.
 bool redis_source::quiet() const {
     return held_.empty() && ahead_.empty() && unconfirmed_ == 0 && acks_.empty() && dead_.empty() &&
-           sent_.empty() && reads_ == 0 && !claim_busy_ && releases_ == 0 && !idle_check_busy_;
+           sent_.empty() && reads_ == 0 && control_ == control::none && releases_ == 0;
 }
 
-// A clean exit (a drain or --exit-when-idle, not a forced stop): once quiet, the consumer
-// leaves the group if nothing is pending under it, so workers named <host>-<pid> do not pile
-// up in XINFO CONSUMERS. With the writer down it is skipped: a stop never waits for Redis here.
+// Leaving after a clean stop (a drain or --exit-when-idle): the consumer leaves the group if
+// nothing is pending under it, so workers named <host>-<pid> do not pile up in XINFO
+// CONSUMERS. With the writer gone the step is skipped: a stop never waits for Redis here.
 void redis_source::say_farewell() {
-    if (farewell_ != farewell::not_yet || !(stopped_ || idle_reached_) || forced_ || closed_)
-        return;
-    if (!fatal_.empty() || !writer_.up()) {
-        if (!quiet() && fatal_.empty()) return;
-        farewell_ = farewell::done;
-        sink_->source_changed();
-        return;
-    }
-    if (!quiet()) return;
-    farewell_ = farewell::sent;
+    control_ = control::farewell;
     bool sent = writer_.send(
         {"EVAL", farewell_lua, "1", opts_.stream, opts_.group, opts_.consumer},
         [this](redisReply* r) {
-            if (closed_) return;
-            farewell_ = farewell::done;
+            if (closed()) return;
+            control_ = control::none;
             if (r && r->type == REDIS_REPLY_INTEGER) {
                 if (r->integer >= 0)
                     log::info("consumer left the group", {{"consumer", opts_.consumer}});
@@ -1185,11 +1267,11 @@ void redis_source::say_farewell() {
             } else if (auto e = redis_link::error_of(r); r && !e.empty()) {
                 log::warn("could not delete the consumer from the group", {{"error", e}});
             }
-            sink_->source_changed();
+            if (state_ == state::leaving) enter(state::stopped, "left");
         });
     if (!sent) {
-        farewell_ = farewell::done;
-        sink_->source_changed();
+        control_ = control::none;
+        enter(state::stopped, "connection lost");
     }
 }
 

@@ -33,6 +33,12 @@
 // that died with it only read ahead or queued raised it too). The source never dead-letters on
 // it; an entry it takes but does not start is handed back with its count as it was.
 //
+// Its life is one state machine (`state`: connecting, setting_up, recovering, reading,
+// checking_idle, draining, leaving, forced, stopped, failed, closed), each change made in one
+// function and logged (`redis source state`); the diagram is in redis_source.cpp. Besides the
+// state, the writer has at most one request of its own under way (`control`: setup, the pass
+// over our own entries, a reclaim, the idle check, the farewell).
+//
 // Threading: loop thread only.
 #pragma once
 
@@ -120,7 +126,32 @@ private:
         std::vector<dead_item> dead;
         bool dropped = false; // reported as released by force_stop(); ignore the reply
     };
-    enum class farewell : std::uint8_t { not_yet, sent, done };
+    // The source's life (the diagram and what each state does: redis_source.cpp, "Life cycle").
+    enum class state : std::uint8_t {
+        created,       // start() not called yet
+        connecting,    // waiting for both connections (at start, after one dropped)
+        setting_up,    // checking the keys' types and creating the group (start, NOGROUP)
+        recovering,    // taking back this consumer's own pending entries (start, reconnect)
+        reading,       // claims (reclaim) and reads of new entries for the pipeline's demand
+        checking_idle, // --exit-when-idle: a read found nothing; is the group idle?
+        draining,      // stop(): nothing new; what is under way finishes, verdicts go out
+        leaving,       // quiet after a clean stop: the consumer leaves the group
+        forced,        // force_stop(): nothing delivered; unconfirmed verdicts given up
+        stopped,       // done: finished() and drained()
+        failed,        // fatal_error() says why
+        closed,        // close(): connections freed
+    };
+    // The one request of the writer's own (not a verdict, not a renewal) under way, if any.
+    enum class control : std::uint8_t { none, setup, own, reclaim, idle_check, farewell };
+    static std::string_view name_of(state s) noexcept;
+
+    void enter(state next, std::string_view why);
+    void fail(std::string why);
+    bool running() const noexcept;
+    bool delivering() const noexcept;
+    bool closed() const noexcept { return state_ == state::closed; }
+    // After a forced stop: verdicts Redis cannot confirm now are given up, not sent again.
+    bool giving_up() const noexcept { return state_ == state::forced || state_ == state::stopped; }
 
     static void on_idle(uv_idle_t* h) noexcept;
     void kick();
@@ -199,30 +230,17 @@ private:
     bool last_full_ = true;   // the last read returned all it asked for: more are waiting
     unsigned releases_ = 0;   // XCLAIM ... IDLE of entries left at a drain, awaiting a reply
 
-    // This consumer's own pending entries not in hand: taken at start (an earlier run under the
-    // same name left them) and after a reconnect (a read or claim whose reply was lost).
+    state state_ = state::created;
+    control control_ = control::none;
+    // This consumer's own pending entries not in hand, taken in state recovering: at start (an
+    // earlier run under the same name left them) and after a reconnect (a read or claim whose
+    // reply was lost).
     std::string own_cursor_ = "-";
     std::uint64_t own_pass_ = 0; // bumped when a pass starts over; a stale reply keeps out
-    bool own_due_ = true;
     std::string reclaim_cursor_ = "-";
-    bool group_ready_ = false;
-    bool setup_busy_ = false;
-    bool history_done_ = false;   // the first pass over our own entries is done: read new ones
-    bool reclaim_due_ = true;     // at start: pick up what dead workers left
-    bool claim_busy_ = false;     // a pass over our own entries or a reclaim is under way
-    bool idle_check_due_ = false; // --exit-when-idle: a read found nothing; check before reading
-    bool idle_check_busy_ = false;
-    bool idle_reached_ = false; // --exit-when-idle: nothing new or pending for the group
-    bool turn_on_ = false;
-    bool cooling_ = false;
-    bool started_ = false;
-    bool stopped_ = false;
-    bool forced_ = false;
-    bool closed_ = false;
-    bool was_up_ = false;
-    bool ever_up_ = false;
-    bool lost_link_ = false; // a connection dropped after the source had been up
-    farewell farewell_ = farewell::not_yet;
+    bool reclaim_due_ = true;  // a reclaim pass is due (at start, then every --reclaim-interval)
+    bool group_ready_ = false; // the group is known to exist (until NOGROUP)
+    bool ever_up_ = false;     // reached `recovering` once: credentials work, a drop is an outage
     std::string fatal_;
     std::uint64_t dead_here_ = 0;
     std::uint64_t reclaimed_orphans_ = 0;
