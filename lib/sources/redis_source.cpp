@@ -578,30 +578,8 @@ void redis_source::flush_acks() {
         av.add(opts_.group);
         for (const auto& a : b.acks)
             av.add(a.id);
-        auto it = std::prev(sent_.end());
-        bool ok =
-            writer_.send(av.argc(), av.ptrs.data(), av.lens.data(), [this, it](redisReply* r) {
-                if (closed()) return;
-                batch& bt = *it;
-                if (bt.dropped) {
-                    sent_.erase(it);
-                    return;
-                }
-                std::string e = redis_link::error_of(r);
-                if (!e.empty()) {
-                    requeue(bt);
-                    sent_.erase(it);
-                    if (r && !handle_nogroup(e)) cool_down("XACK", e);
-                    return;
-                }
-                confirmed(bt);
-                sent_.erase(it);
-            });
-        if (!ok) {
-            requeue(*it);
-            sent_.erase(it);
+        if (!send_batch(std::prev(sent_.end()), av.argc(), av.ptrs.data(), av.lens.data(), "XACK"))
             return;
-        }
     }
 }
 
@@ -629,43 +607,48 @@ void redis_source::flush_dead() {
                                        std::string_view(attempts.back())})
                 av.add(a);
         }
-        bool ok =
-            writer_.send(av.argc(), av.ptrs.data(), av.lens.data(), [this, it](redisReply* r) {
-                if (closed()) return;
-                batch& bt = *it;
-                if (bt.dropped) {
-                    sent_.erase(it);
-                    return;
-                }
-                std::string e = redis_link::error_of(r);
-                if (!e.empty()) {
-                    requeue(bt);
-                    sent_.erase(it);
-                    if (r && !handle_nogroup(e)) cool_down("dead letter (XADD + XACK)", e);
-                    return;
-                }
-                // One line per batch: a flood of bad payloads must not flood the log (the
-                // pipeline already logs why, rate-limited); each entry at debug level.
-                log::info("dead letters written",
-                          {{"count", bt.dead.size()}, {"stream", opts_.dead_letter_stream}});
-                for (const auto& d : bt.dead) {
-                    log::debug("dead-lettered", {{"source_id", d.ack.id},
-                                                 {"message_id", d.message_id},
-                                                 {"reason", d.reason},
-                                                 {"attempts", d.attempts}});
-                }
-                confirmed(bt);
-                sent_.erase(it);
-            });
-        if (!ok) {
-            requeue(*it);
-            sent_.erase(it);
+        if (!send_batch(it, av.argc(), av.ptrs.data(), av.lens.data(), "dead letter (XADD + XACK)"))
             return;
-        }
     }
 }
 
+// One batch's command; its reply confirms the batch, or puts it back to be sent again (after a
+// pause) when Redis refused it. False when it could not be sent (the batch is back already).
+bool redis_source::send_batch(std::list<batch>::iterator it, int argc, const char** argv,
+                              const std::size_t* lens, const char* what) {
+    bool ok = writer_.send(argc, argv, lens, [this, it, what](redisReply* r) {
+        if (closed()) return;
+        batch& bt = *it;
+        if (!bt.dropped) { // else reported released by a forced stop already
+            if (std::string e = redis_link::error_of(r); !e.empty()) {
+                requeue(bt);
+                if (r && !handle_nogroup(e)) cool_down(what, e);
+            } else {
+                confirmed(bt);
+            }
+        }
+        sent_.erase(it);
+    });
+    if (!ok) {
+        requeue(*it);
+        sent_.erase(it);
+    }
+    return ok;
+}
+
 void redis_source::confirmed(batch& b) {
+    if (!b.dead.empty()) {
+        // One line per batch: a flood of bad payloads must not flood the log (the pipeline
+        // already logs why, rate-limited); each entry at debug level.
+        log::info("dead letters written",
+                  {{"count", b.dead.size()}, {"stream", opts_.dead_letter_stream}});
+        for (const auto& d : b.dead) {
+            log::debug("dead-lettered", {{"source_id", d.ack.id},
+                                         {"message_id", d.message_id},
+                                         {"reason", d.reason},
+                                         {"attempts", d.attempts}});
+        }
+    }
     for (const auto& a : b.acks)
         report(a, a.what);
     for (const auto& d : b.dead)
@@ -979,12 +962,7 @@ void redis_source::take_own() {
         {"XPENDING", opts_.stream, opts_.group, own_cursor_, "+", std::to_string(opts_.max_read),
          opts_.consumer},
         [this, k, pass](redisReply* r) {
-            if (closed()) return;
-            std::string e = redis_link::error_of(r);
-            if (!e.empty()) {
-                if (r && !handle_nogroup(e)) cool_down("XPENDING", e);
-                return claim_done(k, 0);
-            }
+            if (closed() || claim_failed(r, k, "XPENDING")) return;
             auto rows = parse_pending(r);
             bool more = rows.size() >= opts_.max_read;
             std::vector<std::string> ids;
@@ -1016,12 +994,7 @@ void redis_source::take_own() {
                 av.add(id);
             bool sent =
                 writer_.send(av.argc(), av.ptrs.data(), av.lens.data(), [this, k](redisReply* c) {
-                    if (closed()) return;
-                    std::string ce = redis_link::error_of(c);
-                    if (!ce.empty()) {
-                        if (c && !handle_nogroup(ce)) cool_down("claim of own entries", ce);
-                        return claim_done(k, 0);
-                    }
+                    if (closed() || claim_failed(c, k, "claim of own entries")) return;
                     std::vector<entry> entries;
                     const redisReply* own =
                         c->type == REDIS_REPLY_ARRAY && c->elements == 2 ? c->element[0] : nullptr;
@@ -1062,12 +1035,7 @@ void redis_source::reclaim() {
         {"XPENDING", opts_.stream, opts_.group, "IDLE", lease, reclaim_cursor_, "+",
          std::to_string(k)},
         [this, k, lease](redisReply* r) {
-            if (closed()) return;
-            std::string e = redis_link::error_of(r);
-            if (!e.empty()) {
-                if (r && !handle_nogroup(e)) cool_down("XPENDING", e);
-                return claim_done(k, 0);
-            }
+            if (closed() || claim_failed(r, k, "XPENDING")) return;
             auto rows = parse_pending(r);
             if (rows.size() >= k) {
                 reclaim_cursor_ = "(" + rows.back().id;
@@ -1090,12 +1058,7 @@ void redis_source::reclaim() {
             if (known->empty() || !writer_.up()) return claim_done(k, 0);
             bool sent = writer_.send(
                 av.argc(), av.ptrs.data(), av.lens.data(), [this, k, known](redisReply* c) {
-                    if (closed()) return;
-                    std::string ce = redis_link::error_of(c);
-                    if (!ce.empty()) {
-                        if (c && !handle_nogroup(ce)) cool_down("XCLAIM", ce);
-                        return claim_done(k, 0);
-                    }
+                    if (closed() || claim_failed(c, k, "XCLAIM")) return;
                     std::vector<entry> entries;
                     std::size_t orphans = 0, retries = 0;
                     for (std::size_t i = 0; c->type == REDIS_REPLY_ARRAY && i < c->elements; ++i) {
@@ -1125,6 +1088,15 @@ void redis_source::reclaim() {
             if (!sent) claim_done(k, 0);
         });
     if (!ok) claim_done(k, 0);
+}
+
+// A claim's step failed (an error, or the connection went away): its demand goes back.
+bool redis_source::claim_failed(const redisReply* r, std::size_t reserved, const char* what) {
+    std::string e = redis_link::error_of(r);
+    if (e.empty()) return false;
+    if (r && !handle_nogroup(e)) cool_down(what, e);
+    claim_done(reserved, 0);
+    return true;
 }
 
 // A claim is over: what it reserved and did not deliver goes back to the demand.

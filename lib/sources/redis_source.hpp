@@ -161,6 +161,8 @@ private:
     void setup();
     void flush_acks();
     void flush_dead();
+    bool send_batch(std::list<batch>::iterator it, int argc, const char** argv,
+                    const std::size_t* lens, const char* what);
     void confirmed(batch& b);
     void requeue(batch& b);
     void read_new();
@@ -177,6 +179,7 @@ private:
     void leave(std::vector<entry> entries);
     void take_own();
     void reclaim();
+    bool claim_failed(const redisReply* r, std::size_t reserved, const char* what);
     void claim_done(std::size_t reserved, std::size_t used);
     std::size_t deliver_claimed(std::vector<entry>& entries);
     bool deliver_one(std::string_view id, std::string_view payload, bool has_payload,

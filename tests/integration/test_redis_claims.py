@@ -49,6 +49,25 @@ def logged(worker, msg):
     return [e for e in json_log_lines(worker.stderr()) if e.get("msg", "").startswith(msg)]
 
 
+def gate_restarter(tmp):
+    """An exec restarter whose restart of message M starts by creating started/M and ends when
+    go/M exists: (flags, started dir, go dir)."""
+    started = os.path.join(tmp, "started")
+    go = os.path.join(tmp, "go")
+    os.makedirs(started)
+    os.makedirs(go)
+    script = os.path.join(tmp, "gate.sh")
+    with open(script, "w") as f:
+        f.write("#!/bin/sh\ntouch %s/$1\nwhile [ ! -e %s/$1 ]; do sleep 0.02; done\n"
+                % (started, go))
+    os.chmod(script, os.stat(script).st_mode | stat.S_IXUSR)
+    flags = ["--restarter", "exec", "--restart-command", script + " {message_id}",
+             "--restart-cooldown", "0", "--max-concurrent-restarts", "0",
+             "--breaker-failures", "0", "--store", "memory", "--save-latency", "0",
+             "--status-interval", "0"]
+    return flags, started, go
+
+
 class RedisClaimsTest(Harness):
     def setUp(self):
         super().setUp()
@@ -69,22 +88,7 @@ class RedisClaimsTest(Harness):
                               "json", "--log-level", "debug", *args, **kw)
 
     def gate(self):
-        """An exec restarter whose restart of message M starts by creating started/M and ends
-        when go/M exists: (flags, started dir, go dir)."""
-        started = os.path.join(self.tmp, "started")
-        go = os.path.join(self.tmp, "go")
-        os.makedirs(started)
-        os.makedirs(go)
-        script = os.path.join(self.tmp, "gate.sh")
-        with open(script, "w") as f:
-            f.write("#!/bin/sh\ntouch %s/$1\nwhile [ ! -e %s/$1 ]; do sleep 0.02; done\n"
-                    % (started, go))
-        os.chmod(script, os.stat(script).st_mode | stat.S_IXUSR)
-        flags = ["--restarter", "exec", "--restart-command", script + " {message_id}",
-                 "--restart-cooldown", "0", "--max-concurrent-restarts", "0",
-                 "--breaker-failures", "0", "--store", "memory", "--save-latency", "0",
-                 "--status-interval", "0"]
-        return flags, started, go
+        return gate_restarter(self.tmp)
 
     def settled(self, w, outcome=None):
         """message_id of each 'message settled' line so far (with that outcome)."""

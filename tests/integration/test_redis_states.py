@@ -5,12 +5,11 @@ and read back from the worker's log (`redis source state`, with from, to and why
 
 import os
 import signal
-import stat
 import unittest
 
 from harness import Harness, json_log_lines, wait_until
 from test_redis import GROUP, STREAM, group_info, pending, rjson
-from test_redis_claims import client, payload
+from test_redis_claims import client, gate_restarter, payload
 
 FAST = ["--store", "memory", "--save-latency", "0", "--restart-latency", "0",
         "--status-interval", "0"]
@@ -58,20 +57,7 @@ class RedisStatesTest(Harness):
         self.assertEqual(got, code, err[-3000:])
 
     def gate(self):
-        """An exec restarter: the restart of message M creates started/M, then waits for go/M."""
-        started, go = os.path.join(self.tmp, "started"), os.path.join(self.tmp, "go")
-        os.makedirs(started)
-        os.makedirs(go)
-        script = os.path.join(self.tmp, "gate.sh")
-        with open(script, "w") as f:
-            f.write("#!/bin/sh\ntouch %s/$1\nwhile [ ! -e %s/$1 ]; do sleep 0.02; done\n"
-                    % (started, go))
-        os.chmod(script, os.stat(script).st_mode | stat.S_IXUSR)
-        flags = ["--restarter", "exec", "--restart-command", script + " {message_id}",
-                 "--restart-cooldown", "0", "--max-concurrent-restarts", "0",
-                 "--breaker-failures", "0", "--store", "memory", "--save-latency", "0",
-                 "--status-interval", "0"]
-        return flags, started, go
+        return gate_restarter(self.tmp)
 
     def test_start_read_and_drain(self):
         # connecting -> setting_up (no group yet) -> recovering -> reading; SIGTERM: draining ->
