@@ -141,6 +141,10 @@ std::vector<MetricFamily> collect(const catalogue_inputs& in) {
                          "Restart claims that found a restart of the same message started but "
                          "never finished (a crash in the window; see --on-unfinished-restart)",
                          MetricType::Counter, num(st.unfinished_restarts.get())));
+    out.push_back(single("mayhem_record_retries_total",
+                         "Writes of a restart's end tried again after the store failed (the "
+                         "restart is not run again; its message is held until it is recorded)",
+                         MetricType::Counter, num(st.record_retries.get())));
     // Store group commit: saves / transactions is the messages per transaction.
     out.push_back(single("mayhem_store_transactions_total",
                          "Store transactions committed (group commit; 0 for the memory store)",

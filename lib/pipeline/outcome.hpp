@@ -33,8 +33,11 @@ enum class restart_status : std::uint8_t {
     dry_run,
     coalesced,
     refused, // by policy or a bad placeholder value: dead-lettered at once, never retried
+    // The worker began to stop before this restart began: it never runs here; the message is
+    // released for redelivery (a peer or a later run carries it out).
+    not_started,
 };
-inline constexpr int restart_status_count = 7;
+inline constexpr int restart_status_count = 8;
 std::string_view to_string(restart_status s) noexcept;
 
 struct restart_result {
@@ -81,7 +84,8 @@ struct decide_inputs {
 //  - a duplicate (already completed) is `skipped`; ok, dry_run, cooldown and coalesced are acked;
 //  - a refused restart (host outside --allow-hosts/--deny-hosts, unsafe placeholder value) is
 //    dead-lettered at once: retrying cannot change the answer.
-//  - a permanent restart failure (retrying cannot fix it) is dead-lettered at once.
+//  - a permanent restart failure (retrying cannot fix it) is dead-lettered at once;
+//  - a restart the stop kept from starting (not_started) is released, whatever the save did.
 verdict decide(const decide_inputs& in, const backoff_policy& backoff, std::uint64_t random);
 
 } // namespace mayhem

@@ -33,6 +33,7 @@ struct pipeline::flight : rt::list_node {
     bool decoded = false;
     bool settled = false;
     bool indexed = false;             // registered in by_id_
+    bool ran = false;                 // its restart started and its end is not recorded yet
     outcome last = outcome::released; // what it settled with, for a coalesced duplicate
     std::uint64_t started_ns = 0;     // when save and restart were started
     std::uint64_t restarted_ns = 0;   // when the restart's steps ended
@@ -50,6 +51,10 @@ struct pipeline::flight : rt::list_node {
     flight(const flight&) = delete;
     flight& operator=(const flight&) = delete;
     ~flight() {
+        if (ran)
+            log::error("a restart started and its end was never recorded; its redelivery finds "
+                       "it unfinished (--on-unfinished-restart decides)",
+                       {{"message_id", msg.message_id()}, {"hostname", msg.hostname()}});
         if (!settled) p.settle(*this, verdict{outcome::released, "stopped before it finished", {}});
         --p.in_flight_;
         p.stats_.in_flight.set(static_cast<std::int64_t>(p.in_flight_));
@@ -88,24 +93,30 @@ void pipeline::start() {
     source_.request(opts_.queue_capacity);
 }
 
+// A drain starts no new restart: what is queued is released at once, the guard lets no waiting
+// restart start, and what the source still delivers is released as it arrives (deliver()).
 void pipeline::stop_intake() {
     if (intake_stopped_) return;
     intake_stopped_ = true;
     source_.stop();
-    pump();
+    guard_.stop();
+    release_queued("stopped before it started");
     notify();
+}
+
+void pipeline::release_queued(const char* why) {
+    while (!queue_.empty()) {
+        delivery d = std::move(queue_.front());
+        queue_.pop_front();
+        ++unconfirmed_;
+        source_.settle(std::move(d), verdict{outcome::released, why, {}});
+    }
+    stats_.queue_depth.set(0);
 }
 
 void pipeline::release_all() {
     stop_intake();
     releasing_ = true;
-    while (!queue_.empty()) {
-        delivery d = std::move(queue_.front());
-        queue_.pop_front();
-        stats_.queue_depth.set(static_cast<std::int64_t>(queue_.size()));
-        ++unconfirmed_;
-        source_.settle(std::move(d), verdict{outcome::released, "stopped before it started", {}});
-    }
     tasks_.cancel_all();  // each flight's destructor releases its delivery
     source_.force_stop(); // verdicts the transport cannot confirm now are released too
     notify();
@@ -127,6 +138,12 @@ void pipeline::set_max_in_flight(std::size_t n) {
 void pipeline::deliver(delivery d) {
     stats_.received.inc();
     d.received_ns = now_ns();
+    if (intake_stopped_) { // a read sent before the stop: nothing new starts now
+        ++unconfirmed_;
+        source_.settle(std::move(d), verdict{outcome::released, "arrived while stopping", {}});
+        notify();
+        return;
+    }
     queue_.push_back(std::move(d));
     stats_.queue_depth.set(static_cast<std::int64_t>(queue_.size()));
     pump();
@@ -154,10 +171,7 @@ void pipeline::pump() {
     if (pumping_ || releasing_) return;
     pumping_ = true;
     std::size_t taken = 0;
-    // While draining, what is already queued starts at once, over the in-flight limit by at most
-    // the (small) queue capacity: everything taken from the source then finishes within one
-    // latency instead of waiting for a slot and a second latency.
-    while (!queue_.empty() && (in_flight_ < opts_.max_in_flight || intake_stopped_)) {
+    while (!queue_.empty() && in_flight_ < opts_.max_in_flight) {
         delivery d = std::move(queue_.front());
         queue_.pop_front();
         ++taken;
@@ -167,24 +181,6 @@ void pipeline::pump() {
     pumping_ = false;
     if (taken > 0 && !intake_stopped_) source_.request(taken);
     if (taken > 0 || in_flight_ == 0) notify();
-}
-
-bool pipeline::allow_bad_log() {
-    auto now = loop_.now();
-    if (now - bad_log_window_ms_ >= 1000) {
-        if (bad_suppressed_ > 0)
-            log::warn("more undecodable messages were dead-lettered without a log line each",
-                      {{"count", bad_suppressed_}, {"see", "mayhem_decode_errors_total"}});
-        bad_log_window_ms_ = now;
-        bad_logged_ = 0;
-        bad_suppressed_ = 0;
-    }
-    if (bad_logged_ < bad_log_per_second) {
-        ++bad_logged_;
-        return true;
-    }
-    ++bad_suppressed_;
-    return false;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -217,24 +213,68 @@ rt::task<void> pipeline::process(delivery d) {
         try {
             if (gate == restart_guard::gate::wait)
                 go = co_await guard_.wait(f.pass, f.msg, f.restarted);
-            if (go) f.restarted = co_await guard_.inner().restart(f.msg);
+            if (go) {
+                f.ran = true;
+                f.restarted = co_await guard_.inner().restart(f.msg);
+            }
         } catch (...) {
             restart_failed(f.restarted); // a restarter that threw: a failed restart like any other
         }
         warm(f, true);
         guard_.leave(f.pass);
-        try {
-            co_await store_.finish_restart(f.msg, f.restarted);
-            step = claim_step::counted;
-        } catch (...) {
-            step = store_failed(f.restarted);
-        }
+        // A restart the stop kept from starting gives its claim back, so its redelivery is not
+        // taken for a restart that died half-way; any other result is recorded, however long
+        // that takes: a restart that ran is never run again because its record failed.
+        if (f.restarted.status == restart_status::not_started)
+            co_await unclaim(f);
+        else if (!co_await record(f))
+            co_await record_until_written(f);
+        step = claim_step::counted;
     }
     if (step == claim_step::counted)
         stats_.restarts[static_cast<std::size_t>(f.restarted.status)].inc();
     f.restarted_ns = now_ns();
     co_await f.save; // gather
     co_return conclude(f);
+}
+
+// One write of the restart's record: false when the store failed (logged, at a bounded rate).
+rt::task<bool> pipeline::record(flight& f) {
+    try {
+        co_await store_.finish_restart(f.msg, f.restarted);
+        f.ran = false; // recorded: nothing is left for ~flight to report
+        co_return true;
+    } catch (...) {
+        if (store_log_.allow(loop_.now()))
+            log::error("cannot record how a restart ended; writing it again, the message is held",
+                       {{"message_id", f.msg.message_id()},
+                        {"result", to_string(f.restarted.status)},
+                        {"error", rt::describe(std::current_exception())}});
+        co_return false;
+    }
+}
+
+// The rare path in a frame of its own: write the record again, with backoff, until it is
+// written. The message stays in flight meanwhile (its lease is renewed); a forced stop destroys
+// this frame and ~flight reports the restart that ran unrecorded.
+rt::task<void> pipeline::record_until_written(flight& f) {
+    for (std::uint32_t attempt = 1;; ++attempt) {
+        stats_.record_retries.inc();
+        co_await rt::sleep_for(loop_, opts_.record_retry.delay(attempt, rng_()));
+        if (co_await record(f)) co_return;
+    }
+}
+
+// Best effort: a claim left behind is met by --on-unfinished-restart on redelivery.
+rt::task<void> pipeline::unclaim(flight& f) {
+    try {
+        co_await store_.release_claim(f.msg);
+    } catch (...) {
+        if (store_log_.allow(loop_.now()))
+            log::warn("cannot give back the claim of a restart that never started",
+                      {{"message_id", f.msg.message_id()},
+                       {"error", rt::describe(std::current_exception())}});
+    }
 }
 
 // The steps of process() that need no suspension live in plain functions, so their temporaries
@@ -247,7 +287,7 @@ bool pipeline::admit(flight& f) {
         return true;
     }
     stats_.decode_errors[static_cast<std::size_t>(bad->kind)].inc();
-    if (allow_bad_log())
+    if (bad_log_.allow(loop_.now()))
         log::warn("undecodable message dead-lettered",
                   {{"reason", bad->reason}, {"kind", to_string(bad->kind)}, {"ref", f.d.ref}});
     settle(f, verdict{outcome::dead_lettered, std::move(bad->reason), {}});
@@ -343,8 +383,8 @@ void pipeline::restart_failed(restart_result& r) {
     r = restart_result{restart_status::failed, rt::describe(std::current_exception())};
 }
 
-// Store trouble in the restart's claim or record is a failed restart like any other (retried,
-// with the error's text); it is not counted by restart result, as no restart ended.
+// Store trouble in the restart's claim is a failed restart like any other (retried, with the
+// error's text); it is not counted by restart result, as no restart ran.
 pipeline::claim_step pipeline::store_failed(restart_result& r) {
     restart_failed(r);
     return claim_step::uncounted;

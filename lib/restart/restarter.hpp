@@ -6,6 +6,8 @@
 #include "pipeline/outcome.hpp"
 #include "runtime/task.hpp"
 
+#include <chrono>
+#include <cstddef>
 #include <exception>
 #include <optional>
 #include <string>
@@ -25,6 +27,12 @@ public:
         (void)m;
         return std::nullopt;
     }
+    // Processes this restarter started that are not gone yet (running, or abandoned and being
+    // ended). The stop waits for none to be left.
+    virtual std::size_t live_processes() const { return 0; }
+    // The stop is short of time: from now on a process being ended is killed (SIGKILL) at most
+    // `grace` after this call or after it was abandoned, whichever is later.
+    virtual void hurry(std::chrono::milliseconds grace) { (void)grace; }
 };
 
 } // namespace mayhem

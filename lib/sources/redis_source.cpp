@@ -260,9 +260,8 @@ void redis_source::turn() {
         sink_->source_changed();
     }
     if (stopped_ && fatal_.empty()) {
-        // What reads under way brought is delivered within the demand granted before the stop;
-        // the rest, once no read is under way, is left pending (even with Redis down).
-        deliver_ahead();
+        // A stopping worker starts nothing new: what reads under way bring is not delivered but,
+        // once no read is under way, left pending for any worker (even with Redis down).
         if (reads_ == 0) leave_ahead();
     }
     if (!fatal_.empty() || cooling_ || !writer_.up()) return;
@@ -367,8 +366,15 @@ void redis_source::settle(delivery d, const verdict& v) {
         return;
     }
     case outcome::retried:
-    case outcome::released:
         // Left pending in the group: reclaimed once idle for --lease-timeout, by any worker.
+        return report(a, v.what);
+    case outcome::released:
+        // Left pending too; at a drain (the restart never started) marked idle, so that a peer
+        // takes it at once, like the entries read ahead.
+        if (stopped_ && !forced_ && !closed_) {
+            ahead_.push_back(entry{a.id, {}, false, false});
+            kick();
+        }
         return report(a, v.what);
     }
 }

@@ -126,6 +126,14 @@ rt::task<void> memory_store::finish_restart(const message& m, const restart_resu
     co_return;
 }
 
+rt::task<void> memory_store::release_claim(const message& m) {
+    if (lookup(key(m)) != state::started) co_return;
+    if (auto it = hosts_.find(host_key(m));
+        it != hosts_.end() && it->second.message == key(m) && it->second.running)
+        hosts_.erase(it);
+    record(key(m), state::absent);
+}
+
 void memory_store::complete(const message&, const verdict&) {}
 
 rt::task<void> memory_store::close() {

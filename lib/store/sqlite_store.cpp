@@ -108,7 +108,7 @@ struct sqlite_store::shared {
     sqlite3_stmt *begin = nullptr, *commit = nullptr, *rollback = nullptr, *save = nullptr,
                  *last_restart = nullptr, *start_restart = nullptr, *finish = nullptr,
                  *complete = nullptr, *host_blocker = nullptr, *host_claim_row = nullptr,
-                 *first_restart = nullptr;
+                 *first_restart = nullptr, *unclaim = nullptr;
     // multi[k][n]: kind k for n rows (2..max_rows), prepared on first use.
     sqlite3_stmt* multi[m_kinds][max_rows + 1] = {};
     batch flying; // the batch being written
@@ -146,7 +146,7 @@ struct sqlite_store::shared {
 
     void close_conn() noexcept {
         for (auto** s : {&begin, &commit, &rollback, &save, &last_restart, &start_restart, &finish,
-                         &complete, &host_blocker, &host_claim_row, &first_restart}) {
+                         &complete, &host_blocker, &host_claim_row, &first_restart, &unclaim}) {
             sqlite3_finalize(*s);
             *s = nullptr;
         }
@@ -235,6 +235,8 @@ struct sqlite_store::shared {
             finish =
                 prepare("UPDATE restarts SET finished = ?3, result = ?4, detail = NULLIF(?5, '') "
                         "WHERE message_id = ?1 AND finished IS NULL");
+            // A claim whose restart never ran (release_claim): its unfinished start goes.
+            unclaim = prepare("DELETE FROM restarts WHERE message_id = ?1 AND finished IS NULL");
             // The per-host cooldown (store.hpp, claim_host): the latest restart of the host for
             // another message that passed its own claim and either succeeded or never finished.
             host_blocker = prepare("SELECT max(started) FROM restarts WHERE hostname = ?1 AND "
@@ -304,6 +306,10 @@ struct sqlite_store::shared {
             text(finish, 4, r.a);
             text(finish, 5, r.b);
             run(finish, "record restart end");
+            break;
+        case op::unclaim:
+            text(unclaim, 1, r.id);
+            run(unclaim, "give back a restart claim");
             break;
         case op::claim_host: {
             text(host_blocker, 1, r.a);
@@ -601,8 +607,8 @@ struct sqlite_store::shared {
                 claims_.push_back(&r);
             } else if (r.kind == op::finish) {
                 finishes_.push_back(&r);
-            } else if (r.kind == op::claim_host) {
-                segment();
+            } else if (r.kind == op::claim_host || r.kind == op::unclaim) {
+                segment(); // rare: in arrival order against the claims and finishes around it
                 apply(r, now);
             }
         }
@@ -846,6 +852,15 @@ rt::task<void> sqlite_store::finish_restart(const message& m, const restart_resu
     reply x = co_await pending;
     // The restart ran but is still recorded as unfinished: the redelivery meets the
     // --on-unfinished-restart policy, which is the truth.
+    if (!x.ok) throw std::runtime_error("store: " + x.error);
+}
+
+rt::task<void> sqlite_store::release_claim(const message& m) {
+    request r;
+    r.kind = op::unclaim;
+    r.id = pending_.put(m.message_id());
+    auto pending = enqueue(r); // named: see writer() on GCC 12 and temporaries
+    reply x = co_await pending;
     if (!x.ok) throw std::runtime_error("store: " + x.error);
 }
 

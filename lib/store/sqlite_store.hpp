@@ -73,6 +73,7 @@ public:
     rt::task<host_claim> claim_host(const message& m, std::chrono::system_clock::time_point now,
                                     std::chrono::milliseconds cooldown) override;
     rt::task<void> finish_restart(const message& m, const restart_result& r) override;
+    rt::task<void> release_claim(const message& m) override;
     void complete(const message& m, const verdict& v) override;
     bool healthy() const override { return healthy_.load(std::memory_order_relaxed); }
     commit_counts commits() const override {
@@ -82,7 +83,7 @@ public:
 
     const sqlite_store_stats& stats() const noexcept { return stats_; }
 
-    enum class op : std::uint8_t { save, claim, claim_host, finish, complete, skip };
+    enum class op : std::uint8_t { save, claim, claim_host, finish, unclaim, complete, skip };
     // A string copied into a batch's text (offset, length): the pool thread must never read a
     // message that a cancelled task has already freed.
     struct text_ref {

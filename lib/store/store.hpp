@@ -61,6 +61,11 @@ public:
                                             std::chrono::milliseconds cooldown) = 0;
     // After a restart: records how it ended (for the message id, and for the host claim above).
     virtual rt::task<void> finish_restart(const message& m, const restart_result& r) = 0;
+    // A restart claimed by claim_restart(m) that will never run (the worker began to stop
+    // first): removes the start that claim recorded, and its host claim, so the next claim of m
+    // answers `proceed`, not `unfinished`. Only an unfinished start is removed: a finished
+    // restart's record stays.
+    virtual rt::task<void> release_claim(const message& m) = 0;
     // Records the outcome of a message (not awaited: best effort, batched).
     virtual void complete(const message& m, const verdict& v) = 0;
     // Up and writable (readiness).
