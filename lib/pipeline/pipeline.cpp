@@ -303,7 +303,10 @@ std::uint64_t pipeline::id_hash_of(const flight& f) noexcept {
 }
 
 // The rare path in a frame of its own, so the event's awaiter takes no room in every message's.
+// The duplicate's own lease is renewed while it waits: lapsed, a peer would reclaim the entry,
+// find the claim unfinished and restart the host while the first restart still runs.
 rt::task<void> pipeline::follow(flight& f, flight& first) {
+    lease(f);
     co_await first.done;
     settle_duplicate(f, first); // `first` is alive: set() resumes us
 }
@@ -334,9 +337,14 @@ void pipeline::settle_duplicate(flight& f, const flight& first) {
 void pipeline::hold(flight& f) {
     by_id_.insert(&f); // in_flight_with_id() found none
     f.indexed = true;
+    lease(f);
+    f.started_ns = now_ns();
+}
+
+// From now until it settles, the flight's lease is renewed with every other one that is due.
+void pipeline::lease(flight& f) {
     f.lease_due = loop_.now() + static_cast<std::uint64_t>(opts_.lease_extend_interval.count());
     leases_.push_back(f);
-    f.started_ns = now_ns();
 }
 
 void pipeline::conclude(flight& f) {

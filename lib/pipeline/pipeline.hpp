@@ -133,6 +133,7 @@ private:
     rt::task<void> follow(flight& f, flight& first);
     void settle_duplicate(flight& f, const flight& first);
     void hold(flight& f);
+    void lease(flight& f);
     void conclude(flight& f);
     enum class claim_step : std::uint8_t { restart, counted, uncounted };
     claim_step after_claim(restart_claim claim, restart_result& r);

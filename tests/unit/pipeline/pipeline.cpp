@@ -157,6 +157,16 @@ TEST_CASE("a second delivery of an id in flight shares the first one's outcome: 
     CHECK(f.p->stats().restarts[static_cast<int>(restart_status::ok)].get() == 1);
 }
 
+TEST_CASE("a second delivery of an id in flight has its lease renewed while it waits") {
+    // Behind a long restart, a duplicate delivery whose lease lapsed would be reclaimed by a
+    // peer, which would find the claim unfinished and restart the same host concurrently.
+    fixture f({200ms, 200ms}, 10, 10);
+    f.src.feed({msg("same", "cattle-aaaa"), msg("same", "cattle-aaaa")});
+    f.run_until_idle();
+    CHECK(f.src.extends["r1"] >= 2);
+    CHECK(f.src.extends["r2"] >= 2);
+}
+
 TEST_CASE("a redelivery of a completed id is skipped without a second restart") {
     fixture f({0ms, 0ms}, 10, 10);
     f.src.feed({msg("again")});
