@@ -47,7 +47,10 @@ struct restart_result {
 
     restart_status status = restart_status::ok;
     bool permanent = false; // with `failed`: retrying cannot fix it, dead-letter at once
-    rt::text detail;        // failure text, or why it was skipped
+    // With `failed`: the store could not claim the restart, so none ran. Store trouble is
+    // transient: retried without using up an attempt, like a failed save.
+    bool store_trouble = false;
+    rt::text detail; // failure text, or why it was skipped
 };
 
 // A save either succeeded or failed with a reason (store unreachable, disk full, ...).
@@ -78,8 +81,9 @@ struct decide_inputs {
 };
 
 // The gather's results -> the outcome:
-//  - a failed save is never acked: retried (store trouble is transient; it does not use up the
-//    message's restart attempts, so an outage cannot dead-letter good requests);
+//  - a failed save, or a restart the store could not claim, is never acked: retried (store
+//    trouble is transient; it does not use up the message's restart attempts, so an outage
+//    cannot dead-letter good requests);
 //  - a failed restart is retried while attempts are left, then dead-lettered;
 //  - a duplicate (already completed) is `skipped`; ok, dry_run, cooldown and coalesced are acked;
 //  - a refused restart (host outside --allow-hosts/--deny-hosts, unsafe placeholder value) is

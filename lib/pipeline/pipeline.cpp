@@ -391,10 +391,11 @@ void pipeline::restart_failed(restart_result& r) {
     r = restart_result{restart_status::failed, rt::describe(std::current_exception())};
 }
 
-// Store trouble in the restart's claim is a failed restart like any other (retried, with the
-// error's text); it is not counted by restart result, as no restart ran.
+// Store trouble in the restart's claim: no restart ran, so none is counted, and the message is
+// retried without using up an attempt (decide()).
 pipeline::claim_step pipeline::store_failed(restart_result& r) {
     restart_failed(r);
+    r.store_trouble = true;
     return claim_step::uncounted;
 }
 

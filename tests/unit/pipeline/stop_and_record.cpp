@@ -85,17 +85,22 @@ private:
     rt::millis latency_;
 };
 
-// A memory store whose record of a restart's end fails the first `fail_finishes` times, as a
-// disk that is full for a while: the fault cannot be made real in a unit test.
+// A memory store whose record of a restart's end (or claim) fails the first `fail_finishes`
+// (`fail_claims`) times, as a disk that is full for a while: the fault cannot be made real in a
+// unit test.
 class flaky_record_store final : public store {
 public:
-    flaky_record_store(rt::loop& l, int fail_finishes)
-        : inner_(l, latency_range{}, 1), fail_(fail_finishes) {}
+    flaky_record_store(rt::loop& l, int fail_finishes, int fail_claims = 0)
+        : inner_(l, latency_range{}, 1), fail_(fail_finishes), fail_claims_(fail_claims) {}
     std::string_view name() const override { return "flaky"; }
     rt::task<save_result> save(const message& m, const delivery& d) override {
         return inner_.save(m, d);
     }
     rt::task<restart_claim> claim_restart(const message& m) override {
+        if (fail_claims_ > 0) {
+            --fail_claims_;
+            throw std::runtime_error("store: database is locked");
+        }
         return inner_.claim_restart(m);
     }
     rt::task<host_claim> claim_host(const message& m, std::chrono::system_clock::time_point now,
@@ -117,7 +122,7 @@ public:
 
 private:
     memory_store inner_;
-    int fail_;
+    int fail_, fail_claims_;
 };
 
 std::string msg(const std::string& id, const std::string& instance) {
@@ -282,4 +287,22 @@ TEST_CASE("sqlite: release_claim removes an unfinished start, never a finished r
     }
     for (const char* suffix : {"", "-wal", "-shm"})
         std::filesystem::remove(db + suffix);
+}
+
+TEST_CASE("a restart the store could not claim is retried without using up an attempt") {
+    rt::loop loop;
+    feed_source src;
+    flaky_record_store store(loop, 0, 1);
+    counting_restarter inner(loop, 1ms);
+    restart_guard guard(loop, guard_options{}, store, inner);
+    pipeline_options opts;
+    opts.seed = 3;
+    opts.max_attempts = 1; // the last attempt: a failed restart would be dead-lettered
+    pipeline p(loop, opts, src, store, guard);
+    p.start();
+    src.feed({msg("locked", "cattle-1")});
+    loop.run_until([&] { return src.pending.empty() && p.idle(); });
+    CHECK(inner.total_started() == 0);
+    CHECK(src.outcomes[outcome::retried] == 1);
+    CHECK(src.outcomes[outcome::dead_lettered] == 0);
 }
