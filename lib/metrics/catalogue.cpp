@@ -145,6 +145,14 @@ std::vector<MetricFamily> collect(const catalogue_inputs& in) {
                          "Writes of a restart's end tried again after the store failed (the "
                          "restart is not run again; its message is held until it is recorded)",
                          MetricType::Counter, num(st.record_retries.get())));
+    out.push_back(single("mayhem_claims_held_total",
+                         "Restart claims found held by another live worker: not restarted here, "
+                         "retried later without using up an attempt",
+                         MetricType::Counter, num(st.claims_held.get())));
+    out.push_back(single("mayhem_claims_lost_total",
+                         "Restart claims taken over by another worker while this one's restart "
+                         "ran (its lease expired: a stall); the host may have restarted twice",
+                         MetricType::Counter, num(st.claims_lost.get())));
     // Store group commit: saves / transactions is the messages per transaction.
     out.push_back(single("mayhem_store_transactions_total",
                          "Store transactions committed (group commit; 0 for the memory store)",

@@ -62,7 +62,7 @@ verdict decide(const decide_inputs& in, const backoff_policy& backoff, std::uint
         return verdict{outcome::released, "stopping: " + in.restarted.detail.str(), {}};
     if (!in.saved) return retry("save failed: " + in.save_exception);
     if (!in.saved->ok) return retry("save failed: " + in.saved->error.str());
-    if (in.restarted.store_trouble)
+    if (in.restarted.not_attempted)
         return retry("restart not claimed: " + in.restarted.detail.str());
 
     std::string failure;

@@ -47,9 +47,9 @@ struct restart_result {
 
     restart_status status = restart_status::ok;
     bool permanent = false; // with `failed`: retrying cannot fix it, dead-letter at once
-    // With `failed`: the store could not claim the restart, so none ran. Store trouble is
-    // transient: retried without using up an attempt, like a failed save.
-    bool store_trouble = false;
+    // With `failed`: no restart was attempted (the store could not claim it, or a live peer
+    // holds the claim). Transient: retried without using up an attempt, like a failed save.
+    bool not_attempted = false;
     rt::text detail; // failure text, or why it was skipped
 };
 

@@ -34,6 +34,7 @@ struct pipeline::flight : rt::list_node {
     bool settled = false;
     bool indexed = false;             // registered in by_id_
     bool ran = false;                 // its restart started and its end is not recorded yet
+    bool lost = false;                // its claim was taken over by a peer: not acked here
     outcome last = outcome::released; // what it settled with, for a coalesced duplicate
     std::uint64_t started_ns = 0;     // when save and restart were started
     std::uint64_t restarted_ns = 0;   // when the restart's steps ended
@@ -222,6 +223,8 @@ rt::task<void> pipeline::process(delivery d) {
         }
         warm(f, true);
         guard_.leave(f.pass);
+    }
+    if (step == claim_step::restart || step == claim_step::record) {
         // A restart the stop kept from starting gives its claim back, so its redelivery is not
         // taken for a restart that died half-way; any other result is recorded, however long
         // that takes: a restart that ran is never run again because its record failed.
@@ -229,7 +232,7 @@ rt::task<void> pipeline::process(delivery d) {
             co_await unclaim(f);
         else if (!co_await record(f))
             co_await record_until_written(f);
-        step = claim_step::counted;
+        if (step == claim_step::restart) step = claim_step::counted;
     }
     if (step == claim_step::counted)
         stats_.restarts[static_cast<std::size_t>(f.restarted.status)].inc();
@@ -239,10 +242,13 @@ rt::task<void> pipeline::process(delivery d) {
 }
 
 // One write of the restart's record: false when the store failed (logged, at a bounded rate).
+// A claim that a peer took over meanwhile (this worker stalled past its lease) is not written:
+// the restart may have run twice, which is reported, and the message is not acked here.
 rt::task<bool> pipeline::record(flight& f) {
     try {
-        co_await store_.finish_restart(f.msg, f.restarted);
-        f.ran = false; // recorded: nothing is left for ~flight to report
+        bool mine = co_await store_.finish_restart(f.msg, f.restarted);
+        f.ran = false; // recorded, or the peer's to record: nothing left for ~flight to report
+        if (!mine) claim_lost(f);
         co_return true;
     } catch (...) {
         if (store_log_.allow(loop_.now()))
@@ -263,6 +269,16 @@ rt::task<void> pipeline::record_until_written(flight& f) {
         co_await rt::sleep_for(loop_, opts_.record_retry.delay(attempt, rng_()));
         if (co_await record(f)) co_return;
     }
+}
+
+void pipeline::claim_lost(flight& f) {
+    f.lost = true;
+    stats_.claims_lost.inc();
+    log::error("restart claim lost: a peer took it over after this worker's lease expired; the "
+               "host may have been restarted twice",
+               {{"message_id", f.msg.message_id()},
+                {"hostname", f.msg.hostname()},
+                {"result", to_string(f.restarted.status)}});
 }
 
 // Best effort: a claim left behind is met by --on-unfinished-restart on redelivery.
@@ -352,6 +368,9 @@ void pipeline::conclude(flight& f) {
     stats_.save_seconds.observe(static_cast<double>(saved_ns - f.started_ns) / 1e9);
     stats_.restart_seconds.observe(static_cast<double>(f.restarted_ns - f.started_ns) / 1e9);
     auto saved = f.save.take();
+    if (f.lost) // the peer that took the claim over settles the message
+        return settle(f, verdict{outcome::released, "restart claim lost to another worker", {}},
+                      std::max(saved_ns, f.restarted_ns));
     decide_inputs in;
     in.attempt = f.d.attempt;
     in.max_attempts = opts_.max_attempts;
@@ -372,14 +391,22 @@ pipeline::claim_step pipeline::after_claim(restart_claim claim, restart_result& 
         // The store keeps the unfinished row as this restart's record: a retry finishes it.
         stats_.unfinished_restarts.inc();
         if (opts_.on_unfinished == unfinished_policy::dead_letter) {
-            // Dead-lettered at once by decide(); nothing ran, so nothing is counted or finished.
+            // Dead-lettered at once by decide(); nothing runs, so nothing is counted, and the
+            // row is closed with this result: no id stays in progress.
             r = restart_result{restart_status::failed,
                                "a restart for this message was started but never finished "
                                "(--on-unfinished-restart dead-letter)",
                                true};
-            return claim_step::uncounted;
+            return claim_step::record;
         }
         return claim_step::restart;
+    case restart_claim::held:
+        // Running on a live peer (its lease in the store is current): not here, not now.
+        stats_.claims_held.inc();
+        r = restart_result{restart_status::failed,
+                           "a restart for this message is running on another worker"};
+        r.not_attempted = true;
+        return claim_step::uncounted;
     case restart_claim::proceed:
         break;
     }
@@ -395,7 +422,7 @@ void pipeline::restart_failed(restart_result& r) {
 // retried without using up an attempt (decide()).
 pipeline::claim_step pipeline::store_failed(restart_result& r) {
     restart_failed(r);
-    r.store_trouble = true;
+    r.not_attempted = true;
     return claim_step::uncounted;
 }
 
@@ -444,11 +471,13 @@ void pipeline::renew_leases() {
     auto now = loop_.now();
     auto interval = static_cast<std::uint64_t>(opts_.lease_extend_interval.count());
     lease_batch_.clear();
+    claim_batch_.clear();
     rt::intrusive_list renewed;
     while (auto* n = leases_.front()) {
         flight* f = static_cast<flight*>(n);
         if (f->lease_due > now) break;
         lease_batch_.push_back(&f->d);
+        if (f->indexed) claim_batch_.push_back(&f->msg);
         f->lease_due = now + interval;
         renewed.push_back(*n);
     }
@@ -456,6 +485,7 @@ void pipeline::renew_leases() {
     if (lease_batch_.empty()) return;
     stats_.lease_extensions.inc(lease_batch_.size());
     source_.extend(lease_batch_);
+    store_.renew_claims(claim_batch_); // the claims live as long as the leases
 }
 
 } // namespace mayhem

@@ -73,6 +73,8 @@ struct pipeline_stats {
     rt::counter lease_extensions;
     rt::counter unfinished_restarts; // claims that found a restart started but never finished
     rt::counter record_retries;      // writes of a restart's record tried again after a failure
+    rt::counter claims_held;         // claims found held by a live peer: not restarted here
+    rt::counter claims_lost;         // claims taken over by a peer while this worker's restart ran
     rt::gauge in_flight;
     rt::gauge peak_in_flight; // the most in flight at once since start
     rt::gauge queue_depth;
@@ -128,6 +130,7 @@ private:
     rt::task<bool> record(flight& f);
     rt::task<void> record_until_written(flight& f);
     rt::task<void> unclaim(flight& f);
+    void claim_lost(flight& f);
     bool admit(flight& f);
     flight* in_flight_with_id(const message& m);
     rt::task<void> follow(flight& f, flight& first);
@@ -135,7 +138,9 @@ private:
     void hold(flight& f);
     void lease(flight& f);
     void conclude(flight& f);
-    enum class claim_step : std::uint8_t { restart, counted, uncounted };
+    // After the claim: run the restart; record `r` as the claim's end without running one; or
+    // settle with `r`, counting it by result or not.
+    enum class claim_step : std::uint8_t { restart, record, counted, uncounted };
     claim_step after_claim(restart_claim claim, restart_result& r);
     static void restart_failed(restart_result& r);
     static claim_step store_failed(restart_result& r);
@@ -167,6 +172,7 @@ private:
     rt::intrusive_list leases_;
     rt::periodic_timer lease_timer_;
     std::vector<const delivery*> lease_batch_;
+    std::vector<const message*> claim_batch_;
 
     // Undecodable messages and store failures are logged one line each, but at most this many
     // per second: a flood of bad input or a failing disk must not turn into a flood of log lines.

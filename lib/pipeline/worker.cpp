@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <csignal>
 #include <cstdio>
+#include <random>
 #include <sstream>
 #include <unistd.h>
 
@@ -62,12 +63,17 @@ std::unique_ptr<source> make_source(rt::loop& loop, const worker_config& c) {
     return std::make_unique<simulate_source>(loop, o);
 }
 
-std::unique_ptr<store> make_store(rt::loop& loop, const worker_config& c) {
+std::unique_ptr<store> make_store(rt::loop& loop, const worker_config& c,
+                                  const std::string& owner) {
     if (c.store == "sqlite") {
         sqlite_options o;
         o.path = c.db;
         o.synchronous_full = c.db_synchronous == "full";
         o.busy_timeout = c.db_busy_timeout;
+        // A claim is this process's while its message's lease lives; a peer that finds it leased
+        // does not restart, and takes it over only once it has expired.
+        o.owner = owner;
+        o.claim_lease = c.lease_timeout;
         return std::make_unique<sqlite_store>(loop, o); // sqlite_fatal (newer schema): exit 1
     }
     return std::make_unique<memory_store>(loop, c.save_latency, c.seed ? c.seed + 1 : 0);
@@ -140,6 +146,17 @@ const char* signal_name(int s) {
     }
 }
 
+// The name this process puts on its restart claims: unique per process, also across restarts
+// of a worker that keeps its --consumer name.
+std::string claim_owner() {
+    char host[256] = {};
+    if (::gethostname(host, sizeof host - 1) != 0) std::snprintf(host, sizeof host, "host");
+    char tag[16];
+    std::snprintf(tag, sizeof tag, "%06x",
+                  static_cast<unsigned>(std::random_device{}() & 0xFFFFFFu));
+    return std::string(host) + "-" + std::to_string(::getpid()) + "-" + tag;
+}
+
 double seconds_since(std::chrono::steady_clock::time_point t) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
@@ -147,9 +164,9 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
 } // namespace
 
 worker::worker(worker_config cfg, std::vector<std::string> argv)
-    : cfg_(std::move(cfg)), argv_(std::move(argv)) {
+    : cfg_(std::move(cfg)), argv_(std::move(argv)), owner_(claim_owner()) {
     source_ = make_source(loop_, cfg_);
-    store_ = make_store(loop_, cfg_);
+    store_ = make_store(loop_, cfg_, owner_);
     restarter_ = make_restarter(loop_, cfg_);
     guard_ = make_guard(loop_, cfg_, *store_, *restarter_);
     pipeline_ =
@@ -195,6 +212,7 @@ int worker::run() {
                                  {"restarter", restarter_->name()},
                                  {"max_in_flight", cfg_.max_in_flight},
                                  {"queue_capacity", cfg_.queue_capacity},
+                                 {"claim_owner", owner_},
                                  {"pid", static_cast<long>(::getpid())}});
     pipeline_->start();
     check_done();

@@ -71,6 +71,7 @@ private:
 
     worker_config cfg_;
     std::vector<std::string> argv_;
+    std::string owner_; // this process's name on its restart claims
     rt::loop loop_;
     std::unique_ptr<source> source_;
     std::unique_ptr<store> store_;

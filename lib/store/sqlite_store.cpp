@@ -18,8 +18,11 @@ namespace mayhem {
 //   key, so an insert maintains one b-tree, not two.
 // restarts: one row per restart attempt of a message (attempt 1, 2, ... after failures),
 //   inserted as started (finished NULL) before the restart runs and finished after it, so a
-//   crash in between is visible. Keyed (message_id, attempt) WITHOUT ROWID: the latest row of an
-//   id, its idempotency record, is one b-tree probe and no second index is kept in step.
+//   crash in between is visible. Version 2: `owner` names the worker process holding an
+//   unfinished row and `lease_until` how long it holds it (renewed while its message is in
+//   flight); a peer restarts only when that lease has expired, and the owner records the end
+//   only while the row is still its own. Keyed (message_id, attempt) WITHOUT ROWID: the latest row
+//   of an id, its idempotency record, is one b-tree probe and no second index is kept in step.
 //   restarts_host_claims answers the per-host cooldown ("did this host restart, or is it
 //   restarting, within the cooldown?") in one probe: claim_host checks it and marks its own row
 //   in one transaction. Partial (host_claimed = 1 only), so without a cooldown nothing pays for
@@ -55,6 +58,12 @@ CREATE TABLE restarts (
 -- those, so it costs nothing when no cooldown is configured.
 CREATE INDEX restarts_host_claims ON restarts (hostname, started) WHERE host_claimed = 1;
 PRAGMA user_version = 1;
+)sql";
+
+constexpr const char* schema_v2 = R"sql(
+ALTER TABLE restarts ADD COLUMN owner TEXT;
+ALTER TABLE restarts ADD COLUMN lease_until INTEGER;
+PRAGMA user_version = 2;
 )sql";
 
 // A failed SQLite call, carried to the end of the transaction (pool thread only).
@@ -102,19 +111,21 @@ struct sqlite_store::shared {
     // its reason; the restart's result and detail), one statement per distinct values. (An
     // UPDATE ... FROM (VALUES ...) with its own values per row costs more than one UPDATE each:
     // SQLite writes it in two passes through an ephemeral table.)
-    enum multi_kind : std::uint8_t { m_save, m_claim, m_complete, m_finish, m_kinds };
+    enum multi_kind : std::uint8_t { m_save, m_claim, m_complete, m_finish, m_renew, m_kinds };
     sqlite_options opts;
     sqlite3* conn = nullptr;
     sqlite3_stmt *begin = nullptr, *commit = nullptr, *rollback = nullptr, *save = nullptr,
                  *last_restart = nullptr, *start_restart = nullptr, *finish = nullptr,
                  *complete = nullptr, *host_blocker = nullptr, *host_claim_row = nullptr,
-                 *first_restart = nullptr, *unclaim = nullptr;
+                 *first_restart = nullptr, *unclaim = nullptr, *take_over = nullptr,
+                 *renew = nullptr;
     // multi[k][n]: kind k for n rows (2..max_rows), prepared on first use.
     sqlite3_stmt* multi[m_kinds][max_rows + 1] = {};
     batch flying; // the batch being written
     // Scratch of write(), reused batch after batch (pool thread).
-    std::vector<request*> saves_, completes_, claims_, finishes_;
+    std::vector<request*> saves_, completes_, claims_, finishes_, renews_;
     std::vector<std::size_t> ids_;
+    std::vector<std::string> returned_; // ids a RETURNING clause named
 
     explicit shared(sqlite_options o) : opts(std::move(o)) {}
     ~shared() { close_conn(); }
@@ -145,8 +156,9 @@ struct sqlite_store::shared {
     }
 
     void close_conn() noexcept {
-        for (auto** s : {&begin, &commit, &rollback, &save, &last_restart, &start_restart, &finish,
-                         &complete, &host_blocker, &host_claim_row, &first_restart, &unclaim}) {
+        for (auto** s :
+             {&begin, &commit, &rollback, &save, &last_restart, &start_restart, &finish, &complete,
+              &host_blocker, &host_claim_row, &first_restart, &unclaim, &take_over, &renew}) {
             sqlite3_finalize(*s);
             *s = nullptr;
         }
@@ -224,17 +236,25 @@ struct sqlite_store::shared {
             save = prepare("INSERT INTO messages (message_id, instance, hostname, reason, "
                            "first_seen) VALUES (?1, ?2, ?3, ?4, ?5) "
                            "ON CONFLICT (message_id) DO UPDATE SET attempts = attempts + 1");
-            last_restart = prepare("SELECT finished IS NULL, result, attempt FROM restarts "
+            last_restart = prepare("SELECT finished IS NULL, result, attempt, owner IS ?2, "
+                                   "coalesce(lease_until, 0) > ?3 FROM restarts "
                                    "WHERE message_id = ?1 ORDER BY attempt DESC LIMIT 1");
             // The first claim of an id (the common case) in one statement: attempt 1 exists iff
             // any restart of the id was recorded.
-            first_restart = prepare("INSERT INTO restarts (hostname, message_id, started, attempt) "
-                                    "VALUES (?1, ?2, ?3, 1) ON CONFLICT DO NOTHING");
+            first_restart = prepare("INSERT INTO restarts (hostname, message_id, started, attempt, "
+                                    "owner, lease_until) VALUES (?1, ?2, ?3, 1, ?4, ?5) "
+                                    "ON CONFLICT DO NOTHING");
             start_restart = prepare("INSERT INTO restarts (hostname, message_id, started, "
-                                    "attempt) VALUES (?1, ?2, ?3, ?4)");
-            finish =
-                prepare("UPDATE restarts SET finished = ?3, result = ?4, detail = NULLIF(?5, '') "
-                        "WHERE message_id = ?1 AND finished IS NULL");
+                                    "attempt, owner, lease_until) VALUES (?1, ?2, ?3, ?4, ?5, ?6)");
+            // An unfinished row whose owner's lease expired becomes this worker's.
+            take_over = prepare("UPDATE restarts SET owner = ?2, lease_until = ?3 "
+                                "WHERE message_id = ?1 AND finished IS NULL");
+            // Only the owner records the end: a row taken over by a peer is left alone.
+            finish = prepare(
+                "UPDATE restarts SET finished = ?3, result = ?4, detail = NULLIF(?5, ''), "
+                "lease_until = NULL WHERE message_id = ?1 AND finished IS NULL AND owner IS ?6");
+            renew = prepare("UPDATE restarts SET lease_until = ?3 "
+                            "WHERE message_id = ?1 AND finished IS NULL AND owner IS ?2");
             // A claim whose restart never ran (release_claim): its unfinished start goes.
             unclaim = prepare("DELETE FROM restarts WHERE message_id = ?1 AND finished IS NULL");
             // The per-host cooldown (store.hpp, claim_host): the latest restart of the host for
@@ -259,7 +279,7 @@ struct sqlite_store::shared {
         }
     }
 
-    // Version 0 -> 1. Re-checked inside the write transaction: another worker on the same file
+    // Version 0 -> 1 -> 2. Re-checked inside the write transaction: another worker on the same file
     // may have created the schema in the meantime.
     void migrate() {
         exec("BEGIN IMMEDIATE", "begin migration");
@@ -271,7 +291,9 @@ struct sqlite_store::shared {
                                        " holds tables but no mayhem schema version: not a mayhem "
                                        "database");
                 exec(schema_v1, "create schema");
+                version = 1;
             }
+            if (version == 1) exec(schema_v2, "migrate schema to version 2");
             exec("COMMIT", "commit migration");
         } catch (...) {
             sqlite3_exec(conn, "ROLLBACK", nullptr, nullptr, nullptr);
@@ -294,6 +316,7 @@ struct sqlite_store::shared {
             text(first_restart, 1, r.a);
             text(first_restart, 2, r.id);
             sqlite3_bind_int64(first_restart, 3, now);
+            bind_owner(first_restart, 4, now);
             run(first_restart, "record restart start");
             if (sqlite3_changes(conn) == 1)
                 r.claim = restart_claim::proceed;
@@ -305,7 +328,15 @@ struct sqlite_store::shared {
             sqlite3_bind_int64(finish, 3, now);
             text(finish, 4, r.a);
             text(finish, 5, r.b);
+            sqlite3_bind_text(finish, 6, opts.owner.data(), static_cast<int>(opts.owner.size()),
+                              SQLITE_STATIC);
             run(finish, "record restart end");
+            r.claim = sqlite3_changes(conn) == 1 ? restart_claim::proceed : restart_claim::held;
+            break;
+        case op::renew:
+            text(renew, 1, r.id);
+            bind_owner(renew, 2, now);
+            run(renew, "renew restart claim");
             break;
         case op::unclaim:
             text(unclaim, 1, r.id);
@@ -340,20 +371,39 @@ struct sqlite_store::shared {
         }
     }
 
+    // Binds this worker's name at `i` and the lease of a claim made or renewed now at `i + 1`
+    // (0 without a lease: never held against a peer).
+    void bind_owner(sqlite3_stmt* s, int i, std::int64_t now) {
+        sqlite3_bind_text(s, i, opts.owner.data(), static_cast<int>(opts.owner.size()),
+                          SQLITE_STATIC);
+        sqlite3_bind_int64(s, i + 1,
+                           opts.claim_lease.count() > 0 ? now + opts.claim_lease.count() : 0);
+    }
+
     // A claim whose attempt 1 is already recorded: a restart of this id was recorded before, and
-    // its latest row decides.
+    // its latest row decides: an unfinished one is a peer's while its lease lasts, and becomes
+    // this worker's (to finish, or to run again) once it has expired.
     void claim_again(request& r, std::int64_t now) {
         text(last_restart, 1, r.id);
+        sqlite3_bind_text(last_restart, 2, opts.owner.data(), static_cast<int>(opts.owner.size()),
+                          SQLITE_STATIC);
+        sqlite3_bind_int64(last_restart, 3, now);
         int rc = sqlite3_step(last_restart);
-        bool proceed = true;
+        bool proceed = true, take = false;
         std::int64_t attempt = 1;
         if (rc == SQLITE_ROW) {
             attempt = sqlite3_column_int64(last_restart, 2) + 1;
             bool unfinished = sqlite3_column_int(last_restart, 0) != 0;
+            bool mine = sqlite3_column_int(last_restart, 3) != 0;
+            bool leased = sqlite3_column_int(last_restart, 4) != 0;
             auto* res = reinterpret_cast<const char*>(sqlite3_column_text(last_restart, 1));
-            if (unfinished) {
+            if (unfinished && leased && !mine) {
+                r.claim = restart_claim::held;
+                proceed = false;
+            } else if (unfinished) {
                 r.claim = restart_claim::unfinished; // its row stays the one to finish
                 proceed = false;
+                take = true;
             } else if (!res || std::string_view(res) != "failed") {
                 r.claim = restart_claim::done;
                 proceed = false;
@@ -361,12 +411,18 @@ struct sqlite_store::shared {
         }
         sqlite3_reset(last_restart);
         if (rc != SQLITE_ROW && rc != SQLITE_DONE) fail(rc, "claim");
+        if (take) {
+            text(take_over, 1, r.id);
+            bind_owner(take_over, 2, now);
+            run(take_over, "take over an unfinished restart claim");
+        }
         if (proceed) {
             r.claim = restart_claim::proceed;
             text(start_restart, 1, r.a);
             text(start_restart, 2, r.id);
             sqlite3_bind_int64(start_restart, 3, now);
             sqlite3_bind_int64(start_restart, 4, attempt);
+            bind_owner(start_restart, 5, now);
             run(start_restart, "record restart start");
         }
     }
@@ -378,23 +434,25 @@ struct sqlite_store::shared {
     // ------------------------------------------------------------------------------------------
 
     static std::string multi_sql(multi_kind k, int n) {
-        auto rows = [n](std::string& sql, int per_row, const char* shape) {
-            // shape: the row with $1..$per_row for its own parameters, ?1 for the shared clock.
+        auto rows = [n](std::string& sql, int first, int per_row, const char* shape) {
+            // shape: the row with $1..$per_row for its own parameters, numbered from ?first;
+            // ?1.. (below first) for the shared ones (?1 the clock).
             for (int i = 0; i < n; ++i) {
                 if (i) sql += ',';
                 for (const char* c = shape; *c; ++c) {
                     if (*c == '$') {
                         ++c;
-                        sql += '?' + std::to_string(2 + per_row * i + (*c - '1'));
+                        sql += '?' + std::to_string(first + per_row * i + (*c - '1'));
                     } else {
                         sql += *c;
                     }
                 }
             }
         };
-        auto ids = [](std::string& sql, int count) {
+        auto ids = [k](std::string& sql, int count) {
+            int first = k == m_complete ? 4 : 5; // after the shared parameters
             for (int i = 0; i < count; ++i)
-                sql += (i ? ",?" : "?") + std::to_string(4 + i);
+                sql += (i ? ",?" : "?") + std::to_string(first + i);
         };
         std::string sql;
         switch (k) {
@@ -403,7 +461,7 @@ struct sqlite_store::shared {
             // case) are appended without a search from the root.
             sql = "INSERT INTO messages (message_id, instance, hostname, reason, first_seen) "
                   "VALUES ";
-            rows(sql, 4, "($1,$2,$3,$4,?1)");
+            rows(sql, 2, 4, "($1,$2,$3,$4,?1)");
             sql += " ON CONFLICT (message_id) DO UPDATE SET attempts = attempts + 1";
             break;
         case m_claim:
@@ -411,8 +469,9 @@ struct sqlite_store::shared {
             // already, the statement fails and undoes itself (the transaction goes on), and the
             // rows take the one-row path. RETURNING the ids recorded would cost as much as the
             // rows it saves.
-            sql = "INSERT INTO restarts (hostname, message_id, started, attempt) VALUES ";
-            rows(sql, 2, "($1,$2,?1,1)");
+            sql = "INSERT INTO restarts (hostname, message_id, started, attempt, owner, "
+                  "lease_until) VALUES ";
+            rows(sql, 4, 2, "($1,$2,?1,1,?2,?3)"); // ?2 the owner, ?3 the lease
             break;
         case m_complete:
             // The same update as `complete`, for the ids ?4... that get the same outcome ?2 and
@@ -424,12 +483,18 @@ struct sqlite_store::shared {
             sql += ") AND NOT (?2 = 'skipped' AND outcome IS 'acked')";
             break;
         case m_finish:
-            // The same update as `finish`, for the ids ?4... with the same result ?2 and detail
-            // ?3.
-            sql = "UPDATE restarts SET finished = ?1, result = ?2, detail = NULLIF(?3, '') "
-                  "WHERE message_id IN (";
+            // The same update as `finish`, for the ids ?5... with the same result ?2 and detail
+            // ?3, by the owner ?4. RETURNING names the rows that were still this worker's.
+            sql = "UPDATE restarts SET finished = ?1, result = ?2, detail = NULLIF(?3, ''), "
+                  "lease_until = NULL WHERE message_id IN (";
             ids(sql, n);
-            sql += ") AND finished IS NULL";
+            sql += ") AND finished IS NULL AND owner IS ?4 RETURNING message_id";
+            break;
+        case m_renew:
+            // The same update as `renew`: ?2 the owner, ?3 the new lease, the ids ?5...
+            sql = "UPDATE restarts SET lease_until = ?3 WHERE message_id IN (";
+            ids(sql, n);
+            sql += ") AND finished IS NULL AND owner IS ?2";
             break;
         case m_kinds:
             break;
@@ -461,23 +526,56 @@ struct sqlite_store::shared {
             claim_many(s, r, n, now);
             break;
         case m_complete:
-        case m_finish:
             // The same a and b for all (apply_run grouped them).
             text(s, 2, r[0]->a);
             text(s, 3, r[0]->b);
             for (int i = 0; i < n; ++i)
                 text(s, 4 + i, r[i]->id);
-            run(s, k == m_complete ? "record outcome" : "record restart end");
+            run(s, "record outcome");
+            break;
+        case m_finish:
+            text(s, 2, r[0]->a);
+            text(s, 3, r[0]->b);
+            sqlite3_bind_text(s, 4, opts.owner.data(), static_cast<int>(opts.owner.size()),
+                              SQLITE_STATIC);
+            for (int i = 0; i < n; ++i)
+                text(s, 5 + i, r[i]->id);
+            finish_many(s, r, n);
+            break;
+        case m_renew:
+            bind_owner(s, 2, now);
+            for (int i = 0; i < n; ++i)
+                text(s, 5 + i, r[i]->id);
+            run(s, "renew restart claims");
             break;
         case m_kinds:
             break;
         }
     }
 
-    void claim_many(sqlite3_stmt* s, request* const* r, int n, std::int64_t now) {
+    // The rows RETURNING names were finished by this worker; any other was taken over by a peer
+    // (held). Usually all of them are: then no id is compared.
+    void finish_many(sqlite3_stmt* s, request* const* r, int n) {
+        returned_.clear();
+        int rc;
+        while ((rc = sqlite3_step(s)) == SQLITE_ROW)
+            returned_.emplace_back(reinterpret_cast<const char*>(sqlite3_column_text(s, 0)),
+                                   static_cast<std::size_t>(sqlite3_column_bytes(s, 0)));
+        sqlite3_reset(s);
+        if (rc != SQLITE_DONE) fail(rc, "record restart end");
+        bool all = returned_.size() == static_cast<std::size_t>(n);
         for (int i = 0; i < n; ++i) {
-            text(s, 2 + 2 * i, r[i]->a);
-            text(s, 3 + 2 * i, r[i]->id);
+            bool mine = all || std::find(returned_.begin(), returned_.end(),
+                                         flying.view(r[i]->id)) != returned_.end();
+            r[i]->claim = mine ? restart_claim::proceed : restart_claim::held;
+        }
+    }
+
+    void claim_many(sqlite3_stmt* s, request* const* r, int n, std::int64_t now) {
+        bind_owner(s, 2, now);
+        for (int i = 0; i < n; ++i) {
+            text(s, 4 + 2 * i, r[i]->a);
+            text(s, 5 + 2 * i, r[i]->id);
         }
         int rc = sqlite3_step(s);
         sqlite3_reset(s);
@@ -602,17 +700,23 @@ struct sqlite_store::shared {
         };
         claims_.clear();
         finishes_.clear();
+        renews_.clear();
         for (auto& r : flying) {
             if (r.kind == op::claim) {
                 claims_.push_back(&r);
             } else if (r.kind == op::finish) {
                 finishes_.push_back(&r);
+            } else if (r.kind == op::renew) {
+                renews_.push_back(&r);
             } else if (r.kind == op::claim_host || r.kind == op::unclaim) {
                 segment(); // rare: in arrival order against the claims and finishes around it
                 apply(r, now);
             }
         }
         segment();
+        // Renewals last: they only extend what is still this worker's and unfinished, whatever
+        // came before them in the batch. One id is renewed at most once per tick.
+        apply_run(m_renew, renews_, now);
     }
 
     // Pool thread: writes `flying` as one transaction. Returns the error, empty on success.
@@ -842,7 +946,7 @@ rt::task<restart_claim> sqlite_store::claim_restart(const message& m) {
     co_return x.claim;
 }
 
-rt::task<void> sqlite_store::finish_restart(const message& m, const restart_result& res) {
+rt::task<bool> sqlite_store::finish_restart(const message& m, const restart_result& res) {
     request r;
     r.kind = op::finish;
     r.id = pending_.put(m.message_id());
@@ -850,9 +954,20 @@ rt::task<void> sqlite_store::finish_restart(const message& m, const restart_resu
     r.b = pending_.put(res.detail);
     auto pending = enqueue(r); // named: see writer() on GCC 12 and temporaries
     reply x = co_await pending;
-    // The restart ran but is still recorded as unfinished: the redelivery meets the
-    // --on-unfinished-restart policy, which is the truth.
+    // Not written: the restart is still recorded as unfinished (the caller writes it again).
     if (!x.ok) throw std::runtime_error("store: " + x.error);
+    co_return x.claim != restart_claim::held;
+}
+
+void sqlite_store::renew_claims(std::span<const message* const> ms) {
+    if (db_->opts.claim_lease.count() <= 0) return; // never held against a peer: nothing to renew
+    for (const message* m : ms) {
+        request r;
+        r.kind = op::renew;
+        r.id = pending_.put(m->message_id());
+        pending_.reqs.push_back(r);
+    }
+    wake();
 }
 
 rt::task<void> sqlite_store::release_claim(const message& m) {

@@ -31,7 +31,7 @@ namespace mayhem {
 
 // The schema version this build writes (PRAGMA user_version). A file with a newer version is
 // refused at start (exit 1): an older worker must not write rows it does not understand.
-inline constexpr int sqlite_schema_version = 1;
+inline constexpr int sqlite_schema_version = 2;
 
 struct sqlite_options {
     std::string path = "mayhem.db";
@@ -41,6 +41,10 @@ struct sqlite_options {
     // commit amortises it).
     bool synchronous_full = false;
     std::chrono::milliseconds busy_timeout{5000};
+    // This worker's name on its claims (unique per process), and how long a claim stays its own
+    // without renewal. 0: claims are never held against a peer (one worker per file).
+    std::string owner = "mayhem";
+    std::chrono::milliseconds claim_lease{0};
 };
 
 // Thrown at start-up for a database that retrying cannot fix (newer schema, not a database).
@@ -72,7 +76,8 @@ public:
     rt::task<restart_claim> claim_restart(const message& m) override;
     rt::task<host_claim> claim_host(const message& m, std::chrono::system_clock::time_point now,
                                     std::chrono::milliseconds cooldown) override;
-    rt::task<void> finish_restart(const message& m, const restart_result& r) override;
+    rt::task<bool> finish_restart(const message& m, const restart_result& r) override;
+    void renew_claims(std::span<const message* const> ms) override;
     rt::task<void> release_claim(const message& m) override;
     void complete(const message& m, const verdict& v) override;
     bool healthy() const override { return healthy_.load(std::memory_order_relaxed); }
@@ -83,7 +88,16 @@ public:
 
     const sqlite_store_stats& stats() const noexcept { return stats_; }
 
-    enum class op : std::uint8_t { save, claim, claim_host, finish, unclaim, complete, skip };
+    enum class op : std::uint8_t {
+        save,
+        claim,
+        claim_host,
+        finish,
+        unclaim,
+        renew,
+        complete,
+        skip
+    };
     // A string copied into a batch's text (offset, length): the pool thread must never read a
     // message that a cancelled task has already freed.
     struct text_ref {
@@ -94,7 +108,8 @@ public:
         op kind = op::save;
         text_ref id, a, b, c; // save: instance, hostname, reason; claim: hostname;
                               // finish: result, detail; complete: outcome, reason
-        restart_claim claim = restart_claim::proceed; // out (claim; claim_host: done = blocked)
+        // out: claim; claim_host: done = blocked; finish: held = the claim is a peer's now
+        restart_claim claim = restart_claim::proceed;
         std::int64_t n = 0; // claim_host: in, the cutoff (ms); out, the blocking start (ms)
         std::coroutine_handle<> waiter; // null: nobody waits (complete, cancelled)
     };

@@ -11,15 +11,22 @@
 #include "sources/source.hpp"
 
 #include <chrono>
+#include <span>
 #include <string_view>
 
 namespace mayhem {
 
 // What the store knows about a restart for a message id before it runs.
+//
+// A claim has an owner (the worker process that made it) and a lease: until `lease_until` the
+// restart is taken to be running on its owner, and the owner renews the lease while the message
+// is in flight (renew_claims). Only a claim whose lease has expired counts as unfinished.
 enum class restart_claim : std::uint8_t {
-    proceed,    // no restart recorded: recorded as started now, go ahead
+    proceed,    // no restart recorded: recorded as started now, by this worker, go ahead
     done,       // already restarted (or completed): do not restart again
-    unfinished, // recorded as started but never finished (a crash in the window)
+    unfinished, // started but never finished, and its owner's lease expired (a crash in the
+                // window); the claim is now this worker's, to finish or to run again
+    held,       // started and still leased by another live worker: do not restart now
 };
 
 // The answer to claim_host: the per-host cooldown ("restart only if the host's last restart is
@@ -60,7 +67,12 @@ public:
                                             std::chrono::system_clock::time_point now,
                                             std::chrono::milliseconds cooldown) = 0;
     // After a restart: records how it ended (for the message id, and for the host claim above).
-    virtual rt::task<void> finish_restart(const message& m, const restart_result& r) = 0;
+    // False when the claim is no longer this worker's (its lease expired and a peer took it
+    // over): nothing is recorded, and the caller must neither record nor ack the message.
+    virtual rt::task<bool> finish_restart(const message& m, const restart_result& r) = 0;
+    // Extends the leases of this worker's unfinished claims of these messages (not awaited:
+    // batched, best effort; a claim lost meanwhile shows in finish_restart).
+    virtual void renew_claims(std::span<const message* const> ms) { (void)ms; }
     // A restart claimed by claim_restart(m) that will never run (the worker began to stop
     // first): removes the start that claim recorded, and its host claim, so the next claim of m
     // answers `proceed`, not `unfinished`. Only an unfinished start is removed: a finished

@@ -182,7 +182,7 @@ class MetricsTest(Harness):
                    what="a slow iteration and a probe tick more than 1 s late in /metrics")
         w.signal(signal.SIGTERM)
         code, _, err = w.wait(timeout=30)
-        self.assertEqual(code, 0, err)
+        self.assertIn(code, (0, 3), err)  # 3: messages not yet restarting were released
         slow = [l for l in harness.json_log_lines(err)
                 if l.get("msg", "").startswith("slow event loop iteration")]
         self.assertTrue(slow, "no slow-iteration warning in the log")

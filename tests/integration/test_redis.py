@@ -145,7 +145,8 @@ class RedisSourceTest(Harness):
         db = os.path.join(self.tmp, "shared.db")
         store = ["--store", "sqlite", "--db", db, "--save-latency", "0", "--status-interval", "0"]
         doomed = self.redis_worker(r, *store, "--restart-latency", "0..4s",
-                                   "--max-in-flight", "100", "--consumer", "doomed")
+                                   "--max-in-flight", "100", "--consumer", "doomed",
+                                   "--lease-timeout", "2s", "--lease-extend-interval", "300ms")
 
         def acked_in_db():
             try:
@@ -163,6 +164,9 @@ class RedisSourceTest(Harness):
         unfinished = dict(query(db, "SELECT message_id, started FROM restarts "
                                     "WHERE finished IS NULL"))
         self.assertGreater(len(unfinished), 0)
+        # Its claims are its own until their lease (--lease-timeout) runs out: a peer that came
+        # sooner would leave them for later (held), not restart them.
+        time.sleep(2.5)
 
         rescuer = self.redis_worker(r, *store, "--restart-latency", "0", "--consumer", "rescuer",
                                     "--lease-timeout", "1s", "--reclaim-interval", "300ms",

@@ -159,8 +159,8 @@ class Reload(Harness):
         conf = os.path.join(self.tmp, "mayhem.json")
         with open(conf, "w") as f:
             json.dump({"log-level": "info", "rate": 50}, f)
-        w = self.worker("--config", conf, "--save-latency", "0", "--restart-latency", "0",
-                        "--log-format", "json")
+        w = self.worker("--config", conf, "--store", "memory", "--save-latency", "0",
+                        "--restart-latency", "0", "--log-format", "json")
         started(w)
         self.assertNotIn("message settled", w.stderr())
         with open(conf, "w") as f:
@@ -187,8 +187,8 @@ class Reload(Harness):
         conf = os.path.join(self.tmp, "mayhem.json")
         with open(conf, "w") as f:
             json.dump({"rate": 50}, f)
-        w = self.worker("--config", conf, "--save-latency", "0", "--restart-latency", "0",
-                        "--log-format", "json")
+        w = self.worker("--config", conf, "--store", "memory", "--save-latency", "0",
+                        "--restart-latency", "0", "--log-format", "json")
         started(w)
         with open(conf, "w") as f:
             f.write("{ not json")

@@ -107,7 +107,7 @@ public:
                                     std::chrono::milliseconds cooldown) override {
         return inner_.claim_host(m, now, cooldown);
     }
-    rt::task<void> finish_restart(const message& m, const restart_result& r) override {
+    rt::task<bool> finish_restart(const message& m, const restart_result& r) override {
         ++finish_calls;
         if (fail_ > 0) {
             --fail_;
