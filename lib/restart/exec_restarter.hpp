@@ -3,20 +3,27 @@
 // --restart-timeout is a failed restart, logged with the exit code or signal and the last lines
 // of the command's stderr.
 //
-// Children never outlive their restart: each runs in its own process group (setsid), and when
-// the task awaiting it is destroyed (a forced release at the drain deadline or a second
-// signal) the whole group gets SIGTERM, then SIGKILL after --restart-kill-grace. The process
-// handle is reaped and closed on the loop before the loop can close: an unfinished child keeps
-// the loop alive until it has exited.
+// No process of a command outlives it. Each command runs in its own process group (setsid),
+// and a command is finished only when that group is empty:
+//  - processes left in the group when the command (its group leader) exits get SIGTERM at once,
+//    SIGKILL after --restart-kill-grace; the result is still the leader's exit status;
+//  - when the task awaiting a command is destroyed (a forced release at the drain deadline or a
+//    second signal) the command is abandoned: its whole group gets SIGTERM, then SIGKILL after
+//    the grace, and it is reaped and freed on the loop. An unfinished command keeps the loop
+//    alive until its group is empty.
+// A process that leaves the group (setsid, setpgid) escapes this.
 //
 // Threading: loop thread only.
 #pragma once
 
 #include "restart/command_template.hpp"
 #include "restart/restarter.hpp"
+#include "runtime/counter.hpp"
 #include "runtime/loop.hpp"
 
 #include <chrono>
+#include <cstddef>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -31,7 +38,15 @@ struct exec_options {
 // How one command run ended.
 struct command_result {
     bool ok = false;
-    std::string detail; // failure text: exit code or signal, timeout, last stderr lines
+    std::string detail;          // failure text: exit code or signal, timeout, last stderr lines
+    std::size_t left_behind = 0; // processes still running when the command itself exited
+};
+
+// What the worker had to end by signal. Written on the loop thread, read by any (metrics).
+struct exec_restarter_stats {
+    rt::counter processes_terminated; // processes of commands sent SIGTERM (timeout, abandoned,
+                                      // left behind by a command that exited)
+    rt::counter processes_killed;     // processes still running at the end of the grace: SIGKILL
 };
 
 class exec_restarter final : public restarter {
@@ -42,15 +57,24 @@ public:
     std::string_view name() const override { return "exec"; }
     rt::task<restart_result> restart(const message& m) override;
     std::optional<std::string> refuse(const message& m) const override;
+    std::size_t live_processes() const override;
+    void hurry(std::chrono::milliseconds grace) override;
 
-    // Runs one command to its end (exit, timeout). Public for the unit tests.
+    const exec_restarter_stats& stats() const noexcept;
+
+    // Runs one command to its end (exit, timeout, and its group empty). Public for the tests.
     rt::task<command_result> run(std::vector<std::string> argv);
+
+    // What the commands share with their restarter; an abandoned command keeps it after the
+    // restarter is gone (it may outlive it until the loop closes).
+    struct shared;
 
 private:
     rt::loop& loop_;
     command_template restart_;
     std::optional<command_template> verify_;
     exec_options opts_;
+    std::shared_ptr<shared> shared_;
 };
 
 } // namespace mayhem

@@ -6,6 +6,8 @@
 #include "pipeline/outcome.hpp"
 #include "runtime/task.hpp"
 
+#include <chrono>
+#include <cstddef>
 #include <exception>
 #include <optional>
 #include <string>
@@ -25,6 +27,12 @@ public:
         (void)m;
         return std::nullopt;
     }
+    // Process groups of this restarter's commands not yet empty and reaped, counting abandoned
+    // ones still being terminated. The stop waits for this to reach 0.
+    virtual std::size_t live_processes() const { return 0; }
+    // For a bounded stop: from now on every running or terminating command is SIGKILLed at most
+    // `grace` after this call, and commands abandoned later wait at most `grace` for SIGKILL.
+    virtual void hurry(std::chrono::milliseconds grace) { (void)grace; }
 };
 
 } // namespace mayhem
