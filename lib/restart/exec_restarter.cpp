@@ -12,6 +12,8 @@
 #include <cstring>
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 #include <unordered_set>
 
@@ -130,7 +132,14 @@ public:
             [&](uv_timer_t* t) { return uv_timer_init(loop.get(), t); }, "uv_timer_init");
         timer_->data = this;
 
+        // With the wrapper: `mayhem __exec PPID argv...` (run_exec_wrapper).
+        std::string ppid = std::to_string(::getpid());
         std::vector<char*> args;
+        if (!o.wrapper.empty()) {
+            for (const char* a : {"mayhem", exec_wrapper_command})
+                args.push_back(const_cast<char*>(a));
+            args.push_back(ppid.data());
+        }
         for (const auto& a : argv)
             args.push_back(const_cast<char*>(a.c_str()));
         args.push_back(nullptr);
@@ -141,7 +150,7 @@ public:
         stdio[2].data.stream = reinterpret_cast<uv_stream_t*>(err_.get());
         uv_process_options_t po{};
         po.exit_cb = &exec_child::on_exit;
-        po.file = args[0];
+        po.file = o.wrapper.empty() ? argv[0].c_str() : o.wrapper.c_str();
         po.args = args.data();
         po.stdio = stdio;
         po.stdio_count = 3;
@@ -406,7 +415,7 @@ void log_left_behind(const message& m, const command_template& cmd, const comman
 exec_restarter::exec_restarter(rt::loop& loop, command_template restart_command,
                                std::optional<command_template> verify_command, exec_options opts)
     : loop_(loop), restart_(std::move(restart_command)), verify_(std::move(verify_command)),
-      opts_(opts), shared_(std::make_shared<shared>(opts_.kill_grace)) {}
+      opts_(std::move(opts)), shared_(std::make_shared<shared>(opts_.kill_grace)) {}
 
 std::optional<std::string> exec_restarter::refuse(const message& m) const {
     if (auto bad = restart_.refuse(m)) return bad;
@@ -487,6 +496,70 @@ rt::task<restart_result> exec_restarter::restart(const message& m) {
                                  {"command", restart_.program()},
                                  {"verified", verify_.has_value()}});
     co_return restart_result{restart_status::ok, {}};
+}
+
+// ---------------------------------------------------------------------------------------------
+// The exec wrapper: libuv's uv_spawn has no hook between fork and exec, so what must happen in
+// the child before the command runs happens here, in the worker's own binary started in its
+// place; it then execs the command, so no extra process remains.
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+// close_range(2) needs Linux 5.9; before that, the list in /proc/self/fd.
+void close_from_3() {
+    if (::close_range(3, ~0U, 0) == 0) return;
+    if (DIR* d = ::opendir("/proc/self/fd")) {
+        std::vector<int> fds;
+        while (const dirent* e = ::readdir(d)) {
+            int fd = std::atoi(e->d_name);
+            if (fd > 2 && fd != ::dirfd(d)) fds.push_back(fd);
+        }
+        ::closedir(d);
+        for (int fd : fds)
+            ::close(fd);
+        return;
+    }
+    rlimit lim{};
+    int top = ::getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY
+                  ? static_cast<int>(std::min<rlim_t>(lim.rlim_cur, 1 << 20))
+                  : 1024;
+    for (int fd = 3; fd < top; ++fd)
+        ::close(fd);
+}
+
+int wrapper_failed(const std::string& what) {
+    int err = errno;
+    std::fprintf(stderr, "%s: %s\n", what.c_str(), std::strerror(err));
+    return 127;
+}
+
+} // namespace
+
+int run_exec_wrapper(int argc, char** argv) {
+    if (argc < 2) {
+        std::fputs("mayhem __exec is internal to the exec restarter\n", stderr);
+        return 127;
+    }
+    const char* program = argv[1];
+    // The worker may be SIGKILLed while its command runs; the command then dies with it, so a
+    // redelivery does not run beside it. The death signal fires when the thread that spawned
+    // us exits: the worker's loop thread, which lives as long as the worker. It survives the
+    // exec below, except of a set-user-ID or set-group-ID program or one with file capabilities
+    // (sudo, for one), which the kernel starts without it unless no_new_privs is set
+    // (NoNewPrivileges=yes: then it gains no privilege either).
+    if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0)
+        return wrapper_failed("cannot set the parent-death signal");
+    // The worker died before the line above: nothing would kill us later.
+    if (::getppid() != static_cast<pid_t>(std::strtol(argv[0], nullptr, 10))) {
+        std::fputs("the worker is gone\n", stderr);
+        return 127;
+    }
+    // Exactly stdin, stdout and stderr: the worker's sockets (hiredis makes them without
+    // SOCK_CLOEXEC), database files and the like are not the command's business.
+    close_from_3();
+    ::execvp(program, argv + 1);
+    return wrapper_failed(std::string("cannot run '") + program + "'");
 }
 
 } // namespace mayhem

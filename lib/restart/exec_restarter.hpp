@@ -13,6 +13,9 @@
 //    alive until its group is empty.
 // A process that leaves the group (setsid, setpgid) escapes this.
 //
+// Through the exec wrapper (exec_options::wrapper, `mayhem __exec`), a command receives exactly
+// descriptors 0, 1 and 2 of the worker's, and dies with the worker (PR_SET_PDEATHSIG).
+//
 // Threading: loop thread only.
 #pragma once
 
@@ -33,6 +36,11 @@ namespace mayhem {
 struct exec_options {
     std::chrono::milliseconds timeout{5 * 60 * 1000};
     std::chrono::milliseconds kill_grace{10 * 1000};
+    // The program each command is started through (run_exec_wrapper): the worker passes
+    // /proc/self/exe, i.e. its own binary. Empty: the command is exec'd directly (the unit tests,
+    // which have no mayhem binary): it then inherits every descriptor not marked close-on-exec
+    // and runs on when the worker is killed.
+    std::string wrapper;
 };
 
 // How one command run ended.
@@ -76,5 +84,12 @@ private:
     exec_options opts_;
     std::shared_ptr<shared> shared_;
 };
+
+// `mayhem __exec PPID PROGRAM ARGS...` (hidden): the exec wrapper. Dies with process PPID
+// (PR_SET_PDEATHSIG, SIGKILL) and exits at once if PPID is already gone, closes every
+// descriptor above 2, then execvp's PROGRAM in its own place. If any step fails: the reason on
+// stderr, exit 127. `argv` starts at PPID.
+inline constexpr const char* exec_wrapper_command = "__exec";
+int run_exec_wrapper(int argc, char** argv);
 
 } // namespace mayhem
