@@ -12,8 +12,12 @@
 #include <cstring>
 #include <dirent.h>
 #include <fcntl.h>
+#include <fstream>
+#include <sstream>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 #include <unordered_set>
 
@@ -31,9 +35,31 @@ constexpr std::uint64_t poll_first_ms = 1;
 constexpr std::uint64_t poll_max_ms = 100;
 
 // ---------------------------------------------------------------------------------------------
-// Reading /proc touches no disk (the kernel answers from memory), so it runs on the loop thread
-// like any other system call.
+// Small synchronous reads and writes of /proc and cgroupfs. They touch no disk (the kernel
+// answers from memory), so they run on the loop thread like any other system call.
 // ---------------------------------------------------------------------------------------------
+
+bool read_file(const std::string& path, std::string& out) {
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return false;
+    out.clear();
+    char buf[4096];
+    ssize_t n;
+    while ((n = ::read(fd, buf, sizeof buf)) > 0)
+        out.append(buf, static_cast<std::size_t>(n));
+    ::close(fd);
+    return n == 0;
+}
+
+// 0, or the errno of the failure.
+int write_file(const std::string& path, std::string_view text) {
+    int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return errno;
+    int err =
+        ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) ? 0 : errno;
+    ::close(fd);
+    return err;
+}
 
 // Processes of group `pgid` that still run: zombies do not count. After a command's leader is
 // reaped its orphans belong to init (or a subreaper), which may reap them late, or never when
@@ -67,7 +93,9 @@ std::size_t live_members(pid_t pgid) {
 
 // ---------------------------------------------------------------------------------------------
 // command_processes: what makes up one command, i.e. its process group (the id is the leader's
-// pid: libuv's setsid).
+// pid: libuv's setsid) and, with a delegated cgroup, the cgroup of its own that the wrapper
+// moved it into. The group is what a command that stays in it leaves behind; the cgroup also
+// holds what escaped the group (setsid, a daemon), so with one, both must be empty.
 //
 // A process group id is not reused while any process, even a zombie, is in the group; between
 // our last look at an emptied group and a signal to it, its id would have to be handed out
@@ -76,24 +104,61 @@ std::size_t live_members(pid_t pgid) {
 class command_processes {
 public:
     command_processes() = default;
-    explicit command_processes(pid_t pgid) : pgid_(pgid) {}
+    command_processes(pid_t pgid, std::string cgroup) : pgid_(pgid), cgroup_(std::move(cgroup)) {}
 
     pid_t pgid() const noexcept { return pgid_; }
+    const std::string& cgroup() const noexcept { return cgroup_; }
 
     // Nothing left that runs. kill() fails with ESRCH when the group is gone, and with EPERM
     // when none of it may be signalled by us: then none of it could be ended by us either.
-    bool empty() const { return pgid_ <= 0 || ::kill(-pgid_, 0) != 0 || live_members(pgid_) == 0; }
+    bool empty() const {
+        bool group = pgid_ <= 0 || ::kill(-pgid_, 0) != 0 || live_members(pgid_) == 0;
+        return group && !populated();
+    }
 
     // Sends `sig` to every process of the command; returns how many were running.
     std::size_t signal(int sig) const {
-        if (pgid_ <= 0 || ::kill(-pgid_, 0) != 0) return 0;
-        std::size_t n = live_members(pgid_);
-        ::kill(-pgid_, sig);
+        std::size_t n = 0;
+        if (!cgroup_.empty()) {
+            auto pids = cgroup_pids();
+            n = pids.size();
+            if (sig == SIGKILL)
+                (void)write_file(cgroup_ + "/cgroup.kill", "1"); // all of it, atomically
+            else
+                for (pid_t p : pids)
+                    ::kill(p, sig);
+        } else if (pgid_ > 0 && ::kill(-pgid_, 0) == 0) {
+            n = live_members(pgid_);
+        }
+        if (pgid_ > 0) ::kill(-pgid_, sig); // the leader before it joined its cgroup
         return n;
     }
 
+    // Removes the command's cgroup (empty by now); "" or the reason it could not be.
+    std::string remove_cgroup() const {
+        if (cgroup_.empty() || ::rmdir(cgroup_.c_str()) == 0 || errno == ENOENT) return {};
+        return std::strerror(errno);
+    }
+
 private:
+    // cgroup.events says "populated 0" once no process of the cgroup runs (zombies do not count).
+    bool populated() const {
+        std::string events;
+        if (cgroup_.empty() || !read_file(cgroup_ + "/cgroup.events", events)) return false;
+        return events.find("populated 1") != std::string::npos;
+    }
+    std::vector<pid_t> cgroup_pids() const {
+        std::vector<pid_t> pids;
+        std::string text;
+        if (!read_file(cgroup_ + "/cgroup.procs", text)) return pids;
+        std::istringstream in(text);
+        for (pid_t p; in >> p;)
+            pids.push_back(p);
+        return pids;
+    }
+
     pid_t pgid_ = 0;
+    std::string cgroup_;
 };
 
 } // namespace
@@ -105,6 +170,7 @@ struct exec_restarter::shared {
     std::unordered_set<exec_child*> live; // commands not finished (running, terminating)
     exec_restarter_stats stats;
     std::chrono::milliseconds grace; // --restart-kill-grace, shortened by hurry()
+    std::uint64_t cgroups = 0;       // cgroups created so far: names the next one
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -132,13 +198,24 @@ public:
             [&](uv_timer_t* t) { return uv_timer_init(loop.get(), t); }, "uv_timer_init");
         timer_->data = this;
 
-        // With the wrapper: `mayhem __exec PPID argv...` (run_exec_wrapper).
+        std::string cgroup;
+        if (!o.cgroup.empty() && !o.wrapper.empty()) {
+            cgroup = o.cgroup + "/mayhem-" + std::to_string(::getpid()) + "-" +
+                     std::to_string(++shared_->cgroups);
+            if (::mkdir(cgroup.c_str(), 0755) != 0) {
+                error = "cannot create cgroup " + cgroup + ": " + std::strerror(errno);
+                give_up_start();
+                return;
+            }
+        }
+        // With the wrapper: `mayhem __exec PPID CGROUP argv...` (run_exec_wrapper).
         std::string ppid = std::to_string(::getpid());
         std::vector<char*> args;
         if (!o.wrapper.empty()) {
             for (const char* a : {"mayhem", exec_wrapper_command})
                 args.push_back(const_cast<char*>(a));
             args.push_back(ppid.data());
+            args.push_back(cgroup.data());
         }
         for (const auto& a : argv)
             args.push_back(const_cast<char*>(a.c_str()));
@@ -172,10 +249,11 @@ public:
             // worker's environment is broken, not the message, so this is a failed restart
             // that is retried and counted by the circuit breaker.
             error = std::string("cannot run '") + po.file + "': " + uv_strerror(rc);
+            command_processes(0, cgroup).remove_cgroup();
             give_up_start();
             return;
         }
-        procs_ = command_processes(proc_->pid);
+        procs_ = command_processes(proc_->pid, std::move(cgroup));
         shared_->live.insert(this);
         if (uv_read_start(reinterpret_cast<uv_stream_t*>(err_.get()), &exec_child::on_alloc,
                           &exec_child::on_read) < 0)
@@ -235,7 +313,7 @@ private:
         if (stage_ == stage::killed && now >= give_up_at_) {
             log::error("processes of a restart command outlived SIGKILL; no longer waiting for "
                        "them",
-                       {{"pgid", procs_.pgid()}});
+                       {{"pgid", procs_.pgid()}, {"cgroup", procs_.cgroup()}});
             return finish();
         }
         if (exited_) {
@@ -310,6 +388,9 @@ private:
         stage_ = stage::finished;
         drain_stderr();
         close_all();
+        if (auto why = procs_.remove_cgroup(); !why.empty())
+            log::warn("cannot remove a restart command's cgroup",
+                      {{"cgroup", procs_.cgroup()}, {"error", why}});
         shared_->live.erase(this);
         if (abandoned_) {
             delete this;
@@ -415,7 +496,10 @@ void log_left_behind(const message& m, const command_template& cmd, const comman
 exec_restarter::exec_restarter(rt::loop& loop, command_template restart_command,
                                std::optional<command_template> verify_command, exec_options opts)
     : loop_(loop), restart_(std::move(restart_command)), verify_(std::move(verify_command)),
-      opts_(std::move(opts)), shared_(std::make_shared<shared>(opts_.kill_grace)) {}
+      opts_(std::move(opts)), shared_(std::make_shared<shared>(opts_.kill_grace)) {
+    if (!opts_.cgroup.empty() && !opts_.wrapper.empty())
+        log::info("restart commands run in cgroups of their own", {{"cgroup", opts_.cgroup}});
+}
 
 std::optional<std::string> exec_restarter::refuse(const message& m) const {
     if (auto bad = restart_.refuse(m)) return bad;
@@ -537,11 +621,12 @@ int wrapper_failed(const std::string& what) {
 } // namespace
 
 int run_exec_wrapper(int argc, char** argv) {
-    if (argc < 2) {
+    if (argc < 3) {
         std::fputs("mayhem __exec is internal to the exec restarter\n", stderr);
         return 127;
     }
-    const char* program = argv[1];
+    const char* cgroup = argv[1];
+    const char* program = argv[2];
     // The worker may be SIGKILLed while its command runs; the command then dies with it, so a
     // redelivery does not run beside it. The death signal fires when the thread that spawned
     // us exits: the worker's loop thread, which lives as long as the worker. It survives the
@@ -555,11 +640,53 @@ int run_exec_wrapper(int argc, char** argv) {
         std::fputs("the worker is gone\n", stderr);
         return 127;
     }
+    if (cgroup[0] != '\0') {
+        if (int err = write_file(std::string(cgroup) + "/cgroup.procs", "0")) {
+            errno = err;
+            return wrapper_failed(std::string("cannot join cgroup ") + cgroup);
+        }
+    }
     // Exactly stdin, stdout and stderr: the worker's sockets (hiredis makes them without
     // SOCK_CLOEXEC), database files and the like are not the command's business.
     close_from_3();
-    ::execvp(program, argv + 1);
+    ::execvp(program, argv + 2);
     return wrapper_failed(std::string("cannot run '") + program + "'");
+}
+
+std::string delegated_cgroup() {
+    // Our cgroup v2 path: the "0::PATH" line.
+    std::ifstream self("/proc/self/cgroup");
+    std::string line, path;
+    while (std::getline(self, line))
+        if (line.rfind("0::", 0) == 0) path = line.substr(3);
+    if (path.empty()) return {};
+    // Where cgroup2 is mounted: /sys/fs/cgroup (unified), /sys/fs/cgroup/unified (hybrid).
+    // mountinfo: ID PARENT MAJ:MIN ROOT MOUNT-POINT OPTIONS... - FSTYPE SOURCE SUPER-OPTIONS
+    std::ifstream mounts("/proc/self/mountinfo");
+    std::string dir;
+    while (std::getline(mounts, line)) {
+        auto dash = line.find(" - ");
+        if (dash == std::string::npos || line.compare(dash + 3, 8, "cgroup2 ") != 0) continue;
+        std::istringstream head(line.substr(0, dash));
+        std::string id, parent, dev, root, point;
+        head >> id >> parent >> dev >> root >> point;
+        if (root != "/" && path.rfind(root + "/", 0) != 0) continue;
+        dir = point + (root == "/" ? path : path.substr(root.size()));
+        break;
+    }
+    if (dir.empty()) return {};
+    while (dir.size() > 1 && dir.back() == '/')
+        dir.pop_back();
+    bool delegated = false;
+    for (const char* attr : {"trusted.delegate", "user.delegate"}) {
+        char value[8] = {};
+        ssize_t n = ::getxattr(dir.c_str(), attr, value, sizeof value - 1);
+        if (n == 1 && value[0] == '1') delegated = true;
+    }
+    if (!delegated) return {};
+    for (const char* file : {"", "/cgroup.procs", "/cgroup.kill"})
+        if (::access((dir + file).c_str(), W_OK) != 0) return {};
+    return dir;
 }
 
 } // namespace mayhem

@@ -11,7 +11,9 @@
 //    second signal) the command is abandoned: its whole group gets SIGTERM, then SIGKILL after
 //    the grace, and it is reaped and freed on the loop. An unfinished command keeps the loop
 //    alive until its group is empty.
-// A process that leaves the group (setsid, setpgid) escapes this.
+// A process that leaves the group (setsid, setpgid) escapes this, unless the worker runs in a
+// delegated cgroup v2 (exec_options::cgroup): then each command also gets a cgroup of its own,
+// which is what gets signalled and waited for.
 //
 // Through the exec wrapper (exec_options::wrapper, `mayhem __exec`), a command receives exactly
 // descriptors 0, 1 and 2 of the worker's, and dies with the worker (PR_SET_PDEATHSIG).
@@ -38,9 +40,13 @@ struct exec_options {
     std::chrono::milliseconds kill_grace{10 * 1000};
     // The program each command is started through (run_exec_wrapper): the worker passes
     // /proc/self/exe, i.e. its own binary. Empty: the command is exec'd directly (the unit tests,
-    // which have no mayhem binary): it then inherits every descriptor not marked close-on-exec
-    // and runs on when the worker is killed.
+    // which have no mayhem binary): it then inherits every descriptor not marked close-on-exec,
+    // runs on when the worker is killed, and gets no cgroup.
     std::string wrapper;
+    // A cgroup v2 directory delegated to the worker (delegated_cgroup()): each command gets a
+    // child cgroup in it, and its end is that cgroup's end. Empty: the process group only.
+    // Needs the wrapper, which moves the command into its cgroup before the exec.
+    std::string cgroup;
 };
 
 // How one command run ended.
@@ -85,11 +91,16 @@ private:
     std::shared_ptr<shared> shared_;
 };
 
-// `mayhem __exec PPID PROGRAM ARGS...` (hidden): the exec wrapper. Dies with process PPID
-// (PR_SET_PDEATHSIG, SIGKILL) and exits at once if PPID is already gone, closes every
-// descriptor above 2, then execvp's PROGRAM in its own place. If any step fails: the reason on
-// stderr, exit 127. `argv` starts at PPID.
+// `mayhem __exec PPID CGROUP PROGRAM ARGS...` (hidden): the exec wrapper. Dies with process
+// PPID (PR_SET_PDEATHSIG, SIGKILL) and exits at once if PPID is already gone, moves itself into
+// CGROUP (a directory; "" = none), closes every descriptor above 2, then execvp's PROGRAM in
+// its own place. If any step fails: the reason on stderr, exit 127. `argv` starts at PPID.
 inline constexpr const char* exec_wrapper_command = "__exec";
 int run_exec_wrapper(int argc, char** argv);
+
+// The worker's own cgroup v2 directory when it may create cgroups in it: systemd delegated it
+// (Delegate=yes sets the xattr trusted.delegate or user.delegate to 1), it is writable and it
+// has cgroup.kill (Linux 5.14). Empty otherwise.
+std::string delegated_cgroup();
 
 } // namespace mayhem
