@@ -3,6 +3,7 @@
 #include "config/config.hpp"
 #include "pipeline/worker.hpp"
 #include "publish.hpp"
+#include "restart/exec_restarter.hpp"
 #include "runtime/log.hpp"
 #include "runtime/loop.hpp"
 #include "sources/simulate_source.hpp"
@@ -12,6 +13,7 @@
 #include <CLI/CLI.hpp>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <iostream>
 #include <pthread.h>
 #include <string>
@@ -99,6 +101,10 @@ int run_history(const std::vector<std::string>& args) {
 } // namespace
 
 int main(int argc, char** argv) {
+    // Not a command for people (not in --help): how the exec restarter starts each restart
+    // command. First, so that it costs nothing but the exec of this binary.
+    if (argc > 1 && std::strcmp(argv[1], mayhem::exec_wrapper_command) == 0)
+        return mayhem::run_exec_wrapper(argc - 2, argv + 2);
     std::vector<std::string> args(argv + 1, argv + argc);
     if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
         std::fputs(usage, stdout);

@@ -27,11 +27,11 @@ public:
         (void)m;
         return std::nullopt;
     }
-    // Processes this restarter started that are not gone yet (running, or abandoned and being
-    // ended). The stop waits for none to be left.
+    // Process groups of this restarter's commands not yet empty and reaped, counting abandoned
+    // ones still being terminated. The stop waits for this to reach 0.
     virtual std::size_t live_processes() const { return 0; }
-    // The stop is short of time: from now on a process being ended is killed (SIGKILL) at most
-    // `grace` after this call or after it was abandoned, whichever is later.
+    // For a bounded stop: from now on every running or terminating command is SIGKILLed at most
+    // `grace` after this call, and commands abandoned later wait at most `grace` for SIGKILL.
     virtual void hurry(std::chrono::milliseconds grace) { (void)grace; }
 };
 
