@@ -91,6 +91,42 @@ class Stop(Harness):
         self.assertEqual((s["acked"], s["released"]), (4, 196), s)
         self.assertEqual(code, 3, err[-3000:])
 
+    def test_stop_is_bounded_by_the_drain_timeout(self):
+        # A command that ignores SIGTERM and a kill grace of an hour: the drain deadline still
+        # ends the stop, SIGKILLing the command within the fixed margin.
+        script = self.script("trap '' TERM; sleep 3600 & wait; sleep 3600")
+        w = self.stdin_worker(script, 1, "--drain-timeout", "1s", "--restart-kill-grace", "1h")
+        harness.wait_until(lambda: len(self.command_pids()) == 1 or not w.alive(), timeout=20,
+                           what="the restart command to start")
+        t0 = time.monotonic()
+        w.signal(signal.SIGTERM)
+        code, out, err = w.wait(timeout=60)  # a hang guard only: the old worker took an hour
+        took = time.monotonic() - t0
+        print("\nstop with --drain-timeout 1s and a command ignoring SIGTERM: %.3fs (bound %.1fs)"
+              % (took, 1 + STOP_MARGIN))
+        self.assertEqual(code, 3, err[-3000:])
+        self.assertFalse(any(alive(p) for p in self.command_pids()), "a command outlived the stop")
+        steps = [r.get("msg") for r in harness.json_log_lines(err)]
+        for step in ("draining: intake stopped, no new restart starts; waiting for running restarts",
+                     "releasing unfinished messages (not acked; a source that can redeliver will)",
+                     "stop: ending restart commands", "stop: restart commands ended",
+                     "stop: source closed", "drain finished"):
+            self.assertIn(step, steps)
+
+    def test_signals_after_the_second_are_ignored_until_the_commands_are_gone(self):
+        script = self.script("trap '' TERM INT; sleep 3600 & wait; sleep 3600")
+        w = self.stdin_worker(script, 3, "--restart-kill-grace", "1s")
+        harness.wait_until(lambda: len(self.command_pids()) == 3 or not w.alive(), timeout=20,
+                           what="3 restart commands to start")
+        for _ in range(3):
+            w.signal(signal.SIGINT)
+            time.sleep(0.001)
+        code, out, err = w.wait(timeout=60)
+        self.assertEqual(code, 3, err[-3000:])  # not 130 or 143: the worker was not killed
+        self.assertEqual(harness.parse_summary(out)["released"], 3)
+        self.assertFalse(any(alive(p) for p in self.command_pids()), "a command was orphaned")
+        self.assertIn("signal ignored: the worker is already stopping", err)
+
     def test_source_failure_with_messages_in_flight_ends_in_order(self):
         # The dead-letter key becomes a string and the group vanishes while restarts run: the
         # source re-checks its keys, fails for good (exit 1), the messages in flight are
