@@ -2,6 +2,7 @@
 
 #include "message/message.hpp"
 #include "pipeline/outcome.hpp"
+#include "restart/exec_restarter.hpp"
 
 #include <limits>
 #include <prometheus/text_serializer.h>
@@ -159,6 +160,17 @@ std::vector<MetricFamily> collect(const catalogue_inputs& in) {
                          MetricType::Counter, num(live.store_transactions.get())));
     out.push_back(single("mayhem_store_saves_total", "Saves in committed store transactions",
                          MetricType::Counter, num(live.store_saves.get())));
+
+    // Always present (0 without --restarter exec), so a dashboard's query never goes missing.
+    auto signalled = family("mayhem_restart_processes_signalled_total",
+                            "Processes of restart commands the worker had to end, by signal: "
+                            "timed out, abandoned at a stop, or left behind by a command that "
+                            "exited",
+                            MetricType::Counter);
+    const exec_restarter_stats* e = in.exec;
+    add_value(signalled, num(e ? e->processes_terminated.get() : 0), {{"signal", "SIGTERM"}});
+    add_value(signalled, num(e ? e->processes_killed.get() : 0), {{"signal", "SIGKILL"}});
+    out.push_back(std::move(signalled));
 
     // Safety rails (README, "Safety rails")
     if (const restart_guard_stats* g = in.guard) {

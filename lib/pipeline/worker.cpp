@@ -158,6 +158,11 @@ std::string claim_owner() {
     return std::string(host) + "-" + std::to_string(::getpid()) + "-" + tag;
 }
 
+const exec_restarter_stats* exec_stats(const restarter& r) {
+    auto* e = dynamic_cast<const exec_restarter*>(&r);
+    return e ? &e->stats() : nullptr;
+}
+
 double seconds_since(std::chrono::steady_clock::time_point t) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
@@ -174,7 +179,8 @@ worker::worker(worker_config cfg, std::vector<std::string> argv)
         std::make_unique<pipeline>(loop_, make_pipeline_options(cfg_), *source_, *store_, *guard_);
     pipeline_->on_change([this] { check_done(); });
     observability_ = std::make_unique<metrics::observability>(
-        loop_, make_observability_options(cfg_), *pipeline_, *source_, *store_, &guard_->stats());
+        loop_, make_observability_options(cfg_), *pipeline_, *source_, *store_, &guard_->stats(),
+        exec_stats(*restarter_));
 
     for (int s : {SIGTERM, SIGINT}) {
         signals_.push_back(
