@@ -77,7 +77,12 @@ int main(int argc, char** argv) {
     app.add_option("--count", count, "entries per XREADGROUP")
         ->capture_default_str()
         ->check(CLI::Range(1, 100000));
-    CLI11_PARSE(app, argc, argv);
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        const int code = app.exit(e); // prints the help or the error
+        return code == 0 ? 0 : 2;
+    }
 
     // Timeouts are hang guards only: no command here blocks on the server.
     context_ptr c(redisConnectWithTimeout(host.c_str(), port, timeval{5, 0}));
