@@ -10,7 +10,7 @@ DEB_PACKAGES := g++ cmake make pkg-config python3 \
   libuv1-dev nlohmann-json3-dev prometheus-cpp-dev libcivetweb-dev doctest-dev \
   libcli11-dev libspdlog-dev libfmt-dev libsqlite3-dev libhiredis-dev \
   redis-server redis-tools prometheus clang-format \
-  time nodejs golang-go
+  time nodejs node-redis golang-go
 
 .PHONY: all deps build run test asan tsan bench format format-check clean help
 
