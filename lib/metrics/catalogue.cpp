@@ -146,6 +146,10 @@ std::vector<MetricFamily> collect(const catalogue_inputs& in) {
                          "Writes of a restart's end tried again after the store failed (the "
                          "restart is not run again; its message is held until it is recorded)",
                          MetricType::Counter, num(st.record_retries.get())));
+    out.push_back(single("mayhem_unfinished_verified_total",
+                         "Unfinished restarts that --verify-command found done: recorded ok, "
+                         "not run a second time",
+                         MetricType::Counter, num(st.unfinished_verified.get())));
     out.push_back(single("mayhem_claims_held_total",
                          "Restart claims found held by another live worker: not restarted here, "
                          "retried later without using up an attempt",

@@ -208,6 +208,7 @@ rt::task<void> pipeline::process(delivery d) {
     } catch (...) {
         step = store_failed(f.restarted);
     }
+    if (step == claim_step::verify) step = co_await verify_unfinished(f);
     if (step == claim_step::restart) {
         auto gate = guard_.enter(f.pass, f.msg, f.restarted);
         bool go = gate == restart_guard::gate::restart;
@@ -224,7 +225,8 @@ rt::task<void> pipeline::process(delivery d) {
         warm(f, true);
         guard_.leave(f.pass);
     }
-    if (step == claim_step::restart || step == claim_step::record) {
+    if (step == claim_step::restart || step == claim_step::record ||
+        step == claim_step::record_counted) {
         // A restart the stop kept from starting gives its claim back, so its redelivery is not
         // taken for a restart that died half-way; any other result is recorded, however long
         // that takes: a restart that ran is never run again because its record failed.
@@ -232,7 +234,7 @@ rt::task<void> pipeline::process(delivery d) {
             co_await unclaim(f);
         else if (!co_await record(f))
             co_await record_until_written(f);
-        if (step == claim_step::restart) step = claim_step::counted;
+        if (step != claim_step::record) step = claim_step::counted;
     }
     if (step == claim_step::counted)
         stats_.restarts[static_cast<std::size_t>(f.restarted.status)].inc();
@@ -269,6 +271,24 @@ rt::task<void> pipeline::record_until_written(flight& f) {
         co_await rt::sleep_for(loop_, opts_.record_retry.delay(attempt, rng_()));
         if (co_await record(f)) co_return;
     }
+}
+
+// The rare path in a frame of its own: before running again a restart a dead worker left
+// unfinished, ask the verify command whether the host came back since; if it did, that restart
+// is recorded as ok and not run a second time.
+rt::task<pipeline::claim_step> pipeline::verify_unfinished(flight& f) {
+    restart_result v;
+    try {
+        v = co_await guard_.inner().verify(f.msg);
+    } catch (...) {
+        v = restart_result{restart_status::failed, rt::describe(std::current_exception())};
+    }
+    if (v.status != restart_status::ok) co_return claim_step::restart;
+    stats_.unfinished_verified.inc();
+    log::info("unfinished restart verified: the host came back, not restarted again",
+              {{"message_id", f.msg.message_id()}, {"hostname", f.msg.hostname()}});
+    f.restarted = restart_result{restart_status::ok, "verified after an unfinished restart"};
+    co_return claim_step::record_counted;
 }
 
 void pipeline::claim_lost(flight& f) {
@@ -390,6 +410,8 @@ pipeline::claim_step pipeline::after_claim(restart_claim claim, restart_result& 
     case restart_claim::unfinished:
         // The store keeps the unfinished row as this restart's record: a retry finishes it.
         stats_.unfinished_restarts.inc();
+        if (opts_.on_unfinished == unfinished_policy::retry && guard_.inner().can_verify())
+            return claim_step::verify;
         if (opts_.on_unfinished == unfinished_policy::dead_letter) {
             // Dead-lettered at once by decide(); nothing runs, so nothing is counted, and the
             // row is closed with this result: no id stays in progress.

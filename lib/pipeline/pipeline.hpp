@@ -75,6 +75,7 @@ struct pipeline_stats {
     rt::counter record_retries;      // writes of a restart's record tried again after a failure
     rt::counter claims_held;         // claims found held by a live peer: not restarted here
     rt::counter claims_lost;         // claims taken over by a peer while this worker's restart ran
+    rt::counter unfinished_verified; // unfinished restarts the verify command found done
     rt::gauge in_flight;
     rt::gauge peak_in_flight; // the most in flight at once since start
     rt::gauge queue_depth;
@@ -138,9 +139,18 @@ private:
     void hold(flight& f);
     void lease(flight& f);
     void conclude(flight& f);
-    // After the claim: run the restart; record `r` as the claim's end without running one; or
-    // settle with `r`, counting it by result or not.
-    enum class claim_step : std::uint8_t { restart, record, counted, uncounted };
+    // After the claim: verify an unfinished restart first; run the restart; record `r` as the
+    // claim's end without running one (counted by result or not); or settle with `r`, counted
+    // by result or not.
+    enum class claim_step : std::uint8_t {
+        verify,
+        restart,
+        record,
+        record_counted,
+        counted,
+        uncounted
+    };
+    rt::task<claim_step> verify_unfinished(flight& f);
     claim_step after_claim(restart_claim claim, restart_result& r);
     static void restart_failed(restart_result& r);
     static claim_step store_failed(restart_result& r);

@@ -561,24 +561,30 @@ rt::task<restart_result> exec_restarter::restart(const message& m) {
         co_return restart_result{restart_status::failed, std::move(r.detail)};
     }
     if (verify_) {
-        auto vargv = verify_->expand(m);
-        if (auto* why = std::get_if<std::string>(&vargv))
-            co_return restart_result{restart_status::refused, *why};
-        command_result v = co_await run(std::get<0>(std::move(vargv)));
-        log_left_behind(m, *verify_, v);
-        if (!v.ok) {
+        restart_result v = co_await verify(m);
+        if (v.status != restart_status::ok) {
             log::warn("verify command failed after the restart command succeeded",
                       {{"message_id", m.message_id()},
                        {"hostname", m.hostname()},
                        {"command", verify_->program()},
                        {"error", v.detail}});
-            co_return restart_result{restart_status::failed, "verify command: " + v.detail};
+            co_return v;
         }
     }
     log::info("host restarted", {{"message_id", m.message_id()},
                                  {"hostname", m.hostname()},
                                  {"command", restart_.program()},
                                  {"verified", verify_.has_value()}});
+    co_return restart_result{restart_status::ok, {}};
+}
+
+rt::task<restart_result> exec_restarter::verify(const message& m) {
+    auto vargv = verify_->expand(m);
+    if (auto* why = std::get_if<std::string>(&vargv))
+        co_return restart_result{restart_status::refused, *why};
+    command_result v = co_await run(std::get<0>(std::move(vargv)));
+    log_left_behind(m, *verify_, v);
+    if (!v.ok) co_return restart_result{restart_status::failed, "verify command: " + v.detail};
     co_return restart_result{restart_status::ok, {}};
 }
 

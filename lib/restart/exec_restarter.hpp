@@ -73,6 +73,8 @@ public:
     std::optional<std::string> refuse(const message& m) const override;
     std::size_t live_processes() const override;
     void hurry(std::chrono::milliseconds grace) override;
+    bool can_verify() const override { return verify_.has_value(); }
+    rt::task<restart_result> verify(const message& m) override;
 
     const exec_restarter_stats& stats() const noexcept;
 

@@ -33,6 +33,14 @@ public:
     // For a bounded stop: from now on every running or terminating command is SIGKILLed at most
     // `grace` after this call, and commands abandoned later wait at most `grace` for SIGKILL.
     virtual void hurry(std::chrono::milliseconds grace) { (void)grace; }
+    // Whether verify() can tell that a host came back from a restart (--verify-command).
+    virtual bool can_verify() const { return false; }
+    // Asks, without restarting, whether `m`'s host came back from a restart: `ok` when it did.
+    // Used before running again a restart that a dead worker left unfinished.
+    virtual rt::task<restart_result> verify(const message& m) {
+        (void)m;
+        co_return restart_result{restart_status::failed, "no way to verify"};
+    }
 };
 
 } // namespace mayhem

@@ -59,11 +59,19 @@ private:
     std::size_t demand_ = 0, delivered_ = 0;
 };
 
-// Counts the restarts it starts and finishes; each takes `latency`.
+// Counts the restarts it starts and finishes; each takes `latency`. With `verifies` set, its
+// verify() answers that the host came back.
 class counting_restarter final : public restarter {
 public:
     counting_restarter(rt::loop& l, rt::millis latency) : loop_(l), latency_(latency) {}
     std::string_view name() const override { return "counting"; }
+    bool can_verify() const override { return verifies; }
+    rt::task<restart_result> verify(const message&) override {
+        ++verified;
+        co_return restart_result{restart_status::ok, {}};
+    }
+    bool verifies = false;
+    int verified = 0;
     rt::task<restart_result> restart(const message& m) override {
         ++started[std::string(m.message_id())];
         co_await rt::sleep_for(loop_, latency_);
@@ -305,4 +313,39 @@ TEST_CASE("a restart the store could not claim is retried without using up an at
     CHECK(inner.total_started() == 0);
     CHECK(src.outcomes[outcome::retried] == 1);
     CHECK(src.outcomes[outcome::dead_lettered] == 0);
+}
+
+TEST_CASE("an unfinished restart the verify command finds done is not run a second time") {
+    rt::loop loop;
+    feed_source src;
+    memory_store store(loop, latency_range{}, 1);
+    counting_restarter inner(loop, 1ms);
+    inner.verifies = true;
+    restart_guard guard(loop, guard_options{}, store, inner);
+    pipeline_options opts;
+    opts.seed = 3;
+    pipeline p(loop, opts, src, store, guard);
+    p.start();
+    // A worker claimed the restart and died before it recorded the end.
+    restart_claim first = restart_claim::held;
+    rt::task_scope scope;
+    scope.spawn(claim_into(store, message{"left", "cattle-1", "cattle-1.example.net"}, first));
+    loop.run_until([&] { return scope.size() == 0; });
+    REQUIRE(first == restart_claim::proceed);
+
+    src.feed({msg("left", "cattle-1")});
+    loop.run_until([&] { return src.pending.empty() && p.idle(); });
+    CHECK(inner.verified == 1);
+    CHECK(inner.total_started() == 0);
+    CHECK(src.outcomes[outcome::acked] == 1);
+    CHECK(p.stats().unfinished_verified.get() == 1);
+    CHECK(p.stats().restarts[static_cast<std::size_t>(restart_status::ok)].get() == 1);
+
+    inner.verifies = false; // without a verify command the redelivery runs it again
+    restart_claim again = restart_claim::held;
+    scope.spawn(claim_into(store, message{"left2", "cattle-2", "cattle-2.example.net"}, again));
+    loop.run_until([&] { return scope.size() == 0; });
+    src.feed({msg("left2", "cattle-2")});
+    loop.run_until([&] { return src.pending.empty() && p.idle(); });
+    CHECK(inner.total_started() == 1);
 }
