@@ -27,8 +27,8 @@ judged. It fails (exit 1) when a valid request was lost (no `end` line, still pe
 dead-lettered), a bad one was not dead-lettered with its reason or was restarted, anything is
 pending, a worker crashed or hung at SIGTERM, or a request was restarted twice without excuse.
 The only excuse: the worker of the earlier restart was SIGKILLed while that restart ran (or up
-to --grace after its end, before the worker could record it): that is the at-least-once window,
-counted separately, per kill. Exit 2: bad flags; 3: the harness itself failed; 130: interrupted.
+to --grace after its end, before the worker could record it), before the later one started:
+that is the at-least-once window, counted separately, per kill. Exit 2: bad flags; 3: the harness itself failed; 130: interrupted.
 
 Standard library only; reuses tests/integration/harness.py. Every process it starts is killed
 at the end, also on failure or Ctrl-C.
@@ -534,14 +534,17 @@ class StreamState:
 
 def find_doubles(by_msg, kills, grace):
     """Every start of a message id after its first, as (earlier, later) pairs split into
-    excused and unexcused. Excused: the earlier run's worker was SIGKILLed while it ran, or
-    within `grace` after it ended (before the worker could record the end)."""
+    excused and unexcused. Excused: the earlier run's worker was SIGKILLed while that run ran,
+    or within `grace` after it ended (before the worker could record the end), and was dead
+    when the later run started. A run of a killed worker began before its kill even when its
+    start line is later (the script was spawned before), so only the end is compared."""
     excused, unexcused = [], []
     for rs in by_msg.values():
         rs.sort(key=lambda r: r.start)
         for earlier, later in zip(rs, rs[1:]):
             k = kills.get(earlier.instance)
-            if k and (earlier.end is None or k["t"] < earlier.end + grace):
+            if k and k["t"] <= later.start and (earlier.end is None
+                                                 or k["t"] < earlier.end + grace):
                 excused.append((earlier, later))
             else:
                 unexcused.append((earlier, later))
@@ -680,10 +683,11 @@ def report(chaos, figures, failures, detail):
               f["lost"], f["dead_lettered_valid"], f["bad_not_dead_lettered"],
               f["bad_wrong_reason"], f["pending_at_end"], f["crashes"], f["hung_after_sigterm"]))
     print("  store      %s" % json.dumps(f["store_outcomes"], sort_keys=True))
-    running_at = collections.Counter()
+    kills = {k["instance"]: k for k in fleet.kills}
+    running_at = collections.Counter()  # runs of a killed worker that had not ended at its kill
     for r in detail["runs"]:
-        k = next((k for k in fleet.kills if k["instance"] == r.instance), None)
-        if k and (r.end is None or r.end > k["t"]):  # a run of a killed worker began before
+        k = kills.get(r.instance)
+        if k and (r.end is None or r.end > k["t"]):
             running_at[r.instance] += 1
     if len(fleet.kills) > 20 and not chaos.args.verbose:
         again = sorted(detail["per_kill"][k["instance"]] for k in fleet.kills)
@@ -702,7 +706,7 @@ def report(chaos, figures, failures, detail):
             after[last[0] if last and last[1] < 5 else "no fault within 5s"] += 1
         print("  unexcused doubles by the last fault before the second start: %s" %
               ", ".join("%s %d" % kv for kv in after.most_common()))
-        for earlier, later in detail["unexcused"][:10]:
+        for earlier, later in sorted(detail["unexcused"], key=lambda p: p[1].start)[:10]:
             print("    %s: %s %.2f-%s, then %s %.2f-%s" % (
                 earlier.message_id, earlier.instance, earlier.start - t0,
                 "%.2f" % (earlier.end - t0) if earlier.end else "?", later.instance,
@@ -735,9 +739,10 @@ def parse_args(argv):
     p.add_argument("--fault-interval", type=float, default=None,
                    help="mean seconds between faults (default 1.2, 2 from 5 minutes on)")
     p.add_argument("--restart-ms", default="50..400", help="restart script duration MIN..MAX ms")
-    p.add_argument("--grace", type=float, default=0.5,
+    p.add_argument("--grace", type=float, default=1.0 * harness.SLOW,
                    help="a SIGKILL this long after a restart ended still excuses its double "
-                        "(the worker had not recorded the end yet)")
+                        "(the worker had not recorded the end yet); default 1 s, 4 s under "
+                        "sanitizers")
     p.add_argument("--settle-timeout", type=float, default=None,
                    help="seconds to wait for the stream to be finished after the faults "
                         "(default: 120, or half the fault phase if longer)")
