@@ -41,11 +41,10 @@ import json
 import math
 import os
 import random
-import shutil
+import re
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -103,15 +102,16 @@ class HarnessError(Exception):
 # Processes: everything started goes through Run, whose cleanup kills it.
 # ------------------------------------------------------------------------------------------
 
-class Run:
-    """The run's temp dir and every process started in it (the `harness` the helpers of
-    harness.py expect: .tmp and ._procs). cleanup() kills them all; it runs in a finally and
-    at exit, and is idempotent."""
+class Run(harness.Harness):
+    """The run's temp dir and every process started in it: the integration tests' Harness (a
+    TestCase used here only for setUp, tearDown and its helpers), plus the restart scripts that
+    killed workers leave behind. cleanup() runs in a finally and at exit; it is idempotent."""
 
     def __init__(self, keep):
-        self.tmp = tempfile.mkdtemp(prefix="mayhem-chaos-")
-        self._procs = []
-        self.keep = keep
+        super().__init__()
+        if keep:
+            os.environ["MAYHEM_KEEP_TMP"] = "1"  # what tearDown looks at
+        self.setUp()
         self.script = os.path.join(self.tmp, "restart.sh")
         self._cleaned = False
 
@@ -119,18 +119,9 @@ class Run:
         if self._cleaned:
             return
         self._cleaned = True
-        for p in self._procs:
-            if p.poll() is None:
-                p.kill()
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    pass
         kill_scripts(self.script)
-        if self.keep:
-            print("chaos: kept", self.tmp)
-        else:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tearDown()  # kills every worker, redis-server and publish; removes the temp dir
+        kill_scripts(self.script)  # any a worker started meanwhile
 
 
 def running_scripts(script):
@@ -156,10 +147,12 @@ def kill_scripts(script):
     group, `sleep` is in it)."""
     for pid in running_scripts(script):
         try:
-            os.killpg(pid, signal.SIGKILL) if os.getpgid(pid) == pid else os.kill(pid,
-                                                                                 signal.SIGKILL)
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, signal.SIGKILL)
+            else:
+                os.kill(pid, signal.SIGKILL)
         except OSError:
-            pass
+            pass  # it ended meanwhile
 
 
 def redis_json(redis, *args):
@@ -223,7 +216,7 @@ class Fleet:
                 "--group", GROUP, "--consumer", slot.consumer, "--store", "sqlite",
                 "--db", self.db, "--restarter", "exec", "--restart-command", command,
                 "--config", self.config] + WORKER_FLAGS
-        slot.worker = harness.Worker(self.run, args, name=slot.instance)
+        slot.worker = self.run.worker(*args, name=slot.instance)
         slot.state, slot.restart_at, slot.term_sent = "running", None, None
         self.log("%s started as %s (pid %d)" % (slot.instance, slot.consumer, slot.worker.pid))
 
@@ -371,7 +364,7 @@ class Chaos:
         with open(self.run.script, "w") as f:
             f.write(RESTART_SCRIPT % {"log": self.log_path, "min_ms": a.restart_ms[0],
                                       "span_ms": a.restart_ms[1] - a.restart_ms[0] + 1})
-        self.redis = harness.RedisServer(self.run, persistence=True)
+        self.redis = self.run.redis(persistence=True)
         self.fleet = Fleet(self.run, self.redis, a.workers, self.log)
         self.requests = make_requests(self.rng, a.requests, a.bad_per_kind)
         for s in self.fleet.slots:
@@ -584,7 +577,7 @@ def judge(chaos):
         eid = streams.entry_of.get(payload)
         ended = any(r.end is not None for r in by_msg.get(msg, []))
         if eid in streams.dead:
-            dead_valid.append(msg)
+            dead_valid.append((msg, streams.dead[eid][0]))
         if eid is None or not (ended and streams.acked(eid) and eid not in streams.dead):
             lost.append(msg)
     # Bad requests: each dead-lettered with its reason, never restarted.
@@ -592,15 +585,20 @@ def judge(chaos):
     for kind, payload, _ in chaos.requests:
         if kind == "valid":
             continue
-        reasons = streams.dead.get(streams.entry_of.get(payload), [])
+        eid = streams.entry_of.get(payload)
+        reasons = streams.dead.get(eid, [])
         if not reasons:
-            bad_missing.append((kind, payload))
+            bad_missing.append((kind, payload, eid, eid in streams.pending))
         elif not any(BAD_KINDS[kind][1] in r for r in reasons):
             bad_reason.append((kind, payload, reasons[0]))
         if kind == "refused" and json.loads(payload)["message_id"] in by_msg:
             bad_restarted.append(payload)
 
     excused, unexcused = find_doubles(by_msg, kills, a.grace)
+    unexcused_kinds = collections.Counter(
+        "earlier never ended" if e.end is None else
+        "while the earlier ran" if l.start < e.end else "after the earlier ended"
+        for e, l in unexcused)
     completed_twice = sum(e.end is not None and l.end is not None for e, l in excused)
     by_grace = sum(e.end is not None and e.end < kills[e.instance]["t"] for e, _ in excused)
     per_kill = collections.Counter(e.instance for e, _ in excused)
@@ -623,6 +621,7 @@ def judge(chaos):
         "doubles_excused": len(excused), "doubles_excused_completed_twice": completed_twice,
         "doubles_excused_by_grace": by_grace, "doubles_unexcused": len(unexcused),
         "doubles_unexcused_ids": len({e.message_id for e, _ in unexcused}),
+        "doubles_unexcused_by_kind": dict(unexcused_kinds),
         "excused_per_sigkill": round(len(excused) / sigkills, 2) if sigkills else 0.0,
         "completed_twice_per_sigkill": round(completed_twice / sigkills, 2) if sigkills else 0.0,
         "overlaps": count_overlaps(runs, kills), "lost": len(lost),
@@ -648,7 +647,8 @@ def judge(chaos):
     if limit is not None and figures["completed_twice_per_sigkill"] > limit:
         failures.append("%.2f hosts restarted to completion twice per SIGKILL, more than %g" % (
             figures["completed_twice_per_sigkill"], limit))
-    detail = {"lost": lost, "bad_missing": bad_missing, "bad_reason": bad_reason,
+    detail = {"lost": lost, "dead_valid": dead_valid, "bad_missing": bad_missing,
+              "bad_reason": bad_reason,
               "unexcused": unexcused, "per_kill": per_kill, "runs": runs}
     return figures, failures, detail
 
@@ -706,6 +706,8 @@ def report(chaos, figures, failures, detail):
             after[last[0] if last and last[1] < 5 else "no fault within 5s"] += 1
         print("  unexcused doubles by the last fault before the second start: %s" %
               ", ".join("%s %d" % kv for kv in after.most_common()))
+        print("  unexcused doubles by when the second began: %s" % ", ".join(
+            "%s %d" % kv for kv in sorted(f["doubles_unexcused_by_kind"].items())))
         for earlier, later in sorted(detail["unexcused"], key=lambda p: p[1].start)[:10]:
             print("    %s: %s %.2f-%s, then %s %.2f-%s" % (
                 earlier.message_id, earlier.instance, earlier.start - t0,
@@ -713,8 +715,13 @@ def report(chaos, figures, failures, detail):
                 later.start - t0, "%.2f" % (later.end - t0) if later.end else "?"))
     for instance, code, tail in fleet.crashes[:5]:
         print("  crash: %s exited %d: %s" % (instance, code, tail.strip()[-600:]))
-    for kind, payload in detail["bad_missing"][:5]:
-        print("  bad request not dead-lettered: %s %r" % (kind, payload))
+    if detail["dead_valid"]:
+        reasons = collections.Counter(re.sub(r"\d+", "N", r) for _, r in detail["dead_valid"])
+        print("  valid requests dead-lettered, by reason: %s" % "; ".join(
+            "%d: %s" % (n, r) for r, n in reasons.most_common(5)))
+    for kind, payload, eid, pending in detail["bad_missing"][:5]:
+        print("  bad request not dead-lettered: %s %r (entry %s, %s)" % (
+            kind, payload, eid, "pending" if pending else "not pending"))
     for kind, payload, reason in detail["bad_reason"][:5]:
         print("  bad request %s %r dead-lettered with: %s" % (kind, payload, reason))
     for msg in detail["lost"][:10]:
@@ -749,8 +756,9 @@ def parse_args(argv):
     p.add_argument("--max-completed-twice-per-kill", type=float, default=None,
                    help="fail when more hosts than this per SIGKILL, on average, were "
                         "restarted to completion twice (the goal is 1; default off)")
-    p.add_argument("--keep", action="store_true", default=bool(os.environ.get("MAYHEM_KEEP_TMP")),
-                   help="keep the temp dir (logs, restart.log, shared.db, redis data)")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the temp dir: worker logs, restart.log, shared.db, redis data "
+                        "(also MAYHEM_KEEP_TMP=1)")
     p.add_argument("-v", "--verbose", action="store_true", help="log every fault as it happens")
     a = p.parse_args(argv)
     try:
