@@ -220,8 +220,12 @@ class Fleet:
         slot.state, slot.restart_at, slot.term_sent = "running", None, None
         self.log("%s started as %s (pid %d)" % (slot.instance, slot.consumer, slot.worker.pid))
 
-    def running(self):
-        return [s for s in self.slots if s.state == "running"]
+    def running(self, handling_signals=False):
+        """Slots whose worker runs. With handling_signals, only those past the first moments
+        after exec, where SIGTERM or SIGHUP would still kill the process: a worker holds them
+        back before it logs its first line, so a non-empty stderr proves it."""
+        return [s for s in self.slots if s.state == "running" and (
+            not handling_signals or os.path.getsize(s.worker.err_path) > 0)]
 
     def sigkill(self, slot, now, cause, restart_in, same_name):
         self.kills.append({"t": now, "instance": slot.instance, "consumer": slot.consumer,
@@ -248,6 +252,9 @@ class Fleet:
                 s.state, s.restart_at = "down", now
             elif s.state == "draining" and code is not None:
                 self.terms.append({"t": s.term_sent, "instance": s.instance, "code": code})
+                if code not in (0, 3):  # a drain ends in 0, or 3 when it released work
+                    self.crashes.append((s.instance, code, s.worker.stderr()[-1500:]))
+                    self.log("%s exited with %d after SIGTERM" % (s.instance, code))
                 s.state, s.restart_at = "down", now
             elif s.state == "draining" and now - s.term_sent > DRAIN_TIMEOUT + 20:
                 self.log("%s did not exit %.0fs after SIGTERM: SIGKILL" % (
@@ -403,7 +410,7 @@ class Chaos:
                 pick = rng.randrange(len(fleet.slots))  # drawn always, so the schedule replays
                 delay, same, size = rng.uniform(0, 1.0), rng.random() < 0.5, rng.choice(
                     [32, 64, 256, 1000])
-                running = fleet.running()
+                running = fleet.running(handling_signals=kind in ("sigterm", "sighup"))
                 slot = running[pick % len(running)] if running else None
                 if kind == "redis" and redis_back_at is None:
                     if self.redis_lock.acquire(timeout=60):
@@ -641,7 +648,7 @@ def judge(chaos):
         ("bad_restarted", "refused requests restarted"),
         ("pending_at_end", "entries pending at the end"),
         ("doubles_unexcused", "unexcused double restarts"),
-        ("crashes", "workers exited unexpectedly"),
+        ("crashes", "workers crashed (exited on their own, or a drain ended not in 0 or 3)"),
         ("hung_after_sigterm", "workers hung after SIGTERM")) if figures[name]]
     limit = a.max_completed_twice_per_kill
     if limit is not None and figures["completed_twice_per_sigkill"] > limit:
@@ -714,7 +721,9 @@ def report(chaos, figures, failures, detail):
                 "%.2f" % (earlier.end - t0) if earlier.end else "?", later.instance,
                 later.start - t0, "%.2f" % (later.end - t0) if later.end else "?"))
     for instance, code, tail in fleet.crashes[:5]:
-        print("  crash: %s exited %d: %s" % (instance, code, tail.strip()[-600:]))
+        how = "killed by %s" % signal.Signals(-code).name if code < 0 else "exited %d" % code
+        print("  crash: %s %s; its last log lines:\n      %s" % (
+            instance, how, "\n      ".join(tail.strip().splitlines()[-3:])))
     if detail["dead_valid"]:
         reasons = collections.Counter(re.sub(r"\d+", "N", r) for _, r in detail["dead_valid"])
         print("  valid requests dead-lettered, by reason: %s" % "; ".join(
