@@ -305,9 +305,7 @@ class Publisher(threading.Thread):
         self.requests = requests
         self.seconds = seconds
         self.redis_lock = redis_lock
-        self.published = 0
         self.error = None
-        self.stop = threading.Event()
 
     def run(self):
         try:
@@ -315,16 +313,12 @@ class Publisher(threading.Thread):
             size = math.ceil(len(self.requests) / batches)
             t0 = time.monotonic()
             for b in range(batches):
-                if self.stop.is_set():
-                    return
                 batch = self.requests[b * size:(b + 1) * size]
                 if not batch:
                     break
                 with self.redis_lock:
                     self.publish(batch)
-                self.published += len(batch)
-                self.stop.wait(max(0.0, t0 + (b + 1) * self.seconds / batches
-                                   - time.monotonic()))
+                time.sleep(max(0.0, t0 + (b + 1) * self.seconds / batches - time.monotonic()))
         except Exception as e:  # reported by the main thread, which aborts the run
             self.error = e
 
@@ -359,6 +353,7 @@ class Chaos:
         self.t0 = time.time()
         self.redis_lock = threading.Lock()
         self.outages = []  # (t killed, t back)
+        self.redis_back_at = None  # while redis-server is down: when it comes back
         self.sighups = 0
         self.log_path = os.path.join(run.tmp, "restart.log")
 
@@ -393,57 +388,63 @@ class Chaos:
     def faults(self, duration):
         """Injects faults until `duration` has passed, one every --fault-interval on average.
         One iteration per 50 ms: bounded by the duration."""
-        rng, fleet = self.rng, self.fleet
+        rng = self.rng
         end = self.t0 + duration
         next_fault = self.t0 + 2.0 + rng.expovariate(1 / self.args.fault_interval)
-        redis_back_at = None
+        self.redis_back_at = None
         while time.time() < end:
             now = time.time()
             if self.publisher.error:
                 raise HarnessError("publishing failed: %s" % self.publisher.error)
-            if redis_back_at is not None and now >= redis_back_at:
+            if self.redis_back_at is not None and now >= self.redis_back_at:
                 self.redis_back()
-                redis_back_at = None
-            fleet.tick(now)
+            self.fleet.tick(now)
             if now >= next_fault:
+                # Every draw is made whatever the fault, so a seed replays the same schedule.
                 kind = rng.choices(FAULTS, FAULT_WEIGHTS)[0]
-                pick = rng.randrange(len(fleet.slots))  # drawn always, so the schedule replays
-                delay, same, size = rng.uniform(0, 1.0), rng.random() < 0.5, rng.choice(
-                    [32, 64, 256, 1000])
-                running = fleet.running(handling_signals=kind in ("sigterm", "sighup"))
-                slot = running[pick % len(running)] if running else None
-                if kind == "redis" and redis_back_at is None:
-                    if self.redis_lock.acquire(timeout=60):
-                        self.outages.append((time.time(), None))
-                        fleet.events.append((time.time(), "redis", None))
-                        self.redis.proc.kill()
-                        self.redis.proc.wait(timeout=30)
-                        redis_back_at = time.time() + 0.2 + delay * 4.8
-                        self.log("redis-server SIGKILL, back in %.1fs" % (redis_back_at - now))
-                elif kind == "sigkill" and slot:
-                    fleet.events.append((now, "sigkill", slot.instance))
-                    self.log("SIGKILL %s (%s); replacement %s in %.1fs" % (
-                        slot.instance, slot.consumer, "same name" if same else "new name", delay))
-                    fleet.sigkill(slot, now, "fault", delay, same)
-                elif kind == "sigterm" and slot:
-                    fleet.events.append((now, "sigterm", slot.instance))
-                    self.log("SIGTERM %s" % slot.instance)
-                    fleet.sigterm(slot, now)
-                elif kind == "sighup" and slot:
-                    fleet.events.append((now, "sighup", slot.instance))
-                    fleet.write_config(size)
-                    slot.worker.signal(signal.SIGHUP)
-                    self.sighups += 1
-                    self.log("SIGHUP %s (max-in-flight %d)" % (slot.instance, size))
+                pick, delay, same = rng.randrange(len(self.fleet.slots)), rng.random(), \
+                    rng.random() < 0.5
+                max_in_flight = rng.choice([32, 64, 256, 1000])
+                self.inject(kind, pick, delay, same, max_in_flight)
                 next_fault = now + rng.expovariate(1 / self.args.fault_interval)
             time.sleep(0.05)
-        if redis_back_at is not None:
+        if self.redis_back_at is not None:
             self.redis_back()
+
+    def inject(self, kind, pick, delay, same_name, max_in_flight):
+        """One fault. `delay` (0..1) scales the outage or the wait for a replacement."""
+        fleet, now = self.fleet, time.time()
+        running = fleet.running(handling_signals=kind in ("sigterm", "sighup"))
+        slot = running[pick % len(running)] if running else None
+        if kind == "redis" and self.redis_back_at is None:
+            if self.redis_lock.acquire(timeout=60):  # not in the middle of a publish
+                self.outages.append((time.time(), None))
+                fleet.events.append((time.time(), "redis", None))
+                self.redis.proc.kill()
+                self.redis.proc.wait(timeout=30)
+                self.redis_back_at = time.time() + 0.2 + delay * 4.8
+                self.log("redis-server SIGKILL, back in %.1fs" % (self.redis_back_at - now))
+        elif kind == "sigkill" and slot:
+            fleet.events.append((now, "sigkill", slot.instance))
+            self.log("SIGKILL %s (%s); replacement %s in %.1fs" % (
+                slot.instance, slot.consumer, "same name" if same_name else "new name", delay))
+            fleet.sigkill(slot, now, "fault", delay, same_name)
+        elif kind == "sigterm" and slot:
+            fleet.events.append((now, "sigterm", slot.instance))
+            self.log("SIGTERM %s" % slot.instance)
+            fleet.sigterm(slot, now)
+        elif kind == "sighup" and slot:
+            fleet.events.append((now, "sighup", slot.instance))
+            fleet.write_config(max_in_flight)
+            slot.worker.signal(signal.SIGHUP)
+            self.sighups += 1
+            self.log("SIGHUP %s (max-in-flight %d)" % (slot.instance, max_in_flight))
 
     def redis_back(self):
         """Ends an outage: redis-server again on the same port and data (it replays the AOF)."""
         self.redis.start()
         self.redis_lock.release()
+        self.redis_back_at = None
         self.outages[-1] = (self.outages[-1][0], time.time())
         self.fleet.events.append((time.time(), "redis back", None))
         self.log("redis-server back")
