@@ -12,7 +12,7 @@ DEB_PACKAGES := g++ cmake make pkg-config python3 \
   redis-server redis-tools prometheus clang-format \
   time nodejs node-redis golang-go
 
-.PHONY: all deps build run test asan tsan bench format format-check clean help
+.PHONY: all deps build run test asan tsan bench chaos format format-check clean help
 
 all: build
 
@@ -22,6 +22,7 @@ help:
 	@echo "make asan   build with AddressSanitizer+UBSan into build-asan/ and run the suite"
 	@echo "make tsan   build with ThreadSanitizer into build-tsan/ and run the suite"
 	@echo "make bench  run scripts/bench (see BENCHMARKS.md)"
+	@echo "make chaos  the long chaos test: 3 workers, kills and Redis outages, 10 minutes"
 	@echo "make format apply clang-format to every C++ file"
 
 deps:
@@ -51,6 +52,11 @@ build-san:
 
 bench: build
 	./scripts/bench $(BENCH_ARGS)
+
+# The long form of tests/chaos/chaos.py (the short one is "chaos: short" in ctest, see
+# MAYHEM_CHAOS_IN_TESTS). CHAOS_ARGS adds flags, e.g. CHAOS_ARGS="--seed 42 -v".
+chaos: build
+	MAYHEM_BIN=$(abspath $(BUILD))/mayhem python3 tests/chaos/chaos.py --minutes 10 --requests 100000 $(CHAOS_ARGS)
 
 format:
 	clang-format -i $$(git ls-files '*.cpp' '*.hpp')
