@@ -122,8 +122,10 @@ rt::task<bool> memory_store::finish_restart(const message& m, const restart_resu
                 hosts_.erase(it); // failed, dry run, refused...: never blocks the next restart
         }
     }
-    // A failed restart may be tried again: forget it; anything else counts as done.
-    record(key(m), r.status == restart_status::failed ? state::absent : state::done);
+    // A failed restart may be tried again, and a refused one is refused again: forget them;
+    // anything else counts as done.
+    bool again = r.status == restart_status::failed || r.status == restart_status::refused;
+    record(key(m), again ? state::absent : state::done);
     co_return true;
 }
 

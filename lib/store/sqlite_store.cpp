@@ -78,6 +78,12 @@ std::int64_t now_ms() {
         .count();
 }
 
+// A message whose latest restart ended so is claimed again: a failure may be retried, and a
+// refusal must be met again (dead-lettered again), not taken for a restart already done.
+bool retried_after(std::string_view result) {
+    return result == "failed" || result == "refused";
+}
+
 // Errors after which the connection is closed and opened again by the next transaction: the
 // file may have been fixed (made writable, remounted) in the meantime.
 bool reopen_after(int code) {
@@ -404,7 +410,7 @@ struct sqlite_store::shared {
                 r.claim = restart_claim::unfinished; // its row stays the one to finish
                 proceed = false;
                 take = true;
-            } else if (!res || std::string_view(res) != "failed") {
+            } else if (!res || !retried_after(res)) {
                 r.claim = restart_claim::done;
                 proceed = false;
             }

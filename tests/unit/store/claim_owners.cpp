@@ -1,6 +1,7 @@
 // Claims have owners and leases: two workers on one SQLite file never both restart for one
 // message id while the first one's lease lives, and a worker that lost its claim learns it
 // before it records anything.
+#include "store/memory_store.hpp"
 #include "store/sqlite_store.hpp"
 
 #include <doctest/doctest.h>
@@ -126,4 +127,21 @@ TEST_CASE("claims: a claim made without a lease is never held against a peer") {
     CHECK(run(loop, b.claim_restart(m)) == restart_claim::unfinished);
     close(loop, a);
     close(loop, b);
+}
+
+TEST_CASE("claims: a refused restart is claimed again, so its redelivery is refused again") {
+    // A request refused (dead-lettered) whose dead letter was lost with its worker comes again:
+    // it must be refused and dead-lettered again, not skipped and acked as already done.
+    temp_db db("claims-refused");
+    rt::loop loop;
+    sqlite_store a(loop, worker_on(db.path, "a", 60s));
+    CHECK(run(loop, a.claim_restart(m)) == restart_claim::proceed);
+    CHECK(run(loop, a.finish_restart(m, restart_result{restart_status::refused, "denied"})));
+    CHECK(run(loop, a.claim_restart(m)) == restart_claim::proceed);
+    close(loop, a);
+
+    memory_store mem(loop, latency_range{}, 1);
+    CHECK(run(loop, mem.claim_restart(m)) == restart_claim::proceed);
+    CHECK(run(loop, mem.finish_restart(m, restart_result{restart_status::refused, "denied"})));
+    CHECK(run(loop, mem.claim_restart(m)) == restart_claim::proceed);
 }
