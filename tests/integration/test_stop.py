@@ -51,7 +51,16 @@ class Stop(Harness):
                     '%s\n'
                     'echo "end $1" >> %s\n' % (self.log, self.pids, body, self.log))
         os.chmod(path, os.stat(path).st_mode | stat.S_IEXEC)
+        self.addCleanup(self.kill_commands)
         return path
+
+    def kill_commands(self):
+        # Whatever a failed test left: each command leads its own process group (session).
+        for pid in self.command_pids():
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     def lines(self, kind):
         try:
