@@ -252,8 +252,6 @@ struct sqlite_store::shared {
             finish =
                 prepare("UPDATE restarts SET finished = ?3, result = ?4, detail = NULLIF(?5, '') "
                         "WHERE message_id = ?1 AND finished IS NULL");
-            // A claim whose restart never ran (release_claim): its unfinished start goes.
-            unclaim = prepare("DELETE FROM restarts WHERE message_id = ?1 AND finished IS NULL");
             // The per-host cooldown (store.hpp, claim_host): the latest restart of the host for
             // another message that passed its own claim and either succeeded or never finished.
             host_blocker = prepare("SELECT max(started) FROM restarts WHERE hostname = ?1 AND "
@@ -262,6 +260,11 @@ struct sqlite_store::shared {
             // claim_restart recorded this message's start; it now counts for its host.
             host_claim_row = prepare("UPDATE restarts SET host_claimed = 1, started = ?3 WHERE "
                                      "message_id = ?1 AND finished IS NULL");
+            // A start whose restart never runs (release_claim, or withdrawn: its task was
+            // destroyed while it was written) goes, if still unfinished. A withdrawal names the
+            // stamp it wrote: a row a peer has taken over since (stamped anew) stays.
+            unclaim = prepare("DELETE FROM restarts WHERE message_id = ?1 AND finished IS NULL "
+                              "AND (?2 = 0 OR started = ?2)");
             // A duplicate's `skipped` does not hide that the message was acked; retried is not
             // a completion. `IS`, not `=`: with no outcome yet (NULL), `outcome = 'acked'` is
             // NULL and the whole condition with it, so a `skipped` would never be written.
@@ -312,10 +315,12 @@ struct sqlite_store::shared {
             text(first_restart, 2, r.id);
             sqlite3_bind_int64(first_restart, 3, now);
             run(first_restart, "record restart start");
-            if (sqlite3_changes(conn) == 1)
+            if (sqlite3_changes(conn) == 1) {
                 r.claim = restart_claim::proceed;
-            else
+                r.n = now;
+            } else {
                 claim_again(r, now);
+            }
             break;
         case op::finish:
             text(finish, 1, r.id);
@@ -323,10 +328,6 @@ struct sqlite_store::shared {
             text(finish, 4, r.a);
             text(finish, 5, r.b);
             run(finish, "record restart end");
-            break;
-        case op::unclaim:
-            text(unclaim, 1, r.id);
-            run(unclaim, "give back a restart claim");
             break;
         case op::claim_host: {
             text(host_blocker, 1, r.a);
@@ -342,9 +343,15 @@ struct sqlite_store::shared {
                 text(host_claim_row, 1, r.id);
                 sqlite3_bind_int64(host_claim_row, 3, now);
                 run(host_claim_row, "record host claim");
+                r.n = now;
             }
             break;
         }
+        case op::unclaim:
+            text(unclaim, 1, r.id);
+            sqlite3_bind_int64(unclaim, 2, r.n);
+            run(unclaim, "give back a restart claim");
+            break;
         case op::skip:
             break;
         case op::complete:
@@ -380,6 +387,7 @@ struct sqlite_store::shared {
         if (rc != SQLITE_ROW && rc != SQLITE_DONE) fail(rc, "claim");
         if (proceed) {
             r.claim = restart_claim::proceed;
+            r.n = now;
             text(start_restart, 1, r.a);
             text(start_restart, 2, r.id);
             sqlite3_bind_int64(start_restart, 3, now);
@@ -499,8 +507,10 @@ struct sqlite_store::shared {
         int rc = sqlite3_step(s);
         sqlite3_reset(s);
         if (rc == SQLITE_DONE) {
-            for (int i = 0; i < n; ++i)
+            for (int i = 0; i < n; ++i) {
                 r[i]->claim = restart_claim::proceed;
+                r[i]->n = now;
+            }
             return;
         }
         // A restart of one of these ids was recorded before (the statement changed nothing):
@@ -596,9 +606,13 @@ struct sqlite_store::shared {
         apply_run(m_save, saves_, now);
     }
 
-    // The requests on `restarts`, in arrival order, up to each claim_host: it reads other ids'
-    // rows, so what arrived before it is written before it and what came after, after.
+    // The requests on `restarts`: first the unclaims (each gives back a start committed by an
+    // earlier transaction, so it comes before any claim of the same id in this one), then the
+    // rest in arrival order, up to each claim_host: it reads other ids' rows, so what arrived
+    // before it is written before it and what came after, after.
     void write_restarts(std::int64_t now) {
+        for (auto& r : flying)
+            if (r.kind == op::unclaim) apply(r, now);
         auto segment = [&] {
             if (distinct_ids(claims_, finishes_)) {
                 // Distinct ids: claims and finishes commute.
@@ -624,7 +638,7 @@ struct sqlite_store::shared {
                 claims_.push_back(&r);
             } else if (r.kind == op::finish) {
                 finishes_.push_back(&r);
-            } else if (r.kind == op::claim_host || r.kind == op::unclaim) {
+            } else if (r.kind == op::claim_host) {
                 segment(); // rare: in arrival order against the claims and finishes around it
                 apply(r, now);
             }
@@ -797,7 +811,7 @@ rt::task<void> sqlite_store::writer() {
         // A claim whose task is gone (a forced stop) must not record a start: no restart will
         // run, and the row would read as a crash in the window on the next delivery.
         for (auto& r : pending_)
-            if (r.kind == op::claim && !r.waiter) r.kind = op::skip;
+            if ((r.kind == op::claim || r.kind == op::claim_host) && !r.waiter) r.kind = op::skip;
         if (records_due()) take_records();
         swap(db_->flying, pending_);
         pending_.clear();
@@ -840,6 +854,10 @@ rt::task<void> sqlite_store::writer() {
         batch_error_ = std::move(error);
         swap(done_, db_->flying);
         done_gen_ = std::exchange(flying_gen_, 0);
+        // Starts whose task was destroyed while they were written: withdrawn in the next
+        // transaction, ahead of any claim already queued for the same id.
+        for (auto& r : done_)
+            withdraw_if_orphaned(r);
         loop_.timers().arm(resume_, rt::millis{0});
     }
     phase_ = phase::closed;
@@ -848,12 +866,16 @@ rt::task<void> sqlite_store::writer() {
 
 // Resumes every task that waited on done_. Resuming may destroy other waiters' tasks (their
 // awaiters clear their own entry), so the handle is re-read at each step; new requests land in
-// pending_, not here.
+// pending_, not here. A committed start whose task was destroyed meanwhile (no waiter to
+// resume) is withdrawn.
 void sqlite_store::flush_done() noexcept {
     if (done_gen_ == 0) return;
     resume_.cancel();
     for (std::size_t i = 0; i < done_.size(); ++i) {
-        if (auto h = std::exchange(done_[i].waiter, {})) h.resume();
+        if (auto h = std::exchange(done_[i].waiter, {}))
+            h.resume();
+        else
+            withdraw_if_orphaned(done_[i]);
     }
     done_.clear();
     done_gen_ = 0;
@@ -901,6 +923,22 @@ void sqlite_store::hold_records() {
     loop_.timers().arm(records_timer_, records_backoff_);
 }
 
+// A start (claim, or claim_host granted) that committed while its task was destroyed: no
+// restart will run for it, so it is withdrawn (once: the request becomes a skip).
+void sqlite_store::withdraw_if_orphaned(request& r) {
+    if (r.waiter || !batch_ok_ || r.claim != restart_claim::proceed ||
+        (r.kind != op::claim && r.kind != op::claim_host))
+        return;
+    r.kind = op::skip;
+    request w;
+    w.kind = op::unclaim;
+    w.id = records_.put(done_.view(r.id));
+    w.n = r.n; // the stamp the start was written with
+    records_.reqs.push_back(w);
+    stats_.withdrawn.inc();
+    wake();
+}
+
 // hurry(): every request still queued fails, and the records are given up.
 void sqlite_store::give_up() {
     flush_done();
@@ -912,9 +950,14 @@ void sqlite_store::give_up() {
         batch_error_ = "store closing: out of time to write";
         flush_done(); // the resumed tasks may queue more: failed in the next round
     }
+    std::uint64_t outcomes = 0, withdrawals = 0;
+    for (const auto& r : records_)
+        (r.kind == op::complete ? outcomes : withdrawals) += 1;
     if (!records_.empty())
         log::error("store closing out of time: records not written",
-                   {{"db", db_->opts.path}, {"outcome_records", records_.size()}});
+                   {{"db", db_->opts.path},
+                    {"outcome_records", outcomes},
+                    {"withdrawn_restart_starts", withdrawals}});
     stats_.unrecorded.inc(records_.size());
     records_.clear();
     records_timer_.cancel();

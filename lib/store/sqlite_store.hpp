@@ -10,7 +10,8 @@
 // transaction has committed, before the tasks that waited on it are resumed (on the next loop
 // turn): the pool writes while the loop resumes, instead of each waiting for the other.
 //
-// Records nobody waits for (outcome records from complete()) are kept apart, in `records_`:
+// Records nobody waits for (outcome records from complete(), and the withdrawal of a restart
+// start whose task was destroyed while its claim was written) are kept apart, in `records_`:
 // they join the next transaction, and when it fails they are kept, in order, and written again
 // (after a backoff, or with the transaction after the next one that succeeds) until they are
 // written, close() gives up on them (hurry()), or, while the store cannot write, more than
@@ -75,6 +76,7 @@ struct sqlite_store_stats {
     rt::counter saves;               // messages saved in committed transactions
     rt::counter outages;             // times healthy() turned false
     rt::counter unrecorded;          // records given up (store.hpp, unrecorded())
+    rt::counter withdrawn;           // restart starts withdrawn: their task was gone
 };
 
 class sqlite_store final : public store {
@@ -107,6 +109,8 @@ public:
 
     const sqlite_store_stats& stats() const noexcept { return stats_; }
 
+    // unclaim: removes a restart start that will never run (release_claim; or withdrawn by the
+    // store: committed while its task was destroyed).
     enum class op : std::uint8_t { save, claim, claim_host, finish, unclaim, complete, skip };
     // A string copied into a batch's text (offset, length): the pool thread must never read a
     // message that a cancelled task has already freed.
@@ -119,7 +123,10 @@ public:
         text_ref id, a, b, c; // save: instance, hostname, reason; claim: hostname;
                               // finish: result, detail; complete: outcome, reason
         restart_claim claim = restart_claim::proceed; // out (claim; claim_host: done = blocked)
-        std::int64_t n = 0; // claim_host: in, the cutoff (ms); out, the blocking start (ms)
+        // claim_host: in, the cutoff (ms); out, the blocking start (ms) when blocked. claim and
+        // claim_host: out, the `started` stamp written (proceed). unclaim: in, that stamp (0:
+        // whatever unfinished start the id has).
+        std::int64_t n = 0;
         std::coroutine_handle<> waiter; // null: nobody waits (complete, cancelled)
     };
     // Requests and the strings they refer to, all in one buffer: queueing a request allocates
@@ -197,6 +204,7 @@ private:
     void records_retry();
     void take_records();
     void hold_records();
+    void withdraw_if_orphaned(request& r);
     void give_up();
     void note_health(bool ok, const std::string& error);
     void recovered();

@@ -91,9 +91,11 @@ public:
     // fails (its task sees an error), records nobody waits for are given up and counted in
     // unrecorded(), and close() completes. Called on the loop thread, before or during close().
     virtual void hurry() {}
-    // Outcome records (complete()) that never reached the database: dropped past the store's
-    // bound while it could not write, or given up at close. Non-zero means the database is
-    // behind what the source was told. Loop thread; final once close() completed.
+    // Records nobody waited for that never reached the database: outcome records (complete())
+    // dropped past the store's bound while it could not write or given up at close, and
+    // withdrawals of restart starts whose task was gone (the sqlite store) given up at close.
+    // Non-zero means the database is behind what the source was told. Loop thread; final once
+    // close() completed.
     virtual std::uint64_t unrecorded() const { return 0; }
 };
 

@@ -385,6 +385,51 @@ TEST_CASE("sqlite_store: many claims, finishes and outcomes in one transaction")
 }
 
 // ---------------------------------------------------------------------------------------------
+// A claim cancelled while its transaction is written (issue 12, case 7)
+// ---------------------------------------------------------------------------------------------
+
+TEST_CASE("sqlite_store: a claim whose task is destroyed while its transaction is written "
+          "leaves no unfinished start") {
+    temp_dir dir;
+    rt::loop loop;
+    sqlite_store st(loop, sqlite_options{dir.db(), false, std::chrono::seconds(60)});
+    auto a = msg("a");
+    REQUIRE(run(loop, st.save(a, delivery{})).ok); // creates the schema
+    // Another connection holds the write lock, so the claim's transaction, once handed to the
+    // thread pool, waits for it (in flight) until the lock is released.
+    sqlite3* holder = nullptr;
+    REQUIRE(sqlite3_open(dir.db().c_str(), &holder) == SQLITE_OK);
+    REQUIRE(sqlite3_exec(holder, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) == SQLITE_OK);
+    auto claiming = std::make_unique<rt::task_scope>();
+    bool claimed = false;
+    claiming->spawn([](sqlite_store& s, const message& m, bool& c) -> rt::task<void> {
+        co_await s.claim_restart(m);
+        c = true;
+    }(st, a, claimed));
+    // The writer takes the claim into a transaction on the next loop turn (a 0 ms timer); this
+    // task runs after it (a later deadline on the same timer queue) and, while the transaction
+    // waits for the lock, destroys the claiming task (a forced stop), then lets the lock go.
+    bool released = false;
+    rt::task_scope helper;
+    helper.spawn([](rt::loop& l, std::unique_ptr<rt::task_scope>& c, sqlite3* h,
+                    bool& done) -> rt::task<void> {
+        co_await rt::sleep_for(l, rt::millis{100});
+        c.reset();
+        REQUIRE(sqlite3_exec(h, "COMMIT", nullptr, nullptr, nullptr) == SQLITE_OK);
+        done = true;
+    }(loop, claiming, holder, released));
+    loop.run_until([&] { return released; });
+    sqlite3_close(holder);
+    CHECK_FALSE(claimed);
+    // The redelivery: nothing ran, so the claim must go ahead, not meet a "crash in the window".
+    CHECK(run(loop, st.claim_restart(a)) == restart_claim::proceed);
+    run(loop, st.finish_restart(a, restart_result{restart_status::ok, {}}));
+    run(loop, st.close());
+    CHECK(count(dir.db(), "SELECT count(*) FROM restarts WHERE finished IS NULL") == 0);
+    CHECK(count(dir.db(), "SELECT count(*) FROM restarts WHERE result = 'ok'") == 1);
+}
+
+// ---------------------------------------------------------------------------------------------
 // A full disk (issue 12, case 11). A real full filesystem needs a mount (the integration test
 // uses a tmpfs where it may mount one); here a VFS over the default one fails every write with
 // SQLITE_FULL while `full_disk::on` is set, registered as the default VFS for the test's
