@@ -306,9 +306,23 @@ bool worker::finish_stop() {
         co_await st.close();
         flag = true;
     }(*store_, store_closed));
-    if (!run_until_stop_by([&] { return store_closed || closing.size() == 0; })) {
-        log::error("stop: the store did not close in time", {{"store", store_->name()}});
-        closing.cancel_all();
+    // The store writes what it holds until shortly before the end, then gives up on what it
+    // could not write (counted: unrecorded) and closes.
+    auto hurry_at = stop_by_ - store_hurry_margin;
+    if (!run_until([&] { return store_closed || closing.size() == 0; }, hurry_at)) {
+        log::warn("stop: the store is short of time; records it cannot write now are given up",
+                  {{"store", store_->name()}});
+        store_->hurry();
+        if (!run_until_stop_by([&] { return store_closed || closing.size() == 0; })) {
+            log::error("stop: the store did not close in time", {{"store", store_->name()}});
+            closing.cancel_all();
+        }
+    }
+    if (auto n = store_->unrecorded(); n > 0) {
+        log::error("stop: outcome records could not be written: the database is behind the "
+                   "source for these messages",
+                   {{"store", store_->name()}, {"unrecorded", n}});
+        clean = false;
     }
     return clean && store_closed;
 }
@@ -316,11 +330,17 @@ bool worker::finish_stop() {
 // Runs the loop until `done` or stop_by_, whichever comes first; true if `done`.
 template <class Pred>
 bool worker::run_until_stop_by(Pred done) {
+    return run_until(done, stop_by_);
+}
+
+// Runs the loop until `done` or `by`, whichever comes first; true if `done`.
+template <class Pred>
+bool worker::run_until(Pred done, std::chrono::steady_clock::time_point by) {
     if (done()) return true;
     bool late = false;
     rt::delayed_call deadline([&] { late = true; });
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-        stop_by_ - std::chrono::steady_clock::now());
+        by - std::chrono::steady_clock::now());
     loop_.timers().arm(deadline, std::max(left, std::chrono::milliseconds{0}));
     loop_.run_until([&] { return late || done(); });
     return done();
@@ -462,8 +482,8 @@ std::string worker::summary_json(double seconds) const {
     std::snprintf(
         buf, sizeof buf,
         R"({"received":%llu,"acked":%llu,"retried":%llu,"dead_lettered":%llu,"skipped":%llu,)"
-        R"("released":%llu,"lease_extensions":%llu,"abandoned":%llu,"peak_in_flight":%lld,)"
-        R"("seconds":%.3f,"msgs_per_s":%.1f})",
+        R"("released":%llu,"lease_extensions":%llu,"abandoned":%llu,"unrecorded":%llu,)"
+        R"("peak_in_flight":%lld,"seconds":%.3f,"msgs_per_s":%.1f})",
         static_cast<unsigned long long>(st.received.get()),
         static_cast<unsigned long long>(c(outcome::acked)),
         static_cast<unsigned long long>(c(outcome::retried)),
@@ -472,6 +492,7 @@ std::string worker::summary_json(double seconds) const {
         static_cast<unsigned long long>(c(outcome::released)),
         static_cast<unsigned long long>(st.lease_extensions.get()),
         static_cast<unsigned long long>(source_->abandoned()),
+        static_cast<unsigned long long>(store_->unrecorded()),
         static_cast<long long>(st.peak_in_flight.get()), seconds, rate);
     return buf;
 }

@@ -37,6 +37,8 @@ enum exit_code : int { exit_ok = 0, exit_fatal = 1, exit_usage = 2, exit_release
 // between SIGTERM and SIGKILL once the drain deadline has passed (within the margin).
 inline constexpr std::chrono::milliseconds stop_margin{2000};
 inline constexpr std::chrono::milliseconds stop_kill_grace{1000};
+// How long before the end of the stop the store is told to give up on what it cannot write.
+inline constexpr std::chrono::milliseconds store_hurry_margin{300};
 
 class worker {
 public:
@@ -63,6 +65,8 @@ private:
     bool finish_stop();
     template <class Pred>
     bool run_until_stop_by(Pred done);
+    template <class Pred>
+    bool run_until(Pred done, std::chrono::steady_clock::time_point by);
     void begin_drain(int signum);
     void force_release(const char* why);
     void reload();

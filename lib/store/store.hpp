@@ -78,12 +78,15 @@ public:
     // answers `proceed`, not `unfinished`. Only an unfinished start is removed: a finished
     // restart's record stays.
     virtual rt::task<void> release_claim(const message& m) = 0;
-    // Records the outcome of a message (not awaited: best effort, batched).
+    // Records the outcome of a message (not awaited, batched). A store that cannot write it now
+    // keeps it and writes it later; one it gives up on is counted in unrecorded().
     virtual void complete(const message& m, const verdict& v) = 0;
-    // Up and writable (readiness).
     // A hint that `m`'s record is about to be read or written: a store that keeps it in memory
     // starts loading it (with thousands of messages in flight, no cache holds it).
     virtual void prefetch(const message& m) const noexcept { (void)m; }
+    // Up and writable (readiness, mayhem_store_healthy). A state, not the last write's result:
+    // false from a failed write until writes have succeeded for a while with none failing, so
+    // it does not flap with each transaction. Any thread.
     virtual bool healthy() const { return true; }
     // Group-commit figures, for metrics: transactions committed and saves in them (0 for a
     // store without transactions). Loop thread.
@@ -91,8 +94,21 @@ public:
         std::uint64_t transactions = 0, saves = 0;
     };
     virtual commit_counts commits() const { return {}; }
-    // Flushes and closes; the loop still runs while it completes.
+    // Flushes and closes; the loop still runs while it completes. A store that keeps records
+    // nobody waits for (complete()'s outcome records) writes them again until they are written,
+    // for as long as it is given: see hurry().
     virtual rt::task<void> close() = 0;
+    // The time close() was given is up: from now on the store starts no new write. A transaction
+    // already being written ends (cut short where the store can), every request still queued
+    // fails (its task sees an error), records nobody waits for are given up and counted in
+    // unrecorded(), and close() completes. Called on the loop thread, before or during close().
+    virtual void hurry() {}
+    // Records nobody waited for that never reached the database: outcome records (complete())
+    // dropped past the store's bound while it could not write or given up at close, and
+    // withdrawals of restart starts whose task was gone (the sqlite store) given up at close.
+    // Non-zero means the database is behind what the source was told. Loop thread; final once
+    // close() completed.
+    virtual std::uint64_t unrecorded() const { return 0; }
 };
 
 } // namespace mayhem
