@@ -10,8 +10,11 @@
 #include "version.hpp"
 
 #include <CLI/CLI.hpp>
+#include <cerrno>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
+#include <fcntl.h>
 #include <iostream>
 #include <pthread.h>
 #include <string>
@@ -33,6 +36,19 @@ Usage:
 
 Exit codes: 0 ok; 1 fatal error; 2 bad flags or config; 3 work was released at a drain.
 )";
+
+// A standard descriptor the caller closed (`<&-`, `>&-`, `2>&-`) would be taken by the next
+// descriptor the process opens, the loop's own among them, and libuv asserts that none of its
+// descriptors is 0, 1 or 2. Each closed one is opened on /dev/null instead, before anything
+// else opens a descriptor: stdin is then empty, and what goes to stdout or stderr is dropped.
+void open_closed_standard_descriptors() {
+    for (int fd = 0; fd <= 2; ++fd) {
+        if (::fcntl(fd, F_GETFD) != -1 || errno != EBADF) continue;
+        // open() takes the lowest free descriptor, which is fd: the ones below it are open.
+        if (::open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY) != fd)
+            std::_Exit(mayhem::exit_fatal);
+    }
+}
 
 // Stop signals that arrive while the worker is still starting (reading its config, opening its
 // store, connecting) are held back until its handlers are installed, then handled like any
@@ -99,6 +115,7 @@ int run_history(const std::vector<std::string>& args) {
 } // namespace
 
 int main(int argc, char** argv) {
+    open_closed_standard_descriptors();
     std::vector<std::string> args(argv + 1, argv + argc);
     if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
         std::fputs(usage, stdout);
