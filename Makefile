@@ -45,10 +45,23 @@ asan: deps
 tsan: deps
 	$(MAKE) --no-print-directory build-san SAN=thread BUILD=build-tsan
 
+# Every process the suite starts (unit tests, workers, publishers) writes its sanitizer reports
+# to $(BUILD)/sanitizer-reports/; the target fails if there is one, also from a process whose
+# exit code no test looked at (a worker killed on purpose, a helper run).
+SAN_REPORTS = $(CURDIR)/$(BUILD)/sanitizer-reports
+SAN_ENV_address = ASAN_OPTIONS=log_path=$(SAN_REPORTS)/asan UBSAN_OPTIONS=log_path=$(SAN_REPORTS)/ubsan:print_stacktrace=1
+SAN_ENV_thread = TSAN_OPTIONS=log_path=$(SAN_REPORTS)/tsan
+
 build-san:
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Debug -DMAYHEM_SANITIZE=$(SAN) -DMAYHEM_CHAOS_IN_TESTS=OFF
 	cmake --build $(BUILD) -j$(JOBS)
-	cd $(BUILD) && MAYHEM_SANITIZED=$(SAN) ctest --output-on-failure -j$(JOBS)
+	rm -rf $(SAN_REPORTS) && mkdir -p $(SAN_REPORTS)
+	cd $(BUILD) && MAYHEM_SANITIZED=$(SAN) $(SAN_ENV_$(SAN)) ctest --output-on-failure -j$(JOBS); \
+	  status=$$?; \
+	  if [ -n "$$(ls -A $(SAN_REPORTS))" ]; then \
+	    cat $(SAN_REPORTS)/*; echo "sanitizer reports: $(SAN_REPORTS)"; exit 1; \
+	  fi; \
+	  exit $$status
 
 bench: build
 	./scripts/bench $(BENCH_ARGS)
