@@ -2,6 +2,7 @@
 // that ran is never run again because the write of its record failed.
 #include "pipeline/pipeline.hpp"
 #include "restart/restart_guard.hpp"
+#include "script_source.hpp"
 #include "store/memory_store.hpp"
 #include "store/sqlite_store.hpp"
 
@@ -12,52 +13,10 @@
 #include <unistd.h>
 
 using namespace mayhem;
+using mayhem::testing::script_source;
 using namespace std::chrono_literals;
 
 namespace {
-
-// Delivers every payload it is fed as soon as there is demand; records the verdicts by outcome.
-class feed_source final : public source {
-public:
-    std::vector<std::string> pending;
-    std::map<outcome, int> outcomes;
-    std::vector<std::string> refs_settled;
-    bool stopped = false;
-
-    void feed(std::vector<std::string> payloads) {
-        for (auto& p : payloads)
-            pending.push_back(std::move(p));
-        pump();
-    }
-    std::string_view name() const override { return "feed"; }
-    void start(source_sink& s) override { sink_ = &s; }
-    void request(std::size_t n) override {
-        demand_ += n;
-        pump();
-    }
-    void settle(delivery d, const verdict& v) override {
-        ++outcomes[v.what];
-        refs_settled.push_back(d.ref);
-        sink_->settled(v.what);
-    }
-    void stop() override { stopped = true; }
-    bool finished() const override { return pending.empty(); }
-    void close() override {}
-
-private:
-    void pump() {
-        while (sink_ && demand_ > 0 && !pending.empty() && !stopped) {
-            delivery d;
-            d.payload = std::move(pending.front());
-            pending.erase(pending.begin());
-            d.ref = "r" + std::to_string(++delivered_);
-            --demand_;
-            sink_->deliver(std::move(d));
-        }
-    }
-    source_sink* sink_ = nullptr;
-    std::size_t demand_ = 0, delivered_ = 0;
-};
 
 // Counts the restarts it starts and finishes; each takes `latency`. With `verifies` set, its
 // verify() answers that the host came back.
@@ -141,7 +100,7 @@ std::string msg(const std::string& id, const std::string& instance) {
 
 TEST_CASE("a drain starts no new restart: messages waiting for a restart slot are released") {
     rt::loop loop;
-    feed_source src;
+    script_source src;
     memory_store store(loop, latency_range{}, 1);
     counting_restarter inner(loop, 200ms);
     guard_options g;
@@ -171,7 +130,7 @@ TEST_CASE("a drain starts no new restart: messages waiting for a restart slot ar
 
 TEST_CASE("a drain lets a message waiting on its host's running restart share its result") {
     rt::loop loop;
-    feed_source src;
+    script_source src;
     memory_store store(loop, latency_range{}, 1);
     counting_restarter inner(loop, 100ms);
     restart_guard guard(loop, guard_options{}, store, inner);
@@ -189,7 +148,7 @@ TEST_CASE("a drain lets a message waiting on its host's running restart share it
 
 TEST_CASE("a restart whose record fails is not run again: the record is retried until written") {
     rt::loop loop;
-    feed_source src;
+    script_source src;
     flaky_record_store store(loop, 3);
     counting_restarter inner(loop, 1ms);
     restart_guard guard(loop, guard_options{}, store, inner);
@@ -211,7 +170,7 @@ TEST_CASE("a restart whose record fails is not run again: the record is retried 
 
 TEST_CASE("a drain waits for a restart's record to be written, and renews its lease meanwhile") {
     rt::loop loop;
-    feed_source src;
+    script_source src;
     flaky_record_store store(loop, 5);
     counting_restarter inner(loop, 1ms);
     restart_guard guard(loop, guard_options{}, store, inner);
@@ -237,7 +196,7 @@ rt::task<void> claim_into(store& s, message m, restart_claim& out) {
 
 TEST_CASE("a restart the drain kept from starting gives its claim back to the store") {
     rt::loop loop;
-    feed_source src;
+    script_source src;
     memory_store store(loop, latency_range{}, 1);
     counting_restarter inner(loop, 100ms);
     guard_options g;
@@ -299,7 +258,7 @@ TEST_CASE("sqlite: release_claim removes an unfinished start, never a finished r
 
 TEST_CASE("a restart the store could not claim is retried without using up an attempt") {
     rt::loop loop;
-    feed_source src;
+    script_source src;
     flaky_record_store store(loop, 0, 1);
     counting_restarter inner(loop, 1ms);
     restart_guard guard(loop, guard_options{}, store, inner);
@@ -317,7 +276,7 @@ TEST_CASE("a restart the store could not claim is retried without using up an at
 
 TEST_CASE("an unfinished restart the verify command finds done is not run a second time") {
     rt::loop loop;
-    feed_source src;
+    script_source src;
     memory_store store(loop, latency_range{}, 1);
     counting_restarter inner(loop, 1ms);
     inner.verifies = true;
