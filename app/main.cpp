@@ -3,6 +3,7 @@
 #include "config/config.hpp"
 #include "pipeline/worker.hpp"
 #include "publish.hpp"
+#include "restart/exec_restarter.hpp"
 #include "runtime/log.hpp"
 #include "runtime/loop.hpp"
 #include "sources/simulate_source.hpp"
@@ -10,8 +11,12 @@
 #include "version.hpp"
 
 #include <CLI/CLI.hpp>
+#include <cerrno>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fcntl.h>
 #include <iostream>
 #include <pthread.h>
 #include <string>
@@ -31,8 +36,45 @@ Usage:
   mayhem --version          print the version
   mayhem --help             this text
 
-Exit codes: 0 ok; 1 fatal error; 2 bad flags or config; 3 work was released at a drain.
+Exit codes: 0 ok; 1 fatal error, or the summary or a log line could not be written; 2 bad flags
+or config; 3 work was released at a drain.
 )";
+
+// A standard descriptor the caller closed (`<&-`, `>&-`, `2>&-`) would be taken by the next
+// descriptor the process opens, the loop's own among them, and libuv asserts that none of its
+// descriptors is 0, 1 or 2. Each closed one is opened on /dev/null instead, before anything
+// else opens a descriptor: stdin is then empty, and what goes to stdout or stderr is dropped.
+void open_closed_standard_descriptors() {
+    for (int fd = 0; fd <= 2; ++fd) {
+        if (::fcntl(fd, F_GETFD) != -1 || errno != EBADF) continue;
+        // open() takes the lowest free descriptor, which is fd: the ones below it are open.
+        if (::open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY) != fd)
+            std::_Exit(mayhem::exit_fatal);
+    }
+}
+
+// What a command printed must reach stdout, and each log line stderr: a summary or a log line
+// that was lost (a pipe whose reader is gone, a full disk) makes the exit code 1. The loss is
+// told on whichever of the two streams still works. Run after the command returned.
+int check_output(int code) {
+    bool stdout_lost = std::fflush(stdout) != 0 || std::ferror(stdout) != 0;
+    if (stdout_lost)
+        mayhem::log::error("could not write to stdout: the summary (or output) is lost");
+    const auto& lost = mayhem::log::lost();
+    if (lost.count > 0) {
+        std::string text =
+            "mayhem: " + std::to_string(lost.count) +
+            (lost.count == 1 ? " log line" : " log lines") +
+            " could not be written to stderr (last error: " + std::strerror(lost.error) + ")\n";
+        bool told = std::fputs(text.c_str(), stderr) >= 0 && std::fflush(stderr) == 0;
+        // stdout carries the summary; this line comes after it, only when stderr is gone.
+        if (!told && !stdout_lost) {
+            std::fputs(text.c_str(), stdout);
+            std::fflush(stdout);
+        }
+    }
+    return stdout_lost || lost.count > 0 ? mayhem::exit_fatal : code;
+}
 
 // Stop signals that arrive while the worker is still starting (reading its config, opening its
 // store, connecting) are held back until its handlers are installed, then handled like any
@@ -96,10 +138,8 @@ int run_history(const std::vector<std::string>& args) {
     return mayhem::print_history(o, std::cout, std::cerr);
 }
 
-} // namespace
-
-int main(int argc, char** argv) {
-    std::vector<std::string> args(argv + 1, argv + argc);
+// The command named by the first argument; its exit code.
+int run_command(std::vector<std::string> args) {
     if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
         std::fputs(usage, stdout);
         return 0;
@@ -118,4 +158,21 @@ int main(int argc, char** argv) {
                  "--help)\n",
                  cmd.c_str());
     return mayhem::exit_usage;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+    // Not a command for people (not in --help): how the exec restarter starts each restart
+    // command. First, before SIGPIPE is ignored below: an ignored signal stays ignored across
+    // exec, and the restart command must start with every signal at its default.
+    if (argc > 1 && std::strcmp(argv[1], mayhem::exec_wrapper_command) == 0)
+        return mayhem::run_exec_wrapper(argc - 2, argv + 2);
+    // A write to a pipe whose reader is gone fails with EPIPE instead of killing the process:
+    // the worker finishes its run and reports the loss (check_output). Restart commands start
+    // with SIGPIPE at its default again: libuv resets every signal in a spawned child (the
+    // wrapper above), before it execs the command.
+    std::signal(SIGPIPE, SIG_IGN);
+    open_closed_standard_descriptors();
+    return check_output(run_command({argv + 1, argv + argc}));
 }

@@ -1,15 +1,14 @@
-# MAYHEM_SANITIZE=address (ASan + UBSan) or thread (TSan). Sanitized builds take coroutine
-# frames from malloc (no frame pool), so a use-after-free of a frame is caught.
+# MAYHEM_SANITIZE=address (ASan + UBSan) or thread (TSan). Sanitized builds keep the coroutine
+# frame pool that production uses (lib/runtime/frame_pool.hpp): under ASan it poisons free slots,
+# so a use-after-free of a frame is still caught.
 set(MAYHEM_SANITIZE "" CACHE STRING "address or thread, empty for none")
 add_library(mayhem_sanitizers INTERFACE)
 if(MAYHEM_SANITIZE STREQUAL "address")
   target_compile_options(mayhem_sanitizers INTERFACE -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined)
   target_link_options(mayhem_sanitizers INTERFACE -fsanitize=address,undefined)
-  target_compile_definitions(mayhem_sanitizers INTERFACE MAYHEM_NO_FRAME_POOL)
 elseif(MAYHEM_SANITIZE STREQUAL "thread")
   target_compile_options(mayhem_sanitizers INTERFACE -fsanitize=thread -fno-omit-frame-pointer)
   target_link_options(mayhem_sanitizers INTERFACE -fsanitize=thread)
-  target_compile_definitions(mayhem_sanitizers INTERFACE MAYHEM_NO_FRAME_POOL)
 elseif(NOT MAYHEM_SANITIZE STREQUAL "")
   message(FATAL_ERROR "MAYHEM_SANITIZE must be address, thread or empty, not '${MAYHEM_SANITIZE}'")
 endif()

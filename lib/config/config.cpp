@@ -290,7 +290,8 @@ void add_worker_options(CLI::App& cmd, worker_config& c) {
         ->group("Redis");
     add_duration(cmd, "--lease-timeout", c.lease_timeout,
                  "redis: idle time after which a pending entry is reclaimed by any worker "
-                 "(keep --lease-extend-interval well below it)")
+                 "(keep --lease-extend-interval well below it); every source: how long a "
+                 "restart claim in the store stays this worker's without renewal")
         ->group("Redis");
     cmd.add_option("--read-ahead", c.read_ahead,
                    "redis: new entries read beyond the pipeline's free room and held until it "

@@ -2,6 +2,7 @@
 
 #include "message/message.hpp"
 #include "pipeline/outcome.hpp"
+#include "restart/exec_restarter.hpp"
 
 #include <limits>
 #include <prometheus/text_serializer.h>
@@ -141,12 +142,39 @@ std::vector<MetricFamily> collect(const catalogue_inputs& in) {
                          "Restart claims that found a restart of the same message started but "
                          "never finished (a crash in the window; see --on-unfinished-restart)",
                          MetricType::Counter, num(st.unfinished_restarts.get())));
+    out.push_back(single("mayhem_record_retries_total",
+                         "Writes of a restart's end tried again after the store failed (the "
+                         "restart is not run again; its message is held until it is recorded)",
+                         MetricType::Counter, num(st.record_retries.get())));
+    out.push_back(single("mayhem_unfinished_verified_total",
+                         "Unfinished restarts that --verify-command found done: recorded ok, "
+                         "not run a second time",
+                         MetricType::Counter, num(st.unfinished_verified.get())));
+    out.push_back(single("mayhem_claims_held_total",
+                         "Restart claims found held by another live worker: not restarted here, "
+                         "retried later without using up an attempt",
+                         MetricType::Counter, num(st.claims_held.get())));
+    out.push_back(single("mayhem_claims_lost_total",
+                         "Restart claims taken over by another worker while this one's restart "
+                         "ran (its lease expired: a stall); the host may have restarted twice",
+                         MetricType::Counter, num(st.claims_lost.get())));
     // Store group commit: saves / transactions is the messages per transaction.
     out.push_back(single("mayhem_store_transactions_total",
                          "Store transactions committed (group commit; 0 for the memory store)",
                          MetricType::Counter, num(live.store_transactions.get())));
     out.push_back(single("mayhem_store_saves_total", "Saves in committed store transactions",
                          MetricType::Counter, num(live.store_saves.get())));
+
+    // Always present (0 without --restarter exec), so a dashboard's query never goes missing.
+    auto signalled = family("mayhem_restart_processes_signalled_total",
+                            "Processes of restart commands the worker had to end, by signal: "
+                            "timed out, abandoned at a stop, or left behind by a command that "
+                            "exited",
+                            MetricType::Counter);
+    const exec_restarter_stats* e = in.exec;
+    add_value(signalled, num(e ? e->processes_terminated.get() : 0), {{"signal", "SIGTERM"}});
+    add_value(signalled, num(e ? e->processes_killed.get() : 0), {{"signal", "SIGKILL"}});
+    out.push_back(std::move(signalled));
 
     // Safety rails (README, "Safety rails")
     if (const restart_guard_stats* g = in.guard) {

@@ -16,6 +16,10 @@
 #include <string>
 #include <vector>
 
+namespace mayhem {
+struct exec_restarter_stats;
+}
+
 namespace mayhem::metrics {
 
 struct catalogue_inputs {
@@ -26,6 +30,7 @@ struct catalogue_inputs {
     std::string revision; //
     std::optional<process_stats> process;
     const restart_guard_stats* guard = nullptr; // the safety rails in front of the restarter
+    const exec_restarter_stats* exec = nullptr; // with --restarter exec
 };
 
 std::vector<prometheus::MetricFamily> collect(const catalogue_inputs& in);

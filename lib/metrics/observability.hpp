@@ -8,6 +8,7 @@
 // before the pipeline.
 #pragma once
 
+#include "metrics/catalogue.hpp"
 #include "metrics/http_server.hpp"
 #include "metrics/live_state.hpp"
 #include "metrics/loop_monitor.hpp"
@@ -35,7 +36,8 @@ struct observability_options {
 class observability {
 public:
     observability(rt::loop& l, observability_options opts, const pipeline& p, const source& src,
-                  const store& st, const restart_guard_stats* guard = nullptr);
+                  const store& st, const restart_guard_stats* guard = nullptr,
+                  const exec_restarter_stats* exec = nullptr);
     observability(const observability&) = delete;
     observability& operator=(const observability&) = delete;
     ~observability();
@@ -62,6 +64,7 @@ private:
     const source& source_;
     const store& store_;
     const restart_guard_stats* guard_;
+    const exec_restarter_stats* exec_;
     const std::string source_name_;
     live_state live_;
     bool publishing_ = true; // loop thread: false once the source may be closed

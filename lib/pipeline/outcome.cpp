@@ -36,6 +36,8 @@ std::string_view to_string(restart_status s) noexcept {
         return "coalesced";
     case restart_status::refused:
         return "refused";
+    case restart_status::not_started:
+        return "not_started";
     }
     return "unknown";
 }
@@ -56,8 +58,12 @@ verdict decide(const decide_inputs& in, const backoff_policy& backoff, std::uint
     auto retry = [&](std::string reason) {
         return verdict{outcome::retried, std::move(reason), backoff.delay(in.attempt, random)};
     };
+    if (in.restarted.status == restart_status::not_started)
+        return verdict{outcome::released, "stopping: " + in.restarted.detail.str(), {}};
     if (!in.saved) return retry("save failed: " + in.save_exception);
     if (!in.saved->ok) return retry("save failed: " + in.saved->error.str());
+    if (in.restarted.not_attempted)
+        return retry("restart not claimed: " + in.restarted.detail.str());
 
     std::string failure;
     switch (in.restarted.status) {
@@ -73,6 +79,8 @@ verdict decide(const decide_inputs& in, const backoff_policy& backoff, std::uint
     case restart_status::failed:
         failure = "restart failed: " + in.restarted.detail.str();
         break;
+    case restart_status::not_started:
+        break; // released above
     }
     if (in.restarted.permanent) return verdict{outcome::dead_lettered, failure, {}};
     if (in.attempt < in.max_attempts) return retry(std::move(failure));

@@ -33,8 +33,11 @@ enum class restart_status : std::uint8_t {
     dry_run,
     coalesced,
     refused, // by policy or a bad placeholder value: dead-lettered at once, never retried
+    // The worker began to stop before this restart began: it never runs here; the message is
+    // released for redelivery (a peer or a later run carries it out).
+    not_started,
 };
-inline constexpr int restart_status_count = 7;
+inline constexpr int restart_status_count = 8;
 std::string_view to_string(restart_status s) noexcept;
 
 struct restart_result {
@@ -44,7 +47,10 @@ struct restart_result {
 
     restart_status status = restart_status::ok;
     bool permanent = false; // with `failed`: retrying cannot fix it, dead-letter at once
-    rt::text detail;        // failure text, or why it was skipped
+    // With `failed`: no restart was attempted (the store could not claim it, or a live peer
+    // holds the claim). Transient: retried without using up an attempt, like a failed save.
+    bool not_attempted = false;
+    rt::text detail; // failure text, or why it was skipped
 };
 
 // A save either succeeded or failed with a reason (store unreachable, disk full, ...).
@@ -75,13 +81,15 @@ struct decide_inputs {
 };
 
 // The gather's results -> the outcome:
-//  - a failed save is never acked: retried (store trouble is transient; it does not use up the
-//    message's restart attempts, so an outage cannot dead-letter good requests);
+//  - a failed save, or a restart the store could not claim, is never acked: retried (store
+//    trouble is transient; it does not use up the message's restart attempts, so an outage
+//    cannot dead-letter good requests);
 //  - a failed restart is retried while attempts are left, then dead-lettered;
 //  - a duplicate (already completed) is `skipped`; ok, dry_run, cooldown and coalesced are acked;
 //  - a refused restart (host outside --allow-hosts/--deny-hosts, unsafe placeholder value) is
 //    dead-lettered at once: retrying cannot change the answer.
-//  - a permanent restart failure (retrying cannot fix it) is dead-lettered at once.
+//  - a permanent restart failure (retrying cannot fix it) is dead-lettered at once;
+//  - a restart the stop kept from starting (not_started) is released, whatever the save did.
 verdict decide(const decide_inputs& in, const backoff_policy& backoff, std::uint64_t random);
 
 } // namespace mayhem

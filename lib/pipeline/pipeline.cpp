@@ -33,6 +33,8 @@ struct pipeline::flight : rt::list_node {
     bool decoded = false;
     bool settled = false;
     bool indexed = false;             // registered in by_id_
+    bool ran = false;                 // its restart started and its end is not recorded yet
+    bool lost = false;                // its claim was taken over by a peer: not acked here
     outcome last = outcome::released; // what it settled with, for a coalesced duplicate
     std::uint64_t started_ns = 0;     // when save and restart were started
     std::uint64_t restarted_ns = 0;   // when the restart's steps ended
@@ -50,6 +52,10 @@ struct pipeline::flight : rt::list_node {
     flight(const flight&) = delete;
     flight& operator=(const flight&) = delete;
     ~flight() {
+        if (ran)
+            log::error("a restart started and its end was never recorded; its redelivery finds "
+                       "it unfinished (--on-unfinished-restart decides)",
+                       {{"message_id", msg.message_id()}, {"hostname", msg.hostname()}});
         if (!settled) p.settle(*this, verdict{outcome::released, "stopped before it finished", {}});
         --p.in_flight_;
         p.stats_.in_flight.set(static_cast<std::int64_t>(p.in_flight_));
@@ -88,24 +94,30 @@ void pipeline::start() {
     source_.request(opts_.queue_capacity);
 }
 
+// A drain starts no new restart: what is queued is released at once, the guard lets no waiting
+// restart start, and what the source still delivers is released as it arrives (deliver()).
 void pipeline::stop_intake() {
     if (intake_stopped_) return;
     intake_stopped_ = true;
     source_.stop();
-    pump();
+    guard_.stop();
+    release_queued("stopped before it started");
     notify();
+}
+
+void pipeline::release_queued(const char* why) {
+    while (!queue_.empty()) {
+        delivery d = std::move(queue_.front());
+        queue_.pop_front();
+        ++unconfirmed_;
+        source_.settle(std::move(d), verdict{outcome::released, why, {}});
+    }
+    stats_.queue_depth.set(0);
 }
 
 void pipeline::release_all() {
     stop_intake();
     releasing_ = true;
-    while (!queue_.empty()) {
-        delivery d = std::move(queue_.front());
-        queue_.pop_front();
-        stats_.queue_depth.set(static_cast<std::int64_t>(queue_.size()));
-        ++unconfirmed_;
-        source_.settle(std::move(d), verdict{outcome::released, "stopped before it started", {}});
-    }
     tasks_.cancel_all();  // each flight's destructor releases its delivery
     source_.force_stop(); // verdicts the transport cannot confirm now are released too
     notify();
@@ -127,6 +139,12 @@ void pipeline::set_max_in_flight(std::size_t n) {
 void pipeline::deliver(delivery d) {
     stats_.received.inc();
     d.received_ns = now_ns();
+    if (intake_stopped_) { // a read sent before the stop: nothing new starts now
+        ++unconfirmed_;
+        source_.settle(std::move(d), verdict{outcome::released, "arrived while stopping", {}});
+        notify();
+        return;
+    }
     queue_.push_back(std::move(d));
     stats_.queue_depth.set(static_cast<std::int64_t>(queue_.size()));
     pump();
@@ -154,10 +172,7 @@ void pipeline::pump() {
     if (pumping_ || releasing_) return;
     pumping_ = true;
     std::size_t taken = 0;
-    // While draining, what is already queued starts at once, over the in-flight limit by at most
-    // the (small) queue capacity: everything taken from the source then finishes within one
-    // latency instead of waiting for a slot and a second latency.
-    while (!queue_.empty() && (in_flight_ < opts_.max_in_flight || intake_stopped_)) {
+    while (!queue_.empty() && in_flight_ < opts_.max_in_flight) {
         delivery d = std::move(queue_.front());
         queue_.pop_front();
         ++taken;
@@ -167,24 +182,6 @@ void pipeline::pump() {
     pumping_ = false;
     if (taken > 0 && !intake_stopped_) source_.request(taken);
     if (taken > 0 || in_flight_ == 0) notify();
-}
-
-bool pipeline::allow_bad_log() {
-    auto now = loop_.now();
-    if (now - bad_log_window_ms_ >= 1000) {
-        if (bad_suppressed_ > 0)
-            log::warn("more undecodable messages were dead-lettered without a log line each",
-                      {{"count", bad_suppressed_}, {"see", "mayhem_decode_errors_total"}});
-        bad_log_window_ms_ = now;
-        bad_logged_ = 0;
-        bad_suppressed_ = 0;
-    }
-    if (bad_logged_ < bad_log_per_second) {
-        ++bad_logged_;
-        return true;
-    }
-    ++bad_suppressed_;
-    return false;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -211,30 +208,109 @@ rt::task<void> pipeline::process(delivery d) {
     } catch (...) {
         step = store_failed(f.restarted);
     }
+    if (step == claim_step::verify) step = co_await verify_unfinished(f);
     if (step == claim_step::restart) {
         auto gate = guard_.enter(f.pass, f.msg, f.restarted);
         bool go = gate == restart_guard::gate::restart;
         try {
             if (gate == restart_guard::gate::wait)
                 go = co_await guard_.wait(f.pass, f.msg, f.restarted);
-            if (go) f.restarted = co_await guard_.inner().restart(f.msg);
+            if (go) {
+                f.ran = true;
+                f.restarted = co_await guard_.inner().restart(f.msg);
+            }
         } catch (...) {
             restart_failed(f.restarted); // a restarter that threw: a failed restart like any other
         }
         warm(f, true);
         guard_.leave(f.pass);
-        try {
-            co_await store_.finish_restart(f.msg, f.restarted);
-            step = claim_step::counted;
-        } catch (...) {
-            step = store_failed(f.restarted);
-        }
+    }
+    if (step == claim_step::restart || step == claim_step::record ||
+        step == claim_step::record_counted) {
+        // A restart the stop kept from starting gives its claim back, so its redelivery is not
+        // taken for a restart that died half-way; any other result is recorded, however long
+        // that takes: a restart that ran is never run again because its record failed.
+        if (f.restarted.status == restart_status::not_started)
+            co_await unclaim(f);
+        else if (!co_await record(f))
+            co_await record_until_written(f);
+        if (step != claim_step::record) step = claim_step::counted;
     }
     if (step == claim_step::counted)
         stats_.restarts[static_cast<std::size_t>(f.restarted.status)].inc();
     f.restarted_ns = now_ns();
     co_await f.save; // gather
     co_return conclude(f);
+}
+
+// One write of the restart's record: false when the store failed (logged, at a bounded rate).
+// A claim that a peer took over meanwhile (this worker stalled past its lease) is not written:
+// the restart may have run twice, which is reported, and the message is not acked here.
+rt::task<bool> pipeline::record(flight& f) {
+    try {
+        bool mine = co_await store_.finish_restart(f.msg, f.restarted);
+        f.ran = false; // recorded, or the peer's to record: nothing left for ~flight to report
+        if (!mine) claim_lost(f);
+        co_return true;
+    } catch (...) {
+        if (store_log_.allow(loop_.now()))
+            log::error("cannot record how a restart ended; writing it again, the message is held",
+                       {{"message_id", f.msg.message_id()},
+                        {"result", to_string(f.restarted.status)},
+                        {"error", rt::describe(std::current_exception())}});
+        co_return false;
+    }
+}
+
+// The rare path in a frame of its own: write the record again, with backoff, until it is
+// written. The message stays in flight meanwhile (its lease is renewed); a forced stop destroys
+// this frame and ~flight reports the restart that ran unrecorded.
+rt::task<void> pipeline::record_until_written(flight& f) {
+    for (std::uint32_t attempt = 1;; ++attempt) {
+        stats_.record_retries.inc();
+        co_await rt::sleep_for(loop_, opts_.record_retry.delay(attempt, rng_()));
+        if (co_await record(f)) co_return;
+    }
+}
+
+// The rare path in a frame of its own: before running again a restart a dead worker left
+// unfinished, ask the verify command whether the host came back since; if it did, that restart
+// is recorded as ok and not run a second time.
+rt::task<pipeline::claim_step> pipeline::verify_unfinished(flight& f) {
+    restart_result v;
+    try {
+        v = co_await guard_.inner().verify(f.msg);
+    } catch (...) {
+        v = restart_result{restart_status::failed, rt::describe(std::current_exception())};
+    }
+    if (v.status != restart_status::ok) co_return claim_step::restart;
+    stats_.unfinished_verified.inc();
+    log::info("unfinished restart verified: the host came back, not restarted again",
+              {{"message_id", f.msg.message_id()}, {"hostname", f.msg.hostname()}});
+    f.restarted = restart_result{restart_status::ok, "verified after an unfinished restart"};
+    co_return claim_step::record_counted;
+}
+
+void pipeline::claim_lost(flight& f) {
+    f.lost = true;
+    stats_.claims_lost.inc();
+    log::error("restart claim lost: a peer took it over after this worker's lease expired; the "
+               "host may have been restarted twice",
+               {{"message_id", f.msg.message_id()},
+                {"hostname", f.msg.hostname()},
+                {"result", to_string(f.restarted.status)}});
+}
+
+// Best effort: a claim left behind is met by --on-unfinished-restart on redelivery.
+rt::task<void> pipeline::unclaim(flight& f) {
+    try {
+        co_await store_.release_claim(f.msg);
+    } catch (...) {
+        if (store_log_.allow(loop_.now()))
+            log::warn("cannot give back the claim of a restart that never started",
+                      {{"message_id", f.msg.message_id()},
+                       {"error", rt::describe(std::current_exception())}});
+    }
 }
 
 // The steps of process() that need no suspension live in plain functions, so their temporaries
@@ -247,7 +323,7 @@ bool pipeline::admit(flight& f) {
         return true;
     }
     stats_.decode_errors[static_cast<std::size_t>(bad->kind)].inc();
-    if (allow_bad_log())
+    if (bad_log_.allow(loop_.now()))
         log::warn("undecodable message dead-lettered",
                   {{"reason", bad->reason}, {"kind", to_string(bad->kind)}, {"ref", f.d.ref}});
     settle(f, verdict{outcome::dead_lettered, std::move(bad->reason), {}});
@@ -263,7 +339,10 @@ std::uint64_t pipeline::id_hash_of(const flight& f) noexcept {
 }
 
 // The rare path in a frame of its own, so the event's awaiter takes no room in every message's.
+// The duplicate's own lease is renewed while it waits: lapsed, a peer would reclaim the entry,
+// find the claim unfinished and restart the host while the first restart still runs.
 rt::task<void> pipeline::follow(flight& f, flight& first) {
+    lease(f);
     co_await first.done;
     settle_duplicate(f, first); // `first` is alive: set() resumes us
 }
@@ -294,9 +373,14 @@ void pipeline::settle_duplicate(flight& f, const flight& first) {
 void pipeline::hold(flight& f) {
     by_id_.insert(&f); // in_flight_with_id() found none
     f.indexed = true;
+    lease(f);
+    f.started_ns = now_ns();
+}
+
+// From now until it settles, the flight's lease is renewed with every other one that is due.
+void pipeline::lease(flight& f) {
     f.lease_due = loop_.now() + static_cast<std::uint64_t>(opts_.lease_extend_interval.count());
     leases_.push_back(f);
-    f.started_ns = now_ns();
 }
 
 void pipeline::conclude(flight& f) {
@@ -304,6 +388,9 @@ void pipeline::conclude(flight& f) {
     stats_.save_seconds.observe(static_cast<double>(saved_ns - f.started_ns) / 1e9);
     stats_.restart_seconds.observe(static_cast<double>(f.restarted_ns - f.started_ns) / 1e9);
     auto saved = f.save.take();
+    if (f.lost) // the peer that took the claim over settles the message
+        return settle(f, verdict{outcome::released, "restart claim lost to another worker", {}},
+                      std::max(saved_ns, f.restarted_ns));
     decide_inputs in;
     in.attempt = f.d.attempt;
     in.max_attempts = opts_.max_attempts;
@@ -323,15 +410,25 @@ pipeline::claim_step pipeline::after_claim(restart_claim claim, restart_result& 
     case restart_claim::unfinished:
         // The store keeps the unfinished row as this restart's record: a retry finishes it.
         stats_.unfinished_restarts.inc();
+        if (opts_.on_unfinished == unfinished_policy::retry && guard_.inner().can_verify())
+            return claim_step::verify;
         if (opts_.on_unfinished == unfinished_policy::dead_letter) {
-            // Dead-lettered at once by decide(); nothing ran, so nothing is counted or finished.
+            // Dead-lettered at once by decide(); nothing runs, so nothing is counted, and the
+            // row is closed with this result: no id stays in progress.
             r = restart_result{restart_status::failed,
                                "a restart for this message was started but never finished "
                                "(--on-unfinished-restart dead-letter)",
                                true};
-            return claim_step::uncounted;
+            return claim_step::record;
         }
         return claim_step::restart;
+    case restart_claim::held:
+        // Running on a live peer (its lease in the store is current): not here, not now.
+        stats_.claims_held.inc();
+        r = restart_result{restart_status::failed,
+                           "a restart for this message is running on another worker"};
+        r.not_attempted = true;
+        return claim_step::uncounted;
     case restart_claim::proceed:
         break;
     }
@@ -343,10 +440,11 @@ void pipeline::restart_failed(restart_result& r) {
     r = restart_result{restart_status::failed, rt::describe(std::current_exception())};
 }
 
-// Store trouble in the restart's claim or record is a failed restart like any other (retried,
-// with the error's text); it is not counted by restart result, as no restart ended.
+// Store trouble in the restart's claim: no restart ran, so none is counted, and the message is
+// retried without using up an attempt (decide()).
 pipeline::claim_step pipeline::store_failed(restart_result& r) {
     restart_failed(r);
+    r.not_attempted = true;
     return claim_step::uncounted;
 }
 
@@ -395,11 +493,13 @@ void pipeline::renew_leases() {
     auto now = loop_.now();
     auto interval = static_cast<std::uint64_t>(opts_.lease_extend_interval.count());
     lease_batch_.clear();
+    claim_batch_.clear();
     rt::intrusive_list renewed;
     while (auto* n = leases_.front()) {
         flight* f = static_cast<flight*>(n);
         if (f->lease_due > now) break;
         lease_batch_.push_back(&f->d);
+        if (f->indexed) claim_batch_.push_back(&f->msg);
         f->lease_due = now + interval;
         renewed.push_back(*n);
     }
@@ -407,6 +507,7 @@ void pipeline::renew_leases() {
     if (lease_batch_.empty()) return;
     stats_.lease_extensions.inc(lease_batch_.size());
     source_.extend(lease_batch_);
+    store_.renew_claims(claim_batch_); // the claims live as long as the leases
 }
 
 } // namespace mayhem

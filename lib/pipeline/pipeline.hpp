@@ -13,6 +13,7 @@
 #include "restart/restart_guard.hpp"
 #include "runtime/counter.hpp"
 #include "runtime/list.hpp"
+#include "runtime/log_budget.hpp"
 #include "runtime/loop.hpp"
 #include "runtime/string_index.hpp"
 #include "runtime/task.hpp"
@@ -38,6 +39,9 @@ struct pipeline_options {
     decode_options decode;
     std::uint64_t seed = 0; // 0: random
     unfinished_policy on_unfinished = unfinished_policy::retry;
+    // A restart that ran but whose record could not be written: how long to wait before writing
+    // it again (attempt n waits up to min(cap, base * 2^(n-1))). The message is held meanwhile.
+    backoff_policy record_retry{std::chrono::milliseconds{100}, std::chrono::milliseconds{5000}};
 };
 
 // Latency histogram written by the loop thread, read by the metrics thread. Buckets are fixed
@@ -68,6 +72,10 @@ struct pipeline_stats {
     rt::counter retries;
     rt::counter lease_extensions;
     rt::counter unfinished_restarts; // claims that found a restart started but never finished
+    rt::counter record_retries;      // writes of a restart's record tried again after a failure
+    rt::counter claims_held;         // claims found held by a live peer: not restarted here
+    rt::counter claims_lost;         // claims taken over by a peer while this worker's restart ran
+    rt::counter unfinished_verified; // unfinished restarts the verify command found done
     rt::gauge in_flight;
     rt::gauge peak_in_flight; // the most in flight at once since start
     rt::gauge queue_depth;
@@ -90,7 +98,9 @@ public:
 
     // Starts the source and grants it the queue's room.
     void start();
-    // Drain, step 1: take nothing new from the source; queued and in-flight messages go on.
+    // Drain, step 1: take nothing new from the source and start no new restart. Queued messages
+    // and those whose restart has not begun are released; restarts already running go on, and
+    // their messages settle when they end.
     void stop_intake();
     // Forced: every queued and in-flight delivery is released (not acked) at once.
     void release_all();
@@ -116,14 +126,31 @@ private:
     void source_changed() override;
 
     void pump();
+    void release_queued(const char* why);
     rt::task<void> process(delivery d);
+    rt::task<bool> record(flight& f);
+    rt::task<void> record_until_written(flight& f);
+    rt::task<void> unclaim(flight& f);
+    void claim_lost(flight& f);
     bool admit(flight& f);
     flight* in_flight_with_id(const message& m);
     rt::task<void> follow(flight& f, flight& first);
     void settle_duplicate(flight& f, const flight& first);
     void hold(flight& f);
+    void lease(flight& f);
     void conclude(flight& f);
-    enum class claim_step : std::uint8_t { restart, counted, uncounted };
+    // After the claim: verify an unfinished restart first; run the restart; record `r` as the
+    // claim's end without running one (counted by result or not); or settle with `r`, counted
+    // by result or not.
+    enum class claim_step : std::uint8_t {
+        verify,
+        restart,
+        record,
+        record_counted,
+        counted,
+        uncounted
+    };
+    rt::task<claim_step> verify_unfinished(flight& f);
     claim_step after_claim(restart_claim claim, restart_result& r);
     static void restart_failed(restart_result& r);
     static claim_step store_failed(restart_result& r);
@@ -155,14 +182,12 @@ private:
     rt::intrusive_list leases_;
     rt::periodic_timer lease_timer_;
     std::vector<const delivery*> lease_batch_;
+    std::vector<const message*> claim_batch_;
 
-    // Undecodable messages are logged one line each, but at most this many per second: a flood of
-    // bad input must not turn into a flood of log lines (the counter still counts every one).
-    static constexpr std::uint32_t bad_log_per_second = 100;
-    std::uint64_t bad_log_window_ms_ = 0;
-    std::uint32_t bad_logged_ = 0;
-    std::uint64_t bad_suppressed_ = 0;
-    bool allow_bad_log();
+    // Undecodable messages and store failures are logged one line each, but at most this many
+    // per second: a flood of bad input or a failing disk must not turn into a flood of log lines.
+    rt::log_budget bad_log_{100, "undecodable message dead-lettered", "mayhem_decode_errors_total"};
+    rt::log_budget store_log_{10, "restart record not written", "mayhem_record_retries_total"};
 
     std::mt19937_64 rng_;
     pipeline_stats stats_;

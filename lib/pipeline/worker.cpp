@@ -11,8 +11,10 @@
 #include "store/memory_store.hpp"
 #include "store/sqlite_store.hpp"
 
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
+#include <random>
 #include <sstream>
 #include <unistd.h>
 
@@ -61,12 +63,17 @@ std::unique_ptr<source> make_source(rt::loop& loop, const worker_config& c) {
     return std::make_unique<simulate_source>(loop, o);
 }
 
-std::unique_ptr<store> make_store(rt::loop& loop, const worker_config& c) {
+std::unique_ptr<store> make_store(rt::loop& loop, const worker_config& c,
+                                  const std::string& owner) {
     if (c.store == "sqlite") {
         sqlite_options o;
         o.path = c.db;
         o.synchronous_full = c.db_synchronous == "full";
         o.busy_timeout = c.db_busy_timeout;
+        // A claim is this process's while its message's lease lives; a peer that finds it leased
+        // does not restart, and takes it over only once it has expired.
+        o.owner = owner;
+        o.claim_lease = c.lease_timeout;
         return std::make_unique<sqlite_store>(loop, o); // sqlite_fatal (newer schema): exit 1
     }
     return std::make_unique<memory_store>(loop, c.save_latency, c.seed ? c.seed + 1 : 0);
@@ -79,9 +86,10 @@ std::unique_ptr<restarter> make_restarter(rt::loop& loop, const worker_config& c
         std::optional<command_template> verify;
         if (!c.verify_command.empty())
             verify = std::get<command_template>(command_template::parse(c.verify_command));
-        return std::make_unique<exec_restarter>(
-            loop, std::move(restart), std::move(verify),
-            exec_options{c.restart_timeout, c.restart_kill_grace});
+        return std::make_unique<exec_restarter>(loop, std::move(restart), std::move(verify),
+                                                exec_options{c.restart_timeout,
+                                                             c.restart_kill_grace, "/proc/self/exe",
+                                                             delegated_cgroup()});
     }
     return std::make_unique<simulate_restarter>(loop, c.restart_latency, c.restart_failure_rate,
                                                 c.seed ? c.seed + 2 : 0);
@@ -139,6 +147,22 @@ const char* signal_name(int s) {
     }
 }
 
+// The name this process puts on its restart claims: unique per process, also across restarts
+// of a worker that keeps its --consumer name.
+std::string claim_owner() {
+    char host[256] = {};
+    if (::gethostname(host, sizeof host - 1) != 0) std::snprintf(host, sizeof host, "host");
+    char tag[16];
+    std::snprintf(tag, sizeof tag, "%06x",
+                  static_cast<unsigned>(std::random_device{}() & 0xFFFFFFu));
+    return std::string(host) + "-" + std::to_string(::getpid()) + "-" + tag;
+}
+
+const exec_restarter_stats* exec_stats(const restarter& r) {
+    auto* e = dynamic_cast<const exec_restarter*>(&r);
+    return e ? &e->stats() : nullptr;
+}
+
 double seconds_since(std::chrono::steady_clock::time_point t) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
@@ -146,16 +170,17 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
 } // namespace
 
 worker::worker(worker_config cfg, std::vector<std::string> argv)
-    : cfg_(std::move(cfg)), argv_(std::move(argv)) {
+    : cfg_(std::move(cfg)), argv_(std::move(argv)), owner_(claim_owner()) {
     source_ = make_source(loop_, cfg_);
-    store_ = make_store(loop_, cfg_);
+    store_ = make_store(loop_, cfg_, owner_);
     restarter_ = make_restarter(loop_, cfg_);
     guard_ = make_guard(loop_, cfg_, *store_, *restarter_);
     pipeline_ =
         std::make_unique<pipeline>(loop_, make_pipeline_options(cfg_), *source_, *store_, *guard_);
     pipeline_->on_change([this] { check_done(); });
     observability_ = std::make_unique<metrics::observability>(
-        loop_, make_observability_options(cfg_), *pipeline_, *source_, *store_, &guard_->stats());
+        loop_, make_observability_options(cfg_), *pipeline_, *source_, *store_, &guard_->stats(),
+        exec_stats(*restarter_));
 
     for (int s : {SIGTERM, SIGINT}) {
         signals_.push_back(
@@ -169,14 +194,17 @@ worker::worker(worker_config cfg, std::vector<std::string> argv)
 }
 
 worker::~worker() {
-    // Order matters: the HTTP threads read the pipeline's stats; the pipeline's tasks reference
-    // the source, store and restarter.
+    // run() has settled or released every message while the pipeline, the source and the store
+    // still existed; what is left to undo holds no message. The HTTP threads read the pipeline's
+    // stats, and the pipeline references the source, store and restarter: destroyed in this
+    // order. The pipeline no longer reports changes: check_done() reads it.
+    if (pipeline_) pipeline_->on_change(nullptr);
     observability_.reset();
     pipeline_.reset();
     status_timer_.reset();
-    signals_.clear();
     drain_deadline_.reset();
-    if (source_) source_->close();
+    signals_.clear();
+    if (source_ && !source_closed_) source_->close();
 }
 
 int worker::run() {
@@ -191,6 +219,7 @@ int worker::run() {
                                  {"restarter", restarter_->name()},
                                  {"max_in_flight", cfg_.max_in_flight},
                                  {"queue_capacity", cfg_.queue_capacity},
+                                 {"claim_owner", owner_},
                                  {"pid", static_cast<long>(::getpid())}});
     pipeline_->start();
     check_done();
@@ -199,23 +228,8 @@ int worker::run() {
                                      ? std::nullopt
                                      : std::optional<std::chrono::nanoseconds>(
                                            std::chrono::steady_clock::now() - drain_started_));
-
-    // The loop has stopped: nothing is in flight any more. Close the intake side, then flush the
-    // store with the loop still turning for it.
     double seconds = seconds_since(started_);
-    status_timer_.reset();
-    drain_deadline_.reset();
-    source_->close();
-    bool store_closed = false;
-    rt::task_scope closing([](std::exception_ptr e) {
-        log::error("store did not close cleanly", {{"error", rt::describe(e)}});
-    });
-    closing.spawn([](store& s, bool& flag) -> rt::task<void> {
-        co_await s.close();
-        flag = true;
-    }(*store_, store_closed));
-    loop_.run_until([&] { return store_closed || closing.size() == 0; });
-    signals_.clear();
+    bool clean = finish_stop();
 
     const auto& st = pipeline_->stats();
     std::uint64_t released = st.completed[static_cast<std::size_t>(outcome::released)].get();
@@ -223,7 +237,7 @@ int worker::run() {
     std::fputs((summary_json(seconds) + "\n").c_str(), stdout);
     std::fflush(stdout);
 
-    if (phase_ == phase::draining || phase_ == phase::stopping) {
+    if (drain_started_ != std::chrono::steady_clock::time_point{}) {
         log::info("drain finished", {{"seconds", seconds_since(drain_started_)},
                                      {"released", released},
                                      {"deadline_hit", released_by_deadline_}});
@@ -233,8 +247,103 @@ int worker::run() {
                   "source (it cannot redeliver after the process ends)",
                   {{"count", abandoned}, {"source", source_->name()}});
     }
-    if (!store_closed || fatal_) return exit_fatal;
+    if (!clean || fatal_) return exit_fatal;
     return released > 0 || abandoned > 0 ? exit_released : exit_ok;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The stop, after the loop's run ended (the source finished, a drain ended, or the source failed),
+// in one order: every message settled or released, restart commands ended and reaped, the
+// source's last verdicts confirmed or given up, the source closed, the store flushed and closed.
+// Every step is logged, and the whole of it ends by stop_by_: --drain-timeout after the first
+// signal plus stop_margin at most. Signals that arrive meanwhile are logged and ignored.
+// Returns false when a step could not finish in time (the exit code says so).
+// ---------------------------------------------------------------------------------------------
+
+bool worker::finish_stop() {
+    if (phase_ == phase::running) {
+        // No signal: the source finished or failed. A failure may leave messages in flight.
+        phase_ = phase::stopping;
+        stop_by_ = std::chrono::steady_clock::now() + stop_margin;
+        if (!fatal_) stop_by_ += cfg_.drain_timeout;
+    }
+    phase_ = phase::closing;
+    status_timer_.reset();
+    drain_deadline_.reset();
+    bool clean = true;
+    if (!pipeline_->idle()) {
+        log::warn("stop: releasing messages still in flight",
+                  {{"in_flight", pipeline_->stats().in_flight.get()}});
+        pipeline_->release_all();
+    }
+    if (!run_until_stop_by([&] { return pipeline_->idle(); })) {
+        log::error("stop: the source did not confirm every verdict in time; unconfirmed ones "
+                   "are redelivered by the broker");
+        clean = false;
+    }
+    if (restarter_->live_processes() > 0) {
+        auto grace = std::min(cfg_.restart_kill_grace, stop_kill_grace);
+        log::info("stop: ending restart commands",
+                  {{"processes", restarter_->live_processes()}, {"grace", format_duration(grace)}});
+        restarter_->hurry(grace);
+        if (run_until_stop_by([&] { return restarter_->live_processes() == 0; })) {
+            log::info("stop: restart commands ended");
+        } else {
+            log::error("stop: restart commands still running at the deadline",
+                       {{"processes", restarter_->live_processes()}});
+            clean = false;
+        }
+    }
+    source_->close();
+    source_closed_ = true;
+    log::info("stop: source closed", {{"source", source_->name()}});
+
+    bool store_closed = false;
+    rt::task_scope closing([](std::exception_ptr e) {
+        log::error("stop: store did not close cleanly", {{"error", rt::describe(e)}});
+    });
+    closing.spawn([](store& st, bool& flag) -> rt::task<void> {
+        co_await st.close();
+        flag = true;
+    }(*store_, store_closed));
+    // The store writes what it holds until shortly before the end, then gives up on what it
+    // could not write (counted: unrecorded) and closes.
+    auto hurry_at = stop_by_ - store_hurry_margin;
+    if (!run_until([&] { return store_closed || closing.size() == 0; }, hurry_at)) {
+        log::warn("stop: the store is short of time; records it cannot write now are given up",
+                  {{"store", store_->name()}});
+        store_->hurry();
+        if (!run_until_stop_by([&] { return store_closed || closing.size() == 0; })) {
+            log::error("stop: the store did not close in time", {{"store", store_->name()}});
+            closing.cancel_all();
+        }
+    }
+    if (auto n = store_->unrecorded(); n > 0) {
+        log::error("stop: outcome records could not be written: the database is behind the "
+                   "source for these messages",
+                   {{"store", store_->name()}, {"unrecorded", n}});
+        clean = false;
+    }
+    return clean && store_closed;
+}
+
+// Runs the loop until `done` or stop_by_, whichever comes first; true if `done`.
+template <class Pred>
+bool worker::run_until_stop_by(Pred done) {
+    return run_until(done, stop_by_);
+}
+
+// Runs the loop until `done` or `by`, whichever comes first; true if `done`.
+template <class Pred>
+bool worker::run_until(Pred done, std::chrono::steady_clock::time_point by) {
+    if (done()) return true;
+    bool late = false;
+    rt::delayed_call deadline([&] { late = true; });
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        by - std::chrono::steady_clock::now());
+    loop_.timers().arm(deadline, std::max(left, std::chrono::milliseconds{0}));
+    loop_.run_until([&] { return late || done(); });
+    return done();
 }
 
 // Called whenever the pipeline may have become idle: decides whether the run is over.
@@ -246,13 +355,14 @@ void worker::check_done() {
         loop_.stop();
         return;
     }
+    if (phase_ == phase::closing) return; // finish_stop() runs the loop itself
     bool over = false;
     if (phase_ == phase::running)
         over = source_->finished() && pipeline_->idle();
     else if (phase_ == phase::draining)
         over = pipeline_->idle() && source_->drained();
     else
-        over = pipeline_->idle();
+        over = pipeline_->idle(); // stopping: released, waiting for the source to confirm
     if (over) loop_.stop();
 }
 
@@ -261,7 +371,8 @@ void worker::begin_drain(int signum) {
         phase_ = phase::draining;
         observability_->begin_drain(); // not ready from this moment
         drain_started_ = std::chrono::steady_clock::now();
-        log::info("draining: intake stopped, waiting for in-flight messages",
+        stop_by_ = drain_started_ + cfg_.drain_timeout + stop_margin;
+        log::info("draining: intake stopped, no new restart starts; waiting for running restarts",
                   {{"signal", signal_name(signum)},
                    {"in_flight", pipeline_->stats().in_flight.get()},
                    {"queued", pipeline_->stats().queue_depth.get()},
@@ -275,14 +386,29 @@ void worker::begin_drain(int signum) {
         check_done();
         return;
     }
-    log::warn("second signal: releasing everything in flight now",
-              {{"signal", signal_name(signum)}});
-    force_release("second signal");
+    if (phase_ == phase::draining) {
+        log::warn("second signal: releasing everything in flight now",
+                  {{"signal", signal_name(signum)}});
+        force_release("second signal");
+        return;
+    }
+    // A third signal must not kill the worker while its restart commands are being ended: they
+    // would run on, orphaned, while their messages go to a peer.
+    log::warn(
+        "signal ignored: the worker is already stopping and ends its restart commands first",
+        {{"signal", signal_name(signum)},
+         {"processes", restarter_->live_processes()},
+         {"stop_in_s",
+          std::chrono::duration<double>(stop_by_ - std::chrono::steady_clock::now()).count()}});
 }
 
 void worker::force_release(const char* why) {
-    if (phase_ == phase::stopping) return;
+    if (phase_ != phase::draining) return;
     phase_ = phase::stopping;
+    stop_by_ = std::min(stop_by_, std::chrono::steady_clock::now() + stop_margin);
+    // Restart commands get SIGTERM now (their tasks are destroyed), then SIGKILL after a grace
+    // that fits in the margin.
+    restarter_->hurry(std::min(cfg_.restart_kill_grace, stop_kill_grace));
     log::warn("releasing unfinished messages (not acked; a source that can redeliver will)",
               {{"why", why},
                {"in_flight", pipeline_->stats().in_flight.get()},
@@ -356,8 +482,8 @@ std::string worker::summary_json(double seconds) const {
     std::snprintf(
         buf, sizeof buf,
         R"({"received":%llu,"acked":%llu,"retried":%llu,"dead_lettered":%llu,"skipped":%llu,)"
-        R"("released":%llu,"lease_extensions":%llu,"abandoned":%llu,"peak_in_flight":%lld,)"
-        R"("seconds":%.3f,"msgs_per_s":%.1f})",
+        R"("released":%llu,"lease_extensions":%llu,"abandoned":%llu,"unrecorded":%llu,)"
+        R"("peak_in_flight":%lld,"seconds":%.3f,"msgs_per_s":%.1f})",
         static_cast<unsigned long long>(st.received.get()),
         static_cast<unsigned long long>(c(outcome::acked)),
         static_cast<unsigned long long>(c(outcome::retried)),
@@ -366,6 +492,7 @@ std::string worker::summary_json(double seconds) const {
         static_cast<unsigned long long>(c(outcome::released)),
         static_cast<unsigned long long>(st.lease_extensions.get()),
         static_cast<unsigned long long>(source_->abandoned()),
+        static_cast<unsigned long long>(store_->unrecorded()),
         static_cast<long long>(st.peak_in_flight.get()), seconds, rate);
     return buf;
 }

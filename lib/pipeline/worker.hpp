@@ -2,10 +2,13 @@
 // configuration, runs the loop, and owns the lifecycle — signals, the drain, the status line
 // and the summary line printed at exit.
 //
-// Shutdown (DESIGN.md): SIGTERM/SIGINT stop intake, let queued and in-flight messages finish
-// up to --drain-timeout, release the rest, flush the store and exit. A second signal releases
-// everything at once. SIGHUP re-reads the configuration and applies what can change at run
-// time. Threading: loop thread only.
+// Shutdown (DESIGN.md, README "Shutdown and signals"): SIGTERM/SIGINT stop intake and start no
+// new restart; restarts already running may finish up to --drain-timeout; then the rest is
+// released, restart commands are ended and reaped, the source's verdicts are confirmed or given
+// up, the store is flushed, and the process exits: all of it within --drain-timeout plus
+// stop_margin. A second signal releases everything at once; later ones are logged and ignored.
+// SIGHUP re-reads the configuration and applies what can change at run time. Threading: loop
+// thread only.
 #pragma once
 
 #include "config/config.hpp"
@@ -30,6 +33,13 @@ class observability;
 
 enum exit_code : int { exit_ok = 0, exit_fatal = 1, exit_usage = 2, exit_released = 3 };
 
+// The stop's fixed margin past --drain-timeout (README), and the most a restart command is given
+// between SIGTERM and SIGKILL once the drain deadline has passed (within the margin).
+inline constexpr std::chrono::milliseconds stop_margin{2000};
+inline constexpr std::chrono::milliseconds stop_kill_grace{1000};
+// How long before the end of the stop the store is told to give up on what it cannot write.
+inline constexpr std::chrono::milliseconds store_hurry_margin{300};
+
 class worker {
 public:
     // `argv` is kept to re-read the configuration on SIGHUP.
@@ -46,9 +56,17 @@ public:
     const restart_guard_stats& safety_stats() const noexcept { return guard_->stats(); }
 
 private:
-    enum class phase { running, draining, stopping };
+    // running -> draining (first signal) -> stopping (second signal or drain deadline: released)
+    // -> closing (finish_stop: children, source, store). A run that ends without a signal goes
+    // from running to closing.
+    enum class phase { running, draining, stopping, closing };
 
     void check_done();
+    bool finish_stop();
+    template <class Pred>
+    bool run_until_stop_by(Pred done);
+    template <class Pred>
+    bool run_until(Pred done, std::chrono::steady_clock::time_point by);
     void begin_drain(int signum);
     void force_release(const char* why);
     void reload();
@@ -57,6 +75,7 @@ private:
 
     worker_config cfg_;
     std::vector<std::string> argv_;
+    std::string owner_; // this process's name on its restart claims
     rt::loop loop_;
     std::unique_ptr<source> source_;
     std::unique_ptr<store> store_;
@@ -73,6 +92,8 @@ private:
     phase phase_ = phase::running;
     bool released_by_deadline_ = false;
     bool fatal_ = false; // the source reported an error retrying cannot fix
+    bool source_closed_ = false;
+    std::chrono::steady_clock::time_point stop_by_; // the whole stop ends by then
     std::chrono::steady_clock::time_point started_, drain_started_;
     std::uint64_t last_status_completed_ = 0;
     std::chrono::steady_clock::time_point last_status_at_;

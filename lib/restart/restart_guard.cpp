@@ -116,6 +116,7 @@ restart_guard::gate restart_guard::enter(pass& p, const message& m, restart_resu
     if (refused(m, r)) return gate::done;
     // One restart per host at a time: wait for the one running and share its result.
     if (running_for(m)) return gate::wait;
+    if (stopped(r)) return gate::done;
     hold(p, m, r);
     if (!admit_now(p) || opts_.cooldown.count() > 0) return gate::wait;
     return go(m, r) ? gate::restart : gate::done;
@@ -131,6 +132,7 @@ rt::task<bool> restart_guard::wait(pass& p, const message& m, restart_result& r)
         co_return false;
     }
     co_await admit_awaiter(*this, p);
+    if (stopped(r)) co_return false; // resumed by stop(), or stopped while it waited
     if (opts_.cooldown.count() > 0) {
         auto now = std::chrono::system_clock::now();
         auto claim = co_await store_.claim_host(m, now, opts_.cooldown).settled();
@@ -188,8 +190,25 @@ void restart_guard::release(pass& p) noexcept {
     schedule_admission();
 }
 
-// The last step before the restart itself: --dry-run stops here.
+void restart_guard::stop() {
+    if (stopping_) return;
+    stopping_ = true;
+    if (!waiters_.empty())
+        log::info("stopping: restarts waiting for admission will not start",
+                  {{"waiting", stats_.waiting.get()}, {"running", running_}});
+    admit_waiters(); // resumes every waiter, none admitted
+}
+
+bool restart_guard::stopped(restart_result& r) const {
+    if (!stopping_) return false;
+    r = restart_result{restart_status::not_started, "the worker is stopping"};
+    return true;
+}
+
+// The last step before the restart itself: --dry-run stops here, and so does a stop that began
+// while the cooldown claim was being answered.
 bool restart_guard::go(const message& m, restart_result& r) {
+    if (stopped(r)) return false;
     if (!opts_.dry_run) return true;
     log::info("dry run: restart not carried out",
               {{"message_id", m.message_id()}, {"hostname", m.hostname()}});
@@ -265,6 +284,13 @@ void restart_guard::schedule_admission() {
 // finishes), so the front is re-read every time.
 void restart_guard::admit_waiters() {
     while (auto* n = waiters_.front()) {
+        if (stopping_) { // resumed without a slot: wait() sees the stop
+            auto* w = static_cast<rt::owned_node<admit_awaiter>*>(n)->owner;
+            n->unlink();
+            stats_.waiting.add(-1);
+            w->h_.resume();
+            continue;
+        }
         if (!room()) return;
         auto a = breaker_.admit(now());
         stats_.breaker_state.set(static_cast<std::int64_t>(breaker_.state()));

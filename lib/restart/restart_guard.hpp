@@ -8,6 +8,9 @@
 //   dry run   (--dry-run: stop here, result dry_run)
 //   restart   (the inner restarter), then tell the breaker how it went
 //
+// Once stop() was called (a drain), every step that would lead to a restart answers
+// `not_started` instead: a stopping worker starts no new restart.
+//
 // The guard is a set of steps, not a coroutine: the message's own task awaits them, so the
 // guard's bookkeeping for one restart (a `pass`) lives in the message's frame and no frame of
 // the guard's stays alive while the restart runs. The task does
@@ -114,6 +117,13 @@ public:
     // the messages coalesced with it share it, and the concurrency slot is freed.
     void leave(pass& p);
 
+    // The worker stops: from now on no restart starts here. Messages waiting for admission are
+    // resumed at once with `not_started`, and so is every message that reaches enter() or the
+    // end of wait() later; a message coalesced with a restart already running still waits for it
+    // and shares its result. Irreversible.
+    void stop();
+    bool stopping() const noexcept { return stopping_; }
+
     // Starts loading what enter() and leave() touch for `m` (its host's index slot).
     void prefetch(const message& m) const noexcept { running_hosts_.prefetch_hash(m.host_hash()); }
 
@@ -132,6 +142,7 @@ private:
     void grant(pass& p, bool trial);
     void release(pass& p) noexcept;
     bool go(const message& m, restart_result& r);
+    bool stopped(restart_result& r) const;
     void shared_result(const message& m, const pass& first, restart_result& r);
     bool cooldown_decision(const message& m, std::chrono::system_clock::time_point now,
                            rt::result<host_claim>& claim, restart_result& r);
@@ -158,6 +169,7 @@ private:
     rt::intrusive_list waiters_; // admit_awaiter, FIFO
     std::size_t running_ = 0;
     bool paused_ = false;
+    bool stopping_ = false;
 
     rt::delayed_call admission_;    // one admission pass per loop turn
     rt::delayed_call breaker_wake_; // when the breaker's cooldown ends

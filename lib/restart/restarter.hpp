@@ -6,6 +6,8 @@
 #include "pipeline/outcome.hpp"
 #include "runtime/task.hpp"
 
+#include <chrono>
+#include <cstddef>
 #include <exception>
 #include <optional>
 #include <string>
@@ -24,6 +26,20 @@ public:
     virtual std::optional<std::string> refuse(const message& m) const {
         (void)m;
         return std::nullopt;
+    }
+    // Process groups of this restarter's commands not yet empty and reaped, counting abandoned
+    // ones still being terminated. The stop waits for this to reach 0.
+    virtual std::size_t live_processes() const { return 0; }
+    // For a bounded stop: from now on every running or terminating command is SIGKILLed at most
+    // `grace` after this call, and commands abandoned later wait at most `grace` for SIGKILL.
+    virtual void hurry(std::chrono::milliseconds grace) { (void)grace; }
+    // Whether verify() can tell that a host came back from a restart (--verify-command).
+    virtual bool can_verify() const { return false; }
+    // Asks, without restarting, whether `m`'s host came back from a restart: `ok` when it did.
+    // Used before running again a restart that a dead worker left unfinished.
+    virtual rt::task<restart_result> verify(const message& m) {
+        (void)m;
+        co_return restart_result{restart_status::failed, "no way to verify"};
     }
 };
 

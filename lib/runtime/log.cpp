@@ -1,13 +1,33 @@
 #include "runtime/log.hpp"
 
+#include <cerrno>
 #include <cstdio>
-#include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/details/null_mutex.h>
+#include <spdlog/sinks/base_sink.h>
 
 namespace mayhem::log {
 
 namespace {
 format g_format = format::text;
 std::shared_ptr<spdlog::logger> g_logger;
+lost_lines g_lost;
+
+// Writes each line to stderr at once, like spdlog's stderr_sink, but counts a line that could not
+// be written (spdlog 1.10's sink ignores the error). stderr is unbuffered: fwrite is the write.
+class stderr_sink final : public spdlog::sinks::base_sink<spdlog::details::null_mutex> {
+protected:
+    void sink_it_(const spdlog::details::log_msg& msg) override {
+        spdlog::memory_buf_t line;
+        formatter_->format(msg, line);
+        if (std::fwrite(line.data(), 1, line.size(), stderr) != line.size() ||
+            std::fflush(stderr) != 0) {
+            ++g_lost.count;
+            g_lost.error = errno;
+            std::clearerr(stderr); // the next line is tried again: a disk may have room again
+        }
+    }
+    void flush_() override { std::fflush(stderr); }
+};
 
 spdlog::logger& logger() {
     if (!g_logger) setup(format::text, spdlog::level::info);
@@ -77,8 +97,7 @@ void json_escape(std::string& out, std::string_view s) {
 void setup(format f, spdlog::level::level_enum level) {
     g_format = f;
     if (!g_logger) {
-        g_logger = std::make_shared<spdlog::logger>(
-            "mayhem", std::make_shared<spdlog::sinks::stderr_sink_st>());
+        g_logger = std::make_shared<spdlog::logger>("mayhem", std::make_shared<stderr_sink>());
     }
     if (f == format::json) {
         // The message part is built by write() as the rest of the object.
@@ -89,6 +108,10 @@ void setup(format f, spdlog::level::level_enum level) {
     }
     g_logger->set_level(level);
     g_logger->flush_on(spdlog::level::trace);
+}
+
+const lost_lines& lost() {
+    return g_lost;
 }
 
 void set_level(spdlog::level::level_enum level) {

@@ -1,6 +1,9 @@
 // Structured logs on stderr over spdlog: human-readable text by default, one JSON object per
 // line with --log-format json. Fields are key/value pairs; every line about a message carries
 // its message_id. Loop thread and start-up only.
+//
+// A line that cannot be written (the reader of a pipe is gone, the disk is full) is counted,
+// not retried: the process reports the loss by its exit code (app/main.cpp reads lost()).
 #pragma once
 
 #include <cstdint>
@@ -52,6 +55,13 @@ inline void warn(std::string_view msg, std::initializer_list<field> f = {}) {
 inline void error(std::string_view msg, std::initializer_list<field> f = {}) {
     write(spdlog::level::err, msg, f);
 }
+
+// Log lines that could not be written to stderr, and the errno of the last such write.
+struct lost_lines {
+    std::uint64_t count = 0;
+    int error = 0;
+};
+const lost_lines& lost();
 
 // Appends `s` to `out` as the inside of a JSON string (no quotes).
 void json_escape(std::string& out, std::string_view s);

@@ -21,13 +21,18 @@ redis_publisher::redis_publisher(const redis_endpoint& ep, std::string stream,
         throw std::runtime_error("cannot connect to " + shown_ + ": " + why);
     }
     redisSetTimeout(ctx_, timeval{30, 0});
-    if (!ep.password.empty()) {
-        if (ep.user.empty())
-            command({"AUTH", ep.password}, "AUTH");
-        else
-            command({"AUTH", ep.user, ep.password}, "AUTH");
+    try {
+        if (!ep.password.empty()) {
+            if (ep.user.empty())
+                command({"AUTH", ep.password}, "AUTH");
+            else
+                command({"AUTH", ep.user, ep.password}, "AUTH");
+        }
+        if (ep.db != 0) command({"SELECT", std::to_string(ep.db)}, "SELECT");
+    } catch (...) {
+        redisFree(std::exchange(ctx_, nullptr)); // no destructor runs for a throwing constructor
+        throw;
     }
-    if (ep.db != 0) command({"SELECT", std::to_string(ep.db)}, "SELECT");
 }
 
 redis_publisher::~redis_publisher() {

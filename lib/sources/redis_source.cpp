@@ -268,10 +268,10 @@ bool redis_source::running() const noexcept {
     }
 }
 
-// Entries still go to the pipeline: running, or draining (what reads and claims under way bring
-// is delivered within the demand granted before the stop, and the drain finishes it).
+// Entries still go to the pipeline: only while running. A stopping worker starts nothing new:
+// what reads and claims under way bring after the stop is left pending for any worker.
 bool redis_source::delivering() const noexcept {
-    return running() || state_ == state::draining;
+    return running();
 }
 
 void redis_source::start(source_sink& sink) {
@@ -402,10 +402,10 @@ void redis_source::on_idle(uv_idle_t* h) noexcept {
 void redis_source::turn() {
     if (!sink_ || state_ == state::created || state_ == state::closed || state_ == state::failed)
         return;
-    // Entries read ahead that will not be delivered any more are left for any worker, once no
-    // read under way can add to them (even with Redis down).
+    // A stopping worker starts nothing new: entries read ahead (and what reads under way bring)
+    // are not delivered but, once no read is under way, left pending for any worker (even with
+    // Redis down).
     if (!running()) {
-        deliver_ahead();
         if (reads_ == 0) leave_ahead();
     }
     bool writing = writer_.up() && !cool_timer_.armed();
@@ -543,8 +543,18 @@ void redis_source::settle(delivery d, const verdict& v) {
     }
     case outcome::retried:
     case outcome::released:
-        // Left pending in the group: reclaimed once idle for --lease-timeout, by any worker.
-        waiting_[a.id] = loop_.now() + static_cast<std::uint64_t>(opts_.lease_timeout.count());
+        if (v.what == outcome::released && state_ == state::draining) {
+            // Released at a drain, its restart never started: handed back with the entries read
+            // ahead (idle, its count as before), so that a peer takes it at once.
+            entry e;
+            e.id = a.id;
+            e.attempt = d.attempt;
+            ahead_.push_back(std::move(e));
+            kick();
+        } else {
+            // Left pending in the group: reclaimed once idle for --lease-timeout, by any worker.
+            waiting_[a.id] = loop_.now() + static_cast<std::uint64_t>(opts_.lease_timeout.count());
+        }
         return report(a, v.what);
     }
 }
@@ -1106,8 +1116,8 @@ void redis_source::claim_done(std::size_t reserved, std::size_t used) {
     kick();
 }
 
-// Entries a claim took, now ours. After a forced stop none is delivered (the pipeline starts
-// nothing more): they are left pending for any worker instead.
+// Entries a claim took, now ours. After a stop none is delivered (the pipeline starts nothing
+// more): they are left pending for any worker instead.
 std::size_t redis_source::deliver_claimed(std::vector<entry>& entries) {
     std::size_t used = 0;
     std::vector<entry> left;
@@ -1126,7 +1136,7 @@ std::size_t redis_source::deliver_claimed(std::vector<entry>& entries) {
         if (deliver_one(e.id, e.payload, e.has_payload, e.attempt)) ++used;
     }
     if (!left.empty()) {
-        log::info("entries claimed after a forced stop are left pending for any worker",
+        log::info("entries claimed after the stop are left pending for any worker",
                   {{"count", left.size()}});
         leave(std::move(left));
     }
@@ -1138,10 +1148,7 @@ bool redis_source::deliver_one(std::string_view id, std::string_view payload, bo
                                std::uint32_t attempt) {
     std::string key(id);
     if (held_.count(key)) return false; // already ours and in flight
-    // After stop() a read that was already under way may still answer: its entries are within
-    // the demand granted before the stop, and the drain finishes them rather than leaving them
-    // pending until some worker reclaims them. After a forced stop nothing is delivered.
-    if (!delivering()) return false;
+    if (!delivering()) return false;    // stopping: left pending by the caller
     if (!has_payload) {
         dead_letter_here(std::move(key), {}, "stream entry has no 'payload' field", attempt);
         return false;

@@ -20,6 +20,7 @@ public:
         int rc = sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READONLY, nullptr);
         if (rc != SQLITE_OK) {
             std::string why = db_ ? sqlite3_errmsg(db_) : sqlite3_errstr(rc);
+            sqlite3_close_v2(db_); // a failed open still returns a handle to free
             throw std::runtime_error("cannot open " + path + ": " + why);
         }
         sqlite3_busy_timeout(db_, 5000);

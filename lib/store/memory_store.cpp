@@ -111,7 +111,8 @@ rt::task<host_claim> memory_store::claim_host(const message& m,
     co_return host_claim{};
 }
 
-rt::task<void> memory_store::finish_restart(const message& m, const restart_result& r) {
+// One process: every claim is this worker's, so finish_restart never finds it lost.
+rt::task<bool> memory_store::finish_restart(const message& m, const restart_result& r) {
     if (!hosts_.empty()) {
         if (auto it = hosts_.find(host_key(m));
             it != hosts_.end() && it->second.message == key(m)) {
@@ -121,9 +122,19 @@ rt::task<void> memory_store::finish_restart(const message& m, const restart_resu
                 hosts_.erase(it); // failed, dry run, refused...: never blocks the next restart
         }
     }
-    // A failed restart may be tried again: forget it; anything else counts as done.
-    record(key(m), r.status == restart_status::failed ? state::absent : state::done);
-    co_return;
+    // A failed restart may be tried again, and a refused one is refused again: forget them;
+    // anything else counts as done.
+    bool again = r.status == restart_status::failed || r.status == restart_status::refused;
+    record(key(m), again ? state::absent : state::done);
+    co_return true;
+}
+
+rt::task<void> memory_store::release_claim(const message& m) {
+    if (lookup(key(m)) != state::started) co_return;
+    if (auto it = hosts_.find(host_key(m));
+        it != hosts_.end() && it->second.message == key(m) && it->second.running)
+        hosts_.erase(it);
+    record(key(m), state::absent);
 }
 
 void memory_store::complete(const message&, const verdict&) {}

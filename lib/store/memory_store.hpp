@@ -31,7 +31,8 @@ public:
     rt::task<restart_claim> claim_restart(const message& m) override;
     rt::task<host_claim> claim_host(const message& m, std::chrono::system_clock::time_point now,
                                     std::chrono::milliseconds cooldown) override;
-    rt::task<void> finish_restart(const message& m, const restart_result& r) override;
+    rt::task<bool> finish_restart(const message& m, const restart_result& r) override;
+    rt::task<void> release_claim(const message& m) override;
     void complete(const message& m, const verdict& v) override;
     rt::task<void> close() override;
 

@@ -6,6 +6,7 @@
 #include <functional>
 #include <iterator>
 #include <sqlite3.h>
+#include <thread>
 #include <utility>
 
 namespace mayhem {
@@ -18,8 +19,11 @@ namespace mayhem {
 //   key, so an insert maintains one b-tree, not two.
 // restarts: one row per restart attempt of a message (attempt 1, 2, ... after failures),
 //   inserted as started (finished NULL) before the restart runs and finished after it, so a
-//   crash in between is visible. Keyed (message_id, attempt) WITHOUT ROWID: the latest row of an
-//   id, its idempotency record, is one b-tree probe and no second index is kept in step.
+//   crash in between is visible. Version 2: `owner` names the worker process holding an
+//   unfinished row and `lease_until` how long it holds it (renewed while its message is in
+//   flight); a peer restarts only when that lease has expired, and the owner records the end
+//   only while the row is still its own. Keyed (message_id, attempt) WITHOUT ROWID: the latest row
+//   of an id, its idempotency record, is one b-tree probe and no second index is kept in step.
 //   restarts_host_claims answers the per-host cooldown ("did this host restart, or is it
 //   restarting, within the cooldown?") in one probe: claim_host checks it and marks its own row
 //   in one transaction. Partial (host_claimed = 1 only), so without a cooldown nothing pays for
@@ -57,6 +61,12 @@ CREATE INDEX restarts_host_claims ON restarts (hostname, started) WHERE host_cla
 PRAGMA user_version = 1;
 )sql";
 
+constexpr const char* schema_v2 = R"sql(
+ALTER TABLE restarts ADD COLUMN owner TEXT;
+ALTER TABLE restarts ADD COLUMN lease_until INTEGER;
+PRAGMA user_version = 2;
+)sql";
+
 // A failed SQLite call, carried to the end of the transaction (pool thread only).
 struct db_error {
     int code;
@@ -67,6 +77,12 @@ std::int64_t now_ms() {
     return std::chrono::duration_cast<std::chrono::milliseconds>(
                std::chrono::system_clock::now().time_since_epoch())
         .count();
+}
+
+// A message whose latest restart ended so is claimed again: a failure may be retried, and a
+// refusal must be met again (dead-lettered again), not taken for a restart already done.
+bool retried_after(std::string_view result) {
+    return result == "failed" || result == "refused";
 }
 
 // Errors after which the connection is closed and opened again by the next transaction: the
@@ -102,19 +118,24 @@ struct sqlite_store::shared {
     // its reason; the restart's result and detail), one statement per distinct values. (An
     // UPDATE ... FROM (VALUES ...) with its own values per row costs more than one UPDATE each:
     // SQLite writes it in two passes through an ephemeral table.)
-    enum multi_kind : std::uint8_t { m_save, m_claim, m_complete, m_finish, m_kinds };
+    enum multi_kind : std::uint8_t { m_save, m_claim, m_complete, m_finish, m_renew, m_kinds };
     sqlite_options opts;
     sqlite3* conn = nullptr;
     sqlite3_stmt *begin = nullptr, *commit = nullptr, *rollback = nullptr, *save = nullptr,
                  *last_restart = nullptr, *start_restart = nullptr, *finish = nullptr,
                  *complete = nullptr, *host_blocker = nullptr, *host_claim_row = nullptr,
-                 *first_restart = nullptr;
+                 *first_restart = nullptr, *unclaim = nullptr, *take_over = nullptr,
+                 *renew = nullptr;
     // multi[k][n]: kind k for n rows (2..max_rows), prepared on first use.
     sqlite3_stmt* multi[m_kinds][max_rows + 1] = {};
     batch flying; // the batch being written
+    // Set by hurry() (loop thread): a wait for another writer's lock gives up at once.
+    std::atomic<bool> hurry{false};
+    std::chrono::steady_clock::time_point busy_since; // pool thread
     // Scratch of write(), reused batch after batch (pool thread).
-    std::vector<request*> saves_, completes_, claims_, finishes_;
+    std::vector<request*> saves_, completes_, claims_, finishes_, renews_;
     std::vector<std::size_t> ids_;
+    std::vector<std::string> returned_; // ids a RETURNING clause named
 
     explicit shared(sqlite_options o) : opts(std::move(o)) {}
     ~shared() { close_conn(); }
@@ -145,8 +166,9 @@ struct sqlite_store::shared {
     }
 
     void close_conn() noexcept {
-        for (auto** s : {&begin, &commit, &rollback, &save, &last_restart, &start_restart, &finish,
-                         &complete, &host_blocker, &host_claim_row, &first_restart}) {
+        for (auto** s :
+             {&begin, &commit, &rollback, &save, &last_restart, &start_restart, &finish, &complete,
+              &host_blocker, &host_claim_row, &first_restart, &unclaim, &take_over, &renew}) {
             sqlite3_finalize(*s);
             *s = nullptr;
         }
@@ -157,6 +179,20 @@ struct sqlite_store::shared {
             }
         if (conn) sqlite3_close_v2(conn);
         conn = nullptr;
+    }
+
+    // The busy handler: waits for another connection's lock for up to busy_timeout, as
+    // sqlite3_busy_timeout does, but gives up at once when the store is hurried, so close() is
+    // not held up by a lock for longer than it was given. Pool thread (start-up: loop thread).
+    static int busy_wait(void* self, int count) noexcept {
+        auto* sh = static_cast<shared*>(self);
+        auto now = std::chrono::steady_clock::now();
+        if (count == 0) sh->busy_since = now;
+        if (sh->hurry.load(std::memory_order_relaxed) ||
+            now - sh->busy_since >= sh->opts.busy_timeout)
+            return 0;
+        std::this_thread::sleep_for(std::chrono::milliseconds(std::min(count + 1, 20)));
+        return 1;
     }
 
     int scalar_int(const char* sql) {
@@ -183,8 +219,7 @@ struct sqlite_store::shared {
             // that cannot write is not up.
             if (sqlite3_db_readonly(conn, "main") == 1)
                 throw db_error{SQLITE_READONLY, "database file " + opts.path + " is read-only"};
-            check(sqlite3_busy_timeout(conn, static_cast<int>(opts.busy_timeout.count())),
-                  "busy_timeout");
+            check(sqlite3_busy_handler(conn, &shared::busy_wait, this), "busy_handler");
             int version = 0;
             try {
                 version = scalar_int("PRAGMA user_version");
@@ -224,17 +259,25 @@ struct sqlite_store::shared {
             save = prepare("INSERT INTO messages (message_id, instance, hostname, reason, "
                            "first_seen) VALUES (?1, ?2, ?3, ?4, ?5) "
                            "ON CONFLICT (message_id) DO UPDATE SET attempts = attempts + 1");
-            last_restart = prepare("SELECT finished IS NULL, result, attempt FROM restarts "
+            last_restart = prepare("SELECT finished IS NULL, result, attempt, owner IS ?2, "
+                                   "coalesce(lease_until, 0) > ?3 FROM restarts "
                                    "WHERE message_id = ?1 ORDER BY attempt DESC LIMIT 1");
             // The first claim of an id (the common case) in one statement: attempt 1 exists iff
             // any restart of the id was recorded.
-            first_restart = prepare("INSERT INTO restarts (hostname, message_id, started, attempt) "
-                                    "VALUES (?1, ?2, ?3, 1) ON CONFLICT DO NOTHING");
+            first_restart = prepare("INSERT INTO restarts (hostname, message_id, started, attempt, "
+                                    "owner, lease_until) VALUES (?1, ?2, ?3, 1, ?4, ?5) "
+                                    "ON CONFLICT DO NOTHING");
             start_restart = prepare("INSERT INTO restarts (hostname, message_id, started, "
-                                    "attempt) VALUES (?1, ?2, ?3, ?4)");
-            finish =
-                prepare("UPDATE restarts SET finished = ?3, result = ?4, detail = NULLIF(?5, '') "
-                        "WHERE message_id = ?1 AND finished IS NULL");
+                                    "attempt, owner, lease_until) VALUES (?1, ?2, ?3, ?4, ?5, ?6)");
+            // An unfinished row whose owner's lease expired becomes this worker's.
+            take_over = prepare("UPDATE restarts SET owner = ?2, lease_until = ?3 "
+                                "WHERE message_id = ?1 AND finished IS NULL");
+            // Only the owner records the end: a row taken over by a peer is left alone.
+            finish = prepare(
+                "UPDATE restarts SET finished = ?3, result = ?4, detail = NULLIF(?5, ''), "
+                "lease_until = NULL WHERE message_id = ?1 AND finished IS NULL AND owner IS ?6");
+            renew = prepare("UPDATE restarts SET lease_until = ?3 "
+                            "WHERE message_id = ?1 AND finished IS NULL AND owner IS ?2");
             // The per-host cooldown (store.hpp, claim_host): the latest restart of the host for
             // another message that passed its own claim and either succeeded or never finished.
             host_blocker = prepare("SELECT max(started) FROM restarts WHERE hostname = ?1 AND "
@@ -243,6 +286,11 @@ struct sqlite_store::shared {
             // claim_restart recorded this message's start; it now counts for its host.
             host_claim_row = prepare("UPDATE restarts SET host_claimed = 1, started = ?3 WHERE "
                                      "message_id = ?1 AND finished IS NULL");
+            // A start whose restart never runs (release_claim, or withdrawn: its task was
+            // destroyed while it was written) goes, if still unfinished and still this worker's.
+            // A withdrawal names the stamp it wrote: a row stamped anew since stays.
+            unclaim = prepare("DELETE FROM restarts WHERE message_id = ?1 AND finished IS NULL "
+                              "AND (?2 = 0 OR started = ?2) AND owner IS ?3");
             // A duplicate's `skipped` does not hide that the message was acked; retried is not
             // a completion. `IS`, not `=`: with no outcome yet (NULL), `outcome = 'acked'` is
             // NULL and the whole condition with it, so a `skipped` would never be written.
@@ -257,7 +305,7 @@ struct sqlite_store::shared {
         }
     }
 
-    // Version 0 -> 1. Re-checked inside the write transaction: another worker on the same file
+    // Version 0 -> 1 -> 2. Re-checked inside the write transaction: another worker on the same file
     // may have created the schema in the meantime.
     void migrate() {
         exec("BEGIN IMMEDIATE", "begin migration");
@@ -269,7 +317,9 @@ struct sqlite_store::shared {
                                        " holds tables but no mayhem schema version: not a mayhem "
                                        "database");
                 exec(schema_v1, "create schema");
+                version = 1;
             }
+            if (version == 1) exec(schema_v2, "migrate schema to version 2");
             exec("COMMIT", "commit migration");
         } catch (...) {
             sqlite3_exec(conn, "ROLLBACK", nullptr, nullptr, nullptr);
@@ -292,18 +342,29 @@ struct sqlite_store::shared {
             text(first_restart, 1, r.a);
             text(first_restart, 2, r.id);
             sqlite3_bind_int64(first_restart, 3, now);
+            bind_owner(first_restart, 4, now);
             run(first_restart, "record restart start");
-            if (sqlite3_changes(conn) == 1)
+            if (sqlite3_changes(conn) == 1) {
                 r.claim = restart_claim::proceed;
-            else
+                r.n = now;
+            } else {
                 claim_again(r, now);
+            }
             break;
         case op::finish:
             text(finish, 1, r.id);
             sqlite3_bind_int64(finish, 3, now);
             text(finish, 4, r.a);
             text(finish, 5, r.b);
+            sqlite3_bind_text(finish, 6, opts.owner.data(), static_cast<int>(opts.owner.size()),
+                              SQLITE_STATIC);
             run(finish, "record restart end");
+            r.claim = sqlite3_changes(conn) == 1 ? restart_claim::proceed : restart_claim::held;
+            break;
+        case op::renew:
+            text(renew, 1, r.id);
+            bind_owner(renew, 2, now);
+            run(renew, "renew restart claim");
             break;
         case op::claim_host: {
             text(host_blocker, 1, r.a);
@@ -319,9 +380,17 @@ struct sqlite_store::shared {
                 text(host_claim_row, 1, r.id);
                 sqlite3_bind_int64(host_claim_row, 3, now);
                 run(host_claim_row, "record host claim");
+                r.n = now;
             }
             break;
         }
+        case op::unclaim:
+            text(unclaim, 1, r.id);
+            sqlite3_bind_int64(unclaim, 2, r.n);
+            sqlite3_bind_text(unclaim, 3, opts.owner.data(), static_cast<int>(opts.owner.size()),
+                              SQLITE_STATIC);
+            run(unclaim, "give back a restart claim");
+            break;
         case op::skip:
             break;
         case op::complete:
@@ -334,33 +403,59 @@ struct sqlite_store::shared {
         }
     }
 
+    // Binds this worker's name at `i` and the lease of a claim made or renewed now at `i + 1`
+    // (0 without a lease: never held against a peer).
+    void bind_owner(sqlite3_stmt* s, int i, std::int64_t now) {
+        sqlite3_bind_text(s, i, opts.owner.data(), static_cast<int>(opts.owner.size()),
+                          SQLITE_STATIC);
+        sqlite3_bind_int64(s, i + 1,
+                           opts.claim_lease.count() > 0 ? now + opts.claim_lease.count() : 0);
+    }
+
     // A claim whose attempt 1 is already recorded: a restart of this id was recorded before, and
-    // its latest row decides.
+    // its latest row decides: an unfinished one is a peer's while its lease lasts, and becomes
+    // this worker's (to finish, or to run again) once it has expired.
     void claim_again(request& r, std::int64_t now) {
         text(last_restart, 1, r.id);
+        sqlite3_bind_text(last_restart, 2, opts.owner.data(), static_cast<int>(opts.owner.size()),
+                          SQLITE_STATIC);
+        sqlite3_bind_int64(last_restart, 3, now);
         int rc = sqlite3_step(last_restart);
-        bool proceed = true;
+        bool proceed = true, take = false;
         std::int64_t attempt = 1;
         if (rc == SQLITE_ROW) {
             attempt = sqlite3_column_int64(last_restart, 2) + 1;
             bool unfinished = sqlite3_column_int(last_restart, 0) != 0;
+            bool mine = sqlite3_column_int(last_restart, 3) != 0;
+            bool leased = sqlite3_column_int(last_restart, 4) != 0;
             auto* res = reinterpret_cast<const char*>(sqlite3_column_text(last_restart, 1));
-            if (unfinished) {
+            if (unfinished && leased && !mine) {
+                r.claim = restart_claim::held;
+                proceed = false;
+            } else if (unfinished) {
                 r.claim = restart_claim::unfinished; // its row stays the one to finish
                 proceed = false;
-            } else if (!res || std::string_view(res) != "failed") {
+                take = true;
+            } else if (!res || !retried_after(res)) {
                 r.claim = restart_claim::done;
                 proceed = false;
             }
         }
         sqlite3_reset(last_restart);
         if (rc != SQLITE_ROW && rc != SQLITE_DONE) fail(rc, "claim");
+        if (take) {
+            text(take_over, 1, r.id);
+            bind_owner(take_over, 2, now);
+            run(take_over, "take over an unfinished restart claim");
+        }
         if (proceed) {
             r.claim = restart_claim::proceed;
+            r.n = now;
             text(start_restart, 1, r.a);
             text(start_restart, 2, r.id);
             sqlite3_bind_int64(start_restart, 3, now);
             sqlite3_bind_int64(start_restart, 4, attempt);
+            bind_owner(start_restart, 5, now);
             run(start_restart, "record restart start");
         }
     }
@@ -372,23 +467,25 @@ struct sqlite_store::shared {
     // ------------------------------------------------------------------------------------------
 
     static std::string multi_sql(multi_kind k, int n) {
-        auto rows = [n](std::string& sql, int per_row, const char* shape) {
-            // shape: the row with $1..$per_row for its own parameters, ?1 for the shared clock.
+        auto rows = [n](std::string& sql, int first, int per_row, const char* shape) {
+            // shape: the row with $1..$per_row for its own parameters, numbered from ?first;
+            // ?1.. (below first) for the shared ones (?1 the clock).
             for (int i = 0; i < n; ++i) {
                 if (i) sql += ',';
                 for (const char* c = shape; *c; ++c) {
                     if (*c == '$') {
                         ++c;
-                        sql += '?' + std::to_string(2 + per_row * i + (*c - '1'));
+                        sql += '?' + std::to_string(first + per_row * i + (*c - '1'));
                     } else {
                         sql += *c;
                     }
                 }
             }
         };
-        auto ids = [](std::string& sql, int count) {
+        auto ids = [k](std::string& sql, int count) {
+            int first = k == m_complete ? 4 : 5; // after the shared parameters
             for (int i = 0; i < count; ++i)
-                sql += (i ? ",?" : "?") + std::to_string(4 + i);
+                sql += (i ? ",?" : "?") + std::to_string(first + i);
         };
         std::string sql;
         switch (k) {
@@ -397,7 +494,7 @@ struct sqlite_store::shared {
             // case) are appended without a search from the root.
             sql = "INSERT INTO messages (message_id, instance, hostname, reason, first_seen) "
                   "VALUES ";
-            rows(sql, 4, "($1,$2,$3,$4,?1)");
+            rows(sql, 2, 4, "($1,$2,$3,$4,?1)");
             sql += " ON CONFLICT (message_id) DO UPDATE SET attempts = attempts + 1";
             break;
         case m_claim:
@@ -405,8 +502,9 @@ struct sqlite_store::shared {
             // already, the statement fails and undoes itself (the transaction goes on), and the
             // rows take the one-row path. RETURNING the ids recorded would cost as much as the
             // rows it saves.
-            sql = "INSERT INTO restarts (hostname, message_id, started, attempt) VALUES ";
-            rows(sql, 2, "($1,$2,?1,1)");
+            sql = "INSERT INTO restarts (hostname, message_id, started, attempt, owner, "
+                  "lease_until) VALUES ";
+            rows(sql, 4, 2, "($1,$2,?1,1,?2,?3)"); // ?2 the owner, ?3 the lease
             break;
         case m_complete:
             // The same update as `complete`, for the ids ?4... that get the same outcome ?2 and
@@ -418,12 +516,18 @@ struct sqlite_store::shared {
             sql += ") AND NOT (?2 = 'skipped' AND outcome IS 'acked')";
             break;
         case m_finish:
-            // The same update as `finish`, for the ids ?4... with the same result ?2 and detail
-            // ?3.
-            sql = "UPDATE restarts SET finished = ?1, result = ?2, detail = NULLIF(?3, '') "
-                  "WHERE message_id IN (";
+            // The same update as `finish`, for the ids ?5... with the same result ?2 and detail
+            // ?3, by the owner ?4. RETURNING names the rows that were still this worker's.
+            sql = "UPDATE restarts SET finished = ?1, result = ?2, detail = NULLIF(?3, ''), "
+                  "lease_until = NULL WHERE message_id IN (";
             ids(sql, n);
-            sql += ") AND finished IS NULL";
+            sql += ") AND finished IS NULL AND owner IS ?4 RETURNING message_id";
+            break;
+        case m_renew:
+            // The same update as `renew`: ?2 the owner, ?3 the new lease, the ids ?5...
+            sql = "UPDATE restarts SET lease_until = ?3 WHERE message_id IN (";
+            ids(sql, n);
+            sql += ") AND finished IS NULL AND owner IS ?2";
             break;
         case m_kinds:
             break;
@@ -455,29 +559,64 @@ struct sqlite_store::shared {
             claim_many(s, r, n, now);
             break;
         case m_complete:
-        case m_finish:
             // The same a and b for all (apply_run grouped them).
             text(s, 2, r[0]->a);
             text(s, 3, r[0]->b);
             for (int i = 0; i < n; ++i)
                 text(s, 4 + i, r[i]->id);
-            run(s, k == m_complete ? "record outcome" : "record restart end");
+            run(s, "record outcome");
+            break;
+        case m_finish:
+            text(s, 2, r[0]->a);
+            text(s, 3, r[0]->b);
+            sqlite3_bind_text(s, 4, opts.owner.data(), static_cast<int>(opts.owner.size()),
+                              SQLITE_STATIC);
+            for (int i = 0; i < n; ++i)
+                text(s, 5 + i, r[i]->id);
+            finish_many(s, r, n);
+            break;
+        case m_renew:
+            bind_owner(s, 2, now);
+            for (int i = 0; i < n; ++i)
+                text(s, 5 + i, r[i]->id);
+            run(s, "renew restart claims");
             break;
         case m_kinds:
             break;
         }
     }
 
-    void claim_many(sqlite3_stmt* s, request* const* r, int n, std::int64_t now) {
+    // The rows RETURNING names were finished by this worker; any other was taken over by a peer
+    // (held). Usually all of them are: then no id is compared.
+    void finish_many(sqlite3_stmt* s, request* const* r, int n) {
+        returned_.clear();
+        int rc;
+        while ((rc = sqlite3_step(s)) == SQLITE_ROW)
+            returned_.emplace_back(reinterpret_cast<const char*>(sqlite3_column_text(s, 0)),
+                                   static_cast<std::size_t>(sqlite3_column_bytes(s, 0)));
+        sqlite3_reset(s);
+        if (rc != SQLITE_DONE) fail(rc, "record restart end");
+        bool all = returned_.size() == static_cast<std::size_t>(n);
         for (int i = 0; i < n; ++i) {
-            text(s, 2 + 2 * i, r[i]->a);
-            text(s, 3 + 2 * i, r[i]->id);
+            bool mine = all || std::find(returned_.begin(), returned_.end(),
+                                         flying.view(r[i]->id)) != returned_.end();
+            r[i]->claim = mine ? restart_claim::proceed : restart_claim::held;
+        }
+    }
+
+    void claim_many(sqlite3_stmt* s, request* const* r, int n, std::int64_t now) {
+        bind_owner(s, 2, now);
+        for (int i = 0; i < n; ++i) {
+            text(s, 4 + 2 * i, r[i]->a);
+            text(s, 5 + 2 * i, r[i]->id);
         }
         int rc = sqlite3_step(s);
         sqlite3_reset(s);
         if (rc == SQLITE_DONE) {
-            for (int i = 0; i < n; ++i)
+            for (int i = 0; i < n; ++i) {
                 r[i]->claim = restart_claim::proceed;
+                r[i]->n = now;
+            }
             return;
         }
         // A restart of one of these ids was recorded before (the statement changed nothing):
@@ -573,9 +712,13 @@ struct sqlite_store::shared {
         apply_run(m_save, saves_, now);
     }
 
-    // The requests on `restarts`, in arrival order, up to each claim_host: it reads other ids'
-    // rows, so what arrived before it is written before it and what came after, after.
+    // The requests on `restarts`: first the unclaims (each gives back a start committed by an
+    // earlier transaction, so it comes before any claim of the same id in this one), then the
+    // rest in arrival order, up to each claim_host: it reads other ids' rows, so what arrived
+    // before it is written before it and what came after, after.
     void write_restarts(std::int64_t now) {
+        for (auto& r : flying)
+            if (r.kind == op::unclaim) apply(r, now);
         auto segment = [&] {
             if (distinct_ids(claims_, finishes_)) {
                 // Distinct ids: claims and finishes commute.
@@ -596,17 +739,23 @@ struct sqlite_store::shared {
         };
         claims_.clear();
         finishes_.clear();
+        renews_.clear();
         for (auto& r : flying) {
             if (r.kind == op::claim) {
                 claims_.push_back(&r);
             } else if (r.kind == op::finish) {
                 finishes_.push_back(&r);
+            } else if (r.kind == op::renew) {
+                renews_.push_back(&r);
             } else if (r.kind == op::claim_host) {
-                segment();
+                segment(); // rare: in arrival order against the claims and finishes around it
                 apply(r, now);
             }
         }
         segment();
+        // Renewals last: they only extend what is still this worker's and unfinished, whatever
+        // came before them in the batch. One id is renewed at most once per tick.
+        apply_run(m_renew, renews_, now);
     }
 
     // Pool thread: writes `flying` as one transaction. Returns the error, empty on success.
@@ -643,7 +792,8 @@ struct sqlite_store::shared {
 // ---------------------------------------------------------------------------------------------
 // request_awaiter: suspends a task until the transaction holding its request has ended. It
 // finds its request by (generation, index), so the queues can grow and swap under it; if its
-// task is destroyed first, it clears the request's waiter (the request is still written).
+// task is destroyed first, it clears the request's waiter (the request is still written). A
+// request made once the writer has ended fails at once (generation 0).
 // ---------------------------------------------------------------------------------------------
 
 struct reply {
@@ -662,10 +812,11 @@ public:
     ~request_awaiter() {
         if (request* r = find()) r->waiter = {};
     }
-    bool await_ready() const noexcept { return false; }
+    bool await_ready() const noexcept { return gen_ == 0; }
     void await_suspend(std::coroutine_handle<> h) noexcept { find()->waiter = h; }
     reply await_resume() {
         reply out;
+        if (gen_ == 0) return reply{false, "store closed", {}, 0};
         out.ok = s_.batch_ok_;
         if (!out.ok) out.error = s_.batch_error_;
         if (request* r = find()) {
@@ -677,6 +828,7 @@ public:
 
 private:
     request* find() noexcept {
+        if (gen_ == 0) return nullptr;
         if (gen_ == s_.pending_gen_)
             return idx_ < s_.pending_.size() ? &s_.pending_[idx_] : nullptr;
         if (gen_ == s_.flying_gen_)
@@ -692,6 +844,19 @@ private:
 // ---------------------------------------------------------------------------------------------
 // sqlite_store
 // ---------------------------------------------------------------------------------------------
+
+namespace {
+
+// Appends `r` with its strings, copied from `from`'s text into `to`'s.
+void copy_request(sqlite_store::batch& to, const sqlite_store::batch& from,
+                  sqlite_store::request r) {
+    for (auto* t : {&r.id, &r.a, &r.b, &r.c})
+        *t = to.put(from.view(*t));
+    r.waiter = {};
+    to.reqs.push_back(r);
+}
+
+} // namespace
 
 sqlite_store::sqlite_store(rt::loop& loop, sqlite_options opts)
     : loop_(loop), db_(std::make_shared<shared>(std::move(opts))), tasks_([](std::exception_ptr e) {
@@ -718,6 +883,7 @@ sqlite_store::sqlite_store(rt::loop& loop, sqlite_options opts)
 sqlite_store::~sqlite_store() = default;
 
 sqlite_store::request_awaiter sqlite_store::enqueue(const request& r) {
+    if (phase_ == phase::closed) return request_awaiter(*this, 0, 0);
     pending_.reqs.push_back(r);
     wake();
     return request_awaiter(*this, pending_gen_, pending_.size() - 1);
@@ -733,33 +899,32 @@ void sqlite_store::kick::fire() noexcept {
     if (auto h = std::exchange(s.writer_idle_, {})) h.resume();
 }
 
-void sqlite_store::note_health(bool ok, const std::string& error) {
-    if (healthy_.load(std::memory_order_relaxed) == ok) return;
-    healthy_.store(ok, std::memory_order_relaxed);
-    if (ok)
-        log::info("store recovered: saves succeed again", {{"db", db_->opts.path}});
-    else
-        log::error("store unavailable: saves fail, their messages are retried, not acked",
-                   {{"db", db_->opts.path}, {"error", error}});
-}
+// ---------------------------------------------------------------------------------------------
+// The writer
+// ---------------------------------------------------------------------------------------------
 
 // The group-commit loop: take everything queued, write it as one transaction on the pool, hand
 // the next queue to the pool, and resume the tasks that waited on the committed one meanwhile
 // (resume_). What the resumed tasks queue goes into a later transaction.
 rt::task<void> sqlite_store::writer() {
     for (;;) {
-        if (pending_.empty()) {
+        if (phase_ == phase::hurried) {
+            give_up();
+            break;
+        }
+        if (pending_.empty() && !records_due()) {
             // Nothing to write meanwhile: resume now, so what the tasks queue is written next.
             flush_done();
-            if (!pending_.empty()) continue;
-            if (closing_) break;
-            co_await idle_awaiter{*this};
+            if (!pending_.empty() || records_due()) continue;
+            if (phase_ == phase::closing && records_.empty()) break;
+            co_await idle_awaiter{*this}; // woken by a request, a due record, or hurry()
             continue;
         }
         // A claim whose task is gone (a forced stop) must not record a start: no restart will
         // run, and the row would read as a crash in the window on the next delivery.
         for (auto& r : pending_)
-            if (r.kind == op::claim && !r.waiter) r.kind = op::skip;
+            if ((r.kind == op::claim || r.kind == op::claim_host) && !r.waiter) r.kind = op::skip;
+        if (records_due()) take_records();
         swap(db_->flying, pending_);
         pending_.clear();
         flying_gen_ = pending_gen_++;
@@ -786,31 +951,192 @@ rt::task<void> sqlite_store::writer() {
             stats_.transactions.inc();
             stats_.requests.inc(db_->flying.size());
             stats_.saves.inc(saves);
+            // The database takes writes: what is held goes with the next transaction.
+            records_flying_ = 0;
+            records_backoff_ = rt::millis{0};
+            records_due_at_ = 0;
+            records_drop_logged_ = false;
+            records_timer_.cancel();
         } else {
             stats_.failed_transactions.inc();
+            hold_records();
         }
         note_health(ok, error);
         batch_ok_ = ok;
         batch_error_ = std::move(error);
         swap(done_, db_->flying);
         done_gen_ = std::exchange(flying_gen_, 0);
+        // Starts whose task was destroyed while they were written: withdrawn in the next
+        // transaction, ahead of any claim already queued for the same id.
+        for (auto& r : done_)
+            withdraw_if_orphaned(r);
         loop_.timers().arm(resume_, rt::millis{0});
     }
+    phase_ = phase::closed;
     writer_done_.set();
 }
 
 // Resumes every task that waited on done_. Resuming may destroy other waiters' tasks (their
 // awaiters clear their own entry), so the handle is re-read at each step; new requests land in
-// pending_, not here.
+// pending_, not here. A committed start whose task was destroyed meanwhile (no waiter to
+// resume) is withdrawn.
 void sqlite_store::flush_done() noexcept {
     if (done_gen_ == 0) return;
     resume_.cancel();
     for (std::size_t i = 0; i < done_.size(); ++i) {
-        if (auto h = std::exchange(done_[i].waiter, {})) h.resume();
+        if (auto h = std::exchange(done_[i].waiter, {}))
+            h.resume();
+        else
+            withdraw_if_orphaned(done_[i]);
     }
     done_.clear();
     done_gen_ = 0;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Records nobody waits for
+// ---------------------------------------------------------------------------------------------
+
+bool sqlite_store::records_due() const noexcept {
+    return !records_.empty() && (records_due_at_ == 0 || loop_.now() >= records_due_at_);
+}
+
+// The backoff is over: the held records go with the next transaction.
+void sqlite_store::records_retry() {
+    records_due_at_ = 0;
+    wake();
+}
+
+// Appends the records to the batch about to be written, after the requests already in it.
+void sqlite_store::take_records() {
+    for (const auto& r : records_)
+        copy_request(pending_, records_, r);
+    records_flying_ = records_.size();
+    records_.clear();
+}
+
+// The transaction failed: its records (its last records_flying_ requests) go back in front of
+// those that arrived meanwhile, to be written again after a backoff (or with the transaction
+// after the next one that succeeds).
+void sqlite_store::hold_records() {
+    auto& failed = db_->flying;
+    if (records_flying_ > 0) {
+        batch held;
+        for (std::size_t i = failed.size() - records_flying_; i < failed.size(); ++i)
+            copy_request(held, failed, failed[i]);
+        for (const auto& r : records_)
+            copy_request(held, records_, r);
+        swap(held, records_);
+        records_flying_ = 0;
+    }
+    if (records_.empty()) return;
+    records_backoff_ = std::clamp(records_backoff_ * 2, records_backoff_min, records_backoff_max);
+    records_due_at_ = loop_.now() + static_cast<std::uint64_t>(records_backoff_.count());
+    loop_.timers().arm(records_timer_, records_backoff_);
+}
+
+// A start (claim, or claim_host granted) that committed while its task was destroyed: no
+// restart will run for it, so it is withdrawn (once: the request becomes a skip).
+void sqlite_store::withdraw_if_orphaned(request& r) {
+    if (r.waiter || !batch_ok_ || r.claim != restart_claim::proceed ||
+        (r.kind != op::claim && r.kind != op::claim_host))
+        return;
+    r.kind = op::skip;
+    request w;
+    w.kind = op::unclaim;
+    w.id = records_.put(done_.view(r.id));
+    w.n = r.n; // the stamp the start was written with
+    records_.reqs.push_back(w);
+    stats_.withdrawn.inc();
+    wake();
+}
+
+// hurry(): every request still queued fails, and the records are given up.
+void sqlite_store::give_up() {
+    flush_done();
+    while (!pending_.empty()) {
+        swap(done_, pending_);
+        pending_.clear();
+        done_gen_ = pending_gen_++;
+        batch_ok_ = false;
+        batch_error_ = "store closing: out of time to write";
+        flush_done(); // the resumed tasks may queue more: failed in the next round
+    }
+    std::uint64_t outcomes = 0, withdrawals = 0;
+    for (const auto& r : records_)
+        (r.kind == op::complete ? outcomes : withdrawals) += 1;
+    if (!records_.empty())
+        log::error("store closing out of time: records not written",
+                   {{"db", db_->opts.path},
+                    {"outcome_records", outcomes},
+                    {"withdrawn_restart_starts", withdrawals}});
+    stats_.unrecorded.inc(records_.size());
+    records_.clear();
+    records_timer_.cancel();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Health
+// ---------------------------------------------------------------------------------------------
+
+void sqlite_store::note_health(bool ok, const std::string& error) {
+    if (!ok) health_error_ = error;
+    switch (health_) {
+    case health::up:
+        if (ok) return;
+        health_ = health::down;
+        healthy_.store(false, std::memory_order_relaxed);
+        stats_.outages.inc();
+        ++unlogged_changes_;
+        log_health();
+        return;
+    case health::down:
+        if (!ok) return;
+        health_ = health::recovering;
+        loop_.timers().arm(recover_timer_, recover_after);
+        return;
+    case health::recovering:
+        if (ok) return;
+        // Failed again before it held: it never showed as up.
+        recover_timer_.cancel();
+        health_ = health::down;
+        return;
+    }
+}
+
+// recover_after passed with transactions succeeding and none failing.
+void sqlite_store::recovered() {
+    if (health_ != health::recovering) return;
+    health_ = health::up;
+    healthy_.store(true, std::memory_order_relaxed);
+    ++unlogged_changes_;
+    log_health();
+}
+
+// Writes the line for the current state if it differs from the previous line, at most one line
+// per health_log_interval (a later line sums up the changes in between).
+void sqlite_store::log_health() {
+    auto now = loop_.now();
+    if (phase_ != phase::closed && now < log_quiet_until_) {
+        if (!log_timer_.armed()) loop_.timers().arm(log_timer_, rt::millis(log_quiet_until_ - now));
+        return;
+    }
+    bool up = health_ == health::up;
+    if (up == logged_up_) return; // changed and changed back: the next line counts both
+    auto changes = std::exchange(unlogged_changes_, 0);
+    if (up)
+        log::info("store recovered: saves succeed again",
+                  {{"db", db_->opts.path}, {"state_changes", changes}});
+    else
+        log::error("store unavailable: saves fail, their messages are retried, not acked",
+                   {{"db", db_->opts.path}, {"error", health_error_}, {"state_changes", changes}});
+    logged_up_ = up;
+    log_quiet_until_ = now + static_cast<std::uint64_t>(health_log_interval.count());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The requests
+// ---------------------------------------------------------------------------------------------
 
 rt::task<save_result> sqlite_store::save(const message& m, const delivery&) {
     request r;
@@ -836,7 +1162,7 @@ rt::task<restart_claim> sqlite_store::claim_restart(const message& m) {
     co_return x.claim;
 }
 
-rt::task<void> sqlite_store::finish_restart(const message& m, const restart_result& res) {
+rt::task<bool> sqlite_store::finish_restart(const message& m, const restart_result& res) {
     request r;
     r.kind = op::finish;
     r.id = pending_.put(m.message_id());
@@ -844,8 +1170,28 @@ rt::task<void> sqlite_store::finish_restart(const message& m, const restart_resu
     r.b = pending_.put(res.detail);
     auto pending = enqueue(r); // named: see writer() on GCC 12 and temporaries
     reply x = co_await pending;
-    // The restart ran but is still recorded as unfinished: the redelivery meets the
-    // --on-unfinished-restart policy, which is the truth.
+    // Not written: the restart is still recorded as unfinished (the caller writes it again).
+    if (!x.ok) throw std::runtime_error("store: " + x.error);
+    co_return x.claim != restart_claim::held;
+}
+
+void sqlite_store::renew_claims(std::span<const message* const> ms) {
+    if (db_->opts.claim_lease.count() <= 0) return; // never held against a peer: nothing to renew
+    for (const message* m : ms) {
+        request r;
+        r.kind = op::renew;
+        r.id = pending_.put(m->message_id());
+        pending_.reqs.push_back(r);
+    }
+    wake();
+}
+
+rt::task<void> sqlite_store::release_claim(const message& m) {
+    request r;
+    r.kind = op::unclaim;
+    r.id = pending_.put(m.message_id());
+    auto pending = enqueue(r); // named: see writer() on GCC 12 and temporaries
+    reply x = co_await pending;
     if (!x.ok) throw std::runtime_error("store: " + x.error);
 }
 
@@ -868,19 +1214,55 @@ rt::task<host_claim> sqlite_store::claim_host(const message& m,
 }
 
 void sqlite_store::complete(const message& m, const verdict& v) {
+    if (phase_ == phase::closed) {
+        stats_.unrecorded.inc();
+        return;
+    }
+    // Only while records are held (the store cannot write) is their number bounded: a healthy
+    // store writes them with the next transaction.
+    if (records_backoff_.count() > 0 &&
+        records_.size() + records_flying_ >= db_->opts.max_held_records) {
+        stats_.unrecorded.inc();
+        if (!std::exchange(records_drop_logged_, true))
+            log::error("store cannot write and holds too many outcome records: new ones are "
+                       "dropped until it writes again (counted in unrecorded)",
+                       {{"db", db_->opts.path}, {"max_held_records", db_->opts.max_held_records}});
+        return;
+    }
     request r;
     r.kind = op::complete;
-    r.id = pending_.put(m.message_id());
-    r.a = pending_.put(to_string(v.what));
-    r.b = pending_.put(v.reason);
-    pending_.reqs.push_back(r);
+    r.id = records_.put(m.message_id());
+    r.a = records_.put(to_string(v.what));
+    r.b = records_.put(v.reason);
+    records_.reqs.push_back(r);
+    if (records_due()) wake();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Closing
+// ---------------------------------------------------------------------------------------------
+
+void sqlite_store::hurry() {
+    if (phase_ == phase::closed || phase_ == phase::hurried) return;
+    phase_ = phase::hurried;
+    db_->hurry.store(true, std::memory_order_relaxed);
     wake();
 }
 
 rt::task<void> sqlite_store::close() {
-    closing_ = true;
+    if (phase_ == phase::open) phase_ = phase::closing;
     wake();
     co_await writer_done_;
+    // The log ends with the truth: a store whose last transactions succeeded is up, and a
+    // change still waiting for its line is written now.
+    if (health_ == health::recovering) {
+        recover_timer_.cancel();
+        health_ = health::up;
+        healthy_.store(true, std::memory_order_relaxed);
+        ++unlogged_changes_;
+    }
+    log_timer_.cancel();
+    log_health();
     std::function<void()> fn = [db = db_] { db->close_conn(); }; // checkpoints the WAL: blocks
     rt::offload_awaiter<void> work(loop_, std::move(fn));
     co_await work;
@@ -892,7 +1274,9 @@ rt::task<void> sqlite_store::close() {
                {"saves", stats_.saves.get()},
                {"requests", stats_.requests.get()},
                {"saves_per_transaction",
-                tx ? static_cast<double>(stats_.saves.get()) / static_cast<double>(tx) : 0.0}});
+                tx ? static_cast<double>(stats_.saves.get()) / static_cast<double>(tx) : 0.0},
+               {"outages", stats_.outages.get()},
+               {"unrecorded", stats_.unrecorded.get()}});
 }
 
 } // namespace mayhem

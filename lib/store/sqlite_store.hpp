@@ -10,6 +10,23 @@
 // transaction has committed, before the tasks that waited on it are resumed (on the next loop
 // turn): the pool writes while the loop resumes, instead of each waiting for the other.
 //
+// Records nobody waits for (outcome records from complete(), and the withdrawal of a restart
+// start whose task was destroyed while its claim was written) are kept apart, in `records_`:
+// they join the next transaction, and when it fails they are kept, in order, and written again
+// (after a backoff, or with the transaction after the next one that succeeds) until they are
+// written, close() gives up on them (hurry()), or, while the store cannot write, more than
+// `max_held_records` pile up (then new outcome records are dropped). What is given up is
+// counted in unrecorded(). A save, claim or finish that fails is answered as failed at once:
+// its task decides whether to retry.
+//
+// Health (healthy(), readiness): false from the first failed transaction; true again once
+// transactions have succeeded for `recover_after` with none failing, so a disk that fails one
+// transaction and takes the next (a full disk with room left in the WAL) does not flap it. The
+// log follows it: "store unavailable" / "store recovered", each change at once unless the
+// previous line is less than `health_log_interval` old (then one line when the interval is
+// over, if the state still differs from the previous line; a line counts the changes it sums
+// up).
+//
 // Threading: the store object and its queues belong to the loop thread. The SQLite connection
 // and the batch being written (both in `shared`) are touched only by the pool thread running the
 // transaction, and by the loop thread only while no transaction is in flight (start-up, close).
@@ -31,7 +48,7 @@ namespace mayhem {
 
 // The schema version this build writes (PRAGMA user_version). A file with a newer version is
 // refused at start (exit 1): an older worker must not write rows it does not understand.
-inline constexpr int sqlite_schema_version = 1;
+inline constexpr int sqlite_schema_version = 2;
 
 struct sqlite_options {
     std::string path = "mayhem.db";
@@ -41,6 +58,13 @@ struct sqlite_options {
     // commit amortises it).
     bool synchronous_full = false;
     std::chrono::milliseconds busy_timeout{5000};
+    // This worker's name on its claims (unique per process), and how long a claim stays its own
+    // without renewal. 0: claims are never held against a peer (one worker per file).
+    std::string owner = "mayhem";
+    std::chrono::milliseconds claim_lease{0};
+    // While the store cannot write: outcome records kept for writing later, at most (about 100
+    // bytes each plus their reason); past it, new ones are dropped and counted in unrecorded().
+    std::size_t max_held_records = 100000;
 };
 
 // Thrown at start-up for a database that retrying cannot fix (newer schema, not a database).
@@ -54,6 +78,9 @@ struct sqlite_store_stats {
     rt::counter failed_transactions; // rolled back (the requests in them failed)
     rt::counter requests;            // requests in committed transactions (all kinds)
     rt::counter saves;               // messages saved in committed transactions
+    rt::counter outages;             // times healthy() turned false
+    rt::counter unrecorded;          // records given up (store.hpp, unrecorded())
+    rt::counter withdrawn;           // restart starts withdrawn: their task was gone
 };
 
 class sqlite_store final : public store {
@@ -72,9 +99,14 @@ public:
     rt::task<restart_claim> claim_restart(const message& m) override;
     rt::task<host_claim> claim_host(const message& m, std::chrono::system_clock::time_point now,
                                     std::chrono::milliseconds cooldown) override;
-    rt::task<void> finish_restart(const message& m, const restart_result& r) override;
+    rt::task<bool> finish_restart(const message& m, const restart_result& r) override;
+    void renew_claims(std::span<const message* const> ms) override;
+    rt::task<void> release_claim(const message& m) override;
     void complete(const message& m, const verdict& v) override;
     bool healthy() const override { return healthy_.load(std::memory_order_relaxed); }
+    // See store.hpp. A transaction waiting for another writer's lock gives up at once.
+    void hurry() override;
+    std::uint64_t unrecorded() const override { return stats_.unrecorded.get(); }
     commit_counts commits() const override {
         return {stats_.transactions.get(), stats_.saves.get()};
     }
@@ -82,7 +114,18 @@ public:
 
     const sqlite_store_stats& stats() const noexcept { return stats_; }
 
-    enum class op : std::uint8_t { save, claim, claim_host, finish, complete, skip };
+    // unclaim: removes a restart start that will never run (release_claim; or withdrawn by the
+    // store: committed while its task was destroyed).
+    enum class op : std::uint8_t {
+        save,
+        claim,
+        claim_host,
+        finish,
+        unclaim,
+        renew,
+        complete,
+        skip
+    };
     // A string copied into a batch's text (offset, length): the pool thread must never read a
     // message that a cancelled task has already freed.
     struct text_ref {
@@ -93,8 +136,12 @@ public:
         op kind = op::save;
         text_ref id, a, b, c; // save: instance, hostname, reason; claim: hostname;
                               // finish: result, detail; complete: outcome, reason
-        restart_claim claim = restart_claim::proceed; // out (claim; claim_host: done = blocked)
-        std::int64_t n = 0; // claim_host: in, the cutoff (ms); out, the blocking start (ms)
+        // out: claim; claim_host: done = blocked; finish: held = the claim is a peer's now
+        restart_claim claim = restart_claim::proceed;
+        // claim_host: in, the cutoff (ms); out, the blocking start (ms) when blocked. claim and
+        // claim_host: out, the `started` stamp written (proceed). unclaim: in, that stamp (0:
+        // whatever unfinished start the id has).
+        std::int64_t n = 0;
         std::coroutine_handle<> waiter; // null: nobody waits (complete, cancelled)
     };
     // Requests and the strings they refer to, all in one buffer: queueing a request allocates
@@ -141,6 +188,22 @@ private:
         explicit resume_done(sqlite_store& st) : s(st) {}
         void fire() noexcept override { s.flush_done(); }
     };
+    // Health (see the top of this file): up, down after a failed transaction, recovering after
+    // a success while down; recovering turns up after recover_after with no failure.
+    enum class health : std::uint8_t { up, down, recovering };
+    // The store's life: writing; closing (close() called: write what is queued and held);
+    // hurried (out of time: write nothing more); closed (the writer has ended).
+    enum class phase : std::uint8_t { open, closing, hurried, closed };
+    static constexpr rt::millis recover_after{1000};
+    static constexpr rt::millis health_log_interval{5000};
+    static constexpr rt::millis records_backoff_min{100}, records_backoff_max{1000};
+    // Calls a member of the store when due (loop thread).
+    struct timer final : rt::timer_entry {
+        sqlite_store& s;
+        void (sqlite_store::*fn)();
+        timer(sqlite_store& st, void (sqlite_store::*f)()) : s(st), fn(f) {}
+        void fire() noexcept override { (s.*fn)(); }
+    };
     struct idle_awaiter {
         sqlite_store& s;
         bool await_ready() const noexcept { return false; }
@@ -152,7 +215,15 @@ private:
     void wake() noexcept;
     void flush_done() noexcept;
     rt::task<void> writer();
+    bool records_due() const noexcept;
+    void records_retry();
+    void take_records();
+    void hold_records();
+    void withdraw_if_orphaned(request& r);
+    void give_up();
     void note_health(bool ok, const std::string& error);
+    void recovered();
+    void log_health();
 
     rt::loop& loop_;
     std::shared_ptr<shared> db_;
@@ -166,9 +237,24 @@ private:
     std::coroutine_handle<> writer_idle_; // the writer, suspended with nothing to write
     kick kick_{*this};
     resume_done resume_{*this};
-    bool closing_ = false;
+    phase phase_ = phase::open;
     rt::event writer_done_;
-    std::atomic<bool> healthy_{true};
+    // Records nobody waits for, oldest first (see the top of this file), the number of them in
+    // the transaction being written (its last ones), and when they may be written again.
+    batch records_;
+    std::size_t records_flying_ = 0;
+    std::uint64_t records_due_at_ = 0; // loop time (ms); 0: with the next transaction
+    rt::millis records_backoff_{0};    // 0: the last transaction holding records succeeded
+    bool records_drop_logged_ = false; // "dropped" is logged once per period of holding
+    timer records_timer_{*this, &sqlite_store::records_retry};
+    health health_ = health::up;
+    std::atomic<bool> healthy_{true}; // health_ == up, for the metrics thread
+    std::string health_error_;        // why the last transaction failed
+    timer recover_timer_{*this, &sqlite_store::recovered};
+    bool logged_up_ = true;             // what the last health line said
+    std::uint64_t log_quiet_until_ = 0; // loop time (ms) before which no health line is written
+    std::uint64_t unlogged_changes_ = 0;
+    timer log_timer_{*this, &sqlite_store::log_health};
     sqlite_store_stats stats_;
     rt::task_scope tasks_;
 };

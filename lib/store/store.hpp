@@ -11,15 +11,22 @@
 #include "sources/source.hpp"
 
 #include <chrono>
+#include <span>
 #include <string_view>
 
 namespace mayhem {
 
 // What the store knows about a restart for a message id before it runs.
+//
+// A claim has an owner (the worker process that made it) and a lease: until `lease_until` the
+// restart is taken to be running on its owner, and the owner renews the lease while the message
+// is in flight (renew_claims). Only a claim whose lease has expired counts as unfinished.
 enum class restart_claim : std::uint8_t {
-    proceed,    // no restart recorded: recorded as started now, go ahead
+    proceed,    // no restart recorded: recorded as started now, by this worker, go ahead
     done,       // already restarted (or completed): do not restart again
-    unfinished, // recorded as started but never finished (a crash in the window)
+    unfinished, // started but never finished, and its owner's lease expired (a crash in the
+                // window); the claim is now this worker's, to finish or to run again
+    held,       // started and still leased by another live worker: do not restart now
 };
 
 // The answer to claim_host: the per-host cooldown ("restart only if the host's last restart is
@@ -60,13 +67,26 @@ public:
                                             std::chrono::system_clock::time_point now,
                                             std::chrono::milliseconds cooldown) = 0;
     // After a restart: records how it ended (for the message id, and for the host claim above).
-    virtual rt::task<void> finish_restart(const message& m, const restart_result& r) = 0;
-    // Records the outcome of a message (not awaited: best effort, batched).
+    // False when the claim is no longer this worker's (its lease expired and a peer took it
+    // over): nothing is recorded, and the caller must neither record nor ack the message.
+    virtual rt::task<bool> finish_restart(const message& m, const restart_result& r) = 0;
+    // Extends the leases of this worker's unfinished claims of these messages (not awaited:
+    // batched, best effort; a claim lost meanwhile shows in finish_restart).
+    virtual void renew_claims(std::span<const message* const> ms) { (void)ms; }
+    // A restart claimed by claim_restart(m) that will never run (the worker began to stop
+    // first): removes the start that claim recorded, and its host claim, so the next claim of m
+    // answers `proceed`, not `unfinished`. Only an unfinished start is removed: a finished
+    // restart's record stays.
+    virtual rt::task<void> release_claim(const message& m) = 0;
+    // Records the outcome of a message (not awaited, batched). A store that cannot write it now
+    // keeps it and writes it later; one it gives up on is counted in unrecorded().
     virtual void complete(const message& m, const verdict& v) = 0;
-    // Up and writable (readiness).
     // A hint that `m`'s record is about to be read or written: a store that keeps it in memory
     // starts loading it (with thousands of messages in flight, no cache holds it).
     virtual void prefetch(const message& m) const noexcept { (void)m; }
+    // Up and writable (readiness, mayhem_store_healthy). A state, not the last write's result:
+    // false from a failed write until writes have succeeded for a while with none failing, so
+    // it does not flap with each transaction. Any thread.
     virtual bool healthy() const { return true; }
     // Group-commit figures, for metrics: transactions committed and saves in them (0 for a
     // store without transactions). Loop thread.
@@ -74,8 +94,21 @@ public:
         std::uint64_t transactions = 0, saves = 0;
     };
     virtual commit_counts commits() const { return {}; }
-    // Flushes and closes; the loop still runs while it completes.
+    // Flushes and closes; the loop still runs while it completes. A store that keeps records
+    // nobody waits for (complete()'s outcome records) writes them again until they are written,
+    // for as long as it is given: see hurry().
     virtual rt::task<void> close() = 0;
+    // The time close() was given is up: from now on the store starts no new write. A transaction
+    // already being written ends (cut short where the store can), every request still queued
+    // fails (its task sees an error), records nobody waits for are given up and counted in
+    // unrecorded(), and close() completes. Called on the loop thread, before or during close().
+    virtual void hurry() {}
+    // Records nobody waited for that never reached the database: outcome records (complete())
+    // dropped past the store's bound while it could not write or given up at close, and
+    // withdrawals of restart starts whose task was gone (the sqlite store) given up at close.
+    // Non-zero means the database is behind what the source was told. Loop thread; final once
+    // close() completed.
+    virtual std::uint64_t unrecorded() const { return 0; }
 };
 
 } // namespace mayhem

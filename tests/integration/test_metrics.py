@@ -130,7 +130,10 @@ class MetricsTest(Harness):
         self.assertEqual(value(m, "mayhem_source_up"), 1)
 
     def test_readyz_is_503_from_the_moment_a_drain_begins(self):
-        w = self.start("--save-latency", "3s", "--restart-latency", "3s", "--rate", "100")
+        # The memory store claims a restart at once, so every message taken is restarting when
+        # the signal comes, and none is released (a claim still being written would be).
+        w = self.start("--store", "memory", "--save-latency", "3s", "--restart-latency", "3s",
+                       "--rate", "100")
         wait_until(lambda: http_get(self.base + "/readyz") == (200, '{"ready":true}\n'),
                    timeout=10, what="/readyz 200")
         wait_until(lambda: value(parse_metrics(self.scrape()), "mayhem_messages_in_flight") > 0,
@@ -182,7 +185,7 @@ class MetricsTest(Harness):
                    what="a slow iteration and a probe tick more than 1 s late in /metrics")
         w.signal(signal.SIGTERM)
         code, _, err = w.wait(timeout=30)
-        self.assertEqual(code, 0, err)
+        self.assertIn(code, (0, 3), err)  # 3: messages not yet restarting were released
         slow = [l for l in harness.json_log_lines(err)
                 if l.get("msg", "").startswith("slow event loop iteration")]
         self.assertTrue(slow, "no slow-iteration warning in the log")

@@ -145,7 +145,8 @@ class RedisSourceTest(Harness):
         db = os.path.join(self.tmp, "shared.db")
         store = ["--store", "sqlite", "--db", db, "--save-latency", "0", "--status-interval", "0"]
         doomed = self.redis_worker(r, *store, "--restart-latency", "0..4s",
-                                   "--max-in-flight", "100", "--consumer", "doomed")
+                                   "--max-in-flight", "100", "--consumer", "doomed",
+                                   "--lease-timeout", "2s", "--lease-extend-interval", "300ms")
 
         def acked_in_db():
             try:
@@ -163,6 +164,9 @@ class RedisSourceTest(Harness):
         unfinished = dict(query(db, "SELECT message_id, started FROM restarts "
                                     "WHERE finished IS NULL"))
         self.assertGreater(len(unfinished), 0)
+        # Its claims are its own until their lease (--lease-timeout) runs out: a peer that came
+        # sooner would leave them for later (held), not restart them.
+        time.sleep(2.5)
 
         rescuer = self.redis_worker(r, *store, "--restart-latency", "0", "--consumer", "rescuer",
                                     "--lease-timeout", "1s", "--reclaim-interval", "300ms",
@@ -302,13 +306,17 @@ class RedisSourceTest(Harness):
         wait_until(lambda: (pending(r) or 0) >= 100, timeout=20, what="messages in flight")
         w.signal(signal.SIGTERM)
         code, _, err = w.wait(timeout=60)
-        self.assertEqual(code, 0, err[-3000:])
         s = w.summary()
         self.assert_identity(s)
-        self.assertEqual(s["released"], 0)
+        # What was in flight had begun its restart and finished; what waited in the queue had
+        # not, so it was released (exit 3), not started.
+        self.assertEqual(code, 3 if s["released"] else 0, err[-3000:])
+        self.assertLessEqual(s["released"], 64)
         self.assertGreater(s["acked"], 0)
-        self.assertEqual(pending(r), 0)  # every ack reached Redis before the exit
-        self.assertEqual(group_info(r)["entries-read"], s["received"])
+        self.assertEqual(s["acked"] + s["released"], s["received"])
+        # Every ack reached Redis before the exit; what was released or read after the stop is
+        # still pending.
+        self.assertEqual(pending(r), group_info(r)["entries-read"] - s["acked"])
 
     def test_entries_read_ahead_are_not_started_at_a_drain_and_go_to_another_worker(self):
         r = self.redis()
@@ -320,21 +328,21 @@ class RedisSourceTest(Harness):
         wait_until(lambda: (pending(r) or 0) >= 300, timeout=20, what="entries read ahead")
         a.signal(signal.SIGTERM)
         code, _, err = a.wait(timeout=60)
-        self.assertEqual(code, 0, err[-3000:])
         sa = a.summary()
         self.assert_identity(sa)
-        self.assertEqual(sa["released"], 0)
-        self.assertEqual(sa["acked"], sa["received"])  # what was delivered was finished
-        # The rest of what it read was never delivered, so never acked: still pending, and
+        self.assertEqual(code, 3 if sa["released"] else 0, err[-3000:])
+        self.assertLessEqual(sa["released"], 8)  # the queue: delivered, never started
+        self.assertEqual(sa["acked"] + sa["released"], sa["received"])
+        # The rest of what it read was never started, so never acked: still pending, and
         # marked idle past --lease-timeout so that any worker's next reclaim takes it.
-        left = group_info(r)["entries-read"] - sa["received"]
+        left = group_info(r)["entries-read"] - sa["acked"]
         self.assertGreater(left, 0)
         self.assertLessEqual(left, 300 + 8)
         self.assertEqual(pending(r), left)
         idle = rjson(r, "XPENDING", STREAM, GROUP, "IDLE", 30000, "-", "+", 1000, "a")
         self.assertEqual(len(idle), left)
         logged = [e for e in json_log_lines(err) if "read ahead" in e.get("msg", "")]
-        self.assertEqual([e.get("count") for e in logged], [left])
+        self.assertEqual(sum(e.get("count") for e in logged), left)
 
         b = self.redis_worker(r, *FAST, "--consumer", "b", "--lease-timeout", "30s",
                               "--reclaim-interval", "100ms", "--exit-when-idle")

@@ -114,7 +114,7 @@ class RedisStatesTest(Harness):
                                   ("leaving", "stopped"), ("stopped", "closed")])
         self.assertEqual(why(w, "leaving"), ["stream idle"])
 
-    def test_a_stop_while_recovering_finishes_what_was_taken_and_keeps_the_rest(self):
+    def test_a_stop_while_recovering_finishes_the_running_restart_and_hands_back_the_rest(self):
         # Three entries of this consumer from an earlier run; the pipeline has room for one
         # running and one queued, so the third is still pending when SIGTERM comes.
         self.r.cli("XGROUP", "CREATE", STREAM, GROUP, "0", "MKSTREAM")
@@ -130,14 +130,15 @@ class RedisStatesTest(Harness):
         wait_until(lambda: state(w) == "draining", timeout=20, what="draining")
         for i in range(3):
             open(os.path.join(go, "m%d" % i), "w").close()
-        self.exits(w, 0, sig=None)
+        self.exits(w, 3, sig=None)  # m1, queued, was released
         self.assertEqual(transitions(w), START[:3] + [("recovering", "draining"),
                                                       ("draining", "leaving"),
                                                       ("leaving", "stopped"),
                                                       ("stopped", "closed")])
-        # m0 and m1 (taken back before the stop) finished; m2 stays, and so does the consumer.
+        # m0 (running) finished; m1 (queued, never started) was handed back with its delivery
+        # count as before, m2 was never taken; the consumer stays with them.
         left = rjson(self.r, "XPENDING", STREAM, GROUP, "-", "+", 10)
-        self.assertEqual([(p[0], p[1]) for p in left], [(ids[2], "w")])
+        self.assertEqual([(p[0], p[1], p[3]) for p in left], [(ids[1], "w", 1), (ids[2], "w", 1)])
 
     def test_a_second_signal_forces_the_stop(self):
         flags, started, go = self.gate()

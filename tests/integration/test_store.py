@@ -2,12 +2,14 @@
 that cannot be written, kill -9, `mayhem history`. Real SQLite files in the test's temp dir,
 read back with Python's sqlite3 module."""
 
+import errno
 import json
 import os
 import shutil
 import signal
 import sqlite3
 import subprocess
+import tempfile
 import time
 import unittest
 
@@ -53,8 +55,8 @@ class StoreTest(Harness):
         self.addCleanup(f.close)
         return f
 
-    def history(self, *args):
-        r = subprocess.run([MAYHEM, "history", "--db", self.db()] + list(args),
+    def history(self, *args, db=None):
+        r = subprocess.run([MAYHEM, "history", "--db", db or self.db()] + list(args),
                            capture_output=True, text=True, timeout=30 * harness.SLOW)
         return r.returncode, r.stdout, r.stderr
 
@@ -72,7 +74,7 @@ class StoreTest(Harness):
         self.assertEqual(scalar(db, "SELECT count(*) FROM messages WHERE completed_at IS NULL"), 0)
         self.assertEqual(scalar(db, "SELECT count(*) FROM restarts WHERE result = 'ok' "
                                     "AND finished IS NOT NULL"), n)
-        self.assertEqual(scalar(db, "PRAGMA user_version"), 1)
+        self.assertEqual(scalar(db, "PRAGMA user_version"), 2)
         self.assertEqual(store_closed(err)["saves"], n)
 
         code, out, errtext = self.history("--json", "--limit", "5")
@@ -240,8 +242,9 @@ class StoreTest(Harness):
                                        "dead-letter", *FAST, stdin=self.stdin_file(lines[:1]))
         self.assertEqual(code, 0, err[-2000:])
         self.assertEqual(s["dead_lettered"], 1)
-        self.assertEqual(scalar(self.db(), "SELECT count(*) FROM restarts WHERE message_id = ? "
-                                           "AND finished IS NULL", ids[0]), 1)
+        # Nothing ran; the row is closed, so the id does not stay in progress.
+        self.assertEqual(query(self.db(), "SELECT result FROM restarts WHERE message_id = ?",
+                               ids[0]), [("failed",)])
 
         code, s, err = self.run_worker("--source", "stdin", *FAST,  # default: retry
                                        stdin=self.stdin_file(lines[1:], "b.ndjson"))
@@ -249,6 +252,81 @@ class StoreTest(Harness):
         self.assertEqual(s["acked"], 1)
         self.assertEqual(query(self.db(), "SELECT result FROM restarts WHERE message_id = ?",
                                ids[1]), [("ok",)])
+
+    def tmpfs(self, size):
+        """A real filesystem of `size` that can be filled: a tmpfs mounted for this test (skipped
+        where this process may not mount one)."""
+        if not shutil.which("mount"):
+            self.skipTest("no mount(8): cannot make a real full filesystem")
+        d = tempfile.mkdtemp(prefix="mayhem-disk-")
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=" + size, "tmpfs", d],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            os.rmdir(d)
+            self.skipTest("cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): %s"
+                          % r.stderr.strip())
+        # Cleanups run after tearDown has killed the worker.
+        self.addCleanup(os.rmdir, d)
+        self.addCleanup(subprocess.run, ["umount", d], check=True)
+        return d
+
+    @staticmethod
+    def fill(directory):
+        """Writes a file until the filesystem is full (ENOSPC); returns its path."""
+        path = os.path.join(directory, "filler")
+        with open(path, "wb", buffering=0) as f:
+            for chunk in (1 << 20, 4096, 512):
+                try:
+                    while True:
+                        f.write(b"\0" * chunk)
+                except OSError as e:
+                    if e.errno != errno.ENOSPC:
+                        raise
+        return path
+
+    def test_full_disk_logs_each_change_once_and_the_record_catches_up(self):
+        # A real full disk: a tmpfs filled by another file while the worker writes to it. SQLite
+        # keeps committing some transactions into WAL space it already has (the space of frames
+        # already checkpointed), so writes fail and succeed by turns while the disk is full.
+        disk = self.tmpfs("64m")
+        db = os.path.join(disk, "mayhem.db")
+        n = 4000  # 4 s of intake: the disk fills while most of it is still to come
+        w = self.worker("--db", db, "--messages", str(n), "--rate", "1000",
+                        "--retry-backoff", "20ms..200ms", "--log-format", "json",
+                        "--log-level", "debug", *FAST)
+        wait_until(lambda: len(settled(w.stderr(), "acked")) >= 300, timeout=30,
+                   what="300 messages acked")
+        filler = self.fill(disk)
+        wait_until(lambda: len(settled(w.stderr(), "retried")) >= 500, timeout=30,
+                   what="500 retries while the disk is full")
+        down = [l for l in json_log_lines(w.stderr())
+                if l.get("msg", "").startswith("store unavailable")]
+        os.remove(filler)
+        code, out, err = w.wait(timeout=120)
+        self.assertEqual(code, 0, err[-2000:])
+        s = harness.parse_summary(out)
+        self.assert_identity(s)
+        self.assertEqual(s["acked"], n)
+        self.assertGreater(s["retried"], 0)
+        logs = json_log_lines(err)
+        unavailable = [l for l in logs if l.get("msg", "").startswith("store unavailable")]
+        recovered = [l for l in logs if l.get("msg", "").startswith("store recovered")]
+        # Once per change of state (rate-limited), not once per transaction.
+        self.assertGreaterEqual(len(down), 1)
+        self.assertLessEqual(len(unavailable), 3, "%d 'store unavailable' lines" % len(unavailable))
+        self.assertLessEqual(len(recovered), 3, "%d 'store recovered' lines" % len(recovered))
+        self.assertTrue(unavailable[0].get("error"), unavailable[0])
+        # What the source was told is what the database says.
+        acked = {l["message_id"] for l in settled(err, "acked")}
+        self.assertEqual(len(acked), n)
+        rows = dict(query(db, "SELECT message_id, coalesce(outcome, 'in_progress') FROM messages"))
+        self.assertEqual({i for i in acked if rows.get(i) != "acked"}, set(),
+                         "acked, but not recorded as acked")
+        code, hist, errtext = self.history("--json", db=db)
+        self.assertEqual(code, 0, errtext)
+        h = json.loads(hist)
+        self.assertEqual(h["by_outcome"], {"acked": n})
+        self.assertEqual(h["restarts"]["unfinished"], 0)
 
     def test_newer_schema_and_missing_database_are_clear_errors(self):
         db = self.db("new.db")

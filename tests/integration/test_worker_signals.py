@@ -32,8 +32,11 @@ def wait_received(w, at_least):
 
 class Drain(Harness):
     def test_sigterm_finishes_in_flight_work(self):
-        w = self.worker("--save-latency", "200ms..400ms", "--restart-latency", "200ms..400ms",
-                        "--log-format", "json", "--status-interval", "50ms")
+        # --rate 300: fewer in flight than --max-in-flight, so nothing waits in the queue; the
+        # memory store answers a claim at once, so every message taken has begun its restart
+        # when the signal comes (a claim still being written would be released).
+        w = self.worker("--store", "memory", "--save-latency", "200ms..400ms", "--restart-latency", "200ms..400ms",
+                        "--rate", "300", "--log-format", "json", "--status-interval", "50ms")
         started(w)
         wait_received(w, 100)
         t0 = time.monotonic()
@@ -81,8 +84,8 @@ class Drain(Harness):
         self.assertIn("drain", err)
 
     def test_sigint_drains_like_sigterm(self):
-        w = self.worker("--save-latency", "100ms..200ms", "--restart-latency", "100ms..200ms",
-                        "--log-format", "json", "--status-interval", "50ms")
+        w = self.worker("--store", "memory", "--save-latency", "100ms..200ms",
+                        "--restart-latency", "100ms..200ms", "--rate", "300", "--log-format", "json", "--status-interval", "50ms")
         started(w)
         wait_received(w, 10)
         w.signal(signal.SIGINT)
@@ -156,8 +159,8 @@ class Reload(Harness):
         conf = os.path.join(self.tmp, "mayhem.json")
         with open(conf, "w") as f:
             json.dump({"log-level": "info", "rate": 50}, f)
-        w = self.worker("--config", conf, "--save-latency", "0", "--restart-latency", "0",
-                        "--log-format", "json")
+        w = self.worker("--config", conf, "--store", "memory", "--save-latency", "0",
+                        "--restart-latency", "0", "--log-format", "json")
         started(w)
         self.assertNotIn("message settled", w.stderr())
         with open(conf, "w") as f:
@@ -184,8 +187,8 @@ class Reload(Harness):
         conf = os.path.join(self.tmp, "mayhem.json")
         with open(conf, "w") as f:
             json.dump({"rate": 50}, f)
-        w = self.worker("--config", conf, "--save-latency", "0", "--restart-latency", "0",
-                        "--log-format", "json")
+        w = self.worker("--config", conf, "--store", "memory", "--save-latency", "0",
+                        "--restart-latency", "0", "--log-format", "json")
         started(w)
         with open(conf, "w") as f:
             f.write("{ not json")

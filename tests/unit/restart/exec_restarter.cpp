@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <string>
 #include <unistd.h>
+#include <vector>
 
 using namespace mayhem;
 using std::chrono::milliseconds;
@@ -90,4 +91,154 @@ TEST_CASE("exec_restarter: destroying the awaiting task ends the child's whole g
     CHECK_FALSE(running(sleeper));
     std::remove(pids.c_str());
     rmdir(dir);
+}
+
+namespace {
+
+// A scratch directory with a file the command writes its pids into.
+struct pid_file {
+    pid_file() {
+        char tmpl[] = "/tmp/mayhem-exec-XXXXXX";
+        REQUIRE(mkdtemp(tmpl));
+        dir = tmpl;
+        path = dir + "/pids";
+    }
+    ~pid_file() {
+        for (pid_t p : pids)
+            if (p > 0 && running(p)) kill(p, SIGKILL); // never leave a process behind
+        std::remove(path.c_str());
+        rmdir(dir.c_str());
+    }
+    pid_file(const pid_file&) = delete;
+    pid_file& operator=(const pid_file&) = delete;
+    // True once the command wrote `n` pids.
+    bool read(std::size_t n) {
+        std::ifstream in(path);
+        std::vector<pid_t> got;
+        for (pid_t p; in >> p;)
+            got.push_back(p);
+        if (got.size() < n) return false;
+        pids = got;
+        return true;
+    }
+    std::string dir, path;
+    std::vector<pid_t> pids;
+};
+
+// Runs the loop until `done()` or, as a hang guard only, until `limit` has passed. A periodic
+// timer makes the loop look at `done()` now and then (a file written wakes no loop).
+template <class Pred>
+bool run_until(rt::loop& loop, Pred done, milliseconds limit = milliseconds(20000)) {
+    auto until = std::chrono::steady_clock::now() + limit;
+    rt::periodic_timer poll(loop, milliseconds(10), [] {});
+    loop.run_until([&] { return done() || std::chrono::steady_clock::now() > until; });
+    return done();
+}
+
+// One restarter on its own loop, running commands as detached tasks. Destroyed in reverse
+// order: the scope abandons what still runs, ~loop runs until every command is finished.
+struct runner {
+    runner(milliseconds timeout, milliseconds grace)
+        : ex(loop, tmpl("true"), std::nullopt, exec_options{timeout, grace}) {}
+    void start(std::vector<std::string> argv) {
+        done = false;
+        scope.spawn(run_into(ex, std::move(argv), r, done));
+    }
+    bool finish() {
+        return run_until(loop, [&] { return done; });
+    }
+    bool all_gone() {
+        return run_until(loop, [&] { return ex.live_processes() == 0; });
+    }
+    const exec_restarter_stats& stats() const { return ex.stats(); }
+
+    rt::loop loop;
+    exec_restarter ex;
+    rt::task_scope scope;
+    command_result r;
+    bool done = false;
+};
+
+} // namespace
+
+TEST_CASE("exec_restarter: processes left in the group after exit 0 end before the restart") {
+    pid_file f;
+    SUBCASE("a grandchild that ignores SIGTERM is killed after the grace") {
+        runner run(milliseconds(60000), milliseconds(300));
+        run.start({"sh", "-c", "trap '' TERM; sleep 30 & echo $$ $! > " + f.path + "; exit 0"});
+        REQUIRE(run.finish());
+        REQUIRE(f.read(2));
+        CHECK(run.r.ok); // the leader's exit is the result
+        CHECK(run.r.left_behind == 1);
+        CHECK_FALSE(running(f.pids[1]));
+        CHECK(run.stats().processes_terminated.get() == 1);
+        CHECK(run.stats().processes_killed.get() == 1);
+        CHECK(run.ex.live_processes() == 0);
+    }
+    SUBCASE("a grandchild that closed stderr ends on SIGTERM") {
+        // A grace far beyond the hang guard: SIGTERM alone ends it.
+        runner run(milliseconds(60000), milliseconds(120000));
+        run.start({"sh", "-c", "sleep 30 2>&- & echo $$ $! > " + f.path + "; exit 0"});
+        REQUIRE(run.finish());
+        REQUIRE(f.read(2));
+        CHECK(run.r.ok);
+        CHECK_FALSE(running(f.pids[1]));
+        CHECK(run.stats().processes_terminated.get() == 1);
+        CHECK(run.stats().processes_killed.get() == 0);
+        CHECK(run.ex.live_processes() == 0);
+    }
+}
+
+TEST_CASE("exec_restarter: an abandoned command's members are killed also after its leader died") {
+    pid_file f;
+    // The grace leaves the leader ample time to die of SIGTERM before the SIGKILL is counted.
+    runner run(milliseconds(60000), milliseconds(1000));
+    // The leader dies of SIGTERM at once; the member it started ignores SIGTERM (set before the
+    // fork, so it is in place when the pids are written).
+    run.start(
+        {"sh", "-c", "trap '' TERM; sleep 30 & trap - TERM; echo $$ $! > " + f.path + "; wait"});
+    REQUIRE(run_until(run.loop, [&] { return f.read(2); }));
+    CHECK(run.ex.live_processes() == 1);
+    run.scope.cancel_all(); // a forced release: the task (and its child_ref) is destroyed
+    CHECK(run.ex.live_processes() == 1);
+    REQUIRE(run.all_gone());
+    CHECK_FALSE(running(f.pids[0]));
+    CHECK_FALSE(running(f.pids[1]));
+    CHECK(run.stats().processes_terminated.get() == 2);
+    CHECK(run.stats().processes_killed.get() == 1);
+    CHECK_FALSE(run.done);
+}
+
+TEST_CASE("exec_restarter::hurry: SIGKILL within the shorter grace, also for later abandons") {
+    pid_file f;
+    // Grace and timeout far beyond the hang guard: only hurry() can end these commands in time.
+    runner run(milliseconds(120000), milliseconds(120000));
+    auto start = [&] {
+        run.start({"sh", "-c", "trap '' TERM; echo $$ > " + f.path + "; sleep 60; sleep 60"});
+        REQUIRE(run_until(run.loop, [&] { return f.read(1); }));
+        CHECK(run.ex.live_processes() == 1);
+    };
+    CHECK(run.ex.live_processes() == 0);
+    SUBCASE("a terminating child") {
+        start();
+        run.scope.cancel_all();
+        run.ex.hurry(milliseconds(100));
+        REQUIRE(run.all_gone());
+        CHECK(run.stats().processes_killed.get() == 2); // the shell and its sleep
+    }
+    SUBCASE("a running child is killed, its awaiter sees it") {
+        start();
+        run.ex.hurry(milliseconds(100));
+        REQUIRE(run.finish());
+        CHECK(run.r.detail == "killed by SIGKILL");
+        CHECK(run.ex.live_processes() == 0);
+    }
+    SUBCASE("a child abandoned after the call") {
+        run.ex.hurry(milliseconds(100));
+        start();
+        run.scope.cancel_all();
+        REQUIRE(run.all_gone());
+        CHECK(run.stats().processes_killed.get() == 2);
+    }
+    CHECK_FALSE(running(f.pids.at(0)));
 }

@@ -23,8 +23,7 @@ T now_(rt::task<T> t) {
     return *out;
 }
 void finish(memory_store& s, const message& m, restart_status st) {
-    rt::task_scope scope;
-    scope.spawn(s.finish_restart(m, restart_result{st, {}}));
+    CHECK(now_(s.finish_restart(m, restart_result{st, {}})));
 }
 } // namespace
 

@@ -1,9 +1,11 @@
 // sqlite_store against real SQLite files in a temp dir, on a real loop.
 #include "store/sqlite_store.hpp"
 
+#include <atomic>
 #include <cstdlib>
 #include <doctest/doctest.h>
 #include <filesystem>
+#include <memory>
 #include <sqlite3.h>
 #include <string>
 #include <unistd.h>
@@ -53,6 +55,19 @@ void run(rt::loop& loop, rt::task<void> t) {
     }(std::move(t), done));
     loop.run_until([&] { return done; });
     REQUIRE(done);
+}
+
+// Runs the loop until `pred` holds (a hang guard ends a test that would wait forever).
+template <class P>
+void wait_for(rt::loop& loop, P pred) {
+    bool timed_out = false;
+    rt::task_scope guard;
+    guard.spawn([](rt::loop& l, bool& t) -> rt::task<void> {
+        co_await rt::sleep_for(l, rt::millis{60000});
+        t = true;
+    }(loop, timed_out));
+    loop.run_until([&] { return pred() || timed_out; });
+    REQUIRE_FALSE(timed_out);
 }
 
 std::int64_t count(const std::string& db, const char* sql) {
@@ -172,7 +187,8 @@ TEST_CASE("sqlite_store: a database that cannot be opened fails saves and never 
     // The directory appears: the next transaction opens the file and succeeds.
     fs::create_directory(dir.path / "missing");
     CHECK(run(loop, st.save(msg("a"), delivery{})).ok);
-    CHECK(st.healthy());
+    // Healthy again once transactions have succeeded for a while with none failing.
+    wait_for(loop, [&] { return st.healthy(); });
     run(loop, st.close());
 }
 
@@ -366,4 +382,243 @@ TEST_CASE("sqlite_store: many claims, finishes and outcomes in one transaction")
                                        : "NULL";
         CHECK_MESSAGE(q("last_error") == err, ms[i].message_id());
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A claim cancelled while its transaction is written (issue 12, case 7)
+// ---------------------------------------------------------------------------------------------
+
+TEST_CASE("sqlite_store: a claim whose task is destroyed while its transaction is written "
+          "leaves no unfinished start") {
+    temp_dir dir;
+    rt::loop loop;
+    sqlite_store st(loop, sqlite_options{dir.db(), false, std::chrono::seconds(60)});
+    auto a = msg("a");
+    REQUIRE(run(loop, st.save(a, delivery{})).ok); // creates the schema
+    // Another connection holds the write lock, so the claim's transaction, once handed to the
+    // thread pool, waits for it (in flight) until the lock is released.
+    sqlite3* holder = nullptr;
+    REQUIRE(sqlite3_open(dir.db().c_str(), &holder) == SQLITE_OK);
+    REQUIRE(sqlite3_exec(holder, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) == SQLITE_OK);
+    auto claiming = std::make_unique<rt::task_scope>();
+    bool claimed = false;
+    claiming->spawn([](sqlite_store& s, const message& m, bool& c) -> rt::task<void> {
+        co_await s.claim_restart(m);
+        c = true;
+    }(st, a, claimed));
+    // The writer takes the claim into a transaction on the next loop turn (a 0 ms timer); this
+    // task runs after it (a later deadline on the same timer queue) and, while the transaction
+    // waits for the lock, destroys the claiming task (a forced stop), then lets the lock go.
+    bool released = false;
+    rt::task_scope helper;
+    helper.spawn([](rt::loop& l, std::unique_ptr<rt::task_scope>& c, sqlite3* h,
+                    bool& done) -> rt::task<void> {
+        co_await rt::sleep_for(l, rt::millis{100});
+        c.reset();
+        REQUIRE(sqlite3_exec(h, "COMMIT", nullptr, nullptr, nullptr) == SQLITE_OK);
+        done = true;
+    }(loop, claiming, holder, released));
+    loop.run_until([&] { return released; });
+    sqlite3_close(holder);
+    CHECK_FALSE(claimed);
+    // The redelivery: nothing ran, so the claim must go ahead, not meet a "crash in the window".
+    CHECK(run(loop, st.claim_restart(a)) == restart_claim::proceed);
+    run(loop, st.finish_restart(a, restart_result{restart_status::ok, {}}));
+    run(loop, st.close());
+    CHECK(count(dir.db(), "SELECT count(*) FROM restarts WHERE finished IS NULL") == 0);
+    CHECK(count(dir.db(), "SELECT count(*) FROM restarts WHERE result = 'ok'") == 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// A full disk (issue 12, case 11). A real full filesystem needs a mount (the integration test
+// uses a tmpfs where it may mount one); here a VFS over the default one fails every write with
+// SQLITE_FULL while `full_disk::on` is set, registered as the default VFS for the test's
+// lifetime so the store under test uses it unchanged.
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+class full_disk {
+public:
+    static inline std::atomic<bool> on{false};
+
+    full_disk() {
+        real_ = sqlite3_vfs_find(nullptr);
+        REQUIRE(real_ != nullptr);
+        vfs_ = *real_;
+        vfs_.zName = "mayhem-full-disk";
+        vfs_.szOsFile = static_cast<int>(sizeof(file)) + real_->szOsFile;
+        vfs_.pAppData = real_;
+        vfs_.xOpen = &open;
+        REQUIRE(sqlite3_vfs_register(&vfs_, 1) == SQLITE_OK);
+        on = false;
+    }
+    ~full_disk() {
+        on = false;
+        sqlite3_vfs_unregister(&vfs_);
+        sqlite3_vfs_register(real_, 1);
+    }
+    full_disk(const full_disk&) = delete;
+    full_disk& operator=(const full_disk&) = delete;
+
+private:
+    // Our file, followed in the same allocation by the real VFS's file.
+    struct file {
+        sqlite3_file base;
+        sqlite3_file* real;
+    };
+    static sqlite3_file* real(sqlite3_file* f) { return reinterpret_cast<file*>(f)->real; }
+
+    static int open(sqlite3_vfs* vfs, sqlite3_filename name, sqlite3_file* f, int flags, int* out) {
+        auto* p = reinterpret_cast<file*>(f);
+        p->real = reinterpret_cast<sqlite3_file*>(p + 1);
+        auto* r = static_cast<sqlite3_vfs*>(vfs->pAppData);
+        int rc = r->xOpen(r, name, p->real, flags, out);
+        p->base.pMethods = p->real->pMethods ? &methods : nullptr;
+        return rc;
+    }
+    static int close(sqlite3_file* f) { return real(f)->pMethods->xClose(real(f)); }
+    static int read(sqlite3_file* f, void* b, int n, sqlite3_int64 o) {
+        return real(f)->pMethods->xRead(real(f), b, n, o);
+    }
+    static int write(sqlite3_file* f, const void* b, int n, sqlite3_int64 o) {
+        if (on) return SQLITE_FULL;
+        return real(f)->pMethods->xWrite(real(f), b, n, o);
+    }
+    static int truncate(sqlite3_file* f, sqlite3_int64 n) {
+        return real(f)->pMethods->xTruncate(real(f), n);
+    }
+    static int sync(sqlite3_file* f, int fl) { return real(f)->pMethods->xSync(real(f), fl); }
+    static int size(sqlite3_file* f, sqlite3_int64* n) {
+        return real(f)->pMethods->xFileSize(real(f), n);
+    }
+    static int lock(sqlite3_file* f, int l) { return real(f)->pMethods->xLock(real(f), l); }
+    static int unlock(sqlite3_file* f, int l) { return real(f)->pMethods->xUnlock(real(f), l); }
+    static int reserved(sqlite3_file* f, int* r) {
+        return real(f)->pMethods->xCheckReservedLock(real(f), r);
+    }
+    static int control(sqlite3_file* f, int op, void* a) {
+        return real(f)->pMethods->xFileControl(real(f), op, a);
+    }
+    static int sector(sqlite3_file* f) { return real(f)->pMethods->xSectorSize(real(f)); }
+    static int device(sqlite3_file* f) {
+        return real(f)->pMethods->xDeviceCharacteristics(real(f));
+    }
+    static int shm_map(sqlite3_file* f, int i, int sz, int ext, void volatile** p) {
+        return real(f)->pMethods->xShmMap(real(f), i, sz, ext, p);
+    }
+    static int shm_lock(sqlite3_file* f, int off, int n, int fl) {
+        return real(f)->pMethods->xShmLock(real(f), off, n, fl);
+    }
+    static void shm_barrier(sqlite3_file* f) { real(f)->pMethods->xShmBarrier(real(f)); }
+    static int shm_unmap(sqlite3_file* f, int del) {
+        return real(f)->pMethods->xShmUnmap(real(f), del);
+    }
+    static int fetch(sqlite3_file* f, sqlite3_int64 o, int n, void** p) {
+        return real(f)->pMethods->xFetch(real(f), o, n, p);
+    }
+    static int unfetch(sqlite3_file* f, sqlite3_int64 o, void* p) {
+        return real(f)->pMethods->xUnfetch(real(f), o, p);
+    }
+    static inline const sqlite3_io_methods methods = {
+        3,         &close,       &read,      &write,   &truncate, &sync,   &size,
+        &lock,     &unlock,      &reserved,  &control, &sector,   &device, &shm_map,
+        &shm_lock, &shm_barrier, &shm_unmap, &fetch,   &unfetch};
+
+    sqlite3_vfs* real_ = nullptr;
+    sqlite3_vfs vfs_{};
+};
+
+} // namespace
+
+TEST_CASE("sqlite_store: an outcome record whose transaction failed is written once the disk "
+          "has room") {
+    temp_dir dir;
+    full_disk disk;
+    rt::loop loop;
+    sqlite_store st(loop, sqlite_options{dir.db()});
+    auto a = msg("a"), b = msg("b"), c = msg("c");
+    REQUIRE(run(loop, st.save(a, delivery{})).ok);
+    REQUIRE(run(loop, st.save(b, delivery{})).ok);
+    full_disk::on = true;
+    // The source is told `acked`; the record of it cannot be written now.
+    st.complete(a, verdict{outcome::acked, {}, {}});
+    st.complete(b, verdict{outcome::retried, "store: disk full", {}});
+    CHECK_FALSE(run(loop, st.save(c, delivery{})).ok); // the same transaction, or the next
+    CHECK_FALSE(st.healthy());
+    st.complete(b, verdict{outcome::acked, {}, {}}); // b's redelivery: after its retried record
+    full_disk::on = false;
+    CHECK(run(loop, st.save(c, delivery{})).ok);
+    // The records are written again (with the next transaction after one that succeeded).
+    wait_for(loop, [&] {
+        return count(dir.db(), "SELECT count(*) FROM messages WHERE outcome = 'acked'") == 2;
+    });
+    run(loop, st.close());
+    CHECK(st.unrecorded() == 0);
+    CHECK(text_of(dir.db(), "SELECT outcome FROM messages WHERE message_id = 'a'") == "acked");
+    CHECK(text_of(dir.db(), "SELECT outcome FROM messages WHERE message_id = 'b'") == "acked");
+    CHECK(text_of(dir.db(), "SELECT last_error FROM messages WHERE message_id = 'b'") ==
+          "store: disk full");
+}
+
+TEST_CASE("sqlite_store: health does not flap with each transaction while writes keep failing") {
+    temp_dir dir;
+    full_disk disk;
+    rt::loop loop;
+    sqlite_store st(loop, sqlite_options{dir.db()});
+    REQUIRE(run(loop, st.save(msg("first"), delivery{})).ok);
+    REQUIRE(st.healthy());
+    // A disk that is full, then has room for one transaction, then is full again: as a WAL
+    // that reuses its own space while the disk has none.
+    int changes = 0;
+    bool was = st.healthy();
+    for (int i = 0; i < 40; ++i) {
+        full_disk::on = i % 2 == 0;
+        auto r = run(loop, st.save(msg("m" + std::to_string(i)), delivery{}));
+        CHECK(r.ok == (i % 2 == 1));
+        if (st.healthy() != was) ++changes;
+        was = st.healthy();
+    }
+    full_disk::on = false;
+    CHECK_FALSE(st.healthy());
+    CHECK(changes == 1); // down once, not up and down 20 times
+    CHECK(st.stats().outages.get() == 1);
+    // Transactions that succeed for a while (nothing failing) make it healthy again.
+    REQUIRE(run(loop, st.save(msg("after"), delivery{})).ok);
+    wait_for(loop, [&] { return st.healthy(); });
+    run(loop, st.close());
+}
+
+TEST_CASE("sqlite_store: hurry() ends close() on a disk that stays full, counting what it gave "
+          "up") {
+    temp_dir dir;
+    full_disk disk;
+    rt::loop loop;
+    sqlite_store st(loop, sqlite_options{dir.db()});
+    auto a = msg("a"), b = msg("b");
+    REQUIRE(run(loop, st.save(a, delivery{})).ok);
+    REQUIRE(run(loop, st.save(b, delivery{})).ok);
+    full_disk::on = true;
+    st.complete(a, verdict{outcome::acked, {}, {}});
+    st.complete(b, verdict{outcome::dead_lettered, "bad host", {}});
+    CHECK_FALSE(run(loop, st.save(msg("c"), delivery{})).ok);
+    // close() keeps trying the records while it is given time...
+    bool closed = false;
+    rt::task_scope closing;
+    closing.spawn([](sqlite_store& s, bool& done) -> rt::task<void> {
+        co_await s.close();
+        done = true;
+    }(st, closed));
+    bool hurried = false;
+    rt::task_scope timer;
+    timer.spawn([](rt::loop& l, sqlite_store& s, bool& h) -> rt::task<void> {
+        co_await rt::sleep_for(l, rt::millis{300});
+        h = true;
+        s.hurry();
+    }(loop, st, hurried));
+    wait_for(loop, [&] { return closed; });
+    CHECK(hurried); // ...and ends once its time is up
+    CHECK(st.unrecorded() == 2);
+    full_disk::on = false;
+    CHECK(count(dir.db(), "SELECT count(*) FROM messages WHERE outcome IS NOT NULL") == 0);
 }
