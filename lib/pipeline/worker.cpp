@@ -22,6 +22,13 @@ namespace mayhem {
 
 namespace {
 
+// <hostname>-<pid>: names this process among its peers (a consumer, a claim owner).
+std::string host_and_pid() {
+    char host[256] = {};
+    if (::gethostname(host, sizeof host - 1) != 0) std::snprintf(host, sizeof host, "host");
+    return std::string(host) + "-" + std::to_string(::getpid());
+}
+
 std::unique_ptr<source> make_redis_source(rt::loop& loop, const worker_config& c) {
     redis_source_options o;
     std::string why;
@@ -32,9 +39,7 @@ std::unique_ptr<source> make_redis_source(rt::loop& loop, const worker_config& c
     o.group = c.group;
     o.consumer = c.consumer;
     if (o.consumer.empty()) {
-        char host[256] = {};
-        if (::gethostname(host, sizeof host - 1) != 0) std::snprintf(host, sizeof host, "host");
-        o.consumer = std::string(host) + "-" + std::to_string(::getpid());
+        o.consumer = host_and_pid();
     }
     o.dead_letter_stream = c.dead_letter_stream;
     o.reclaim_interval = c.reclaim_interval;
@@ -150,12 +155,10 @@ const char* signal_name(int s) {
 // The name this process puts on its restart claims: unique per process, also across restarts
 // of a worker that keeps its --consumer name.
 std::string claim_owner() {
-    char host[256] = {};
-    if (::gethostname(host, sizeof host - 1) != 0) std::snprintf(host, sizeof host, "host");
     char tag[16];
     std::snprintf(tag, sizeof tag, "%06x",
                   static_cast<unsigned>(std::random_device{}() & 0xFFFFFFu));
-    return std::string(host) + "-" + std::to_string(::getpid()) + "-" + tag;
+    return host_and_pid() + "-" + tag;
 }
 
 const exec_restarter_stats* exec_stats(const restarter& r) {

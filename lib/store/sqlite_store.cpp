@@ -356,8 +356,7 @@ struct sqlite_store::shared {
             sqlite3_bind_int64(finish, 3, now);
             text(finish, 4, r.a);
             text(finish, 5, r.b);
-            sqlite3_bind_text(finish, 6, opts.owner.data(), static_cast<int>(opts.owner.size()),
-                              SQLITE_STATIC);
+            bind_name(finish, 6);
             run(finish, "record restart end");
             r.claim = sqlite3_changes(conn) == 1 ? restart_claim::proceed : restart_claim::held;
             break;
@@ -387,8 +386,7 @@ struct sqlite_store::shared {
         case op::unclaim:
             text(unclaim, 1, r.id);
             sqlite3_bind_int64(unclaim, 2, r.n);
-            sqlite3_bind_text(unclaim, 3, opts.owner.data(), static_cast<int>(opts.owner.size()),
-                              SQLITE_STATIC);
+            bind_name(unclaim, 3);
             run(unclaim, "give back a restart claim");
             break;
         case op::skip:
@@ -403,11 +401,15 @@ struct sqlite_store::shared {
         }
     }
 
+    // Binds this worker's name (its claims' owner) at `i`.
+    void bind_name(sqlite3_stmt* s, int i) {
+        sqlite3_bind_text(s, i, opts.owner.data(), static_cast<int>(opts.owner.size()),
+                          SQLITE_STATIC);
+    }
     // Binds this worker's name at `i` and the lease of a claim made or renewed now at `i + 1`
     // (0 without a lease: never held against a peer).
     void bind_owner(sqlite3_stmt* s, int i, std::int64_t now) {
-        sqlite3_bind_text(s, i, opts.owner.data(), static_cast<int>(opts.owner.size()),
-                          SQLITE_STATIC);
+        bind_name(s, i);
         sqlite3_bind_int64(s, i + 1,
                            opts.claim_lease.count() > 0 ? now + opts.claim_lease.count() : 0);
     }
@@ -417,8 +419,7 @@ struct sqlite_store::shared {
     // this worker's (to finish, or to run again) once it has expired.
     void claim_again(request& r, std::int64_t now) {
         text(last_restart, 1, r.id);
-        sqlite3_bind_text(last_restart, 2, opts.owner.data(), static_cast<int>(opts.owner.size()),
-                          SQLITE_STATIC);
+        bind_name(last_restart, 2);
         sqlite3_bind_int64(last_restart, 3, now);
         int rc = sqlite3_step(last_restart);
         bool proceed = true, take = false;
@@ -569,8 +570,7 @@ struct sqlite_store::shared {
         case m_finish:
             text(s, 2, r[0]->a);
             text(s, 3, r[0]->b);
-            sqlite3_bind_text(s, 4, opts.owner.data(), static_cast<int>(opts.owner.size()),
-                              SQLITE_STATIC);
+            bind_name(s, 4);
             for (int i = 0; i < n; ++i)
                 text(s, 5 + i, r[i]->id);
             finish_many(s, r, n);
