@@ -97,7 +97,10 @@ class Stop(Harness):
         s = harness.parse_summary(out)
         self.assertEqual(len(self.lines("start")), 4, err[-3000:])
         self.assertEqual(sorted(self.lines("end")), sorted(self.lines("start")))
-        self.assertEqual((s["acked"], s["released"]), (4, 196), s)
+        # The stdin source may not have read all 200 by the signal (a slow, sanitized run): what
+        # it did read and did not restart is released.
+        self.assertEqual(s["acked"], 4, s)
+        self.assertEqual(s["released"], s["received"] - 4, s)
         self.assertEqual(code, 3, err[-3000:])
 
     def test_stop_is_bounded_by_the_drain_timeout(self):
