@@ -158,6 +158,10 @@ std::vector<MetricFamily> collect(const catalogue_inputs& in) {
                          "Restart claims taken over by another worker while this one's restart "
                          "ran (its lease expired: a stall); the host may have restarted twice",
                          MetricType::Counter, num(st.claims_lost.get())));
+    out.push_back(single("mayhem_deliveries_lost_unstarted_total",
+                         "Deliveries the source gave to a peer (their lease lapsed) before their "
+                         "restart started: not restarted here, released",
+                         MetricType::Counter, num(st.lost_unstarted.get())));
     // Store group commit: saves / transactions is the messages per transaction.
     out.push_back(single("mayhem_store_transactions_total",
                          "Store transactions committed (group commit; 0 for the memory store)",

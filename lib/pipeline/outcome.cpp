@@ -38,6 +38,8 @@ std::string_view to_string(restart_status s) noexcept {
         return "refused";
     case restart_status::not_started:
         return "not_started";
+    case restart_status::unverified:
+        return "unverified";
     }
     return "unknown";
 }
@@ -76,6 +78,9 @@ verdict decide(const decide_inputs& in, const backoff_policy& backoff, std::uint
         return verdict{outcome::skipped, "already completed", {}};
     case restart_status::refused:
         return verdict{outcome::dead_lettered, "restart refused: " + in.restarted.detail.str(), {}};
+    case restart_status::unverified:
+        return verdict{
+            outcome::dead_lettered, "restart uncertain: " + in.restarted.detail.str(), {}};
     case restart_status::failed:
         failure = "restart failed: " + in.restarted.detail.str();
         break;

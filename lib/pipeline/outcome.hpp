@@ -36,8 +36,13 @@ enum class restart_status : std::uint8_t {
     // The worker began to stop before this restart began: it never runs here; the message is
     // released for redelivery (a peer or a later run carries it out).
     not_started,
+    // The restart ran and it is not known what it did: the command exited non-zero (other than
+    // exit_code_did_nothing), was killed or timed out, or it succeeded and the verify command
+    // did not. Never run again for this message: dead-lettered for a person to look at, and it
+    // counts against the host's cooldown like a restart that succeeded.
+    unverified,
 };
-inline constexpr int restart_status_count = 8;
+inline constexpr int restart_status_count = 9;
 std::string_view to_string(restart_status s) noexcept;
 
 struct restart_result {
@@ -46,6 +51,8 @@ struct restart_result {
         : status(s), permanent(perm), detail(std::move(d)) {}
 
     restart_status status = restart_status::ok;
+    // `failed` means the restart provably did nothing (the command never started, or refused
+    // before acting with exit_code_did_nothing): it may be retried.
     bool permanent = false; // with `failed`: retrying cannot fix it, dead-letter at once
     // With `failed`: no restart was attempted (the store could not claim it, or a live peer
     // holds the claim). Transient: retried without using up an attempt, like a failed save.
@@ -73,7 +80,9 @@ struct backoff_policy {
 enum class unfinished_policy : std::uint8_t { retry, dead_letter };
 
 struct decide_inputs {
-    std::uint32_t attempt = 1;        // this delivery's attempt number, from 1
+    // This restart's attempt number, from 1: the store's count of restarts started for the
+    // message id when it keeps one, otherwise the delivery's attempt.
+    std::uint32_t attempt = 1;
     std::uint32_t max_attempts = 5;   // restart failures after this many are dead-lettered
     std::optional<save_result> saved; // nullopt: the save threw
     restart_result restarted; // a restart step that threw is a `failed` result with its text
@@ -84,7 +93,10 @@ struct decide_inputs {
 //  - a failed save, or a restart the store could not claim, is never acked: retried (store
 //    trouble is transient; it does not use up the message's restart attempts, so an outage
 //    cannot dead-letter good requests);
-//  - a failed restart is retried while attempts are left, then dead-lettered;
+//  - a failed restart (it provably did nothing) is retried while attempts are left, then
+//    dead-lettered;
+//  - an unverified restart (it ran, with an unknown effect) is dead-lettered at once: running
+//    it again could restart the host twice;
 //  - a duplicate (already completed) is `skipped`; ok, dry_run, cooldown and coalesced are acked;
 //  - a refused restart (host outside --allow-hosts/--deny-hosts, unsafe placeholder value) is
 //    dead-lettered at once: retrying cannot change the answer.

@@ -35,6 +35,8 @@ struct pipeline::flight : rt::list_node {
     bool indexed = false;             // registered in by_id_
     bool ran = false;                 // its restart started and its end is not recorded yet
     bool lost = false;                // its claim was taken over by a peer: not acked here
+    std::uint32_t attempt = 0;        // the store's count of this id's restart starts (0: none)
+    bool lease_lost = false;          // the source gave it to a peer: start no restart for it
     outcome last = outcome::released; // what it settled with, for a coalesced duplicate
     std::uint64_t started_ns = 0;     // when save and restart were started
     std::uint64_t restarted_ns = 0;   // when the restart's steps ended
@@ -161,6 +163,33 @@ void pipeline::source_changed() {
     notify();
 }
 
+// The source gave delivery `ref` to a peer. Queued, it is released at once; in flight, its
+// restart is not started (released, its claim given back) unless it already has: then the
+// store's claim, renewed while the restart runs, keeps the peer from restarting the host too,
+// and the source does not ack it here.
+void pipeline::lease_lost(std::string_view ref) {
+    if (ref.empty()) return;
+    auto queued =
+        std::find_if(queue_.begin(), queue_.end(), [&](const delivery& d) { return d.ref == ref; });
+    if (queued != queue_.end()) {
+        delivery d = std::move(*queued);
+        queue_.erase(queued);
+        stats_.queue_depth.set(static_cast<std::int64_t>(queue_.size()));
+        stats_.lost_unstarted.inc();
+        ++unconfirmed_;
+        source_.settle(std::move(d), verdict{outcome::released, "lease lost to a peer", {}});
+        notify();
+        return;
+    }
+    for (auto* n = leases_.front(); n && n != leases_.end(); n = n->next) {
+        auto* f = static_cast<flight*>(n);
+        if (f->d.ref == ref) {
+            f->lease_lost = true;
+            return;
+        }
+    }
+}
+
 void pipeline::notify() {
     if (on_change_) on_change_();
 }
@@ -204,7 +233,7 @@ rt::task<void> pipeline::process(delivery d) {
     f.save.start(store_.save(f.msg, f.d));
     claim_step step;
     try {
-        step = after_claim(co_await store_.claim_restart(f.msg), f.restarted);
+        step = after_claim(f, co_await store_.claim_restart(f.msg));
     } catch (...) {
         step = store_failed(f.restarted);
     }
@@ -215,6 +244,11 @@ rt::task<void> pipeline::process(delivery d) {
         try {
             if (gate == restart_guard::gate::wait)
                 go = co_await guard_.wait(f.pass, f.msg, f.restarted);
+            if (go && f.lease_lost) {
+                go = false;
+                stats_.lost_unstarted.inc();
+                f.restarted = restart_result{restart_status::not_started, "lease lost to a peer"};
+            }
             if (go) {
                 f.ran = true;
                 f.restarted = co_await guard_.inner().restart(f.msg);
@@ -392,7 +426,7 @@ void pipeline::conclude(flight& f) {
         return settle(f, verdict{outcome::released, "restart claim lost to another worker", {}},
                       std::max(saved_ns, f.restarted_ns));
     decide_inputs in;
-    in.attempt = f.d.attempt;
+    in.attempt = f.attempt ? f.attempt : f.d.attempt;
     in.max_attempts = opts_.max_attempts;
     if (saved)
         in.saved = std::move(*saved);
@@ -402,14 +436,26 @@ void pipeline::conclude(flight& f) {
     settle(f, decide(in, opts_.backoff, rng_()), std::max(saved_ns, f.restarted_ns));
 }
 
-pipeline::claim_step pipeline::after_claim(restart_claim claim, restart_result& r) {
-    switch (claim) {
+pipeline::claim_step pipeline::after_claim(flight& f, claim_answer claim) {
+    restart_result& r = f.restarted;
+    f.attempt = claim.attempt;
+    switch (claim.kind) {
     case restart_claim::done:
         r = restart_result{restart_status::skipped_duplicate, "already restarted for this message"};
         return claim_step::counted;
     case restart_claim::unfinished:
-        // The store keeps the unfinished row as this restart's record: a retry finishes it.
+        // The store has recorded this claim as the next start of the id: its record.
         stats_.unfinished_restarts.inc();
+        if (claim.attempt > opts_.max_attempts) {
+            // Every start so far died with its worker (or lost its lease): a request that kills
+            // the worker running it would otherwise take down every worker in turn, forever.
+            r = restart_result{restart_status::failed,
+                               "restart started " + std::to_string(claim.attempt - 1) +
+                                   " times and never finished (--max-attempts " +
+                                   std::to_string(opts_.max_attempts) + ")",
+                               true};
+            return claim_step::record;
+        }
         if (opts_.on_unfinished == unfinished_policy::retry && guard_.inner().can_verify())
             return claim_step::verify;
         if (opts_.on_unfinished == unfinished_policy::dead_letter) {

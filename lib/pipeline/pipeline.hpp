@@ -76,6 +76,7 @@ struct pipeline_stats {
     rt::counter claims_held;         // claims found held by a live peer: not restarted here
     rt::counter claims_lost;         // claims taken over by a peer while this worker's restart ran
     rt::counter unfinished_verified; // unfinished restarts the verify command found done
+    rt::counter lost_unstarted;      // deliveries a peer took before their restart started
     rt::gauge in_flight;
     rt::gauge peak_in_flight; // the most in flight at once since start
     rt::gauge queue_depth;
@@ -124,6 +125,7 @@ private:
     void deliver(delivery d) override;
     void settled(outcome o) override;
     void source_changed() override;
+    void lease_lost(std::string_view ref) override;
 
     void pump();
     void release_queued(const char* why);
@@ -151,7 +153,7 @@ private:
         uncounted
     };
     rt::task<claim_step> verify_unfinished(flight& f);
-    claim_step after_claim(restart_claim claim, restart_result& r);
+    claim_step after_claim(flight& f, claim_answer claim);
     static void restart_failed(restart_result& r);
     static claim_step store_failed(restart_result& r);
     // `now`: the steady clock in ns if the caller has just read it, else 0.

@@ -530,6 +530,7 @@ rt::task<command_result> exec_restarter::run(std::vector<std::string> argv) {
     r.left_behind = c->left_behind;
     if (!c->error.empty()) {
         r.detail = c->error;
+        r.did_nothing = true;
         co_return r;
     }
     if (c->timed_out) {
@@ -539,6 +540,7 @@ rt::task<command_result> exec_restarter::run(std::vector<std::string> argv) {
         r.detail = "killed by " + signal_text(c->term_signal);
     } else if (c->exit_status != 0) {
         r.detail = "exit code " + std::to_string(c->exit_status);
+        r.did_nothing = c->exit_status == exit_code_did_nothing;
     } else {
         r.ok = true;
         co_return r;
@@ -554,21 +556,26 @@ rt::task<restart_result> exec_restarter::restart(const message& m) {
     command_result r = co_await run(std::get<0>(std::move(argv)));
     log_left_behind(m, restart_, r);
     if (!r.ok) {
-        log::warn("restart command failed", {{"message_id", m.message_id()},
-                                             {"hostname", m.hostname()},
-                                             {"command", restart_.program()},
-                                             {"error", r.detail}});
-        co_return restart_result{restart_status::failed, std::move(r.detail)};
+        log::warn(r.did_nothing ? "restart command did nothing; it may be retried"
+                                : "restart command failed; it may have acted, it is not run again",
+                  {{"message_id", m.message_id()},
+                   {"hostname", m.hostname()},
+                   {"command", restart_.program()},
+                   {"error", r.detail}});
+        co_return restart_result{r.did_nothing ? restart_status::failed
+                                               : restart_status::unverified,
+                                 std::move(r.detail)};
     }
     if (verify_) {
         restart_result v = co_await verify(m);
         if (v.status != restart_status::ok) {
-            log::warn("verify command failed after the restart command succeeded",
+            log::warn("verify command failed after the restart command succeeded; the restart is "
+                      "not run again",
                       {{"message_id", m.message_id()},
                        {"hostname", m.hostname()},
                        {"command", verify_->program()},
                        {"error", v.detail}});
-            co_return v;
+            co_return restart_result{restart_status::unverified, std::move(v.detail)};
         }
     }
     log::info("host restarted", {{"message_id", m.message_id()},
@@ -618,10 +625,11 @@ void close_from_3() {
         ::close(fd);
 }
 
+// The wrapper never started the command: it did nothing, and says so.
 int wrapper_failed(const std::string& what) {
     int err = errno;
     std::fprintf(stderr, "%s: %s\n", what.c_str(), std::strerror(err));
-    return 127;
+    return exit_code_did_nothing;
 }
 
 } // namespace
@@ -629,7 +637,7 @@ int wrapper_failed(const std::string& what) {
 int run_exec_wrapper(int argc, char** argv) {
     if (argc < 3) {
         std::fputs("mayhem __exec is internal to the exec restarter\n", stderr);
-        return 127;
+        return exit_code_did_nothing;
     }
     const char* cgroup = argv[1];
     const char* program = argv[2];
@@ -644,7 +652,7 @@ int run_exec_wrapper(int argc, char** argv) {
     // The worker died before the line above: nothing would kill us later.
     if (::getppid() != static_cast<pid_t>(std::strtol(argv[0], nullptr, 10))) {
         std::fputs("the worker is gone\n", stderr);
-        return 127;
+        return exit_code_did_nothing;
     }
     if (cgroup[0] != '\0') {
         if (int err = write_file(std::string(cgroup) + "/cgroup.procs", "0")) {

@@ -1,7 +1,10 @@
 // `--restarter exec`: runs --restart-command (a command_template) per host with uv_spawn, no
-// shell, and --verify-command after a success. Exit 0 is ok; anything else, a signal, or
-// --restart-timeout is a failed restart, logged with the exit code or signal and the last lines
-// of the command's stderr.
+// shell, and --verify-command after a success. Exit 0 (and a verify that succeeds) is ok. A
+// command that provably did nothing — it could not be started, or it exited with
+// exit_code_did_nothing — is a failed restart, which may be retried. Anything else (another exit
+// code, a signal, --restart-timeout, a verify that fails) is unverified: the command may have
+// acted, so it is never run again for that message. Both are logged with the exit code or signal
+// and the last lines of the command's stderr.
 //
 // No process of a command outlives it. Each command runs in its own process group (setsid),
 // and a command is finished only when that group is empty:
@@ -49,9 +52,15 @@ struct exec_options {
     std::string cgroup;
 };
 
+// The exit code by which a restart command says it refused before acting (sysexits.h's
+// EX_TEMPFAIL): the restart did nothing and may be retried. The exec wrapper exits with it too
+// when it cannot start the command.
+inline constexpr int exit_code_did_nothing = 75;
+
 // How one command run ended.
 struct command_result {
     bool ok = false;
+    bool did_nothing = false;    // with !ok: never started, or exited with exit_code_did_nothing
     std::string detail;          // failure text: exit code or signal, timeout, last stderr lines
     std::size_t left_behind = 0; // processes still running when the command itself exited
 };

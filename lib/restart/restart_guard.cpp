@@ -309,9 +309,9 @@ void restart_guard::admit_waiters() {
 
 void restart_guard::record(restart_status s, bool trial) {
     using result = circuit_breaker::result;
-    result r = s == restart_status::ok       ? result::ok
-               : s == restart_status::failed ? result::failed
-                                             : result::neutral;
+    result r = s == restart_status::ok                                          ? result::ok
+               : s == restart_status::failed || s == restart_status::unverified ? result::failed
+                                                                                : result::neutral;
     breaker_state before = breaker_.state();
     auto change = breaker_.record(r, trial, now());
     stats_.breaker_state.set(static_cast<std::int64_t>(breaker_.state()));

@@ -83,18 +83,20 @@ rt::task<save_result> memory_store::save(const message&, const delivery&) {
     return rt::after(loop_, latency_.zero() ? rt::millis{0} : latency_.sample(rng_), save_result{});
 }
 
-rt::task<restart_claim> memory_store::claim_restart(const message& m) {
+// Attempts are not counted here (claim_answer::attempt 0): in one process, the source's
+// delivery attempts count the restarts.
+rt::task<claim_answer> memory_store::claim_restart(const message& m) {
     auto k = key(m);
     switch (lookup(k)) {
     case state::done:
-        co_return restart_claim::done;
+        co_return claim_answer{restart_claim::done};
     case state::started:
-        co_return restart_claim::unfinished;
+        co_return claim_answer{restart_claim::unfinished};
     case state::absent:
         break;
     }
     record(k, state::started);
-    co_return restart_claim::proceed;
+    co_return claim_answer{restart_claim::proceed};
 }
 
 // The contract is in store.hpp; on the loop thread, one step is atomic by construction.
@@ -116,8 +118,8 @@ rt::task<bool> memory_store::finish_restart(const message& m, const restart_resu
     if (!hosts_.empty()) {
         if (auto it = hosts_.find(host_key(m));
             it != hosts_.end() && it->second.message == key(m)) {
-            if (r.status == restart_status::ok)
-                it->second.running = false;
+            if (r.status == restart_status::ok || r.status == restart_status::unverified)
+                it->second.running = false; // the host may have restarted: it blocks
             else
                 hosts_.erase(it); // failed, dry run, refused...: never blocks the next restart
         }

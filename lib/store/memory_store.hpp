@@ -28,7 +28,7 @@ public:
     std::string_view name() const override { return "memory"; }
     void prefetch(const message& m) const noexcept override;
     rt::task<save_result> save(const message& m, const delivery& d) override;
-    rt::task<restart_claim> claim_restart(const message& m) override;
+    rt::task<claim_answer> claim_restart(const message& m) override;
     rt::task<host_claim> claim_host(const message& m, std::chrono::system_clock::time_point now,
                                     std::chrono::milliseconds cooldown) override;
     rt::task<bool> finish_restart(const message& m, const restart_result& r) override;

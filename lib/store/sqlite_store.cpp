@@ -17,9 +17,10 @@ namespace mayhem {
 // messages: one row per message id, written by the save (first_seen, attempts = deliveries
 //   saved) and by complete (outcome, completed_at, last_error). WITHOUT ROWID: the id is the
 //   key, so an insert maintains one b-tree, not two.
-// restarts: one row per restart attempt of a message (attempt 1, 2, ... after failures),
-//   inserted as started (finished NULL) before the restart runs and finished after it, so a
-//   crash in between is visible. Version 2: `owner` names the worker process holding an
+// restarts: one row per restart attempt of a message (attempt 1, 2, ... after failures, and
+//   after a start a dead worker left unfinished, closed with result 'abandoned'), inserted as
+//   started (finished NULL) before the restart runs and finished after it, so a crash in between
+//   is visible and every start is counted. Version 2: `owner` names the worker process holding an
 //   unfinished row and `lease_until` how long it holds it (renewed while its message is in
 //   flight); a peer restarts only when that lease has expired, and the owner records the end
 //   only while the row is still its own. Keyed (message_id, attempt) WITHOUT ROWID: the latest row
@@ -269,8 +270,12 @@ struct sqlite_store::shared {
                                     "ON CONFLICT DO NOTHING");
             start_restart = prepare("INSERT INTO restarts (hostname, message_id, started, "
                                     "attempt, owner, lease_until) VALUES (?1, ?2, ?3, ?4, ?5, ?6)");
-            // An unfinished row whose owner's lease expired becomes this worker's.
-            take_over = prepare("UPDATE restarts SET owner = ?2, lease_until = ?3 "
+            // An unfinished row whose owner's lease expired is closed as abandoned (it still
+            // counts for its host's cooldown: the host may have restarted); the restart starts
+            // again as the next attempt, so the attempts count every start.
+            take_over = prepare("UPDATE restarts SET finished = ?2, result = 'abandoned', "
+                                "detail = 'its worker stopped or lost its lease before it "
+                                "finished', lease_until = NULL "
                                 "WHERE message_id = ?1 AND finished IS NULL");
             // Only the owner records the end: a row taken over by a peer is left alone.
             finish = prepare(
@@ -279,10 +284,13 @@ struct sqlite_store::shared {
             renew = prepare("UPDATE restarts SET lease_until = ?3 "
                             "WHERE message_id = ?1 AND finished IS NULL AND owner IS ?2");
             // The per-host cooldown (store.hpp, claim_host): the latest restart of the host for
-            // another message that passed its own claim and either succeeded or never finished.
-            host_blocker = prepare("SELECT max(started) FROM restarts WHERE hostname = ?1 AND "
-                                   "host_claimed = 1 AND message_id <> ?2 AND started > ?3 AND "
-                                   "(finished IS NULL OR result = 'ok')");
+            // another message that passed its own claim and that may have restarted the host:
+            // it succeeded, ran with an unknown effect, or never finished (running, or abandoned
+            // by a worker that died).
+            host_blocker =
+                prepare("SELECT max(started) FROM restarts WHERE hostname = ?1 AND "
+                        "host_claimed = 1 AND message_id <> ?2 AND started > ?3 AND "
+                        "(finished IS NULL OR result IN ('ok', 'unverified', 'abandoned'))");
             // claim_restart recorded this message's start; it now counts for its host.
             host_claim_row = prepare("UPDATE restarts SET host_claimed = 1, started = ?3 WHERE "
                                      "message_id = ?1 AND finished IS NULL");
@@ -346,6 +354,7 @@ struct sqlite_store::shared {
             run(first_restart, "record restart start");
             if (sqlite3_changes(conn) == 1) {
                 r.claim = restart_claim::proceed;
+                r.attempt = 1;
                 r.n = now;
             } else {
                 claim_again(r, now);
@@ -415,15 +424,18 @@ struct sqlite_store::shared {
     }
 
     // A claim whose attempt 1 is already recorded: a restart of this id was recorded before, and
-    // its latest row decides: an unfinished one is a peer's while its lease lasts, and becomes
-    // this worker's (to finish, or to run again) once it has expired.
+    // its latest row decides: an unfinished one is a peer's while its lease lasts; once it has
+    // expired it is closed as abandoned and this worker records the next attempt (to verify, or
+    // to run again). A failed or refused one is followed by the next attempt; anything else is
+    // done.
     void claim_again(request& r, std::int64_t now) {
         text(last_restart, 1, r.id);
         bind_name(last_restart, 2);
         sqlite3_bind_int64(last_restart, 3, now);
         int rc = sqlite3_step(last_restart);
-        bool proceed = true, take = false;
+        bool start = true, take = false;
         std::int64_t attempt = 1;
+        r.claim = restart_claim::proceed;
         if (rc == SQLITE_ROW) {
             attempt = sqlite3_column_int64(last_restart, 2) + 1;
             bool unfinished = sqlite3_column_int(last_restart, 0) != 0;
@@ -432,25 +444,27 @@ struct sqlite_store::shared {
             auto* res = reinterpret_cast<const char*>(sqlite3_column_text(last_restart, 1));
             if (unfinished && leased && !mine) {
                 r.claim = restart_claim::held;
-                proceed = false;
+                start = false;
             } else if (unfinished) {
-                r.claim = restart_claim::unfinished; // its row stays the one to finish
-                proceed = false;
+                r.claim = restart_claim::unfinished;
                 take = true;
+            } else if (res && std::string_view(res) == "abandoned") {
+                // Taken over once, then released before it ran again: still unfinished.
+                r.claim = restart_claim::unfinished;
             } else if (!res || !retried_after(res)) {
                 r.claim = restart_claim::done;
-                proceed = false;
+                start = false;
             }
         }
         sqlite3_reset(last_restart);
         if (rc != SQLITE_ROW && rc != SQLITE_DONE) fail(rc, "claim");
         if (take) {
             text(take_over, 1, r.id);
-            bind_owner(take_over, 2, now);
-            run(take_over, "take over an unfinished restart claim");
+            sqlite3_bind_int64(take_over, 2, now);
+            run(take_over, "close an abandoned restart claim");
         }
-        if (proceed) {
-            r.claim = restart_claim::proceed;
+        if (start) {
+            r.attempt = static_cast<std::uint32_t>(attempt);
             r.n = now;
             text(start_restart, 1, r.a);
             text(start_restart, 2, r.id);
@@ -615,6 +629,7 @@ struct sqlite_store::shared {
         if (rc == SQLITE_DONE) {
             for (int i = 0; i < n; ++i) {
                 r[i]->claim = restart_claim::proceed;
+                r[i]->attempt = 1;
                 r[i]->n = now;
             }
             return;
@@ -801,6 +816,7 @@ struct reply {
     std::string error;
     restart_claim claim = restart_claim::proceed;
     std::int64_t n = 0;
+    std::uint32_t attempt = 0;
 };
 
 class sqlite_store::request_awaiter {
@@ -816,12 +832,13 @@ public:
     void await_suspend(std::coroutine_handle<> h) noexcept { find()->waiter = h; }
     reply await_resume() {
         reply out;
-        if (gen_ == 0) return reply{false, "store closed", {}, 0};
+        if (gen_ == 0) return reply{false, "store closed", {}, 0, 0};
         out.ok = s_.batch_ok_;
         if (!out.ok) out.error = s_.batch_error_;
         if (request* r = find()) {
             out.claim = r->claim;
             out.n = r->n;
+            out.attempt = r->attempt;
         }
         return out;
     }
@@ -1150,7 +1167,7 @@ rt::task<save_result> sqlite_store::save(const message& m, const delivery&) {
     co_return save_result{x.ok, std::move(x.error)};
 }
 
-rt::task<restart_claim> sqlite_store::claim_restart(const message& m) {
+rt::task<claim_answer> sqlite_store::claim_restart(const message& m) {
     request r;
     r.kind = op::claim;
     r.id = pending_.put(m.message_id());
@@ -1159,7 +1176,7 @@ rt::task<restart_claim> sqlite_store::claim_restart(const message& m) {
     reply x = co_await pending;
     // Without a durable claim the restart must not run: the caller turns this into a retry.
     if (!x.ok) throw std::runtime_error("store: " + x.error);
-    co_return x.claim;
+    co_return claim_answer{x.claim, x.attempt};
 }
 
 rt::task<bool> sqlite_store::finish_restart(const message& m, const restart_result& res) {

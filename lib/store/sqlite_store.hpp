@@ -96,7 +96,7 @@ public:
 
     std::string_view name() const override { return "sqlite"; }
     rt::task<save_result> save(const message& m, const delivery& d) override;
-    rt::task<restart_claim> claim_restart(const message& m) override;
+    rt::task<claim_answer> claim_restart(const message& m) override;
     rt::task<host_claim> claim_host(const message& m, std::chrono::system_clock::time_point now,
                                     std::chrono::milliseconds cooldown) override;
     rt::task<bool> finish_restart(const message& m, const restart_result& r) override;
@@ -138,6 +138,7 @@ public:
                               // finish: result, detail; complete: outcome, reason
         // out: claim; claim_host: done = blocked; finish: held = the claim is a peer's now
         restart_claim claim = restart_claim::proceed;
+        std::uint32_t attempt = 0; // claim: out, the restart start recorded (proceed, unfinished)
         // claim_host: in, the cutoff (ms); out, the blocking start (ms) when blocked. claim and
         // claim_host: out, the `started` stamp written (proceed). unclaim: in, that stamp (0:
         // whatever unfinished start the id has).

@@ -29,6 +29,18 @@ enum class restart_claim : std::uint8_t {
     held,       // started and still leased by another live worker: do not restart now
 };
 
+// The answer to claim_restart.
+struct claim_answer {
+    restart_claim kind = restart_claim::proceed;
+    // With proceed or unfinished: which restart start of the message id this claim recorded,
+    // from 1. Every start counts: restarts that failed, and starts a worker left unfinished
+    // (killed, or a request that kills its worker). 0: the store does not count them (memory):
+    // the delivery's attempt stands in.
+    std::uint32_t attempt = 0;
+
+    friend bool operator==(const claim_answer& a, restart_claim k) noexcept { return a.kind == k; }
+};
+
 // The answer to claim_host: the per-host cooldown ("restart only if the host's last restart is
 // older than N"), checked and recorded in one step.
 struct host_claim {
@@ -45,23 +57,23 @@ public:
     // Records the request durably; completes when it is durable.
     virtual rt::task<save_result> save(const message& m, const delivery& d) = 0;
     // Before a restart: claims it (recorded as started) unless already done.
-    virtual rt::task<restart_claim> claim_restart(const message& m) = 0;
+    virtual rt::task<claim_answer> claim_restart(const message& m) = 0;
     // Per-host cooldown, called by the restart policy right before the restart itself starts.
     // An implementation must, as ONE atomic step (one transaction; with a database shared by
     // several workers, atomic against all of them, e.g. BEGIN IMMEDIATE in SQLite):
     //  1. look at the restarts of host `m.hostname()` made for a message id other than
-    //     `m.message_id()` that either finished with status `ok` or were started and never
-    //     finished (running elsewhere, or lost in a crash: we cannot know the host was not
-    //     restarted, so it counts);
+    //     `m.message_id()` that may have restarted the host: finished with status `ok` or
+    //     `unverified`, or started and never finished (running elsewhere, or lost in a crash: we
+    //     cannot know the host was not restarted, so it counts);
     //  2. if one of them started later than `now - cooldown`: record nothing and answer
     //     {granted = false, last_restart = the latest such start time};
     //  3. otherwise record a restart of `m.hostname()` for `m.message_id()` started at `now` (not
     //     finished) and answer {granted = true}.
     // A cooldown of zero always grants (and still records). The same message id never blocks
     // itself, so a redelivery after a crash may finish its own restart. finish_restart(m, r)
-    // then settles that record: status `ok` makes it a successful restart of the host (its
+    // then settles that record: status `ok` or `unverified` makes it a restart of the host (its
     // start time is what step 2 compares); any other status (failed, dry_run, refused, ...)
-    // must make it no longer count in step 1, so a failed or simulated restart never blocks the
+    // must make it no longer count in step 1, so a restart that did nothing never blocks the
     // next real one. `now` is wall-clock time, because records outlive the process.
     virtual rt::task<host_claim> claim_host(const message& m,
                                             std::chrono::system_clock::time_point now,

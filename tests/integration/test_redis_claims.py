@@ -287,6 +287,37 @@ class RedisClaimsTest(Harness):
         self.assertEqual(self.settled(w, "acked"), ["healthy"])
         self.assertEqual((dead_letters(self.r), pending(self.r)), ([], 0))
 
+    def test_a_request_that_kills_its_worker_is_started_max_attempts_times_then_dead_lettered(
+            self):
+        # A poison request: its restart command SIGKILLs the worker running it. Each worker
+        # that reclaims it starts it again and dies; the store counts those starts, and the
+        # worker that would start it a third time (--max-attempts 2) dead-letters it instead.
+        record = os.path.join(self.tmp, "record")
+        script = os.path.join(self.tmp, "poison.sh")
+        with open(script, "w") as f:
+            f.write("#!/bin/sh\necho \"start $1\" >> %s\nkill -9 $PPID\nsleep 5\n" % record)
+        os.chmod(script, 0o755)
+        self.add("poison")
+        flags = ["--restarter", "exec", "--restart-command", script + " {message_id}",
+                 "--restart-cooldown", "0", "--max-concurrent-restarts", "0",
+                 "--breaker-failures", "0", "--store", "sqlite", "--db",
+                 os.path.join(self.tmp, "state.db"), "--status-interval", "0",
+                 "--max-attempts", "2", "--lease-timeout", "1s", "--lease-extend-interval",
+                 "200ms", "--reclaim-interval", "100ms", "--exit-when-idle"]
+        codes = []
+        for _ in range(5):
+            code, _, err = self.worker(*flags).wait(timeout=60)
+            codes.append(code)
+            if code == 0:
+                break
+        self.assertEqual(codes, [-signal.SIGKILL, -signal.SIGKILL, 0], err[-3000:])
+        with open(record) as f:
+            self.assertEqual(f.read().split("\n")[:-1], ["start poison"] * 2)
+        dead = dead_letters(self.r)
+        self.assertEqual(len(dead), 1)
+        self.assertIn("restart started 2 times and never finished", json.dumps(dead))
+        self.assertEqual(pending(self.r), 0)
+
     def test_entries_left_unstarted_at_a_drain_keep_their_delivery_count(self):
         flags, started, go = self.gate()
         w = self.worker(*flags, *QUIET, "--consumer", "w", "--max-in-flight", "1",

@@ -93,9 +93,59 @@ class SafetyTest(Harness):
         cmd = "sh -c 'echo first line >&2; echo \"boom {hostname}\" >&2; exit 3'"
         code, s, err = self.run_stdin([msg("m1", "h1")], "--restart-command", cmd,
                                       "--max-attempts", "2")
-        self.assertEqual((s["retried"], s["dead_lettered"]), (1, 1), err)
+        # Exit code 3 may have acted: uncertain, never run again.
+        self.assertEqual((s["retried"], s["dead_lettered"]), (0, 1), err)
         self.assertIn("exit code 3", err)
         self.assertIn("first line | boom h1", err)
+
+    # -- uncertain restarts: they ran, and it is not known what they did -------------------
+
+    def test_a_restart_whose_verify_fails_is_never_run_again(self):
+        rec = self.script()
+        lines = [msg("m%d" % i, "h%d" % i) for i in range(3)]
+        code, s, err = self.run_stdin(lines, "--restart-command", rec + " {hostname}",
+                                      "--verify-command", "false", "--max-attempts", "5")
+        self.assertEqual(sorted(self.starts()), ["h0", "h1", "h2"], err)
+        self.assertEqual((s["retried"], s["dead_lettered"]), (0, 3), err)
+        self.assertIn("the restart is not run again", err)
+
+    def test_a_restart_that_timed_out_is_never_run_again(self):
+        rec = self.script(sleep="60")
+        code, s, err = self.run_stdin([msg("m1", "h1")], "--restart-command", rec + " {hostname}",
+                                      "--restart-timeout", "300ms", "--max-attempts", "3")
+        self.assertEqual(self.starts(), ["h1"], err)
+        self.assertEqual((s["retried"], s["dead_lettered"]), (0, 1), err)
+
+    def test_an_uncertain_restart_counts_against_the_cooldown(self):
+        rec = self.script()
+        db = os.path.join(self.tmp, "state.db")
+        args = ["--restart-command", rec + " {hostname}", "--verify-command", "false",
+                "--restart-cooldown", "1h", "--max-attempts", "5"]
+        code, s, err = self.run_stdin([msg("m1", "h1")], "--store", "sqlite", "--db",
+                                      db, *args)
+        self.assertEqual(s["dead_lettered"], 1, err)
+        code, s, err = self.run_stdin([msg("m2", "h1")], "--store", "sqlite", "--db",
+                                      db, *args)
+        self.assertEqual(s["acked"], 1, err)  # skipped by the cooldown
+        self.assertEqual(self.starts(), ["h1"], err)
+        rows = harness.query_db(db, "SELECT message_id, result FROM restarts ORDER BY started")
+        self.assertEqual([tuple(r) for r in rows], [("m1", "unverified"),
+                                                    ("m2", "skipped_cooldown")])
+        # The memory store, one after the other in one process.
+        os.remove(self.record)
+        code, s, err = self.run_stdin([msg("m3", "h3"), msg("m4", "h3")], "--max-in-flight", "1",
+                                      *args)
+        self.assertEqual((s["dead_lettered"], s["acked"]), (1, 1), err)
+        self.assertEqual(self.starts(), ["h3"], err)
+
+    def test_exit_code_75_did_nothing_and_is_retried(self):
+        flag = os.path.join(self.tmp, "refuse-once")
+        open(flag, "w").close()
+        rec = self.script(extra='if [ -e %s ]; then rm %s; exit 75; fi\n' % (flag, flag))
+        code, s, err = self.run_stdin([msg("m1", "h1")], "--restart-command", rec + " {hostname}",
+                                      "--max-attempts", "3")
+        self.assertEqual((code, s["retried"], s["acked"]), (0, 1, 1), err)
+        self.assertEqual(self.starts(), ["h1", "h1"], err)
 
     def test_timeout_ends_the_command_and_fails_the_restart(self):
         code, s, err = self.run_stdin([msg("m1", "h1")], "--restart-command", "sleep 60",

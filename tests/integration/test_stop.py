@@ -130,9 +130,12 @@ class Stop(Harness):
         w = self.stdin_worker(script, 3, "--restart-kill-grace", "1s")
         harness.wait_until(lambda: len(self.command_pids()) == 3 or not w.alive(), timeout=20,
                            what="3 restart commands to start")
-        for _ in range(3):
+        # Each signal once the previous one was handled: two pending SIGINTs would be one.
+        for seen in ("draining: intake stopped", "second signal", None):
             w.signal(signal.SIGINT)
-            time.sleep(0.001)
+            if seen:
+                harness.wait_until(lambda: seen in w.stderr() or not w.alive(), timeout=20,
+                                   what="the worker to log '%s'" % seen)
         code, out, err = w.wait(timeout=60)
         self.assertEqual(code, 3, err[-3000:])  # not 130 or 143: the worker was not killed
         self.assertEqual(harness.parse_summary(out)["released"], 3)

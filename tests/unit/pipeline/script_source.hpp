@@ -46,6 +46,8 @@ public:
         sink->settled(v.what);
     }
     void stop() override { stopped = true; }
+    // The transport gave delivery `ref` to a peer (its lease lapsed).
+    void lose(const std::string& ref) { sink->lease_lost(ref); }
     bool finished() const override { return pending.empty(); }
     void close() override {}
 

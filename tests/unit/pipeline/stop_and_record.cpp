@@ -63,7 +63,7 @@ public:
     rt::task<save_result> save(const message& m, const delivery& d) override {
         return inner_.save(m, d);
     }
-    rt::task<restart_claim> claim_restart(const message& m) override {
+    rt::task<claim_answer> claim_restart(const message& m) override {
         if (fail_claims_ > 0) {
             --fail_claims_;
             throw std::runtime_error("store: database is locked");
@@ -128,6 +128,35 @@ TEST_CASE("a drain starts no new restart: messages waiting for a restart slot ar
     CHECK(guard.stats().running.get() == 0);
 }
 
+TEST_CASE("a delivery whose lease a peer took is not restarted here, queued or waiting") {
+    rt::loop loop;
+    script_source src;
+    memory_store store(loop, latency_range{}, 1);
+    counting_restarter inner(loop, 100ms);
+    guard_options g;
+    g.max_concurrent = 1;
+    restart_guard guard(loop, g, store, inner);
+    pipeline_options opts;
+    opts.seed = 3;
+    opts.max_in_flight = 3;
+    opts.queue_capacity = 4;
+    pipeline p(loop, opts, src, store, guard);
+    p.start();
+    std::vector<std::string> payloads;
+    for (int i = 1; i <= 5; ++i)
+        payloads.push_back(msg("m" + std::to_string(i), "cattle-" + std::to_string(i)));
+    src.feed(payloads); // r1 restarts, r2 and r3 wait for the slot, r4 and r5 are queued
+    loop.run_until([&] { return inner.total_started() == 1; });
+    REQUIRE(guard.stats().waiting.get() == 2);
+    src.lose("r2"); // waiting for a slot
+    src.lose("r4"); // queued
+    loop.run_until([&] { return p.idle() && src.pending.empty(); });
+    CHECK(inner.total_started() == 3); // r1, r3, r5
+    CHECK(src.outcomes[outcome::acked] == 3);
+    CHECK(src.outcomes[outcome::released] == 2);
+    CHECK(p.stats().lost_unstarted.get() == 2);
+}
+
 TEST_CASE("a drain lets a message waiting on its host's running restart share its result") {
     rt::loop loop;
     script_source src;
@@ -190,7 +219,7 @@ TEST_CASE("a drain waits for a restart's record to be written, and renews its le
 
 namespace {
 rt::task<void> claim_into(store& s, message m, restart_claim& out) {
-    out = co_await s.claim_restart(m);
+    out = (co_await s.claim_restart(m)).kind;
 }
 } // namespace
 
@@ -236,13 +265,13 @@ TEST_CASE("sqlite: release_claim removes an unfinished start, never a finished r
         rt::task_scope scope;
         scope.spawn([](sqlite_store& s, message x, message y,
                        std::vector<restart_claim>& out) -> rt::task<void> {
-            out.push_back(co_await s.claim_restart(x)); // proceed
+            out.push_back((co_await s.claim_restart(x)).kind); // proceed
             co_await s.release_claim(x);
-            out.push_back(co_await s.claim_restart(x)); // proceed again: nothing ran
-            out.push_back(co_await s.claim_restart(y)); // proceed
+            out.push_back((co_await s.claim_restart(x)).kind); // proceed again: nothing ran
+            out.push_back((co_await s.claim_restart(y)).kind); // proceed
             co_await s.finish_restart(y, restart_result{restart_status::ok, {}});
-            co_await s.release_claim(y);                // finished: stays
-            out.push_back(co_await s.claim_restart(y)); // done
+            co_await s.release_claim(y);                       // finished: stays
+            out.push_back((co_await s.claim_restart(y)).kind); // done
             co_await s.close();
         }(st, a, b, seen));
         loop.run_until([&] { return scope.size() == 0; });

@@ -63,16 +63,18 @@ private:
     }};
 };
 
-verdict run_with_policy(const std::string& db, unfinished_policy policy) {
+// `starts` workers each claim m1's restart and "die" before it ends; then a pipeline with
+// `policy` gets m1.
+verdict run_with_policy(const std::string& db, unfinished_policy policy, int starts = 1,
+                        std::uint32_t max_attempts = 5) {
     message m{"m1", "cattle-1", "cattle-1.example.net"};
-    {
-        // A restart recorded as started, then the worker "died".
+    for (int i = 0; i < starts; ++i) {
         rt::loop loop;
         sqlite_store st(loop, sqlite_options{db});
         bool done = false;
         rt::task_scope scope;
         scope.spawn([](sqlite_store& s, message mm, bool& d) -> rt::task<void> {
-            CHECK(co_await s.claim_restart(mm) == restart_claim::proceed);
+            co_await s.claim_restart(mm);
             co_await s.close();
             d = true;
         }(st, m, done));
@@ -85,6 +87,7 @@ verdict run_with_policy(const std::string& db, unfinished_policy policy) {
     restart_guard guard(loop, guard_options{}, st, rs);
     pipeline_options o;
     o.on_unfinished = policy;
+    o.max_attempts = max_attempts;
     o.seed = 1;
     pipeline p(loop, o, src, st, guard);
     p.start();
@@ -111,5 +114,19 @@ TEST_CASE("pipeline: an unfinished restart is retried or dead-lettered per the p
     auto v = run_with_policy((dir / "dl.db").string(), unfinished_policy::dead_letter);
     CHECK(v.what == outcome::dead_lettered);
     CHECK(v.reason.find("never finished") != std::string::npos);
+    fs::remove_all(dir);
+}
+
+TEST_CASE("pipeline: a request whose every start died with its worker is dead-lettered, not run "
+          "again forever") {
+    // A request that kills the worker running it: each worker that takes it over starts it and
+    // dies. The store counts the starts; past --max-attempts the next worker dead-letters it.
+    std::string tmpl = (fs::temp_directory_path() / "mayhem-poison-XXXXXX").string();
+    fs::path dir = ::mkdtemp(tmpl.data());
+    CHECK(run_with_policy((dir / "two.db").string(), unfinished_policy::retry, 2, 3).what ==
+          outcome::acked);
+    auto v = run_with_policy((dir / "three.db").string(), unfinished_policy::retry, 3, 3);
+    CHECK(v.what == outcome::dead_lettered);
+    CHECK(v.reason.find("started 3 times and never finished") != std::string::npos);
     fs::remove_all(dir);
 }

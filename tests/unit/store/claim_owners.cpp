@@ -101,6 +101,34 @@ TEST_CASE("claims: an expired lease is unfinished; the old owner learns it lost 
     close(loop, b);
 }
 
+TEST_CASE("claims: every start of an id is an attempt, also one its worker left unfinished") {
+    temp_db db("claims-attempts");
+    rt::loop loop;
+    sqlite_store a(loop, worker_on(db.path, "a", 20ms));
+    sqlite_store b(loop, worker_on(db.path, "b", 20ms));
+    auto first = run(loop, a.claim_restart(m));
+    CHECK(first == restart_claim::proceed);
+    CHECK(first.attempt == 1);
+    wait(loop, 60ms); // a died
+    auto second = run(loop, b.claim_restart(m));
+    CHECK(second == restart_claim::unfinished);
+    CHECK(second.attempt == 2);
+    {
+        rt::task_scope scope; // b stops before it runs the restart again
+        scope.spawn(b.release_claim(m));
+        loop.run_until([&] { return scope.size() == 0; });
+    }
+    auto third = run(loop, a.claim_restart(m));
+    CHECK(third == restart_claim::unfinished); // still unfinished, not done
+    CHECK(third.attempt == 2);                 // b's start was withdrawn: it never ran
+    CHECK(run(loop, a.finish_restart(m, restart_result{restart_status::failed, "exit 75"})));
+    auto fourth = run(loop, b.claim_restart(m));
+    CHECK(fourth == restart_claim::proceed); // after a restart that did nothing
+    CHECK(fourth.attempt == 3);
+    close(loop, a);
+    close(loop, b);
+}
+
 TEST_CASE("claims: renewal keeps a claim held past its first lease") {
     temp_db db("claims-renewed");
     rt::loop loop;
