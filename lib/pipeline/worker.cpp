@@ -205,6 +205,7 @@ worker::~worker() {
     observability_.reset();
     pipeline_.reset();
     status_timer_.reset();
+    notifier_.reset();
     drain_deadline_.reset();
     signals_.clear();
     if (source_ && !source_closed_) source_->close();
@@ -224,6 +225,8 @@ int worker::run() {
                                  {"queue_capacity", cfg_.queue_capacity},
                                  {"claim_owner", owner_},
                                  {"pid", static_cast<long>(::getpid())}});
+    notifier_ = std::make_unique<service_notifier>(
+        loop_, [this] { return !metrics::not_ready_reason(observability_->state()); });
     pipeline_->start();
     check_done();
     loop_.run();
@@ -373,6 +376,7 @@ void worker::begin_drain(int signum) {
     if (phase_ == phase::running) {
         phase_ = phase::draining;
         observability_->begin_drain(); // not ready from this moment
+        if (notifier_) notifier_->stopping();
         drain_started_ = std::chrono::steady_clock::now();
         stop_by_ = drain_started_ + cfg_.drain_timeout + stop_margin;
         log::info("draining: intake stopped, no new restart starts; waiting for running restarts",
@@ -466,6 +470,13 @@ void worker::log_status() {
     last_status_at_ = now;
     last_status_completed_ = done;
     auto c = [&](outcome o) { return st.completed[static_cast<std::size_t>(o)].get(); };
+    if (notifier_ && notifier_->enabled() && phase_ == phase::running) {
+        char line[160];
+        std::snprintf(line, sizeof line, "%.0f msgs/s, %lld in flight, %llu acked", rate,
+                      static_cast<long long>(st.in_flight.get()),
+                      static_cast<unsigned long long>(c(outcome::acked)));
+        notifier_->status(line);
+    }
     log::info("status", {{"msgs_per_s", rate},
                          {"in_flight", st.in_flight.get()},
                          {"queued", st.queue_depth.get()},

@@ -13,6 +13,7 @@
 
 #include "config/config.hpp"
 #include "pipeline/pipeline.hpp"
+#include "pipeline/service_notifier.hpp"
 #include "restart/restart_guard.hpp"
 #include "restart/restarter.hpp"
 #include "runtime/loop.hpp"
@@ -88,6 +89,7 @@ private:
     std::vector<std::unique_ptr<rt::signal_watch>> signals_;
     std::unique_ptr<rt::periodic_timer> status_timer_;
     std::unique_ptr<rt::delayed_call> drain_deadline_;
+    std::unique_ptr<service_notifier> notifier_; // systemd: READY, STATUS, STOPPING, WATCHDOG
 
     phase phase_ = phase::running;
     bool released_by_deadline_ = false;

@@ -169,7 +169,13 @@ class RedisServer:
         self.log = open(os.path.join(self.dir, "redis.log"), "a")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=self.log)
         self.harness._procs.append(self.proc)
-        wait_until(lambda: self.ping(), timeout=10, what="redis-server to answer PING")
+        # A hang guard, not a timing: a restart loads the whole append-only file first (a long
+        # stream under a loaded machine can take many seconds).
+        wait_until(lambda: self.ping() or self.proc.poll() is not None, timeout=120,
+                   what="redis-server to answer PING")
+        if self.proc.poll() is not None:
+            raise AssertionError("redis-server exited with %s; see %s"
+                                 % (self.proc.returncode, os.path.join(self.dir, "redis.log")))
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
