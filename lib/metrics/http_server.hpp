@@ -1,17 +1,20 @@
-// A small HTTP server on civetweb for /metrics, /healthz and /readyz. civetweb runs its own
-// threads (a listener and a couple of workers); the handler is called on those threads, never on
-// the loop thread, so it must only read atomics (live_state, pipeline_stats) and never log
-// (the logger belongs to the loop thread).
+// A small HTTP server on libmicrohttpd for /metrics, /healthz and /readyz. One thread of its own
+// polls every connection with epoll, so connections that are idle or send slowly cost a file
+// descriptor each and hold nothing up: the probes answer whatever else is connected (idle ones
+// are closed after connection_timeout). The handler is called on that thread, never on the
+// loop thread, so it must only read atomics (live_state, pipeline_stats), answer quickly, and
+// never log (the logger belongs to the loop thread).
 #pragma once
 
+#include <cstddef>
 #include <functional>
 #include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
 
-struct mg_context;
-struct mg_connection;
+struct MHD_Daemon;
+struct MHD_Connection;
 
 namespace mayhem::metrics {
 
@@ -24,8 +27,7 @@ struct http_response {
 // `path` is the request path without the query string; only GET and HEAD reach the handler.
 using http_handler = std::function<http_response(std::string_view path)>;
 
-// "off", or HOST:PORT with a numeric IPv4 host and a port 1..65535. (Debian's civetweb is built
-// without IPv6, so an IPv6 address could never be bound.)
+// "off", or HOST:PORT with a numeric IPv4 host and a port 1..65535.
 bool valid_listen_address(std::string_view addr);
 
 class http_server {
@@ -37,18 +39,25 @@ public:
                                               std::string& error);
     http_server(const http_server&) = delete;
     http_server& operator=(const http_server&) = delete;
-    // Stops accepting, waits for requests being answered, joins the threads.
+    // Stops accepting, waits for the request being answered, joins the thread.
     ~http_server();
+
+    // Idle connections are closed after this long; at most max_connections are open at once
+    // (more are refused until some close).
+    static constexpr unsigned connection_timeout_s = 5;
+    static constexpr unsigned max_connections = 1000;
 
     const std::string& address() const noexcept { return addr_; }
 
 private:
     http_server(std::string addr, http_handler handler);
-    static int on_request(mg_connection* conn, void* self) noexcept;
+    static int on_request(void* self, MHD_Connection* conn, const char* url, const char* method,
+                          const char* version, const char* upload, std::size_t* upload_size,
+                          void** state) noexcept;
 
     std::string addr_;
     http_handler handler_;
-    mg_context* ctx_ = nullptr;
+    MHD_Daemon* daemon_ = nullptr;
 };
 
 } // namespace mayhem::metrics

@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 import unittest
 
 import harness
@@ -208,6 +209,29 @@ class MetricsTest(Harness):
         self.assertEqual(code, 0, err)
         self.assertEqual(summary["acked"], 50)
         self.assertNotIn("serving /metrics", err)
+
+    def test_probes_answer_with_500_idle_and_slow_connections_open(self):
+        # Any pod that can reach the port must not be able to starve the probes: 400 clients
+        # that connect and say nothing, 100 that send half a request and stall.
+        self.start("--rate", "10")
+        conns = []
+        try:
+            for i in range(500):
+                c = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+                if i % 5 == 0:
+                    c.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+                conns.append(c)
+            took = []
+            for path in ("/healthz", "/readyz", "/metrics", "/healthz"):
+                t0 = time.monotonic()
+                status, _ = http_get(self.base + path, timeout=2.0)  # a hang guard
+                took.append(time.monotonic() - t0)
+                self.assertEqual(status, 200, path)
+            print("\nprobes with 500 idle/slow connections open: %s ms"
+                  % ", ".join("%.1f" % (t * 1000) for t in took))
+        finally:
+            for c in conns:
+                c.close()
 
     def test_unknown_paths_are_404(self):
         self.start("--rate", "10")
