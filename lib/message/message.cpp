@@ -432,6 +432,13 @@ std::optional<decode_error> decode_with_parser(message& out, std::string_view pa
         return fail(decode_kind::invalid_json,
                     sax.parse_error_text.empty() ? "invalid JSON" : sax.parse_error_text);
     }
+    // nlohmann's lexer takes a NUL byte for the end of the input, so a value followed by a NUL
+    // and anything else parses. A NUL inside a string is an error of its own (a control
+    // character), so one found here stands after the value: text after it is invalid.
+    if (auto nul = payload.find('\0'); nul != std::string_view::npos)
+        return fail(decode_kind::invalid_json,
+                    "invalid JSON at byte " + std::to_string(nul + 1) +
+                        ": a NUL byte after the JSON value (only whitespace may follow it)");
     if (!sax.top_is_object) return fail(decode_kind::not_object, "payload must be a JSON object");
     if (!sax.type_error.empty()) return fail(decode_kind::wrong_type, sax.type_error);
     return check_fields(out,

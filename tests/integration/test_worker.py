@@ -33,6 +33,9 @@ BAD_LINES = [
     (b'{"message_id":"b-\xff\xfe","instance_name":"cattle-x"}', "not_utf8"),
     (b'{"message_id":"b-truncated","instance_name":', "invalid_json"),
     (b'{"message_id":"b-host","instance_name":"cattle-x","hostname":7}', "wrong_type"),
+    # issue 13 case 9: nothing but whitespace may follow the value, not even after a NUL byte
+    (b'{"message_id":"b-nul","instance_name":"y"}\x00GARBAGE', "invalid_json"),
+    (b'{"message_id":"b-after","instance_name":"y"} GARBAGE', "invalid_json"),
 ]
 
 
