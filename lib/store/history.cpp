@@ -104,6 +104,9 @@ json collect(reader& r, const history_options& o) {
     json restarts = json::object();
     restarts["total"] = r.scalar("SELECT count(*) FROM restarts");
     restarts["unfinished"] = r.scalar("SELECT count(*) FROM restarts WHERE finished IS NULL");
+    // Rows of --restarter simulate: no host was restarted (restart/simulate_restarter.hpp).
+    restarts["simulated"] =
+        r.scalar("SELECT count(*) FROM restarts WHERE detail LIKE 'simulated%'");
     json by_result = json::object();
     for (auto& row : r.rows("SELECT result, count(*) FROM restarts WHERE result IS NOT NULL "
                             "GROUP BY 1 ORDER BY 1"))
@@ -114,7 +117,8 @@ json collect(reader& r, const history_options& o) {
     json hosts = json::array();
     for (auto& row :
          r.rows("SELECT hostname, count(*), sum(result = 'ok'), sum(result = 'failed'), "
-                "sum(finished IS NULL), max(started) FROM restarts GROUP BY hostname "
+                "sum(finished IS NULL), max(started), sum(detail LIKE 'simulated%') "
+                "FROM restarts GROUP BY hostname "
                 "ORDER BY max(started) DESC, hostname LIMIT ?1",
                 {limit})) {
         hosts.push_back(json{{"hostname", row[0]},
@@ -122,7 +126,8 @@ json collect(reader& r, const history_options& o) {
                              {"ok", row[2]},
                              {"failed", row[3]},
                              {"unfinished", row[4]},
-                             {"last_started", row[5]}});
+                             {"last_started", row[5]},
+                             {"simulated", row[6]}});
     }
     doc["hosts"] = hosts;
 
@@ -148,17 +153,25 @@ json collect(reader& r, const history_options& o) {
 void print_text(const json& doc, std::ostream& out) {
     out << "database " << doc["db"].get<std::string>() << ": " << doc["messages"] << " messages, "
         << doc["restarts"]["total"] << " restarts (" << doc["restarts"]["unfinished"]
-        << " unfinished)\n\nmessages by outcome\n";
+        << " unfinished)\n";
+    if (auto simulated = doc["restarts"]["simulated"].get<std::int64_t>(); simulated > 0)
+        out << "SIMULATED: " << simulated
+            << " restarts were made by --restarter simulate; no host was restarted for them\n";
+    out << "\nmessages by outcome\n";
     for (auto& [k, v] : doc["by_outcome"].items())
         out << "  " << k << ": " << v << "\n";
     out << "\nrestarts by result\n";
     for (auto& [k, v] : doc["restarts"]["by_result"].items())
         out << "  " << k << ": " << v << "\n";
     out << "\nrestarts per host (most recent first)\n";
-    for (auto& h : doc["hosts"])
+    for (auto& h : doc["hosts"]) {
         out << "  " << str(h["hostname"]) << "  restarts " << h["restarts"] << ", ok "
             << str(h["ok"]) << ", failed " << str(h["failed"]) << ", unfinished "
-            << str(h["unfinished"]) << ", last started " << when(h["last_started"]) << "\n";
+            << str(h["unfinished"]) << ", last started " << when(h["last_started"]);
+        if (h["simulated"].is_number() && h["simulated"].get<std::int64_t>() > 0)
+            out << " (simulated " << h["simulated"] << ")";
+        out << "\n";
+    }
     out << "\nrecent messages\n";
     for (auto& m : doc["recent"]) {
         out << "  " << when(m["first_seen"]) << "  " << str(m["message_id"]) << "  "

@@ -120,7 +120,7 @@ class StoreTest(Harness):
             if i % 2 == 0:
                 doubled.append(line)  # right behind: coalesced with the one in flight
         doubled += lines[:5]  # later: already completed
-        code, s, err = self.run_worker("--source", "stdin", *FAST,
+        code, s, err = self.run_worker("--source", "stdin", "--restarter", "simulate", *FAST,
                                        stdin=self.stdin_file(doubled))
         self.assertEqual(code, 0, err[-2000:])
         self.assert_identity(s)
@@ -131,7 +131,7 @@ class StoreTest(Harness):
         self.assertEqual(scalar(db, "SELECT count(DISTINCT message_id) FROM restarts"), 20)
 
         # A second worker on the same file: every id is known, none restarted again.
-        code, s, err = self.run_worker("--source", "stdin", *FAST,
+        code, s, err = self.run_worker("--source", "stdin", "--restarter", "simulate", *FAST,
                                        stdin=self.stdin_file(lines, "again.ndjson"))
         self.assertEqual(code, 0, err[-2000:])
         self.assertEqual(s["acked"], 0)
@@ -238,7 +238,7 @@ class StoreTest(Harness):
         c.commit()
         c.close()
 
-        code, s, err = self.run_worker("--source", "stdin", "--on-unfinished-restart",
+        code, s, err = self.run_worker("--source", "stdin", "--restarter", "simulate", "--on-unfinished-restart",
                                        "dead-letter", *FAST, stdin=self.stdin_file(lines[:1]))
         self.assertEqual(code, 0, err[-2000:])
         self.assertEqual(s["dead_lettered"], 1)
@@ -246,7 +246,7 @@ class StoreTest(Harness):
         self.assertEqual(query(self.db(), "SELECT result FROM restarts WHERE message_id = ?",
                                ids[0]), [("failed",)])
 
-        code, s, err = self.run_worker("--source", "stdin", *FAST,  # default: retry
+        code, s, err = self.run_worker("--source", "stdin", "--restarter", "simulate", *FAST,  # default: retry
                                        stdin=self.stdin_file(lines[1:], "b.ndjson"))
         self.assertEqual(code, 0, err[-2000:])
         self.assertEqual(s["acked"], 1)
