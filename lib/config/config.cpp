@@ -490,6 +490,10 @@ void check_layered_value(const layered_arg& a) {
         std::string what = e.what();
         std::string flag = a.arg.substr(0, a.arg.find('='));
         if (what.starts_with(flag + ": ")) what.erase(0, flag.size() + 2);
+        // CLI11 names the flag inside some messages too ("Could not convert: --dry-run = x").
+        std::string name = a.origin.starts_with("MAYHEM_") ? a.origin : flag.substr(2);
+        for (auto at = what.find(flag); at != std::string::npos; at = what.find(flag, at))
+            what.replace(at, flag.size(), name);
         throw CLI::ValidationError(a.origin, what);
     }
 }

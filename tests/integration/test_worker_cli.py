@@ -120,6 +120,11 @@ class BadFlags(Harness):
         self.assertIn("MAYHEM_MAX_IN_FLIGHT", r.stderr)
         self.assertNotIn("--max-in-flight", r.stderr)
         self.assertIn("1 to 10000000", r.stderr)
+        r = mayhem("worker", env={"MAYHEM_DRY_RUN": "maybe"})
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("MAYHEM_DRY_RUN", r.stderr)
+        self.assertIn("maybe", r.stderr)
+        self.assertNotIn("--dry-run", r.stderr)
 
 
 class Restarter(Harness):
