@@ -557,6 +557,16 @@ std::optional<worker_config> parse_worker_config(const std::vector<std::string>&
         return std::nullopt;
     }
     if (auto bad = check_safety(cfg)) {
+        // A check of several flags names the first; say where its value came from.
+        for (const auto& [flag, v] : cfg.given) {
+            std::string dashed = "--" + flag;
+            if (v.origin != "command line" && bad->starts_with(dashed) &&
+                (bad->size() == dashed.size() || (*bad)[dashed.size()] == ' ' ||
+                 (*bad)[dashed.size()] == ':')) {
+                bad->replace(0, dashed.size(), v.origin);
+                break;
+            }
+        }
         err << "mayhem worker: " << *bad << "\n";
         exit_code = 2;
         return std::nullopt;

@@ -120,6 +120,12 @@ class BadFlags(Harness):
         self.assertIn("MAYHEM_MAX_IN_FLIGHT", r.stderr)
         self.assertNotIn("--max-in-flight", r.stderr)
         self.assertIn("1 to 10000000", r.stderr)
+        r = mayhem("worker", "--restarter", "exec",
+                   env={"MAYHEM_RESTART_COMMAND": "ssh {host} reboot"})
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("MAYHEM_RESTART_COMMAND", r.stderr)
+        self.assertNotIn("--restart-command", r.stderr)
+        self.assertIn("unknown placeholder", r.stderr)
         r = mayhem("worker", env={"MAYHEM_DRY_RUN": "maybe"})
         self.assertEqual(r.returncode, 2, r.stderr)
         self.assertIn("MAYHEM_DRY_RUN", r.stderr)
