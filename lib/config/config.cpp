@@ -407,8 +407,12 @@ std::vector<layered_arg> layered_args(CLI::App& cmd, const std::vector<std::stri
                 throw std::runtime_error("a NUL byte at byte " + std::to_string(nul + 1));
             doc = nlohmann::json::parse(text);
         } catch (const std::exception& e) {
+            // nlohmann quotes the text it last read, which may be part of a password (a Redis
+            // URL): the position is enough.
+            std::string why = e.what();
+            why = why.substr(0, why.find("; last read:"));
             throw CLI::ValidationError("--config",
-                                       "'" + config_file + "' is not valid JSON: " + e.what());
+                                       "'" + config_file + "' is not valid JSON: " + why);
         }
         if (!doc.is_object())
             throw CLI::ValidationError("--config", "'" + config_file +

@@ -283,6 +283,16 @@ class Layers(Harness):
                 self.assertNotIn("--" + key.replace("_", "-"), err)
                 self.assertEqual(len(err.strip().splitlines()), 1, err)
 
+    def test_a_broken_config_never_quotes_a_password(self):
+        # issue 13 case 8: the parser's error quoted the text it last read.
+        path = os.path.join(self.tmp, "secret.json")
+        with open(path, "w") as f:
+            f.write('{"redis-url": "redis://:s3cr3tpw@127.0.0.1:6379/0\n}')
+        code, s, err = self.run_worker("--config", path)
+        self.assertEqual(code, 2, err)
+        self.assertIn(path, err)
+        self.assertNotIn("s3cr3t", err)
+
     def test_config_not_json_or_missing_exits_2(self):
         bad = os.path.join(self.tmp, "bad.json")
         with open(bad, "w") as f:
