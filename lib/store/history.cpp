@@ -1,5 +1,6 @@
 #include "store/history.hpp"
 
+#include "runtime/log.hpp"
 #include "store/sqlite_store.hpp"
 
 #include <ctime>
@@ -83,10 +84,17 @@ std::string when(const json& ms) {
     return buf;
 }
 
+// A value for the terminal: text from a message (a hostname, an error) is quoted and escaped
+// like a log value when it holds a control character, so it can neither forge a line nor send
+// the terminal an escape sequence.
 std::string str(const json& v) {
     if (v.is_null()) return "-";
-    if (v.is_string()) return v.get<std::string>();
-    return v.dump();
+    if (!v.is_string()) return v.dump();
+    const auto& s = v.get_ref<const std::string&>();
+    if (!log::needs_escape(s)) return s;
+    std::string out = "\"";
+    log::json_escape(out, s);
+    return out + "\"";
 }
 
 json collect(reader& r, const history_options& o) {

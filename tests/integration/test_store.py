@@ -85,6 +85,7 @@ class StoreTest(Harness):
         self.assertEqual(h["restarts"]["total"], n)
         self.assertEqual(h["restarts"]["unfinished"], 0)
         self.assertEqual(h["restarts"]["by_result"], {"ok": n})
+        self.assertEqual(h["restarts"]["simulated"], n)  # --restarter simulate, by default
         self.assertEqual(len(h["recent"]), 5)
         ids = {r[0] for r in query(db, "SELECT message_id FROM messages")}
         for m in h["recent"]:
@@ -97,6 +98,21 @@ class StoreTest(Harness):
         code, out, _ = self.history()  # the text form names the same totals
         self.assertEqual(code, 0)
         self.assertIn("%d messages" % n, out)
+
+    def test_history_text_escapes_what_a_message_holds(self):
+        # A hostname is text from a message: printed raw, a newline forged a line of the report
+        # and an ESC sequence reached the terminal.
+        line = json.dumps({"message_id": "m\x1b[2J1", "instance_name": "i",
+                           "hostname": "a\nforged\tb\x1b]0;x\x07"})
+        code, s, err = self.run_worker("--source", "stdin", "--restarter", "simulate", *FAST,
+                                       stdin=self.stdin_file([line]))
+        self.assertEqual(code, 0, err[-2000:])
+        code, out, errtext = self.history()
+        self.assertEqual(code, 0, errtext)
+        for c in out:
+            self.assertTrue(c == "\n" or (ord(c) >= 0x20 and ord(c) != 0x7f), repr(out))
+        self.assertIn('"a\\nforged\\tb', out)
+        self.assertFalse(any(l.startswith("forged") for l in out.splitlines()), out)
 
     def test_group_commit_batches_many_messages_per_transaction(self):
         n = 20000
