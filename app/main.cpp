@@ -110,6 +110,9 @@ int run_worker(const std::vector<std::string>& args) {
     mayhem::log::setup(cfg->log_format == "json" ? mayhem::log::format::json
                                                  : mayhem::log::format::text,
                        mayhem::parse_log_level(cfg->log_level));
+    for (const auto& name : cfg->unknown_env)
+        mayhem::log::warn("environment variable matches no flag; it is ignored (a typo?)",
+                          {{"variable", name}});
     try {
         mayhem::worker w(*cfg, args);
         held.release(); // its signal handlers are installed: what was held is delivered now

@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <memory>
 #include <random>
 
@@ -70,12 +71,13 @@ int run_publish(const std::vector<std::string>& args) {
     std::string url = "redis://127.0.0.1:6379/0";
     std::string stream = "mayhem:restarts";
     std::string output;
-    cmd.add_option("--count", count, "How many generated requests (ignored with --stdin)")
-        ->capture_default_str();
+    add_whole_number(cmd, "--count", count, 0, messages_max,
+                     "How many generated requests (ignored with --stdin)");
     cmd.add_option("--bad-ratio", bad_ratio, "Share of undecodable generated payloads (0..1)")
         ->check(CLI::Range(0.0, 1.0))
         ->capture_default_str();
-    cmd.add_option("--seed", seed, "Random seed (0 = random)")->capture_default_str();
+    add_whole_number(cmd, "--seed", seed, 0, std::numeric_limits<std::uint64_t>::max(),
+                     "Random seed (0 = random)");
     cmd.add_flag("--stdin", from_stdin, "Send the NDJSON lines of standard input instead");
     cmd.add_flag("--raw", raw, "With --stdin: send every non-blank line as is, unvalidated");
     cmd.add_option("--redis-url", url, "redis://[[user]:password@]host[:port][/db] or unix:///path")
@@ -88,7 +90,8 @@ int run_publish(const std::vector<std::string>& args) {
     std::string why;
     auto ep = parse_redis_url(url, &why);
     if (!ep) {
-        std::cerr << "mayhem publish: --redis-url: '" << url << "' is not valid: " << why << "\n";
+        // Never the URL itself: it may hold a password.
+        std::cerr << "mayhem publish: --redis-url: not a valid URL: " << why << "\n";
         return exit_usage;
     }
 

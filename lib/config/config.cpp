@@ -6,9 +6,16 @@
 #include "sources/redis_url.hpp"
 
 #include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <iterator>
+#include <limits>
 #include <nlohmann/json.hpp>
+#include <set>
+#include <unistd.h>
 
 namespace mayhem {
 
@@ -32,10 +39,19 @@ CLI::Option* add_parsed(CLI::App& cmd, const std::string& name, T& target, Parse
     return opt;
 }
 
+// A duration of at least `min` (a zero interval would spin a timer or fail a probe forever).
 CLI::Option* add_duration(CLI::App& cmd, const std::string& name, millis& target,
-                          const std::string& help) {
-    return add_parsed(cmd, name, target, parse_duration, help, format_duration(target),
-                      "expected a duration like 250ms, 2s, 5m, 1h, 7d");
+                          const std::string& help, millis min = millis{0}) {
+    auto at_least = [min](std::string_view s) -> std::optional<millis> {
+        auto d = parse_duration(s);
+        if (!d || *d < min) return std::nullopt;
+        return d;
+    };
+    return add_parsed(cmd, name, target, at_least, help, format_duration(target),
+                      min.count() > 0
+                          ? "expected a duration of at least " + format_duration(min) +
+                                " like 250ms, 2s, 5m, 1h"
+                          : std::string("expected a duration like 250ms, 2s, 5m, 1h, 7d"));
 }
 
 CLI::Option* add_range(CLI::App& cmd, const std::string& name, latency_range& target,
@@ -44,14 +60,53 @@ CLI::Option* add_range(CLI::App& cmd, const std::string& name, latency_range& ta
                       "expected a duration or a range MIN..MAX like 10ms..1s (MIN <= MAX)");
 }
 
-std::optional<std::uint64_t> parse_count(std::string_view s) {
-    if (s.empty() || s.size() > 12) return std::nullopt;
+} // namespace
+
+std::optional<std::uint64_t> parse_whole_number(std::string_view s, std::uint64_t min,
+                                                std::uint64_t max) {
+    // Digits only, no overflow: CLI11's own conversion turns "-5" into 2^64 - 5.
+    if (s.empty() || s.find_first_not_of("0123456789") != std::string_view::npos)
+        return std::nullopt;
     std::uint64_t v = 0;
-    for (char ch : s) {
-        if (ch < '0' || ch > '9') return std::nullopt;
-        v = v * 10 + static_cast<std::uint64_t>(ch - '0');
-    }
+    auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+    if (ec != std::errc{} || end != s.data() + s.size() || v < min || v > max) return std::nullopt;
     return v;
+}
+
+CLI::Option* add_whole_number(CLI::App& cmd, const std::string& name, std::uint64_t& target,
+                              std::uint64_t min, std::uint64_t max, const std::string& help) {
+    return add_parsed(
+        cmd, name, target,
+        [min, max](std::string_view s) { return parse_whole_number(s, min, max); }, help,
+        std::to_string(target),
+        "expected a whole number from " + std::to_string(min) + " to " + std::to_string(max));
+}
+
+namespace {
+
+std::optional<std::uint64_t> parse_count(std::string_view s) {
+    return parse_whole_number(s, 0, 999'999'999'999);
+}
+
+// A finite decimal number in [min, max]: "abc" is "not a number", not a range of 300 digits.
+CLI::Option* add_number(CLI::App& cmd, const std::string& name, double& target, double min,
+                        double max, const std::string& help, const std::string& range) {
+    auto* opt = cmd.add_option_function<std::string>(
+        name,
+        [&target, name, min, max, range](const std::string& s) {
+            double v = 0;
+            auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+            if (s.empty() || ec != std::errc{} || end != s.data() + s.size() || !std::isfinite(v))
+                throw CLI::ValidationError(name, "'" + s + "' is not a number (" + range + ")");
+            if (v < min || v > max)
+                throw CLI::ValidationError(name, "'" + s + "' is out of range: " + range);
+            target = v;
+        },
+        help);
+    char shown[32];
+    std::snprintf(shown, sizeof shown, "%g", target);
+    opt->default_str(shown);
+    return opt;
 }
 
 // The safety rails' flags (README "Safety rails").
@@ -129,7 +184,8 @@ void add_observability_options(CLI::App& cmd, worker_config& c) {
         ->capture_default_str()
         ->group("Observability");
     add_duration(cmd, "--health-max-loop-lag", c.health_max_loop_lag,
-                 "/healthz answers 503 when the event loop has not turned for this long")
+                 "/healthz answers 503 when the event loop has not turned for this long",
+                 millis{100})
         ->group("Observability");
     add_duration(cmd, "--slow-callback-warn", c.slow_callback_warn,
                  "Log a warning when one event-loop iteration is busy this long (0 = never)")
@@ -193,30 +249,31 @@ void add_worker_options(CLI::App& cmd, worker_config& c) {
         ->check(CLI::IsMember({"retry", "dead-letter"}))
         ->capture_default_str()
         ->group("Store");
-    cmd.add_option("--restarter", c.restarter, "How hosts are restarted")
+    cmd.add_option("--restarter", c.restarter,
+                   "How hosts are restarted: exec runs --restart-command, simulate restarts none "
+                   "(the default only with --source simulate; required with any other source)")
         ->check(CLI::IsMember({"simulate", "exec"}))
-        ->capture_default_str()
         ->group("Pipeline");
-    cmd.add_option("--max-in-flight", c.max_in_flight,
-                   "Messages processed concurrently (SIGHUP can change it)")
-        ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{10'000'000}))
-        ->capture_default_str()
+    add_whole_number(cmd, "--max-in-flight", c.max_in_flight, 1, 10'000'000,
+                     "Messages processed concurrently (SIGHUP can change it)")
         ->group("Pipeline");
-    cmd.add_option(
-           "--queue-capacity", c.queue_capacity,
-           "Messages taken from the source and waiting for room in flight; the source "
-           "is not read while it is full (kept small so a drain is quick; a redis source holds "
-           "up to --read-ahead more)")
-        ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1'000'000}))
-        ->capture_default_str()
+    add_whole_number(cmd, "--queue-capacity", c.queue_capacity, 1, 1'000'000,
+                     "Messages taken from the source and waiting for room in flight; the source "
+                     "is not read while it is full (kept small so a drain is quick; a redis "
+                     "source holds up to --read-ahead more)")
         ->group("Pipeline");
     add_duration(cmd, "--lease-extend-interval", c.lease_extend_interval,
-                 "How often the lease of an in-flight message is renewed with the source")
+                 "How often the lease of an in-flight message is renewed with the source",
+                 millis{10})
         ->group("Pipeline");
-    cmd.add_option("--max-attempts", c.max_attempts,
-                   "Deliveries of a message whose restart fails before it is dead-lettered")
-        ->check(CLI::Range(1u, 1000u))
-        ->capture_default_str()
+    add_parsed(
+        cmd, "--max-attempts", c.max_attempts,
+        [](std::string_view s) -> std::optional<std::uint32_t> {
+            if (auto v = parse_whole_number(s, 1, 1000)) return static_cast<std::uint32_t>(*v);
+            return std::nullopt;
+        },
+        "Deliveries of a message whose restart fails before it is dead-lettered",
+        std::to_string(c.max_attempts), "expected a whole number from 1 to 1000")
         ->group("Pipeline");
     add_range(cmd, "--retry-backoff", c.retry_backoff,
               "Backoff before a retried message is delivered again: BASE..CAP, doubling per "
@@ -233,42 +290,45 @@ void add_worker_options(CLI::App& cmd, worker_config& c) {
                    "Domain of a host derived from instance_name: <instance_name>.<domain>")
         ->capture_default_str()
         ->group("Messages");
-    add_parsed(cmd, "--max-message-bytes", c.max_message_bytes, parse_bytes,
-               "Larger payloads are dead-lettered", std::to_string(c.max_message_bytes),
-               "expected a size like 65536, 64KiB, 1MiB")
+    add_parsed(
+        cmd, "--max-message-bytes", c.max_message_bytes,
+        [](std::string_view s) -> std::optional<std::uint64_t> {
+            auto v = parse_bytes(s);
+            if (!v || *v < message_bytes_min || *v > message_bytes_max) return std::nullopt;
+            return v;
+        },
+        "Larger payloads are dead-lettered", std::to_string(c.max_message_bytes),
+        "expected a size from 64 to 64MiB like 65536, 64KiB, 1MiB")
         ->group("Messages");
 
-    cmd.add_option("--messages", c.messages,
-                   "simulate: publish this many, exit 0 once all have an outcome (0 = forever)")
-        ->capture_default_str()
+    add_whole_number(cmd, "--messages", c.messages, 0, messages_max,
+                     "simulate: publish this many, exit 0 once all have an outcome (0 = forever)")
         ->group("Simulation");
-    cmd.add_option("--rate", c.rate, "simulate: messages per second (0 = as fast as taken)")
-        ->check(CLI::NonNegativeNumber)
-        ->capture_default_str()
+    add_number(cmd, "--rate", c.rate, 0, 1e9,
+               "simulate: messages per second (0 = as fast as taken)",
+               "messages per second from 0 to 1000000000")
         ->group("Simulation");
-    cmd.add_option("--bad-ratio", c.bad_ratio, "simulate: share of undecodable payloads (0..1)")
-        ->check(CLI::Range(0.0, 1.0))
-        ->capture_default_str()
+    add_number(cmd, "--bad-ratio", c.bad_ratio, 0, 1,
+               "simulate: share of undecodable payloads (0..1)", "from 0 to 1")
         ->group("Simulation");
     add_range(cmd, "--save-latency", c.save_latency, "Simulated save latency, MIN..MAX")
         ->group("Simulation");
     add_range(cmd, "--restart-latency", c.restart_latency,
               "simulate restarter: restart latency, MIN..MAX")
         ->group("Simulation");
-    cmd.add_option("--restart-failure-rate", c.restart_failure_rate,
-                   "simulate restarter: probability that a restart fails (0..1)")
-        ->check(CLI::Range(0.0, 1.0))
-        ->capture_default_str()
+    add_number(cmd, "--restart-failure-rate", c.restart_failure_rate, 0, 1,
+               "simulate restarter: probability that a restart fails (0..1)", "from 0 to 1")
         ->group("Simulation");
-    cmd.add_option("--seed", c.seed, "Random seed for the simulation (0 = random)")
-        ->capture_default_str()
+    add_whole_number(cmd, "--seed", c.seed, 0, std::numeric_limits<std::uint64_t>::max(),
+                     "Random seed for the simulation (0 = random)")
         ->group("Simulation");
 
     cmd.add_option("--redis-url", c.redis_url,
                    "redis: redis://[[user]:password@]host[:port][/db] or unix:///path[?db=N]")
         ->check([](const std::string& v) {
+            // The URL may hold a password: the error says what is wrong, never the value.
             std::string why;
-            return parse_redis_url(v, &why) ? std::string{} : "'" + v + "' is not valid: " + why;
+            return parse_redis_url(v, &why) ? std::string{} : "not a valid URL: " + why;
         })
         ->capture_default_str()
         ->group("Redis");
@@ -286,19 +346,18 @@ void add_worker_options(CLI::App& cmd, worker_config& c) {
                    "redis: where dead letters go (default <stream>:dead)")
         ->group("Redis");
     add_duration(cmd, "--reclaim-interval", c.reclaim_interval,
-                 "redis: how often entries left pending by dead workers are reclaimed")
+                 "redis: how often entries left pending by dead workers are reclaimed", millis{10})
         ->group("Redis");
     add_duration(cmd, "--lease-timeout", c.lease_timeout,
                  "redis: idle time after which a pending entry is reclaimed by any worker "
                  "(keep --lease-extend-interval well below it); every source: how long a "
-                 "restart claim in the store stays this worker's without renewal")
+                 "restart claim in the store stays this worker's without renewal",
+                 millis{100})
         ->group("Redis");
-    cmd.add_option("--read-ahead", c.read_ahead,
-                   "redis: new entries read beyond the pipeline's free room and held until it "
-                   "has room (their leases are renewed; at a drain they are not started but left "
-                   "pending for any worker); 0 = read only what the queue has room for")
-        ->check(CLI::Range(std::uint64_t{0}, std::uint64_t{100'000}))
-        ->capture_default_str()
+    add_whole_number(cmd, "--read-ahead", c.read_ahead, 0, 100'000,
+                     "redis: new entries read beyond the pipeline's free room and held until it "
+                     "has room (their leases are renewed; at a drain they are not started but "
+                     "left pending for any worker); 0 = read only what the queue has room for")
         ->group("Redis");
     cmd.add_flag("--exit-when-idle", c.exit_when_idle,
                  "redis: exit 0 once the stream has no new or pending entries for the group")
@@ -331,20 +390,29 @@ std::string find_config_file(const std::vector<std::string>& argv) {
     return file;
 }
 
-std::vector<std::string> layered_args(CLI::App& cmd, const std::vector<std::string>& argv,
-                                      const std::string& config_file) {
-    std::vector<std::string> out;
+std::vector<layered_arg> layered_args(CLI::App& cmd, const std::vector<std::string>& argv,
+                                      const std::string& config_file,
+                                      std::vector<std::string>* unknown_env) {
+    std::vector<layered_arg> out;
     std::vector<CLI::Option*> options = cmd.get_options();
 
     if (!config_file.empty()) {
-        std::ifstream in(config_file);
+        std::ifstream in(config_file, std::ios::binary);
         if (!in) throw CLI::FileError("--config: cannot open '" + config_file + "'");
+        std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
         nlohmann::json doc;
         try {
-            doc = nlohmann::json::parse(in);
+            // nlohmann takes a NUL for the end of its input: what follows one would be ignored.
+            if (auto nul = text.find('\0'); nul != std::string::npos)
+                throw std::runtime_error("a NUL byte at byte " + std::to_string(nul + 1));
+            doc = nlohmann::json::parse(text);
         } catch (const std::exception& e) {
+            // nlohmann quotes the text it last read, which may be part of a password (a Redis
+            // URL): the position is enough.
+            std::string why = e.what();
+            why = why.substr(0, why.find("; last read:"));
             throw CLI::ValidationError("--config",
-                                       "'" + config_file + "' is not valid JSON: " + e.what());
+                                       "'" + config_file + "' is not valid JSON: " + why);
         }
         if (!doc.is_object())
             throw CLI::ValidationError("--config", "'" + config_file +
@@ -368,16 +436,32 @@ std::vector<std::string> layered_args(CLI::App& cmd, const std::vector<std::stri
             else
                 throw CLI::ValidationError("--config", "key \"" + key + "\" in '" + config_file +
                                                            "' must be a string, number or boolean");
-            out.push_back("--" + flag + "=" + v);
+            // An empty value is not set (as in the environment): the layer below decides.
+            if (v.empty()) continue;
+            out.push_back({"--" + flag + "=" + v, "key \"" + key + "\" in '" + config_file + "'"});
         }
     }
+    std::set<std::string, std::less<>> known{"MAYHEM_CONFIG"};
     for (CLI::Option* o : options) {
         std::string flag = flag_name(o);
         if (flag.empty() || flag == "help" || flag == "config") continue;
-        if (const char* env = std::getenv(env_name(flag).c_str()))
-            out.push_back("--" + flag + "=" + env);
+        std::string var = env_name(flag);
+        // An empty variable is not set: turned into "--flag=" it would take the next argument
+        // as its value, or turn a boolean flag on.
+        if (const char* env = std::getenv(var.c_str()); env && *env)
+            out.push_back({"--" + flag + "=" + env, var});
+        known.insert(std::move(var));
     }
-    out.insert(out.end(), argv.begin(), argv.end());
+    if (unknown_env) {
+        for (char** e = environ; *e; ++e) {
+            std::string_view entry(*e);
+            auto name = entry.substr(0, entry.find('='));
+            if (name.starts_with("MAYHEM_") && !known.contains(name))
+                unknown_env->emplace_back(name);
+        }
+    }
+    for (const auto& a : argv)
+        out.push_back({a, {}});
     return out;
 }
 
@@ -396,6 +480,47 @@ std::optional<int> parse_command(CLI::App& cmd, const std::vector<std::string>& 
     return std::nullopt;
 }
 
+namespace {
+
+// A value from the file or the environment, parsed alone: an error names where it came from
+// (the variable, or the key and file), not the flag it stands for.
+void check_layered_value(const layered_arg& a) {
+    worker_config scratch;
+    CLI::App one;
+    add_worker_options(one, scratch);
+    try {
+        one.parse(std::vector<std::string>{a.arg});
+    } catch (const CLI::Error& e) {
+        std::string what = e.what();
+        std::string flag = a.arg.substr(0, a.arg.find('='));
+        if (what.starts_with(flag + ": ")) what.erase(0, flag.size() + 2);
+        // CLI11 names the flag inside some messages too ("Could not convert: --dry-run = x").
+        std::string name = a.origin.starts_with("MAYHEM_") ? a.origin : flag.substr(2);
+        for (auto at = what.find(flag); at != std::string::npos; at = what.find(flag, at))
+            what.replace(at, flag.size(), name);
+        throw CLI::ValidationError(a.origin, what);
+    }
+}
+
+// Each option given by some layer, with its winning value (options take the last one) and the
+// layer it came from: the command line comes last, then the environment, then the file.
+void record_given(CLI::App& cmd, const std::vector<layered_arg>& layered,
+                  std::map<std::string, worker_config::given_value, std::less<>>& given) {
+    for (CLI::Option* o : cmd.get_options()) {
+        std::string flag = flag_name(o);
+        if (flag.empty() || flag == "help" || o->count() == 0 || o->results().empty()) continue;
+        std::string dashed = "--" + flag;
+        std::string origin;
+        for (const auto& a : layered) {
+            if (a.arg == dashed || a.arg.starts_with(dashed + "="))
+                origin = a.origin.empty() ? "command line" : a.origin;
+        }
+        given[flag] = {o->results().back(), origin};
+    }
+}
+
+} // namespace
+
 std::optional<worker_config> parse_worker_config(const std::vector<std::string>& argv,
                                                  std::ostream& out, std::ostream& err,
                                                  int& exit_code) {
@@ -403,15 +528,21 @@ std::optional<worker_config> parse_worker_config(const std::vector<std::string>&
     CLI::App cmd{"Take host-restart requests from a source, save and restart each one "
                  "concurrently, then ack.\nEvery flag can also be set with an environment "
                  "variable MAYHEM_<FLAG> (e.g. MAYHEM_MAX_IN_FLIGHT=500) or a key in the --config "
-                 "file; flags win over the environment, the environment over the file.",
+                 "file; flags win over the environment, the environment over the file; an empty "
+                 "value counts as not set.",
                  "mayhem worker"};
     cmd.footer("Exit codes: 0 done, nothing released; 3 work was released (not acked) at a "
                "drain; 2 bad flags or config; 1 fatal error.");
     add_worker_options(cmd, cfg);
     try {
-        auto args = layered_args(cmd, argv, find_config_file(argv));
-        std::reverse(args.begin(), args.end()); // CLI11 takes a reversed vector
+        auto layered = layered_args(cmd, argv, find_config_file(argv), &cfg.unknown_env);
+        std::vector<std::string> args;
+        for (auto it = layered.rbegin(); it != layered.rend(); ++it) { // CLI11 takes it reversed
+            if (!it->origin.empty()) check_layered_value(*it);
+            args.push_back(it->arg);
+        }
         cmd.parse(args);
+        record_given(cmd, layered, cfg.given);
     } catch (const CLI::CallForHelp&) {
         out << cmd.help();
         exit_code = 0;
@@ -421,7 +552,25 @@ std::optional<worker_config> parse_worker_config(const std::vector<std::string>&
         exit_code = 2;
         return std::nullopt;
     }
+    // A real source with the simulated restarter would ack real requests and restart nothing.
+    if (cmd.get_option("--restarter")->count() == 0 && cfg.source != "simulate") {
+        err << "mayhem worker: --source " << cfg.source
+            << " needs --restarter: exec (with --restart-command) restarts hosts, simulate "
+               "restarts none and only records that it would\n";
+        exit_code = 2;
+        return std::nullopt;
+    }
     if (auto bad = check_safety(cfg)) {
+        // A check of several flags names the first; say where its value came from.
+        for (const auto& [flag, v] : cfg.given) {
+            std::string dashed = "--" + flag;
+            if (v.origin != "command line" && bad->starts_with(dashed) &&
+                (bad->size() == dashed.size() || (*bad)[dashed.size()] == ' ' ||
+                 (*bad)[dashed.size()] == ':')) {
+                bad->replace(0, dashed.size(), v.origin);
+                break;
+            }
+        }
         err << "mayhem worker: " << *bad << "\n";
         exit_code = 2;
         return std::nullopt;

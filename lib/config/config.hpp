@@ -7,9 +7,11 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <ostream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace mayhem {
@@ -87,7 +89,29 @@ struct worker_config {
     std::string log_level = "info";
     std::string log_format = "text";
     std::string config_file;
+    // MAYHEM_ variables that match no flag: a warning at start (a typo would be ignored).
+    std::vector<std::string> unknown_env;
+    // Every flag given by the command line, the environment or the file (name without dashes),
+    // with the value that won and where it came from: what SIGHUP compares.
+    struct given_value {
+        std::string value;
+        std::string origin; // "command line", "MAYHEM_FLAG" or "key \"flag\" in 'FILE'"
+    };
+    std::map<std::string, given_value, std::less<>> given;
 };
+
+// Bounds of the worker's counts (README "Flags"): a payload limit below the smallest message
+// would dead-letter everything; a count past these is a typo, not a plan.
+inline constexpr std::uint64_t message_bytes_min = 64;
+inline constexpr std::uint64_t message_bytes_max = 64ULL * 1024 * 1024;
+inline constexpr std::uint64_t messages_max = 1'000'000'000'000ULL;
+
+// A whole number in [min, max] written with digits only ("-5", "+5", " 5", "5x" are not).
+std::optional<std::uint64_t> parse_whole_number(std::string_view s, std::uint64_t min,
+                                                std::uint64_t max);
+// An option bound to `target` that takes such a number; an error names the flag and the range.
+CLI::Option* add_whole_number(CLI::App& cmd, const std::string& name, std::uint64_t& target,
+                              std::uint64_t min, std::uint64_t max, const std::string& help);
 
 // The environment variable that sets a flag: --max-in-flight -> MAYHEM_MAX_IN_FLIGHT.
 std::string env_name(const std::string& flag);
@@ -95,12 +119,20 @@ std::string env_name(const std::string& flag);
 // Registers every worker flag on `cmd`, bound to `cfg`. Flags take their defaults from `cfg`.
 void add_worker_options(CLI::App& cmd, worker_config& cfg);
 
+// One argument to parse, and where a value from the file or environment came from.
+struct layered_arg {
+    std::string arg;    // "--flag=value", or an argument of the command line as given
+    std::string origin; // "MAYHEM_FLAG" or "key \"flag\" in 'FILE'"; empty: the command line
+};
+
 // Layers the configuration file and the environment under the command line: returns the
 // arguments to parse, file values first, then environment values, then `argv` itself, with
-// every option of `cmd` set to take the last value given. Throws CLI::ValidationError naming the
-// file and key for a bad file.
-std::vector<std::string> layered_args(CLI::App& cmd, const std::vector<std::string>& argv,
-                                      const std::string& config_file);
+// every option of `cmd` set to take the last value given. An empty value in the file or the
+// environment is not set. Throws CLI::ValidationError naming the file and key for a bad file.
+// Adds to `unknown_env` the MAYHEM_ variables that match no option.
+std::vector<layered_arg> layered_args(CLI::App& cmd, const std::vector<std::string>& argv,
+                                      const std::string& config_file,
+                                      std::vector<std::string>* unknown_env = nullptr);
 
 // The value of --config (or MAYHEM_CONFIG) in `argv`, if any.
 std::string find_config_file(const std::vector<std::string>& argv);

@@ -1,6 +1,7 @@
 #include "message/message.hpp"
 
 #include "runtime/hash.hpp"
+#include "runtime/utf8.hpp"
 
 #include <array>
 #include <cstring>
@@ -29,36 +30,11 @@ std::string_view to_string(decode_kind k) noexcept {
 }
 
 bool valid_utf8(std::string_view s) noexcept {
-    const auto* p = reinterpret_cast<const unsigned char*>(s.data());
-    const auto* end = p + s.size();
-    while (p < end) {
-        unsigned char c = *p;
-        if (c < 0x80) {
-            ++p;
-            continue;
-        }
-        int n;
-        std::uint32_t cp;
-        if ((c & 0xE0) == 0xC0) {
-            n = 1;
-            cp = c & 0x1F;
-        } else if ((c & 0xF0) == 0xE0) {
-            n = 2;
-            cp = c & 0x0F;
-        } else if ((c & 0xF8) == 0xF0) {
-            n = 3;
-            cp = c & 0x07;
-        } else {
-            return false;
-        }
-        if (end - p <= n) return false;
-        for (int i = 1; i <= n; ++i) {
-            if ((p[i] & 0xC0) != 0x80) return false;
-            cp = (cp << 6) | (p[i] & 0x3F);
-        }
-        static constexpr std::uint32_t min_for[] = {0, 0x80, 0x800, 0x10000};
-        if (cp < min_for[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
-        p += n + 1;
+    for (std::size_t i = 0; i < s.size();) {
+        std::uint32_t cp = 0;
+        std::size_t n = rt::utf8_sequence(s.substr(i), cp);
+        if (n == 0) return false;
+        i += n;
     }
     return true;
 }
@@ -456,6 +432,13 @@ std::optional<decode_error> decode_with_parser(message& out, std::string_view pa
         return fail(decode_kind::invalid_json,
                     sax.parse_error_text.empty() ? "invalid JSON" : sax.parse_error_text);
     }
+    // nlohmann's lexer takes a NUL byte for the end of the input, so a value followed by a NUL
+    // and anything else parses. A NUL inside a string is an error of its own (a control
+    // character), so one found here stands after the value: text after it is invalid.
+    if (auto nul = payload.find('\0'); nul != std::string_view::npos)
+        return fail(decode_kind::invalid_json,
+                    "invalid JSON at byte " + std::to_string(nul + 1) +
+                        ": a NUL byte after the JSON value (only whitespace may follow it)");
     if (!sax.top_is_object) return fail(decode_kind::not_object, "payload must be a JSON object");
     if (!sax.type_error.empty()) return fail(decode_kind::wrong_type, sax.type_error);
     return check_fields(out,

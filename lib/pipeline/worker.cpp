@@ -14,8 +14,10 @@
 #include <algorithm>
 #include <csignal>
 #include <cstdio>
+#include <mutex>
 #include <random>
 #include <sstream>
+#include <thread>
 #include <unistd.h>
 
 namespace mayhem {
@@ -206,6 +208,7 @@ worker::~worker() {
     pipeline_.reset();
     status_timer_.reset();
     notifier_.reset();
+    reload_poll_.reset();
     drain_deadline_.reset();
     signals_.clear();
     if (source_ && !source_closed_) source_->close();
@@ -275,6 +278,7 @@ bool worker::finish_stop() {
     }
     phase_ = phase::closing;
     status_timer_.reset();
+    reload_poll_.reset();
     drain_deadline_.reset();
     bool clean = true;
     if (!pipeline_->idle()) {
@@ -424,41 +428,144 @@ void worker::force_release(const char* why) {
     check_done();
 }
 
+// ---------------------------------------------------------------------------------------------
+// SIGHUP. The configuration is read again on a thread of its own, never on the loop: a --config
+// that blocks (a FIFO, a hung network mount) must not stall the worker, its drain included. The
+// loop looks for the result every reload_poll and gives up after reload_timeout; a reader that
+// is still blocked then is left behind (it only holds its shared state), and further SIGHUPs are
+// refused until it returns.
+// ---------------------------------------------------------------------------------------------
+
+struct worker::reload_read {
+    std::mutex m;
+    bool done = false;
+    std::optional<worker_config> cfg;
+    std::string error;
+};
+
 void worker::reload() {
-    std::ostringstream out, err;
-    int code = 0;
-    auto fresh = parse_worker_config(argv_, out, err, code);
+    if (reload_) {
+        std::lock_guard lock(reload_->m);
+        if (!reload_->done) {
+            log::warn("SIGHUP: ignored, the configuration is still being read");
+            return;
+        }
+    }
+    auto read = std::make_shared<reload_read>();
+    std::thread([read, argv = argv_] {
+        std::ostringstream out, err;
+        int code = 0;
+        auto fresh = parse_worker_config(argv, out, err, code);
+        std::lock_guard lock(read->m);
+        read->cfg = std::move(fresh);
+        read->error = err.str();
+        read->done = true;
+    }).detach();
+    reload_ = std::move(read);
+    reload_deadline_ = std::chrono::steady_clock::now() + reload_timeout;
+    reload_poll_ =
+        std::make_unique<rt::periodic_timer>(loop_, reload_poll, [this] { poll_reload(); });
+}
+
+void worker::poll_reload() {
+    std::optional<worker_config> fresh;
+    std::string error;
+    {
+        std::lock_guard lock(reload_->m);
+        if (!reload_->done) {
+            if (std::chrono::steady_clock::now() < reload_deadline_) return;
+            reload_poll_->stop();
+            log::error("SIGHUP: configuration not reloaded",
+                       {{"error", "reading it took longer than " + format_duration(reload_timeout) +
+                                      " (is --config a FIFO, or on a hung mount?); the running "
+                                      "configuration is kept"}});
+            return;
+        }
+        fresh = std::move(reload_->cfg);
+        error = std::move(reload_->error);
+    }
+    reload_poll_->stop();
+    reload_.reset();
     if (!fresh) {
-        log::error("SIGHUP: configuration not reloaded", {{"error", err.str()}});
+        while (!error.empty() && error.back() == '\n')
+            error.pop_back();
+        log::error("SIGHUP: configuration not reloaded", {{"error", error}});
         return;
     }
+    apply_reload(*fresh);
+}
+
+namespace {
+
+// A flag's value as it may appear in the log: a Redis URL only with its password masked.
+std::string shown_value(std::string_view key, const std::string& value) {
+    if (key != "redis-url") return value;
+    auto ep = parse_redis_url(value);
+    return ep ? ep->shown() : "(not shown: it may hold a password)";
+}
+
+bool reloadable(std::string_view key) {
+    return key == "log-level" || key == "max-in-flight" || key == "status-interval";
+}
+
+} // namespace
+
+void worker::apply_reload(const worker_config& fresh) {
+    // A key no layer sets any more keeps its running value: taking the default instead would
+    // turn "max-in-flight": 50 into 1000 because a line was deleted.
+    for (const auto& [key, was] : cfg_.given) {
+        if (fresh.given.contains(key)) continue;
+        log::info("SIGHUP: no longer set; the running value stays until a restart",
+                  {{"key", key}, {"value", shown_value(key, was.value)}, {"was_from", was.origin}});
+    }
+    auto set = [&](std::string_view key) {
+        auto it = fresh.given.find(key);
+        return it != fresh.given.end() || !cfg_.given.contains(key);
+    };
     int changes = 0;
-    if (fresh->log_level != cfg_.log_level) {
-        log::info("SIGHUP: log level changed",
-                  {{"from", cfg_.log_level}, {"to", fresh->log_level}});
-        log::set_level(parse_log_level(fresh->log_level));
-        cfg_.log_level = fresh->log_level;
+    if (set("log-level") && fresh.log_level != cfg_.log_level) {
+        log::info("SIGHUP: log level changed", {{"from", cfg_.log_level}, {"to", fresh.log_level}});
+        log::set_level(parse_log_level(fresh.log_level));
+        cfg_.log_level = fresh.log_level;
         ++changes;
     }
-    if (fresh->max_in_flight != cfg_.max_in_flight) {
+    if (set("max-in-flight") && fresh.max_in_flight != cfg_.max_in_flight) {
         log::info("SIGHUP: max-in-flight changed",
-                  {{"from", cfg_.max_in_flight}, {"to", fresh->max_in_flight}});
-        cfg_.max_in_flight = fresh->max_in_flight;
+                  {{"from", cfg_.max_in_flight}, {"to", fresh.max_in_flight}});
+        cfg_.max_in_flight = fresh.max_in_flight;
         pipeline_->set_max_in_flight(cfg_.max_in_flight);
         ++changes;
     }
-    if (fresh->status_interval != cfg_.status_interval) {
+    if (set("status-interval") && fresh.status_interval != cfg_.status_interval) {
         log::info("SIGHUP: status-interval changed",
                   {{"from", format_duration(cfg_.status_interval)},
-                   {"to", format_duration(fresh->status_interval)}});
-        cfg_.status_interval = fresh->status_interval;
+                   {"to", format_duration(fresh.status_interval)}});
+        cfg_.status_interval = fresh.status_interval;
         status_timer_.reset();
         if (cfg_.status_interval.count() > 0)
             status_timer_ = std::make_unique<rt::periodic_timer>(loop_, cfg_.status_interval,
                                                                  [this] { log_status(); });
         ++changes;
     }
-    log::info("SIGHUP: configuration re-read", {{"changes", changes}});
+    // Every other key is read once, at start: a change is logged, and not applied.
+    int need_restart = 0;
+    for (const auto& [key, now] : fresh.given) {
+        if (reloadable(key)) {
+            cfg_.given[key] = now;
+            continue;
+        }
+        auto was = cfg_.given.find(key);
+        if (was != cfg_.given.end() && was->second.value == now.value) continue;
+        log::warn("SIGHUP: changed, but takes effect only after a restart",
+                  {{"key", key},
+                   {"from", was == cfg_.given.end() ? std::string("(default)")
+                                                    : shown_value(key, was->second.value)},
+                   {"to", shown_value(key, now.value)},
+                   {"from_source", now.origin}});
+        ++need_restart;
+    }
+    log::info("SIGHUP: configuration re-read",
+              {{"changes", changes}, {"need_restart", need_restart}});
 }
 
 void worker::log_status() {

@@ -41,6 +41,11 @@ inline constexpr std::chrono::milliseconds stop_kill_grace{1000};
 // How long before the end of the stop the store is told to give up on what it cannot write.
 inline constexpr std::chrono::milliseconds store_hurry_margin{300};
 
+// SIGHUP reads the configuration off the loop: it gives up after reload_timeout, and the loop
+// looks for the result every reload_poll.
+inline constexpr std::chrono::milliseconds reload_timeout{5000};
+inline constexpr std::chrono::milliseconds reload_poll{20};
+
 class worker {
 public:
     // `argv` is kept to re-read the configuration on SIGHUP.
@@ -71,6 +76,8 @@ private:
     void begin_drain(int signum);
     void force_release(const char* why);
     void reload();
+    void poll_reload();
+    void apply_reload(const worker_config& fresh);
     void log_status();
     std::string summary_json(double seconds) const;
 
@@ -90,6 +97,11 @@ private:
     std::unique_ptr<rt::periodic_timer> status_timer_;
     std::unique_ptr<rt::delayed_call> drain_deadline_;
     std::unique_ptr<service_notifier> notifier_; // systemd: READY, STATUS, STOPPING, WATCHDOG
+    // SIGHUP: the configuration read under way on its own thread (worker.cpp), shared with it.
+    struct reload_read;
+    std::shared_ptr<reload_read> reload_;
+    std::unique_ptr<rt::periodic_timer> reload_poll_;
+    std::chrono::steady_clock::time_point reload_deadline_;
 
     phase phase_ = phase::running;
     bool released_by_deadline_ = false;

@@ -1,5 +1,6 @@
 #include "restart/command_template.hpp"
 
+#include <algorithm>
 #include <cstdlib>
 #include <unistd.h>
 
@@ -23,6 +24,22 @@ std::optional<std::string> unsafe_placeholder_value(std::string_view name, std::
         if (!safe_char(c))
             return std::string(name) + " \"" + v +
                    "\" has characters outside [A-Za-z0-9._:-] (refused on a command line)";
+    // As a path part ("/srv/{hostname}/") these would name the directory itself or its parent.
+    if (value == "." || value == "..")
+        return std::string(name) + " \"" + v + "\" names a directory, not a host";
+    if (name == "hostname") {
+        // RFC 1035 limits (RFC 1123 for the labels' characters): 253 characters, labels of 63.
+        if (value.size() > 253)
+            return "hostname is " + std::to_string(value.size()) +
+                   " characters long, more than the 253 a hostname may have";
+        for (std::size_t start = 0; start <= value.size();) {
+            auto dot = std::min(value.find('.', start), value.size());
+            if (dot - start > 63)
+                return "hostname \"" + v + "\" has a label of " + std::to_string(dot - start) +
+                       " characters, more than the 63 a label may have";
+            start = dot + 1;
+        }
+    }
     return std::nullopt;
 }
 

@@ -12,9 +12,12 @@ rt::task<restart_result> simulate_restarter::restart(const message& m) {
     rt::millis delay = latency_.zero() ? rt::millis{0} : latency_.sample(rng_);
     if (failure_rate_ > 0 && std::uniform_real_distribution<double>(0, 1)(rng_) < failure_rate_)
         return rt::after(loop_, delay,
-                         restart_result{restart_status::failed, "simulated failure restarting " +
+                         restart_result{restart_status::failed, std::string(simulated_detail) +
+                                                                    " failure restarting " +
                                                                     std::string(m.hostname())});
-    return rt::after(loop_, delay, restart_result{restart_status::ok, {}});
+    return rt::after(loop_, delay,
+                     restart_result{restart_status::ok,
+                                    std::string(simulated_detail) + ": no host was restarted"});
 }
 
 } // namespace mayhem

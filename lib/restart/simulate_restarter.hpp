@@ -1,5 +1,7 @@
-// `--restarter simulate` (the default, like the talk): a restart takes a random time within
-// --restart-latency and fails with probability --restart-failure-rate. No host is touched.
+// `--restarter simulate` (the default with --source simulate, like the talk): a restart takes a
+// random time within --restart-latency and fails with probability --restart-failure-rate. No
+// host is touched, and every result says so: its detail starts with `simulated_detail`, which
+// the store keeps with the restart and `mayhem history` counts.
 #pragma once
 
 #include "restart/restarter.hpp"
@@ -9,6 +11,8 @@
 #include <random>
 
 namespace mayhem {
+
+inline constexpr std::string_view simulated_detail = "simulated";
 
 class simulate_restarter final : public restarter {
 public:

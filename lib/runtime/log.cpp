@@ -1,5 +1,7 @@
 #include "runtime/log.hpp"
 
+#include "runtime/utf8.hpp"
+
 #include <cerrno>
 #include <cstdio>
 #include <spdlog/details/null_mutex.h>
@@ -43,7 +45,10 @@ void append_value(std::string& out, const field& f, bool json) {
                     out += '"';
                     json_escape(out, v);
                     out += '"';
-                } else if (v.find_first_of(" \"=") != std::string_view::npos || v.empty()) {
+                } else if (v.empty() || v.find_first_of(" =") != std::string_view::npos ||
+                           needs_escape(v)) {
+                    // Quoted and escaped like JSON: one value, one line, nothing a terminal
+                    // acts on.
                     out += '"';
                     json_escape(out, v);
                     out += '"';
@@ -64,8 +69,41 @@ void append_value(std::string& out, const field& f, bool json) {
 }
 } // namespace
 
+namespace {
+
+void append_u_escape(std::string& out, std::uint32_t cp) {
+    char buf[8];
+    std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned>(cp));
+    out += buf;
+}
+
+// A control character: C0, DEL or C1. A terminal acts on these (ESC starts a sequence), and a
+// newline would start a forged log line.
+bool control(std::uint32_t cp) {
+    return cp < 0x20 || (cp >= 0x7F && cp <= 0x9F);
+}
+
+} // namespace
+
 void json_escape(std::string& out, std::string_view s) {
-    for (unsigned char c : s) {
+    for (std::size_t i = 0; i < s.size();) {
+        auto c = static_cast<unsigned char>(s[i]);
+        if (c >= 0x80) {
+            std::uint32_t cp = 0;
+            std::size_t n = rt::utf8_sequence(s.substr(i), cp);
+            if (n == 0) {
+                out += "\xEF\xBF\xBD"; // U+FFFD for a byte that starts no valid sequence
+                ++i;
+            } else {
+                if (control(cp))
+                    append_u_escape(out, cp);
+                else
+                    out.append(s.substr(i, n));
+                i += n;
+            }
+            continue;
+        }
+        ++i;
         switch (c) {
         case '"':
             out += "\\\"";
@@ -83,15 +121,28 @@ void json_escape(std::string& out, std::string_view s) {
             out += "\\t";
             break;
         default:
-            if (c < 0x20) {
-                char buf[8];
-                std::snprintf(buf, sizeof buf, "\\u%04x", c);
-                out += buf;
-            } else {
+            if (control(c))
+                append_u_escape(out, c);
+            else
                 out += static_cast<char>(c);
-            }
         }
     }
+}
+
+bool needs_escape(std::string_view s) noexcept {
+    for (std::size_t i = 0; i < s.size();) {
+        auto c = static_cast<unsigned char>(s[i]);
+        if (c < 0x80) {
+            if (control(c) || c == '"' || c == '\\') return true;
+            ++i;
+            continue;
+        }
+        std::uint32_t cp = 0;
+        std::size_t n = rt::utf8_sequence(s.substr(i), cp);
+        if (n == 0 || control(cp)) return true;
+        i += n;
+    }
+    return false;
 }
 
 void setup(format f, spdlog::level::level_enum level) {
@@ -141,10 +192,16 @@ void write(spdlog::level::level_enum level, std::string_view msg,
             append_value(line, f, true);
         }
     } else {
-        line.append(msg);
+        auto text = [&line](std::string_view t) {
+            if (needs_escape(t))
+                json_escape(line, t);
+            else
+                line.append(t);
+        };
+        text(msg);
         for (const auto& f : fields) {
             line += ' ';
-            line.append(f.key);
+            text(f.key);
             line += '=';
             append_value(line, f, false);
         }

@@ -63,7 +63,13 @@ struct lost_lines {
 };
 const lost_lines& lost();
 
-// Appends `s` to `out` as the inside of a JSON string (no quotes).
+// Appends `s` to `out` as the inside of a JSON string (no quotes), always valid UTF-8: a byte
+// that starts no valid UTF-8 sequence becomes U+FFFD, and every control character (C0, DEL,
+// C1) an escape. Text-format lines use the same escaping for a value that needs it.
 void json_escape(std::string& out, std::string_view s);
+
+// Whether json_escape would change `s`: a quote, a backslash, a control character or bytes
+// that are not UTF-8.
+bool needs_escape(std::string_view s) noexcept;
 
 } // namespace mayhem::log

@@ -1,5 +1,6 @@
 #include "store/history.hpp"
 
+#include "runtime/log.hpp"
 #include "store/sqlite_store.hpp"
 
 #include <ctime>
@@ -83,10 +84,17 @@ std::string when(const json& ms) {
     return buf;
 }
 
+// A value for the terminal: text from a message (a hostname, an error) is quoted and escaped
+// like a log value when it holds a control character, so it can neither forge a line nor send
+// the terminal an escape sequence.
 std::string str(const json& v) {
     if (v.is_null()) return "-";
-    if (v.is_string()) return v.get<std::string>();
-    return v.dump();
+    if (!v.is_string()) return v.dump();
+    const auto& s = v.get_ref<const std::string&>();
+    if (!log::needs_escape(s)) return s;
+    std::string out = "\"";
+    log::json_escape(out, s);
+    return out + "\"";
 }
 
 json collect(reader& r, const history_options& o) {
@@ -104,6 +112,9 @@ json collect(reader& r, const history_options& o) {
     json restarts = json::object();
     restarts["total"] = r.scalar("SELECT count(*) FROM restarts");
     restarts["unfinished"] = r.scalar("SELECT count(*) FROM restarts WHERE finished IS NULL");
+    // Rows of --restarter simulate: no host was restarted (restart/simulate_restarter.hpp).
+    restarts["simulated"] =
+        r.scalar("SELECT count(*) FROM restarts WHERE detail LIKE 'simulated%'");
     json by_result = json::object();
     for (auto& row : r.rows("SELECT result, count(*) FROM restarts WHERE result IS NOT NULL "
                             "GROUP BY 1 ORDER BY 1"))
@@ -114,7 +125,8 @@ json collect(reader& r, const history_options& o) {
     json hosts = json::array();
     for (auto& row :
          r.rows("SELECT hostname, count(*), sum(result = 'ok'), sum(result = 'failed'), "
-                "sum(finished IS NULL), max(started) FROM restarts GROUP BY hostname "
+                "sum(finished IS NULL), max(started), sum(detail LIKE 'simulated%') "
+                "FROM restarts GROUP BY hostname "
                 "ORDER BY max(started) DESC, hostname LIMIT ?1",
                 {limit})) {
         hosts.push_back(json{{"hostname", row[0]},
@@ -122,7 +134,8 @@ json collect(reader& r, const history_options& o) {
                              {"ok", row[2]},
                              {"failed", row[3]},
                              {"unfinished", row[4]},
-                             {"last_started", row[5]}});
+                             {"last_started", row[5]},
+                             {"simulated", row[6]}});
     }
     doc["hosts"] = hosts;
 
@@ -148,17 +161,25 @@ json collect(reader& r, const history_options& o) {
 void print_text(const json& doc, std::ostream& out) {
     out << "database " << doc["db"].get<std::string>() << ": " << doc["messages"] << " messages, "
         << doc["restarts"]["total"] << " restarts (" << doc["restarts"]["unfinished"]
-        << " unfinished)\n\nmessages by outcome\n";
+        << " unfinished)\n";
+    if (auto simulated = doc["restarts"]["simulated"].get<std::int64_t>(); simulated > 0)
+        out << "SIMULATED: " << simulated
+            << " restarts were made by --restarter simulate; no host was restarted for them\n";
+    out << "\nmessages by outcome\n";
     for (auto& [k, v] : doc["by_outcome"].items())
         out << "  " << k << ": " << v << "\n";
     out << "\nrestarts by result\n";
     for (auto& [k, v] : doc["restarts"]["by_result"].items())
         out << "  " << k << ": " << v << "\n";
     out << "\nrestarts per host (most recent first)\n";
-    for (auto& h : doc["hosts"])
+    for (auto& h : doc["hosts"]) {
         out << "  " << str(h["hostname"]) << "  restarts " << h["restarts"] << ", ok "
             << str(h["ok"]) << ", failed " << str(h["failed"]) << ", unfinished "
-            << str(h["unfinished"]) << ", last started " << when(h["last_started"]) << "\n";
+            << str(h["unfinished"]) << ", last started " << when(h["last_started"]);
+        if (h["simulated"].is_number() && h["simulated"].get<std::int64_t>() > 0)
+            out << " (simulated " << h["simulated"] << ")";
+        out << "\n";
+    }
     out << "\nrecent messages\n";
     for (auto& m : doc["recent"]) {
         out << "  " << when(m["first_seen"]) << "  " << str(m["message_id"]) << "  "

@@ -94,7 +94,7 @@ class MetricsTest(Harness):
         n = 400
         pub = subprocess.run([harness.MAYHEM, "publish", "--output", "-", "--count", str(n), "--bad-ratio", "0.2",
                               "--seed", "11"], capture_output=True, check=True, timeout=30)
-        w = self.start("--source", "stdin", "--save-latency", "0..5ms", "--restart-latency",
+        w = self.start("--source", "stdin", "--restarter", "simulate", "--save-latency", "0..5ms", "--restart-latency",
                        "0..5ms", "--restart-failure-rate", "0.2", "--max-attempts", "2",
                        "--retry-backoff", "1ms..10ms", "--seed", "5", stdin=subprocess.PIPE)
         w.proc.stdin.write(pub.stdout)

@@ -30,7 +30,7 @@ class ReaderGoesAway(Harness):
         # effect; without it nothing did. --log-level debug: one log line per settled message,
         # so lines are written after the reader is gone.
         p = subprocess.Popen(
-            [harness.MAYHEM, "worker", "--source", "stdin", "--metrics-addr", "off",
+            [harness.MAYHEM, "worker", "--source", "stdin", "--restarter", "simulate", "--metrics-addr", "off",
              "--log-level", "debug"] + ZERO,
             stdin=subprocess.PIPE, stdout=w if both_streams_to_pipe else out, stderr=w,
             cwd=self.tmp)
@@ -140,7 +140,7 @@ class ClosedStandardDescriptors(Harness):
         self.assertEqual(s["acked"], 50, s)
 
     def test_stdin_source_with_stdin_closed_is_empty_input(self):
-        r = self.run_closed("<&-", "--source", "stdin", *ZERO)
+        r = self.run_closed("<&-", "--source", "stdin", "--restarter", "simulate", *ZERO)
         self.assert_clean(r)
         self.assertNotIn("error reading standard input", r.stderr)
         s = harness.parse_summary(r.stdout)

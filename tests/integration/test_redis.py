@@ -84,7 +84,7 @@ class RedisSourceTest(Harness):
         self.assertEqual(json.loads(out)["sent"], n)
 
     def redis_worker(self, redis, *args, **kw):
-        return self.worker("--source", "redis", "--redis-url", redis.url, *args, **kw)
+        return self.worker("--source", "redis", "--restarter", "simulate", "--redis-url", redis.url, *args, **kw)
 
     def test_all_published_messages_are_acked_and_saved(self):
         r = self.redis()
@@ -381,7 +381,7 @@ class RedisSourceTest(Harness):
         good = r.url
         # No password, then a wrong one: exit 1 with the reason, never a crash or a hang.
         for url in ("redis://127.0.0.1:%d/0" % r.port, "redis://:nope@127.0.0.1:%d/0" % r.port):
-            code, summary, err = self.run_worker("--source", "redis", "--redis-url", url,
+            code, summary, err = self.run_worker("--source", "redis", "--restarter", "simulate", "--redis-url", url,
                                                  "--store", "memory", timeout=30)
             self.assertEqual(code, 1, err[-2000:])
             self.assertIn("authentication failed", err)
@@ -392,7 +392,7 @@ class RedisSourceTest(Harness):
         # The right password works end to end.
         code, out, err = self.publish("--redis-url", good, "--count", 50)
         self.assertEqual(code, 0, err)
-        code, s, err = self.run_worker("--source", "redis", "--redis-url", good, *FAST,
+        code, s, err = self.run_worker("--source", "redis", "--restarter", "simulate", "--redis-url", good, *FAST,
                                        "--exit-when-idle", timeout=30)
         self.assertEqual(code, 0, err[-2000:])
         self.assertEqual(s["acked"], 50)
@@ -400,7 +400,7 @@ class RedisSourceTest(Harness):
     def test_unreachable_redis_is_retried_not_fatal(self):
         port = free_port()
         url = "redis://127.0.0.1:%d/0" % port
-        w = self.worker("--source", "redis", "--redis-url", url, "--store", "memory",
+        w = self.worker("--source", "redis", "--restarter", "simulate", "--redis-url", url, "--store", "memory",
                         "--log-format", "json")
         wait_until(lambda: len([l for l in json_log_lines(w.stderr())
                                 if l.get("msg", l.get("message", "")).startswith(
@@ -432,7 +432,7 @@ class RedisSourceTest(Harness):
         self.assertIn("line 42", err)
         self.assertEqual(json.loads(out)["sent"], 40)
         self.assertEqual(json.loads(out)["rejected"], 1)
-        code, s, err = self.run_worker("--source", "redis", "--redis-url", url, *FAST,
+        code, s, err = self.run_worker("--source", "redis", "--restarter", "simulate", "--redis-url", url, *FAST,
                                        "--exit-when-idle", timeout=30)
         self.assertEqual(code, 0, err[-2000:])
         self.assertEqual(s["acked"], 40)

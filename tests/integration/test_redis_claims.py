@@ -84,7 +84,7 @@ class RedisClaimsTest(Harness):
         return entry
 
     def worker(self, *args, **kw):
-        return super().worker("--source", "redis", "--redis-url", self.r.url, "--log-format",
+        return super().worker("--source", "redis", "--restarter", "simulate", "--redis-url", self.r.url, "--log-format",
                               "json", "--log-level", "debug", *args, **kw)
 
     def gate(self):

@@ -44,7 +44,7 @@ class RedisStatesTest(Harness):
         self.r = self.redis(persistence=False)
 
     def worker(self, *args, url=None, level="info"):
-        return super().worker("--source", "redis", "--redis-url", url or self.r.url,
+        return super().worker("--source", "redis", "--restarter", "simulate", "--redis-url", url or self.r.url,
                               "--log-format", "json", "--log-level", level, *args)
 
     def add(self, mid):

@@ -5,6 +5,7 @@ and "stop HOST" lines to a record file, so the tests count what really ran. Mess
 --source stdin with explicit host names; the store is --store memory (given explicitly).
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -332,6 +333,55 @@ class SafetyTest(Harness):
         # The trial ran alone: the second restart started after the trial stopped.
         after = [r for r in self.records() if r[1].startswith("trial")]
         self.assertEqual([r[0] for r in after], ["start", "stop", "start", "stop"])
+
+
+class HostileOutput(SafetyTest):
+    """issue 13 cases 5 and 7: what a command prints or a message holds reaches the log escaped."""
+
+    def noisy(self):
+        path = os.path.join(self.tmp, "noisy.sh")
+        with open(path, "w") as f:
+            # bytes that are not UTF-8, an ESC sequence, a tab, a line that looks like a log line
+            f.write("#!/bin/sh\nprintf '\\377\\376 not utf-8 \\033[31mred\\t"
+                    "tab\\n2026-01-01 00:00:00.000 error forged\\n' >&2\nexit 1\n")
+        os.chmod(path, 0o755)
+        return path
+
+    def run_raw(self, *args):
+        """Runs a worker on two messages (one failing restart, one hostile hostname); returns
+        its stderr as bytes."""
+        lines = [msg("m1", "h1"),
+                 '{"message_id":"m2","instance_name":"i","hostname":"a\\nb\\u001b[2Jc"}\n']
+        with self.feed(*lines) as stdin:
+            w = self.worker(*(BASE + ["--restart-command", self.noisy() + " {hostname}",
+                                      "--max-attempts", "1", "--log-level", "debug"]
+                              + list(args)), stdin=stdin)
+            w.proc.wait(timeout=60 * harness.SLOW)
+        with open(w.err_path, "rb") as f:
+            return f.read()
+
+    def test_json_log_lines_are_valid_utf8_json(self):
+        raw = self.run_raw("--log-format", "json")
+        failed = []
+        for line in raw.splitlines():
+            text = line.decode("utf-8")  # strict: raises on bytes that are not UTF-8
+            rec = json.loads(text)
+            if "not utf-8" in text:
+                failed.append(rec)
+        self.assertTrue(failed, raw[-3000:])
+        self.assertTrue(any("\ufffd" in str(r) for r in failed), failed)
+        self.assertNotIn(b"\x1b", raw)
+
+    def test_text_log_lines_escape_control_characters(self):
+        raw = self.run_raw("--log-format", "text")
+        self.assertNotIn(b"\x1b", raw)
+        self.assertNotIn(b"\t", raw)
+        lines = raw.decode("utf-8").splitlines()
+        self.assertTrue(any("not utf-8" in l for l in lines), raw[-3000:])
+        self.assertTrue(any("a\\nb" in l for l in lines), raw[-3000:])
+        for line in lines:
+            # Every line is a log line of its own: none was split by a value.
+            self.assertRegex(line, r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} ", raw[-3000:])
 
 
 if __name__ == "__main__":

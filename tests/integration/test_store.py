@@ -85,6 +85,7 @@ class StoreTest(Harness):
         self.assertEqual(h["restarts"]["total"], n)
         self.assertEqual(h["restarts"]["unfinished"], 0)
         self.assertEqual(h["restarts"]["by_result"], {"ok": n})
+        self.assertEqual(h["restarts"]["simulated"], n)  # --restarter simulate, by default
         self.assertEqual(len(h["recent"]), 5)
         ids = {r[0] for r in query(db, "SELECT message_id FROM messages")}
         for m in h["recent"]:
@@ -97,6 +98,21 @@ class StoreTest(Harness):
         code, out, _ = self.history()  # the text form names the same totals
         self.assertEqual(code, 0)
         self.assertIn("%d messages" % n, out)
+
+    def test_history_text_escapes_what_a_message_holds(self):
+        # A hostname is text from a message: printed raw, a newline forged a line of the report
+        # and an ESC sequence reached the terminal.
+        line = json.dumps({"message_id": "m\x1b[2J1", "instance_name": "i",
+                           "hostname": "a\nforged\tb\x1b]0;x\x07"})
+        code, s, err = self.run_worker("--source", "stdin", "--restarter", "simulate", *FAST,
+                                       stdin=self.stdin_file([line]))
+        self.assertEqual(code, 0, err[-2000:])
+        code, out, errtext = self.history()
+        self.assertEqual(code, 0, errtext)
+        for c in out:
+            self.assertTrue(c == "\n" or (ord(c) >= 0x20 and ord(c) != 0x7f), repr(out))
+        self.assertIn('"a\\nforged\\tb', out)
+        self.assertFalse(any(l.startswith("forged") for l in out.splitlines()), out)
 
     def test_group_commit_batches_many_messages_per_transaction(self):
         n = 20000
@@ -120,7 +136,7 @@ class StoreTest(Harness):
             if i % 2 == 0:
                 doubled.append(line)  # right behind: coalesced with the one in flight
         doubled += lines[:5]  # later: already completed
-        code, s, err = self.run_worker("--source", "stdin", *FAST,
+        code, s, err = self.run_worker("--source", "stdin", "--restarter", "simulate", *FAST,
                                        stdin=self.stdin_file(doubled))
         self.assertEqual(code, 0, err[-2000:])
         self.assert_identity(s)
@@ -131,7 +147,7 @@ class StoreTest(Harness):
         self.assertEqual(scalar(db, "SELECT count(DISTINCT message_id) FROM restarts"), 20)
 
         # A second worker on the same file: every id is known, none restarted again.
-        code, s, err = self.run_worker("--source", "stdin", *FAST,
+        code, s, err = self.run_worker("--source", "stdin", "--restarter", "simulate", *FAST,
                                        stdin=self.stdin_file(lines, "again.ndjson"))
         self.assertEqual(code, 0, err[-2000:])
         self.assertEqual(s["acked"], 0)
@@ -238,7 +254,7 @@ class StoreTest(Harness):
         c.commit()
         c.close()
 
-        code, s, err = self.run_worker("--source", "stdin", "--on-unfinished-restart",
+        code, s, err = self.run_worker("--source", "stdin", "--restarter", "simulate", "--on-unfinished-restart",
                                        "dead-letter", *FAST, stdin=self.stdin_file(lines[:1]))
         self.assertEqual(code, 0, err[-2000:])
         self.assertEqual(s["dead_lettered"], 1)
@@ -248,7 +264,7 @@ class StoreTest(Harness):
                                           "ORDER BY attempt", ids[0]),
                          [("abandoned",), ("failed",)])
 
-        code, s, err = self.run_worker("--source", "stdin", *FAST,  # default: retry
+        code, s, err = self.run_worker("--source", "stdin", "--restarter", "simulate", *FAST,  # default: retry
                                        stdin=self.stdin_file(lines[1:], "b.ndjson"))
         self.assertEqual(code, 0, err[-2000:])
         self.assertEqual(s["acked"], 1)

@@ -33,6 +33,9 @@ BAD_LINES = [
     (b'{"message_id":"b-\xff\xfe","instance_name":"cattle-x"}', "not_utf8"),
     (b'{"message_id":"b-truncated","instance_name":', "invalid_json"),
     (b'{"message_id":"b-host","instance_name":"cattle-x","hostname":7}', "wrong_type"),
+    # issue 13 case 9: nothing but whitespace may follow the value, not even after a NUL byte
+    (b'{"message_id":"b-nul","instance_name":"y"}\x00GARBAGE', "invalid_json"),
+    (b'{"message_id":"b-after","instance_name":"y"} GARBAGE', "invalid_json"),
 ]
 
 
@@ -45,7 +48,7 @@ class StdinSource(Harness):
 
     def run_stdin(self, path, *args):
         with open(path, "rb") as f:
-            w = self.worker("--source", "stdin", *ZERO, *args, stdin=f)
+            w = self.worker("--source", "stdin", "--restarter", "simulate", *ZERO, *args, stdin=f)
             code, out, err = w.wait(timeout=60)
         return code, harness.parse_summary(out), err
 
@@ -112,7 +115,7 @@ class StdinSource(Harness):
 
     def test_stdin_from_a_pipe(self):
         n = 500
-        w = self.worker("--source", "stdin", *ZERO, stdin=subprocess.PIPE)
+        w = self.worker("--source", "stdin", "--restarter", "simulate", *ZERO, stdin=subprocess.PIPE)
         data = b"".join(good(i) + b"\n" for i in range(n))
         data += b"not json\n"
         w.proc.stdin.write(data)
@@ -126,7 +129,7 @@ class StdinSource(Harness):
     def test_sigterm_with_an_open_idle_pipe(self):
         # Nothing is ever written and the pipe stays open: the worker waits for input, and a
         # SIGTERM must still end it promptly with a clean exit.
-        w = self.worker("--source", "stdin", *ZERO, stdin=subprocess.PIPE)
+        w = self.worker("--source", "stdin", "--restarter", "simulate", *ZERO, stdin=subprocess.PIPE)
         harness.wait_until(lambda: "worker started" in w.stderr(), what="worker started")
         started = time.monotonic()
         w.signal(signal.SIGTERM)
@@ -142,7 +145,7 @@ class StdinSource(Harness):
         # `producer | mayhem worker --source stdin`: the producer is still connected when the
         # worker is told to stop; what it already read finishes, nothing is released.
         n = 200
-        w = self.worker("--source", "stdin", "--save-latency", "300ms", "--restart-latency",
+        w = self.worker("--source", "stdin", "--restarter", "simulate", "--save-latency", "300ms", "--restart-latency",
                         "300ms", "--log-format", "json", "--status-interval", "50ms",
                         stdin=subprocess.PIPE)
         w.proc.stdin.write(b"".join(good(i) + b"\n" for i in range(n)))
@@ -275,7 +278,7 @@ class LogFormat(Harness):
         with open(path, "wb") as f:
             f.write(b"\n".join(lines) + b"\n")
         with open(path, "rb") as f:
-            w = self.worker("--source", "stdin", *ZERO, "--log-format", "json",
+            w = self.worker("--source", "stdin", "--restarter", "simulate", *ZERO, "--log-format", "json",
                             "--log-level", "debug", "--status-interval", "50ms", stdin=f)
             code, out, err = w.wait(timeout=60)
         self.assertEqual(code, 0, err[-3000:])

@@ -68,6 +68,17 @@ class BadFlags(Harness):
         (["--bad-ratio", "1.5"], ["--bad-ratio", "0", "1"]),
         (["--max-message-bytes", "lots"], ["--max-message-bytes", "64KiB"]),
         (["--no-such-flag"], ["--no-such-flag"]),
+        # issue 13 case 4: values that wrap around or break the worker
+        (["--messages", "-5"], ["--messages", "-5", "0 to"]),
+        (["--seed", "-1"], ["--seed", "-1", "whole number"]),
+        (["--max-message-bytes", "0"], ["--max-message-bytes", "64"]),
+        (["--health-max-loop-lag", "0"], ["--health-max-loop-lag", "at least"]),
+        (["--lease-extend-interval", "0"], ["--lease-extend-interval", "at least"]),
+        (["--reclaim-interval", "0"], ["--reclaim-interval", "at least"]),
+        (["--max-attempts", "-1"], ["--max-attempts", "1 to 1000"]),
+        (["--queue-capacity", "-1"], ["--queue-capacity", "1 to"]),
+        (["--rate", "abc"], ["--rate", "not a number"]),
+        (["--rate", "-1"], ["--rate", "0 to"]),
     ]
 
     def test_bad_flags_exit_2_and_say_what_is_allowed(self):
@@ -78,11 +89,134 @@ class BadFlags(Harness):
                 self.assertEqual(r.stdout.strip(), "", "no summary for a bad flag")
                 for n in needles:
                     self.assertIn(n, r.stderr)
+                self.assertEqual(len(r.stderr.strip().splitlines()), 1, r.stderr)
+                self.assertLess(len(r.stderr), 300, "one short line, not a 300-digit range")
 
-    def test_bad_env_value_exits_2(self):
+    def test_a_bad_redis_url_never_echoes_its_password(self):
+        # issue 13 case 8: a bad %-escape made the error quote the whole URL, password included.
+        url = "redis://:s3cr3t%zzpw@127.0.0.1:6379/0"
+        runs = [mayhem("worker", "--source", "redis", "--restarter", "simulate",
+                       "--redis-url", url),
+                mayhem("worker", "--source", "redis", "--restarter", "simulate",
+                       env={"MAYHEM_REDIS_URL": url}),
+                mayhem("publish", "--redis-url", url)]
+        for r in runs:
+            with self.subTest(args=r.args):
+                self.assertEqual(r.returncode, 2, r.stderr)
+                self.assertIn("%-escape", r.stderr)
+                self.assertNotIn("s3cr3t", r.stderr + r.stdout)
+
+    def test_publish_refuses_negative_counts(self):
+        for args in (["--count", "-1"], ["--seed", "-1"]):
+            with self.subTest(args=args):
+                r = mayhem("publish", "--output", "-", *args)
+                self.assertEqual(r.returncode, 2, r.stderr)
+                self.assertEqual(r.stdout, "", "nothing sent")
+                self.assertIn(args[0], r.stderr)
+
+    def test_bad_env_value_names_the_variable(self):
         r = mayhem("worker", env={"MAYHEM_MAX_IN_FLIGHT": "0"})
         self.assertEqual(r.returncode, 2, r.stderr)
-        self.assertIn("--max-in-flight", r.stderr)
+        self.assertIn("MAYHEM_MAX_IN_FLIGHT", r.stderr)
+        self.assertNotIn("--max-in-flight", r.stderr)
+        self.assertIn("1 to 10000000", r.stderr)
+        r = mayhem("worker", "--restarter", "exec",
+                   env={"MAYHEM_RESTART_COMMAND": "ssh {host} reboot"})
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("MAYHEM_RESTART_COMMAND", r.stderr)
+        self.assertNotIn("--restart-command", r.stderr)
+        self.assertIn("unknown placeholder", r.stderr)
+        r = mayhem("worker", env={"MAYHEM_DRY_RUN": "maybe"})
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("MAYHEM_DRY_RUN", r.stderr)
+        self.assertIn("maybe", r.stderr)
+        self.assertNotIn("--dry-run", r.stderr)
+
+
+class Restarter(Harness):
+    """issue 13 case 2: a real source never runs the simulated restarter by default."""
+
+    def test_a_source_other_than_simulate_needs_restarter(self):
+        for args, env in ((["--source", "stdin"], {}), (["--source", "redis"], {}),
+                          ([], {"MAYHEM_SOURCE": "stdin"})):
+            with self.subTest(args=args, env=env):
+                r = mayhem("worker", *args, env=env)
+                self.assertEqual(r.returncode, 2, r.stderr)
+                self.assertEqual(r.stdout, "")
+                self.assertEqual(len(r.stderr.strip().splitlines()), 1, r.stderr)
+                self.assertIn("--restarter", r.stderr)
+
+    def test_simulate_given_explicitly_runs_and_its_rows_say_simulated(self):
+        db = os.path.join(self.tmp, "m.db")
+        lines = "".join('{"message_id":"m%d","instance_name":"i%d"}\n' % (i, i)
+                        for i in range(3))
+        path = os.path.join(self.tmp, "in.ndjson")
+        with open(path, "w") as f:
+            f.write(lines)
+        with open(path) as stdin:
+            code, s, err = self.run_worker("--source", "stdin", "--restarter", "simulate",
+                                           "--store", "sqlite", "--db", db, *ZERO, stdin=stdin)
+        self.assertEqual(code, 0, err[-3000:])
+        self.assertEqual(s["acked"], 3, s)
+        rows = harness.query_db(db, "SELECT result, detail FROM restarts ORDER BY message_id")
+        self.assertEqual(len(rows), 3, rows)
+        for result, detail in rows:
+            self.assertEqual(result, "ok")
+            self.assertTrue(detail.startswith("simulated"), detail)
+        r = mayhem("history", "--db", db, "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        doc = json.loads(r.stdout)
+        self.assertEqual(doc["restarts"]["simulated"], 3, doc)
+        self.assertEqual(sum(h["simulated"] for h in doc["hosts"]), 3, doc)
+        r = mayhem("history", "--db", db)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("SIMULATED", r.stdout)
+
+    def test_deploy_files_name_a_real_restart_command(self):
+        root = os.path.join(harness.ROOT, "deploy")
+        with open(os.path.join(root, "kubernetes", "deployment.yaml")) as f:
+            yaml = f.read()
+        m = re.search(r"(?s)\bargs: (\[.*?\])\n", yaml)
+        self.assertIsNotNone(m, "deployment.yaml has an args list")
+        args = json.loads(m.group(1))  # a flow sequence of double-quoted strings is JSON
+        self.assertIn("--source", args)
+        self.assertEqual(args[args.index("--restarter") + 1], "exec")
+        self.assertIn("{hostname}", args[args.index("--restart-command") + 1])
+        with open(os.path.join(root, "systemd", "mayhem.service")) as f:
+            unit = f.read()
+        self.assertRegex(unit, r"(?m)^Environment=MAYHEM_RESTARTER=exec$")
+        self.assertRegex(unit, r'(?m)^Environment="MAYHEM_RESTART_COMMAND=\S.*\{hostname\}.*"$')
+
+
+class Environment(Harness):
+    """issue 13 case 3: MAYHEM_* variables, empty values and unknown names."""
+
+    def test_empty_variable_is_not_set(self):
+        code, s, err = self.run_worker("--messages", "1", *ZERO, env={"MAYHEM_LOG_LEVEL": ""})
+        self.assertEqual(code, 0, err[-3000:])
+        self.assertEqual(s["received"], 1, s)
+        db = os.path.join(self.tmp, "m.db")
+        code, s, err = self.run_worker("--messages", "3", *ZERO, "--store", "sqlite", "--db", db,
+                                       env={"MAYHEM_DRY_RUN": "", "MAYHEM_SEED": ""})
+        self.assertEqual(code, 0, err[-3000:])
+        results = harness.query_db(db, "SELECT DISTINCT result FROM restarts")
+        self.assertEqual(results, [("ok",)], "an empty MAYHEM_DRY_RUN leaves dry-run off")
+
+    def test_empty_value_in_the_file_is_not_set(self):
+        path = os.path.join(self.tmp, "c.json")
+        with open(path, "w") as f:
+            json.dump({"log-level": "", "messages": 2}, f)
+        code, s, err = self.run_worker("--config", path, *ZERO, env={"MAYHEM_MESSAGES": ""})
+        self.assertEqual(code, 0, err[-3000:])
+        self.assertEqual(s["received"], 2, s)
+
+    def test_unknown_variable_is_a_warning_at_start(self):
+        code, s, err = self.run_worker("--messages", "1", *ZERO,
+                                       env={"MAYHEM_MAX_INFLIGHT": "5"})
+        self.assertEqual(code, 0, err[-3000:])
+        warned = [l for l in err.splitlines() if "MAYHEM_MAX_INFLIGHT" in l]
+        self.assertEqual(len(warned), 1, err[-3000:])
+        self.assertIn("WARN", warned[0].upper())
 
 
 class Layers(Harness):
@@ -137,12 +271,27 @@ class Layers(Harness):
         self.assertIn('"max-inflight"', err)
         self.assertIn(conf, err)
 
-    def test_bad_value_in_config_exits_2(self):
-        conf = self.config({"source": "kafka"})
-        code, s, err = self.run_worker("--config", conf)
+    def test_bad_value_in_config_names_the_key(self):
+        for values, key in (({"source": "kafka"}, "source"),
+                            ({"max_in_flight": 0}, "max_in_flight")):
+            with self.subTest(values=values):
+                conf = self.config(values)
+                code, s, err = self.run_worker("--config", conf)
+                self.assertEqual(code, 2, err)
+                self.assertIn('"%s"' % key, err)
+                self.assertIn(conf, err)
+                self.assertNotIn("--" + key.replace("_", "-"), err)
+                self.assertEqual(len(err.strip().splitlines()), 1, err)
+
+    def test_a_broken_config_never_quotes_a_password(self):
+        # issue 13 case 8: the parser's error quoted the text it last read.
+        path = os.path.join(self.tmp, "secret.json")
+        with open(path, "w") as f:
+            f.write('{"redis-url": "redis://:s3cr3tpw@127.0.0.1:6379/0\n}')
+        code, s, err = self.run_worker("--config", path)
         self.assertEqual(code, 2, err)
-        self.assertIn("--source", err)
-        self.assertIn("kafka", err)
+        self.assertIn(path, err)
+        self.assertNotIn("s3cr3t", err)
 
     def test_config_not_json_or_missing_exits_2(self):
         bad = os.path.join(self.tmp, "bad.json")

@@ -202,5 +202,78 @@ class Reload(Harness):
         self.assert_identity(harness.parse_summary(out))
 
 
+class ReloadRules(Harness):
+    """issue 13 cases 6 and 10: what SIGHUP cannot apply is said, a removed key keeps its value,
+    and the file is never read on the event loop."""
+
+    def start(self, values, *args):
+        self.conf = os.path.join(self.tmp, "mayhem.json")
+        self.rewrite(values)
+        w = self.worker("--config", self.conf, "--store", "memory", "--save-latency", "0",
+                        "--restart-latency", "0", "--log-format", "json", *args)
+        started(w)
+        return w
+
+    def rewrite(self, values):
+        with open(self.conf + ".new", "w") as f:
+            json.dump(values, f)
+        os.replace(self.conf + ".new", self.conf)
+
+    def reload(self, w):
+        """SIGHUP, then the reload's summary line."""
+        before = len(self.lines(w, "SIGHUP: configuration re-read"))
+        w.signal(signal.SIGHUP)
+        harness.wait_until(lambda: len(self.lines(w, "SIGHUP: configuration re-read")) > before,
+                           timeout=15, what="the reload to be logged")
+        return self.lines(w, "SIGHUP: configuration re-read")[-1]
+
+    def lines(self, w, msg):
+        return [r for r in harness.json_log_lines(w.stderr()) if r.get("msg") == msg]
+
+    def stop(self, w):
+        w.signal(signal.SIGTERM)
+        code, out, err = w.wait(timeout=30)
+        self.assertEqual(code, 0, err[-3000:])
+        self.assert_identity(harness.parse_summary(out))
+
+    def test_a_change_that_needs_a_restart_is_logged(self):
+        w = self.start({"rate": 50, "drain-timeout": "30s"})
+        self.rewrite({"rate": 50, "drain-timeout": "1s"})
+        done = self.reload(w)
+        needs = self.lines(w, "SIGHUP: changed, but takes effect only after a restart")
+        self.assertEqual([(r["key"], r["from"], r["to"]) for r in needs],
+                         [("drain-timeout", "30s", "1s")], w.stderr()[-3000:])
+        self.assertEqual((done["changes"], done["need_restart"]), (0, 1), done)
+        self.stop(w)
+
+    def test_a_removed_key_keeps_its_running_value(self):
+        port = harness.free_port()
+        w = self.start({"rate": 50, "max-in-flight": 50},
+                       "--metrics-addr", "127.0.0.1:%d" % port)
+        self.rewrite({"rate": 50})
+        self.reload(w)
+        self.assertEqual(self.lines(w, "SIGHUP: max-in-flight changed"), [])
+        kept = self.lines(w, "SIGHUP: no longer set; the running value stays until a restart")
+        self.assertEqual([(r["key"], r["value"]) for r in kept], [("max-in-flight", "50")])
+        status, body = harness.http_get("http://127.0.0.1:%d/metrics" % port)
+        self.assertEqual(status, 200)
+        self.assertRegex(body, r"(?m)^mayhem_max_in_flight 50$")
+        self.stop(w)
+
+    def test_a_config_that_blocks_never_stalls_the_worker(self):
+        w = self.start({"rate": 50})
+        os.remove(self.conf)
+        os.mkfifo(self.conf)  # opening it for reading blocks until a writer comes: none will
+        w.signal(signal.SIGHUP)
+        harness.wait_until(lambda: any("took longer" in r.get("error", "") for r in
+                                       self.lines(w, "SIGHUP: configuration not reloaded")),
+                           timeout=30, what="the reload to give up")
+        w.signal(signal.SIGHUP)
+        harness.wait_until(lambda: self.lines(
+            w, "SIGHUP: ignored, the configuration is still being read"),
+            timeout=15, what="the second SIGHUP to be refused")
+        self.stop(w)  # the drain runs: the loop was never blocked
+
+
 if __name__ == "__main__":
     unittest.main()

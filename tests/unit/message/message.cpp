@@ -75,6 +75,31 @@ TEST_CASE("bad payloads give precise reasons and fixed kinds") {
     }
 }
 
+TEST_CASE("text after the JSON value is invalid JSON, a NUL byte included, on both paths") {
+    // issue 13 case 9: nlohmann's lexer took a NUL for the end of the input.
+    using namespace std::string_literals;
+    for (const std::string& payload :
+         {R"({"message_id":"t1","instance_name":"y"})"s + '\0' + "GARBAGE",
+          R"({"message_id":"t1","instance_name":"y"})"s + '\0',
+          R"({"message_id":"t1","instance_name":"y"} )"s + '\0' + " ",
+          R"({"message_id":"t1","instance_name":"y","n":1})"s + '\0' + "x",
+          R"({"message_id":"t1","instance_name":"y"} x)"s}) {
+        CAPTURE(payload);
+        auto e = bad(payload);
+        CHECK(e.kind == decode_kind::invalid_json);
+        message m;
+        auto slow = details::decode_with_parser(m, payload, decode_options{});
+        REQUIRE(slow);
+        CHECK(slow->kind == decode_kind::invalid_json);
+        CHECK(slow->reason == e.reason);
+    }
+    // Whitespace after the value is fine.
+    auto ok = decode(R"({"message_id":"t1","instance_name":"y"} )"
+                     "\n\t",
+                     decode_options{});
+    CHECK(std::holds_alternative<message>(ok));
+}
+
 TEST_CASE("a payload over max_bytes is too large") {
     decode_options o;
     o.max_bytes = 16;

@@ -63,6 +63,30 @@ TEST_CASE("command_template: unsafe placeholder values are refused") {
     CHECK(with_id.refuse(m));
 }
 
+TEST_CASE("command_template: . and .., and hostnames longer than DNS allows, are refused") {
+    // issue 13 case 1: a placeholder used as a path part must not name the directory or its
+    // parent; a hostname is at most 253 characters and each label at most 63.
+    auto t = std::get<command_template>(
+        command_template::parse("cp /srv/{hostname}/x /srv/{instance_name}/{message_id}"));
+    for (const char* bad : {".", ".."}) {
+        CAPTURE(bad);
+        CHECK(t.refuse(msg(bad)));
+        CHECK(t.refuse(message{"id-1", bad, "h"}));
+        CHECK(t.refuse(message{bad, "i-1", "h"}));
+    }
+    std::string label63(63, 'a'), label64(64, 'a');
+    CHECK_FALSE(t.refuse(msg(label63 + ".example.net")));
+    CHECK(t.refuse(msg(label64 + ".example.net")));
+    std::string host253, host254;
+    while (host253.size() < 253)
+        host253 += host253.empty() ? "a" : ".a";
+    host254 = host253 + "a";
+    REQUIRE(host253.size() == 253);
+    CHECK_FALSE(t.refuse(msg(host253)));
+    CHECK(t.refuse(msg(host254)));
+    CHECK(t.refuse(msg(std::string(300, 'a'))));
+}
+
 TEST_CASE("find_program: absolute paths and $PATH") {
     CHECK(find_program("sh"));
     CHECK(find_program("/bin/sh"));
