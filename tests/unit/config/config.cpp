@@ -99,3 +99,14 @@ TEST_CASE("flags win over the environment, the environment over the config file"
     CHECK(err.find("max-in-flite") != std::string::npos);
     std::remove(path);
 }
+
+// Found by tests/fuzz/duration.cpp: "18446744073709551616" (2^64) converted a double past
+// UINT64_MAX to an integer (undefined; on x86-64 it came out as 0 or 2^63).
+TEST_CASE("a size of 2^64 bytes or more is refused, not wrapped") {
+    CHECK(parse_bytes("18446744073709549568") ==
+          18446744073709549568u); // the largest double below 2^64
+    CHECK_FALSE(parse_bytes("18446744073709551616"));
+    CHECK_FALSE(parse_bytes("99999999999999999999"));
+    CHECK_FALSE(parse_bytes("20000000000000000M"));
+    CHECK_FALSE(parse_bytes(std::string(400, '9'))); // strtod: infinity
+}
