@@ -10,15 +10,16 @@ DEB_PACKAGES := g++ cmake make pkg-config python3 \
   libuv1-dev nlohmann-json3-dev prometheus-cpp-dev libmicrohttpd-dev doctest-dev \
   libcli11-dev libspdlog-dev libfmt-dev libsqlite3-dev libhiredis-dev libsystemd-dev \
   redis-server redis-tools prometheus clang-format systemd \
-  time nodejs node-redis golang-go
+  time nodejs node-redis golang-go clang libclang-rt-14-dev
 
-.PHONY: all deps build run test asan tsan bench chaos format format-check clean help
+.PHONY: all deps build run test fuzz asan tsan bench chaos format format-check clean help
 
 all: build
 
 help:
 	@echo "make run    install missing packages, build, run the worker on its defaults"
-	@echo "make test   install missing packages, build, run every test (ctest)"
+	@echo "make test   install missing packages, build, run every test (ctest), then make fuzz for 3 s a target"
+	@echo "make fuzz   build the libFuzzer targets with clang into build-fuzz/, run each FUZZ_SECONDS (60)"
 	@echo "make asan   build with AddressSanitizer+UBSan into build-asan/ and run the suite"
 	@echo "make tsan   build with ThreadSanitizer into build-tsan/ and run the suite"
 	@echo "make bench  run scripts/bench (see BENCHMARKS.md)"
@@ -39,6 +40,19 @@ run: build
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j$(JOBS)
+	$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=3
+
+# libFuzzer targets (tests/fuzz): their own build with clang, ASan and UBSan; each runs
+# FUZZ_SECONDS as the ctest test "fuzz: <target>", starting from its seeds (tests/fuzz/<target>/)
+# and what earlier runs found (build-fuzz/corpus/). A crash or broken property fails the run and
+# leaves the input in build-fuzz/artifacts/ (replay: build-fuzz/fuzz_<target> <file>).
+FUZZ_BUILD ?= build-fuzz
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	cmake -S . -B $(FUZZ_BUILD) -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DMAYHEM_FUZZ=ON -DMAYHEM_FUZZ_SECONDS=$(FUZZ_SECONDS) >/dev/null
+	cmake --build $(FUZZ_BUILD) -j$(JOBS)
+	cd $(FUZZ_BUILD) && ctest --output-on-failure -j$(JOBS)
 
 asan: deps
 	$(MAKE) --no-print-directory build-san SAN=address BUILD=build-asan
@@ -77,4 +91,4 @@ format-check:
 	clang-format --dry-run -Werror $$(git ls-files '*.cpp' '*.hpp')
 
 clean:
-	rm -rf build build-asan build-tsan
+	rm -rf build build-asan build-tsan build-fuzz

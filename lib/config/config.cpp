@@ -60,6 +60,30 @@ CLI::Option* add_range(CLI::App& cmd, const std::string& name, latency_range& ta
                       "expected a duration or a range MIN..MAX like 10ms..1s (MIN <= MAX)");
 }
 
+// `s` with each control character (and DEL) written as an escape (\n, \t, \x1b): an error
+// echoes what it was given (a key of the file, a flag's value, a template), and must stay one
+// line that carries no terminal escape.
+std::string printable(std::string_view s) {
+    std::string out;
+    out.reserve(s.size());
+    for (char ch : s) {
+        auto c = static_cast<unsigned char>(ch);
+        if (c >= 0x20 && c != 0x7f) {
+            out += ch;
+        } else if (ch == '\n') {
+            out += "\\n";
+        } else if (ch == '\r') {
+            out += "\\r";
+        } else if (ch == '\t') {
+            out += "\\t";
+        } else {
+            static constexpr char hex[] = "0123456789abcdef";
+            out += {'\\', 'x', hex[c >> 4], hex[c & 15]};
+        }
+    }
+    return out;
+}
+
 } // namespace
 
 std::optional<std::uint64_t> parse_whole_number(std::string_view s, std::uint64_t min,
@@ -474,7 +498,7 @@ std::optional<int> parse_command(CLI::App& cmd, const std::vector<std::string>& 
         out << cmd.help();
         return 0;
     } catch (const CLI::Error& e) {
-        err << name << ": " << e.what() << "\n";
+        err << name << ": " << printable(e.what()) << "\n";
         return 2;
     }
     return std::nullopt;
@@ -548,7 +572,7 @@ std::optional<worker_config> parse_worker_config(const std::vector<std::string>&
         exit_code = 0;
         return std::nullopt;
     } catch (const CLI::Error& e) {
-        err << "mayhem worker: " << e.what() << "\n";
+        err << "mayhem worker: " << printable(e.what()) << "\n";
         exit_code = 2;
         return std::nullopt;
     }
@@ -571,7 +595,7 @@ std::optional<worker_config> parse_worker_config(const std::vector<std::string>&
                 break;
             }
         }
-        err << "mayhem worker: " << *bad << "\n";
+        err << "mayhem worker: " << printable(*bad) << "\n";
         exit_code = 2;
         return std::nullopt;
     }

@@ -94,7 +94,10 @@ std::optional<std::uint64_t> parse_bytes(std::string_view s) {
         mult = 1024.0 * 1024;
     else
         return std::nullopt;
-    return static_cast<std::uint64_t>(v * mult);
+    double bytes = v * mult;
+    // 2^64 is exact as a double; from there up the conversion would be undefined.
+    if (!(bytes < 18446744073709551616.0)) return std::nullopt;
+    return static_cast<std::uint64_t>(bytes);
 }
 
 } // namespace mayhem

@@ -103,6 +103,7 @@ void* create_string(const redisReadTask* task, char* s, std::size_t len) {
 void* create_array(const redisReadTask* task, int elements) {
     redisReply** el = nullptr;
     std::size_t n = elements > 0 ? static_cast<std::size_t>(elements) : 0;
+    if (n > max_reply_elements) return nullptr; // the reader fails ("Out of memory")
     if (n > 0) {
         el = static_cast<redisReply**>(cache().get(n * sizeof(redisReply*)));
         if (!el) return nullptr;

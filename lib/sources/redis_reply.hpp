@@ -10,9 +10,17 @@
 // lists are per thread).
 #pragma once
 
+#include <cstddef>
+
 struct redisReplyObjectFunctions;
 
 namespace mayhem {
+
+// The most elements an array reply may announce. The element array is allocated when the header
+// arrives, before any element does, so without a bound 11 bytes ("*2147483647\r\n") would ask
+// for 17 GB. Larger headers fail the reader (hiredis reports "Out of memory" and the connection
+// is made again). Our largest replies hold a read's entries (at most 1000) or a field list.
+inline constexpr std::size_t max_reply_elements = std::size_t{1} << 20;
 
 // Install on a context's reader before its first reply: `c->c.reader->fn = pooled_replies();`.
 redisReplyObjectFunctions* pooled_replies() noexcept;

@@ -99,3 +99,50 @@ TEST_CASE("flags win over the environment, the environment over the config file"
     CHECK(err.find("max-in-flite") != std::string::npos);
     std::remove(path);
 }
+
+// Found by tests/fuzz/duration.cpp: "18446744073709551616" (2^64) converted a double past
+// UINT64_MAX to an integer (undefined; on x86-64 it came out as 0 or 2^63).
+TEST_CASE("a size of 2^64 bytes or more is refused, not wrapped") {
+    CHECK(parse_bytes("18446744073709549568") ==
+          18446744073709549568u); // the largest double below 2^64
+    CHECK_FALSE(parse_bytes("18446744073709551616"));
+    CHECK_FALSE(parse_bytes("99999999999999999999"));
+    CHECK_FALSE(parse_bytes("20000000000000000M"));
+    CHECK_FALSE(parse_bytes(std::string(400, '9'))); // strtod: infinity
+}
+
+// Found by tests/fuzz/config.cpp: a key or value of the file (or a flag's value) with a control
+// character was echoed raw in the error, so the one-line error became two lines or carried a
+// terminal escape.
+TEST_CASE("an error echoes the file's keys and values with control characters escaped") {
+    char path[] = "/tmp/mayhem-config-XXXXXX";
+    int fd = mkstemp(path);
+    REQUIRE(fd >= 0);
+    close(fd);
+    auto one_line = [](const std::string& e) {
+        REQUIRE(!e.empty());
+        CHECK(e.back() == '\n');
+        for (std::size_t i = 0; i + 1 < e.size(); ++i)
+            CHECK_MESSAGE(static_cast<unsigned char>(e[i]) >= 0x20, "byte ", i, " of ", e);
+    };
+    std::string err;
+    {
+        std::ofstream f(path);
+        f << R"({"max-in\nflight": 1})";
+    }
+    CHECK_FALSE(parse({"--config", path}, &err));
+    one_line(err);
+    CHECK(err.find(R"("max-in\nflight")") != std::string::npos);
+    {
+        std::ofstream f(path);
+        f << R"({"source": "\u001b[31mredis"})";
+    }
+    CHECK_FALSE(parse({"--config", path}, &err));
+    one_line(err);
+    CHECK(err.find(R"(\x1b[31mredis)") != std::string::npos);
+    std::remove(path);
+
+    CHECK_FALSE(parse({"--restarter", "exec", "--restart-command", "ssh\x7f {host\r}"}, &err));
+    one_line(err);
+    CHECK(err.find(R"(ssh\x7f {host\r})") != std::string::npos);
+}

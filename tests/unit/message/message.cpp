@@ -239,3 +239,22 @@ TEST_CASE("a message's id and host hashes are those of its views, through copies
     message big{"id", "i", std::string(300, 'h')};
     check(big);
 }
+
+// Found by tests/fuzz/message.cpp within seconds (issue 13, case 9, whose fix is its own
+// change): nlohmann's lexer takes a NUL for the end of the input, so an object followed by a NUL
+// and anything at all was accepted, on both paths (the plain one hands it to the parser).
+TEST_CASE("a NUL after the object, and whatever follows it, is invalid JSON on both paths") {
+    using namespace std::string_literals;
+    const std::string object = R"({"message_id":"t1","instance_name":"y"})";
+    for (const std::string& payload :
+         {object + '\0', object + "\0GARBAGE"s, object + " \0 "s, object + "\0\0\0\0"s}) {
+        INFO("payload: ", payload);
+        message m;
+        auto fast = decode_into(m, payload, {});
+        REQUIRE(fast);
+        CHECK(fast->kind == decode_kind::invalid_json);
+        auto parsed = details::decode_with_parser(m, payload, {});
+        REQUIRE(parsed);
+        CHECK(parsed->kind == decode_kind::invalid_json);
+    }
+}

@@ -83,3 +83,25 @@ TEST_CASE("pooled replies: integers, status, errors, empty arrays, and a reply c
     CHECK(out == nullptr);
     redisReaderFree(rd);
 }
+
+// Found by tests/fuzz/redis_reply.cpp: the 11 bytes "*44775808\r\n" made the reader allocate
+// and zero a 358 MB element array before any element arrived (and "*2147483647\r\n" 17 GB).
+TEST_CASE("pooled replies: an array header past max_reply_elements fails the reader") {
+    redisReader* rd = redisReaderCreateWithFunctions(pooled_replies());
+    REQUIRE(rd);
+    void* out = nullptr;
+    std::string head = "*" + std::to_string(max_reply_elements) + "\r\n";
+    REQUIRE(redisReaderFeed(rd, head.data(), head.size()) == REDIS_OK);
+    CHECK(redisReaderGetReply(rd, &out) == REDIS_OK); // the largest array allowed: waits for it
+    CHECK(out == nullptr);
+    redisReaderFree(rd);
+
+    for (std::string_view huge : {"*1048577\r\n", "*44775808\r\n", "*2147483647\r\n"}) {
+        rd = redisReaderCreateWithFunctions(pooled_replies());
+        REQUIRE(rd);
+        REQUIRE(redisReaderFeed(rd, huge.data(), huge.size()) == REDIS_OK);
+        CHECK(redisReaderGetReply(rd, &out) == REDIS_ERR);
+        CHECK(out == nullptr);
+        redisReaderFree(rd);
+    }
+}
