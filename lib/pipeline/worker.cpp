@@ -44,7 +44,6 @@ std::unique_ptr<source> make_redis_source(rt::loop& loop, const worker_config& c
     o.dead_letter_stream = c.dead_letter_stream;
     o.reclaim_interval = c.reclaim_interval;
     o.lease_timeout = c.lease_timeout;
-    o.max_attempts = c.max_attempts;
     o.exit_when_idle = c.exit_when_idle;
     o.read_ahead = c.read_ahead;
     o.lease_extend = c.lease_extend_interval;

@@ -63,7 +63,6 @@ struct redis_source_options {
     std::string dead_letter_stream; // empty: <stream>:dead
     rt::millis reclaim_interval{30000};
     rt::millis lease_timeout{60000};
-    std::uint32_t max_attempts = 5; // not used here: attempts are counted where restarts start
     bool exit_when_idle = false;
     rt::millis block{1000};       // how long one XREADGROUP waits for new entries
     std::size_t max_read = 1000;  // entries per read at most
