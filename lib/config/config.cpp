@@ -300,6 +300,10 @@ void add_worker_options(CLI::App& cmd, worker_config& c) {
         ->check(CLI::Range(std::uint64_t{0}, std::uint64_t{100'000}))
         ->capture_default_str()
         ->group("Redis");
+    add_duration(cmd, "--stream-sample-interval", c.stream_sample_interval,
+                 "redis: how often the group's lag, pending entries and dead-letter stream "
+                 "length are read for /metrics (0 = never)")
+        ->group("Redis");
     cmd.add_flag("--exit-when-idle", c.exit_when_idle,
                  "redis: exit 0 once the stream has no new or pending entries for the group")
         ->group("Redis");

@@ -15,8 +15,9 @@ import signal
 import stat
 import unittest
 
-from harness import Harness, json_log_lines, wait_until
-from test_redis import GROUP, STREAM, dead_letters, pending, rjson
+from harness import Harness, free_port, http_get, json_log_lines, wait_until
+from test_metrics import parse_metrics
+from test_redis import GROUP, STREAM, dead_letters, group_info, pending, rjson
 
 FAST = ["--store", "memory", "--save-latency", "0", "--restart-latency", "0",
         "--status-interval", "0"]
@@ -340,6 +341,59 @@ class RedisClaimsTest(Harness):
                    what="the restart to start")
         self.stop(w, code=3)  # released at the drain deadline: still pending, still its own
         self.assertEqual(self.consumers(), {"busy": 1})
+
+    # -- metrics ---------------------------------------------------------------------------
+
+    def test_metrics_show_the_groups_lag_pending_dead_letters_reclaims_and_ack_failures(self):
+        orphan = self.add("orphan", consumer="gone")  # its worker died: idle past the lease
+        self.r.cli("XCLAIM", STREAM, GROUP, "gone", "0", orphan, "IDLE", 7300000, "JUSTID")
+        flags, started, go = self.gate()
+        port = free_port()
+        # Three restarts run (held by the gate), one entry waits in the queue, nothing is read
+        # ahead: what is added beyond that stays unread, the group's lag.
+        w = self.worker(*flags, *QUIET, "--consumer", "w", "--max-in-flight", "3",
+                        "--queue-capacity", "1", "--read-ahead", "0",
+                        "--stream-sample-interval", "50ms",
+                        "--metrics-addr", "127.0.0.1:%d" % port)
+
+        def metrics():
+            status, body = http_get("http://127.0.0.1:%d/metrics" % port)
+            self.assertEqual(status, 200)
+            return {n + "".join("/" + v for _, v in sorted(l)): v
+                    for (n, l), v in parse_metrics(body).items() if n.startswith("mayhem_redis_")}
+
+        wait_until(lambda: os.path.exists(os.path.join(started, "orphan")), timeout=20,
+                   what="the orphan reclaimed and started")
+        wait_until(lambda: (client(self.r, "mayhem-reader") or {}).get("cmd") == "xreadgroup",
+                   timeout=20, what="the worker reading")
+        # A dead letter Redis refuses (the dead-letter key is not a stream) is an ack failure.
+        self.r.cli("SET", STREAM + ":dead", "not a stream")
+        self.r.cli("XADD", STREAM, "*", "payload", "this is not json")
+        wait_until(lambda: metrics()["mayhem_redis_ack_failures_total"] >= 1, timeout=20,
+                   what="the refused dead letter counted")
+        self.r.cli("DEL", STREAM + ":dead")
+        for mid in "abcde":
+            self.add(mid)
+        want = {"mayhem_redis_group_lag": 2,  # d and e: not read
+                "mayhem_redis_group_pending": 4,  # orphan, a, b running; c queued
+                "mayhem_redis_dead_letter_length": 1,
+                "mayhem_redis_reclaimed_total/orphan": 1,
+                "mayhem_redis_reclaimed_total/retry": 0,
+                "mayhem_redis_leases_lost_total": 0}
+        wait_until(lambda: {k: metrics()[k] for k in want} == want, timeout=20,
+                   what="the sampled figures")
+        self.assertEqual(len(owners(self.r, "w")), 4)
+        got = metrics()
+        self.assertEqual({k: got[k] for k in want}, want)
+        self.assertGreaterEqual(got["mayhem_redis_ack_failures_total"], 1)
+        for mid in ["orphan", *"abcde"]:
+            open(os.path.join(go, mid), "w").close()
+        wait_until(lambda: pending(self.r) == 0 and len(self.settled(w)) == 7, timeout=20,
+                   what="everything done")
+        wait_until(lambda: metrics()["mayhem_redis_group_lag"] == 0
+                   and metrics()["mayhem_redis_group_pending"] == 0, timeout=20,
+                   what="lag and pending sampled at 0")
+        self.stop(w)
 
 
 if __name__ == "__main__":
