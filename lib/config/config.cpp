@@ -383,6 +383,10 @@ void add_worker_options(CLI::App& cmd, worker_config& c) {
                      "has room (their leases are renewed; at a drain they are not started but "
                      "left pending for any worker); 0 = read only what the queue has room for")
         ->group("Redis");
+    add_duration(cmd, "--stream-sample-interval", c.stream_sample_interval,
+                 "redis: how often the group's lag, pending entries and dead-letter stream "
+                 "length are read for /metrics (0 = never)")
+        ->group("Redis");
     cmd.add_flag("--exit-when-idle", c.exit_when_idle,
                  "redis: exit 0 once the stream has no new or pending entries for the group")
         ->group("Redis");

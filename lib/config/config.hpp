@@ -43,7 +43,8 @@ struct worker_config {
     millis reclaim_interval{30000};
     millis lease_timeout{60000};
     bool exit_when_idle = false;
-    std::uint64_t read_ahead = 512; // entries read beyond the pipeline's room
+    std::uint64_t read_ahead = 512;      // entries read beyond the pipeline's room
+    millis stream_sample_interval{5000}; // how often the group is sampled for /metrics
 
     // simulated latencies and failures
     latency_range save_latency{millis{0}, millis{1000}};

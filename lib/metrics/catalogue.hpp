@@ -18,7 +18,8 @@
 
 namespace mayhem {
 struct exec_restarter_stats;
-}
+struct redis_source_stats;
+} // namespace mayhem
 
 namespace mayhem::metrics {
 
@@ -31,6 +32,7 @@ struct catalogue_inputs {
     std::optional<process_stats> process;
     const restart_guard_stats* guard = nullptr; // the safety rails in front of the restarter
     const exec_restarter_stats* exec = nullptr; // with --restarter exec
+    const redis_source_stats* redis = nullptr;  // with --source redis
 };
 
 std::vector<prometheus::MetricFamily> collect(const catalogue_inputs& in);

@@ -37,7 +37,8 @@ class observability {
 public:
     observability(rt::loop& l, observability_options opts, const pipeline& p, const source& src,
                   const store& st, const restart_guard_stats* guard = nullptr,
-                  const exec_restarter_stats* exec = nullptr);
+                  const exec_restarter_stats* exec = nullptr,
+                  const redis_source_stats* redis = nullptr);
     observability(const observability&) = delete;
     observability& operator=(const observability&) = delete;
     ~observability();
@@ -65,6 +66,7 @@ private:
     const store& store_;
     const restart_guard_stats* guard_;
     const exec_restarter_stats* exec_;
+    const redis_source_stats* redis_;
     const std::string source_name_;
     live_state live_;
     bool publishing_ = true; // loop thread: false once the source may be closed

@@ -46,10 +46,10 @@ std::unique_ptr<source> make_redis_source(rt::loop& loop, const worker_config& c
     o.dead_letter_stream = c.dead_letter_stream;
     o.reclaim_interval = c.reclaim_interval;
     o.lease_timeout = c.lease_timeout;
-    o.max_attempts = c.max_attempts;
     o.exit_when_idle = c.exit_when_idle;
     o.read_ahead = c.read_ahead;
     o.lease_extend = c.lease_extend_interval;
+    o.sample_interval = c.metrics_addr == "off" ? rt::millis{0} : c.stream_sample_interval;
     if (c.lease_extend_interval * 2 > c.lease_timeout)
         log::warn("--lease-extend-interval is not well below --lease-timeout: entries in flight "
                   "may be reclaimed by other workers while this one works on them",
@@ -168,6 +168,11 @@ const exec_restarter_stats* exec_stats(const restarter& r) {
     return e ? &e->stats() : nullptr;
 }
 
+const redis_source_stats* redis_stats(const source& s) {
+    auto* r = dynamic_cast<const redis_source*>(&s);
+    return r ? &r->stats() : nullptr;
+}
+
 double seconds_since(std::chrono::steady_clock::time_point t) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
@@ -185,7 +190,7 @@ worker::worker(worker_config cfg, std::vector<std::string> argv)
     pipeline_->on_change([this] { check_done(); });
     observability_ = std::make_unique<metrics::observability>(
         loop_, make_observability_options(cfg_), *pipeline_, *source_, *store_, &guard_->stats(),
-        exec_stats(*restarter_));
+        exec_stats(*restarter_), redis_stats(*source_));
 
     for (int s : {SIGTERM, SIGINT}) {
         signals_.push_back(

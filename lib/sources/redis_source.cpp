@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <hiredis/hiredis.h>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 namespace mayhem {
 
@@ -204,6 +205,8 @@ redis_source::redis_source(rt::loop& loop, redis_source_options opts)
     if (opts_.max_read == 0) opts_.max_read = 1;
     if (opts_.max_batch == 0) opts_.max_batch = 1;
     if (opts_.lease_extend.count() <= 0) opts_.lease_extend = rt::millis{1};
+    for (rt::gauge* g : {&stats_.group_lag, &stats_.group_pending, &stats_.dead_letter_length})
+        g->set(-1); // not sampled yet
 }
 
 redis_source::~redis_source() {
@@ -289,6 +292,9 @@ void redis_source::start(source_sink& sink) {
     });
     ahead_timer_ =
         std::make_unique<rt::periodic_timer>(loop_, opts_.lease_extend, [this] { renew_ahead(); });
+    if (opts_.sample_interval.count() > 0)
+        sample_timer_ = std::make_unique<rt::periodic_timer>(loop_, opts_.sample_interval,
+                                                             [this] { sample(); });
     enter(state::connecting, "started");
     writer_.open();
     reader_.open();
@@ -325,6 +331,7 @@ void redis_source::close() {
     enter(state::closed, "closed");
     reclaim_timer_.reset();
     ahead_timer_.reset();
+    sample_timer_.reset();
     cool_timer_.cancel();
     force_timer_.cancel();
     idle_.close();
@@ -631,6 +638,7 @@ bool redis_source::send_batch(std::list<batch>::iterator it, int argc, const cha
         batch& bt = *it;
         if (!bt.dropped) { // else reported released by a forced stop already
             if (std::string e = redis_link::error_of(r); !e.empty()) {
+                stats_.ack_failures.inc(bt.acks.size() + bt.dead.size());
                 requeue(bt);
                 if (r && !handle_nogroup(e)) cool_down(what, e);
             } else {
@@ -759,7 +767,7 @@ void redis_source::renew(std::size_t n, IdOf id_of, const char* what) {
 // delivered, the pipeline hears of it and its verdict is not carried out here.
 void redis_source::on_lease_lost(const std::string& id) {
     if (!held_.count(id) || lost_.count(id)) return; // confirmed meanwhile, or known
-    ++lost_leases_;
+    stats_.leases_lost.inc();
     log::warn("lease lost: a peer reclaimed the entry while this worker held it; it is not "
               "acked here",
               {{"source_id", id}});
@@ -1084,8 +1092,8 @@ void redis_source::reclaim() {
                         ++(it->second.consumer == opts_.consumer ? retries : orphans);
                         entries.push_back(std::move(en));
                     }
-                    reclaimed_orphans_ += orphans;
-                    reclaimed_retries_ += retries;
+                    stats_.reclaimed_orphans.inc(orphans);
+                    stats_.reclaimed_retries.inc(retries);
                     if (!entries.empty()) {
                         log::info("reclaimed entries idle longer than the lease timeout",
                                   {{"count", entries.size()},
@@ -1186,6 +1194,55 @@ void redis_source::dead_letter_here(std::string id, std::string payload, std::st
 void redis_source::prune_waiting() {
     std::uint64_t now = loop_.now();
     std::erase_if(waiting_, [now](const auto& w) { return w.second <= now; });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sampling for /metrics: one timer, three commands pipelined on the writer (the reader's reads
+// never wait behind them), at most one sample under way. A failed command leaves its figure as
+// it was; the next sample tries again.
+// ---------------------------------------------------------------------------------------------
+
+void redis_source::sample() {
+    if (!running() || samples_ > 0 || !writer_.up() || !group_ready_) return;
+    auto integer = [](const redisReply* r) -> std::optional<std::int64_t> {
+        if (r && r->type == REDIS_REPLY_INTEGER) return r->integer;
+        return std::nullopt;
+    };
+    auto answered = [this] { --samples_; };
+    // XINFO GROUPS: a list of groups, each a flat list of fields. `lag` is there since Redis 7.0
+    // and nil when Redis cannot tell (entries deleted from the stream): -1 then.
+    if (writer_.send({"XINFO", "GROUPS", opts_.stream}, [this, integer, answered](redisReply* r) {
+            if (closed()) return;
+            answered();
+            for (std::size_t i = 0; r && r->type == REDIS_REPLY_ARRAY && i < r->elements; ++i) {
+                const redisReply* g = r->element[i];
+                if (g->type != REDIS_REPLY_ARRAY) continue;
+                std::optional<std::int64_t> lag;
+                bool ours = false;
+                for (std::size_t f = 0; f + 1 < g->elements; f += 2) {
+                    auto key = str(g->element[f]);
+                    if (key == "name") ours = str(g->element[f + 1]) == opts_.group;
+                    if (key == "lag") lag = integer(g->element[f + 1]);
+                }
+                if (ours) stats_.group_lag.set(lag.value_or(-1));
+            }
+        }))
+        ++samples_;
+    // XPENDING summary: [count, smallest id, greatest id, [[consumer, count], ...]].
+    if (writer_.send({"XPENDING", opts_.stream, opts_.group},
+                     [this, integer, answered](redisReply* r) {
+                         if (closed()) return;
+                         answered();
+                         if (r && r->type == REDIS_REPLY_ARRAY && r->elements > 0)
+                             if (auto n = integer(r->element[0])) stats_.group_pending.set(*n);
+                     }))
+        ++samples_;
+    if (writer_.send({"XLEN", opts_.dead_letter_stream}, [this, integer, answered](redisReply* r) {
+            if (closed()) return;
+            answered();
+            if (auto n = integer(r)) stats_.dead_letter_length.set(*n);
+        }))
+        ++samples_;
 }
 
 // ---------------------------------------------------------------------------------------------

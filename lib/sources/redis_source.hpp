@@ -33,6 +33,9 @@
 // that died with it only read ahead or queued raised it too). The source never dead-letters on
 // it; an entry it takes but does not start is handed back with its count as it was.
 //
+// For /metrics (redis_source_stats) one timer samples the group (lag, pending entries) and
+// the dead-letter stream's length on the writer, never per message and never on the reader.
+//
 // Its life is one state machine (`state`: connecting, setting_up, recovering, reading,
 // checking_idle, draining, leaving, forced, stopped, failed, closed), each change made in one
 // function and logged (`redis source state`); the diagram is in redis_source.cpp. Besides the
@@ -42,6 +45,7 @@
 // Threading: loop thread only.
 #pragma once
 
+#include "runtime/counter.hpp"
 #include "runtime/loop.hpp"
 #include "sources/redis_link.hpp"
 #include "sources/source.hpp"
@@ -63,7 +67,6 @@ struct redis_source_options {
     std::string dead_letter_stream; // empty: <stream>:dead
     rt::millis reclaim_interval{30000};
     rt::millis lease_timeout{60000};
-    std::uint32_t max_attempts = 5; // not used here: attempts are counted where restarts start
     bool exit_when_idle = false;
     rt::millis block{1000};       // how long one XREADGROUP waits for new entries
     std::size_t max_read = 1000;  // entries per read at most
@@ -72,6 +75,28 @@ struct redis_source_options {
     // only what was granted). With it, one read is under way while the last one is processed.
     std::size_t read_ahead = 512;
     rt::millis lease_extend{2000}; // how often the leases of entries held here are renewed
+    // How often the group is sampled for /metrics (redis_source_stats; 0: never).
+    rt::millis sample_interval{5000};
+};
+
+// What a stream operator reads on /metrics (README, "Observability"). Written by the loop
+// thread, read by the HTTP threads: single-writer relaxed atomics, as pipeline_stats.
+struct redis_source_stats {
+    // Sampled every sample_interval on the writer (XINFO GROUPS, XPENDING, XLEN), never per
+    // message. -1 until the first sample; the lag also when Redis cannot tell it (before 7.0,
+    // or after entries were deleted from the stream).
+    rt::gauge group_lag;          // entries in the stream the group has not read yet
+    rt::gauge group_pending;      // entries read by the group's consumers and not acked
+    rt::gauge dead_letter_length; // entries in the dead-letter stream
+    // Entries this worker took from the group's pending list: another consumer's (an orphan,
+    // its worker gone or stalled), or its own, retried and waiting out their lease.
+    rt::counter reclaimed_orphans;
+    rt::counter reclaimed_retries;
+    // Deliveries (or entries read ahead) found in a peer's hands at lease renewal.
+    rt::counter leases_lost;
+    // Verdicts (XACK, dead letter) whose command Redis refused or whose reply was lost: they
+    // are sent again, or given up at a forced stop (the entry stays pending).
+    rt::counter ack_failures;
 };
 
 class redis_source final : public source {
@@ -95,12 +120,7 @@ public:
 
     // Dead-lettered without being delivered (no payload field).
     std::uint64_t dead_lettered_here() const noexcept { return dead_here_; }
-    // Entries taken from the group's pending list: of another consumer (an orphan, its worker
-    // gone or stalled), or this one's own, retried and waiting out their lease.
-    std::uint64_t reclaimed_orphans() const noexcept { return reclaimed_orphans_; }
-    std::uint64_t reclaimed_retries() const noexcept { return reclaimed_retries_; }
-    // Deliveries (or entries read ahead) found in a peer's hands at lease renewal.
-    std::uint64_t lost_leases() const noexcept { return lost_leases_; }
+    const redis_source_stats& stats() const noexcept { return stats_; }
 
 private:
     struct entry {
@@ -187,6 +207,7 @@ private:
     void dead_letter_here(std::string id, std::string payload, std::string reason,
                           std::uint32_t attempts);
     void check_idle();
+    void sample();
     bool quiet() const;
     void say_farewell();
     void release_unconfirmed();
@@ -205,7 +226,8 @@ private:
     redis_link writer_;
     rt::uv_handle<uv_idle_t> idle_;
     std::unique_ptr<rt::periodic_timer> reclaim_timer_;
-    std::unique_ptr<rt::periodic_timer> ahead_timer_; // renews the leases of ahead_
+    std::unique_ptr<rt::periodic_timer> ahead_timer_;  // renews the leases of ahead_
+    std::unique_ptr<rt::periodic_timer> sample_timer_; // samples the group for stats_
     rt::delayed_call cool_timer_;
     rt::delayed_call force_timer_;
 
@@ -232,6 +254,7 @@ private:
     unsigned reads_ = 0;      // reads of new entries under way (at most 2, pipelined)
     bool last_full_ = true;   // the last read returned all it asked for: more are waiting
     unsigned releases_ = 0;   // XCLAIM ... IDLE of entries left at a drain, awaiting a reply
+    unsigned samples_ = 0;    // replies of the last sample still awaited (one sample at a time)
 
     state state_ = state::created;
     control control_ = control::none;
@@ -246,9 +269,7 @@ private:
     bool ever_up_ = false;     // reached `recovering` once: credentials work, a drop is an outage
     std::string fatal_;
     std::uint64_t dead_here_ = 0;
-    std::uint64_t reclaimed_orphans_ = 0;
-    std::uint64_t reclaimed_retries_ = 0;
-    std::uint64_t lost_leases_ = 0;
+    redis_source_stats stats_;
     std::uint64_t reconnects_ = 0; // outages the source came back from (not each link, not
                                    // each failed attempt)
 };

@@ -15,8 +15,9 @@ import signal
 import stat
 import unittest
 
-from harness import Harness, json_log_lines, wait_until
-from test_redis import GROUP, STREAM, dead_letters, pending, rjson
+from harness import Harness, free_port, http_get, json_log_lines, wait_until
+from test_metrics import parse_metrics
+from test_redis import GROUP, STREAM, dead_letters, group_info, pending, rjson
 
 FAST = ["--store", "memory", "--save-latency", "0", "--restart-latency", "0",
         "--status-interval", "0"]
@@ -371,6 +372,120 @@ class RedisClaimsTest(Harness):
                    what="the restart to start")
         self.stop(w, code=3)  # released at the drain deadline: still pending, still its own
         self.assertEqual(self.consumers(), {"busy": 1})
+
+    # -- reading ahead -----------------------------------------------------------------------
+
+    def test_reading_ahead_holds_no_more_than_the_pipeline_can_take_plus_the_read_ahead(self):
+        flags, started, go = self.gate()
+        port = free_port()
+        w = self.worker(*flags, *QUIET, "--consumer", "w", "--max-in-flight", "1",
+                        "--queue-capacity", "2", "--read-ahead", "2",
+                        "--metrics-addr", "127.0.0.1:%d" % port)
+        entries = [self.add("m%d" % i) for i in range(20)]
+
+        def received():
+            status, body = http_get("http://127.0.0.1:%d/metrics" % port)
+            self.assertEqual(status, 200)
+            return parse_metrics(body)[("mayhem_messages_received_total",
+                                        frozenset({("source", "redis")}))]
+
+        # m0 runs, m1 and m2 wait in the queue, m3 and m4 are read ahead: 5 held, 3 delivered.
+        # (A read-ahead of 2 reads one entry at a time: every free place is filled.)
+        for held, done in ((5, 0), (5, 1)):
+            wait_until(lambda: len(owners(self.r, "w")) == held
+                       and len(self.settled(w)) == done and received() == 1 + 2 + done,
+                       timeout=20, what="%d entries held, %d done" % (held, done))
+            # Nothing more was read: the rest is the group's lag.
+            self.assertEqual(group_info(self.r)["lag"], 20 - held - done)
+            self.assertEqual(set(owners(self.r, "w")), set(entries[done:done + held]))
+            open(os.path.join(go, "m%d" % done), "w").close()  # one more goes through
+        for i in range(2, 20):
+            open(os.path.join(go, "m%d" % i), "w").close()
+        wait_until(lambda: pending(self.r) == 0 and len(self.settled(w)) == 20, timeout=60,
+                   what="all 20 acked")
+        self.stop(w)
+
+    def test_a_stop_with_a_read_under_way_leaves_what_it_brings_pending_never_acked(self):
+        flags, started, go = self.gate()
+        w = self.worker(*flags, *QUIET, "--consumer", "w", "--max-in-flight", "1",
+                        "--queue-capacity", "1", "--read-ahead", "0", "--drain-timeout", "1h")
+        entries = [self.add("m%d" % i) for i in range(6)]
+        # m0 runs, m1 waits in the queue; the queue is full, so nothing else is read.
+        wait_until(lambda: os.path.exists(os.path.join(started, "m0"))
+                   and len(owners(self.r, "w")) == 2, timeout=20, what="m0 running, m1 queued")
+        # Redis holds every command: once m0 ends, m1 starts and its room in the queue sends a
+        # read (of m2) that Redis answers only after the stop.
+        self.r.cli("CLIENT", "PAUSE", 5000, "ALL")
+        open(os.path.join(go, "m0"), "w").close()
+        wait_until(lambda: os.path.exists(os.path.join(started, "m1")), timeout=20,
+                   what="m1 running")
+        w.signal(signal.SIGTERM)
+        wait_until(lambda: logged(w, "redis source state") and
+                   any(e.get("to") == "draining" for e in logged(w, "redis source state")),
+                   timeout=20, what="the drain")
+        open(os.path.join(go, "m1"), "w").close()
+        code, _, err = w.wait(timeout=60)
+        self.assertEqual(code, 0, err[-3000:])
+        self.assertEqual(self.settled(w, "acked"), ["m0", "m1"])
+        left = logged(w, "entries read ahead and not started")
+        self.assertEqual([e.get("count") for e in left], [1], err[-3000:])
+        # m2 came with the read after the stop: not started, not acked, handed back as if never
+        # delivered; the rest was never read.
+        self.assertEqual(owners(self.r), {entries[2]: ("w", 0)})
+        self.assertEqual(group_info(self.r)["lag"], 3)
+
+    # -- metrics ---------------------------------------------------------------------------
+
+    def test_metrics_show_the_groups_lag_pending_dead_letters_reclaims_and_ack_failures(self):
+        orphan = self.add("orphan", consumer="gone")  # its worker died: idle past the lease
+        self.r.cli("XCLAIM", STREAM, GROUP, "gone", "0", orphan, "IDLE", 7300000, "JUSTID")
+        flags, started, go = self.gate()
+        port = free_port()
+        # Three restarts run (held by the gate), one entry waits in the queue, nothing is read
+        # ahead: what is added beyond that stays unread, the group's lag.
+        w = self.worker(*flags, *QUIET, "--consumer", "w", "--max-in-flight", "3",
+                        "--queue-capacity", "1", "--read-ahead", "0",
+                        "--stream-sample-interval", "50ms",
+                        "--metrics-addr", "127.0.0.1:%d" % port)
+
+        def metrics():
+            status, body = http_get("http://127.0.0.1:%d/metrics" % port)
+            self.assertEqual(status, 200)
+            return {n + "".join("/" + v for _, v in sorted(l)): v
+                    for (n, l), v in parse_metrics(body).items() if n.startswith("mayhem_redis_")}
+
+        wait_until(lambda: os.path.exists(os.path.join(started, "orphan")), timeout=20,
+                   what="the orphan reclaimed and started")
+        wait_until(lambda: (client(self.r, "mayhem-reader") or {}).get("cmd") == "xreadgroup",
+                   timeout=20, what="the worker reading")
+        # A dead letter Redis refuses (the dead-letter key is not a stream) is an ack failure.
+        self.r.cli("SET", STREAM + ":dead", "not a stream")
+        self.r.cli("XADD", STREAM, "*", "payload", "this is not json")
+        wait_until(lambda: metrics()["mayhem_redis_ack_failures_total"] >= 1, timeout=20,
+                   what="the refused dead letter counted")
+        self.r.cli("DEL", STREAM + ":dead")
+        for mid in "abcde":
+            self.add(mid)
+        want = {"mayhem_redis_group_lag": 2,  # d and e: not read
+                "mayhem_redis_group_pending": 4,  # orphan, a, b running; c queued
+                "mayhem_redis_dead_letter_length": 1,
+                "mayhem_redis_reclaimed_total/orphan": 1,
+                "mayhem_redis_reclaimed_total/retry": 0,
+                "mayhem_redis_leases_lost_total": 0}
+        wait_until(lambda: {k: metrics()[k] for k in want} == want, timeout=20,
+                   what="the sampled figures")
+        self.assertEqual(len(owners(self.r, "w")), 4)
+        got = metrics()
+        self.assertEqual({k: got[k] for k in want}, want)
+        self.assertGreaterEqual(got["mayhem_redis_ack_failures_total"], 1)
+        for mid in ["orphan", *"abcde"]:
+            open(os.path.join(go, mid), "w").close()
+        wait_until(lambda: pending(self.r) == 0 and len(self.settled(w)) == 7, timeout=20,
+                   what="everything done")
+        wait_until(lambda: metrics()["mayhem_redis_group_lag"] == 0
+                   and metrics()["mayhem_redis_group_pending"] == 0, timeout=20,
+                   what="lag and pending sampled at 0")
+        self.stop(w)
 
 
 if __name__ == "__main__":
