@@ -6,7 +6,7 @@ BUILD_TYPE ?= RelWithDebInfo
 CMAKE_FLAGS ?=
 
 # Debian packages the build, the tests and the benchmarks need.
-DEB_PACKAGES := g++ cmake make pkg-config python3 \
+DEB_PACKAGES := g++ cmake make pkg-config python3 python3-yaml \
   libuv1-dev nlohmann-json3-dev prometheus-cpp-dev libmicrohttpd-dev doctest-dev \
   libcli11-dev libspdlog-dev libfmt-dev libsqlite3-dev libhiredis-dev libsystemd-dev \
   redis-server redis-tools prometheus clang-format systemd \

@@ -1,0 +1,122 @@
+"""The deploy files agree with the binary: the container image's runtime packages cover what
+`build/mayhem` links, every file it copies exists, and the Kubernetes manifests parse and use
+the probe paths, port and variables the worker serves and reads. (No container engine runs here:
+the image itself is not built.)"""
+
+import os
+import re
+import shlex
+import subprocess
+import unittest
+
+import yaml
+
+import harness
+from harness import Harness, http_get, free_port, wait_until
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DOCKERFILE = os.path.join(ROOT, "deploy", "Dockerfile")
+MANIFEST = os.path.join(ROOT, "deploy", "kubernetes", "deployment.yaml")
+
+
+def stages(text):
+    """The Dockerfile's stages as lists of instructions (continuation lines joined)."""
+    lines, cur = [], ""
+    for raw in text.splitlines():
+        if raw.strip().startswith("#"):
+            continue
+        cur += raw.rstrip("\\").strip() + " " if raw.rstrip().endswith("\\") else raw.strip()
+        if not raw.rstrip().endswith("\\"):
+            if cur.strip():
+                lines.append(cur.strip())
+            cur = ""
+    out = []
+    for line in lines:
+        if line.upper().startswith("FROM "):
+            out.append([])
+        out[-1].append(line)
+    return out
+
+
+def owning_package(path):
+    """The Debian package that holds a shared library (usr-merged paths tried both ways)."""
+    real = os.path.realpath(path)
+    candidates = {path, real}
+    for p in list(candidates):
+        if p.startswith("/usr/lib/"):
+            candidates.add(p[len("/usr"):])
+        elif p.startswith("/lib/"):
+            candidates.add("/usr" + p)
+    for c in candidates:
+        r = subprocess.run(["dpkg", "-S", c], capture_output=True, text=True)
+        if r.returncode == 0:
+            return r.stdout.split(":")[0]
+    return None
+
+
+class DeployTest(Harness):
+    def test_the_image_copies_files_that_exist(self):
+        for stage in stages(open(DOCKERFILE).read()):
+            for line in stage:
+                if line.upper().startswith("COPY ") and "--from=" not in line:
+                    for src in shlex.split(line)[1:-1]:
+                        self.assertTrue(os.path.exists(os.path.join(ROOT, src)), line)
+
+    def test_the_runtime_image_has_every_library_the_binary_links(self):
+        runtime = stages(open(DOCKERFILE).read())[-1]
+        install = " ".join(l for l in runtime if "apt-get install" in l)
+        packages = set(re.findall(r"\b(lib[\w.+-]+)", install))
+        ldd = subprocess.run(["ldd", harness.MAYHEM], capture_output=True, text=True, check=True)
+        missing = []
+        for line in ldd.stdout.splitlines():
+            m = re.search(r"=> (\S+)", line)
+            if not m:
+                continue
+            pkg = owning_package(m.group(1))
+            self.assertIsNotNone(pkg, "no package holds %s" % m.group(1))
+            if pkg.split(":")[0] not in packages:
+                missing.append("%s (%s)" % (pkg, m.group(1)))
+        self.assertEqual(missing, [], "runtime stage misses: %s" % ", ".join(missing))
+        text = " ".join(runtime)
+        self.assertIn("STOPSIGNAL SIGTERM", text)
+        self.assertRegex(text, r"USER (?!root|0\b)\w+")
+        self.assertIn("/healthz", text)
+
+    def test_the_manifest_matches_what_the_worker_serves_and_reads(self):
+        docs = [d for d in yaml.safe_load_all(open(MANIFEST)) if d]
+        kinds = {d["kind"] for d in docs}
+        self.assertTrue({"Deployment", "PodDisruptionBudget"} <= kinds, kinds)
+        dep = next(d for d in docs if d["kind"] == "Deployment")
+        spec = dep["spec"]["template"]["spec"]
+        c = spec["containers"][0]
+        args = c["args"]
+        addr = args[args.index("--metrics-addr") + 1]
+        port = int(addr.rsplit(":", 1)[1])
+        self.assertEqual([p["containerPort"] for p in c["ports"]], [port])
+        paths = {c[p]["httpGet"]["path"]
+                 for p in ("livenessProbe", "readinessProbe", "startupProbe")}
+        self.assertEqual(paths, {"/healthz", "/readyz"})
+        sc = c["securityContext"]
+        self.assertTrue(sc["runAsNonRoot"] and sc["readOnlyRootFilesystem"])
+        self.assertFalse(sc["allowPrivilegeEscalation"])
+        self.assertEqual(sc["capabilities"]["drop"], ["ALL"])
+        # The stop fits the grace period: --drain-timeout + the worker's 2 s margin.
+        drain = args[args.index("--drain-timeout") + 1]
+        self.assertGreater(spec["terminationGracePeriodSeconds"], int(drain.rstrip("s")) + 2)
+        # Every variable is a flag the worker knows, and every argument parses.
+        help_text = subprocess.run([harness.MAYHEM, "worker", "--help"], capture_output=True,
+                                   text=True).stdout
+        for env in c.get("env", []):
+            flag = "--" + env["name"][len("MAYHEM_"):].lower().replace("_", "-")
+            self.assertIn(flag, help_text, env["name"])
+        # The probe paths answer on the worker itself.
+        p = free_port()
+        w = self.worker("--metrics-addr", "127.0.0.1:%d" % p, "--status-interval", "0")
+        for path in paths:
+            wait_until(lambda: http_get("http://127.0.0.1:%d%s" % (p, path))[0] == 200
+                       or not w.alive(), timeout=10, what=path)
+            self.assertEqual(http_get("http://127.0.0.1:%d%s" % (p, path))[0], 200, path)
+
+
+if __name__ == "__main__":
+    unittest.main()
