@@ -151,6 +151,8 @@ std::vector<MetricFamily> collect(const catalogue_inputs& in) {
                          MetricType::Histogram);
     add_histogram(stages, st.save_seconds, {{"stage", "save"}});
     add_histogram(stages, st.restart_seconds, {{"stage", "restart"}});
+    add_histogram(stages, st.slot_wait_seconds, {{"stage", "slot_wait"}});
+    add_histogram(stages, st.command_seconds, {{"stage", "command"}});
     add_histogram(stages, st.total_seconds, {{"stage", "total"}});
     out.push_back(std::move(stages));
 

@@ -242,8 +242,11 @@ rt::task<void> pipeline::process(delivery d) {
         auto gate = guard_.enter(f.pass, f.msg, f.restarted);
         bool go = gate == restart_guard::gate::restart;
         try {
-            if (gate == restart_guard::gate::wait)
+            if (gate == restart_guard::gate::wait) {
+                auto waited_from = now_ns();
                 go = co_await guard_.wait(f.pass, f.msg, f.restarted);
+                stats_.slot_wait_seconds.observe(static_cast<double>(now_ns() - waited_from) / 1e9);
+            }
             if (go && f.lease_lost) {
                 go = false;
                 stats_.lost_unstarted.inc();
@@ -251,7 +254,9 @@ rt::task<void> pipeline::process(delivery d) {
             }
             if (go) {
                 f.ran = true;
+                auto ran_from = now_ns();
                 f.restarted = co_await guard_.inner().restart(f.msg);
+                stats_.command_seconds.observe(static_cast<double>(now_ns() - ran_from) / 1e9);
             }
         } catch (...) {
             restart_failed(f.restarted); // a restarter that threw: a failed restart like any other

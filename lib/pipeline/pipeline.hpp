@@ -44,13 +44,15 @@ struct pipeline_options {
     backoff_policy record_retry{std::chrono::milliseconds{100}, std::chrono::milliseconds{5000}};
 };
 
-// Latency histogram written by the loop thread, read by the metrics thread. Buckets are fixed
-// (1 ms .. 60 s) plus a fine set below 1 ms for the worker's own overhead.
+// Latency histogram written by the loop thread, read by the metrics thread. Buckets are fixed:
+// a fine set below 1 ms for the worker's own overhead, up to 30 minutes for real restarts
+// (--restart-timeout defaults to 5 minutes).
 class latency_histogram {
 public:
-    static constexpr std::array<double, 20> bounds = {
-        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-        0.1,     0.25,   0.5,     1.0,    2.5,   5.0,    10.0,  20.0, 30.0,  60.0};
+    static constexpr std::array<double, 25> bounds = {
+        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+        0.05,    0.1,    0.25,    0.5,    1.0,   2.5,    5.0,   10.0, 20.0,
+        30.0,    60.0,   120.0,   300.0,  600.0, 1200.0, 1800.0};
     void observe(double seconds) noexcept;
     std::uint64_t bucket(std::size_t i) const noexcept {
         return counts_[i].get();
@@ -81,6 +83,8 @@ struct pipeline_stats {
     rt::gauge peak_in_flight; // the most in flight at once since start
     rt::gauge queue_depth;
     latency_histogram save_seconds, restart_seconds, total_seconds;
+    // Within the restart step: waiting for a slot (cap, pause, breaker), and the restart itself.
+    latency_histogram slot_wait_seconds, command_seconds;
 
     std::uint64_t completed_total() const noexcept {
         std::uint64_t n = 0;

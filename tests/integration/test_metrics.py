@@ -233,6 +233,32 @@ class MetricsTest(Harness):
             for c in conns:
                 c.close()
 
+    def test_restart_stages_split_waiting_for_a_slot_from_the_command_and_reach_30_minutes(self):
+        lines = "".join('{"message_id":"m%d","instance_name":"h%d"}\n' % (i, i) for i in range(2))
+        w = self.start("--source", "stdin", "--restarter", "simulate", "--store", "memory",
+                       "--save-latency", "0", "--restart-latency", "300ms",
+                       "--max-concurrent-restarts", "1", stdin=subprocess.PIPE)
+        w.proc.stdin.write(lines.encode())
+        w.proc.stdin.flush()
+
+        def done():
+            m = parse_metrics(self.scrape())
+            return m if value(m, "mayhem_stage_duration_seconds_count", stage="total") == 2 \
+                else None
+
+        m = wait_until(done, timeout=30, what="both messages to finish")
+        w.proc.stdin.close()
+        w.wait(timeout=30)
+        stage = lambda s, what="count": value(m, "mayhem_stage_duration_seconds_" + what, stage=s)
+        self.assertEqual(stage("command"), 2)
+        self.assertGreaterEqual(stage("command", "sum"), 0.6)
+        # The second restart waited for the first's slot: about one command's time.
+        self.assertEqual(stage("slot_wait"), 1)
+        self.assertGreaterEqual(stage("slot_wait", "sum"), 0.25)
+        # Real restarts take minutes: the buckets go up to 30 minutes.
+        self.assertEqual(value(m, "mayhem_stage_duration_seconds_bucket", stage="command",
+                               le="1800"), 2)
+
     def test_unknown_paths_are_404(self):
         self.start("--rate", "10")
         self.assertEqual(http_get(self.base + "/")[0], 404)

@@ -58,14 +58,15 @@ TEST_CASE("catalogue: counters carry their labels and values") {
     CHECK(text.find("process_") == std::string::npos); // no process figures given
 }
 
-TEST_CASE("catalogue: histograms are cumulative, cover 1 ms to 60 s, count equals +Inf") {
+TEST_CASE("catalogue: histograms are cumulative, cover 50 us to 30 min, count equals +Inf") {
     pipeline_stats st;
     metrics::live_state live;
     st.total_seconds.observe(0.0002); // worker overhead, below 1 ms
     st.total_seconds.observe(0.003);
     st.total_seconds.observe(0.003);
     st.total_seconds.observe(42);
-    st.total_seconds.observe(600); // beyond the last bound
+    st.total_seconds.observe(600);  // a restart of 10 minutes
+    st.total_seconds.observe(3600); // beyond the last bound
     live.loop_lag.observe(1.5);
 
     auto text = scrape(st, live);
@@ -73,8 +74,10 @@ TEST_CASE("catalogue: histograms are cumulative, cover 1 ms to 60 s, count equal
     CHECK(has(text, R"(mayhem_stage_duration_seconds_bucket{stage="total",le="0.001"} 1)"));
     CHECK(has(text, R"(mayhem_stage_duration_seconds_bucket{stage="total",le="0.005"} 3)"));
     CHECK(has(text, R"(mayhem_stage_duration_seconds_bucket{stage="total",le="60"} 4)"));
-    CHECK(has(text, R"(mayhem_stage_duration_seconds_bucket{stage="total",le="+Inf"} 5)"));
-    CHECK(has(text, R"(mayhem_stage_duration_seconds_count{stage="total"} 5)"));
+    CHECK(has(text, R"(mayhem_stage_duration_seconds_bucket{stage="total",le="600"} 5)"));
+    CHECK(has(text, R"(mayhem_stage_duration_seconds_bucket{stage="total",le="1800"} 5)"));
+    CHECK(has(text, R"(mayhem_stage_duration_seconds_bucket{stage="total",le="+Inf"} 6)"));
+    CHECK(has(text, R"(mayhem_stage_duration_seconds_count{stage="total"} 6)"));
     CHECK(has(text, R"(mayhem_stage_duration_seconds_count{stage="save"} 0)"));
     CHECK(has(text, R"(mayhem_event_loop_lag_seconds_bucket{le="1"} 0)"));
     CHECK(has(text, R"(mayhem_event_loop_lag_seconds_bucket{le="2.5"} 1)"));
