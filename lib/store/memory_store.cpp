@@ -122,9 +122,11 @@ rt::task<bool> memory_store::finish_restart(const message& m, const restart_resu
                 hosts_.erase(it); // failed, dry run, refused...: never blocks the next restart
         }
     }
-    // A failed restart may be tried again, and a refused one is refused again: forget them;
-    // anything else counts as done.
-    bool again = r.status == restart_status::failed || r.status == restart_status::refused;
+    // A failed restart may be tried again, a refused one is refused again, and a dry run
+    // restarted nothing: forget them; anything else counts as done (as retried_after() in the
+    // SQLite store).
+    bool again = r.status == restart_status::failed || r.status == restart_status::refused ||
+                 r.status == restart_status::dry_run;
     record(key(m), again ? state::absent : state::done);
     co_return true;
 }

@@ -79,10 +79,11 @@ std::int64_t now_ms() {
         .count();
 }
 
-// A message whose latest restart ended so is claimed again: a failure may be retried, and a
-// refusal must be met again (dead-lettered again), not taken for a restart already done.
+// A message whose latest restart ended so is claimed again: a failure may be retried, a
+// refusal must be met again (dead-lettered again), not taken for a restart already done, and a
+// dry run restarted nothing, so it leaves no trace that a real run of the same id meets.
 bool retried_after(std::string_view result) {
-    return result == "failed" || result == "refused";
+    return result == "failed" || result == "refused" || result == "dry_run";
 }
 
 // Errors after which the connection is closed and opened again by the next transaction: the
@@ -233,6 +234,7 @@ struct sqlite_store::shared {
                                    std::to_string(version) + ", newer than this mayhem supports (" +
                                    std::to_string(sqlite_schema_version) +
                                    "); use a newer mayhem or another --db");
+            check_schema(version); // before anything is changed (the journal mode)
             std::string mode;
             {
                 sqlite3_stmt* s = nullptr;
@@ -305,6 +307,35 @@ struct sqlite_store::shared {
         }
     }
 
+    // Is this file mayhem's? Identified by mayhem's own tables, not by user_version alone (any
+    // program may set that): version 0 must be an empty file, a later version must hold the
+    // tables and columns of its version. Reads only, so a foreign file is refused exactly as it
+    // was found (rollback journal and all), with sqlite_fatal: retrying cannot fix it.
+    void check_schema(int version) {
+        auto foreign = [&](const std::string& why) {
+            return sqlite_fatal(opts.path + " is not a mayhem database: " + why +
+                                "; use another --db");
+        };
+        int tables = scalar_int("SELECT count(*) FROM sqlite_schema");
+        if (version == 0) {
+            if (tables > 0) throw foreign("it holds tables but no mayhem schema version");
+            return;
+        }
+        // Columns per table at each version (schema_v1, schema_v2).
+        int messages = scalar_int(
+            "SELECT count(*) FROM pragma_table_info('messages') WHERE name IN ('message_id', "
+            "'instance', 'hostname', 'reason', 'first_seen', 'attempts', 'outcome', "
+            "'completed_at', 'last_error')");
+        int restarts = scalar_int(
+            "SELECT count(*) FROM pragma_table_info('restarts') WHERE name IN ('message_id', "
+            "'attempt', 'hostname', 'started', 'finished', 'result', 'detail', 'host_claimed', "
+            "'owner', 'lease_until')");
+        int want_restarts = version >= 2 ? 10 : 8;
+        if (messages != 9 || restarts != want_restarts)
+            throw foreign("its user_version is " + std::to_string(version) +
+                          " but it lacks mayhem's tables messages and restarts (or their columns)");
+    }
+
     // Version 0 -> 1 -> 2. Re-checked inside the write transaction: another worker on the same file
     // may have created the schema in the meantime.
     void migrate() {
@@ -314,8 +345,8 @@ struct sqlite_store::shared {
             if (version == 0) {
                 if (scalar_int("SELECT count(*) FROM sqlite_schema") > 0)
                     throw sqlite_fatal(opts.path +
-                                       " holds tables but no mayhem schema version: not a mayhem "
-                                       "database");
+                                       " is not a mayhem database: it holds tables but no mayhem "
+                                       "schema version; use another --db");
                 exec(schema_v1, "create schema");
                 version = 1;
             }

@@ -56,3 +56,14 @@ TEST_CASE("memory_store::claim_host: the cooldown contract of store.hpp") {
     finish(s, msg("f", "h3"), restart_status::dry_run);
     CHECK(now_(s.claim_host(msg("g", "h3"), t0, week)).granted);
 }
+
+TEST_CASE("memory_store: a dry run leaves no trace that a real run of the same id meets") {
+    rt::loop loop;
+    memory_store s(loop, latency_range{}, 1);
+    auto m = msg("dry", "h1");
+    CHECK(now_(s.claim_restart(m)) == restart_claim::proceed);
+    finish(s, m, restart_status::dry_run);
+    CHECK(now_(s.claim_restart(m)) == restart_claim::proceed); // not `done`: nothing restarted
+    finish(s, m, restart_status::ok);
+    CHECK(now_(s.claim_restart(m)) == restart_claim::done);
+}

@@ -1,0 +1,133 @@
+"""The safety rails mean what they say, with --restarter exec and real commands.
+
+Each test names the rule it guards; the memory and the SQLite store are both tried where the
+rule lives in the store. Helpers (the recording restart script, stdin runs) are test_safety's.
+"""
+
+import json
+import os
+import sqlite3
+import subprocess
+import time
+
+import harness
+from test_safety import ExecHarness, msg
+
+
+def payload(mid, instance, hostname=None):
+    m = {"message_id": mid, "instance_name": instance}
+    if hostname is not None:
+        m["hostname"] = hostname
+    return json.dumps(m) + "\n"
+
+
+# One machine under five names: derived from instance_name (any case), or given with a
+# trailing dot or in mixed case.
+ONE_MACHINE = [payload("n1", "web-1"), payload("n2", "WEB-1"),
+               payload("n3", "x", "web-1.example.net."), payload("n4", "y", "Web-1.Example.Net"),
+               payload("n5", "z", "WEB-1.EXAMPLE.NET")]
+
+
+class RailsTest(ExecHarness):
+    STORES = ("memory", "sqlite")
+
+    def store(self, name):
+        """The flags of a store, the SQLite one on a fresh file each time."""
+        if name == "memory":
+            return ["--store", "memory"]
+        db = os.path.join(self.tmp, "rails-%d.db" % len(os.listdir(self.tmp)))
+        return ["--store", "sqlite", "--db", db]
+
+    def history(self, db):
+        r = subprocess.run([harness.MAYHEM, "history", "--db", db, "--json"], capture_output=True,
+                           text=True, timeout=30)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return json.loads(r.stdout)
+
+    # -- history reports what ran; a dry run changes nothing for a real run --------------------
+
+    def test_a_dry_run_leaves_no_trace_that_a_real_run_meets(self):
+        rec = self.script()
+        db = os.path.join(self.tmp, "dry.db")
+        lines = [msg("m1", "h1"), msg("m2", "h2")]
+        flags = ["--store", "sqlite", "--db", db, "--restart-command", rec + " {hostname}"]
+        code, s, err = self.run_stdin(lines, *flags, "--dry-run")
+        self.assertEqual((code, s["acked"]), (0, 2), err)
+        self.assertEqual(self.starts(), [])
+        code, s, err = self.run_stdin(lines, *flags)
+        self.assertEqual((code, s["acked"], s["skipped"]), (0, 2, 0), err)
+        self.assertEqual(sorted(self.starts()), ["h1", "h2"])
+
+    def test_history_counts_only_restarts_that_ran(self):
+        rec = self.script()
+        db = os.path.join(self.tmp, "history.db")
+        flags = ["--store", "sqlite", "--db", db, "--restart-command", rec + " {hostname}"]
+        code, s, err = self.run_stdin([msg("m1", "h1")], *flags)
+        self.assertEqual((code, s["acked"]), (0, 1), err)
+        started = harness.query_db(db, "SELECT started FROM restarts WHERE message_id = 'm1'")
+        time.sleep(0.01)  # later rows get later stamps
+        # Later: a skip by the cooldown for h1, a dry run for h3, a refusal for h4.
+        code, s, err = self.run_stdin([msg("m2", "h1")], *flags)
+        code, s, err = self.run_stdin([msg("m3", "h3")], *flags, "--dry-run")
+        code, s, err = self.run_stdin([msg("m4", "h4")], *flags, "--deny-hosts", "h4")
+        self.assertEqual(self.starts(), ["h1"])
+        doc = self.history(db)
+        self.assertEqual(doc["restarts"]["total"], 1, doc)
+        self.assertEqual([(h["hostname"], h["restarts"], h["last_started"]) for h in doc["hosts"]],
+                         [("h1", 1, started[0][0])], doc)
+
+    # -- a cooldown that lasts as long as the process is a choice, not a default ---------------
+
+    def test_exec_with_the_memory_store_needs_allow_volatile_cooldown(self):
+        with self.feed(msg("m1", "h1")) as stdin:
+            code, s, err = self.run_worker("--source", "stdin", "--store", "memory",
+                                           "--restarter", "exec", "--restart-command", "true",
+                                           stdin=stdin)
+        self.assertEqual(code, 2, err)
+        self.assertIsNone(s)
+        self.assertIn("--allow-volatile-cooldown", err)
+        r = subprocess.run([harness.MAYHEM, "worker", "--help"], capture_output=True, text=True,
+                           timeout=30)
+        self.assertIn("--allow-volatile-cooldown", r.stdout)
+        code, s, err = self.run_stdin([msg("m1", "h1")], "--restart-command", "true")
+        self.assertEqual((code, s["acked"]), (0, 1), err)  # BASE gives the flag
+
+    # -- a restart that never finished blocks its host ----------------------------------------
+
+    def test_an_unfinished_restart_blocks_its_host(self):
+        rec = self.script()
+        db = os.path.join(self.tmp, "unfinished.db")
+        flags = ["--store", "sqlite", "--db", db, "--restart-command", rec + " {hostname}"]
+        code, s, err = self.run_stdin([], *flags)
+        self.assertEqual(code, 0, err)  # creates the schema
+        now_ms = int(time.time() * 1000)
+        with sqlite3.connect(db) as c:  # a peer's restart of h1, started a minute ago, running
+            c.execute("INSERT INTO restarts (message_id, attempt, hostname, started, host_claimed, "
+                      "owner, lease_until) VALUES ('peer-1', 1, 'h1', ?, 1, 'peer', ?)",
+                      (now_ms - 60_000, now_ms + 3600_000))
+        c.close()
+        code, s, err = self.run_stdin([msg("n1", "h1"), msg("n2", "h2")], *flags)
+        self.assertEqual((code, s["acked"]), (0, 2), err)
+        self.assertEqual(self.starts(), ["h2"])
+        self.assertIn("restart skipped: cooldown", err)
+
+    # -- a file that is not mayhem's is left as it was -----------------------------------------
+
+    def test_a_foreign_sqlite_file_is_refused_before_anything_changes(self):
+        for version in (0, 1, 2):
+            with self.subTest(user_version=version):
+                db = os.path.join(self.tmp, "foreign-%d.db" % version)
+                c = sqlite3.connect(db)
+                c.execute("CREATE TABLE accounts (id INTEGER PRIMARY KEY, owner TEXT)")
+                c.execute("PRAGMA user_version = %d" % version)
+                c.commit()
+                c.close()
+                with open(db, "rb") as f:
+                    before = f.read()
+                code, s, err = self.run_worker("--source", "stdin", "--store", "sqlite", "--db",
+                                               db, timeout=30)
+                self.assertEqual(code, 1, err)
+                self.assertIn("not a mayhem database", err)
+                with open(db, "rb") as f:
+                    self.assertEqual(f.read(), before)  # not switched to WAL, nothing written
+                self.assertFalse(os.path.exists(db + "-wal"))
