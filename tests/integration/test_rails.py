@@ -44,6 +44,49 @@ class RailsTest(ExecHarness):
         self.assertEqual(r.returncode, 0, r.stderr)
         return json.loads(r.stdout)
 
+    # -- one machine identity ----------------------------------------------------------------
+
+    def test_one_machine_under_several_names_is_restarted_once(self):
+        rec = self.script(sleep="0.3")
+        for name in self.STORES:
+            # One at a time: the cooldown decides. All at once: coalescing decides.
+            for inflight in ("1", "100"):
+                with self.subTest(store=name, max_in_flight=inflight):
+                    if os.path.exists(self.record):
+                        os.remove(self.record)
+                    code, s, err = self.run_stdin(ONE_MACHINE, *self.store(name),
+                                                  "--restart-command",
+                                                  rec + " {hostname}", "--max-in-flight",
+                                                  inflight)
+                    self.assertEqual((code, s["acked"]), (0, 5), err)
+                    self.assertEqual(self.starts(), ["web-1.example.net"], err)
+
+    def test_deny_hosts_holds_for_every_spelling_of_a_name(self):
+        rec = self.script()
+        for name in self.STORES:
+            with self.subTest(store=name):
+                code, s, err = self.run_stdin(ONE_MACHINE, *self.store(name), "--restart-command",
+                                              rec + " {hostname}", "--deny-hosts",
+                                              r"web-1\.example\.net")
+                self.assertEqual((code, s["dead_lettered"]), (0, 5), err)
+                self.assertEqual(self.starts(), [])
+
+    def test_allow_hosts_checks_every_value_the_template_uses(self):
+        rec = self.script()
+        lines = [payload("m1", "db-primary", "web-9.example.net"),
+                 payload("m2", "web-3", "web-3.example.net")]
+        code, s, err = self.run_stdin(lines, "--restart-command", rec + " {instance_name}",
+                                      "--allow-hosts", "web-.*")
+        self.assertEqual((code, s["dead_lettered"], s["acked"]), (0, 1, 1), err)
+        self.assertEqual(self.starts(), ["web-3"])
+        self.assertIn("used by the command", err)
+        self.assertIn("db-primary.example.net", err)
+        # A template that only uses {hostname} restarts the host named: that one is checked.
+        os.remove(self.record)
+        code, s, err = self.run_stdin(lines, "--restart-command", rec + " {hostname}",
+                                      "--allow-hosts", "web-.*")
+        self.assertEqual((code, s["acked"]), (0, 2), err)
+
     # -- history reports what ran; a dry run changes nothing for a real run --------------------
 
     def test_a_dry_run_leaves_no_trace_that_a_real_run_meets(self):
