@@ -129,7 +129,8 @@ struct sqlite_store::shared {
                  *renew = nullptr;
     // multi[k][n]: kind k for n rows (2..max_rows), prepared on first use.
     sqlite3_stmt* multi[m_kinds][max_rows + 1] = {};
-    batch flying; // the batch being written
+    batch flying;                      // the batch being written
+    bool synchronous_full_now = false; // the connection's PRAGMA synchronous (pool thread)
     // Set by hurry() (loop thread): a wait for another writer's lock gives up at once.
     std::atomic<bool> hurry{false};
     std::chrono::steady_clock::time_point busy_since; // pool thread
@@ -247,6 +248,7 @@ struct sqlite_store::shared {
             }
             exec(opts.synchronous_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",
                  "synchronous");
+            synchronous_full_now = opts.synchronous_full;
             // A page cache big enough for the hot part of both tables and their indexes, and
             // reads through mmap: a batch then costs no read() of pages it just wrote.
             exec("PRAGMA cache_size=-65536", "cache_size");
@@ -789,11 +791,30 @@ struct sqlite_store::shared {
         apply_run(m_renew, renews_, now);
     }
 
+    // Restart claims are the record that a restart may have run: the cooldown and the
+    // idempotency record read them, and the message of a claim may be acked right after. So a
+    // transaction that writes one (a claim, a host claim, a restart's end or the withdrawal of a
+    // start) commits with synchronous=FULL (the WAL fsynced) whatever --db-synchronous says: a
+    // power loss cannot make the store forget a restart it made. Others follow the option.
+    bool holds_claims() const noexcept {
+        return std::any_of(flying.begin(), flying.end(), [](const request& r) {
+            return r.kind == op::claim || r.kind == op::claim_host || r.kind == op::finish ||
+                   r.kind == op::unclaim;
+        });
+    }
+    void set_synchronous() {
+        bool full = opts.synchronous_full || holds_claims();
+        if (full == synchronous_full_now) return;
+        exec(full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL", "synchronous");
+        synchronous_full_now = full;
+    }
+
     // Pool thread: writes `flying` as one transaction. Returns the error, empty on success.
     std::string write() noexcept {
         try {
             if (!conn) open();
             std::int64_t now = now_ms();
+            set_synchronous(); // outside the transaction: it applies to the next commit
             run(begin, "begin");
             try {
                 // Table by table (messages, then restarts): no request reads the other table, so

@@ -55,7 +55,7 @@ struct sqlite_options {
     // NORMAL: in WAL mode a commit survives a crash of the process (the WAL is in the OS page
     // cache) but the last transactions may be lost on power loss or a kernel crash. FULL: the
     // WAL is fsynced at every commit, durable across power loss, slower per transaction (group
-    // commit amortises it).
+    // commit amortises it). A transaction that writes a restart claim is FULL either way.
     bool synchronous_full = false;
     std::chrono::milliseconds busy_timeout{5000};
     // This worker's name on its claims (unique per process), and how long a claim stays its own

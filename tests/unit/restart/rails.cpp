@@ -7,11 +7,11 @@
 #include "restart/restart_guard.hpp"
 #include "store/memory_store.hpp"
 
-#include <doctest/doctest.h>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
+#include <doctest/doctest.h>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
@@ -108,7 +108,8 @@ class keep_alive {
 public:
     explicit keep_alive(rt::loop& loop) : loop_(loop) {
         uv_timer_init(loop.get(), &t_);
-        uv_timer_start(&t_, [](uv_timer_t*) {}, 5, 5);
+        uv_timer_start(
+            &t_, [](uv_timer_t*) {}, 5, 5);
     }
     keep_alive(const keep_alive&) = delete;
     keep_alive& operator=(const keep_alive&) = delete;
@@ -135,7 +136,8 @@ void turn_until(rt::loop& loop, Pred done, std::chrono::milliseconds limit = 500
 }
 
 void run_for(rt::loop& loop, std::chrono::milliseconds d) {
-    turn_until(loop, [] { return false; }, d);
+    turn_until(
+        loop, [] { return false; }, d);
 }
 
 std::uint64_t restarts(const pipeline& p, restart_status s) {
@@ -148,7 +150,8 @@ std::uint64_t restarts(const pipeline& p, restart_status s) {
 // Case 3: a store error in the cooldown claim is a store error, not a failed restart.
 // ---------------------------------------------------------------------------------------------
 
-TEST_CASE("rails: a store error in the cooldown claim uses no attempt and never feeds the breaker") {
+TEST_CASE(
+    "rails: a store error in the cooldown claim uses no attempt and never feeds the breaker") {
     rt::loop loop;
     script_source src;
     faulty_host_store store(loop);
@@ -173,7 +176,7 @@ TEST_CASE("rails: a store error in the cooldown claim uses no attempt and never 
     CHECK(guard.breaker() == breaker_state::closed);
     CHECK(guard.stats().breaker_opened.get() == 0);
     CHECK(restarts(p, restart_status::failed) == 0); // no restart ran, none failed
-    CHECK(store.finishes == 0); // nothing recorded as a restart's end
+    CHECK(store.finishes == 0);                      // nothing recorded as a restart's end
 }
 
 // ---------------------------------------------------------------------------------------------
