@@ -286,6 +286,29 @@ bool restart_guard::cooldown_decision(const message& m, std::chrono::system_cloc
         r.not_attempted = true;
         return false;
     }
+    // The clock is behind a restart the store holds: how long ago that was cannot be told, so
+    // nothing is guessed. Refused like store trouble (retried, no attempt used) until the clock
+    // has passed it; readiness and a gauge show it, and the log says so once per episode.
+    bool behind = !claim->granted && claim->clock_behind;
+    if (behind != (stats_.clock_behind.get() != 0)) {
+        stats_.clock_behind.set(behind ? 1 : 0);
+        if (behind)
+            log::error("the clock is behind a restart recorded in the store: restarts of that "
+                       "host are refused until it has passed it",
+                       {{"message_id", m.message_id()},
+                        {"hostname", m.hostname()},
+                        {"ahead_by", format_duration(std::chrono::duration_cast<millis>(
+                                         claim->last_restart - now))}});
+        else
+            log::info("the clock is no longer behind the restarts recorded in the store");
+    }
+    if (behind) {
+        r = restart_result{restart_status::failed,
+                           "the clock is behind the last restart of this host recorded in the "
+                           "store: refusing to guess the cooldown"};
+        r.not_attempted = true;
+        return false;
+    }
     if (claim->granted) return true;
     stats_.cooldown_skips.inc();
     auto ago = std::chrono::duration_cast<std::chrono::milliseconds>(now - claim->last_restart);

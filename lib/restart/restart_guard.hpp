@@ -73,6 +73,7 @@ struct restart_guard_stats {
     rt::gauge breaker_state; // what a new restart would meet: 0 closed, 1 open, 2 half-open
     rt::gauge running;       // restarts admitted and not finished
     rt::gauge waiting;       // restarts waiting for admission (pause, breaker, cap)
+    rt::gauge clock_behind;  // 1 while the last cooldown claim met a start after its clock
     rt::counter breaker_opened;
     rt::counter cooldown_skips;
     rt::counter coalesced;

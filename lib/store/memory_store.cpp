@@ -106,7 +106,7 @@ rt::task<host_claim> memory_store::claim_host(const message& m,
     if (inserted) co_return host_claim{};
     host_record& last = it->second;
     if (last.message != id && cooldown.count() > 0 && last.started > now - cooldown)
-        co_return host_claim{false, last.started};
+        co_return host_claim{false, last.started, last.started > now};
     last = host_record{id, now, true};
     co_return host_claim{};
 }

@@ -408,6 +408,8 @@ struct sqlite_store::shared {
             sqlite3_reset(host_blocker);
             if (rc != SQLITE_ROW && rc != SQLITE_DONE) fail(rc, "claim host");
             r.claim = blocked ? restart_claim::done : restart_claim::proceed;
+            // A blocking start later than this transaction's clock: the clock is behind it.
+            if (blocked && r.n > now) r.claim = restart_claim::held;
             if (!blocked) {
                 text(host_claim_row, 1, r.id);
                 sqlite3_bind_int64(host_claim_row, 3, now);
@@ -1262,7 +1264,8 @@ rt::task<host_claim> sqlite_store::claim_host(const message& m,
     if (!x.ok) throw std::runtime_error("store: " + x.error);
     if (x.claim == restart_claim::proceed) co_return host_claim{};
     co_return host_claim{false,
-                         std::chrono::system_clock::time_point{std::chrono::milliseconds{x.n}}};
+                         std::chrono::system_clock::time_point{std::chrono::milliseconds{x.n}},
+                         x.claim == restart_claim::held};
 }
 
 void sqlite_store::complete(const message& m, const verdict& v) {

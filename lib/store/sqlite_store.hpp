@@ -136,7 +136,8 @@ public:
         op kind = op::save;
         text_ref id, a, b, c; // save: instance, hostname, reason; claim: hostname;
                               // finish: result, detail; complete: outcome, reason
-        // out: claim; claim_host: done = blocked; finish: held = the claim is a peer's now
+        // out: claim; claim_host: done = blocked, held = blocked by a start later than the
+        // transaction's clock (clock behind); finish: held = the claim is a peer's now
         restart_claim claim = restart_claim::proceed;
         // claim_host: in, the cutoff (ms); out, the blocking start (ms) when blocked. claim and
         // claim_host: out, the `started` stamp written (proceed). unclaim: in, that stamp (0:

@@ -6,11 +6,13 @@ rule lives in the store. Helpers (the recording restart script, stdin runs) are 
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import time
 
 import harness
+from harness import wait_until
 from test_safety import ExecHarness, msg
 
 
@@ -174,3 +176,33 @@ class RailsTest(ExecHarness):
                 with open(db, "rb") as f:
                     self.assertEqual(f.read(), before)  # not switched to WAL, nothing written
                 self.assertFalse(os.path.exists(db + "-wal"))
+
+    # -- a clock behind the store's records is refused, not guessed ----------------------------
+
+    def test_a_clock_behind_the_newest_restart_refuses_and_is_not_ready(self):
+        rec = self.script()
+        db = os.path.join(self.tmp, "clock.db")
+        flags = ["--store", "sqlite", "--db", db, "--restart-command", rec + " {hostname}"]
+        code, s, err = self.run_stdin([], *flags)
+        self.assertEqual(code, 0, err)  # creates the schema
+        now_ms = int(time.time() * 1000)
+        with sqlite3.connect(db) as c:  # a restart of h1 stamped an hour ahead of this clock
+            c.execute("INSERT INTO restarts (message_id, attempt, hostname, started, finished, "
+                      "result, host_claimed) VALUES ('future', 1, 'h1', ?, ?, 'ok', 1)",
+                      (now_ms + 3600_000, now_ms + 3601_000))
+        c.close()
+        port = harness.free_port()
+        w = self.piped(*flags, "--metrics-addr", "127.0.0.1:%d" % port)
+        w.proc.stdin.write(msg("n1", "h1").encode())
+        w.proc.stdin.flush()
+        wait_until(lambda: "the clock is behind" in w.stderr(), what="the clock to be refused")
+        url = "http://127.0.0.1:%d" % port
+        wait_until(lambda: harness.http_get(url + "/readyz")[0] == 503, what="not ready")
+        self.assertIn("clock_behind", harness.http_get(url + "/readyz")[1])
+        self.assertIn("mayhem_clock_behind 1", harness.http_get(url + "/metrics")[1])
+        self.assertEqual(self.starts(), [])
+        w.proc.stdin.close()
+        w.signal(signal.SIGTERM)
+        code, out, err = w.wait()
+        self.assertEqual(self.starts(), [])  # retried, never restarted, never dead-lettered
+        self.assertEqual(harness.parse_summary(out)["dead_lettered"], 0, err)

@@ -67,3 +67,17 @@ TEST_CASE("memory_store: a dry run leaves no trace that a real run of the same i
     finish(s, m, restart_status::ok);
     CHECK(now_(s.claim_restart(m)) == restart_claim::done);
 }
+
+TEST_CASE("memory_store::claim_host: a clock behind the host's last restart is told, not guessed") {
+    rt::loop loop;
+    memory_store s(loop, latency_range{}, 1);
+    auto t0 = system_clock::now();
+    milliseconds week{7LL * 24 * 3600 * 1000};
+    CHECK(now_(s.claim_host(msg("a", "h1"), t0, week)).granted);
+    auto early = now_(s.claim_host(msg("b", "h1"), t0 - 1h, week)); // the clock went back
+    CHECK_FALSE(early.granted);
+    CHECK(early.clock_behind);
+    auto later = now_(s.claim_host(msg("b", "h1"), t0 + 1h, week));
+    CHECK_FALSE(later.granted);
+    CHECK_FALSE(later.clock_behind); // an ordinary cooldown skip
+}
