@@ -156,6 +156,43 @@ class RailsTest(ExecHarness):
         self.assertEqual(self.starts(), ["h2"])
         self.assertIn("restart skipped: cooldown", err)
 
+    def seeded_db(self, name, rows):
+        """A SQLite store whose restarts table holds `rows` (message_id, hostname, age in ms,
+        result or None for unfinished, owner, lease_until offset in ms), host-claimed."""
+        db = os.path.join(self.tmp, name)
+        code, s, err = self.run_stdin([], "--store", "sqlite", "--db", db,
+                                      "--restart-command", "true")
+        self.assertEqual(code, 0, err)  # creates the schema
+        now_ms = int(time.time() * 1000)
+        with sqlite3.connect(db) as c:
+            for mid, host, age, result, owner, lease in rows:
+                c.execute("INSERT INTO restarts (message_id, attempt, hostname, started, finished, "
+                          "result, host_claimed, owner, lease_until) VALUES (?, 1, ?, ?, ?, ?, 1, "
+                          "?, ?)", (mid, host, now_ms - age,
+                                    None if result is None else now_ms - age + 1000, result,
+                                    owner, None if lease is None else now_ms + lease))
+        c.close()
+        return db
+
+    def test_failed_and_dry_run_restarts_do_not_block_their_host(self):
+        rec = self.script()
+        db = self.seeded_db("failed.db", [("peer-1", "h1", 60_000, "failed", None, None),
+                                          ("peer-2", "h2", 60_000, "dry_run", None, None)])
+        code, s, err = self.run_stdin([msg("n1", "h1"), msg("n2", "h2")], "--store", "sqlite",
+                                      "--db", db, "--restart-command", rec + " {hostname}")
+        self.assertEqual((code, s["acked"]), (0, 2), err)
+        self.assertEqual(sorted(self.starts()), ["h1", "h2"])
+
+    def test_a_message_never_blocks_itself_when_it_takes_over_its_unfinished_restart(self):
+        # A peer died while it restarted h1 for m1 (its lease expired): the redelivery of m1 runs
+        # the restart again (--on-unfinished-restart retry); its own row does not block it.
+        rec = self.script()
+        db = self.seeded_db("own.db", [("m1", "h1", 60_000, None, "dead-peer", -1000)])
+        code, s, err = self.run_stdin([msg("m1", "h1")], "--store", "sqlite", "--db", db,
+                                      "--restart-command", rec + " {hostname}")
+        self.assertEqual((code, s["acked"]), (0, 1), err)
+        self.assertEqual(self.starts(), ["h1"])
+
     # -- a file that is not mayhem's is left as it was -----------------------------------------
 
     def test_a_foreign_sqlite_file_is_refused_before_anything_changes(self):
