@@ -185,6 +185,11 @@ void add_safety_options(CLI::App& cmd, worker_config& c) {
         ->group(g);
     cmd.add_flag("--dry-run", c.dry_run, "Everything but the restart itself (result dry_run)")
         ->group(g);
+    cmd.add_flag("--allow-volatile-cooldown", c.allow_volatile_cooldown,
+                 "Accept --restarter exec with --store memory and a cooldown: that cooldown and "
+                 "the record of restarts last only as long as the process (refused without this "
+                 "flag)")
+        ->group(g);
 }
 
 std::string flag_name(const CLI::Option* opt) {
@@ -639,6 +644,12 @@ std::optional<std::string> check_safety(const worker_config& c) {
             if (auto bad = check_template("--verify-command", c.verify_command)) return bad;
         if (c.restart_timeout.count() <= 0)
             return std::string("--restart-timeout must be more than 0: every command ends");
+        if (c.store == "memory" && resolve_safety(c).restart_cooldown.count() > 0 &&
+            !c.allow_volatile_cooldown)
+            return std::string(
+                "--restarter exec with --store memory: the cooldown and the record of restarts "
+                "would last only as long as this process, so a restarted worker restarts hosts "
+                "again; use --store sqlite, or give --allow-volatile-cooldown to accept that");
     } else if (!c.restart_command.empty() || !c.verify_command.empty()) {
         return std::string("--restart-command and --verify-command need --restarter exec");
     }

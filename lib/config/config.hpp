@@ -66,6 +66,9 @@ struct worker_config {
     millis breaker_window{10 * 60 * 1000};
     millis breaker_cooldown{5 * 60 * 1000};
     bool dry_run = false;
+    // exec with the memory store: the cooldown and the record of restarts end with the process;
+    // refused at start unless this says the user means it
+    bool allow_volatile_cooldown = false;
 
     // message
     std::string host_domain = "example.net";

@@ -41,6 +41,12 @@ bool valid_utf8(std::string_view s) noexcept {
 
 namespace {
 
+// ASCII only: host names are ASCII (a name with other bytes is refused by the command template).
+void lower_ascii(char* first, char* last) noexcept {
+    for (; first != last; ++first)
+        if (*first >= 'A' && *first <= 'Z') *first = static_cast<char>(*first - 'A' + 'a');
+}
+
 // A SAX handler that fills a message straight from the parser's events: no DOM is built, and
 // only the fields we keep are copied.
 class message_sax {
@@ -314,10 +320,16 @@ std::optional<decode_error> check_fields(message& out, const plain_fields& f,
         return fail(decode_kind::empty_field, "instance_name must not be empty");
     if (f.have_hostname && f.hostname.empty())
         return fail(decode_kind::empty_field, "hostname must not be empty");
-    if (f.have_hostname)
-        out.assign(f.id, f.instance, {f.hostname}, f.reason);
-    else
-        out.assign(f.id, f.instance, {f.instance, ".", opts.host_domain}, f.reason);
+    if (f.have_hostname) {
+        std::string_view host = without_trailing_dot(f.hostname);
+        if (host.empty()) return fail(decode_kind::empty_field, "hostname must not be empty");
+        out.assign(f.id, f.instance, {host}, f.reason);
+    } else {
+        auto d = derive_host(f.instance, opts.host_domain);
+        if (d.instance.empty())
+            return fail(decode_kind::empty_field, "instance_name must not be empty");
+        out.assign(f.id, f.instance, {d.instance, d.dot, d.domain}, f.reason);
+    }
     return std::nullopt;
 }
 
@@ -395,9 +407,34 @@ void message::assign(std::string_view message_id, std::string_view instance_name
     for (auto part : host_parts)
         put(part);
     end_[2] = at();
+    lower_ascii(out - (end_[2] - end_[1]), out); // the machine identity is lower case
     put(reason);
     end_[3] = at();
     rehash();
+}
+
+std::string_view without_trailing_dot(std::string_view name) noexcept {
+    while (!name.empty() && name.back() == '.')
+        name.remove_suffix(1);
+    return name;
+}
+
+derived_host derive_host(std::string_view instance_name, std::string_view domain) noexcept {
+    while (!domain.empty() && domain.front() == '.')
+        domain.remove_prefix(1);
+    domain = without_trailing_dot(domain);
+    instance_name = without_trailing_dot(instance_name);
+    if (domain.empty() || instance_name.empty()) return {instance_name, {}, {}};
+    return {instance_name, ".", domain};
+}
+
+std::string derived_host_name(std::string_view instance_name, std::string_view domain) {
+    auto d = derive_host(instance_name, domain);
+    std::string out;
+    out.reserve(d.instance.size() + d.dot.size() + d.domain.size());
+    out.append(d.instance).append(d.dot).append(d.domain);
+    lower_ascii(out.data(), out.data() + out.size());
+    return out;
 }
 
 decoded decode(std::string_view payload, const decode_options& opts) {

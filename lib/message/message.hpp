@@ -42,7 +42,8 @@ public:
 
     const std::string_view message_id() const noexcept { return piece(0); }
     const std::string_view instance_name() const noexcept { return piece(1); }
-    const std::string_view hostname() const noexcept { return piece(2); } // given or derived
+    // The machine identity (below): given or derived, lower case, no trailing dot.
+    const std::string_view hostname() const noexcept { return piece(2); }
     const std::string_view reason() const noexcept { return piece(3); }
     // rt::hash_key(message_id()) and rt::hash_key(hostname()), computed once: the in-flight
     // indexes and the memory store would otherwise hash them a dozen times over a message's life.
@@ -50,7 +51,7 @@ public:
     std::uint64_t host_hash() const noexcept { return host_hash_; }
 
     // `hostname` is the concatenation of `host_parts` (one piece as given, or the derived
-    // "<instance>.<domain>" as three).
+    // "<instance>.<domain>" as three), in lower case.
     void assign(std::string_view message_id, std::string_view instance_name,
                 std::initializer_list<std::string_view> host_parts, std::string_view reason);
 
@@ -108,6 +109,23 @@ namespace details {
 std::optional<decode_error> decode_with_parser(message& out, std::string_view payload,
                                                const decode_options& opts);
 } // namespace details
+
+// ---------------------------------------------------------------------------------------------
+// The machine identity: one name per machine, which every rail (allow/deny, coalescing, the
+// cooldown, the store's records) and the command template use. A host name is lower case and has
+// no trailing dot (message::assign lowers it; decoding strips the dots); a name derived from an
+// instance is <instance_name>.<host-domain>, the same way wherever it is derived.
+// ---------------------------------------------------------------------------------------------
+
+// `name` without its trailing dots (a fully qualified "web-1.example.net." is "web-1.example.net").
+std::string_view without_trailing_dot(std::string_view name) noexcept;
+// The pieces of the host name derived from `instance_name` (to be concatenated, then lowered).
+struct derived_host {
+    std::string_view instance, dot, domain;
+};
+derived_host derive_host(std::string_view instance_name, std::string_view domain) noexcept;
+// The same, as one lower-case string: the machine an `{instance_name}` in a command names.
+std::string derived_host_name(std::string_view instance_name, std::string_view domain);
 
 // True if `s` is well-formed UTF-8 (no overlongs, no surrogates, nothing above U+10FFFF).
 bool valid_utf8(std::string_view s) noexcept;

@@ -101,6 +101,7 @@ const char* not_ready_reason(const live_state& live) noexcept {
     if (live.draining.load(std::memory_order_relaxed)) return "draining";
     if (!live.source_up.load(std::memory_order_relaxed)) return "source_down";
     if (!live.store_healthy.load(std::memory_order_relaxed)) return "store_unhealthy";
+    if (live.clock_behind.load(std::memory_order_relaxed)) return "clock_behind";
     return nullptr;
 }
 
@@ -216,8 +217,13 @@ std::vector<MetricFamily> collect(const catalogue_inputs& in) {
         out.push_back(single("mayhem_restarts_paused", "1 while the pause file holds every restart",
                              MetricType::Gauge, num(g->paused.get())));
         out.push_back(single("mayhem_restart_breaker_state",
-                             "Circuit breaker: 0 closed, 1 open, 2 half-open (one trial restart)",
+                             "Circuit breaker, the state a new restart would meet: 0 closed, 1 "
+                             "open, 2 half-open (one trial restart)",
                              MetricType::Gauge, num(g->breaker_state.get())));
+        out.push_back(single("mayhem_clock_behind",
+                             "1 while the clock is behind a restart recorded in the store: "
+                             "cooldown claims are refused",
+                             MetricType::Gauge, num(g->clock_behind.get())));
         out.push_back(single("mayhem_restart_breaker_opened_total", "Times the breaker opened",
                              MetricType::Counter, num(g->breaker_opened.get())));
         out.push_back(single("mayhem_restarts_running", "Restarts admitted and not finished",

@@ -37,8 +37,8 @@ struct catalogue_inputs {
 
 std::vector<prometheus::MetricFamily> collect(const catalogue_inputs& in);
 
-// Why the worker is not ready ("draining", "source_down", "store_unhealthy"), or nullptr when
-// it is: /readyz and mayhem_ready say the same thing.
+// Why the worker is not ready ("draining", "source_down", "store_unhealthy", "clock_behind"), or
+// nullptr when it is: /readyz and mayhem_ready say the same thing.
 const char* not_ready_reason(const live_state& live) noexcept;
 
 // The families in the Prometheus text format (prometheus-cpp's TextSerializer).

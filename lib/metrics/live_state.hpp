@@ -19,6 +19,7 @@ struct live_state {
     std::atomic<bool> draining{false};
     std::atomic<bool> source_up{false};
     std::atomic<bool> store_healthy{false};
+    std::atomic<bool> clock_behind{false}; // the cooldown met a restart after the clock
     // Copies of loop-owned figures, refreshed by the monitor's timer.
     rt::gauge max_in_flight;
     rt::gauge source_reconnects;

@@ -71,6 +71,7 @@ void observability::publish() noexcept {
     if (!publishing_) return;
     live_.source_up.store(source_.up(), std::memory_order_relaxed);
     live_.store_healthy.store(store_.healthy(), std::memory_order_relaxed);
+    live_.clock_behind.store(guard_ && guard_->clock_behind.get() != 0, std::memory_order_relaxed);
     live_.source_reconnects.set(static_cast<std::int64_t>(source_.reconnects()));
     auto commits = store_.commits();
     live_.store_transactions.set(static_cast<std::int64_t>(commits.transactions));

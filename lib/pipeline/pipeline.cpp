@@ -266,14 +266,20 @@ rt::task<void> pipeline::process(delivery d) {
     }
     if (step == claim_step::restart || step == claim_step::record ||
         step == claim_step::record_counted) {
-        // A restart the stop kept from starting gives its claim back, so its redelivery is not
-        // taken for a restart that died half-way; any other result is recorded, however long
-        // that takes: a restart that ran is never run again because its record failed.
-        if (f.restarted.status == restart_status::not_started)
+        // A restart the stop kept from starting, or that store trouble kept from being
+        // attempted, gives its claim back, so its redelivery is not taken for a restart that
+        // died half-way; any other result is recorded, however long that takes: a restart that
+        // ran is never run again because its record failed.
+        bool never_ran =
+            f.restarted.status == restart_status::not_started || f.restarted.not_attempted;
+        if (never_ran)
             co_await unclaim(f);
         else if (!co_await record(f))
             co_await record_until_written(f);
-        if (step != claim_step::record) step = claim_step::counted;
+        if (f.restarted.not_attempted)
+            step = claim_step::uncounted; // store trouble: no restart to count
+        else if (step != claim_step::record)
+            step = claim_step::counted;
     }
     if (step == claim_step::counted)
         stats_.restarts[static_cast<std::size_t>(f.restarted.status)].inc();

@@ -111,6 +111,7 @@ std::unique_ptr<restart_guard> make_guard(rt::loop& loop, const worker_config& c
     o.max_concurrent = d.max_concurrent_restarts;
     o.allow_hosts = c.allow_hosts;
     o.deny_hosts = c.deny_hosts;
+    o.host_domain = c.host_domain;
     o.pause_file = c.pause_file;
     o.breaker = breaker_options{d.breaker_failures, c.breaker_window, c.breaker_cooldown};
     o.dry_run = c.dry_run;

@@ -218,4 +218,11 @@ std::optional<std::string> find_program(const std::string& program) {
     return std::nullopt;
 }
 
+bool command_template::uses_instance_name() const noexcept {
+    for (const auto& word : words_)
+        for (const auto& p : word)
+            if (p.value == slot::instance_name) return true;
+    return false;
+}
+
 } // namespace mayhem

@@ -35,6 +35,9 @@ public:
     // Only the refusal check of expand().
     std::optional<std::string> refuse(const message& m) const;
 
+    // Whether a placeholder {instance_name} appears anywhere in the template.
+    bool uses_instance_name() const noexcept;
+
     const std::string& program() const noexcept { return words_.front().front().literal; }
     const std::string& text() const noexcept { return text_; }
 

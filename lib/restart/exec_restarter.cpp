@@ -501,6 +501,10 @@ exec_restarter::exec_restarter(rt::loop& loop, command_template restart_command,
         log::info("restart commands run in cgroups of their own", {{"cgroup", opts_.cgroup}});
 }
 
+bool exec_restarter::uses_instance_name() const {
+    return restart_.uses_instance_name() || (verify_ && verify_->uses_instance_name());
+}
+
 std::optional<std::string> exec_restarter::refuse(const message& m) const {
     if (auto bad = restart_.refuse(m)) return bad;
     if (verify_) return verify_->refuse(m);

@@ -80,6 +80,7 @@ public:
     std::string_view name() const override { return "exec"; }
     rt::task<restart_result> restart(const message& m) override;
     std::optional<std::string> refuse(const message& m) const override;
+    bool uses_instance_name() const override;
     std::size_t live_processes() const override;
     void hurry(std::chrono::milliseconds grace) override;
     bool can_verify() const override { return verify_.has_value(); }

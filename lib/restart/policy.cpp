@@ -1,5 +1,7 @@
 #include "restart/policy.hpp"
 
+#include <algorithm>
+
 namespace mayhem {
 
 // ---------------------------------------------------------------------------------------------
@@ -10,8 +12,9 @@ host_filter::host_filter(const std::string& allow, const std::string& deny)
     : allow_text_(allow), deny_text_(deny) {
     // Host names are ASCII and short: std::regex is fast enough, and only ever run once per
     // restart, not per byte of traffic.
-    if (!allow.empty()) allow_.emplace(allow, std::regex::ECMAScript);
-    if (!deny.empty()) deny_.emplace(deny, std::regex::ECMAScript);
+    auto flags = std::regex::ECMAScript | std::regex::icase;
+    if (!allow.empty()) allow_.emplace(allow, flags);
+    if (!deny.empty()) deny_.emplace(deny, flags);
 }
 
 std::optional<std::string> host_filter::refuse(std::string_view hostname) const {
@@ -63,7 +66,8 @@ circuit_breaker::admission circuit_breaker::admit(time now) {
     return admission::wait;
 }
 
-circuit_breaker::change circuit_breaker::record(result r, bool trial, time now) {
+circuit_breaker::change circuit_breaker::record(result r, bool trial, time now,
+                                                std::uint64_t host) {
     if (opts_.failures == 0) return change::none;
     if (trial && state_ == breaker_state::half_open && trial_running_) {
         trial_running_ = false;
@@ -85,9 +89,13 @@ circuit_breaker::change circuit_breaker::record(result r, bool trial, time now) 
     // Restarts that were running when the breaker opened may fail afterwards: they do not
     // change an open breaker (only the trial does).
     if (state_ != breaker_state::closed) return change::none;
-    failures_.push_back(now);
-    while (!failures_.empty() && failures_.front() <= now - opts_.window)
-        failures_.pop_front();
+    std::erase_if(failures_, [&](const failed_host& f) { return f.last <= now - opts_.window; });
+    auto same = std::find_if(failures_.begin(), failures_.end(),
+                             [&](const failed_host& f) { return f.host == host; });
+    if (same != failures_.end())
+        same->last = now; // the same host again: still one failed host
+    else
+        failures_.push_back({host, now});
     if (failures_.size() < opts_.failures) return change::none;
     state_ = breaker_state::open;
     opened_at_ = now;

@@ -7,18 +7,19 @@
 
 #include <chrono>
 #include <cstdint>
-#include <deque>
 #include <optional>
 #include <regex>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace mayhem {
 
 // ---------------------------------------------------------------------------------------------
 // host_filter: --allow-hosts / --deny-hosts. Each is an ECMAScript regex that must match the
 // WHOLE host name (std::regex_match), so "web-[0-9]+" does not allow "web-1.evil". An empty
-// pattern means "not set".
+// pattern means "not set". Host names are case-insensitive: the patterns ignore case (the names
+// they are given are already lower case, message.hpp's machine identity).
 // ---------------------------------------------------------------------------------------------
 class host_filter {
 public:
@@ -42,7 +43,8 @@ bool in_cooldown(std::chrono::system_clock::time_point last,
                  std::chrono::system_clock::time_point now, std::chrono::milliseconds cooldown);
 
 // ---------------------------------------------------------------------------------------------
-// circuit_breaker: an error budget. `failures` failed restarts within `window` open it; while
+// circuit_breaker: an error budget, like SSM's MaxErrors. `failures` distinct hosts whose
+// restart failed within `window` open it (one host failing again and again counts once); while
 // open no restart starts; after `cooldown` exactly one trial restart may start (half-open); its
 // success closes the breaker, its failure opens it again for another cooldown. A trial that
 // ends neither ok nor failed (skipped by the cooldown, refused, dry run, cancelled) proves
@@ -71,13 +73,21 @@ public:
     // May a restart start now? `trial` is the one restart of a half-open breaker: its result
     // must be passed back with trial = true. Moves open -> half_open once the cooldown is over.
     admission admit(time now);
-    // A restart ended. Returns whether the breaker opened or closed because of it.
-    change record(result r, bool trial, time now);
+    // A restart of the host `host` (a hash of its name) ended. Returns whether the breaker
+    // opened or closed because of it.
+    change record(result r, bool trial, time now, std::uint64_t host);
 
     breaker_state state() const noexcept { return state_; }
+    // The state a restart asking now would meet: an open breaker whose cooldown is over lets the
+    // next restart through as its trial, so it shows as half-open (the gauge does not stay at
+    // "open" with no traffic to move it).
+    breaker_state state_at(time now) const noexcept {
+        return state_ == breaker_state::open && now >= trial_at() ? breaker_state::half_open
+                                                                  : state_;
+    }
     // While open: when a trial may start (to arm a timer).
     time trial_at() const noexcept { return opened_at_ + opts_.cooldown; }
-    // Failures counted in the current window (for the log line).
+    // Hosts whose failure counts in the current window (for the log line).
     std::size_t recent_failures() const noexcept { return failures_.size(); }
     const breaker_options& options() const noexcept { return opts_; }
 
@@ -86,7 +96,13 @@ private:
     breaker_state state_ = breaker_state::closed;
     bool trial_running_ = false;
     time opened_at_{0};
-    std::deque<time> failures_; // failure times within the window, oldest first
+    struct failed_host {
+        std::uint64_t host;
+        time last; // its latest failure
+    };
+    // The hosts that failed within the window, at most `failures` - 1 of them (the next one
+    // opens the breaker and clears the list), so a linear scan is cheap.
+    std::vector<failed_host> failures_;
 };
 
 } // namespace mayhem

@@ -3,6 +3,7 @@
 #include "runtime/duration.hpp"
 #include "runtime/log.hpp"
 
+#include <algorithm>
 #include <sys/stat.h>
 
 namespace mayhem {
@@ -73,7 +74,10 @@ bool pause_file_present(int stat_result) {
 restart_guard::restart_guard(rt::loop& loop, guard_options opts, store& st, restarter& inner)
     : loop_(loop), opts_(std::move(opts)), store_(st), inner_(inner),
       filter_(opts_.allow_hosts, opts_.deny_hosts), breaker_(opts_.breaker),
-      admission_([this] { admit_waiters(); }), breaker_wake_([this] { schedule_admission(); }) {
+      admission_([this] { admit_waiters(); }), breaker_wake_([this] {
+          show_breaker(); // the cooldown is over: a new restart would be the trial
+          schedule_admission();
+      }) {
     log::info("restart policy", {{"restarter", inner_.name()},
                                  {"cooldown", format_duration(opts_.cooldown)},
                                  {"max_concurrent", opts_.max_concurrent},
@@ -89,7 +93,8 @@ restart_guard::restart_guard(rt::loop& loop, guard_options opts, store& st, rest
         // before the first message already holds it.
         struct stat sb;
         int rc = ::stat(opts_.pause_file.c_str(), &sb) == 0 ? 0 : uv_translate_sys_error(errno);
-        set_paused(pause_file_present(rc));
+        set_paused(pause_file_present(rc),
+                   rc == 0 ? "the pause file exists" : "the pause file cannot be looked at");
         pause_timer_ = std::make_unique<rt::periodic_timer>(loop_, opts_.pause_check,
                                                             [this] { check_pause_file(); });
     }
@@ -105,6 +110,15 @@ std::chrono::milliseconds restart_guard::now() const noexcept {
 
 std::optional<std::string> restart_guard::refuse(const message& m) const {
     if (auto why = filter_.refuse(m.hostname())) return why;
+    // A command that names the machine by {instance_name} restarts that machine, whatever the
+    // hostname says: the filter checks it too, as the host name it derives.
+    if (inner_.uses_instance_name()) {
+        auto host = derived_host_name(m.instance_name(), opts_.host_domain);
+        if (host != m.hostname())
+            if (auto why = filter_.refuse(host))
+                return "instance_name \"" + std::string(m.instance_name()) +
+                       "\" used by the command: " + *why;
+    }
     return inner_.refuse(m);
 }
 
@@ -137,6 +151,12 @@ rt::task<bool> restart_guard::wait(pass& p, const message& m, restart_result& r)
         auto now = std::chrono::system_clock::now();
         auto claim = co_await store_.claim_host(m, now, opts_.cooldown).settled();
         if (!cooldown_decision(m, now, claim, r)) co_return false;
+        // The pause began while the claim was answered: nothing starts once the pause is seen,
+        // so the restart gives its slot back and waits for admission again (its claim stays).
+        while (paused_ && !stopping_) {
+            unadmit(p);
+            co_await admit_awaiter(*this, p);
+        }
     }
     co_return go(m, r);
 }
@@ -144,7 +164,7 @@ rt::task<bool> restart_guard::wait(pass& p, const message& m, restart_result& r)
 void restart_guard::leave(pass& p) {
     if (!p.g_) return; // refused or coalesced: held nothing
     if (p.admitted_) {
-        record(p.result_->status, p.trial_);
+        record(*p.result_, p.trial_, p.msg_->host_hash());
         p.trial_ = false; // heard: release() must not report it again
     }
     // A message arriving from now on starts its own restart (and cooldown); the coalesced ones
@@ -164,7 +184,7 @@ void restart_guard::hold(pass& p, const message& m, const restart_result& r) {
 bool restart_guard::admit_now(pass& p) {
     if (!waiters_.empty() || !room()) return false;
     auto a = breaker_.admit(now());
-    stats_.breaker_state.set(static_cast<std::int64_t>(breaker_.state()));
+    show_breaker();
     if (a == circuit_breaker::admission::wait) return false;
     grant(p, a == circuit_breaker::admission::trial);
     return true;
@@ -177,14 +197,20 @@ void restart_guard::grant(pass& p, bool trial) {
     stats_.running.set(static_cast<std::int64_t>(running_));
 }
 
-// Gives back what the pass holds: its host and its slot. A breaker trial that never got a
-// result (destroyed unfinished) is neutral.
+// Gives back what the pass holds: its host and its slot.
 void restart_guard::release(pass& p) noexcept {
     running_hosts_.erase(&p);
     p.g_ = nullptr;
+    unadmit(p);
+}
+
+// Gives back the pass's slot, if it holds one. A breaker trial that never got a result (it
+// never ran) is neutral: the next restart is the trial.
+void restart_guard::unadmit(pass& p) noexcept {
     if (!p.admitted_) return;
     p.admitted_ = false;
-    if (p.trial_) record(restart_status::dry_run, true);
+    if (p.trial_) record(restart_result{restart_status::dry_run}, true, 0);
+    p.trial_ = false;
     --running_;
     stats_.running.set(static_cast<std::int64_t>(running_));
     schedule_admission();
@@ -252,9 +278,35 @@ void restart_guard::shared_result(const message& m, const pass& first, restart_r
 
 bool restart_guard::cooldown_decision(const message& m, std::chrono::system_clock::time_point now,
                                       rt::result<host_claim>& claim, restart_result& r) {
-    // Store trouble in claim_host is a failure like any other; the coalesced messages hear it.
+    // Store trouble in claim_host is store trouble, not a failed restart: nothing ran, so the
+    // message is retried without using up an attempt and the breaker never hears of it (record);
+    // the coalesced messages share that.
     if (!claim) {
         r = restart_result{restart_status::failed, rt::describe(claim.error())};
+        r.not_attempted = true;
+        return false;
+    }
+    // The clock is behind a restart the store holds: how long ago that was cannot be told, so
+    // nothing is guessed. Refused like store trouble (retried, no attempt used) until the clock
+    // has passed it; readiness and a gauge show it, and the log says so once per episode.
+    bool behind = !claim->granted && claim->clock_behind;
+    if (behind != (stats_.clock_behind.get() != 0)) {
+        stats_.clock_behind.set(behind ? 1 : 0);
+        if (behind)
+            log::error("the clock is behind a restart recorded in the store: restarts of that "
+                       "host are refused until it has passed it",
+                       {{"message_id", m.message_id()},
+                        {"hostname", m.hostname()},
+                        {"ahead_by", format_duration(std::chrono::duration_cast<millis>(
+                                         claim->last_restart - now))}});
+        else
+            log::info("the clock is no longer behind the restarts recorded in the store");
+    }
+    if (behind) {
+        r = restart_result{restart_status::failed,
+                           "the clock is behind the last restart of this host recorded in the "
+                           "store: refusing to guess the cooldown"};
+        r.not_attempted = true;
         return false;
     }
     if (claim->granted) return true;
@@ -293,7 +345,7 @@ void restart_guard::admit_waiters() {
         }
         if (!room()) return;
         auto a = breaker_.admit(now());
-        stats_.breaker_state.set(static_cast<std::int64_t>(breaker_.state()));
+        show_breaker();
         if (a == circuit_breaker::admission::wait) {
             if (breaker_.state() == breaker_state::open)
                 loop_.timers().arm(breaker_wake_, breaker_.trial_at() - now());
@@ -307,14 +359,20 @@ void restart_guard::admit_waiters() {
     }
 }
 
-void restart_guard::record(restart_status s, bool trial) {
+// A restart that was never attempted (store trouble) proves nothing about the hosts: neutral.
+void restart_guard::record(const restart_result& rr, bool trial, std::uint64_t host) {
     using result = circuit_breaker::result;
-    result r = s == restart_status::ok                                          ? result::ok
-               : s == restart_status::failed || s == restart_status::unverified ? result::failed
-                                                                                : result::neutral;
+    result r = rr.not_attempted                  ? result::neutral
+               : rr.status == restart_status::ok ? result::ok
+               : rr.status == restart_status::failed || rr.status == restart_status::unverified
+                   ? result::failed
+                   : result::neutral;
     breaker_state before = breaker_.state();
-    auto change = breaker_.record(r, trial, now());
-    stats_.breaker_state.set(static_cast<std::int64_t>(breaker_.state()));
+    auto change = breaker_.record(r, trial, now(), host);
+    show_breaker();
+    // Open: the gauge turns half-open when the cooldown is over, traffic or not.
+    if (breaker_.state() == breaker_state::open)
+        loop_.timers().arm(breaker_wake_, std::max(millis{0}, breaker_.trial_at() - now()));
     const auto& o = breaker_.options();
     if (change == circuit_breaker::change::opened) {
         stats_.breaker_opened.inc();
@@ -331,22 +389,42 @@ void restart_guard::record(restart_status s, bool trial) {
     schedule_admission();
 }
 
+void restart_guard::show_breaker() {
+    stats_.breaker_state.set(static_cast<std::int64_t>(breaker_.state_at(now())));
+}
+
 // ---------------------------------------------------------------------------------------------
-// The kill switch: one periodic stat of --pause-file, not one per message.
+// The kill switch: one periodic stat of --pause-file, not one per message. The stat runs on the
+// thread pool (never on the loop); one that does not answer within pause_timeout (a hung NFS
+// mount) means "cannot tell", which holds restarts until a look answers again.
 // ---------------------------------------------------------------------------------------------
 
 void restart_guard::check_pause_file() {
-    if (probe_) return; // the previous look has not answered yet
+    if (probe_) { // the previous look has not answered yet
+        if (!pause_unknown_ &&
+            loop_.now() - probe_since_ >= static_cast<std::uint64_t>(opts_.pause_timeout.count())) {
+            pause_unknown_ = true;
+            log::error("the pause file cannot be looked at: its stat has not answered; restarts "
+                       "are held as if it existed",
+                       {{"pause_file", opts_.pause_file},
+                        {"waited", format_duration(opts_.pause_timeout)}});
+            set_paused(true, "the pause file cannot be looked at");
+        }
+        return;
+    }
     auto* p = new pause_probe{};
     p->owner = this;
     p->req.data = p;
     int rc = uv_fs_stat(loop_.get(), &p->req, opts_.pause_file.c_str(), [](uv_fs_t* r) {
         auto* probe = static_cast<pause_probe*>(r->data);
-        bool present = pause_file_present(static_cast<int>(r->result));
+        int looked = static_cast<int>(r->result);
         uv_fs_req_cleanup(r);
         if (auto* g = probe->owner) {
             g->probe_ = nullptr;
-            g->set_paused(present);
+            g->pause_unknown_ = false;
+            g->set_paused(pause_file_present(looked), looked == 0
+                                                          ? "the pause file exists"
+                                                          : "the pause file cannot be looked at");
         }
         delete probe;
     });
@@ -356,15 +434,17 @@ void restart_guard::check_pause_file() {
         return;
     }
     probe_ = p;
+    probe_since_ = loop_.now();
 }
 
-void restart_guard::set_paused(bool paused) {
+void restart_guard::set_paused(bool paused, std::string_view why) {
     if (paused == paused_) return;
     paused_ = paused;
     stats_.paused.set(paused ? 1 : 0);
     if (paused) {
-        log::warn("restarts paused: the pause file exists; no restart starts until it is removed",
+        log::warn("restarts paused: no restart starts until the pause file is gone",
                   {{"pause_file", opts_.pause_file},
+                   {"why", why},
                    {"running", running_},
                    {"waiting", stats_.waiting.get()}});
     } else {

@@ -4,7 +4,11 @@
 //   coalesce  (a restart of this host is running here: wait for it, share its result)
 //   admit     (wait while --pause-file exists, the circuit breaker is open, or
 //              --max-concurrent-restarts are running; FIFO, no polling)
-//   cooldown  (store.claim_host: skipped_cooldown if restarted within the cooldown)
+//   cooldown  (store.claim_host: skipped_cooldown if restarted within the cooldown; a store
+//              error is store trouble, not a failed restart: retried, no attempt used, the
+//              breaker never hears it)
+//   pause     (looked at again: a pause that began while the claim was answered sends the
+//              restart back to wait for admission, so nothing starts once the pause is seen)
 //   dry run   (--dry-run: stop here, result dry_run)
 //   restart   (the inner restarter), then tell the breaker how it went
 //
@@ -52,19 +56,24 @@ struct guard_options {
     std::chrono::milliseconds cooldown{0};       // 0: no per-host cooldown (no store round trip)
     std::size_t max_concurrent = 0;              // 0: unlimited
     std::string allow_hosts, deny_hosts;         // regexes, full match; empty: not set
+    std::string host_domain = "example.net";     // to check {instance_name} as a host name
     std::string pause_file;                      // empty: no kill switch
     std::chrono::milliseconds pause_check{1000}; // how often the pause file is looked for
-    breaker_options breaker{0, {}, {}};          // failures 0: no breaker
+    // A look at the pause file (a stat on the thread pool) that has not answered after this
+    // counts as "cannot tell", which holds restarts like a present file (a hung NFS mount).
+    std::chrono::milliseconds pause_timeout{5000};
+    breaker_options breaker{0, {}, {}}; // failures 0: no breaker
     bool dry_run = false;
 };
 
 // For the metrics exporter (mayhem_restarts_paused, the breaker state, ...). Restarts by result
 // are counted by the pipeline (pipeline_stats::restarts, by restart_status).
 struct restart_guard_stats {
-    rt::gauge paused;        // 1 while the pause file exists
-    rt::gauge breaker_state; // 0 closed, 1 open, 2 half-open (breaker_state)
+    rt::gauge paused;        // 1 while the pause file exists or cannot be looked at
+    rt::gauge breaker_state; // what a new restart would meet: 0 closed, 1 open, 2 half-open
     rt::gauge running;       // restarts admitted and not finished
     rt::gauge waiting;       // restarts waiting for admission (pause, breaker, cap)
+    rt::gauge clock_behind;  // 1 while the last cooldown claim met a start after its clock
     rt::counter breaker_opened;
     rt::counter cooldown_skips;
     rt::counter coalesced;
@@ -144,14 +153,16 @@ private:
     bool go(const message& m, restart_result& r);
     bool stopped(restart_result& r) const;
     void shared_result(const message& m, const pass& first, restart_result& r);
+    void unadmit(pass& p) noexcept;
     bool cooldown_decision(const message& m, std::chrono::system_clock::time_point now,
                            rt::result<host_claim>& claim, restart_result& r);
     bool room() const noexcept;
     void schedule_admission();
     void admit_waiters();
-    void record(restart_status s, bool trial);
+    void record(const restart_result& r, bool trial, std::uint64_t host);
+    void show_breaker();
     void check_pause_file();
-    void set_paused(bool paused);
+    void set_paused(bool paused, std::string_view why);
     std::chrono::milliseconds now() const noexcept;
 
     rt::loop& loop_;
@@ -169,12 +180,14 @@ private:
     rt::intrusive_list waiters_; // admit_awaiter, FIFO
     std::size_t running_ = 0;
     bool paused_ = false;
+    bool pause_unknown_ = false; // the last look at the pause file did not answer in time
     bool stopping_ = false;
 
     rt::delayed_call admission_;    // one admission pass per loop turn
-    rt::delayed_call breaker_wake_; // when the breaker's cooldown ends
+    rt::delayed_call breaker_wake_; // when the breaker's cooldown ends (armed while it is open)
     std::unique_ptr<rt::periodic_timer> pause_timer_;
-    pause_probe* probe_ = nullptr; // the uv_fs_stat in progress, if any
+    pause_probe* probe_ = nullptr;  // the uv_fs_stat in progress, if any
+    std::uint64_t probe_since_ = 0; // loop time it was started
     restart_guard_stats stats_;
 };
 

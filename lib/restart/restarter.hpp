@@ -27,6 +27,9 @@ public:
         (void)m;
         return std::nullopt;
     }
+    // Whether the command names the machine by the message's instance_name (a `{instance_name}`
+    // placeholder): then --allow-hosts/--deny-hosts check that name too, not only the hostname.
+    virtual bool uses_instance_name() const { return false; }
     // Process groups of this restarter's commands not yet empty and reaped, counting abandoned
     // ones still being terminated. The stop waits for this to reach 0.
     virtual std::size_t live_processes() const { return 0; }

@@ -97,6 +97,11 @@ std::string str(const json& v) {
     return out + "\"";
 }
 
+// The restarts rows that count as restarts of their host (a string literal, spliced into the
+// queries below).
+#define RESTART_RAN                                                                                \
+    "(finished IS NULL OR result IN ('ok', 'failed', 'unverified', 'abandoned'))"
+
 json collect(reader& r, const history_options& o) {
     auto limit = static_cast<std::int64_t>(o.limit);
     json doc;
@@ -109,8 +114,11 @@ json collect(reader& r, const history_options& o) {
         by_outcome[row[0].get<std::string>()] = row[1];
     doc["by_outcome"] = by_outcome;
 
+    // A restart is a row whose command ran (ok, failed) or may have run (never finished); the
+    // other rows record steps that restarted nothing (skipped by the cooldown, coalesced, dry
+    // run, refused) and are only counted by result.
     json restarts = json::object();
-    restarts["total"] = r.scalar("SELECT count(*) FROM restarts");
+    restarts["total"] = r.scalar("SELECT count(*) FROM restarts WHERE " RESTART_RAN);
     restarts["unfinished"] = r.scalar("SELECT count(*) FROM restarts WHERE finished IS NULL");
     // Rows of --restarter simulate: no host was restarted (restart/simulate_restarter.hpp).
     restarts["simulated"] =
@@ -125,9 +133,9 @@ json collect(reader& r, const history_options& o) {
     json hosts = json::array();
     for (auto& row :
          r.rows("SELECT hostname, count(*), sum(result = 'ok'), sum(result = 'failed'), "
-                "sum(finished IS NULL), max(started), sum(detail LIKE 'simulated%') "
-                "FROM restarts GROUP BY hostname "
-                "ORDER BY max(started) DESC, hostname LIMIT ?1",
+                "sum(finished IS NULL), max(started), sum(detail LIKE 'simulated%') FROM restarts "
+                "WHERE " RESTART_RAN " GROUP BY hostname ORDER BY max(started) DESC, hostname "
+                "LIMIT ?1",
                 {limit})) {
         hosts.push_back(json{{"hostname", row[0]},
                              {"restarts", row[1]},
@@ -157,6 +165,7 @@ json collect(reader& r, const history_options& o) {
     doc["recent"] = recent;
     return doc;
 }
+#undef RESTART_RAN
 
 void print_text(const json& doc, std::ostream& out) {
     out << "database " << doc["db"].get<std::string>() << ": " << doc["messages"] << " messages, "

@@ -108,7 +108,7 @@ rt::task<host_claim> memory_store::claim_host(const message& m,
     if (inserted) co_return host_claim{};
     host_record& last = it->second;
     if (last.message != id && cooldown.count() > 0 && last.started > now - cooldown)
-        co_return host_claim{false, last.started};
+        co_return host_claim{false, last.started, last.started > now};
     last = host_record{id, now, true};
     co_return host_claim{};
 }
@@ -124,9 +124,11 @@ rt::task<bool> memory_store::finish_restart(const message& m, const restart_resu
                 hosts_.erase(it); // failed, dry run, refused...: never blocks the next restart
         }
     }
-    // A failed restart may be tried again, and a refused one is refused again: forget them;
-    // anything else counts as done.
-    bool again = r.status == restart_status::failed || r.status == restart_status::refused;
+    // A failed restart may be tried again, a refused one is refused again, and a dry run
+    // restarted nothing: forget them; anything else counts as done (as retried_after() in the
+    // SQLite store).
+    bool again = r.status == restart_status::failed || r.status == restart_status::refused ||
+                 r.status == restart_status::dry_run;
     record(key(m), again ? state::absent : state::done);
     co_return true;
 }

@@ -80,10 +80,11 @@ std::int64_t now_ms() {
         .count();
 }
 
-// A message whose latest restart ended so is claimed again: a failure may be retried, and a
-// refusal must be met again (dead-lettered again), not taken for a restart already done.
+// A message whose latest restart ended so is claimed again: a failure may be retried, a
+// refusal must be met again (dead-lettered again), not taken for a restart already done, and a
+// dry run restarted nothing, so it leaves no trace that a real run of the same id meets.
 bool retried_after(std::string_view result) {
-    return result == "failed" || result == "refused";
+    return result == "failed" || result == "refused" || result == "dry_run";
 }
 
 // Errors after which the connection is closed and opened again by the next transaction: the
@@ -129,7 +130,8 @@ struct sqlite_store::shared {
                  *renew = nullptr;
     // multi[k][n]: kind k for n rows (2..max_rows), prepared on first use.
     sqlite3_stmt* multi[m_kinds][max_rows + 1] = {};
-    batch flying; // the batch being written
+    batch flying;                      // the batch being written
+    bool synchronous_full_now = false; // the connection's PRAGMA synchronous (pool thread)
     // Set by hurry() (loop thread): a wait for another writer's lock gives up at once.
     std::atomic<bool> hurry{false};
     std::chrono::steady_clock::time_point busy_since; // pool thread
@@ -234,6 +236,7 @@ struct sqlite_store::shared {
                                    std::to_string(version) + ", newer than this mayhem supports (" +
                                    std::to_string(sqlite_schema_version) +
                                    "); use a newer mayhem or another --db");
+            check_schema(version); // before anything is changed (the journal mode)
             std::string mode;
             {
                 sqlite3_stmt* s = nullptr;
@@ -246,6 +249,7 @@ struct sqlite_store::shared {
             }
             exec(opts.synchronous_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",
                  "synchronous");
+            synchronous_full_now = opts.synchronous_full;
             // A page cache big enough for the hot part of both tables and their indexes, and
             // reads through mmap: a batch then costs no read() of pages it just wrote.
             exec("PRAGMA cache_size=-65536", "cache_size");
@@ -313,6 +317,35 @@ struct sqlite_store::shared {
         }
     }
 
+    // Is this file mayhem's? Identified by mayhem's own tables, not by user_version alone (any
+    // program may set that): version 0 must be an empty file, a later version must hold the
+    // tables and columns of its version. Reads only, so a foreign file is refused exactly as it
+    // was found (rollback journal and all), with sqlite_fatal: retrying cannot fix it.
+    void check_schema(int version) {
+        auto foreign = [&](const std::string& why) {
+            return sqlite_fatal(opts.path + " is not a mayhem database: " + why +
+                                "; use another --db");
+        };
+        int tables = scalar_int("SELECT count(*) FROM sqlite_schema");
+        if (version == 0) {
+            if (tables > 0) throw foreign("it holds tables but no mayhem schema version");
+            return;
+        }
+        // Columns per table at each version (schema_v1, schema_v2).
+        int messages = scalar_int(
+            "SELECT count(*) FROM pragma_table_info('messages') WHERE name IN ('message_id', "
+            "'instance', 'hostname', 'reason', 'first_seen', 'attempts', 'outcome', "
+            "'completed_at', 'last_error')");
+        int restarts = scalar_int(
+            "SELECT count(*) FROM pragma_table_info('restarts') WHERE name IN ('message_id', "
+            "'attempt', 'hostname', 'started', 'finished', 'result', 'detail', 'host_claimed', "
+            "'owner', 'lease_until')");
+        int want_restarts = version >= 2 ? 10 : 8;
+        if (messages != 9 || restarts != want_restarts)
+            throw foreign("its user_version is " + std::to_string(version) +
+                          " but it lacks mayhem's tables messages and restarts (or their columns)");
+    }
+
     // Version 0 -> 1 -> 2. Re-checked inside the write transaction: another worker on the same file
     // may have created the schema in the meantime.
     void migrate() {
@@ -322,8 +355,8 @@ struct sqlite_store::shared {
             if (version == 0) {
                 if (scalar_int("SELECT count(*) FROM sqlite_schema") > 0)
                     throw sqlite_fatal(opts.path +
-                                       " holds tables but no mayhem schema version: not a mayhem "
-                                       "database");
+                                       " is not a mayhem database: it holds tables but no mayhem "
+                                       "schema version; use another --db");
                 exec(schema_v1, "create schema");
                 version = 1;
             }
@@ -384,6 +417,8 @@ struct sqlite_store::shared {
             sqlite3_reset(host_blocker);
             if (rc != SQLITE_ROW && rc != SQLITE_DONE) fail(rc, "claim host");
             r.claim = blocked ? restart_claim::done : restart_claim::proceed;
+            // A blocking start later than this transaction's clock: the clock is behind it.
+            if (blocked && r.n > now) r.claim = restart_claim::held;
             if (!blocked) {
                 text(host_claim_row, 1, r.id);
                 sqlite3_bind_int64(host_claim_row, 3, now);
@@ -773,11 +808,30 @@ struct sqlite_store::shared {
         apply_run(m_renew, renews_, now);
     }
 
+    // Restart claims are the record that a restart may have run: the cooldown and the
+    // idempotency record read them, and the message of a claim may be acked right after. So a
+    // transaction that writes one (a claim, a host claim, a restart's end or the withdrawal of a
+    // start) commits with synchronous=FULL (the WAL fsynced) whatever --db-synchronous says: a
+    // power loss cannot make the store forget a restart it made. Others follow the option.
+    bool holds_claims() const noexcept {
+        return std::any_of(flying.begin(), flying.end(), [](const request& r) {
+            return r.kind == op::claim || r.kind == op::claim_host || r.kind == op::finish ||
+                   r.kind == op::unclaim;
+        });
+    }
+    void set_synchronous() {
+        bool full = opts.synchronous_full || holds_claims();
+        if (full == synchronous_full_now) return;
+        exec(full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL", "synchronous");
+        synchronous_full_now = full;
+    }
+
     // Pool thread: writes `flying` as one transaction. Returns the error, empty on success.
     std::string write() noexcept {
         try {
             if (!conn) open();
             std::int64_t now = now_ms();
+            set_synchronous(); // outside the transaction: it applies to the next commit
             run(begin, "begin");
             try {
                 // Table by table (messages, then restarts): no request reads the other table, so
@@ -1227,7 +1281,8 @@ rt::task<host_claim> sqlite_store::claim_host(const message& m,
     if (!x.ok) throw std::runtime_error("store: " + x.error);
     if (x.claim == restart_claim::proceed) co_return host_claim{};
     co_return host_claim{false,
-                         std::chrono::system_clock::time_point{std::chrono::milliseconds{x.n}}};
+                         std::chrono::system_clock::time_point{std::chrono::milliseconds{x.n}},
+                         x.claim == restart_claim::held};
 }
 
 void sqlite_store::complete(const message& m, const verdict& v) {

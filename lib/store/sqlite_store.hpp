@@ -55,7 +55,7 @@ struct sqlite_options {
     // NORMAL: in WAL mode a commit survives a crash of the process (the WAL is in the OS page
     // cache) but the last transactions may be lost on power loss or a kernel crash. FULL: the
     // WAL is fsynced at every commit, durable across power loss, slower per transaction (group
-    // commit amortises it).
+    // commit amortises it). A transaction that writes a restart claim is FULL either way.
     bool synchronous_full = false;
     std::chrono::milliseconds busy_timeout{5000};
     // This worker's name on its claims (unique per process), and how long a claim stays its own
@@ -136,7 +136,8 @@ public:
         op kind = op::save;
         text_ref id, a, b, c; // save: instance, hostname, reason; claim: hostname;
                               // finish: result, detail; complete: outcome, reason
-        // out: claim; claim_host: done = blocked; finish: held = the claim is a peer's now
+        // out: claim; claim_host: done = blocked, held = blocked by a start later than the
+        // transaction's clock (clock behind); finish: held = the claim is a peer's now
         restart_claim claim = restart_claim::proceed;
         std::uint32_t attempt = 0; // claim: out, the restart start recorded (proceed, unfinished)
         // claim_host: in, the cutoff (ms); out, the blocking start (ms) when blocked. claim and

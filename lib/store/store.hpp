@@ -47,6 +47,9 @@ struct host_claim {
     bool granted = true;
     // When not granted: when the restart that blocks this one started (for the log).
     std::chrono::system_clock::time_point last_restart{};
+    // Not granted because that restart started after `now`: the wall clock is behind the store's
+    // records (stepped back), so the cooldown cannot be computed; nothing was recorded.
+    bool clock_behind = false;
 };
 
 class store {
@@ -66,7 +69,8 @@ public:
     //     `unverified`, or started and never finished (running elsewhere, or lost in a crash: we
     //     cannot know the host was not restarted, so it counts);
     //  2. if one of them started later than `now - cooldown`: record nothing and answer
-    //     {granted = false, last_restart = the latest such start time};
+    //     {granted = false, last_restart = the latest such start time}, with clock_behind set
+    //     when that start is later than `now` itself (the clock went back: refuse to guess);
     //  3. otherwise record a restart of `m.hostname()` for `m.message_id()` started at `now` (not
     //     finished) and answer {granted = true}.
     // A cooldown of zero always grants (and still records). The same message id never blocks

@@ -62,7 +62,7 @@ class ExecChildrenTest(Harness):
         pidfile = os.path.join(self.tmp, "pid")
         cmd = "sh -c 'echo $$ > %s; exec sleep 300' {hostname}" % pidfile
         w = self.worker("--source", "stdin", "--store", "memory", "--restarter", "exec",
-                        "--restart-command", cmd, "--status-interval", "0",
+                        "--allow-volatile-cooldown", "--restart-command", cmd, "--status-interval", "0",
                         stdin=subprocess.PIPE)
         wait_until(lambda: "worker started" in w.stderr(), what="the worker to start")
         w.proc.stdin.write(b'{"message_id":"m1","instance_name":"i-1","hostname":"h1"}\n')
@@ -93,7 +93,8 @@ class ExecChildrenTest(Harness):
             # Started inside the delegated cgroup, as systemd starts a Delegate=yes service.
             proc = subprocess.Popen(
                 [harness.MAYHEM, "worker", "--source", "stdin", "--store", "memory",
-                 "--restarter", "exec", "--restart-command", cmd, "--status-interval", "0"],
+                 "--restarter", "exec", "--allow-volatile-cooldown", "--restart-command", cmd,
+                 "--status-interval", "0"],
                 stdin=stdin, stdout=out, stderr=err, cwd=self.tmp,
                 preexec_fn=lambda: self.join(cg))
             self._procs.append(proc)

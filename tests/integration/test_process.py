@@ -90,6 +90,7 @@ class RestartCommandSignals(Harness):
         seen = os.path.join(self.tmp, "sigign")
         code, s, err = self.run_worker(
             "--messages", "1", "--store", "memory", "--restarter", "exec",
+            "--allow-volatile-cooldown",
             "--restart-command", "sh -c 'grep SigIgn /proc/self/status > %s'" % seen)
         self.assertEqual(code, 0, err[-3000:])
         with open(seen) as f:

@@ -15,8 +15,8 @@ import unittest
 import harness
 from harness import Harness, wait_until
 
-BASE = ["--source", "stdin", "--store", "memory", "--restarter", "exec", "--save-latency", "0",
-        "--status-interval", "0", "--retry-backoff", "10ms..20ms"]
+BASE = ["--source", "stdin", "--store", "memory", "--restarter", "exec", "--allow-volatile-cooldown",
+        "--save-latency", "0", "--status-interval", "0", "--retry-backoff", "10ms..20ms"]
 
 
 def msg(mid, host):
@@ -32,7 +32,9 @@ def pid_gone(pid):
         return True
 
 
-class SafetyTest(Harness):
+class ExecHarness(Harness):
+    """Helpers for tests of --restarter exec: a recording restart script, stdin runs."""
+
     def setUp(self):
         super().setUp()
         self.record = os.path.join(self.tmp, "record")
@@ -80,6 +82,8 @@ class SafetyTest(Harness):
         wait_until(lambda: "worker started" in w.stderr(), what="the worker to start")
         return w
 
+
+class SafetyTest(ExecHarness):
     # -- exec -----------------------------------------------------------------------------
 
     def test_true_acks_and_false_dead_letters(self):

@@ -83,6 +83,7 @@ class Stop(Harness):
         stdin = open(requests)
         self.addCleanup(stdin.close)
         return self.worker("--source", "stdin", "--store", "memory", "--restarter", "exec",
+                           "--allow-volatile-cooldown",
                            "--restart-command", script + " {message_id}", "--log-format", "json",
                            "--status-interval", "0", *args, stdin=stdin)
 

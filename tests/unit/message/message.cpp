@@ -37,6 +37,33 @@ TEST_CASE("an explicit hostname and reason are kept; the domain is configurable"
     CHECK(m2.hostname() == "h.x");
 }
 
+TEST_CASE("one machine, one name: lower case, no trailing dot, derived the same way") {
+    decode_options o;
+    o.host_domain = "Example.NET.";
+    auto host = [&](std::string_view payload) {
+        // Both decoding paths: the plain scanner and the parser.
+        auto r = decode(payload, o);
+        REQUIRE(std::holds_alternative<message>(r));
+        message viaparser;
+        REQUIRE_FALSE(details::decode_with_parser(viaparser, payload, o));
+        CHECK(viaparser.hostname() == std::get<message>(r).hostname());
+        return std::string(std::get<message>(r).hostname());
+    };
+    CHECK(host(R"({"message_id":"a","instance_name":"web-1"})") == "web-1.example.net");
+    CHECK(host(R"({"message_id":"a","instance_name":"WEB-1"})") == "web-1.example.net");
+    CHECK(host(R"({"message_id":"a","instance_name":"web-1."})") == "web-1.example.net");
+    CHECK(host(R"({"message_id":"a","instance_name":"i","hostname":"web-1.example.net."})") ==
+          "web-1.example.net");
+    CHECK(host(R"({"message_id":"a","instance_name":"i","hostname":"Web-1.Example.Net"})") ==
+          "web-1.example.net");
+    // The instance name itself is kept as given; only the machine identity is normalised.
+    auto m = std::get<message>(decode(R"({"message_id":"a","instance_name":"WEB-1"})", o));
+    CHECK(m.instance_name() == "WEB-1");
+    CHECK(derived_host_name("WEB-1", "Example.NET.") == "web-1.example.net");
+    CHECK(bad(R"({"message_id":"a","instance_name":"i","hostname":"."})").kind ==
+          decode_kind::empty_field);
+}
+
 TEST_CASE("bad payloads give precise reasons and fixed kinds") {
     struct row {
         const char* payload;

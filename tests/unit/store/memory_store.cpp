@@ -56,3 +56,28 @@ TEST_CASE("memory_store::claim_host: the cooldown contract of store.hpp") {
     finish(s, msg("f", "h3"), restart_status::dry_run);
     CHECK(now_(s.claim_host(msg("g", "h3"), t0, week)).granted);
 }
+
+TEST_CASE("memory_store: a dry run leaves no trace that a real run of the same id meets") {
+    rt::loop loop;
+    memory_store s(loop, latency_range{}, 1);
+    auto m = msg("dry", "h1");
+    CHECK(now_(s.claim_restart(m)) == restart_claim::proceed);
+    finish(s, m, restart_status::dry_run);
+    CHECK(now_(s.claim_restart(m)) == restart_claim::proceed); // not `done`: nothing restarted
+    finish(s, m, restart_status::ok);
+    CHECK(now_(s.claim_restart(m)) == restart_claim::done);
+}
+
+TEST_CASE("memory_store::claim_host: a clock behind the host's last restart is told, not guessed") {
+    rt::loop loop;
+    memory_store s(loop, latency_range{}, 1);
+    auto t0 = system_clock::now();
+    milliseconds week{7LL * 24 * 3600 * 1000};
+    CHECK(now_(s.claim_host(msg("a", "h1"), t0, week)).granted);
+    auto early = now_(s.claim_host(msg("b", "h1"), t0 - 1h, week)); // the clock went back
+    CHECK_FALSE(early.granted);
+    CHECK(early.clock_behind);
+    auto later = now_(s.claim_host(msg("b", "h1"), t0 + 1h, week));
+    CHECK_FALSE(later.granted);
+    CHECK_FALSE(later.clock_behind); // an ordinary cooldown skip
+}

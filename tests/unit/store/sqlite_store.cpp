@@ -629,3 +629,118 @@ TEST_CASE("sqlite_store: hurry() ends close() on a disk that stays full, countin
     full_disk::on = false;
     CHECK(count(dir.db(), "SELECT count(*) FROM messages WHERE outcome IS NOT NULL") == 0);
 }
+
+namespace {
+// A VFS over the default one that counts the syncs of WAL files: what `PRAGMA synchronous`
+// decides is whether a commit fsyncs the WAL (FULL) or leaves it in the page cache (NORMAL),
+// and a power loss cannot be made real in a test. Registered as the default while it lives.
+class wal_sync_counter {
+public:
+    wal_sync_counter() {
+        real_ = sqlite3_vfs_find(nullptr);
+        REQUIRE(real_ != nullptr);
+        vfs_ = *real_;
+        vfs_.zName = "mayhem-count-wal-syncs";
+        vfs_.szOsFile = static_cast<int>(sizeof(file)) + real_->szOsFile;
+        vfs_.xOpen = &open;
+        vfs_.pNext = nullptr;
+        methods_ = sqlite3_io_methods{
+            2, // no xFetch/xUnfetch: SQLite then reads without mmap, fine for a test
+            [](sqlite3_file* f) { return real(f)->pMethods->xClose(real(f)); },
+            [](sqlite3_file* f, void* p, int n, sqlite3_int64 off) {
+                return real(f)->pMethods->xRead(real(f), p, n, off);
+            },
+            [](sqlite3_file* f, const void* p, int n, sqlite3_int64 off) {
+                return real(f)->pMethods->xWrite(real(f), p, n, off);
+            },
+            [](sqlite3_file* f, sqlite3_int64 n) {
+                return real(f)->pMethods->xTruncate(real(f), n);
+            },
+            [](sqlite3_file* f, int flags) {
+                if (reinterpret_cast<file*>(f)->wal) syncs.fetch_add(1);
+                return real(f)->pMethods->xSync(real(f), flags);
+            },
+            [](sqlite3_file* f, sqlite3_int64* n) {
+                return real(f)->pMethods->xFileSize(real(f), n);
+            },
+            [](sqlite3_file* f, int l) { return real(f)->pMethods->xLock(real(f), l); },
+            [](sqlite3_file* f, int l) { return real(f)->pMethods->xUnlock(real(f), l); },
+            [](sqlite3_file* f, int* out) {
+                return real(f)->pMethods->xCheckReservedLock(real(f), out);
+            },
+            [](sqlite3_file* f, int op, void* arg) {
+                return real(f)->pMethods->xFileControl(real(f), op, arg);
+            },
+            [](sqlite3_file* f) { return real(f)->pMethods->xSectorSize(real(f)); },
+            [](sqlite3_file* f) { return real(f)->pMethods->xDeviceCharacteristics(real(f)); },
+            [](sqlite3_file* f, int pg, int sz, int extend, void volatile** p) {
+                return real(f)->pMethods->xShmMap(real(f), pg, sz, extend, p);
+            },
+            [](sqlite3_file* f, int off, int n, int flags) {
+                return real(f)->pMethods->xShmLock(real(f), off, n, flags);
+            },
+            [](sqlite3_file* f) { real(f)->pMethods->xShmBarrier(real(f)); },
+            [](sqlite3_file* f, int del) { return real(f)->pMethods->xShmUnmap(real(f), del); },
+            nullptr,
+            nullptr,
+        };
+        self_ = this;
+        REQUIRE(sqlite3_vfs_register(&vfs_, 1) == SQLITE_OK);
+    }
+    wal_sync_counter(const wal_sync_counter&) = delete;
+    wal_sync_counter& operator=(const wal_sync_counter&) = delete;
+    ~wal_sync_counter() {
+        sqlite3_vfs_unregister(&vfs_);
+        sqlite3_vfs_register(real_, 1);
+        self_ = nullptr;
+    }
+    static inline std::atomic<int> syncs{0};
+
+private:
+    struct file {
+        sqlite3_file base;
+        bool wal;
+    };
+    static sqlite3_file* real(sqlite3_file* f) {
+        return reinterpret_cast<sqlite3_file*>(reinterpret_cast<char*>(f) + sizeof(file));
+    }
+    static int open(sqlite3_vfs*, const char* name, sqlite3_file* f, int flags, int* out) {
+        auto* mine = reinterpret_cast<file*>(f);
+        mine->wal = (flags & SQLITE_OPEN_WAL) != 0;
+        int rc = self_->real_->xOpen(self_->real_, name, real(f), flags, out);
+        mine->base.pMethods = real(f)->pMethods ? &self_->methods_ : nullptr;
+        return rc;
+    }
+    static inline wal_sync_counter* self_ = nullptr;
+    sqlite3_vfs* real_ = nullptr;
+    sqlite3_vfs vfs_{};
+    sqlite3_io_methods methods_{};
+};
+} // namespace
+
+TEST_CASE("sqlite_store: a transaction that holds a restart claim is fsynced, even with "
+          "--db-synchronous normal") {
+    wal_sync_counter counter;
+    temp_dir dir;
+    rt::loop loop;
+    sqlite_options o{dir.db()};
+    o.synchronous_full = false;
+    sqlite_store st(loop, o);
+    auto a = msg("a"), b = msg("b");
+    int before = wal_sync_counter::syncs.load();
+    CHECK(run(loop, st.save(a, delivery{})).ok); // a save alone: NORMAL, no fsync
+    CHECK(wal_sync_counter::syncs.load() == before);
+    CHECK(run(loop, st.claim_restart(a)) == restart_claim::proceed); // a claim: FULL
+    int after_claim = wal_sync_counter::syncs.load();
+    CHECK(after_claim > before);
+    CHECK(run(loop, st.claim_host(a, std::chrono::system_clock::now(), std::chrono::hours(1)))
+              .granted);
+    CHECK(wal_sync_counter::syncs.load() > after_claim);
+    int after_host = wal_sync_counter::syncs.load();
+    CHECK(run(loop, st.finish_restart(a, restart_result{restart_status::ok, {}})));
+    CHECK(wal_sync_counter::syncs.load() > after_host);
+    int after_finish = wal_sync_counter::syncs.load();
+    CHECK(run(loop, st.save(b, delivery{})).ok); // back to NORMAL for a save alone
+    CHECK(wal_sync_counter::syncs.load() == after_finish);
+    run(loop, st.close());
+}
