@@ -99,8 +99,7 @@ std::string str(const json& v) {
 
 // The restarts rows that count as restarts of their host (a string literal, spliced into the
 // queries below).
-#define RESTART_RAN                                                                                \
-    "(finished IS NULL OR result IN ('ok', 'failed', 'unverified', 'abandoned'))"
+#define RESTART_RAN "(finished IS NULL OR result IN ('ok', 'failed', 'unverified', 'abandoned'))"
 
 json collect(reader& r, const history_options& o) {
     auto limit = static_cast<std::int64_t>(o.limit);

@@ -127,7 +127,7 @@ struct sqlite_store::shared {
                  *last_restart = nullptr, *start_restart = nullptr, *finish = nullptr,
                  *complete = nullptr, *host_blocker = nullptr, *host_claim_row = nullptr,
                  *first_restart = nullptr, *unclaim = nullptr, *take_over = nullptr,
-                 *renew = nullptr;
+                 *take_waiting = nullptr, *renew = nullptr;
     // multi[k][n]: kind k for n rows (2..max_rows), prepared on first use.
     sqlite3_stmt* multi[m_kinds][max_rows + 1] = {};
     batch flying;                      // the batch being written
@@ -169,9 +169,9 @@ struct sqlite_store::shared {
     }
 
     void close_conn() noexcept {
-        for (auto** s :
-             {&begin, &commit, &rollback, &save, &last_restart, &start_restart, &finish, &complete,
-              &host_blocker, &host_claim_row, &first_restart, &unclaim, &take_over, &renew}) {
+        for (auto** s : {&begin, &commit, &rollback, &save, &last_restart, &start_restart, &finish,
+                         &complete, &host_blocker, &host_claim_row, &first_restart, &unclaim,
+                         &take_over, &take_waiting, &renew}) {
             sqlite3_finalize(*s);
             *s = nullptr;
         }
@@ -265,7 +265,7 @@ struct sqlite_store::shared {
                            "first_seen) VALUES (?1, ?2, ?3, ?4, ?5) "
                            "ON CONFLICT (message_id) DO UPDATE SET attempts = attempts + 1");
             last_restart = prepare("SELECT finished IS NULL, result, attempt, owner IS ?2, "
-                                   "coalesce(lease_until, 0) > ?3 FROM restarts "
+                                   "coalesce(lease_until, 0) > ?3, host_claimed FROM restarts "
                                    "WHERE message_id = ?1 ORDER BY attempt DESC LIMIT 1");
             // The first claim of an id (the common case) in one statement: attempt 1 exists iff
             // any restart of the id was recorded.
@@ -281,6 +281,10 @@ struct sqlite_store::shared {
                                 "detail = 'its worker stopped or lost its lease before it "
                                 "finished', lease_until = NULL "
                                 "WHERE message_id = ?1 AND finished IS NULL");
+            // An unfinished row that never passed the cooldown claim (its restart waited for a
+            // slot when its worker died) is taken over as it is: no start to count.
+            take_waiting = prepare("UPDATE restarts SET owner = ?2, lease_until = ?3 "
+                                   "WHERE message_id = ?1 AND finished IS NULL");
             // Only the owner records the end: a row taken over by a peer is left alone.
             finish = prepare(
                 "UPDATE restarts SET finished = ?3, result = ?4, detail = NULLIF(?5, ''), "
@@ -468,7 +472,7 @@ struct sqlite_store::shared {
         bind_name(last_restart, 2);
         sqlite3_bind_int64(last_restart, 3, now);
         int rc = sqlite3_step(last_restart);
-        bool start = true, take = false;
+        bool start = true, take = false, wait_take = false;
         std::int64_t attempt = 1;
         r.claim = restart_claim::proceed;
         if (rc == SQLITE_ROW) {
@@ -482,7 +486,13 @@ struct sqlite_store::shared {
                 start = false;
             } else if (unfinished) {
                 r.claim = restart_claim::unfinished;
-                take = true;
+                if (sqlite3_column_int(last_restart, 5) != 0) {
+                    take = true; // it passed the cooldown claim: it may have run
+                } else {
+                    wait_take = true;
+                    start = false;
+                    --attempt;
+                }
             } else if (res && std::string_view(res) == "abandoned") {
                 // Taken over once, then released before it ran again: still unfinished.
                 r.claim = restart_claim::unfinished;
@@ -497,6 +507,12 @@ struct sqlite_store::shared {
             text(take_over, 1, r.id);
             sqlite3_bind_int64(take_over, 2, now);
             run(take_over, "close an abandoned restart claim");
+        }
+        if (wait_take) {
+            r.attempt = static_cast<std::uint32_t>(attempt);
+            text(take_waiting, 1, r.id);
+            bind_owner(take_waiting, 2, now);
+            run(take_waiting, "take over an unfinished restart claim");
         }
         if (start) {
             r.attempt = static_cast<std::uint32_t>(attempt);

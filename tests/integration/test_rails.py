@@ -206,7 +206,7 @@ class RailsTest(ExecHarness):
                 c.close()
                 with open(db, "rb") as f:
                     before = f.read()
-                code, s, err = self.run_worker("--source", "stdin", "--store", "sqlite", "--db",
+                code, s, err = self.run_worker("--source", "stdin", "--restarter", "simulate", "--store", "sqlite", "--db",
                                                db, timeout=30)
                 self.assertEqual(code, 1, err)
                 self.assertIn("not a mayhem database", err)

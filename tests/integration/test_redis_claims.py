@@ -300,7 +300,7 @@ class RedisClaimsTest(Harness):
         os.chmod(script, 0o755)
         self.add("poison")
         flags = ["--restarter", "exec", "--restart-command", script + " {message_id}",
-                 "--restart-cooldown", "0", "--max-concurrent-restarts", "0",
+                 "--restart-cooldown", "1h", "--max-concurrent-restarts", "0",
                  "--breaker-failures", "0", "--store", "sqlite", "--db",
                  os.path.join(self.tmp, "state.db"), "--status-interval", "0",
                  "--max-attempts", "2", "--lease-timeout", "1s", "--lease-extend-interval",

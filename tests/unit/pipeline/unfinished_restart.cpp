@@ -75,6 +75,8 @@ verdict run_with_policy(const std::string& db, unfinished_policy policy, int sta
         rt::task_scope scope;
         scope.spawn([](sqlite_store& s, message mm, bool& d) -> rt::task<void> {
             co_await s.claim_restart(mm);
+            // Past the cooldown claim: the restart began (with a cooldown set, as with exec).
+            co_await s.claim_host(mm, std::chrono::system_clock::now(), std::chrono::hours{1});
             co_await s.close();
             d = true;
         }(st, m, done));

@@ -109,7 +109,8 @@ TEST_CASE("claims: every start of an id is an attempt, also one its worker left 
     auto first = run(loop, a.claim_restart(m));
     CHECK(first == restart_claim::proceed);
     CHECK(first.attempt == 1);
-    wait(loop, 60ms); // a died
+    run(loop, a.claim_host(m, std::chrono::system_clock::now(), 1h)); // its restart began
+    wait(loop, 60ms);                                                 // a died
     auto second = run(loop, b.claim_restart(m));
     CHECK(second == restart_claim::unfinished);
     CHECK(second.attempt == 2);
@@ -121,6 +122,13 @@ TEST_CASE("claims: every start of an id is an attempt, also one its worker left 
     auto third = run(loop, a.claim_restart(m));
     CHECK(third == restart_claim::unfinished); // still unfinished, not done
     CHECK(third.attempt == 2);                 // b's start was withdrawn: it never ran
+    wait(loop, 60ms); // a dies again while its restart waits for a slot: not a start
+    auto waited = run(loop, b.claim_restart(m));
+    CHECK(waited == restart_claim::unfinished);
+    CHECK(waited.attempt == 2);
+    wait(loop, 60ms);
+    third = run(loop, a.claim_restart(m));
+    CHECK(third.attempt == 2);
     CHECK(run(loop, a.finish_restart(m, restart_result{restart_status::failed, "exit 75"})));
     auto fourth = run(loop, b.claim_restart(m));
     CHECK(fourth == restart_claim::proceed); // after a restart that did nothing
