@@ -845,19 +845,6 @@ private:
 // sqlite_store
 // ---------------------------------------------------------------------------------------------
 
-namespace {
-
-// Appends `r` with its strings, copied from `from`'s text into `to`'s.
-void copy_request(sqlite_store::batch& to, const sqlite_store::batch& from,
-                  sqlite_store::request r) {
-    for (auto* t : {&r.id, &r.a, &r.b, &r.c})
-        *t = to.put(from.view(*t));
-    r.waiter = {};
-    to.reqs.push_back(r);
-}
-
-} // namespace
-
 sqlite_store::sqlite_store(rt::loop& loop, sqlite_options opts)
     : loop_(loop), db_(std::make_shared<shared>(std::move(opts))), tasks_([](std::exception_ptr e) {
           log::error("store writer failed", {{"error", rt::describe(e)}});

@@ -36,6 +36,7 @@
 #include "runtime/counter.hpp"
 #include "runtime/loop.hpp"
 #include "store/store.hpp"
+#include "store/store_batch.hpp"
 
 #include <atomic>
 #include <chrono>
@@ -114,65 +115,11 @@ public:
 
     const sqlite_store_stats& stats() const noexcept { return stats_; }
 
-    // unclaim: removes a restart start that will never run (release_claim; or withdrawn by the
-    // store: committed while its task was destroyed).
-    enum class op : std::uint8_t {
-        save,
-        claim,
-        claim_host,
-        finish,
-        unclaim,
-        renew,
-        complete,
-        skip
-    };
-    // A string copied into a batch's text (offset, length): the pool thread must never read a
-    // message that a cancelled task has already freed.
-    struct text_ref {
-        std::uint32_t off = 0, len = 0;
-    };
-    // One queued request.
-    struct request {
-        op kind = op::save;
-        text_ref id, a, b, c; // save: instance, hostname, reason; claim: hostname;
-                              // finish: result, detail; complete: outcome, reason
-        // out: claim; claim_host: done = blocked; finish: held = the claim is a peer's now
-        restart_claim claim = restart_claim::proceed;
-        // claim_host: in, the cutoff (ms); out, the blocking start (ms) when blocked. claim and
-        // claim_host: out, the `started` stamp written (proceed). unclaim: in, that stamp (0:
-        // whatever unfinished start the id has).
-        std::int64_t n = 0;
-        std::coroutine_handle<> waiter; // null: nobody waits (complete, cancelled)
-    };
-    // Requests and the strings they refer to, all in one buffer: queueing a request allocates
-    // nothing once the buffers have grown to a batch's size (they are reused, batch after batch).
-    struct batch {
-        std::vector<request> reqs;
-        std::string text;
-
-        text_ref put(std::string_view v) {
-            text_ref r{static_cast<std::uint32_t>(text.size()),
-                       static_cast<std::uint32_t>(v.size())};
-            text.append(v);
-            return r;
-        }
-        std::string_view view(text_ref r) const { return {text.data() + r.off, r.len}; }
-        std::size_t size() const noexcept { return reqs.size(); }
-        bool empty() const noexcept { return reqs.empty(); }
-        request& operator[](std::size_t i) { return reqs[i]; }
-        auto begin() { return reqs.begin(); }
-        auto end() { return reqs.end(); }
-        auto begin() const { return reqs.begin(); }
-        auto end() const { return reqs.end(); }
-        void clear() noexcept {
-            reqs.clear();
-            text.clear();
-        }
-        friend void swap(batch& x, batch& y) noexcept {
-            x.reqs.swap(y.reqs);
-            x.text.swap(y.text);
-        }
-    };
+    // The queue's types, shared with the postgres store (store/store_batch.hpp).
+    using op = store_op;
+    using text_ref = store_text_ref;
+    using request = store_request;
+    using batch = store_batch;
     struct shared; // connection + statements + the batch in flight
 
 private:
