@@ -8,8 +8,8 @@ CMAKE_FLAGS ?=
 # Debian packages the build, the tests and the benchmarks need.
 DEB_PACKAGES := g++ cmake make pkg-config python3 \
   libuv1-dev nlohmann-json3-dev prometheus-cpp-dev libcivetweb-dev doctest-dev \
-  libcli11-dev libspdlog-dev libfmt-dev libsqlite3-dev libhiredis-dev \
-  redis-server redis-tools prometheus clang-format \
+  libcli11-dev libspdlog-dev libfmt-dev libsqlite3-dev libhiredis-dev libpq-dev \
+  redis-server redis-tools postgresql prometheus clang-format \
   time nodejs node-redis golang-go
 
 .PHONY: all deps build run test asan tsan bench chaos format format-check clean help

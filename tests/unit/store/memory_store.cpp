@@ -56,3 +56,15 @@ TEST_CASE("memory_store::claim_host: the cooldown contract of store.hpp") {
     finish(s, msg("f", "h3"), restart_status::dry_run);
     CHECK(now_(s.claim_host(msg("g", "h3"), t0, week)).granted);
 }
+
+TEST_CASE("memory_store: a refused restart is claimed again, so its redelivery is refused again") {
+    // A request refused (dead-lettered) whose dead letter was lost comes again: it must be
+    // refused and dead-lettered again, not skipped as already done. (The shared stores: the
+    // store contract, tests/unit/store/contract.cpp.)
+    rt::loop loop;
+    memory_store s(loop, latency_range{}, 1);
+    auto m = msg("m1", "h1");
+    CHECK(now_(s.claim_restart(m)) == restart_claim::proceed);
+    finish(s, m, restart_status::refused);
+    CHECK(now_(s.claim_restart(m)) == restart_claim::proceed);
+}
