@@ -149,8 +149,8 @@ rt::task<std::string> pg_link::run(const std::vector<pg_statement>& stmts,
         values.clear();
         for (const auto& p : s.params)
             values.push_back(p.c_str());
-        if (PQsendQueryParams(conn_, s.sql, static_cast<int>(values.size()), nullptr,
-                              values.data(), nullptr, nullptr, 0) != 1)
+        if (PQsendQueryParams(conn_, s.sql, static_cast<int>(values.size()), nullptr, values.data(),
+                              nullptr, nullptr, 0) != 1)
             co_return fail("postgres send");
     }
     if (PQpipelineSync(conn_) != 1) co_return fail("postgres send");
@@ -163,10 +163,9 @@ rt::task<std::string> pg_link::run(const std::vector<pg_statement>& stmts,
         io_wait w(*this, UV_READABLE | UV_WRITABLE, deadline);
         int ready = co_await w;
         if (!conn_) co_return "postgres: closed";
-        if (ready == 0) co_return fail("postgres: no answer within " +
-                                       std::to_string(timeout.count()) + " ms");
-        if ((ready & UV_READABLE) && PQconsumeInput(conn_) != 1)
-            co_return fail("postgres receive");
+        if (ready == 0)
+            co_return fail("postgres: no answer within " + std::to_string(timeout.count()) + " ms");
+        if ((ready & UV_READABLE) && PQconsumeInput(conn_) != 1) co_return fail("postgres receive");
     }
     // Read: each statement's results end with a null result; the Sync's result ends the lot.
     std::string error;
@@ -195,13 +194,13 @@ rt::task<std::string> pg_link::run(const std::vector<pg_statement>& stmts,
         int ready = co_await w;
         if (!conn_) co_return "postgres: closed";
         if (ready == 0)
-            co_return fail("postgres: no answer within " + std::to_string(timeout.count()) +
-                           " ms");
+            co_return fail("postgres: no answer within " + std::to_string(timeout.count()) + " ms");
     }
 }
 
 void quiet(PGconn* c) noexcept {
-    PQsetNoticeProcessor(c, [](void*, const char*) {}, nullptr);
+    PQsetNoticeProcessor(
+        c, [](void*, const char*) {}, nullptr);
 }
 
 void pg_array_element(std::string& out, std::string_view v) {

@@ -42,7 +42,7 @@ CREATE TABLE messages (
     outcome      text,
     completed_at bigint,
     last_error   text
-);
+) WITH (fillfactor = 70);
 CREATE TABLE restarts (
     message_id   text NOT NULL,
     attempt      integer NOT NULL,
@@ -55,7 +55,7 @@ CREATE TABLE restarts (
     owner        text,
     lease_until  bigint,
     PRIMARY KEY (message_id, attempt)
-);
+) WITH (fillfactor = 70);
 CREATE INDEX restarts_host_claims ON restarts (hostname, started) WHERE host_claimed;
 CREATE TABLE host_locks (hostname text PRIMARY KEY);
 
@@ -186,20 +186,21 @@ constexpr const char* save_sql =
     "SELECT m, i, h, r, $5::bigint FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) "
     "AS u(m, i, h, r) ON CONFLICT (message_id) DO UPDATE SET attempts = messages.attempts + 1";
 // A duplicate's `skipped` does not hide that the message was acked; retried is not a completion.
+// One statement per distinct (outcome, reason): `message_id = ANY(ids)` is an index scan, where
+// a join with unnest() of per-row values is planned as a nested loop over both.
 constexpr const char* complete_sql =
-    "UPDATE messages AS t SET outcome = u.o, "
-    "completed_at = CASE WHEN u.o = 'retried' THEN t.completed_at ELSE $4::bigint END, "
-    "last_error = COALESCE(NULLIF(u.e, ''), t.last_error) "
-    "FROM unnest($1::text[], $2::text[], $3::text[]) AS u(m, o, e) "
-    "WHERE t.message_id = u.m AND NOT (u.o = 'skipped' AND t.outcome IS NOT DISTINCT FROM 'acked')";
+    "UPDATE messages SET outcome = $2::text, "
+    "completed_at = CASE WHEN $2::text = 'retried' THEN completed_at ELSE $4::bigint END, "
+    "last_error = COALESCE(NULLIF($3::text, ''), last_error) WHERE message_id = ANY($1::text[]) "
+    "AND NOT ($2::text = 'skipped' AND outcome IS NOT DISTINCT FROM 'acked')";
 constexpr const char* claim_sql =
     "SELECT i, claim FROM mayhem_claim($1::text[], $2::text[], $3::text, $4::bigint, $5::bigint)";
-// Only the owner records the end: a row a peer took over is left alone (not RETURNed).
+// Only the owner records the end: a row a peer took over is left alone (not RETURNed). One
+// statement per distinct (result, detail), as complete_sql.
 constexpr const char* finish_sql =
-    "UPDATE restarts AS t SET finished = $4::bigint, result = u.r, detail = NULLIF(u.d, ''), "
-    "lease_until = NULL FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY "
-    "AS u(m, r, d, k) WHERE t.message_id = u.m AND t.finished IS NULL "
-    "AND t.owner IS NOT DISTINCT FROM $5::text RETURNING u.k";
+    "UPDATE restarts SET finished = $4::bigint, result = $2::text, "
+    "detail = NULLIF($3::text, ''), lease_until = NULL WHERE message_id = ANY($1::text[]) "
+    "AND finished IS NULL AND owner IS NOT DISTINCT FROM $5::text RETURNING message_id";
 // A start whose restart never runs goes, if still unfinished and this worker's; a withdrawal
 // names the stamp it wrote, so a row stamped anew since stays.
 constexpr const char* unclaim_sql =
@@ -296,6 +297,34 @@ std::vector<group> plan(const store_batch& b) {
     return out;
 }
 
+// Splits each group of updates that set values of their own (complete: outcome and reason;
+// finish: result and detail) into one group per distinct values, in the order first seen.
+// Usually they all set the same ones (acked, ok).
+std::vector<group> by_values(std::vector<group> groups, const store_batch& b) {
+    std::vector<group> out;
+    for (auto& g : groups) {
+        if (g.kind != store_op::complete && g.kind != store_op::finish) {
+            out.push_back(std::move(g));
+            continue;
+        }
+        std::size_t first = out.size();
+        for (auto i : g.idx) {
+            const auto& r = b.reqs[i];
+            auto same = [&](const group& o) {
+                const auto& x = b.reqs[o.idx.front()];
+                return b.view(x.a) == b.view(r.a) && b.view(x.b) == b.view(r.b);
+            };
+            auto it =
+                std::find_if(out.begin() + static_cast<std::ptrdiff_t>(first), out.end(), same);
+            if (it == out.end())
+                out.push_back(group{g.kind, {i}});
+            else
+                it->idx.push_back(i);
+        }
+    }
+    return out;
+}
+
 std::string trimmed(std::string s) {
     while (!s.empty() && (s.back() == '\n' || s.back() == ' '))
         s.pop_back();
@@ -365,7 +394,8 @@ postgres_store::postgres_store(rt::loop& loop, postgres_options opts)
       }) {
     // Start-up, before the loop runs: connect and migrate blocking, so a database this build
     // must not write fails the start (exit 1). The writer uses its own connection.
-    std::string timeout = std::to_string(std::max<long long>(1, opts_.connect_timeout.count() / 1000));
+    std::string timeout =
+        std::to_string(std::max<long long>(1, opts_.connect_timeout.count() / 1000));
     const char* keys[] = {"connect_timeout", "dbname", nullptr};
     const char* values[] = {timeout.c_str(), opts_.url.c_str(), nullptr};
     PGconn* c = PQconnectdbParams(keys, values, 1); // the URL's own settings win
@@ -401,7 +431,8 @@ postgres_store::postgres_store(rt::loop& loop, postgres_options opts)
         PQfinish(c);
         if (!ok) throw postgres_fatal("postgres store: cannot migrate the schema: " + error);
         if (version > postgres_schema_version) throw postgres_fatal(newer_schema(version));
-        log::info("postgres store: schema ready", {{"database", where}, {"schema_version", version}});
+        log::info("postgres store: schema ready",
+                  {{"database", where}, {"schema_version", version}});
     }
     tasks_.spawn(writer());
 }
@@ -512,7 +543,7 @@ rt::task<void> postgres_store::writer() {
         if (records_due()) take_records();
         take_pending();
         std::string error = co_await write(now_ms());
-        flush_done(); // the previous batch, if its resume has not run yet
+        flush_done();            // the previous batch, if its resume has not run yet
         bool ok = error.empty(); // before the move below: argument order is unspecified
         settle(ok, std::move(error));
     }
@@ -555,12 +586,13 @@ void postgres_store::settle(bool ok, std::string error) {
 // success, else the error (nothing of the batch committed).
 rt::task<std::string> postgres_store::write(std::int64_t now) {
     const batch& b = flying_;
-    auto groups = plan(b);
+    auto groups = by_values(plan(b), b);
     stmts_.clear();
     std::int64_t lease = opts_.claim_lease.count() > 0 ? now + opts_.claim_lease.count() : 0;
     std::string now_s = std::to_string(now), lease_s = std::to_string(lease);
     auto array = [&](const group& g, store_text_ref store_request::*field) {
-        return pg_array(g.idx.size(), [&](std::size_t k) { return b.view(b.reqs[g.idx[k]].*field); });
+        return pg_array(g.idx.size(),
+                        [&](std::size_t k) { return b.view(b.reqs[g.idx[k]].*field); });
     };
     auto numbers = [&](const group& g) {
         std::string out = "{";
@@ -573,26 +605,29 @@ rt::task<std::string> postgres_store::write(std::int64_t now) {
     for (const auto& r : b)
         if (r.kind == op::claim_host) hosts.push_back(b.view(r.a));
     if (!hosts.empty())
-        stmts_.push_back({lock_hosts_sql, {pg_array(hosts.size(), [&](std::size_t k) {
-                                              return hosts[k];
-                                          })}});
+        stmts_.push_back(
+            {lock_hosts_sql, {pg_array(hosts.size(), [&](std::size_t k) { return hosts[k]; })}});
     for (const auto& g : groups) {
         using R = store_request;
         switch (g.kind) {
         case op::save:
-            stmts_.push_back({save_sql,
-                              {array(g, &R::id), array(g, &R::a), array(g, &R::b), array(g, &R::c),
-                               now_s}});
+            stmts_.push_back(
+                {save_sql,
+                 {array(g, &R::id), array(g, &R::a), array(g, &R::b), array(g, &R::c), now_s}});
             break;
         case op::complete:
-            stmts_.push_back({complete_sql, {array(g, &R::id), array(g, &R::a), array(g, &R::b), now_s}});
+            stmts_.push_back({complete_sql,
+                              {array(g, &R::id), std::string(b.view(b.reqs[g.idx[0]].a)),
+                               std::string(b.view(b.reqs[g.idx[0]].b)), now_s}});
             break;
         case op::claim:
-            stmts_.push_back({claim_sql, {array(g, &R::id), array(g, &R::a), opts_.owner, now_s, lease_s}});
+            stmts_.push_back(
+                {claim_sql, {array(g, &R::id), array(g, &R::a), opts_.owner, now_s, lease_s}});
             break;
         case op::finish:
-            stmts_.push_back(
-                {finish_sql, {array(g, &R::id), array(g, &R::a), array(g, &R::b), now_s, opts_.owner}});
+            stmts_.push_back({finish_sql,
+                              {array(g, &R::id), std::string(b.view(b.reqs[g.idx[0]].a)),
+                               std::string(b.view(b.reqs[g.idx[0]].b)), now_s, opts_.owner}});
             break;
         case op::unclaim:
             stmts_.push_back({unclaim_sql, {array(g, &R::id), numbers(g), opts_.owner}});
@@ -601,7 +636,8 @@ rt::task<std::string> postgres_store::write(std::int64_t now) {
             stmts_.push_back({renew_sql, {array(g, &R::id), opts_.owner, lease_s}});
             break;
         case op::claim_host:
-            stmts_.push_back({claim_hosts_sql, {array(g, &R::id), array(g, &R::a), numbers(g), now_s}});
+            stmts_.push_back(
+                {claim_hosts_sql, {array(g, &R::id), array(g, &R::a), numbers(g), now_s}});
             break;
         case op::skip:
             break;
@@ -628,12 +664,18 @@ rt::task<std::string> postgres_store::write(std::int64_t now) {
             for (int row = 0; row < rows; ++row)
                 at(row).claim = static_cast<restart_claim>(std::atoi(PQgetvalue(res, row, 1)));
             break;
-        case op::finish:
+        case op::finish: {
+            // The rows RETURNed were still this worker's; any other was taken over (held).
+            // Usually all of them are: then no id is compared.
+            bool all = rows == static_cast<int>(g.idx.size());
+            std::unordered_set<std::string_view> mine;
+            for (int row = 0; !all && row < rows; ++row)
+                mine.insert(PQgetvalue(res, row, 0));
             for (auto i : g.idx)
-                flying_[i].claim = restart_claim::held;
-            for (int row = 0; row < rows; ++row)
-                at(row).claim = restart_claim::proceed;
+                flying_[i].claim = all || mine.count(b.view(flying_[i].id)) ? restart_claim::proceed
+                                                                            : restart_claim::held;
             break;
+        }
         case op::claim_host:
             for (auto i : g.idx) {
                 flying_[i].claim = restart_claim::proceed;

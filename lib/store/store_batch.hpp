@@ -16,7 +16,16 @@ namespace mayhem {
 
 // unclaim: removes a restart start that will never run (release_claim; or withdrawn by the
 // store: committed while its task was destroyed).
-enum class store_op : std::uint8_t { save, claim, claim_host, finish, unclaim, renew, complete, skip };
+enum class store_op : std::uint8_t {
+    save,
+    claim,
+    claim_host,
+    finish,
+    unclaim,
+    renew,
+    complete,
+    skip
+};
 
 // A string copied into a batch's text (offset, length).
 struct store_text_ref {

@@ -19,7 +19,8 @@ import tempfile
 import time
 
 
-def _bindir():
+def bindir():
+    """The directory of the newest installed server's programs (initdb, pg_ctl, pgbench)."""
     for d in sorted(glob.glob("/usr/lib/postgresql/*/bin"),
                     key=lambda p: int(p.split("/")[-2]), reverse=True):
         if os.path.exists(os.path.join(d, "pg_ctl")):
@@ -40,7 +41,7 @@ class PostgresServer:
     """initdb into a fresh temp dir, pg_ctl start on a free port; stop() removes it all."""
 
     def __init__(self, password=None, start=True):
-        self.bindir = _bindir()
+        self.bindir = bindir()
         self.as_postgres = os.geteuid() == 0
         self.port = _free_port()
         self.password = password

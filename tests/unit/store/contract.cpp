@@ -53,9 +53,8 @@ struct sqlite_backend {
     static constexpr const char* name = "sqlite";
     std::string path;
     sqlite_backend()
-        : path((fs::temp_directory_path() /
-                ("mayhem-contract-" + std::to_string(::getpid()) + "-" +
-                 std::to_string(counter()++) + ".db"))
+        : path((fs::temp_directory_path() / ("mayhem-contract-" + std::to_string(::getpid()) + "-" +
+                                             std::to_string(counter()++) + ".db"))
                    .string()) {}
     ~sqlite_backend() {
         for (const char* suffix : {"", "-wal", "-shm"})
@@ -169,8 +168,8 @@ TEST_CASE_TEMPLATE("store contract: saves that arrive together share one transac
     CHECK(db.count("SELECT attempts FROM messages WHERE message_id = 's0'") == 2);
 }
 
-TEST_CASE_TEMPLATE("store contract: a claim proceeds, then is done; failed and refused run again", B,
-                   STORES) {
+TEST_CASE_TEMPLATE("store contract: a claim proceeds, then is done; failed and refused run again",
+                   B, STORES) {
     B db;
     rt::loop loop;
     auto st = db.open(loop, "a", 60s);

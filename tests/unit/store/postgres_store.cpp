@@ -33,8 +33,8 @@ std::string fresh_db(const char* tag) {
     REQUIRE_MESSAGE(u, "MAYHEM_TEST_POSTGRES_URL is not set");
     std::string server = u;
     static int n = 0;
-    std::string db = std::string("pg_") + tag + "_" + std::to_string(::getpid()) + "_" +
-                     std::to_string(n++);
+    std::string db =
+        std::string("pg_") + tag + "_" + std::to_string(::getpid()) + "_" + std::to_string(n++);
     exec(server, "CREATE DATABASE " + db);
     return server.substr(0, server.rfind('/') + 1) + db;
 }
@@ -122,7 +122,8 @@ TEST_CASE("postgres_store: a database holding someone else's messages table is r
     CHECK_THROWS_AS(postgres_store(loop, on(url)), postgres_fatal);
 }
 
-TEST_CASE("postgres_store: an unreachable server: unhealthy, saves and claims fail, nothing throws") {
+TEST_CASE(
+    "postgres_store: an unreachable server: unhealthy, saves and claims fail, nothing throws") {
     rt::loop loop;
     auto o = on("postgresql://postgres@127.0.0.1:1/postgres"); // nothing listens on port 1
     o.connect_timeout = 1000ms;
