@@ -389,7 +389,8 @@ private:
 // ---------------------------------------------------------------------------------------------
 
 postgres_store::postgres_store(rt::loop& loop, postgres_options opts)
-    : loop_(loop), opts_(std::move(opts)), link_(loop, opts_.url), tasks_([](std::exception_ptr e) {
+    : loop_(loop), opts_(std::move(opts)), link_(loop, opts_.url),
+      health_(loop, "store", "postgres", stats_.outages), tasks_([](std::exception_ptr e) {
           log::error("store writer failed", {{"error", rt::describe(e)}});
       }) {
     // Start-up, before the loop runs: connect and migrate blocking, so a database this build
@@ -404,7 +405,7 @@ postgres_store::postgres_store(rt::loop& loop, postgres_options opts)
         PQfinish(c);
         log::warn("postgres store: database unreachable at start; connecting in the background",
                   {{"error", error}});
-        note_health(false, error);
+        health_.note(false, error);
     } else {
         quiet(c);
         std::string error;
@@ -500,7 +501,8 @@ rt::task<void> postgres_store::writer() {
             // Unreachable: what waits fails now (its messages are retried), records stay held.
             flush_done();
             take_pending();
-            settle(false, health_error_.empty() ? "postgres: unreachable" : health_error_);
+            settle(false,
+                   health_.last_error().empty() ? "postgres: unreachable" : health_.last_error());
             continue;
         }
         if (backing_off || (pending_.empty() && !records_due())) {
@@ -530,7 +532,7 @@ rt::task<void> postgres_store::writer() {
                     take_pending();
                     settle(false, error);
                 } else {
-                    note_health(false, error);
+                    health_.note(false, error);
                 }
                 continue;
             }
@@ -571,7 +573,7 @@ void postgres_store::settle(bool ok, std::string error) {
         stats_.failed_transactions.inc();
         hold_records();
     }
-    note_health(ok, error);
+    health_.note(ok, error);
     batch_ok_ = ok;
     batch_error_ = std::move(error);
     swap(done_, flying_);
@@ -784,61 +786,6 @@ void postgres_store::give_up() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Health (as sqlite_store)
-// ---------------------------------------------------------------------------------------------
-
-void postgres_store::note_health(bool ok, const std::string& error) {
-    if (!ok) health_error_ = error;
-    switch (health_) {
-    case health::up:
-        if (ok) return;
-        health_ = health::down;
-        healthy_.store(false, std::memory_order_relaxed);
-        stats_.outages.inc();
-        ++unlogged_changes_;
-        log_health();
-        return;
-    case health::down:
-        if (!ok) return;
-        health_ = health::recovering;
-        loop_.timers().arm(recover_timer_, recover_after);
-        return;
-    case health::recovering:
-        if (ok) return;
-        recover_timer_.cancel();
-        health_ = health::down;
-        return;
-    }
-}
-
-void postgres_store::recovered() {
-    if (health_ != health::recovering) return;
-    health_ = health::up;
-    healthy_.store(true, std::memory_order_relaxed);
-    ++unlogged_changes_;
-    log_health();
-}
-
-void postgres_store::log_health() {
-    auto now = loop_.now();
-    if (phase_ != phase::closed && now < log_quiet_until_) {
-        if (!log_timer_.armed()) loop_.timers().arm(log_timer_, rt::millis(log_quiet_until_ - now));
-        return;
-    }
-    bool up = health_ == health::up;
-    if (up == logged_up_) return;
-    auto changes = std::exchange(unlogged_changes_, 0);
-    if (up)
-        log::info("store recovered: saves succeed again",
-                  {{"store", "postgres"}, {"state_changes", changes}});
-    else
-        log::error("store unavailable: saves fail, their messages are retried, not acked",
-                   {{"store", "postgres"}, {"error", health_error_}, {"state_changes", changes}});
-    logged_up_ = up;
-    log_quiet_until_ = now + static_cast<std::uint64_t>(health_log_interval.count());
-}
-
-// ---------------------------------------------------------------------------------------------
 // The requests (as sqlite_store)
 // ---------------------------------------------------------------------------------------------
 
@@ -955,14 +902,7 @@ rt::task<void> postgres_store::close() {
     if (phase_ == phase::open) phase_ = phase::closing;
     wake();
     co_await writer_done_;
-    if (health_ == health::recovering) {
-        recover_timer_.cancel();
-        health_ = health::up;
-        healthy_.store(true, std::memory_order_relaxed);
-        ++unlogged_changes_;
-    }
-    log_timer_.cancel();
-    log_health();
+    health_.closed();
     auto tx = stats_.transactions.get();
     log::info("store closed",
               {{"store", "postgres"},

@@ -31,6 +31,7 @@
 #include "store/pg_link.hpp"
 #include "store/store.hpp"
 #include "store/store_batch.hpp"
+#include "store/store_health.hpp"
 
 #include <atomic>
 #include <chrono>
@@ -95,7 +96,7 @@ public:
     void renew_claims(std::span<const message* const> ms) override;
     rt::task<void> release_claim(const message& m) override;
     void complete(const message& m, const verdict& v) override;
-    bool healthy() const override { return healthy_.load(std::memory_order_relaxed); }
+    bool healthy() const override { return health_.healthy(); }
     void hurry() override;
     std::uint64_t unrecorded() const override { return stats_.unrecorded.get(); }
     commit_counts commits() const override {
@@ -127,10 +128,7 @@ private:
         void await_suspend(std::coroutine_handle<> h) noexcept { s.writer_idle_ = h; }
         void await_resume() const noexcept {}
     };
-    enum class health : std::uint8_t { up, down, recovering };
     enum class phase : std::uint8_t { open, closing, hurried, closed };
-    static constexpr rt::millis recover_after{1000};
-    static constexpr rt::millis health_log_interval{5000};
     static constexpr rt::millis records_backoff_min{100}, records_backoff_max{1000};
     static constexpr rt::millis reconnect_min{100}, reconnect_max{5000};
 
@@ -149,9 +147,6 @@ private:
     void hold_records();
     void withdraw_if_orphaned(request& r);
     void give_up();
-    void note_health(bool ok, const std::string& error);
-    void recovered();
-    void log_health();
 
     rt::loop& loop_;
     postgres_options opts_;
@@ -180,15 +175,8 @@ private:
     rt::millis records_backoff_{0};
     bool records_drop_logged_ = false;
     timer records_timer_{*this, &postgres_store::records_retry};
-    health health_ = health::up;
-    std::atomic<bool> healthy_{true};
-    std::string health_error_;
-    timer recover_timer_{*this, &postgres_store::recovered};
-    bool logged_up_ = true;
-    std::uint64_t log_quiet_until_ = 0;
-    std::uint64_t unlogged_changes_ = 0;
-    timer log_timer_{*this, &postgres_store::log_health};
     postgres_store_stats stats_;
+    store_health health_; // after stats_: it counts outages there
     // Scratch of write(), reused batch after batch.
     std::vector<pg_statement> stmts_;
     std::vector<pg_result> results_;

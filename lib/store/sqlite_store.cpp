@@ -846,7 +846,8 @@ private:
 // ---------------------------------------------------------------------------------------------
 
 sqlite_store::sqlite_store(rt::loop& loop, sqlite_options opts)
-    : loop_(loop), db_(std::make_shared<shared>(std::move(opts))), tasks_([](std::exception_ptr e) {
+    : loop_(loop), db_(std::make_shared<shared>(std::move(opts))),
+      health_(loop, "db", db_->opts.path, stats_.outages), tasks_([](std::exception_ptr e) {
           log::error("store writer failed", {{"error", rt::describe(e)}});
       }) {
     // SQLite's allocation statistics take a global mutex on every malloc; nothing reads them.
@@ -862,7 +863,7 @@ sqlite_store::sqlite_store(rt::loop& loop, sqlite_options opts)
     } catch (const db_error& e) {
         // Maybe transient (read-only for now, locked, disk full): run unready and retry with
         // every transaction, so the messages are retried, not lost, and /readyz says why.
-        note_health(false, e.what);
+        health_.note(false, e.what);
     }
     tasks_.spawn(writer());
 }
@@ -948,7 +949,7 @@ rt::task<void> sqlite_store::writer() {
             stats_.failed_transactions.inc();
             hold_records();
         }
-        note_health(ok, error);
+        health_.note(ok, error);
         batch_ok_ = ok;
         batch_error_ = std::move(error);
         swap(done_, db_->flying);
@@ -1060,65 +1061,6 @@ void sqlite_store::give_up() {
     stats_.unrecorded.inc(records_.size());
     records_.clear();
     records_timer_.cancel();
-}
-
-// ---------------------------------------------------------------------------------------------
-// Health
-// ---------------------------------------------------------------------------------------------
-
-void sqlite_store::note_health(bool ok, const std::string& error) {
-    if (!ok) health_error_ = error;
-    switch (health_) {
-    case health::up:
-        if (ok) return;
-        health_ = health::down;
-        healthy_.store(false, std::memory_order_relaxed);
-        stats_.outages.inc();
-        ++unlogged_changes_;
-        log_health();
-        return;
-    case health::down:
-        if (!ok) return;
-        health_ = health::recovering;
-        loop_.timers().arm(recover_timer_, recover_after);
-        return;
-    case health::recovering:
-        if (ok) return;
-        // Failed again before it held: it never showed as up.
-        recover_timer_.cancel();
-        health_ = health::down;
-        return;
-    }
-}
-
-// recover_after passed with transactions succeeding and none failing.
-void sqlite_store::recovered() {
-    if (health_ != health::recovering) return;
-    health_ = health::up;
-    healthy_.store(true, std::memory_order_relaxed);
-    ++unlogged_changes_;
-    log_health();
-}
-
-// Writes the line for the current state if it differs from the previous line, at most one line
-// per health_log_interval (a later line sums up the changes in between).
-void sqlite_store::log_health() {
-    auto now = loop_.now();
-    if (phase_ != phase::closed && now < log_quiet_until_) {
-        if (!log_timer_.armed()) loop_.timers().arm(log_timer_, rt::millis(log_quiet_until_ - now));
-        return;
-    }
-    bool up = health_ == health::up;
-    if (up == logged_up_) return; // changed and changed back: the next line counts both
-    auto changes = std::exchange(unlogged_changes_, 0);
-    if (up)
-        log::info("store recovered: saves succeed again",
-                  {{"db", db_->opts.path}, {"state_changes", changes}});
-    else
-        log::error("store unavailable: saves fail, their messages are retried, not acked",
-                   {{"db", db_->opts.path}, {"error", health_error_}, {"state_changes", changes}});
-    logged_up_ = up;
-    log_quiet_until_ = now + static_cast<std::uint64_t>(health_log_interval.count());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1240,16 +1182,7 @@ rt::task<void> sqlite_store::close() {
     if (phase_ == phase::open) phase_ = phase::closing;
     wake();
     co_await writer_done_;
-    // The log ends with the truth: a store whose last transactions succeeded is up, and a
-    // change still waiting for its line is written now.
-    if (health_ == health::recovering) {
-        recover_timer_.cancel();
-        health_ = health::up;
-        healthy_.store(true, std::memory_order_relaxed);
-        ++unlogged_changes_;
-    }
-    log_timer_.cancel();
-    log_health();
+    health_.closed();
     std::function<void()> fn = [db = db_] { db->close_conn(); }; // checkpoints the WAL: blocks
     rt::offload_awaiter<void> work(loop_, std::move(fn));
     co_await work;

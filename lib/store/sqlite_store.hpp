@@ -19,13 +19,7 @@
 // counted in unrecorded(). A save, claim or finish that fails is answered as failed at once:
 // its task decides whether to retry.
 //
-// Health (healthy(), readiness): false from the first failed transaction; true again once
-// transactions have succeeded for `recover_after` with none failing, so a disk that fails one
-// transaction and takes the next (a full disk with room left in the WAL) does not flap it. The
-// log follows it: "store unavailable" / "store recovered", each change at once unless the
-// previous line is less than `health_log_interval` old (then one line when the interval is
-// over, if the state still differs from the previous line; a line counts the changes it sums
-// up).
+// Health (healthy(), readiness, the log lines about it): a state, store/store_health.hpp.
 //
 // Threading: the store object and its queues belong to the loop thread. The SQLite connection
 // and the batch being written (both in `shared`) are touched only by the pool thread running the
@@ -37,6 +31,7 @@
 #include "runtime/loop.hpp"
 #include "store/store.hpp"
 #include "store/store_batch.hpp"
+#include "store/store_health.hpp"
 
 #include <atomic>
 #include <chrono>
@@ -104,7 +99,7 @@ public:
     void renew_claims(std::span<const message* const> ms) override;
     rt::task<void> release_claim(const message& m) override;
     void complete(const message& m, const verdict& v) override;
-    bool healthy() const override { return healthy_.load(std::memory_order_relaxed); }
+    bool healthy() const override { return health_.healthy(); }
     // See store.hpp. A transaction waiting for another writer's lock gives up at once.
     void hurry() override;
     std::uint64_t unrecorded() const override { return stats_.unrecorded.get(); }
@@ -135,14 +130,9 @@ private:
         explicit resume_done(sqlite_store& st) : s(st) {}
         void fire() noexcept override { s.flush_done(); }
     };
-    // Health (see the top of this file): up, down after a failed transaction, recovering after
-    // a success while down; recovering turns up after recover_after with no failure.
-    enum class health : std::uint8_t { up, down, recovering };
     // The store's life: writing; closing (close() called: write what is queued and held);
     // hurried (out of time: write nothing more); closed (the writer has ended).
     enum class phase : std::uint8_t { open, closing, hurried, closed };
-    static constexpr rt::millis recover_after{1000};
-    static constexpr rt::millis health_log_interval{5000};
     static constexpr rt::millis records_backoff_min{100}, records_backoff_max{1000};
     // Calls a member of the store when due (loop thread).
     struct timer final : rt::timer_entry {
@@ -168,9 +158,6 @@ private:
     void hold_records();
     void withdraw_if_orphaned(request& r);
     void give_up();
-    void note_health(bool ok, const std::string& error);
-    void recovered();
-    void log_health();
 
     rt::loop& loop_;
     std::shared_ptr<shared> db_;
@@ -194,15 +181,8 @@ private:
     rt::millis records_backoff_{0};    // 0: the last transaction holding records succeeded
     bool records_drop_logged_ = false; // "dropped" is logged once per period of holding
     timer records_timer_{*this, &sqlite_store::records_retry};
-    health health_ = health::up;
-    std::atomic<bool> healthy_{true}; // health_ == up, for the metrics thread
-    std::string health_error_;        // why the last transaction failed
-    timer recover_timer_{*this, &sqlite_store::recovered};
-    bool logged_up_ = true;             // what the last health line said
-    std::uint64_t log_quiet_until_ = 0; // loop time (ms) before which no health line is written
-    std::uint64_t unlogged_changes_ = 0;
-    timer log_timer_{*this, &sqlite_store::log_health};
     sqlite_store_stats stats_;
+    store_health health_; // after stats_: it counts outages there
     rt::task_scope tasks_;
 };
 
