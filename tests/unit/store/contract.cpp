@@ -4,6 +4,7 @@
 // objects on one database stand for two workers.
 #include "store/postgres_store.hpp"
 #include "store/sqlite_store.hpp"
+#include "store_test.hpp"
 
 #include <atomic>
 #include <cstdlib>
@@ -17,37 +18,11 @@
 #include <unistd.h>
 
 using namespace mayhem;
+using namespace mayhem::store_test;
 using namespace std::chrono_literals;
 namespace fs = std::filesystem;
 
 namespace {
-
-template <class T>
-rt::task<void> into(rt::task<T> t, std::optional<T>& out) {
-    out = co_await std::move(t);
-}
-
-template <class T>
-T run(rt::loop& loop, rt::task<T> t) {
-    std::optional<T> out;
-    rt::task_scope scope;
-    scope.spawn(into(std::move(t), out));
-    loop.run_until([&] { return out.has_value(); });
-    REQUIRE(out);
-    return *out;
-}
-
-void run_void(rt::loop& loop, rt::task<void> t) {
-    rt::task_scope scope;
-    scope.spawn(std::move(t));
-    loop.run_until([&] { return scope.size() == 0; });
-}
-
-void wait(rt::loop& loop, std::chrono::milliseconds d) {
-    run_void(loop, [](rt::loop& l, std::chrono::milliseconds ms) -> rt::task<void> {
-        co_await rt::sleep_for(l, ms);
-    }(loop, d));
-}
 
 struct sqlite_backend {
     static constexpr const char* name = "sqlite";
@@ -85,40 +60,10 @@ struct sqlite_backend {
     }
 };
 
-// Runs one SQL statement on `url`; returns the first column of the first row (or "").
-std::string pg_exec(const std::string& url, const std::string& sql) {
-    PGconn* c = PQconnectdb(url.c_str());
-    REQUIRE_MESSAGE(PQstatus(c) == CONNECTION_OK, PQerrorMessage(c));
-    PGresult* r = PQexec(c, sql.c_str());
-    auto st = PQresultStatus(r);
-    std::string err = PQresultErrorMessage(r);
-    std::string v = st == PGRES_TUPLES_OK && PQntuples(r) > 0 ? PQgetvalue(r, 0, 0) : "";
-    PQclear(r);
-    PQfinish(c);
-    REQUIRE_MESSAGE((st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK), err);
-    return v;
-}
-
-// The server's URL with another database name.
-std::string with_db(const std::string& url, const std::string& db) {
-    auto slash = url.rfind('/');
-    REQUIRE(slash != std::string::npos);
-    return url.substr(0, slash + 1) + db;
-}
-
 struct postgres_backend {
     static constexpr const char* name = "postgres";
-    std::string server, url;
-    postgres_backend() {
-        const char* u = std::getenv("MAYHEM_TEST_POSTGRES_URL");
-        REQUIRE_MESSAGE(u, "MAYHEM_TEST_POSTGRES_URL is not set: run through "
-                           "tests/integration/postgres.py run -- ...");
-        server = u;
-        static int n = 0;
-        std::string db = "contract_" + std::to_string(::getpid()) + "_" + std::to_string(n++);
-        pg_exec(server, "CREATE DATABASE " + db);
-        url = with_db(server, db);
-    }
+    std::string url;
+    postgres_backend() : url(fresh_pg_db("contract")) {}
     std::unique_ptr<store> open(rt::loop& loop, const char* owner,
                                 std::chrono::milliseconds lease) {
         postgres_options o;

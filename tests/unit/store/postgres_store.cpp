@@ -2,6 +2,8 @@
 // private server's URL is in MAYHEM_TEST_POSTGRES_URL (tests/integration/postgres.py).
 #include "store/postgres_store.hpp"
 
+#include "store_test.hpp"
+
 #include <cstdlib>
 #include <doctest/doctest.h>
 #include <libpq-fe.h>
@@ -10,33 +12,17 @@
 #include <unistd.h>
 
 using namespace mayhem;
+using namespace mayhem::store_test;
 using namespace std::chrono_literals;
 
 namespace {
 
 std::string exec(const std::string& url, const std::string& sql) {
-    PGconn* c = PQconnectdb(url.c_str());
-    REQUIRE_MESSAGE(PQstatus(c) == CONNECTION_OK, PQerrorMessage(c));
-    PGresult* r = PQexec(c, sql.c_str());
-    auto st = PQresultStatus(r);
-    std::string err = PQresultErrorMessage(r);
-    std::string v = st == PGRES_TUPLES_OK && PQntuples(r) > 0 ? PQgetvalue(r, 0, 0) : "";
-    PQclear(r);
-    PQfinish(c);
-    REQUIRE_MESSAGE((st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK), err);
-    return v;
+    return pg_exec(url, sql);
 }
 
-// A fresh database on the private server; its URL.
 std::string fresh_db(const char* tag) {
-    const char* u = std::getenv("MAYHEM_TEST_POSTGRES_URL");
-    REQUIRE_MESSAGE(u, "MAYHEM_TEST_POSTGRES_URL is not set");
-    std::string server = u;
-    static int n = 0;
-    std::string db =
-        std::string("pg_") + tag + "_" + std::to_string(::getpid()) + "_" + std::to_string(n++);
-    exec(server, "CREATE DATABASE " + db);
-    return server.substr(0, server.rfind('/') + 1) + db;
+    return fresh_pg_db(std::string("pg_") + tag);
 }
 
 postgres_options on(const std::string& url) {
@@ -45,39 +31,6 @@ postgres_options on(const std::string& url) {
     o.owner = "t";
     o.claim_lease = 60s;
     return o;
-}
-
-template <class T>
-rt::task<void> into(rt::task<T> t, std::optional<T>& out) {
-    out = co_await std::move(t);
-}
-
-template <class T>
-T run(rt::loop& loop, rt::task<T> t) {
-    std::optional<T> out;
-    rt::task_scope scope;
-    scope.spawn(into(std::move(t), out));
-    loop.run_until([&] { return out.has_value(); });
-    REQUIRE(out);
-    return *out;
-}
-
-void run_void(rt::loop& loop, rt::task<void> t) {
-    rt::task_scope scope;
-    scope.spawn(std::move(t));
-    loop.run_until([&] { return scope.size() == 0; });
-}
-
-template <class P>
-void wait_for(rt::loop& loop, P pred) {
-    bool timed_out = false;
-    rt::task_scope guard;
-    guard.spawn([](rt::loop& l, bool& t) -> rt::task<void> {
-        co_await rt::sleep_for(l, rt::millis{30000});
-        t = true;
-    }(loop, timed_out));
-    loop.run_until([&] { return pred() || timed_out; });
-    REQUIRE_FALSE(timed_out);
 }
 
 message msg(const std::string& id) {
