@@ -390,7 +390,10 @@ private:
 
 postgres_store::postgres_store(rt::loop& loop, postgres_options opts)
     : loop_(loop), opts_(std::move(opts)), link_(loop, opts_.url),
-      health_(loop, "store", "postgres", stats_.outages), tasks_([](std::exception_ptr e) {
+      health_(loop, "store", "postgres", stats_.outages),
+      records_(
+          loop, opts_.max_held_records, stats_.unrecorded, [this] { wake(); }, "store", "postgres"),
+      tasks_([](std::exception_ptr e) {
           log::error("store writer failed", {{"error", rt::describe(e)}});
       }) {
     // Start-up, before the loop runs: connect and migrate blocking, so a database this build
@@ -505,9 +508,9 @@ rt::task<void> postgres_store::writer() {
                    health_.last_error().empty() ? "postgres: unreachable" : health_.last_error());
             continue;
         }
-        if (backing_off || (pending_.empty() && !records_due())) {
+        if (backing_off || (pending_.empty() && !records_.due())) {
             flush_done();
-            if (!pending_.empty() || (records_due() && !backing_off)) continue;
+            if (!pending_.empty() || (records_.due() && !backing_off)) continue;
             // Closing waits for the held records to be written, until hurry() gives up on them.
             if (phase_ == phase::closing && records_.empty()) break;
             if (backing_off && !backoff_timer_.armed())
@@ -542,7 +545,7 @@ rt::task<void> postgres_store::writer() {
         // run, and the row would read as a crash in the window on the next delivery.
         for (auto& r : pending_)
             if ((r.kind == op::claim || r.kind == op::claim_host) && !r.waiter) r.kind = op::skip;
-        if (records_due()) take_records();
+        if (records_.due()) records_.take_into(pending_);
         take_pending();
         std::string error = co_await write(now_ms());
         flush_done();            // the previous batch, if its resume has not run yet
@@ -564,15 +567,10 @@ void postgres_store::settle(bool ok, std::string error) {
         stats_.transactions.inc();
         stats_.requests.inc(flying_.size());
         stats_.saves.inc(saves);
-        records_flying_ = 0;
-        records_backoff_ = rt::millis{0};
-        records_due_at_ = 0;
-        records_drop_logged_ = false;
-        records_timer_.cancel();
     } else {
         stats_.failed_transactions.inc();
-        hold_records();
     }
+    records_.ended(ok, flying_);
     health_.note(ok, error);
     batch_ok_ = ok;
     batch_error_ = std::move(error);
@@ -710,55 +708,13 @@ void postgres_store::flush_done() noexcept {
     done_gen_ = 0;
 }
 
-// ---------------------------------------------------------------------------------------------
-// Records nobody waits for (as sqlite_store)
-// ---------------------------------------------------------------------------------------------
-
-bool postgres_store::records_due() const noexcept {
-    return !records_.empty() && (records_due_at_ == 0 || loop_.now() >= records_due_at_);
-}
-
-void postgres_store::records_retry() {
-    records_due_at_ = 0;
-    wake();
-}
-
-void postgres_store::take_records() {
-    for (const auto& r : records_)
-        copy_request(pending_, records_, r);
-    records_flying_ = records_.size();
-    records_.clear();
-}
-
-void postgres_store::hold_records() {
-    auto& failed = flying_;
-    if (records_flying_ > 0) {
-        batch held;
-        for (std::size_t i = failed.size() - records_flying_; i < failed.size(); ++i)
-            copy_request(held, failed, failed[i]);
-        for (const auto& r : records_)
-            copy_request(held, records_, r);
-        swap(held, records_);
-        records_flying_ = 0;
-    }
-    if (records_.empty()) return;
-    records_backoff_ = std::clamp(records_backoff_ * 2, records_backoff_min, records_backoff_max);
-    records_due_at_ = loop_.now() + static_cast<std::uint64_t>(records_backoff_.count());
-    loop_.timers().arm(records_timer_, records_backoff_);
-}
-
 void postgres_store::withdraw_if_orphaned(request& r) {
     if (r.waiter || !batch_ok_ || r.claim != restart_claim::proceed ||
         (r.kind != op::claim && r.kind != op::claim_host))
         return;
     r.kind = op::skip;
-    request w;
-    w.kind = op::unclaim;
-    w.id = records_.put(done_.view(r.id));
-    w.n = r.n;
-    records_.reqs.push_back(w);
+    records_.add_withdrawal(done_.view(r.id), r.n);
     stats_.withdrawn.inc();
-    wake();
 }
 
 void postgres_store::give_up() {
@@ -772,17 +728,7 @@ void postgres_store::give_up() {
         batch_error_ = "store closing: out of time to write";
         flush_done();
     }
-    std::uint64_t outcomes = 0, withdrawals = 0;
-    for (const auto& r : records_)
-        (r.kind == op::complete ? outcomes : withdrawals) += 1;
-    if (!records_.empty())
-        log::error("store closing out of time: records not written",
-                   {{"store", "postgres"},
-                    {"outcome_records", outcomes},
-                    {"withdrawn_restart_starts", withdrawals}});
-    stats_.unrecorded.inc(records_.size());
-    records_.clear();
-    records_timer_.cancel();
+    records_.give_up();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -866,22 +812,7 @@ void postgres_store::complete(const message& m, const verdict& v) {
         stats_.unrecorded.inc();
         return;
     }
-    if (records_backoff_.count() > 0 &&
-        records_.size() + records_flying_ >= opts_.max_held_records) {
-        stats_.unrecorded.inc();
-        if (!std::exchange(records_drop_logged_, true))
-            log::error("store cannot write and holds too many outcome records: new ones are "
-                       "dropped until it writes again (counted in unrecorded)",
-                       {{"store", "postgres"}, {"max_held_records", opts_.max_held_records}});
-        return;
-    }
-    request r;
-    r.kind = op::complete;
-    r.id = records_.put(m.message_id());
-    r.a = records_.put(to_string(v.what));
-    r.b = records_.put(v.reason);
-    records_.reqs.push_back(r);
-    if (records_due()) wake();
+    records_.add_outcome(m, v);
 }
 
 // ---------------------------------------------------------------------------------------------

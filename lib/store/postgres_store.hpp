@@ -28,6 +28,7 @@
 
 #include "runtime/counter.hpp"
 #include "runtime/loop.hpp"
+#include "store/held_records.hpp"
 #include "store/pg_link.hpp"
 #include "store/store.hpp"
 #include "store/store_batch.hpp"
@@ -129,7 +130,6 @@ private:
         void await_resume() const noexcept {}
     };
     enum class phase : std::uint8_t { open, closing, hurried, closed };
-    static constexpr rt::millis records_backoff_min{100}, records_backoff_max{1000};
     static constexpr rt::millis reconnect_min{100}, reconnect_max{5000};
 
     request_awaiter enqueue(const request& r);
@@ -141,10 +141,6 @@ private:
     rt::task<std::string> write(std::int64_t now);
     void settle(bool ok, std::string error);
     void take_pending();
-    bool records_due() const noexcept;
-    void records_retry();
-    void take_records();
-    void hold_records();
     void withdraw_if_orphaned(request& r);
     void give_up();
 
@@ -169,14 +165,9 @@ private:
     timer resume_{*this, &postgres_store::flush_done};
     phase phase_ = phase::open;
     rt::event writer_done_;
-    batch records_;
-    std::size_t records_flying_ = 0;
-    std::uint64_t records_due_at_ = 0;
-    rt::millis records_backoff_{0};
-    bool records_drop_logged_ = false;
-    timer records_timer_{*this, &postgres_store::records_retry};
     postgres_store_stats stats_;
-    store_health health_; // after stats_: it counts outages there
+    store_health health_;  // after stats_: it counts outages there
+    held_records records_; // records nobody waits for (store/held_records.hpp); after stats_
     // Scratch of write(), reused batch after batch.
     std::vector<pg_statement> stmts_;
     std::vector<pg_result> results_;

@@ -11,12 +11,12 @@
 // turn): the pool writes while the loop resumes, instead of each waiting for the other.
 //
 // Records nobody waits for (outcome records from complete(), and the withdrawal of a restart
-// start whose task was destroyed while its claim was written) are kept apart, in `records_`:
-// they join the next transaction, and when it fails they are kept, in order, and written again
-// (after a backoff, or with the transaction after the next one that succeeds) until they are
-// written, close() gives up on them (hurry()), or, while the store cannot write, more than
-// `max_held_records` pile up (then new outcome records are dropped). What is given up is
-// counted in unrecorded(). A save, claim or finish that fails is answered as failed at once:
+// start whose task was destroyed while its claim was written) are kept apart, in `records_`
+// (store/held_records.hpp): they join the next transaction, and when it fails they are kept, in
+// order, and written again (after a backoff, or with the transaction after the next one that
+// succeeds) until they are written, close() gives up on them (hurry()), or, while the store cannot
+// write, more than `max_held_records` pile up (then new outcome records are dropped). What is given
+// up is counted in unrecorded(). A save, claim or finish that fails is answered as failed at once:
 // its task decides whether to retry.
 //
 // Health (healthy(), readiness, the log lines about it): a state, store/store_health.hpp.
@@ -29,6 +29,7 @@
 
 #include "runtime/counter.hpp"
 #include "runtime/loop.hpp"
+#include "store/held_records.hpp"
 #include "store/store.hpp"
 #include "store/store_batch.hpp"
 #include "store/store_health.hpp"
@@ -133,7 +134,6 @@ private:
     // The store's life: writing; closing (close() called: write what is queued and held);
     // hurried (out of time: write nothing more); closed (the writer has ended).
     enum class phase : std::uint8_t { open, closing, hurried, closed };
-    static constexpr rt::millis records_backoff_min{100}, records_backoff_max{1000};
     // Calls a member of the store when due (loop thread).
     struct timer final : rt::timer_entry {
         sqlite_store& s;
@@ -152,10 +152,6 @@ private:
     void wake() noexcept;
     void flush_done() noexcept;
     rt::task<void> writer();
-    bool records_due() const noexcept;
-    void records_retry();
-    void take_records();
-    void hold_records();
     void withdraw_if_orphaned(request& r);
     void give_up();
 
@@ -175,14 +171,9 @@ private:
     rt::event writer_done_;
     // Records nobody waits for, oldest first (see the top of this file), the number of them in
     // the transaction being written (its last ones), and when they may be written again.
-    batch records_;
-    std::size_t records_flying_ = 0;
-    std::uint64_t records_due_at_ = 0; // loop time (ms); 0: with the next transaction
-    rt::millis records_backoff_{0};    // 0: the last transaction holding records succeeded
-    bool records_drop_logged_ = false; // "dropped" is logged once per period of holding
-    timer records_timer_{*this, &sqlite_store::records_retry};
     sqlite_store_stats stats_;
-    store_health health_; // after stats_: it counts outages there
+    store_health health_;  // after stats_: it counts outages there
+    held_records records_; // records nobody waits for (store/held_records.hpp); after stats_
     rt::task_scope tasks_;
 };
 

@@ -159,3 +159,34 @@ TEST_CASE("postgres_store: a cooldown claim waits for a peer's uncommitted claim
     run_void(loop, a.close());
     run_void(loop, b.close());
 }
+
+// A batch is one transaction: when one of its statements fails, what the others wrote is rolled
+// back and every request in it fails (a save reported failed is never acked).
+TEST_CASE("postgres_store: a statement that fails rolls back its whole batch") {
+    auto url = fresh_db("rollback");
+    rt::loop loop;
+    postgres_store st(loop, on(url));
+    auto good = msg("good");
+    auto bad = message{"bad\xff", "cattle", "cattle.example.net"}; // not UTF-8: the server refuses
+    std::optional<save_result> saved;
+    std::optional<rt::result<restart_claim>> claimed;
+    {
+        rt::task_scope scope;
+        scope.spawn([](postgres_store& s, const message& m,
+                       std::optional<save_result>& out) -> rt::task<void> {
+            delivery d;
+            out = co_await s.save(m, d);
+        }(st, good, saved));
+        scope.spawn([](postgres_store& s, const message& m,
+                       std::optional<rt::result<restart_claim>>& out) -> rt::task<void> {
+            out.emplace(co_await s.claim_restart(m).settled());
+        }(st, bad, claimed));
+        wait_for(loop, [&] { return saved && claimed; });
+    }
+    CHECK_FALSE(saved->ok); // the save's statement ran, and was rolled back with the claim's
+    CHECK_FALSE(*claimed);
+    CHECK(st.stats().transactions.get() == 0);
+    CHECK(run(loop, st.save(msg("after"), delivery{})).ok); // the connection goes on
+    run_void(loop, st.close());
+    CHECK(exec(url, "SELECT string_agg(message_id, ',') FROM messages") == "after");
+}
