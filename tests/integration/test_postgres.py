@@ -45,6 +45,18 @@ class PostgresFleet(Harness):
         except FileNotFoundError:
             return []
 
+    def peak_concurrency(self):
+        """The most restarts running at once across the fleet, from the order of the lines."""
+        running = peak = 0
+        try:
+            with open(self.log) as f:
+                for line in f:
+                    running += 1 if line.startswith("start ") else -1
+                    peak = max(peak, running)
+        except FileNotFoundError:
+            pass
+        return peak
+
     def publish_requests(self, r, payloads):
         code, out, err = self.publish("--stdin", "--redis-url", r.url,
                                       stdin="\n".join(payloads) + "\n")
@@ -86,10 +98,10 @@ class PostgresFleet(Harness):
                                    "('acked', 'skipped')"), "1000")
         self.assertEqual(r.cli("XPENDING", "mayhem:restarts", "mayhem").splitlines()[0], "0")
         by_result = pg.psql("SELECT result, count(*) FROM restarts GROUP BY 1 ORDER BY 1")
-        print("\nfleet: %s; acked %d by workers %s; restarts by result: %s" % (
-            "3 workers, 1000 requests, 40 hosts, 1h cooldown",
-            sum(s["acked"] for s in summaries), [s["acked"] for s in summaries],
-            by_result.replace("\n", ", ")))
+        print("\nfleet: %s; acked %d by workers %s; restarts by result: %s; peak concurrency %d"
+              % ("3 workers, 1000 requests, 40 hosts, 1h cooldown",
+                 sum(s["acked"] for s in summaries), [s["acked"] for s in summaries],
+                 by_result.replace("\n", ", "), self.peak_concurrency()))
 
     def test_a_worker_killed_mid_restart_its_claims_expire_and_the_fleet_carries_on(self):
         r, pg = self.redis(), self.postgres()
@@ -124,7 +136,8 @@ class PostgresFleet(Harness):
         self.publish_requests(r, [request(i, "h%04d.example.net" % i) for i in range(n)])
         port = harness.free_port()
         w = self.worker(*self.common(r, pg), "--consumer", "a", "--restarter", "simulate",
-                        "--restart-latency", "2ms..10ms", "--max-in-flight", "200",
+                        # Slow enough that the crash comes mid-run (about 1,500/s).
+                        "--restart-latency", "20ms..50ms", "--max-in-flight", "50",
                         "--lease-timeout", "2s", "--lease-extend-interval", "300ms",
                         "--reclaim-interval", "200ms", "--exit-when-idle",
                         "--metrics-addr", "127.0.0.1:%d" % port, name="a")
