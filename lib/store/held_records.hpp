@@ -54,11 +54,11 @@ private:
     rt::counter& unrecorded_;
     std::function<void()> wake_;
     std::string field_, value_;
-    store_batch records_;        // oldest first
-    std::size_t flying_ = 0;     // how many are in the transaction being written (its last)
-    std::uint64_t due_at_ = 0;   // loop time (ms); 0: with the next transaction
-    rt::millis backoff_{0};      // 0: the last transaction holding records succeeded
-    bool drop_logged_ = false;   // "dropped" is logged once per period of holding
+    store_batch records_;      // oldest first
+    std::size_t flying_ = 0;   // how many are in the transaction being written (its last)
+    std::uint64_t due_at_ = 0; // loop time (ms); 0: with the next transaction
+    rt::millis backoff_{0};    // 0: the last transaction holding records succeeded
+    bool drop_logged_ = false; // "dropped" is logged once per period of holding
     retry timer_{*this};
 };
 

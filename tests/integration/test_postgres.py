@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import stat
+import subprocess
 import time
 import unittest
 
@@ -181,6 +182,17 @@ class PostgresFleet(Harness):
         self.assertEqual(s["acked"], 50)
         self.assertNotIn("s3cret-Pa55", err)
         self.assertEqual(pg.scalar("SELECT count(*) FROM messages"), "50")
+        # mayhem history reads the same database, and names it without the password.
+        r = subprocess.run([harness.MAYHEM, "history", "--postgres-url", pg.url, "--json"],
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        doc = json.loads(r.stdout)
+        self.assertEqual(doc["messages"], 50)
+        self.assertEqual(doc["by_outcome"], {"acked": 50})
+        self.assertEqual(doc["restarts"]["by_result"], {"ok": 50})
+        self.assertEqual(doc["schema_version"], 1)
+        self.assertNotIn("s3cret-Pa55", r.stdout + r.stderr)
+        self.assertEqual(doc["db"], "127.0.0.1:%d/postgres" % pg.port)
 
     def test_store_postgres_without_a_url_names_the_flag_and_exits_2(self):
         code, _, err = self.run_worker("--store", "postgres", "--messages", "1")
