@@ -194,6 +194,37 @@ class PostgresFleet(Harness):
         self.assertNotIn("s3cret-Pa55", r.stdout + r.stderr)
         self.assertEqual(doc["db"], "127.0.0.1:%d/postgres" % pg.port)
 
+    def test_the_password_can_come_from_pgpassfile(self):
+        pg = self.postgres(password="pgpass-Pa55")
+        pgpass = os.path.join(self.tmp, "pgpass")
+        with open(pgpass, "w") as f:
+            f.write("127.0.0.1:%d:*:postgres:pgpass-Pa55\n" % pg.port)
+        os.chmod(pgpass, 0o600)
+        url = "postgresql://postgres@127.0.0.1:%d/postgres" % pg.port  # no password in it
+        code, s, err = self.run_worker(
+            "--store", "postgres", "--postgres-url", url, "--messages", "10",
+            "--save-latency", "0", "--restart-latency", "0",
+            env=dict(os.environ, PGPASSFILE=pgpass))
+        self.assertEqual(code, 0, err[-3000:])
+        self.assertEqual(s["acked"], 10)
+
+    def test_sslmode_is_honoured(self):
+        # The private server has no TLS: sslmode=require must refuse it, not fall back.
+        pg = self.postgres()
+        w = self.worker("--store", "postgres", "--postgres-url", pg.url + "?sslmode=require",
+                        "--messages", "5", "--drain-timeout", "1s", "--log-format", "json",
+                        name="ssl")
+        harness.wait_until(lambda: "unreachable at start" in w.stderr() or not w.alive(),
+                           timeout=30, what="the refused connection to be logged")
+        w.signal(signal.SIGTERM)
+        code, out, err = w.wait(timeout=60)
+        self.assertIn("SSL", err)
+        s = harness.parse_summary(out)
+        self.assertEqual(s["acked"], 0)
+        # The retried messages' outcome records could not be written either: exit 1.
+        self.assertGreater(s["unrecorded"], 0, s)
+        self.assertEqual(code, 1, err[-3000:])
+
     def test_store_postgres_without_a_url_names_the_flag_and_exits_2(self):
         code, _, err = self.run_worker("--store", "postgres", "--messages", "1")
         self.assertEqual(code, 2, err)
