@@ -8,8 +8,8 @@ CMAKE_FLAGS ?=
 # Debian packages the build, the tests and the benchmarks need.
 DEB_PACKAGES := g++ cmake make pkg-config python3 python3-yaml \
   libuv1-dev nlohmann-json3-dev prometheus-cpp-dev libmicrohttpd-dev doctest-dev \
-  libcli11-dev libspdlog-dev libfmt-dev libsqlite3-dev libhiredis-dev libsystemd-dev \
-  redis-server redis-tools prometheus clang-format systemd \
+  libcli11-dev libspdlog-dev libfmt-dev libsqlite3-dev libhiredis-dev libsystemd-dev libpq-dev \
+  redis-server redis-tools postgresql prometheus clang-format systemd \
   time nodejs node-redis golang-go clang libclang-rt-14-dev
 
 .PHONY: all deps build run test fuzz asan tsan bench chaos format format-check clean help

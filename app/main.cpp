@@ -130,6 +130,10 @@ int run_history(const std::vector<std::string>& args) {
                  "mayhem history"};
     mayhem::history_options o;
     cmd.add_option("--db", o.db, "The database file")->capture_default_str();
+    cmd.add_option("--postgres-url", o.postgres_url,
+                   "Read this PostgreSQL database instead (libpq URI or connection string; "
+                   "also MAYHEM_POSTGRES_URL); never printed")
+        ->envname("MAYHEM_POSTGRES_URL");
     cmd.add_option("--limit", o.limit, "Recent messages and hosts listed")
         ->check(CLI::Range(std::size_t{1}, std::size_t{1'000'000}))
         ->capture_default_str();

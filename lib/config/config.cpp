@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <iterator>
+#include <libpq-fe.h>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -256,7 +257,7 @@ void add_worker_options(CLI::App& cmd, worker_config& c) {
         ->capture_default_str()
         ->group("Pipeline");
     cmd.add_option("--store", c.store, "Where requests are saved")
-        ->check(CLI::IsMember({"sqlite", "memory"}))
+        ->check(CLI::IsMember({"sqlite", "memory", "postgres"}))
         ->capture_default_str()
         ->group("Pipeline");
     cmd.add_option("--db", c.db, "sqlite store: the database file (created if missing)")
@@ -271,6 +272,22 @@ void add_worker_options(CLI::App& cmd, worker_config& c) {
     add_duration(cmd, "--db-busy-timeout", c.db_busy_timeout,
                  "sqlite store: how long a transaction waits for another writer's lock before it "
                  "fails (its messages are retried)")
+        ->group("Store");
+    cmd.add_option("--postgres-url", c.postgres_url,
+                   "postgres store: libpq connection string or URI "
+                   "(postgresql://user@host:5432/db?sslmode=require); keep the password in "
+                   "PGPASSFILE/~/.pgpass or MAYHEM_POSTGRES_URL, not on the command line")
+        ->check([](const std::string& v) {
+            // The value is never echoed: it may hold a password.
+            char* err = nullptr;
+            PQconninfoOption* opts = PQconninfoParse(v.c_str(), &err);
+            std::string why = err ? err : "";
+            PQfreemem(err);
+            PQconninfoFree(opts);
+            while (!why.empty() && why.back() == '\n')
+                why.pop_back();
+            return opts ? std::string{} : "not a libpq connection string or URI: " + why;
+        })
         ->group("Store");
     cmd.add_option("--on-unfinished-restart", c.on_unfinished_restart,
                    "A message whose restart was recorded as started but never finished (a crash "
@@ -634,6 +651,9 @@ std::optional<std::string> check_safety(const worker_config& c) {
                    "message is taken";
         return std::nullopt;
     };
+    if (c.store == "postgres" && c.postgres_url.empty())
+        return std::string("--store postgres needs --postgres-url (or MAYHEM_POSTGRES_URL), e.g. "
+                           "postgresql://mayhem@db.example.net:5432/mayhem");
     if (c.restarter == "exec") {
         if (c.restart_command.empty())
             return std::string("--restarter exec needs --restart-command, e.g. "

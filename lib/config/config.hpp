@@ -28,6 +28,9 @@ struct worker_config {
     millis db_busy_timeout{5000};
     std::string on_unfinished_restart = "retry";
 
+    // postgres store
+    std::string postgres_url; // never logged: it may hold a password
+
     // simulate source
     std::uint64_t messages = 0;
     double rate = 0;

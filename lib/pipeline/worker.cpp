@@ -9,6 +9,7 @@
 #include "sources/simulate_source.hpp"
 #include "sources/stdin_source.hpp"
 #include "store/memory_store.hpp"
+#include "store/postgres_store.hpp"
 #include "store/sqlite_store.hpp"
 
 #include <algorithm>
@@ -82,6 +83,13 @@ std::unique_ptr<store> make_store(rt::loop& loop, const worker_config& c,
         o.owner = owner;
         o.claim_lease = c.lease_timeout;
         return std::make_unique<sqlite_store>(loop, o); // sqlite_fatal (newer schema): exit 1
+    }
+    if (c.store == "postgres") {
+        postgres_options o;
+        o.url = c.postgres_url;
+        o.owner = owner;
+        o.claim_lease = c.lease_timeout;
+        return std::make_unique<postgres_store>(loop, o); // postgres_fatal (newer schema): exit 1
     }
     return std::make_unique<memory_store>(loop, c.save_latency, c.seed ? c.seed + 1 : 0);
 }

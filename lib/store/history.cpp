@@ -1,9 +1,12 @@
 #include "store/history.hpp"
 
 #include "runtime/log.hpp"
+#include "store/postgres_store.hpp"
 #include "store/sqlite_store.hpp"
 
+#include <cstdlib>
 #include <ctime>
+#include <libpq-fe.h>
 #include <nlohmann/json.hpp>
 #include <sqlite3.h>
 #include <stdexcept>
@@ -15,9 +18,23 @@ namespace {
 
 using json = nlohmann::ordered_json;
 
+// A read-only connection to a store database. The queries below are written for both SQLite and
+// PostgreSQL: `$1` parameters (SQLite numbers them in order of appearance), no boolean sums.
 class reader {
 public:
-    explicit reader(const std::string& path) {
+    virtual ~reader() = default;
+    // Runs `sql` with its integer parameters and returns every row, each column as JSON.
+    virtual std::vector<std::vector<json>> rows(const char* sql,
+                                                std::initializer_list<std::int64_t> args = {}) = 0;
+    std::int64_t scalar(const char* sql) {
+        auto r = rows(sql);
+        return r.empty() || !r[0][0].is_number() ? 0 : r[0][0].get<std::int64_t>();
+    }
+};
+
+class sqlite_reader final : public reader {
+public:
+    explicit sqlite_reader(const std::string& path) {
         int rc = sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READONLY, nullptr);
         if (rc != SQLITE_OK) {
             std::string why = db_ ? sqlite3_errmsg(db_) : sqlite3_errstr(rc);
@@ -26,13 +43,12 @@ public:
         }
         sqlite3_busy_timeout(db_, 5000);
     }
-    ~reader() { sqlite3_close_v2(db_); }
-    reader(const reader&) = delete;
-    reader& operator=(const reader&) = delete;
+    ~sqlite_reader() override { sqlite3_close_v2(db_); }
+    sqlite_reader(const sqlite_reader&) = delete;
+    sqlite_reader& operator=(const sqlite_reader&) = delete;
 
-    // Runs `sql` with its integer parameters and returns every row, each column as JSON.
     std::vector<std::vector<json>> rows(const char* sql,
-                                        std::initializer_list<std::int64_t> args = {}) {
+                                        std::initializer_list<std::int64_t> args = {}) override {
         sqlite3_stmt* s = nullptr;
         if (sqlite3_prepare_v2(db_, sql, -1, &s, nullptr) != SQLITE_OK)
             throw std::runtime_error(std::string("query failed: ") + sqlite3_errmsg(db_));
@@ -65,13 +81,68 @@ public:
         if (rc != SQLITE_DONE) throw std::runtime_error("query failed: " + err);
         return out;
     }
-    std::int64_t scalar(const char* sql) {
-        auto r = rows(sql);
-        return r.empty() || !r[0][0].is_number() ? 0 : r[0][0].get<std::int64_t>();
-    }
 
 private:
     sqlite3* db_ = nullptr;
+};
+
+class postgres_reader final : public reader {
+public:
+    // `url` is never printed (it may hold a password): where() names host:port/dbname.
+    explicit postgres_reader(const std::string& url) : conn_(PQconnectdb(url.c_str())) {
+        quiet(conn_);
+        if (PQstatus(conn_) != CONNECTION_OK)
+            throw std::runtime_error(std::string("cannot connect: ") + PQerrorMessage(conn_));
+    }
+    ~postgres_reader() override { PQfinish(conn_); }
+    postgres_reader(const postgres_reader&) = delete;
+    postgres_reader& operator=(const postgres_reader&) = delete;
+
+    std::string where() const {
+        return std::string(PQhost(conn_)) + ":" + PQport(conn_) + "/" + PQdb(conn_);
+    }
+    std::vector<std::vector<json>> rows(const char* sql,
+                                        std::initializer_list<std::int64_t> args = {}) override {
+        std::vector<std::string> text;
+        for (auto a : args)
+            text.push_back(std::to_string(a));
+        std::vector<const char*> values;
+        for (auto& t : text)
+            values.push_back(t.c_str());
+        pg_result r(PQexecParams(conn_, sql, static_cast<int>(values.size()), nullptr,
+                                 values.data(), nullptr, nullptr, 0));
+        auto st = PQresultStatus(r.get());
+        if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK)
+            throw std::runtime_error(std::string("query failed: ") + PQerrorMessage(conn_));
+        std::vector<std::vector<json>> out;
+        for (int i = 0; i < PQntuples(r.get()); ++i) {
+            std::vector<json> row;
+            for (int c = 0; c < PQnfields(r.get()); ++c) {
+                const char* v = PQgetvalue(r.get(), i, c);
+                switch (PQftype(r.get(), c)) {
+                case 20:   // int8
+                case 21:   // int2
+                case 23:   // int4
+                case 1700: // numeric (a sum of bigints)
+                    if (PQgetisnull(r.get(), i, c))
+                        row.emplace_back(nullptr);
+                    else
+                        row.emplace_back(std::strtoll(v, nullptr, 10));
+                    break;
+                default:
+                    if (PQgetisnull(r.get(), i, c))
+                        row.emplace_back(nullptr);
+                    else
+                        row.emplace_back(v);
+                }
+            }
+            out.push_back(std::move(row));
+        }
+        return out;
+    }
+
+private:
+    PGconn* conn_;
 };
 
 std::string when(const json& ms) {
@@ -101,11 +172,11 @@ std::string str(const json& v) {
 // queries below).
 #define RESTART_RAN "(finished IS NULL OR result IN ('ok', 'failed', 'unverified', 'abandoned'))"
 
-json collect(reader& r, const history_options& o) {
+json collect(reader& r, const history_options& o, const std::string& db, int version) {
     auto limit = static_cast<std::int64_t>(o.limit);
     json doc;
-    doc["db"] = o.db;
-    doc["schema_version"] = sqlite_schema_version;
+    doc["db"] = db;
+    doc["schema_version"] = version;
     doc["messages"] = r.scalar("SELECT count(*) FROM messages");
     json by_outcome = json::object();
     for (auto& row : r.rows("SELECT coalesce(outcome, 'in_progress'), count(*) FROM messages "
@@ -131,10 +202,12 @@ json collect(reader& r, const history_options& o) {
 
     json hosts = json::array();
     for (auto& row :
-         r.rows("SELECT hostname, count(*), sum(result = 'ok'), sum(result = 'failed'), "
-                "sum(finished IS NULL), max(started), sum(detail LIKE 'simulated%') FROM restarts "
+         r.rows("SELECT hostname, count(*), sum(CASE WHEN result = 'ok' THEN 1 ELSE 0 END), "
+                "sum(CASE WHEN result = 'failed' THEN 1 ELSE 0 END), "
+                "sum(CASE WHEN finished IS NULL THEN 1 ELSE 0 END), max(started), "
+                "sum(CASE WHEN detail LIKE 'simulated%' THEN 1 ELSE 0 END) FROM restarts "
                 "WHERE " RESTART_RAN " GROUP BY hostname ORDER BY max(started) DESC, hostname "
-                "LIMIT ?1",
+                "LIMIT $1",
                 {limit})) {
         hosts.push_back(json{{"hostname", row[0]},
                              {"restarts", row[1]},
@@ -149,7 +222,7 @@ json collect(reader& r, const history_options& o) {
     json recent = json::array();
     for (auto& row : r.rows("SELECT message_id, instance, hostname, reason, first_seen, attempts, "
                             "outcome, completed_at, last_error FROM messages "
-                            "ORDER BY first_seen DESC, message_id DESC LIMIT ?1",
+                            "ORDER BY first_seen DESC, message_id DESC LIMIT $1",
                             {limit})) {
         recent.push_back(json{{"message_id", row[0]},
                               {"instance", row[1]},
@@ -197,22 +270,41 @@ void print_text(const json& doc, std::ostream& out) {
     }
 }
 
+// The version of a store database and its supported maximum; throws for no mayhem data.
+void check_version(const std::string& db, std::int64_t version, int supported) {
+    if (version == 0) throw std::runtime_error(db + " holds no mayhem data (no schema version)");
+    if (version > supported)
+        throw std::runtime_error(db + " has schema version " + std::to_string(version) +
+                                 ", newer than this mayhem supports (" + std::to_string(supported) +
+                                 ")");
+}
+
 } // namespace
 
 int print_history(const history_options& o, std::ostream& out, std::ostream& err) {
     try {
-        reader r(o.db);
-        auto version = r.scalar("PRAGMA user_version");
-        if (version == 0)
-            throw std::runtime_error(o.db + " holds no mayhem data (no schema version)");
-        if (version > sqlite_schema_version)
-            throw std::runtime_error(o.db + " has schema version " + std::to_string(version) +
-                                     ", newer than this mayhem supports (" +
-                                     std::to_string(sqlite_schema_version) + ")");
-        // One read transaction: every number comes from the same snapshot.
-        r.rows("BEGIN");
-        json doc = collect(r, o);
-        r.rows("COMMIT");
+        json doc;
+        if (!o.postgres_url.empty()) {
+            postgres_reader r(o.postgres_url);
+            std::string db = r.where();
+            auto has = r.rows("SELECT to_regclass('schema_migrations') IS NOT NULL");
+            auto version = has.empty() || has[0][0] != "t"
+                               ? 0
+                               : r.scalar("SELECT max(version) FROM schema_migrations");
+            check_version(db, version, postgres_schema_version);
+            // One read-only snapshot: every number comes from the same moment.
+            r.rows("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
+            doc = collect(r, o, db, static_cast<int>(version));
+            r.rows("COMMIT");
+        } else {
+            sqlite_reader r(o.db);
+            auto version = r.scalar("PRAGMA user_version");
+            check_version(o.db, version, sqlite_schema_version);
+            // One read transaction: every number comes from the same snapshot.
+            r.rows("BEGIN");
+            doc = collect(r, o, o.db, static_cast<int>(version));
+            r.rows("COMMIT");
+        }
         if (o.json)
             out << doc.dump() << "\n";
         else

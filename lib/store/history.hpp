@@ -1,6 +1,7 @@
-// `mayhem history`: a read-only look at a store database (SQLITE_OPEN_READONLY): counts by
-// outcome, restarts per host, the most recent messages. It reads one snapshot (a read
-// transaction), so its numbers agree with each other, and works while a worker writes (WAL).
+// `mayhem history`: a read-only look at a store database (SQLite opened SQLITE_OPEN_READONLY, or
+// PostgreSQL in a READ ONLY transaction): counts by outcome, restarts per host, the most recent
+// messages. It reads one snapshot (a read transaction), so its numbers agree with each other,
+// and works while workers write.
 //
 // Threading: a command of its own, no loop; blocking calls are fine here.
 #pragma once
@@ -13,7 +14,8 @@ namespace mayhem {
 
 struct history_options {
     std::string db = "mayhem.db";
-    std::size_t limit = 20; // recent messages and hosts listed
+    std::string postgres_url; // set: read this PostgreSQL database instead of `db`
+    std::size_t limit = 20;   // recent messages and hosts listed
     bool json = false;
 };
 

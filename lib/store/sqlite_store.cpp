@@ -932,21 +932,13 @@ private:
 // sqlite_store
 // ---------------------------------------------------------------------------------------------
 
-namespace {
-
-// Appends `r` with its strings, copied from `from`'s text into `to`'s.
-void copy_request(sqlite_store::batch& to, const sqlite_store::batch& from,
-                  sqlite_store::request r) {
-    for (auto* t : {&r.id, &r.a, &r.b, &r.c})
-        *t = to.put(from.view(*t));
-    r.waiter = {};
-    to.reqs.push_back(r);
-}
-
-} // namespace
-
 sqlite_store::sqlite_store(rt::loop& loop, sqlite_options opts)
-    : loop_(loop), db_(std::make_shared<shared>(std::move(opts))), tasks_([](std::exception_ptr e) {
+    : loop_(loop), db_(std::make_shared<shared>(std::move(opts))),
+      health_(loop, "db", db_->opts.path, stats_.outages),
+      records_(
+          loop, db_->opts.max_held_records, stats_.unrecorded, [this] { wake(); }, "db",
+          db_->opts.path),
+      tasks_([](std::exception_ptr e) {
           log::error("store writer failed", {{"error", rt::describe(e)}});
       }) {
     // SQLite's allocation statistics take a global mutex on every malloc; nothing reads them.
@@ -962,7 +954,7 @@ sqlite_store::sqlite_store(rt::loop& loop, sqlite_options opts)
     } catch (const db_error& e) {
         // Maybe transient (read-only for now, locked, disk full): run unready and retry with
         // every transaction, so the messages are retried, not lost, and /readyz says why.
-        note_health(false, e.what);
+        health_.note(false, e.what);
     }
     tasks_.spawn(writer());
 }
@@ -999,10 +991,10 @@ rt::task<void> sqlite_store::writer() {
             give_up();
             break;
         }
-        if (pending_.empty() && !records_due()) {
+        if (pending_.empty() && !records_.due()) {
             // Nothing to write meanwhile: resume now, so what the tasks queue is written next.
             flush_done();
-            if (!pending_.empty() || records_due()) continue;
+            if (!pending_.empty() || records_.due()) continue;
             if (phase_ == phase::closing && records_.empty()) break;
             co_await idle_awaiter{*this}; // woken by a request, a due record, or hurry()
             continue;
@@ -1011,7 +1003,7 @@ rt::task<void> sqlite_store::writer() {
         // run, and the row would read as a crash in the window on the next delivery.
         for (auto& r : pending_)
             if ((r.kind == op::claim || r.kind == op::claim_host) && !r.waiter) r.kind = op::skip;
-        if (records_due()) take_records();
+        if (records_.due()) records_.take_into(pending_);
         swap(db_->flying, pending_);
         pending_.clear();
         flying_gen_ = pending_gen_++;
@@ -1038,17 +1030,12 @@ rt::task<void> sqlite_store::writer() {
             stats_.transactions.inc();
             stats_.requests.inc(db_->flying.size());
             stats_.saves.inc(saves);
-            // The database takes writes: what is held goes with the next transaction.
-            records_flying_ = 0;
-            records_backoff_ = rt::millis{0};
-            records_due_at_ = 0;
-            records_drop_logged_ = false;
-            records_timer_.cancel();
         } else {
             stats_.failed_transactions.inc();
-            hold_records();
         }
-        note_health(ok, error);
+        // Committed: what is held goes with the next transaction. Failed: its records are held.
+        records_.ended(ok, db_->flying);
+        health_.note(ok, error);
         batch_ok_ = ok;
         batch_error_ = std::move(error);
         swap(done_, db_->flying);
@@ -1084,44 +1071,6 @@ void sqlite_store::flush_done() noexcept {
 // Records nobody waits for
 // ---------------------------------------------------------------------------------------------
 
-bool sqlite_store::records_due() const noexcept {
-    return !records_.empty() && (records_due_at_ == 0 || loop_.now() >= records_due_at_);
-}
-
-// The backoff is over: the held records go with the next transaction.
-void sqlite_store::records_retry() {
-    records_due_at_ = 0;
-    wake();
-}
-
-// Appends the records to the batch about to be written, after the requests already in it.
-void sqlite_store::take_records() {
-    for (const auto& r : records_)
-        copy_request(pending_, records_, r);
-    records_flying_ = records_.size();
-    records_.clear();
-}
-
-// The transaction failed: its records (its last records_flying_ requests) go back in front of
-// those that arrived meanwhile, to be written again after a backoff (or with the transaction
-// after the next one that succeeds).
-void sqlite_store::hold_records() {
-    auto& failed = db_->flying;
-    if (records_flying_ > 0) {
-        batch held;
-        for (std::size_t i = failed.size() - records_flying_; i < failed.size(); ++i)
-            copy_request(held, failed, failed[i]);
-        for (const auto& r : records_)
-            copy_request(held, records_, r);
-        swap(held, records_);
-        records_flying_ = 0;
-    }
-    if (records_.empty()) return;
-    records_backoff_ = std::clamp(records_backoff_ * 2, records_backoff_min, records_backoff_max);
-    records_due_at_ = loop_.now() + static_cast<std::uint64_t>(records_backoff_.count());
-    loop_.timers().arm(records_timer_, records_backoff_);
-}
-
 // A start (claim, or claim_host granted) that committed while its task was destroyed: no
 // restart will run for it, so it is withdrawn (once: the request becomes a skip).
 void sqlite_store::withdraw_if_orphaned(request& r) {
@@ -1129,13 +1078,8 @@ void sqlite_store::withdraw_if_orphaned(request& r) {
         (r.kind != op::claim && r.kind != op::claim_host))
         return;
     r.kind = op::skip;
-    request w;
-    w.kind = op::unclaim;
-    w.id = records_.put(done_.view(r.id));
-    w.n = r.n; // the stamp the start was written with
-    records_.reqs.push_back(w);
+    records_.add_withdrawal(done_.view(r.id), r.n);
     stats_.withdrawn.inc();
-    wake();
 }
 
 // hurry(): every request still queued fails, and the records are given up.
@@ -1149,76 +1093,7 @@ void sqlite_store::give_up() {
         batch_error_ = "store closing: out of time to write";
         flush_done(); // the resumed tasks may queue more: failed in the next round
     }
-    std::uint64_t outcomes = 0, withdrawals = 0;
-    for (const auto& r : records_)
-        (r.kind == op::complete ? outcomes : withdrawals) += 1;
-    if (!records_.empty())
-        log::error("store closing out of time: records not written",
-                   {{"db", db_->opts.path},
-                    {"outcome_records", outcomes},
-                    {"withdrawn_restart_starts", withdrawals}});
-    stats_.unrecorded.inc(records_.size());
-    records_.clear();
-    records_timer_.cancel();
-}
-
-// ---------------------------------------------------------------------------------------------
-// Health
-// ---------------------------------------------------------------------------------------------
-
-void sqlite_store::note_health(bool ok, const std::string& error) {
-    if (!ok) health_error_ = error;
-    switch (health_) {
-    case health::up:
-        if (ok) return;
-        health_ = health::down;
-        healthy_.store(false, std::memory_order_relaxed);
-        stats_.outages.inc();
-        ++unlogged_changes_;
-        log_health();
-        return;
-    case health::down:
-        if (!ok) return;
-        health_ = health::recovering;
-        loop_.timers().arm(recover_timer_, recover_after);
-        return;
-    case health::recovering:
-        if (ok) return;
-        // Failed again before it held: it never showed as up.
-        recover_timer_.cancel();
-        health_ = health::down;
-        return;
-    }
-}
-
-// recover_after passed with transactions succeeding and none failing.
-void sqlite_store::recovered() {
-    if (health_ != health::recovering) return;
-    health_ = health::up;
-    healthy_.store(true, std::memory_order_relaxed);
-    ++unlogged_changes_;
-    log_health();
-}
-
-// Writes the line for the current state if it differs from the previous line, at most one line
-// per health_log_interval (a later line sums up the changes in between).
-void sqlite_store::log_health() {
-    auto now = loop_.now();
-    if (phase_ != phase::closed && now < log_quiet_until_) {
-        if (!log_timer_.armed()) loop_.timers().arm(log_timer_, rt::millis(log_quiet_until_ - now));
-        return;
-    }
-    bool up = health_ == health::up;
-    if (up == logged_up_) return; // changed and changed back: the next line counts both
-    auto changes = std::exchange(unlogged_changes_, 0);
-    if (up)
-        log::info("store recovered: saves succeed again",
-                  {{"db", db_->opts.path}, {"state_changes", changes}});
-    else
-        log::error("store unavailable: saves fail, their messages are retried, not acked",
-                   {{"db", db_->opts.path}, {"error", health_error_}, {"state_changes", changes}});
-    logged_up_ = up;
-    log_quiet_until_ = now + static_cast<std::uint64_t>(health_log_interval.count());
+    records_.give_up();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1306,24 +1181,7 @@ void sqlite_store::complete(const message& m, const verdict& v) {
         stats_.unrecorded.inc();
         return;
     }
-    // Only while records are held (the store cannot write) is their number bounded: a healthy
-    // store writes them with the next transaction.
-    if (records_backoff_.count() > 0 &&
-        records_.size() + records_flying_ >= db_->opts.max_held_records) {
-        stats_.unrecorded.inc();
-        if (!std::exchange(records_drop_logged_, true))
-            log::error("store cannot write and holds too many outcome records: new ones are "
-                       "dropped until it writes again (counted in unrecorded)",
-                       {{"db", db_->opts.path}, {"max_held_records", db_->opts.max_held_records}});
-        return;
-    }
-    request r;
-    r.kind = op::complete;
-    r.id = records_.put(m.message_id());
-    r.a = records_.put(to_string(v.what));
-    r.b = records_.put(v.reason);
-    records_.reqs.push_back(r);
-    if (records_due()) wake();
+    records_.add_outcome(m, v);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1341,16 +1199,7 @@ rt::task<void> sqlite_store::close() {
     if (phase_ == phase::open) phase_ = phase::closing;
     wake();
     co_await writer_done_;
-    // The log ends with the truth: a store whose last transactions succeeded is up, and a
-    // change still waiting for its line is written now.
-    if (health_ == health::recovering) {
-        recover_timer_.cancel();
-        health_ = health::up;
-        healthy_.store(true, std::memory_order_relaxed);
-        ++unlogged_changes_;
-    }
-    log_timer_.cancel();
-    log_health();
+    health_.closed();
     std::function<void()> fn = [db = db_] { db->close_conn(); }; // checkpoints the WAL: blocks
     rt::offload_awaiter<void> work(loop_, std::move(fn));
     co_await work;

@@ -11,21 +11,15 @@
 // turn): the pool writes while the loop resumes, instead of each waiting for the other.
 //
 // Records nobody waits for (outcome records from complete(), and the withdrawal of a restart
-// start whose task was destroyed while its claim was written) are kept apart, in `records_`:
-// they join the next transaction, and when it fails they are kept, in order, and written again
-// (after a backoff, or with the transaction after the next one that succeeds) until they are
-// written, close() gives up on them (hurry()), or, while the store cannot write, more than
-// `max_held_records` pile up (then new outcome records are dropped). What is given up is
-// counted in unrecorded(). A save, claim or finish that fails is answered as failed at once:
+// start whose task was destroyed while its claim was written) are kept apart, in `records_`
+// (store/held_records.hpp): they join the next transaction, and when it fails they are kept, in
+// order, and written again (after a backoff, or with the transaction after the next one that
+// succeeds) until they are written, close() gives up on them (hurry()), or, while the store cannot
+// write, more than `max_held_records` pile up (then new outcome records are dropped). What is given
+// up is counted in unrecorded(). A save, claim or finish that fails is answered as failed at once:
 // its task decides whether to retry.
 //
-// Health (healthy(), readiness): false from the first failed transaction; true again once
-// transactions have succeeded for `recover_after` with none failing, so a disk that fails one
-// transaction and takes the next (a full disk with room left in the WAL) does not flap it. The
-// log follows it: "store unavailable" / "store recovered", each change at once unless the
-// previous line is less than `health_log_interval` old (then one line when the interval is
-// over, if the state still differs from the previous line; a line counts the changes it sums
-// up).
+// Health (healthy(), readiness, the log lines about it): a state, store/store_health.hpp.
 //
 // Threading: the store object and its queues belong to the loop thread. The SQLite connection
 // and the batch being written (both in `shared`) are touched only by the pool thread running the
@@ -35,7 +29,10 @@
 
 #include "runtime/counter.hpp"
 #include "runtime/loop.hpp"
+#include "store/held_records.hpp"
 #include "store/store.hpp"
+#include "store/store_batch.hpp"
+#include "store/store_health.hpp"
 
 #include <atomic>
 #include <chrono>
@@ -103,7 +100,7 @@ public:
     void renew_claims(std::span<const message* const> ms) override;
     rt::task<void> release_claim(const message& m) override;
     void complete(const message& m, const verdict& v) override;
-    bool healthy() const override { return healthy_.load(std::memory_order_relaxed); }
+    bool healthy() const override { return health_.healthy(); }
     // See store.hpp. A transaction waiting for another writer's lock gives up at once.
     void hurry() override;
     std::uint64_t unrecorded() const override { return stats_.unrecorded.get(); }
@@ -114,67 +111,11 @@ public:
 
     const sqlite_store_stats& stats() const noexcept { return stats_; }
 
-    // unclaim: removes a restart start that will never run (release_claim; or withdrawn by the
-    // store: committed while its task was destroyed).
-    enum class op : std::uint8_t {
-        save,
-        claim,
-        claim_host,
-        finish,
-        unclaim,
-        renew,
-        complete,
-        skip
-    };
-    // A string copied into a batch's text (offset, length): the pool thread must never read a
-    // message that a cancelled task has already freed.
-    struct text_ref {
-        std::uint32_t off = 0, len = 0;
-    };
-    // One queued request.
-    struct request {
-        op kind = op::save;
-        text_ref id, a, b, c; // save: instance, hostname, reason; claim: hostname;
-                              // finish: result, detail; complete: outcome, reason
-        // out: claim; claim_host: done = blocked, held = blocked by a start later than the
-        // transaction's clock (clock behind); finish: held = the claim is a peer's now
-        restart_claim claim = restart_claim::proceed;
-        std::uint32_t attempt = 0; // claim: out, the restart start recorded (proceed, unfinished)
-        // claim_host: in, the cutoff (ms); out, the blocking start (ms) when blocked. claim and
-        // claim_host: out, the `started` stamp written (proceed). unclaim: in, that stamp (0:
-        // whatever unfinished start the id has).
-        std::int64_t n = 0;
-        std::coroutine_handle<> waiter; // null: nobody waits (complete, cancelled)
-    };
-    // Requests and the strings they refer to, all in one buffer: queueing a request allocates
-    // nothing once the buffers have grown to a batch's size (they are reused, batch after batch).
-    struct batch {
-        std::vector<request> reqs;
-        std::string text;
-
-        text_ref put(std::string_view v) {
-            text_ref r{static_cast<std::uint32_t>(text.size()),
-                       static_cast<std::uint32_t>(v.size())};
-            text.append(v);
-            return r;
-        }
-        std::string_view view(text_ref r) const { return {text.data() + r.off, r.len}; }
-        std::size_t size() const noexcept { return reqs.size(); }
-        bool empty() const noexcept { return reqs.empty(); }
-        request& operator[](std::size_t i) { return reqs[i]; }
-        auto begin() { return reqs.begin(); }
-        auto end() { return reqs.end(); }
-        auto begin() const { return reqs.begin(); }
-        auto end() const { return reqs.end(); }
-        void clear() noexcept {
-            reqs.clear();
-            text.clear();
-        }
-        friend void swap(batch& x, batch& y) noexcept {
-            x.reqs.swap(y.reqs);
-            x.text.swap(y.text);
-        }
-    };
+    // The queue's types, shared with the postgres store (store/store_batch.hpp).
+    using op = store_op;
+    using text_ref = store_text_ref;
+    using request = store_request;
+    using batch = store_batch;
     struct shared; // connection + statements + the batch in flight
 
 private:
@@ -190,15 +131,9 @@ private:
         explicit resume_done(sqlite_store& st) : s(st) {}
         void fire() noexcept override { s.flush_done(); }
     };
-    // Health (see the top of this file): up, down after a failed transaction, recovering after
-    // a success while down; recovering turns up after recover_after with no failure.
-    enum class health : std::uint8_t { up, down, recovering };
     // The store's life: writing; closing (close() called: write what is queued and held);
     // hurried (out of time: write nothing more); closed (the writer has ended).
     enum class phase : std::uint8_t { open, closing, hurried, closed };
-    static constexpr rt::millis recover_after{1000};
-    static constexpr rt::millis health_log_interval{5000};
-    static constexpr rt::millis records_backoff_min{100}, records_backoff_max{1000};
     // Calls a member of the store when due (loop thread).
     struct timer final : rt::timer_entry {
         sqlite_store& s;
@@ -217,15 +152,8 @@ private:
     void wake() noexcept;
     void flush_done() noexcept;
     rt::task<void> writer();
-    bool records_due() const noexcept;
-    void records_retry();
-    void take_records();
-    void hold_records();
     void withdraw_if_orphaned(request& r);
     void give_up();
-    void note_health(bool ok, const std::string& error);
-    void recovered();
-    void log_health();
 
     rt::loop& loop_;
     std::shared_ptr<shared> db_;
@@ -243,21 +171,9 @@ private:
     rt::event writer_done_;
     // Records nobody waits for, oldest first (see the top of this file), the number of them in
     // the transaction being written (its last ones), and when they may be written again.
-    batch records_;
-    std::size_t records_flying_ = 0;
-    std::uint64_t records_due_at_ = 0; // loop time (ms); 0: with the next transaction
-    rt::millis records_backoff_{0};    // 0: the last transaction holding records succeeded
-    bool records_drop_logged_ = false; // "dropped" is logged once per period of holding
-    timer records_timer_{*this, &sqlite_store::records_retry};
-    health health_ = health::up;
-    std::atomic<bool> healthy_{true}; // health_ == up, for the metrics thread
-    std::string health_error_;        // why the last transaction failed
-    timer recover_timer_{*this, &sqlite_store::recovered};
-    bool logged_up_ = true;             // what the last health line said
-    std::uint64_t log_quiet_until_ = 0; // loop time (ms) before which no health line is written
-    std::uint64_t unlogged_changes_ = 0;
-    timer log_timer_{*this, &sqlite_store::log_health};
     sqlite_store_stats stats_;
+    store_health health_;  // after stats_: it counts outages there
+    held_records records_; // records nobody waits for (store/held_records.hpp); after stats_
     rt::task_scope tasks_;
 };
 

@@ -234,6 +234,13 @@ class Harness(unittest.TestCase):
     def redis(self, persistence=True, password=None):
         return RedisServer(self, persistence=persistence, password=password)
 
+    def postgres(self, password=None):
+        """A private PostgreSQL server (postgres.py), removed when the test ends."""
+        from postgres import PostgresServer
+        server = PostgresServer(password=password)
+        self.addCleanup(server.remove)
+        return server
+
     def publish(self, *args, stdin=None, timeout=60.0):
         """Runs `mayhem publish` to its exit; returns (exit code, stdout, stderr)."""
         r = subprocess.run([MAYHEM, "publish"] + [str(a) for a in args], input=stdin,

@@ -81,3 +81,15 @@ TEST_CASE("memory_store::claim_host: a clock behind the host's last restart is t
     CHECK_FALSE(later.granted);
     CHECK_FALSE(later.clock_behind); // an ordinary cooldown skip
 }
+
+TEST_CASE("memory_store: a refused restart is claimed again, so its redelivery is refused again") {
+    // A request refused (dead-lettered) whose dead letter was lost comes again: it must be
+    // refused and dead-lettered again, not skipped as already done. (The shared stores: the
+    // store contract, tests/unit/store/contract.cpp.)
+    rt::loop loop;
+    memory_store s(loop, latency_range{}, 1);
+    auto m = msg("m1", "h1");
+    CHECK(now_(s.claim_restart(m)) == restart_claim::proceed);
+    finish(s, m, restart_status::refused);
+    CHECK(now_(s.claim_restart(m)) == restart_claim::proceed);
+}

@@ -1,0 +1,853 @@
+#include "store/postgres_store.hpp"
+
+#include "runtime/log.hpp"
+
+#include <algorithm>
+#include <cstdlib>
+#include <random>
+#include <unordered_set>
+#include <utility>
+
+namespace mayhem {
+
+// ---------------------------------------------------------------------------------------------
+// The schema. The same logical tables as the SQLite store (its version 2); times are
+// milliseconds since the Unix epoch (UTC), stamped by the worker that writes them.
+//
+// schema_migrations: one row per migration applied. Every worker migrates at start, in one
+//   transaction under a transaction-level advisory lock, so workers starting together apply
+//   each migration once and wait for each other.
+// messages, restarts: as in sqlite_store.cpp. restarts' latest row per message id is its
+//   idempotency record; `owner` and `lease_until` make a claim a worker's own.
+// host_locks: one row per host that passed a cooldown check: the mutex of the per-host
+//   cooldown. A batch with cooldown claims first locks its hosts' rows (FOR UPDATE, in sorted
+//   order, so two workers never wait on each other in a cycle); the check and the mark then
+//   run while no other worker can check the same host, until the batch commits.
+//
+// The functions hold what one statement cannot: a claim that is not an id's first re-reads the
+// latest row and writes only if it still is what it read (else it reads again), so two workers
+// never both proceed for one message id; the cooldown check and mark for each host in order.
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+constexpr const char* schema_v1 = R"sql(
+CREATE TABLE messages (
+    message_id   text PRIMARY KEY,
+    instance     text NOT NULL,
+    hostname     text NOT NULL,
+    reason       text NOT NULL DEFAULT '',
+    first_seen   bigint NOT NULL,
+    attempts     integer NOT NULL DEFAULT 1,
+    outcome      text,
+    completed_at bigint,
+    last_error   text
+) WITH (fillfactor = 70);
+CREATE TABLE restarts (
+    message_id   text NOT NULL,
+    attempt      integer NOT NULL,
+    hostname     text NOT NULL,
+    started      bigint NOT NULL,
+    finished     bigint,
+    result       text,
+    detail       text,
+    host_claimed boolean NOT NULL DEFAULT false,
+    owner        text,
+    lease_until  bigint,
+    PRIMARY KEY (message_id, attempt)
+) WITH (fillfactor = 70);
+CREATE INDEX restarts_host_claims ON restarts (hostname, started) WHERE host_claimed;
+CREATE TABLE host_locks (hostname text PRIMARY KEY);
+
+-- 0 proceed (a new row is this worker's), 1 done, 2 unfinished (taken over), 3 held by a peer.
+CREATE FUNCTION mayhem_claim_again(id text, host text, who text, now_ms bigint, lease bigint)
+RETURNS smallint LANGUAGE plpgsql AS $fn$
+DECLARE r record;
+BEGIN
+    LOOP
+        SELECT finished IS NULL AS unfinished, result, attempt, owner, lease_until INTO r
+          FROM restarts WHERE message_id = id ORDER BY attempt DESC LIMIT 1;
+        IF NOT FOUND THEN
+            INSERT INTO restarts (hostname, message_id, started, attempt, owner, lease_until)
+                 VALUES (host, id, now_ms, 1, who, lease) ON CONFLICT DO NOTHING;
+            IF FOUND THEN RETURN 0; END IF;
+        ELSIF r.unfinished THEN
+            IF r.owner IS DISTINCT FROM who AND coalesce(r.lease_until, 0) > now_ms THEN
+                RETURN 3;
+            END IF;
+            UPDATE restarts SET owner = who, lease_until = lease
+             WHERE message_id = id AND attempt = r.attempt AND finished IS NULL
+               AND owner IS NOT DISTINCT FROM r.owner
+               AND lease_until IS NOT DISTINCT FROM r.lease_until;
+            IF FOUND THEN RETURN 2; END IF;
+        ELSIF r.result IS NULL OR r.result NOT IN ('failed', 'refused', 'dry_run') THEN
+            RETURN 1;
+        ELSE
+            INSERT INTO restarts (hostname, message_id, started, attempt, owner, lease_until)
+                 VALUES (host, id, now_ms, r.attempt + 1, who, lease) ON CONFLICT DO NOTHING;
+            IF FOUND THEN RETURN 0; END IF;
+        END IF;
+        -- Another worker wrote this id's row in between: read it again.
+    END LOOP;
+END $fn$;
+
+-- Claims for distinct ids: first claims in one INSERT; the rest one by one, in id order.
+-- Returns the claims that did not proceed, by position (1-based).
+CREATE FUNCTION mayhem_claim(ids text[], hosts text[], who text, now_ms bigint, lease bigint)
+RETURNS TABLE (i integer, claim smallint) LANGUAGE plpgsql AS $fn$
+DECLARE todo integer[]; c smallint; k integer;
+BEGIN
+    WITH ins AS (
+        INSERT INTO restarts (hostname, message_id, started, attempt, owner, lease_until)
+        SELECT u.h, u.m, now_ms, 1, who, lease FROM unnest(hosts, ids) AS u(h, m)
+        ON CONFLICT DO NOTHING RETURNING message_id)
+    SELECT coalesce(array_agg(u.ord ORDER BY u.m), '{}') INTO todo
+      FROM unnest(ids) WITH ORDINALITY AS u(m, ord)
+     WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.message_id = u.m);
+    FOREACH k IN ARRAY todo LOOP
+        c := mayhem_claim_again(ids[k], hosts[k], who, now_ms, lease);
+        IF c <> 0 THEN
+            i := k; claim := c; RETURN NEXT;
+        END IF;
+    END LOOP;
+END $fn$;
+
+-- Locks the hosts' mutex rows, creating the missing ones, in sorted order.
+CREATE FUNCTION mayhem_lock_hosts(hosts text[]) RETURNS void LANGUAGE plpgsql AS $fn$
+BEGIN
+    INSERT INTO host_locks (hostname)
+    SELECT DISTINCT h FROM unnest(hosts) AS h ORDER BY 1 ON CONFLICT DO NOTHING;
+    PERFORM 1 FROM host_locks WHERE hostname = ANY(hosts) ORDER BY hostname FOR UPDATE;
+END $fn$;
+
+-- The per-host cooldown (store.hpp, claim_host), in order; the hosts are locked. Returns the
+-- claims refused, by position, with the start of the restart that blocks each.
+CREATE FUNCTION mayhem_claim_hosts(ids text[], hosts text[], cutoffs bigint[], now_ms bigint)
+RETURNS TABLE (i integer, blocked_at bigint) LANGUAGE plpgsql AS $fn$
+DECLARE b bigint;
+BEGIN
+    FOR k IN 1 .. coalesce(array_length(ids, 1), 0) LOOP
+        SELECT max(started) INTO b FROM restarts
+         WHERE hostname = hosts[k] AND host_claimed AND message_id <> ids[k]
+           AND started > cutoffs[k] AND (finished IS NULL OR result IN ('ok', 'unverified'));
+        IF b IS NULL THEN
+            UPDATE restarts SET host_claimed = true, started = now_ms
+             WHERE message_id = ids[k] AND finished IS NULL;
+        ELSE
+            i := k; blocked_at := b; RETURN NEXT;
+        END IF;
+    END LOOP;
+END $fn$;
+)sql";
+
+// One entry per version, applied in order; never edit one that shipped, add the next.
+constexpr const char* migrations[] = {schema_v1};
+static_assert(std::size(migrations) == postgres_schema_version);
+
+// The migration, as statements of one transaction: the lock (a fixed key, the same for every
+// mayhem), the version table, every migration not applied yet, and the version reached.
+std::vector<pg_statement> migration_statements() {
+    std::string apply = "DO $migrate$ DECLARE v integer; BEGIN "
+                        "SELECT coalesce(max(version), 0) INTO v FROM schema_migrations; "
+                        "IF v = 0 AND to_regclass('messages') IS NOT NULL THEN RAISE EXCEPTION "
+                        "'not a mayhem database: it holds a table \"messages\" but no mayhem "
+                        "schema version'; END IF; ";
+    for (std::size_t v = 1; v <= std::size(migrations); ++v)
+        apply += "IF v < " + std::to_string(v) + " THEN " + migrations[v - 1] +
+                 " INSERT INTO schema_migrations (version) VALUES (" + std::to_string(v) +
+                 "); END IF; ";
+    apply += "END $migrate$";
+    static const std::string sql = apply;
+    return {
+        {"SELECT pg_advisory_xact_lock(7318063532916473165)", {}},
+        {"CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, "
+         "applied_at timestamptz NOT NULL DEFAULT now())",
+         {}},
+        {sql.c_str(), {}},
+        {"SELECT max(version) FROM schema_migrations", {}},
+    };
+}
+
+// The version the migration ended at, from its last statement's result.
+int version_of(const PGresult* r) {
+    if (!r || PQntuples(r) != 1 || PQgetisnull(r, 0, 0)) return 0;
+    return std::atoi(PQgetvalue(r, 0, 0));
+}
+
+std::string newer_schema(int version) {
+    return "the database has mayhem schema version " + std::to_string(version) +
+           ", newer than this mayhem supports (" + std::to_string(postgres_schema_version) +
+           "); use a newer mayhem or another database";
+}
+
+// The statements of a batch. Arrays are text parameters ({"a","b"}); $now is the batch's clock.
+constexpr const char* save_sql =
+    "INSERT INTO messages (message_id, instance, hostname, reason, first_seen) "
+    "SELECT m, i, h, r, $5::bigint FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) "
+    "AS u(m, i, h, r) ON CONFLICT (message_id) DO UPDATE SET attempts = messages.attempts + 1";
+// A duplicate's `skipped` does not hide that the message was acked; retried is not a completion.
+// One statement per distinct (outcome, reason): `message_id = ANY(ids)` is an index scan, where
+// a join with unnest() of per-row values is planned as a nested loop over both.
+constexpr const char* complete_sql =
+    "UPDATE messages SET outcome = $2::text, "
+    "completed_at = CASE WHEN $2::text = 'retried' THEN completed_at ELSE $4::bigint END, "
+    "last_error = COALESCE(NULLIF($3::text, ''), last_error) WHERE message_id = ANY($1::text[]) "
+    "AND NOT ($2::text = 'skipped' AND outcome IS NOT DISTINCT FROM 'acked')";
+constexpr const char* claim_sql =
+    "SELECT i, claim FROM mayhem_claim($1::text[], $2::text[], $3::text, $4::bigint, $5::bigint)";
+// Only the owner records the end: a row a peer took over is left alone (not RETURNed). One
+// statement per distinct (result, detail), as complete_sql.
+constexpr const char* finish_sql =
+    "UPDATE restarts SET finished = $4::bigint, result = $2::text, "
+    "detail = NULLIF($3::text, ''), lease_until = NULL WHERE message_id = ANY($1::text[]) "
+    "AND finished IS NULL AND owner IS NOT DISTINCT FROM $5::text RETURNING message_id";
+// A start whose restart never runs goes, if still unfinished and this worker's; a withdrawal
+// names the stamp it wrote, so a row stamped anew since stays.
+constexpr const char* unclaim_sql =
+    "DELETE FROM restarts AS t USING unnest($1::text[], $2::bigint[]) AS u(m, s) "
+    "WHERE t.message_id = u.m AND t.finished IS NULL AND (u.s = 0 OR t.started = u.s) "
+    "AND t.owner IS NOT DISTINCT FROM $3::text";
+constexpr const char* renew_sql =
+    "UPDATE restarts SET lease_until = $3::bigint WHERE message_id = ANY($1::text[]) "
+    "AND finished IS NULL AND owner = $2::text";
+constexpr const char* lock_hosts_sql = "SELECT mayhem_lock_hosts($1::text[])";
+constexpr const char* claim_hosts_sql =
+    "SELECT i, blocked_at FROM mayhem_claim_hosts($1::text[], $2::text[], $3::bigint[], "
+    "$4::bigint)";
+
+std::int64_t now_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+// A request group: requests of one kind (positions in the batch) written by one statement.
+struct group {
+    store_op kind;
+    std::vector<std::uint32_t> idx;
+};
+
+// The order of a batch's statements. Requests on distinct ids commute, so each kind goes in
+// one statement; an id twice (a duplicate's `skipped` after its first's `acked`) starts new
+// statements, keeping arrival order for that id. messages first, then restarts (no request
+// reads the other table). On restarts: the unclaims first (each gives back a start committed
+// by an earlier transaction, so it comes before any claim of the same id in this one); cooldown
+// claims read other ids' rows, so they keep their place among claims and finishes; renewals
+// last (they only extend what is still this worker's).
+std::vector<group> plan(const store_batch& b) {
+    std::vector<group> out;
+    std::unordered_set<std::string_view> ids;
+    group first{store_op::save, {}}, second{store_op::complete, {}};
+    auto flush = [&](group& g) {
+        if (g.idx.empty()) return;
+        out.push_back(g);
+        g.idx.clear();
+    };
+    auto flush_both = [&] {
+        flush(first);
+        flush(second);
+        ids.clear();
+    };
+    for (std::uint32_t i = 0; i < b.size(); ++i) {
+        const auto& r = b.reqs[i];
+        if (r.kind != store_op::save && r.kind != store_op::complete) continue;
+        if (!ids.insert(b.view(r.id)).second) {
+            flush_both();
+            ids.insert(b.view(r.id));
+        }
+        (r.kind == store_op::save ? first : second).idx.push_back(i);
+    }
+    flush_both();
+
+    group unclaims{store_op::unclaim, {}}, renews{store_op::renew, {}};
+    group hosts{store_op::claim_host, {}};
+    first.kind = store_op::claim;
+    second.kind = store_op::finish;
+    for (std::uint32_t i = 0; i < b.size(); ++i) {
+        const auto& r = b.reqs[i];
+        switch (r.kind) {
+        case store_op::unclaim:
+            unclaims.idx.push_back(i);
+            break;
+        case store_op::renew:
+            renews.idx.push_back(i);
+            break;
+        default:
+            break;
+        }
+    }
+    flush(unclaims);
+    for (std::uint32_t i = 0; i < b.size(); ++i) {
+        const auto& r = b.reqs[i];
+        if (r.kind == store_op::claim_host) {
+            flush_both();
+            hosts.idx.push_back(i);
+        } else if (r.kind == store_op::claim || r.kind == store_op::finish) {
+            flush(hosts);
+            if (!ids.insert(b.view(r.id)).second) {
+                flush_both();
+                ids.insert(b.view(r.id));
+            }
+            (r.kind == store_op::claim ? first : second).idx.push_back(i);
+        }
+    }
+    flush_both();
+    flush(hosts);
+    flush(renews);
+    return out;
+}
+
+// Splits each group of updates that set values of their own (complete: outcome and reason;
+// finish: result and detail) into one group per distinct values, in the order first seen.
+// Usually they all set the same ones (acked, ok).
+std::vector<group> by_values(std::vector<group> groups, const store_batch& b) {
+    std::vector<group> out;
+    for (auto& g : groups) {
+        if (g.kind != store_op::complete && g.kind != store_op::finish) {
+            out.push_back(std::move(g));
+            continue;
+        }
+        std::size_t first = out.size();
+        for (auto i : g.idx) {
+            const auto& r = b.reqs[i];
+            auto same = [&](const group& o) {
+                const auto& x = b.reqs[o.idx.front()];
+                return b.view(x.a) == b.view(r.a) && b.view(x.b) == b.view(r.b);
+            };
+            auto it =
+                std::find_if(out.begin() + static_cast<std::ptrdiff_t>(first), out.end(), same);
+            if (it == out.end())
+                out.push_back(group{g.kind, {i}});
+            else
+                it->idx.push_back(i);
+        }
+    }
+    return out;
+}
+
+std::string trimmed(std::string s) {
+    while (!s.empty() && (s.back() == '\n' || s.back() == ' '))
+        s.pop_back();
+    return s;
+}
+
+} // namespace
+
+// ---------------------------------------------------------------------------------------------
+// request_awaiter: suspends a task until the transaction holding its request has ended (as in
+// sqlite_store): it finds its request by (generation, index), so the queues can swap under it;
+// if its task is destroyed first, it clears the request's waiter (the request is still
+// written). A request made once the writer has ended fails at once (generation 0).
+// ---------------------------------------------------------------------------------------------
+
+struct postgres_store::reply {
+    bool ok = true;
+    std::string error;
+    restart_claim claim = restart_claim::proceed;
+    std::int64_t n = 0;
+};
+
+class postgres_store::request_awaiter {
+public:
+    request_awaiter(postgres_store& s, std::uint64_t gen, std::size_t idx)
+        : s_(s), gen_(gen), idx_(idx) {}
+    request_awaiter(const request_awaiter&) = delete;
+    request_awaiter& operator=(const request_awaiter&) = delete;
+    ~request_awaiter() {
+        if (request* r = find()) r->waiter = {};
+    }
+    bool await_ready() const noexcept { return gen_ == 0; }
+    void await_suspend(std::coroutine_handle<> h) noexcept { find()->waiter = h; }
+    reply await_resume() {
+        if (gen_ == 0) return reply{false, "store closed", {}, 0};
+        reply out;
+        out.ok = s_.batch_ok_;
+        if (!out.ok) out.error = s_.batch_error_;
+        if (request* r = find()) {
+            out.claim = r->claim;
+            out.n = r->n;
+        }
+        return out;
+    }
+
+private:
+    request* find() noexcept {
+        if (gen_ == 0) return nullptr;
+        batch* b = gen_ == s_.pending_gen_  ? &s_.pending_
+                   : gen_ == s_.flying_gen_ ? &s_.flying_
+                   : gen_ == s_.done_gen_   ? &s_.done_
+                                            : nullptr;
+        return b && idx_ < b->size() ? &(*b)[idx_] : nullptr;
+    }
+    postgres_store& s_;
+    std::uint64_t gen_;
+    std::size_t idx_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// postgres_store
+// ---------------------------------------------------------------------------------------------
+
+postgres_store::postgres_store(rt::loop& loop, postgres_options opts)
+    : loop_(loop), opts_(std::move(opts)), link_(loop, opts_.url),
+      health_(loop, "store", "postgres", stats_.outages),
+      records_(
+          loop, opts_.max_held_records, stats_.unrecorded, [this] { wake(); }, "store", "postgres"),
+      tasks_([](std::exception_ptr e) {
+          log::error("store writer failed", {{"error", rt::describe(e)}});
+      }) {
+    // Start-up, before the loop runs: connect and migrate blocking, so a database this build
+    // must not write fails the start (exit 1). The writer uses its own connection.
+    std::string timeout =
+        std::to_string(std::max<long long>(1, opts_.connect_timeout.count() / 1000));
+    const char* keys[] = {"connect_timeout", "dbname", nullptr};
+    const char* values[] = {timeout.c_str(), opts_.url.c_str(), nullptr};
+    PGconn* c = PQconnectdbParams(keys, values, 1); // the URL's own settings win
+    if (PQstatus(c) != CONNECTION_OK) {
+        std::string error = "postgres connect: " + trimmed(PQerrorMessage(c));
+        PQfinish(c);
+        log::warn("postgres store: database unreachable at start; connecting in the background",
+                  {{"error", error}});
+        health_.note(false, error);
+    } else {
+        quiet(c);
+        std::string error;
+        int version = 0;
+        bool ok = true;
+        auto run = [&](const char* sql) {
+            pg_result r(PQexec(c, sql));
+            auto st = PQresultStatus(r.get());
+            if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+                ok = false;
+                error = trimmed(PQerrorMessage(c));
+            }
+            return r;
+        };
+        run("BEGIN");
+        for (const auto& s : migration_statements()) {
+            if (!ok) break;
+            auto r = run(s.sql);
+            if (ok) version = version_of(r.get());
+        }
+        if (ok) run("COMMIT");
+        std::string where = std::string(PQhost(c) ? PQhost(c) : "") + ":" +
+                            (PQport(c) ? PQport(c) : "") + "/" + (PQdb(c) ? PQdb(c) : "");
+        PQfinish(c);
+        if (!ok) throw postgres_fatal("postgres store: cannot migrate the schema: " + error);
+        if (version > postgres_schema_version) throw postgres_fatal(newer_schema(version));
+        log::info("postgres store: schema ready",
+                  {{"database", where}, {"schema_version", version}});
+    }
+    tasks_.spawn(writer());
+}
+
+postgres_store::~postgres_store() = default;
+
+postgres_store::request_awaiter postgres_store::enqueue(const request& r) {
+    if (phase_ == phase::closed) return request_awaiter(*this, 0, 0);
+    pending_.reqs.push_back(r);
+    wake();
+    return request_awaiter(*this, pending_gen_, pending_.size() - 1);
+}
+
+void postgres_store::wake() noexcept {
+    // The writer starts the next batch on the next loop turn, so everything queued in this turn
+    // goes into it.
+    if (writer_idle_ && !kick_.armed()) loop_.timers().arm(kick_, rt::millis{0});
+}
+
+void postgres_store::kick() {
+    if (auto h = std::exchange(writer_idle_, {})) h.resume();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The writer
+// ---------------------------------------------------------------------------------------------
+
+// Connects and migrates; empty on success. Migration errors keep the store down (retried with
+// the backoff); a newer schema is logged each time.
+rt::task<std::string> postgres_store::connect() {
+    std::string error = co_await link_.connect(opts_.connect_timeout);
+    if (!error.empty()) co_return error;
+    auto stmts = migration_statements();
+    error = co_await link_.run(stmts, results_, opts_.io_timeout);
+    if (error.empty()) {
+        int version = version_of(results_.back().get());
+        if (version > postgres_schema_version) error = newer_schema(version);
+    }
+    if (!error.empty()) {
+        link_.close();
+        co_return "postgres schema: " + error;
+    }
+    if (ever_connected_) stats_.reconnects.inc();
+    ever_connected_ = true;
+    log::info("postgres store: connected", {{"database", link_.where()}});
+    co_return std::string{};
+}
+
+// Moves what is queued into flying_ (the batch being written).
+void postgres_store::take_pending() {
+    swap(flying_, pending_);
+    pending_.clear();
+    flying_gen_ = pending_gen_++;
+}
+
+// The group-commit loop (see the header).
+rt::task<void> postgres_store::writer() {
+    for (;;) {
+        if (phase_ == phase::hurried) {
+            give_up();
+            break;
+        }
+        bool backing_off = !link_.connected() && loop_.now() < reconnect_at_;
+        if (backing_off && !pending_.empty()) {
+            // Unreachable: what waits fails now (its messages are retried), records stay held.
+            flush_done();
+            take_pending();
+            settle(false,
+                   health_.last_error().empty() ? "postgres: unreachable" : health_.last_error());
+            continue;
+        }
+        if (backing_off || (pending_.empty() && !records_.due())) {
+            flush_done();
+            if (!pending_.empty() || (records_.due() && !backing_off)) continue;
+            // Closing waits for the held records to be written, until hurry() gives up on them.
+            if (phase_ == phase::closing && records_.empty()) break;
+            if (backing_off && !backoff_timer_.armed())
+                loop_.timers().arm(backoff_timer_, rt::millis(reconnect_at_ - loop_.now()));
+            co_await idle_awaiter{*this}; // a request, a due record, hurry(), the backoff's end
+            continue;
+        }
+        if (!link_.connected()) {
+            std::string error = co_await connect();
+            if (phase_ == phase::hurried) continue;
+            if (!error.empty()) {
+                reconnect_backoff_ =
+                    std::clamp(reconnect_backoff_ * 2, reconnect_min, reconnect_max);
+                // Jitter: workers that lost the same server do not all come back at once.
+                static thread_local std::minstd_rand rng{std::random_device{}()};
+                auto wait = reconnect_backoff_ / 2 +
+                            rt::millis(rng() % static_cast<std::uint64_t>(
+                                                   reconnect_backoff_.count() / 2 + 1));
+                reconnect_at_ = loop_.now() + static_cast<std::uint64_t>(wait.count());
+                if (!pending_.empty()) {
+                    flush_done();
+                    take_pending();
+                    settle(false, error);
+                } else {
+                    health_.note(false, error);
+                }
+                continue;
+            }
+            reconnect_backoff_ = rt::millis{0};
+        }
+        // A claim whose task is gone (a forced stop) must not record a start: no restart will
+        // run, and the row would read as a crash in the window on the next delivery.
+        for (auto& r : pending_)
+            if ((r.kind == op::claim || r.kind == op::claim_host) && !r.waiter) r.kind = op::skip;
+        if (records_.due()) records_.take_into(pending_);
+        take_pending();
+        std::string error = co_await write(now_ms());
+        flush_done();            // the previous batch, if its resume has not run yet
+        bool ok = error.empty(); // before the move below: argument order is unspecified
+        settle(ok, std::move(error));
+    }
+    link_.close();
+    phase_ = phase::closed;
+    writer_done_.set();
+}
+
+// flying_ ended (committed, or failed: `error`): counts it, keeps or holds its records, and
+// hands it to done_, whose tasks are resumed on the next loop turn.
+void postgres_store::settle(bool ok, std::string error) {
+    if (ok) {
+        std::uint64_t saves = 0;
+        for (const auto& r : flying_)
+            saves += r.kind == op::save;
+        stats_.transactions.inc();
+        stats_.requests.inc(flying_.size());
+        stats_.saves.inc(saves);
+    } else {
+        stats_.failed_transactions.inc();
+    }
+    records_.ended(ok, flying_);
+    health_.note(ok, error);
+    batch_ok_ = ok;
+    batch_error_ = std::move(error);
+    swap(done_, flying_);
+    flying_.clear();
+    done_gen_ = std::exchange(flying_gen_, 0);
+    for (auto& r : done_)
+        withdraw_if_orphaned(r);
+    loop_.timers().arm(resume_, rt::millis{0});
+}
+
+// Sends flying_ as one pipeline (one transaction) and sets each request's answer. Empty on
+// success, else the error (nothing of the batch committed).
+rt::task<std::string> postgres_store::write(std::int64_t now) {
+    const batch& b = flying_;
+    auto groups = by_values(plan(b), b);
+    stmts_.clear();
+    std::int64_t lease = opts_.claim_lease.count() > 0 ? now + opts_.claim_lease.count() : 0;
+    std::string now_s = std::to_string(now), lease_s = std::to_string(lease);
+    auto array = [&](const group& g, store_text_ref store_request::*field) {
+        return pg_array(g.idx.size(),
+                        [&](std::size_t k) { return b.view(b.reqs[g.idx[k]].*field); });
+    };
+    auto numbers = [&](const group& g) {
+        std::string out = "{";
+        for (std::size_t k = 0; k < g.idx.size(); ++k)
+            out += (k ? "," : "") + std::to_string(b.reqs[g.idx[k]].n);
+        return out + "}";
+    };
+    // The cooldown's hosts are locked before anything else of the batch.
+    std::vector<std::string_view> hosts;
+    for (const auto& r : b)
+        if (r.kind == op::claim_host) hosts.push_back(b.view(r.a));
+    if (!hosts.empty())
+        stmts_.push_back(
+            {lock_hosts_sql, {pg_array(hosts.size(), [&](std::size_t k) { return hosts[k]; })}});
+    for (const auto& g : groups) {
+        using R = store_request;
+        switch (g.kind) {
+        case op::save:
+            stmts_.push_back(
+                {save_sql,
+                 {array(g, &R::id), array(g, &R::a), array(g, &R::b), array(g, &R::c), now_s}});
+            break;
+        case op::complete:
+            stmts_.push_back({complete_sql,
+                              {array(g, &R::id), std::string(b.view(b.reqs[g.idx[0]].a)),
+                               std::string(b.view(b.reqs[g.idx[0]].b)), now_s}});
+            break;
+        case op::claim:
+            stmts_.push_back(
+                {claim_sql, {array(g, &R::id), array(g, &R::a), opts_.owner, now_s, lease_s}});
+            break;
+        case op::finish:
+            stmts_.push_back({finish_sql,
+                              {array(g, &R::id), std::string(b.view(b.reqs[g.idx[0]].a)),
+                               std::string(b.view(b.reqs[g.idx[0]].b)), now_s, opts_.owner}});
+            break;
+        case op::unclaim:
+            stmts_.push_back({unclaim_sql, {array(g, &R::id), numbers(g), opts_.owner}});
+            break;
+        case op::renew:
+            stmts_.push_back({renew_sql, {array(g, &R::id), opts_.owner, lease_s}});
+            break;
+        case op::claim_host:
+            stmts_.push_back(
+                {claim_hosts_sql, {array(g, &R::id), array(g, &R::a), numbers(g), now_s}});
+            break;
+        case op::skip:
+            break;
+        }
+    }
+    if (stmts_.empty()) co_return std::string{};
+    std::string error = co_await link_.run(stmts_, results_, opts_.io_timeout);
+    if (!error.empty()) co_return error;
+    // The answers. Positions in results are 1-based positions in the group.
+    std::size_t s = hosts.empty() ? 0 : 1;
+    for (const auto& g : groups) {
+        const PGresult* res = results_[s++].get();
+        int rows = res ? PQntuples(res) : 0;
+        auto at = [&](int row) -> request& {
+            auto k = static_cast<std::size_t>(std::atoi(PQgetvalue(res, row, 0))) - 1;
+            return flying_[g.idx.at(k)];
+        };
+        switch (g.kind) {
+        case op::claim:
+            for (auto i : g.idx) {
+                flying_[i].claim = restart_claim::proceed;
+                flying_[i].n = now;
+            }
+            for (int row = 0; row < rows; ++row)
+                at(row).claim = static_cast<restart_claim>(std::atoi(PQgetvalue(res, row, 1)));
+            break;
+        case op::finish: {
+            // The rows RETURNed were still this worker's; any other was taken over (held).
+            // Usually all of them are: then no id is compared.
+            bool all = rows == static_cast<int>(g.idx.size());
+            std::unordered_set<std::string_view> mine;
+            for (int row = 0; !all && row < rows; ++row)
+                mine.insert(PQgetvalue(res, row, 0));
+            for (auto i : g.idx)
+                flying_[i].claim = all || mine.count(b.view(flying_[i].id)) ? restart_claim::proceed
+                                                                            : restart_claim::held;
+            break;
+        }
+        case op::claim_host:
+            for (auto i : g.idx) {
+                flying_[i].claim = restart_claim::proceed;
+                flying_[i].n = now;
+            }
+            for (int row = 0; row < rows; ++row) {
+                auto& r = at(row);
+                r.claim = restart_claim::done;
+                r.n = std::atoll(PQgetvalue(res, row, 1));
+            }
+            break;
+        default:
+            break;
+        }
+    }
+    co_return std::string{};
+}
+
+// Resumes every task that waited on done_ (as sqlite_store::flush_done).
+void postgres_store::flush_done() noexcept {
+    if (done_gen_ == 0) return;
+    resume_.cancel();
+    for (std::size_t i = 0; i < done_.size(); ++i) {
+        if (auto h = std::exchange(done_[i].waiter, {}))
+            h.resume();
+        else
+            withdraw_if_orphaned(done_[i]);
+    }
+    done_.clear();
+    done_gen_ = 0;
+}
+
+void postgres_store::withdraw_if_orphaned(request& r) {
+    if (r.waiter || !batch_ok_ || r.claim != restart_claim::proceed ||
+        (r.kind != op::claim && r.kind != op::claim_host))
+        return;
+    r.kind = op::skip;
+    records_.add_withdrawal(done_.view(r.id), r.n);
+    stats_.withdrawn.inc();
+}
+
+void postgres_store::give_up() {
+    flush_done();
+    while (!pending_.empty()) {
+        take_pending();
+        swap(done_, flying_);
+        flying_.clear();
+        done_gen_ = std::exchange(flying_gen_, 0);
+        batch_ok_ = false;
+        batch_error_ = "store closing: out of time to write";
+        flush_done();
+    }
+    records_.give_up();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The requests (as sqlite_store)
+// ---------------------------------------------------------------------------------------------
+
+rt::task<save_result> postgres_store::save(const message& m, const delivery&) {
+    request r;
+    r.kind = op::save;
+    r.id = pending_.put(m.message_id());
+    r.a = pending_.put(m.instance_name());
+    r.b = pending_.put(m.hostname());
+    r.c = pending_.put(m.reason());
+    auto pending = enqueue(r); // named: GCC 12 destroys temporaries of a co_await twice
+    reply x = co_await pending;
+    co_return save_result{x.ok, std::move(x.error)};
+}
+
+// Restart starts are not counted here yet (claim_answer::attempt 0: the delivery's attempt
+// stands in; see README, "PostgreSQL").
+rt::task<claim_answer> postgres_store::claim_restart(const message& m) {
+    request r;
+    r.kind = op::claim;
+    r.id = pending_.put(m.message_id());
+    r.a = pending_.put(m.hostname());
+    auto pending = enqueue(r);
+    reply x = co_await pending;
+    if (!x.ok) throw std::runtime_error("store: " + x.error);
+    co_return claim_answer{x.claim};
+}
+
+rt::task<bool> postgres_store::finish_restart(const message& m, const restart_result& res) {
+    request r;
+    r.kind = op::finish;
+    r.id = pending_.put(m.message_id());
+    r.a = pending_.put(to_string(res.status));
+    r.b = pending_.put(res.detail);
+    auto pending = enqueue(r);
+    reply x = co_await pending;
+    if (!x.ok) throw std::runtime_error("store: " + x.error);
+    co_return x.claim != restart_claim::held;
+}
+
+void postgres_store::renew_claims(std::span<const message* const> ms) {
+    if (opts_.claim_lease.count() <= 0) return;
+    for (const message* m : ms) {
+        request r;
+        r.kind = op::renew;
+        r.id = pending_.put(m->message_id());
+        pending_.reqs.push_back(r);
+    }
+    wake();
+}
+
+rt::task<void> postgres_store::release_claim(const message& m) {
+    request r;
+    r.kind = op::unclaim;
+    r.id = pending_.put(m.message_id());
+    auto pending = enqueue(r);
+    reply x = co_await pending;
+    if (!x.ok) throw std::runtime_error("store: " + x.error);
+}
+
+rt::task<host_claim> postgres_store::claim_host(const message& m,
+                                                std::chrono::system_clock::time_point now,
+                                                std::chrono::milliseconds cooldown) {
+    request r;
+    r.kind = op::claim_host;
+    r.id = pending_.put(m.message_id());
+    r.a = pending_.put(m.hostname());
+    r.n = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() -
+          cooldown.count();
+    auto pending = enqueue(r);
+    reply x = co_await pending;
+    if (!x.ok) throw std::runtime_error("store: " + x.error);
+    if (x.claim == restart_claim::proceed) co_return host_claim{};
+    co_return host_claim{false,
+                         std::chrono::system_clock::time_point{std::chrono::milliseconds{x.n}}};
+}
+
+void postgres_store::complete(const message& m, const verdict& v) {
+    if (phase_ == phase::closed) {
+        stats_.unrecorded.inc();
+        return;
+    }
+    records_.add_outcome(m, v);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Closing
+// ---------------------------------------------------------------------------------------------
+
+void postgres_store::hurry() {
+    if (phase_ == phase::closed || phase_ == phase::hurried) return;
+    phase_ = phase::hurried;
+    // A batch on its way is cut short: the connection goes, the server rolls it back, and its
+    // requests fail.
+    link_.close();
+    backoff_timer_.cancel();
+    wake();
+}
+
+rt::task<void> postgres_store::close() {
+    if (phase_ == phase::open) phase_ = phase::closing;
+    wake();
+    co_await writer_done_;
+    health_.closed();
+    auto tx = stats_.transactions.get();
+    log::info("store closed",
+              {{"store", "postgres"},
+               {"transactions", tx},
+               {"failed_transactions", stats_.failed_transactions.get()},
+               {"saves", stats_.saves.get()},
+               {"requests", stats_.requests.get()},
+               {"saves_per_transaction",
+                tx ? static_cast<double>(stats_.saves.get()) / static_cast<double>(tx) : 0.0},
+               {"outages", stats_.outages.get()},
+               {"reconnects", stats_.reconnects.get()},
+               {"unrecorded", stats_.unrecorded.get()}});
+}
+
+} // namespace mayhem

@@ -1,0 +1,177 @@
+// `--store postgres`: every request recorded in one PostgreSQL database that every worker of a
+// fleet shares, so the idempotency record, the claims and the per-host cooldown hold across
+// machines, not only across the processes sharing one SQLite file.
+//
+// Group commit on the loop, no thread: requests (save, claim, claim_host, finish, unclaim,
+// renew, complete) are queued on the loop thread; one writer task sends the whole queue as ONE
+// pipeline of a few set-based statements (arrays of ids, `unnest`) ending in one Sync, i.e.
+// one round trip and one transaction; requests arriving meanwhile wait for the next one. The
+// tasks that waited on a committed batch are resumed on the next loop turn, while the next
+// batch is already on its way (as in sqlite_store).
+//
+// What must hold across the fleet is decided inside that transaction by the database, each in
+// one statement: a first claim is an INSERT ... ON CONFLICT DO NOTHING on (message_id,
+// attempt); any other claim re-reads the id's latest row and writes conditionally, looping on
+// a lost race (mayhem_claim_again); the per-host cooldown first locks the hosts' rows in
+// `host_locks` (sorted: no deadlock between workers), then checks and marks (see
+// postgres_store.cpp, the schema).
+//
+// Connection loss: the writer reconnects with capped exponential backoff (100 ms to 5 s,
+// jittered); a batch whose transaction did not commit (an error, a dropped connection, no
+// answer within io_timeout) fails as a whole: its saves and claims are answered as failed
+// (their messages are retried, never acked), its outcome records are kept and written again
+// (as sqlite_store). While the database is unreachable, new requests fail at once. Health:
+// as sqlite_store (down at the first failure, up after `recover_after` of successes).
+//
+// Threading: loop thread only; healthy() and the counters are also read by the metrics thread.
+#pragma once
+
+#include "runtime/counter.hpp"
+#include "runtime/loop.hpp"
+#include "store/held_records.hpp"
+#include "store/pg_link.hpp"
+#include "store/store.hpp"
+#include "store/store_batch.hpp"
+#include "store/store_health.hpp"
+
+#include <atomic>
+#include <chrono>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace mayhem {
+
+// The schema version this build writes (the highest row of schema_migrations). A database with
+// a newer version is refused (exit 1 at start).
+inline constexpr int postgres_schema_version = 1;
+
+struct postgres_options {
+    // A libpq connection string or URI (`postgresql://user@host:5432/db?sslmode=require`).
+    // Never logged: it may hold a password (prefer PGPASSFILE / ~/.pgpass).
+    std::string url;
+    // This worker's name on its claims, and how long a claim stays its own without renewal
+    // (0: never held against a peer). As sqlite_options.
+    std::string owner = "mayhem";
+    std::chrono::milliseconds claim_lease{0};
+    std::size_t max_held_records = 100000;
+    std::chrono::milliseconds connect_timeout{5000};
+    // A batch not answered within this is failed and the connection dropped.
+    std::chrono::milliseconds io_timeout{30000};
+};
+
+// Thrown at start-up for a database that retrying cannot fix (a newer schema, tables that are
+// not mayhem's).
+class postgres_fatal : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+struct postgres_store_stats {
+    rt::counter transactions;        // committed
+    rt::counter failed_transactions; // failed or not sent (the requests in them failed)
+    rt::counter requests;            // requests in committed transactions
+    rt::counter saves;               // saves in committed transactions
+    rt::counter outages;             // times healthy() turned false
+    rt::counter reconnects;          // connections made after the first
+    rt::counter unrecorded;          // records given up (store.hpp, unrecorded())
+    rt::counter withdrawn;           // restart starts withdrawn: their task was gone
+};
+
+class postgres_store final : public store {
+public:
+    // Connects and migrates the schema at once (start-up, before the loop runs, blocking), so a
+    // newer schema fails fast with postgres_fatal. An unreachable server does not throw: the
+    // store starts unhealthy and the writer connects (and migrates) when it can.
+    postgres_store(rt::loop& loop, postgres_options opts);
+    ~postgres_store() override;
+    postgres_store(const postgres_store&) = delete;
+    postgres_store& operator=(const postgres_store&) = delete;
+
+    std::string_view name() const override { return "postgres"; }
+    rt::task<save_result> save(const message& m, const delivery& d) override;
+    rt::task<claim_answer> claim_restart(const message& m) override;
+    rt::task<host_claim> claim_host(const message& m, std::chrono::system_clock::time_point now,
+                                    std::chrono::milliseconds cooldown) override;
+    rt::task<bool> finish_restart(const message& m, const restart_result& r) override;
+    void renew_claims(std::span<const message* const> ms) override;
+    rt::task<void> release_claim(const message& m) override;
+    void complete(const message& m, const verdict& v) override;
+    bool healthy() const override { return health_.healthy(); }
+    void hurry() override;
+    std::uint64_t unrecorded() const override { return stats_.unrecorded.get(); }
+    commit_counts commits() const override {
+        return {stats_.transactions.get(), stats_.saves.get()};
+    }
+    rt::task<void> close() override;
+
+    const postgres_store_stats& stats() const noexcept { return stats_; }
+
+    using op = store_op;
+    using request = store_request;
+    using batch = store_batch;
+
+private:
+    class request_awaiter;
+    struct reply;
+    // Calls a member of the store when due (loop thread).
+    struct timer final : rt::timer_entry {
+        postgres_store& s;
+        void (postgres_store::*fn)();
+        timer(postgres_store& st, void (postgres_store::*f)()) : s(st), fn(f) {}
+        void fire() noexcept override { (s.*fn)(); }
+    };
+    // The writer, suspended with nothing to do (or waiting out a reconnect backoff): a request,
+    // a due record, hurry() or the backoff's end wake it.
+    struct idle_awaiter {
+        postgres_store& s;
+        bool await_ready() const noexcept { return false; }
+        void await_suspend(std::coroutine_handle<> h) noexcept { s.writer_idle_ = h; }
+        void await_resume() const noexcept {}
+    };
+    enum class phase : std::uint8_t { open, closing, hurried, closed };
+    static constexpr rt::millis reconnect_min{100}, reconnect_max{5000};
+
+    request_awaiter enqueue(const request& r);
+    void wake() noexcept;
+    void kick();
+    void flush_done() noexcept;
+    rt::task<void> writer();
+    rt::task<std::string> connect();
+    rt::task<std::string> write(std::int64_t now);
+    void settle(bool ok, std::string error);
+    void take_pending();
+    void withdraw_if_orphaned(request& r);
+    void give_up();
+
+    rt::loop& loop_;
+    postgres_options opts_;
+    pg_link link_;
+    bool ever_connected_ = false;
+    std::string fatal_; // why the schema cannot be used (logged, the store stays down)
+    rt::millis reconnect_backoff_{0};
+    std::uint64_t reconnect_at_ = 0; // loop time (ms) before which no connect is tried
+    batch pending_;
+    std::uint64_t pending_gen_ = 1;
+    batch flying_;
+    std::uint64_t flying_gen_ = 0;
+    batch done_;
+    std::uint64_t done_gen_ = 0;
+    bool batch_ok_ = true;
+    std::string batch_error_;
+    std::coroutine_handle<> writer_idle_;
+    timer kick_{*this, &postgres_store::kick};
+    timer backoff_timer_{*this, &postgres_store::kick}; // the end of a reconnect backoff
+    timer resume_{*this, &postgres_store::flush_done};
+    phase phase_ = phase::open;
+    rt::event writer_done_;
+    postgres_store_stats stats_;
+    store_health health_;  // after stats_: it counts outages there
+    held_records records_; // records nobody waits for (store/held_records.hpp); after stats_
+    // Scratch of write(), reused batch after batch.
+    std::vector<pg_statement> stmts_;
+    std::vector<pg_result> results_;
+    rt::task_scope tasks_;
+};
+
+} // namespace mayhem

@@ -1,0 +1,240 @@
+"""--store postgres: a fleet of workers sharing one PostgreSQL database (a private server from
+postgres.py) and one Redis stream. The idempotency record, the claims with their leases and
+the per-host cooldown hold across all of them; a worker killed mid-restart and a database
+restarted mid-run lose nothing.
+
+Each restart command appends "start <message id> <host> <worker pid>" and "end ..." lines to
+one log.
+"""
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import time
+import unittest
+
+import harness
+from harness import Harness
+
+
+def request(i, host):
+    return json.dumps({"message_id": "m%05d" % i, "instance_name": "cattle-%05d" % i,
+                       "hostname": host})
+
+
+class PostgresFleet(Harness):
+    def setUp(self):
+        super().setUp()
+        self.log = os.path.join(self.tmp, "restarts.log")
+
+    def script(self, seconds):
+        path = os.path.join(self.tmp, "restart.sh")
+        with open(path, "w") as f:
+            f.write("#!/bin/sh\n"
+                    'echo "start $1 $2 $PPID" >> %s\n'
+                    "sleep %s\n"
+                    'echo "end $1 $2 $PPID" >> %s\n' % (self.log, seconds, self.log))
+        os.chmod(path, os.stat(path).st_mode | stat.S_IEXEC)
+        return path + " {message_id} {hostname}"
+
+    def lines(self, kind):
+        try:
+            with open(self.log) as f:
+                return [l.split()[1:] for l in f if l.startswith(kind + " ")]
+        except FileNotFoundError:
+            return []
+
+    def peak_concurrency(self):
+        """The most restarts running at once across the fleet, from the order of the lines."""
+        running = peak = 0
+        try:
+            with open(self.log) as f:
+                for line in f:
+                    running += 1 if line.startswith("start ") else -1
+                    peak = max(peak, running)
+        except FileNotFoundError:
+            pass
+        return peak
+
+    def publish_requests(self, r, payloads):
+        code, out, err = self.publish("--stdin", "--redis-url", r.url,
+                                      stdin="\n".join(payloads) + "\n")
+        self.assertEqual(code, 0, err)
+
+    def common(self, r, pg):
+        return ["--source", "redis", "--redis-url", r.url, "--store", "postgres",
+                "--postgres-url", pg.url, "--log-format", "json", "--status-interval", "0"]
+
+    def test_three_workers_one_database_a_host_restarts_once_per_cooldown(self):
+        r, pg = self.redis(), self.postgres()
+        # 1,000 requests for 40 hosts, shuffled the same way every run.
+        hosts = ["web-%02d.example.net" % (i % 40) for i in range(1000)]
+        order = sorted(range(1000), key=lambda i: (i * 7919) % 1000)
+        self.publish_requests(r, [request(i, hosts[i]) for i in order])
+        command = self.script("0.05")
+        workers = [self.worker(*self.common(r, pg), "--consumer", name, "--restarter", "exec",
+                               "--restart-command", command, "--restart-cooldown", "1h",
+                               "--max-concurrent-restarts", "16", "--exit-when-idle",
+                               # Small rooms, so the three share the stream.
+                               "--max-in-flight", "8", "--queue-capacity", "4",
+                               "--read-ahead", "0", name=name)
+                   for name in ("a", "b", "c")]
+        results = [w.wait(timeout=300) for w in workers]
+        for code, out, err in results:
+            self.assertEqual(code, 0, err[-3000:])
+        summaries = [harness.parse_summary(out) for _, out, _ in results]
+        for s in summaries:
+            self.assert_identity(s)
+        for s in summaries:
+            self.assertGreater(s["acked"] + s["skipped"], 0, summaries)
+        starts = self.lines("start")
+        self.assertEqual(len(starts), 40, starts)
+        self.assertEqual(len({s[1] for s in starts}), 40)
+        self.assertEqual(pg.scalar("SELECT count(*) FROM restarts WHERE result = 'ok'"), "40")
+        self.assertEqual(pg.scalar("SELECT count(DISTINCT hostname) FROM restarts "
+                                   "WHERE result = 'ok'"), "40")
+        self.assertEqual(pg.scalar("SELECT count(*) FROM messages WHERE outcome IN "
+                                   "('acked', 'skipped')"), "1000")
+        self.assertEqual(r.cli("XPENDING", "mayhem:restarts", "mayhem").splitlines()[0], "0")
+        by_result = pg.psql("SELECT result, count(*) FROM restarts GROUP BY 1 ORDER BY 1")
+        print("\nfleet: %s; acked %d by workers %s; restarts by result: %s; peak concurrency %d"
+              % ("3 workers, 1000 requests, 40 hosts, 1h cooldown",
+                 sum(s["acked"] for s in summaries), [s["acked"] for s in summaries],
+                 by_result.replace("\n", ", "), self.peak_concurrency()))
+
+    def test_a_worker_killed_mid_restart_its_claims_expire_and_the_fleet_carries_on(self):
+        r, pg = self.redis(), self.postgres()
+        self.publish_requests(r, [request(i, "db-%d.example.net" % i) for i in range(3)])
+        lease = ["--lease-timeout", "1s", "--lease-extend-interval", "200ms",
+                 "--reclaim-interval", "100ms", "--restarter", "exec",
+                 "--restart-cooldown", "1h", "--retry-backoff", "50ms..200ms"]
+        a = self.worker(*self.common(r, pg), *lease, "--consumer", "a",
+                        "--restart-command", self.script("30"), name="a")
+        harness.wait_until(lambda: len(self.lines("start")) == 3 or not a.alive(), timeout=30,
+                           what="3 restarts running on a")
+        self.assertEqual(pg.scalar("SELECT count(*) FROM restarts WHERE finished IS NULL"), "3")
+        a.signal(signal.SIGKILL)  # its commands die with it (parent-death signal)
+        a.wait(timeout=30)
+        fleet = [self.worker(*self.common(r, pg), *lease, "--consumer", name,
+                             "--restart-command", self.script("0.1"), "--exit-when-idle",
+                             name=name) for name in ("b", "c")]
+        for w in fleet:
+            code, out, err = w.wait(timeout=120)
+            self.assertEqual(code, 0, err[-3000:])
+        self.assertEqual(len(self.lines("end")), 3)  # the second runs; a's never ended
+        self.assertEqual(pg.scalar("SELECT count(*) FROM restarts WHERE finished IS NULL"), "0")
+        self.assertEqual(pg.scalar("SELECT count(*) FROM restarts WHERE result = 'ok'"), "3")
+        # The rows a left unfinished were taken over and finished by b or c.
+        self.assertEqual(pg.scalar("SELECT count(*) FROM restarts WHERE owner LIKE '%%-' || "
+                                   "'%d-%%'" % a.pid), "0")
+        self.assertEqual(r.cli("XPENDING", "mayhem:restarts", "mayhem").splitlines()[0], "0")
+
+    def test_the_database_restarted_mid_run_nothing_acked_is_unsaved(self):
+        r, pg = self.redis(), self.postgres()
+        n = 3000
+        self.publish_requests(r, [request(i, "h%04d.example.net" % i) for i in range(n)])
+        port = harness.free_port()
+        w = self.worker(*self.common(r, pg), "--consumer", "a", "--restarter", "simulate",
+                        # Slow enough that the crash comes mid-run also on a loaded machine
+                        # (about 300/s: 10 s for all, the crash after 1 s).
+                        "--restart-latency", "100ms..200ms", "--max-in-flight", "50",
+                        "--lease-timeout", "2s", "--lease-extend-interval", "300ms",
+                        "--reclaim-interval", "200ms", "--exit-when-idle",
+                        "--metrics-addr", "127.0.0.1:%d" % port, name="a")
+
+        def saved():
+            try:
+                return int(pg.scalar("SELECT count(*) FROM messages"))
+            except RuntimeError:  # not migrated yet
+                return 0
+        harness.wait_until(lambda: saved() > 300 or not w.alive(), timeout=60,
+                           what="the worker to save some requests")
+        pg.stop(mode="immediate")  # a crash: what was not committed is gone
+        readyz = "http://127.0.0.1:%d/readyz" % port
+
+        def unhealthy():
+            status, body = harness.http_get(readyz)
+            return status == 503 and "store_unhealthy" in body
+        harness.wait_until(unhealthy, timeout=30, what="/readyz to say store_unhealthy")
+        time.sleep(1)
+        pg.start()
+        code, out, err = w.wait(timeout=240)
+        self.assertEqual(code, 0, err[-3000:])
+        s = harness.parse_summary(out)
+        self.assert_identity(s)
+        # The outage hit messages in flight: their failed saves and claims were retried, their
+        # restart ends held and written again once the database was back; none was acked before.
+        held = err.count("cannot record how a restart ended; writing it again")
+        self.assertGreater(s["retried"] + held, 0, "%r\n%s" % (s, err[-4000:]))
+        self.assertIn("store unavailable", err)
+        self.assertEqual(r.cli("XPENDING", "mayhem:restarts", "mayhem").splitlines()[0], "0")
+        # Every request the group acked is in the database, with an outcome.
+        self.assertEqual(saved(), n)
+        self.assertEqual(pg.scalar("SELECT count(*) FROM messages WHERE outcome IN "
+                                   "('acked', 'skipped')"), str(n))
+        self.assertEqual(pg.scalar("SELECT count(DISTINCT message_id) FROM restarts "
+                                   "WHERE result = 'ok'"), str(n))
+
+    def test_the_password_is_never_logged(self):
+        pg = self.postgres(password="s3cret-Pa55")
+        code, s, err = self.run_worker(
+            "--store", "postgres", "--messages", "50", "--save-latency", "0",
+            "--restart-latency", "0", "--log-level", "debug", "--status-interval", "100ms",
+            env=dict(os.environ, MAYHEM_POSTGRES_URL=pg.url))
+        self.assertEqual(code, 0, err[-3000:])
+        self.assertEqual(s["acked"], 50)
+        self.assertNotIn("s3cret-Pa55", err)
+        self.assertEqual(pg.scalar("SELECT count(*) FROM messages"), "50")
+        # mayhem history reads the same database, and names it without the password.
+        r = subprocess.run([harness.MAYHEM, "history", "--postgres-url", pg.url, "--json"],
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        doc = json.loads(r.stdout)
+        self.assertEqual(doc["messages"], 50)
+        self.assertEqual(doc["by_outcome"], {"acked": 50})
+        self.assertEqual(doc["restarts"]["by_result"], {"ok": 50})
+        self.assertEqual(doc["schema_version"], 1)
+        self.assertNotIn("s3cret-Pa55", r.stdout + r.stderr)
+        self.assertEqual(doc["db"], "127.0.0.1:%d/postgres" % pg.port)
+
+    def test_the_password_can_come_from_pgpassfile(self):
+        pg = self.postgres(password="pgpass-Pa55")
+        pgpass = os.path.join(self.tmp, "pgpass")
+        with open(pgpass, "w") as f:
+            f.write("127.0.0.1:%d:*:postgres:pgpass-Pa55\n" % pg.port)
+        os.chmod(pgpass, 0o600)
+        url = "postgresql://postgres@127.0.0.1:%d/postgres" % pg.port  # no password in it
+        code, s, err = self.run_worker(
+            "--store", "postgres", "--postgres-url", url, "--messages", "10",
+            "--save-latency", "0", "--restart-latency", "0",
+            env=dict(os.environ, PGPASSFILE=pgpass))
+        self.assertEqual(code, 0, err[-3000:])
+        self.assertEqual(s["acked"], 10)
+
+    def test_sslmode_is_honoured(self):
+        # The private server has no TLS: sslmode=require must refuse it, not fall back.
+        pg = self.postgres()
+        w = self.worker("--store", "postgres", "--postgres-url", pg.url + "?sslmode=require",
+                        "--messages", "5", "--drain-timeout", "1s", "--log-format", "json",
+                        name="ssl")
+        harness.wait_until(lambda: "unreachable at start" in w.stderr() or not w.alive(),
+                           timeout=30, what="the refused connection to be logged")
+        w.signal(signal.SIGTERM)
+        code, out, err = w.wait(timeout=60)
+        self.assertIn("SSL", err)
+        s = harness.parse_summary(out)
+        self.assertEqual(s["acked"], 0)
+        # The retried messages' outcome records could not be written either: exit 1.
+        self.assertGreater(s["unrecorded"], 0, s)
+        self.assertEqual(code, 1, err[-3000:])
+
+    def test_store_postgres_without_a_url_names_the_flag_and_exits_2(self):
+        code, _, err = self.run_worker("--store", "postgres", "--messages", "1")
+        self.assertEqual(code, 2, err)
+        self.assertIn("--postgres-url", err)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,192 @@
+// postgres_store on its own: the schema migration, and what a lost or missing server does. The
+// private server's URL is in MAYHEM_TEST_POSTGRES_URL (tests/integration/postgres.py).
+#include "store/postgres_store.hpp"
+
+#include "store_test.hpp"
+
+#include <cstdlib>
+#include <doctest/doctest.h>
+#include <libpq-fe.h>
+#include <optional>
+#include <string>
+#include <unistd.h>
+
+using namespace mayhem;
+using namespace mayhem::store_test;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::string exec(const std::string& url, const std::string& sql) {
+    return pg_exec(url, sql);
+}
+
+std::string fresh_db(const char* tag) {
+    return fresh_pg_db(std::string("pg_") + tag);
+}
+
+postgres_options on(const std::string& url) {
+    postgres_options o;
+    o.url = url;
+    o.owner = "t";
+    o.claim_lease = 60s;
+    return o;
+}
+
+message msg(const std::string& id) {
+    return message{id, "cattle", "cattle.example.net"};
+}
+
+} // namespace
+
+TEST_CASE("postgres_store: an empty database is migrated once, also by workers starting together") {
+    auto url = fresh_db("migrate");
+    rt::loop loop;
+    {
+        // Two stores, as two workers: the second finds the schema in place.
+        postgres_store a(loop, on(url));
+        postgres_store b(loop, on(url));
+        CHECK(a.healthy());
+        CHECK(run(loop, b.save(msg("x"), delivery{})).ok);
+        run_void(loop, a.close());
+        run_void(loop, b.close());
+    }
+    CHECK(exec(url, "SELECT count(*) FROM schema_migrations") == "1");
+    CHECK(exec(url, "SELECT max(version) FROM schema_migrations") ==
+          std::to_string(postgres_schema_version));
+    CHECK(exec(url, "SELECT count(*) FROM messages") == "1");
+}
+
+TEST_CASE("postgres_store: a newer schema version is refused at start") {
+    auto url = fresh_db("newer");
+    rt::loop loop;
+    {
+        postgres_store a(loop, on(url));
+        run_void(loop, a.close());
+    }
+    exec(url, "INSERT INTO schema_migrations (version) VALUES (99)");
+    CHECK_THROWS_AS(postgres_store(loop, on(url)), postgres_fatal);
+}
+
+TEST_CASE("postgres_store: a database holding someone else's messages table is refused") {
+    auto url = fresh_db("foreign");
+    exec(url, "CREATE TABLE messages (id integer)");
+    rt::loop loop;
+    CHECK_THROWS_AS(postgres_store(loop, on(url)), postgres_fatal);
+}
+
+TEST_CASE(
+    "postgres_store: an unreachable server: unhealthy, saves and claims fail, nothing throws") {
+    rt::loop loop;
+    auto o = on("postgresql://postgres@127.0.0.1:1/postgres"); // nothing listens on port 1
+    o.connect_timeout = 1000ms;
+    postgres_store st(loop, o);
+    CHECK_FALSE(st.healthy());
+    auto r = run(loop, st.save(msg("a"), delivery{}));
+    CHECK_FALSE(r.ok);
+    CHECK(r.error.str().find("connect") != std::string::npos);
+    st.complete(msg("a"), verdict{outcome::retried, "store", {}});
+    st.hurry(); // the outcome record cannot be written: given up and counted
+    run_void(loop, st.close());
+    CHECK(st.unrecorded() == 1);
+}
+
+TEST_CASE("postgres_store: a connection lost between batches fails one batch, then reconnects") {
+    auto url = fresh_db("lost");
+    rt::loop loop;
+    postgres_store st(loop, on(url));
+    CHECK(run(loop, st.save(msg("a"), delivery{})).ok);
+    // The server ends the store's connection (as a restart of the server would).
+    exec(url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
+              "current_database() AND pid <> pg_backend_pid()");
+    auto b = run(loop, st.save(msg("b"), delivery{}));
+    CHECK_FALSE(b.ok); // not saved: its message would be retried, never acked
+    CHECK_FALSE(st.healthy());
+    wait_for(loop, [&] { return run(loop, st.save(msg("c"), delivery{})).ok; });
+    wait_for(loop, [&] { return st.healthy(); });
+    CHECK(st.stats().reconnects.get() >= 1);
+    run_void(loop, st.close());
+    CHECK(exec(url, "SELECT string_agg(message_id, ',' ORDER BY message_id) FROM messages") ==
+          "a,c");
+}
+
+// The cooldown race at its widest: worker a's transaction has checked and marked its host claim
+// but cannot commit yet (a later statement of its batch waits for a row another connection
+// holds), while worker b claims the same host for another message. b must wait for a's commit
+// and then be refused; without the host lock it would see nothing committed and both would win.
+TEST_CASE("postgres_store: a cooldown claim waits for a peer's uncommitted claim of the host") {
+    auto url = fresh_db("race");
+    rt::loop loop;
+    postgres_store a(loop, on(url)), b(loop, on(url));
+    auto hour = std::chrono::milliseconds(3600 * 1000);
+    auto x = message{"x", "cattle", "h.example.net"}, y = message{"y", "cattle", "h.example.net"};
+    auto r = message{"r", "cattle", "other.example.net"};
+    REQUIRE(run(loop, a.claim_restart(x)) == restart_claim::proceed);
+    REQUIRE(run(loop, a.claim_restart(r)) == restart_claim::proceed);
+    REQUIRE(run(loop, b.claim_restart(y)) == restart_claim::proceed);
+    PGconn* holder = PQconnectdb(url.c_str());
+    REQUIRE(PQstatus(holder) == CONNECTION_OK);
+    PQclear(PQexec(holder, "BEGIN"));
+    PQclear(PQexec(holder, "SELECT 1 FROM restarts WHERE message_id = 'r' FOR UPDATE"));
+    std::optional<host_claim> gx, gy;
+    rt::task_scope scope;
+    auto now = std::chrono::system_clock::now();
+    scope.spawn(into(a.claim_host(x, now, hour), gx));
+    const message* renewed[] = {&r};
+    a.renew_claims(renewed); // the same batch as a's claim: it waits for the holder
+    bool b_sent = false;
+    rt::task_scope later;
+    later.spawn([](rt::loop& l, postgres_store& s, const message& m, std::chrono::milliseconds c,
+                   std::optional<host_claim>& out, bool& sent) -> rt::task<void> {
+        co_await rt::sleep_for(l, rt::millis{200}); // a's transaction is under way by then
+        sent = true;
+        out = co_await s.claim_host(m, std::chrono::system_clock::now(), c);
+    }(loop, b, y, hour, gy, b_sent));
+    wait_for(loop, [&] { return b_sent; });
+    // Give b every chance to answer while a's transaction is open.
+    rt::task_scope pause;
+    bool paused = false;
+    pause.spawn([](rt::loop& l, bool& p) -> rt::task<void> {
+        co_await rt::sleep_for(l, rt::millis{500});
+        p = true;
+    }(loop, paused));
+    loop.run_until([&] { return paused; });
+    PQclear(PQexec(holder, "COMMIT"));
+    PQfinish(holder);
+    wait_for(loop, [&] { return gx && gy; });
+    CHECK(gx->granted);
+    CHECK_FALSE(gy->granted);
+    run_void(loop, a.close());
+    run_void(loop, b.close());
+}
+
+// A batch is one transaction: when one of its statements fails, what the others wrote is rolled
+// back and every request in it fails (a save reported failed is never acked).
+TEST_CASE("postgres_store: a statement that fails rolls back its whole batch") {
+    auto url = fresh_db("rollback");
+    rt::loop loop;
+    postgres_store st(loop, on(url));
+    auto good = msg("good");
+    auto bad = message{"bad\xff", "cattle", "cattle.example.net"}; // not UTF-8: the server refuses
+    std::optional<save_result> saved;
+    std::optional<rt::result<claim_answer>> claimed;
+    {
+        rt::task_scope scope;
+        scope.spawn([](postgres_store& s, const message& m,
+                       std::optional<save_result>& out) -> rt::task<void> {
+            delivery d;
+            out = co_await s.save(m, d);
+        }(st, good, saved));
+        scope.spawn([](postgres_store& s, const message& m,
+                       std::optional<rt::result<claim_answer>>& out) -> rt::task<void> {
+            out.emplace(co_await s.claim_restart(m).settled());
+        }(st, bad, claimed));
+        wait_for(loop, [&] { return saved && claimed; });
+    }
+    CHECK_FALSE(saved->ok); // the save's statement ran, and was rolled back with the claim's
+    CHECK_FALSE(*claimed);
+    CHECK(st.stats().transactions.get() == 0);
+    CHECK(run(loop, st.save(msg("after"), delivery{})).ok); // the connection goes on
+    run_void(loop, st.close());
+    CHECK(exec(url, "SELECT string_agg(message_id, ',') FROM messages") == "after");
+}
