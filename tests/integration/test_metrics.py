@@ -250,11 +250,13 @@ class MetricsTest(Harness):
         w.proc.stdin.close()
         w.wait(timeout=30)
         stage = lambda s, what="count": value(m, "mayhem_stage_duration_seconds_" + what, stage=s)
+        # Lower bounds well below the 2 x 300 ms slept (a timer may fire a millisecond early):
+        # what is asserted is which stage the time lands in, not how long it took.
         self.assertEqual(stage("command"), 2)
-        self.assertGreaterEqual(stage("command", "sum"), 0.6)
+        self.assertGreater(stage("command", "sum"), 0.4)
         # The second restart waited for the first's slot: about one command's time.
         self.assertEqual(stage("slot_wait"), 1)
-        self.assertGreaterEqual(stage("slot_wait", "sum"), 0.25)
+        self.assertGreater(stage("slot_wait", "sum"), 0.15)
         # Real restarts take minutes: the buckets go up to 30 minutes.
         self.assertEqual(value(m, "mayhem_stage_duration_seconds_bucket", stage="command",
                                le="1800"), 2)
