@@ -26,7 +26,7 @@ class ReaderGoesAway(Harness):
         r, w = os.pipe()
         out_path = os.path.join(self.tmp, "stdout")
         out = open(out_path, "w")
-        # --metrics-addr off: the metrics server (civetweb) used to ignore SIGPIPE as a side
+        # --metrics-addr off: the old metrics server (civetweb) used to ignore SIGPIPE as a side
         # effect; without it nothing did. --log-level debug: one log line per settled message,
         # so lines are written after the reader is gone.
         p = subprocess.Popen(
