@@ -64,7 +64,7 @@ tsan: deps
 # exit code no test looked at (a worker killed on purpose, a helper run).
 SAN_REPORTS = $(CURDIR)/$(BUILD)/sanitizer-reports
 SAN_ENV_address = ASAN_OPTIONS=log_path=$(SAN_REPORTS)/asan UBSAN_OPTIONS=log_path=$(SAN_REPORTS)/ubsan:print_stacktrace=1
-SAN_ENV_thread = TSAN_OPTIONS=log_path=$(SAN_REPORTS)/tsan
+SAN_ENV_thread = TSAN_OPTIONS=log_path=$(SAN_REPORTS)/tsan:suppressions=$(CURDIR)/tests/tsan.supp
 
 build-san:
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Debug -DMAYHEM_SANITIZE=$(SAN) -DMAYHEM_CHAOS_IN_TESTS=OFF
