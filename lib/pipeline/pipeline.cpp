@@ -107,12 +107,18 @@ void pipeline::stop_intake() {
     notify();
 }
 
+// A delivery that never became a flight goes back to the source unstarted; the source reports
+// when it has carried that out (settled()).
+void pipeline::release_unstarted(delivery d, const char* why) {
+    ++unconfirmed_;
+    source_.settle(std::move(d), verdict{outcome::released, why, {}});
+}
+
 void pipeline::release_queued(const char* why) {
     while (!queue_.empty()) {
         delivery d = std::move(queue_.front());
         queue_.pop_front();
-        ++unconfirmed_;
-        source_.settle(std::move(d), verdict{outcome::released, why, {}});
+        release_unstarted(std::move(d), why);
     }
     stats_.queue_depth.set(0);
 }
@@ -142,8 +148,7 @@ void pipeline::deliver(delivery d) {
     stats_.received.inc();
     d.received_ns = now_ns();
     if (intake_stopped_) { // a read sent before the stop: nothing new starts now
-        ++unconfirmed_;
-        source_.settle(std::move(d), verdict{outcome::released, "arrived while stopping", {}});
+        release_unstarted(std::move(d), "arrived while stopping");
         notify();
         return;
     }
@@ -176,8 +181,7 @@ void pipeline::lease_lost(std::string_view ref) {
         queue_.erase(queued);
         stats_.queue_depth.set(static_cast<std::int64_t>(queue_.size()));
         stats_.lost_unstarted.inc();
-        ++unconfirmed_;
-        source_.settle(std::move(d), verdict{outcome::released, "lease lost to a peer", {}});
+        release_unstarted(std::move(d), "lease lost to a peer");
         notify();
         return;
     }

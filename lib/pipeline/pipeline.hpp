@@ -132,6 +132,7 @@ private:
     void lease_lost(std::string_view ref) override;
 
     void pump();
+    void release_unstarted(delivery d, const char* why);
     void release_queued(const char* why);
     rt::task<void> process(delivery d);
     rt::task<bool> record(flight& f);
