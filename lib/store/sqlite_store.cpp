@@ -224,19 +224,29 @@ struct sqlite_store::shared {
                 throw db_error{SQLITE_READONLY, "database file " + opts.path + " is read-only"};
             check(sqlite3_busy_handler(conn, &shared::busy_wait, this), "busy_handler");
             int version = 0;
+            // The version and the tables are read in one read transaction: a peer creating the
+            // schema right now is seen either not at all or whole, never as tables without a
+            // version (which would be refused as a foreign file).
+            exec("BEGIN", "begin schema check");
             try {
                 version = scalar_int("PRAGMA user_version");
+                if (version <= sqlite_schema_version) check_schema(version);
             } catch (const db_error& e) {
+                sqlite3_exec(conn, "ROLLBACK", nullptr, nullptr, nullptr);
                 if ((e.code & 0xFF) == SQLITE_NOTADB)
                     throw sqlite_fatal(opts.path + " is not a SQLite database");
                 throw;
+            } catch (...) {
+                sqlite3_exec(conn, "ROLLBACK", nullptr, nullptr, nullptr);
+                throw;
             }
+            exec("COMMIT", "end schema check");
             if (version > sqlite_schema_version)
                 throw sqlite_fatal("database " + opts.path + " has schema version " +
                                    std::to_string(version) + ", newer than this mayhem supports (" +
                                    std::to_string(sqlite_schema_version) +
                                    "); use a newer mayhem or another --db");
-            check_schema(version); // before anything is changed (the journal mode)
+            // check_schema ran above, before anything is changed (the journal mode).
             std::string mode;
             {
                 sqlite3_stmt* s = nullptr;
