@@ -170,15 +170,10 @@ int run_command(std::vector<std::string> args) {
 } // namespace
 
 int main(int argc, char** argv) {
-    // Not a command for people (not in --help): how the exec restarter starts each restart
-    // command. First, before SIGPIPE is ignored below: an ignored signal stays ignored across
-    // exec, and the restart command must start with every signal at its default.
-    if (argc > 1 && std::strcmp(argv[1], mayhem::exec_wrapper_command) == 0)
-        return mayhem::run_exec_wrapper(argc - 2, argv + 2);
     // A write to a pipe whose reader is gone fails with EPIPE instead of killing the process:
     // the worker finishes its run and reports the loss (check_output). Restart commands start
     // with SIGPIPE at its default again: libuv resets every signal in a spawned child (the
-    // wrapper above), before it execs the command.
+    // exec wrapper, mayhem-exec) before it execs the command.
     std::signal(SIGPIPE, SIG_IGN);
     open_closed_standard_descriptors();
     return check_output(run_command({argv + 1, argv + argc}));

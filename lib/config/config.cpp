@@ -2,6 +2,7 @@
 
 #include "metrics/http_server.hpp"
 #include "restart/command_template.hpp"
+#include "restart/exec_wrapper.hpp"
 #include "restart/policy.hpp"
 #include "sources/redis_url.hpp"
 
@@ -655,6 +656,10 @@ std::optional<std::string> check_safety(const worker_config& c) {
         return std::string("--store postgres needs --postgres-url (or MAYHEM_POSTGRES_URL), e.g. "
                            "postgresql://mayhem@db.example.net:5432/mayhem");
     if (c.restarter == "exec") {
+        if (installed_exec_wrapper().empty())
+            return std::string("--restarter exec: the helper program '") + exec_wrapper_program +
+                   "' is not next to the mayhem binary; install both from the build directory "
+                   "(see deploy/README.md)";
         if (c.restart_command.empty())
             return std::string("--restarter exec needs --restart-command, e.g. "
                                "--restart-command 'ssh -o BatchMode=yes {hostname} sudo "

@@ -101,10 +101,10 @@ std::unique_ptr<restarter> make_restarter(rt::loop& loop, const worker_config& c
         std::optional<command_template> verify;
         if (!c.verify_command.empty())
             verify = std::get<command_template>(command_template::parse(c.verify_command));
-        return std::make_unique<exec_restarter>(loop, std::move(restart), std::move(verify),
-                                                exec_options{c.restart_timeout,
-                                                             c.restart_kill_grace, "/proc/self/exe",
-                                                             delegated_cgroup()});
+        return std::make_unique<exec_restarter>(
+            loop, std::move(restart), std::move(verify),
+            exec_options{c.restart_timeout, c.restart_kill_grace, installed_exec_wrapper(),
+                         delegated_cgroup()});
     }
     return std::make_unique<simulate_restarter>(loop, c.restart_latency, c.restart_failure_rate,
                                                 c.seed ? c.seed + 2 : 0);

@@ -1,5 +1,7 @@
 #include "restart/command_template.hpp"
 
+#include "restart/exec_wrapper.hpp"
+
 #include <algorithm>
 #include <cstdlib>
 #include <unistd.h>
@@ -223,6 +225,16 @@ bool command_template::uses_instance_name() const noexcept {
         for (const auto& p : word)
             if (p.value == slot::instance_name) return true;
     return false;
+}
+
+std::string installed_exec_wrapper() {
+    char self[4096];
+    ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0) return {};
+    std::string path(self, static_cast<std::size_t>(n));
+    path.erase(path.find_last_of('/') + 1);
+    path += exec_wrapper_program;
+    return ::access(path.c_str(), X_OK) == 0 ? path : std::string();
 }
 
 } // namespace mayhem

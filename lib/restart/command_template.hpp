@@ -60,4 +60,8 @@ std::optional<std::string> unsafe_placeholder_value(std::string_view name, std::
 // executable match in $PATH. nullopt when there is none (checked once at start-up).
 std::optional<std::string> find_program(const std::string& program);
 
+// The exec wrapper (restart/exec_wrapper.hpp) next to the running binary, in /proc/self/exe's
+// directory; "" when it is not there or not executable (checked once at start-up).
+std::string installed_exec_wrapper();
+
 } // namespace mayhem

@@ -208,12 +208,11 @@ public:
                 return;
             }
         }
-        // With the wrapper: `mayhem __exec PPID CGROUP argv...` (run_exec_wrapper).
+        // With the wrapper: `mayhem-exec PPID CGROUP argv...` (restart/exec_wrapper.hpp).
         std::string ppid = std::to_string(::getpid());
         std::vector<char*> args;
         if (!o.wrapper.empty()) {
-            for (const char* a : {"mayhem", exec_wrapper_command})
-                args.push_back(const_cast<char*>(a));
+            args.push_back(const_cast<char*>(exec_wrapper_program));
             args.push_back(ppid.data());
             args.push_back(cgroup.data());
         }
@@ -597,78 +596,6 @@ rt::task<restart_result> exec_restarter::verify(const message& m) {
     log_left_behind(m, *verify_, v);
     if (!v.ok) co_return restart_result{restart_status::failed, "verify command: " + v.detail};
     co_return restart_result{restart_status::ok, {}};
-}
-
-// ---------------------------------------------------------------------------------------------
-// The exec wrapper: libuv's uv_spawn has no hook between fork and exec, so what must happen in
-// the child before the command runs happens here, in the worker's own binary started in its
-// place; it then execs the command, so no extra process remains.
-// ---------------------------------------------------------------------------------------------
-
-namespace {
-
-// close_range(2) needs Linux 5.9; before that, the list in /proc/self/fd.
-void close_from_3() {
-    if (::close_range(3, ~0U, 0) == 0) return;
-    if (DIR* d = ::opendir("/proc/self/fd")) {
-        std::vector<int> fds;
-        while (const dirent* e = ::readdir(d)) {
-            int fd = std::atoi(e->d_name);
-            if (fd > 2 && fd != ::dirfd(d)) fds.push_back(fd);
-        }
-        ::closedir(d);
-        for (int fd : fds)
-            ::close(fd);
-        return;
-    }
-    rlimit lim{};
-    int top = ::getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY
-                  ? static_cast<int>(std::min<rlim_t>(lim.rlim_cur, 1 << 20))
-                  : 1024;
-    for (int fd = 3; fd < top; ++fd)
-        ::close(fd);
-}
-
-// The wrapper never started the command: it did nothing, and says so.
-int wrapper_failed(const std::string& what) {
-    int err = errno;
-    std::fprintf(stderr, "%s: %s\n", what.c_str(), std::strerror(err));
-    return exit_code_did_nothing;
-}
-
-} // namespace
-
-int run_exec_wrapper(int argc, char** argv) {
-    if (argc < 3) {
-        std::fputs("mayhem __exec is internal to the exec restarter\n", stderr);
-        return exit_code_did_nothing;
-    }
-    const char* cgroup = argv[1];
-    const char* program = argv[2];
-    // The worker may be SIGKILLed while its command runs; the command then dies with it, so a
-    // redelivery does not run beside it. The death signal fires when the thread that spawned
-    // us exits: the worker's loop thread, which lives as long as the worker. It survives the
-    // exec below, except of a set-user-ID or set-group-ID program or one with file capabilities
-    // (sudo, for one), which the kernel starts without it unless no_new_privs is set
-    // (NoNewPrivileges=yes: then it gains no privilege either).
-    if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0)
-        return wrapper_failed("cannot set the parent-death signal");
-    // The worker died before the line above: nothing would kill us later.
-    if (::getppid() != static_cast<pid_t>(std::strtol(argv[0], nullptr, 10))) {
-        std::fputs("the worker is gone\n", stderr);
-        return exit_code_did_nothing;
-    }
-    if (cgroup[0] != '\0') {
-        if (int err = write_file(std::string(cgroup) + "/cgroup.procs", "0")) {
-            errno = err;
-            return wrapper_failed(std::string("cannot join cgroup ") + cgroup);
-        }
-    }
-    // Exactly stdin, stdout and stderr: the worker's sockets (hiredis makes them without
-    // SOCK_CLOEXEC), database files and the like are not the command's business.
-    close_from_3();
-    ::execvp(program, argv + 2);
-    return wrapper_failed(std::string("cannot run '") + program + "'");
 }
 
 std::string delegated_cgroup() {

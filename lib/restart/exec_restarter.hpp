@@ -18,13 +18,14 @@
 // delegated cgroup v2 (exec_options::cgroup): then each command also gets a cgroup of its own,
 // which is what gets signalled and waited for.
 //
-// Through the exec wrapper (exec_options::wrapper, `mayhem __exec`), a command receives exactly
+// Through the exec wrapper (exec_options::wrapper, `mayhem-exec`), a command receives exactly
 // descriptors 0, 1 and 2 of the worker's, and dies with the worker (PR_SET_PDEATHSIG).
 //
 // Threading: loop thread only.
 #pragma once
 
 #include "restart/command_template.hpp"
+#include "restart/exec_wrapper.hpp"
 #include "restart/restarter.hpp"
 #include "runtime/counter.hpp"
 #include "runtime/loop.hpp"
@@ -41,8 +42,8 @@ namespace mayhem {
 struct exec_options {
     std::chrono::milliseconds timeout{5 * 60 * 1000};
     std::chrono::milliseconds kill_grace{10 * 1000};
-    // The program each command is started through (run_exec_wrapper): the worker passes
-    // /proc/self/exe, i.e. its own binary. Empty: the command is exec'd directly (the unit tests,
+    // The program each command is started through (restart/exec_wrapper.hpp): the worker passes
+    // installed_exec_wrapper(). Empty: the command is exec'd directly (the unit tests,
     // which have no mayhem binary): it then inherits every descriptor not marked close-on-exec,
     // runs on when the worker is killed, and gets no cgroup.
     std::string wrapper;
@@ -51,11 +52,6 @@ struct exec_options {
     // Needs the wrapper, which moves the command into its cgroup before the exec.
     std::string cgroup;
 };
-
-// The exit code by which a restart command says it refused before acting (sysexits.h's
-// EX_TEMPFAIL): the restart did nothing and may be retried. The exec wrapper exits with it too
-// when it cannot start the command.
-inline constexpr int exit_code_did_nothing = 75;
 
 // How one command run ended.
 struct command_result {
@@ -102,13 +98,6 @@ private:
     exec_options opts_;
     std::shared_ptr<shared> shared_;
 };
-
-// `mayhem __exec PPID CGROUP PROGRAM ARGS...` (hidden): the exec wrapper. Dies with process
-// PPID (PR_SET_PDEATHSIG, SIGKILL) and exits at once if PPID is already gone, moves itself into
-// CGROUP (a directory; "" = none), closes every descriptor above 2, then execvp's PROGRAM in
-// its own place. If any step fails: the reason on stderr, exit 127. `argv` starts at PPID.
-inline constexpr const char* exec_wrapper_command = "__exec";
-int run_exec_wrapper(int argc, char** argv);
 
 // The worker's own cgroup v2 directory when it may create cgroups in it: systemd delegated it
 // (Delegate=yes sets the xattr trusted.delegate or user.delegate to 1), it is writable and it

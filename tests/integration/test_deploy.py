@@ -83,6 +83,8 @@ class DeployTest(Harness):
         self.assertIn("STOPSIGNAL SIGTERM", text)
         self.assertRegex(text, r"USER (?!root|0\b)\w+")
         self.assertIn("/healthz", text)
+        # The exec restarter looks for its wrapper next to the binary.
+        self.assertRegex(text, r"COPY --from=build \S*/mayhem \S*/mayhem-exec /usr/local/bin/")
 
     def test_the_manifest_matches_what_the_worker_serves_and_reads(self):
         docs = [d for d in yaml.safe_load_all(open(MANIFEST)) if d]

@@ -7,6 +7,7 @@ source and the SQLite store are in use, and a command's fate when its worker is 
 import errno
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -77,6 +78,30 @@ class ExecChildrenTest(Harness):
                        what="the command %d to die with its worker" % leader)
         finally:
             kill_group(leader)  # the command runs in its own process group
+
+    def test_without_mayhem_exec_next_to_the_binary_exec_is_refused_with_exit_2(self):
+        # An install that copied only the worker's binary: every restart would fail, so the
+        # worker refuses to start (exit 2: a restart loop would not fix it).
+        alone = os.path.join(self.tmp, "bin", "mayhem")
+        os.mkdir(os.path.dirname(alone))
+        shutil.copy(harness.MAYHEM, alone)
+        r = subprocess.run([alone, "worker", "--source", "stdin", "--store", "memory",
+                            "--restarter", "exec", "--allow-volatile-cooldown",
+                            "--restart-command", "true {hostname}"],
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                           timeout=30 * harness.SLOW)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("'mayhem-exec' is not next to the mayhem binary", r.stderr)
+        # With it beside the binary, the same worker runs the command.
+        shutil.copy(os.path.join(os.path.dirname(harness.MAYHEM), "mayhem-exec"),
+                    os.path.dirname(alone))
+        r = subprocess.run([alone, "worker", "--source", "stdin", "--store", "memory",
+                            "--restarter", "exec", "--allow-volatile-cooldown",
+                            "--restart-command", "true {hostname}", "--status-interval", "0"],
+                           input='{"message_id":"m1","instance_name":"i-1","hostname":"h1"}\n',
+                           capture_output=True, text=True, timeout=60 * harness.SLOW)
+        self.assertEqual(r.returncode, 0, r.stderr[-3000:])
+        self.assertEqual(harness.parse_summary(r.stdout)["acked"], 1, r.stderr[-3000:])
 
     def test_in_a_delegated_cgroup_what_escaped_the_group_is_killed_too(self):
         cg = self.delegated_cgroup()
