@@ -14,6 +14,10 @@ per line to a file opened O_APPEND, so lines never interleave). <worker instance
 one per worker process the harness started, so a restart is tied to its worker even when that
 worker died before the script began.
 
+With --verify, the script also creates done/<message_id> after its `end` line, and the workers
+get `--verify-command "test -e done/{message_id}"`: a worker that finds a restart left
+unfinished by a dead peer asks it first and does not run again a restart that had ended.
+
 Valid requests (distinct hosts) and bad ones of every kind (undecodable JSON, a missing field,
 a wrong type, a host name the command template refuses, an entry without `payload`) are
 published during the run. A seeded RNG (printed; --seed replays the schedule, not the exact
@@ -91,6 +95,8 @@ ms=$(( %(min_ms)d + RANDOM %% %(span_ms)d ))
 printf -v frac '%%03d' $(( ms %% 1000 ))
 sleep "$(( ms / 1000 )).$frac"
 printf 'end %%s %%s %%s %%s %%s %%s\n' "$1" "$2" "$PPID" "$EPOCHREALTIME" "$3" "$$" >>"$log"
+# What --verify-command looks at (with --verify): the host "came back" once this exists.
+: >"%(done)s/$1"
 """
 
 
@@ -187,8 +193,9 @@ class Slot:
 
 
 class Fleet:
-    def __init__(self, run, redis, n, log):
+    def __init__(self, run, redis, n, log, verify_dir=None):
         self.run = run
+        self.verify_dir = verify_dir  # set: workers get a --verify-command that looks there
         self.redis = redis
         self.log = log
         self.slots = [Slot(i + 1) for i in range(n)]
@@ -216,6 +223,9 @@ class Fleet:
                 "--group", GROUP, "--consumer", slot.consumer, "--store", "sqlite",
                 "--db", self.db, "--restarter", "exec", "--restart-command", command,
                 "--config", self.config] + WORKER_FLAGS
+        if self.verify_dir:
+            # Like a real verify ("did the host come back?"): has this restart's script ended?
+            args += ["--verify-command", "test -e '%s/{message_id}'" % self.verify_dir]
         slot.worker = self.run.worker(*args, name=slot.instance)
         slot.state, slot.restart_at, slot.term_sent = "running", None, None
         self.log("%s started as %s (pid %d)" % (slot.instance, slot.consumer, slot.worker.pid))
@@ -356,6 +366,8 @@ class Chaos:
         self.redis_back_at = None  # while redis-server is down: when it comes back
         self.sighups = 0
         self.log_path = os.path.join(run.tmp, "restart.log")
+        self.done_dir = os.path.join(run.tmp, "done")  # restart.sh leaves one file per restart
+        os.mkdir(self.done_dir)
 
     def log(self, text):
         if self.args.verbose:
@@ -364,10 +376,12 @@ class Chaos:
     def execute(self):
         a = self.args
         with open(self.run.script, "w") as f:
-            f.write(RESTART_SCRIPT % {"log": self.log_path, "min_ms": a.restart_ms[0],
+            f.write(RESTART_SCRIPT % {"log": self.log_path, "done": self.done_dir,
+                                      "min_ms": a.restart_ms[0],
                                       "span_ms": a.restart_ms[1] - a.restart_ms[0] + 1})
         self.redis = self.run.redis(persistence=True)
-        self.fleet = Fleet(self.run, self.redis, a.workers, self.log)
+        self.fleet = Fleet(self.run, self.redis, a.workers, self.log,
+                           self.done_dir if a.verify else None)
         self.requests = make_requests(self.rng, a.requests, a.bad_per_kind)
         for s in self.fleet.slots:
             self.fleet.start(s)
@@ -619,7 +633,7 @@ def judge(chaos):
     except Exception as e:  # informative only
         store = {"error": str(e)}
     figures = {
-        "seed": a.seed, "minutes": a.minutes, "workers": a.workers,
+        "seed": a.seed, "minutes": a.minutes, "workers": a.workers, "verify": a.verify,
         "requests": sum(kind == "valid" for kind, _, _ in chaos.requests),
         "bad_requests": sum(kind != "valid" for kind, _, _ in chaos.requests),
         "sigkill": len(fault_kills), "sigkill_same_name": sum(k["same_name"] for k in fault_kills),
@@ -672,8 +686,9 @@ def last_fault_before(events, t):
 
 def report(chaos, figures, failures, detail):
     f, fleet, t0 = figures, chaos.fleet, chaos.t0
-    print("chaos: %d valid + %d bad requests, %d workers, %.1f min: %.0fs in all" % (
-        f["requests"], f["bad_requests"], f["workers"], f["minutes"], f["seconds"]))
+    print("chaos: %d valid + %d bad requests, %d workers%s, %.1f min: %.0fs in all" % (
+        f["requests"], f["bad_requests"], f["workers"],
+        " with --verify-command" if f["verify"] else "", f["minutes"], f["seconds"]))
     print("  faults     SIGKILL %d (%d kept the consumer name), SIGTERM %d, SIGHUP %d, "
           "redis outages %d" % (f["sigkill"], f["sigkill_same_name"], f["sigterm"], f["sighup"],
                                 f["redis_outages"]))
@@ -766,6 +781,10 @@ def parse_args(argv):
     p.add_argument("--max-completed-twice-per-kill", type=float, default=None,
                    help="fail when more hosts than this per SIGKILL, on average, were "
                         "restarted to completion twice (the goal is 1; default off)")
+    p.add_argument("--verify", action="store_true",
+                   help="give the workers a --verify-command that tells whether a restart's "
+                        "script ended: an unfinished restart whose host came back is not run "
+                        "again (what a user with a verify command gets)")
     p.add_argument("--keep", action="store_true",
                    help="keep the temp dir: worker logs, restart.log, shared.db, redis data "
                         "(also MAYHEM_KEEP_TMP=1)")
