@@ -83,7 +83,8 @@ bench: build
 # The long form of tests/chaos/chaos.py (the short one is "chaos: short" in ctest, see
 # MAYHEM_CHAOS_IN_TESTS). CHAOS_ARGS adds flags, e.g. CHAOS_ARGS="--seed 42 -v".
 chaos: build
-	MAYHEM_BIN=$(abspath $(BUILD))/mayhem python3 tests/chaos/chaos.py --minutes 10 --requests 100000 $(CHAOS_ARGS)
+	MAYHEM_BIN=$(abspath $(BUILD))/mayhem python3 tests/chaos/chaos.py --minutes 10 --requests 100000 \
+		--verify --max-completed-twice-per-kill 1 $(CHAOS_ARGS)
 
 format:
 	clang-format -i $$(git ls-files '*.cpp' '*.hpp')
