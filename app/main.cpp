@@ -1,7 +1,6 @@
 // mayhem: the executable. It only wires the library together: parse the command line, set up
 // logging, run the chosen command, turn failures into exit codes.
 #include "config/config.hpp"
-#include "pipeline/worker.hpp"
 #include "publish.hpp"
 #include "restart/exec_restarter.hpp"
 #include "runtime/log.hpp"
@@ -9,6 +8,7 @@
 #include "sources/simulate_source.hpp"
 #include "store/history.hpp"
 #include "version.hpp"
+#include "worker/worker.hpp"
 
 #include <CLI/CLI.hpp>
 #include <cerrno>

@@ -6,11 +6,11 @@
 
 #include "config/config.hpp"
 #include "message/message.hpp"
-#include "pipeline/worker.hpp"
 #include "runtime/loop.hpp"
 #include "sources/redis_publisher.hpp"
 #include "sources/redis_url.hpp"
 #include "sources/simulate_source.hpp"
+#include "worker/worker.hpp"
 
 #include <CLI/CLI.hpp>
 #include <cstdio>

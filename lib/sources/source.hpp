@@ -5,6 +5,7 @@
 // Threading: loop thread only.
 #pragma once
 
+#include "message/delivery.hpp"
 #include "pipeline/outcome.hpp"
 
 #include <cstddef>
@@ -14,14 +15,6 @@
 #include <string_view>
 
 namespace mayhem {
-
-struct delivery {
-    std::string payload;
-    std::string ref;               // the source's id for it (a stream entry id); may be empty
-    std::uint32_t attempt = 1;     // 1 for the first delivery, counting redeliveries
-    std::uint64_t tag = 0;         // source-private
-    std::uint64_t received_ns = 0; // steady clock when the pipeline took it
-};
 
 class source_sink {
 public:

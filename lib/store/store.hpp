@@ -5,10 +5,10 @@
 // libuv thread pool but completes its tasks on the loop.
 #pragma once
 
+#include "message/delivery.hpp"
 #include "message/message.hpp"
 #include "pipeline/outcome.hpp"
 #include "runtime/task.hpp"
-#include "sources/source.hpp"
 
 #include <chrono>
 #include <span>

@@ -1,4 +1,4 @@
-#include "pipeline/worker.hpp"
+#include "worker/worker.hpp"
 
 #include "metrics/observability.hpp"
 #include "restart/exec_restarter.hpp"
