@@ -656,10 +656,6 @@ std::optional<std::string> check_safety(const worker_config& c) {
         return std::string("--store postgres needs --postgres-url (or MAYHEM_POSTGRES_URL), e.g. "
                            "postgresql://mayhem@db.example.net:5432/mayhem");
     if (c.restarter == "exec") {
-        if (installed_exec_wrapper().empty())
-            return std::string("--restarter exec: the helper program '") + exec_wrapper_program +
-                   "' is not next to the mayhem binary; install both from the build directory "
-                   "(see deploy/README.md)";
         if (c.restart_command.empty())
             return std::string("--restarter exec needs --restart-command, e.g. "
                                "--restart-command 'ssh -o BatchMode=yes {hostname} sudo "
@@ -675,6 +671,11 @@ std::optional<std::string> check_safety(const worker_config& c) {
                 "--restarter exec with --store memory: the cooldown and the record of restarts "
                 "would last only as long as this process, so a restarted worker restarts hosts "
                 "again; use --store sqlite, or give --allow-volatile-cooldown to accept that");
+        // Last: what the user wrote is checked first; this is the installation.
+        if (installed_exec_wrapper().empty())
+            return std::string("--restarter exec: the helper program '") + exec_wrapper_program +
+                   "' is not next to the mayhem binary; install both from the build directory "
+                   "(see deploy/README.md)";
     } else if (!c.restart_command.empty() || !c.verify_command.empty()) {
         return std::string("--restart-command and --verify-command need --restarter exec");
     }
