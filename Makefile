@@ -5,20 +5,22 @@ JOBS ?= 2
 BUILD_TYPE ?= RelWithDebInfo
 CMAKE_FLAGS ?=
 
-# Debian packages the build, the tests and the benchmarks need.
-DEB_PACKAGES := g++ cmake make pkg-config python3 python3-yaml \
-  libuv1-dev nlohmann-json3-dev prometheus-cpp-dev libmicrohttpd-dev doctest-dev \
-  libcli11-dev libspdlog-dev libfmt-dev libsqlite3-dev libhiredis-dev libsystemd-dev libpq-dev \
-  redis-server redis-tools postgresql prometheus clang-format systemd \
-  time nodejs node-redis golang-go clang libclang-rt-14-dev
+# Debian packages, per command: building and running the worker (make build, make run); the
+# tests add theirs (make test, make asan, make tsan, make fuzz), the benchmarks theirs (make bench).
+BUILD_PACKAGES := g++ cmake make pkg-config \
+  libuv1-dev nlohmann-json3-dev prometheus-cpp-dev libmicrohttpd-dev \
+  libcli11-dev libspdlog-dev libfmt-dev libsqlite3-dev libhiredis-dev libsystemd-dev libpq-dev
+TEST_PACKAGES := python3 python3-yaml doctest-dev redis-server redis-tools postgresql prometheus \
+  clang-format systemd time clang libclang-rt-14-dev
+BENCH_PACKAGES := python3 redis-server redis-tools postgresql time nodejs node-redis golang-go
 
-.PHONY: all deps build run test fuzz asan tsan bench chaos format format-check clean help
+.PHONY: all deps deps-test deps-bench build run test fuzz asan tsan bench chaos format format-check clean help
 
 all: build
 
 help:
-	@echo "make run    install missing packages, build, run the worker on its defaults"
-	@echo "make test   install missing packages, build, run every test (ctest), then make fuzz for 3 s a target"
+	@echo "make run    install what building and running need, build, run the worker on its defaults"
+	@echo "make test   install what the tests need too, build with tests, run every test (ctest), then make fuzz for 3 s a target"
 	@echo "make fuzz   build the libFuzzer targets with clang into build-fuzz/, run each FUZZ_SECONDS (60)"
 	@echo "make asan   build with AddressSanitizer+UBSan into build-asan/ and run the suite"
 	@echo "make tsan   build with ThreadSanitizer into build-tsan/ and run the suite"
@@ -27,10 +29,16 @@ help:
 	@echo "make format apply clang-format to every C++ file"
 
 deps:
-	@./scripts/deps $(DEB_PACKAGES)
+	@./scripts/deps $(BUILD_PACKAGES)
+deps-test:
+	@./scripts/deps $(BUILD_PACKAGES) $(TEST_PACKAGES)
+deps-bench:
+	@./scripts/deps $(BUILD_PACKAGES) $(BENCH_PACKAGES)
 
+# A build dir made by make build or make run has no tests (BUILD_TESTING=OFF: no doctest, no
+# promtool needed); make test turns them on in it.
 $(BUILD)/CMakeCache.txt:
-	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) $(CMAKE_FLAGS)
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) -DBUILD_TESTING=OFF $(CMAKE_FLAGS)
 
 build: deps $(BUILD)/CMakeCache.txt
 	cmake --build $(BUILD) -j$(JOBS)
@@ -38,7 +46,9 @@ build: deps $(BUILD)/CMakeCache.txt
 run: build
 	./$(BUILD)/mayhem worker
 
-test: build
+test: deps-test $(BUILD)/CMakeCache.txt
+	cmake -S . -B $(BUILD) -DBUILD_TESTING=ON >/dev/null
+	$(MAKE) --no-print-directory build
 	cd $(BUILD) && ctest --output-on-failure -j$(JOBS)
 	$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=3
 
@@ -48,15 +58,15 @@ test: build
 # leaves the input in build-fuzz/artifacts/ (replay: build-fuzz/fuzz_<target> <file>).
 FUZZ_BUILD ?= build-fuzz
 FUZZ_SECONDS ?= 60
-fuzz: deps
+fuzz: deps-test
 	cmake -S . -B $(FUZZ_BUILD) -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 	  -DMAYHEM_FUZZ=ON -DMAYHEM_FUZZ_SECONDS=$(FUZZ_SECONDS) >/dev/null
 	cmake --build $(FUZZ_BUILD) -j$(JOBS)
 	cd $(FUZZ_BUILD) && ctest --output-on-failure -j$(JOBS)
 
-asan: deps
+asan: deps-test
 	$(MAKE) --no-print-directory build-san SAN=address BUILD=build-asan
-tsan: deps
+tsan: deps-test
 	$(MAKE) --no-print-directory build-san SAN=thread BUILD=build-tsan
 
 # Every process the suite starts (unit tests, workers, publishers) writes its sanitizer reports
@@ -77,12 +87,12 @@ build-san:
 	  fi; \
 	  exit $$status
 
-bench: build
+bench: deps-bench build
 	./scripts/bench $(BENCH_ARGS)
 
 # The long form of tests/chaos/chaos.py (the short one is "chaos: short" in ctest, see
 # MAYHEM_CHAOS_IN_TESTS). CHAOS_ARGS adds flags, e.g. CHAOS_ARGS="--seed 42 -v".
-chaos: build
+chaos: deps-test build
 	MAYHEM_BIN=$(abspath $(BUILD))/mayhem python3 tests/chaos/chaos.py --minutes 10 --requests 100000 \
 		--verify --max-completed-twice-per-kill 1 $(CHAOS_ARGS)
 

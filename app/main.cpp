@@ -37,7 +37,7 @@ Usage:
   mayhem --help             this text
 
 Exit codes: 0 ok; 1 fatal error, or the summary or a log line could not be written; 2 bad flags
-or config; 3 work was released at a drain.
+or config, or no command; 3 work was released at a drain.
 )";
 
 // A standard descriptor the caller closed (`<&-`, `>&-`, `2>&-`) would be taken by the next
@@ -113,6 +113,10 @@ int run_worker(const std::vector<std::string>& args) {
     for (const auto& name : cfg->unknown_env)
         mayhem::log::warn("environment variable matches no flag; it is ignored (a typo?)",
                           {{"variable", name}});
+    // The simulated save latency belongs to the memory store; a real store's is its own.
+    if (cfg->store != "memory" && cfg->given.contains("save-latency"))
+        mayhem::log::warn("--save-latency applies only to --store memory; it is ignored",
+                          {{"store", cfg->store}});
     try {
         mayhem::worker w(*cfg, args);
         held.release(); // its signal handlers are installed: what was held is delivered now
@@ -147,7 +151,13 @@ int run_history(const std::vector<std::string>& args) {
 
 // The command named by the first argument; its exit code.
 int run_command(std::vector<std::string> args) {
-    if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
+    // No command is a usage error (a script that lost its arguments must not pass); asked for,
+    // the usage is the answer.
+    if (args.empty()) {
+        std::fputs(usage, stderr);
+        return mayhem::exit_usage;
+    }
+    if (args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
         std::fputs(usage, stdout);
         return 0;
     }

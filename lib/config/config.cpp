@@ -297,9 +297,9 @@ void add_worker_options(CLI::App& cmd, worker_config& c) {
         ->capture_default_str()
         ->group("Store");
     cmd.add_option("--restarter", c.restarter,
-                   "How hosts are restarted: exec runs --restart-command, simulate restarts none "
-                   "(the default only with --source simulate; required with any other source)")
+                   "How hosts are restarted: exec runs --restart-command, simulate restarts none")
         ->check(CLI::IsMember({"simulate", "exec"}))
+        ->default_str("simulate with --source simulate; required with any other source")
         ->group("Pipeline");
     add_whole_number(cmd, "--max-in-flight", c.max_in_flight, 1, 10'000'000,
                      "Messages processed concurrently (SIGHUP can change it)")
@@ -327,8 +327,9 @@ void add_worker_options(CLI::App& cmd, worker_config& c) {
               "attempt with jitter")
         ->group("Pipeline");
     add_duration(cmd, "--drain-timeout", c.drain_timeout,
-                 "On SIGTERM/SIGINT, how long in-flight messages may finish before they are "
-                 "released")
+                 "On SIGTERM/SIGINT, how long restarts already running may finish before their "
+                 "messages are released (queued ones, and those whose restart has not begun, are "
+                 "released at once)")
         ->group("Pipeline");
 
     add_safety_options(cmd, c);
@@ -349,7 +350,7 @@ void add_worker_options(CLI::App& cmd, worker_config& c) {
         ->group("Messages");
 
     add_whole_number(cmd, "--messages", c.messages, 0, messages_max,
-                     "simulate: publish this many, exit 0 once all have an outcome (0 = forever)")
+                     "simulate: publish this many, exit once all have an outcome (0 = forever)")
         ->group("Simulation");
     add_number(cmd, "--rate", c.rate, 0, 1e9,
                "simulate: messages per second (0 = as fast as taken)",
@@ -358,7 +359,8 @@ void add_worker_options(CLI::App& cmd, worker_config& c) {
     add_number(cmd, "--bad-ratio", c.bad_ratio, 0, 1,
                "simulate: share of undecodable payloads (0..1)", "from 0 to 1")
         ->group("Simulation");
-    add_range(cmd, "--save-latency", c.save_latency, "Simulated save latency, MIN..MAX")
+    add_range(cmd, "--save-latency", c.save_latency,
+              "memory store: simulated save latency, MIN..MAX (other stores ignore it)")
         ->group("Simulation");
     add_range(cmd, "--restart-latency", c.restart_latency,
               "simulate restarter: restart latency, MIN..MAX")

@@ -1,5 +1,5 @@
-// What happens to one delivery, and the plain-code policy that decides it (DESIGN.md,
-// "Outcomes of one message"). No loop, no clock: unit-tested directly.
+// What happens to one delivery, and the plain-code policy that decides it (README, "Outcomes").
+// No loop, no clock: unit-tested directly.
 #pragma once
 
 #include "runtime/text.hpp"

@@ -2,7 +2,7 @@
 // that serves every sleep and deadline, periodic timers, signals, and the offload of blocking
 // work to libuv's thread pool.
 //
-// The rule for handles (STYLE.md): a handle is freed only in its close callback, and only
+// The rule for handles: a handle is freed only in its close callback, and only
 // uv_handle<T> calls uv_close. Threading: every object here belongs to the loop thread, except
 // the work function given to offload(), which runs on a pool thread.
 #pragma once

@@ -3,7 +3,7 @@
 //
 // Threading: everything here is used from the loop thread only.
 //
-// Ownership rules (DESIGN.md, "Coroutines on libuv: the traps"):
+// Ownership rules (lib/runtime/README.md, "Who owns a frame"):
 //  - every frame has exactly one owner: the task object that awaits it, or the task_scope
 //    that spawned it. Destroying the owner destroys the frame, and with it the awaiters it
 //    is suspended on (their destructors unlink timers and orphan thread-pool requests);

@@ -2,10 +2,10 @@
 // configuration, runs the loop, and owns the lifecycle — signals, the drain, the status line
 // and the summary line printed at exit.
 //
-// Shutdown (DESIGN.md, README "Shutdown and signals"): SIGTERM/SIGINT stop intake and start no
-// new restart; restarts already running may finish up to --drain-timeout; then the rest is
-// released, restart commands are ended and reaped, the source's verdicts are confirmed or given
-// up, the store is flushed, and the process exits: all of it within --drain-timeout plus
+// Shutdown (README "Shutdown and signals", lib/README.md "The stop"): SIGTERM/SIGINT stop intake
+// and start no new restart; restarts already running may finish up to --drain-timeout; then the
+// rest is released, restart commands are ended and reaped, the source's verdicts are confirmed or
+// given up, the store is flushed, and the process exits: all of it within --drain-timeout plus
 // stop_margin. A second signal releases everything at once; later ones are logged and ignored.
 // SIGHUP re-reads the configuration and applies what can change at run time. Threading: loop
 // thread only.

@@ -27,10 +27,12 @@ class Help(Harness):
             self.assertIn("mayhem worker", r.stdout)
             self.assertIn("Exit codes", r.stdout)
 
-    def test_no_arguments_prints_usage(self):
+    def test_no_command_prints_usage_and_exits_2(self):
         r = mayhem()
-        self.assertEqual(r.returncode, 0, r.stderr)
-        self.assertIn("Usage", r.stdout)
+        self.assertEqual(r.returncode, 2, r.stdout + r.stderr)
+        self.assertIn("Usage", r.stderr)
+        self.assertIn("mayhem worker", r.stderr)
+        self.assertEqual(r.stdout, "")
 
     def test_worker_help_lists_every_flag(self):
         r = mayhem("worker", "--help")
@@ -217,6 +219,19 @@ class Environment(Harness):
         warned = [l for l in err.splitlines() if "MAYHEM_MAX_INFLIGHT" in l]
         self.assertEqual(len(warned), 1, err[-3000:])
         self.assertIn("WARN", warned[0].upper())
+
+    def test_save_latency_with_a_real_store_is_a_warning(self):
+        db = os.path.join(self.tmp, "m.db")
+        code, s, err = self.run_worker("--messages", "1", "--restart-latency", "0",
+                                       "--save-latency", "5ms", "--store", "sqlite", "--db", db)
+        self.assertEqual(code, 0, err[-3000:])
+        warned = [l for l in err.splitlines() if "save-latency" in l]
+        self.assertEqual(len(warned), 1, err[-3000:])
+        self.assertIn("WARN", warned[0].upper())
+        self.assertIn("memory", warned[0])
+        code, s, err = self.run_worker("--messages", "1", *ZERO, "--store", "memory")
+        self.assertEqual(code, 0, err[-3000:])
+        self.assertNotIn("save-latency", err)
 
 
 class Layers(Harness):
