@@ -9,6 +9,7 @@ CMAKE_FLAGS ?=
 DEB_PACKAGES := g++ cmake make pkg-config python3 python3-yaml \
   libuv1-dev nlohmann-json3-dev prometheus-cpp-dev libmicrohttpd-dev doctest-dev \
   libcli11-dev libspdlog-dev libfmt-dev libsqlite3-dev libhiredis-dev libsystemd-dev libpq-dev \
+  libcurl4-openssl-dev libssl-dev \
   redis-server redis-tools postgresql prometheus clang-format systemd \
   time nodejs node-redis golang-go clang libclang-rt-14-dev
 
