@@ -221,16 +221,16 @@ class PubsubRecoveryTest(PubsubCase):
         self.assertEqual([m["message"]["attributes"]["attempts"] for m in dead], ["3"])
 
     def test_emulator_restarted_mid_run(self):
-        emu = PubsubEmulator(self.tmp)
-        self.addCleanup(emu.stop)
+        # The module's emulator: a restart empties it, and every test creates its own topics.
+        emu = self.emulator
 
         def setup():
-            emu.create("restarts-dead")
-            return emu.create("restarts")
+            emu.create(self.name + "-r-dead")
+            return emu.create(self.name + "-r")
 
         def publish(seed):
             code, _, err = harness.Harness.publish(
-                self, "--pubsub-topic", "projects/p/topics/restarts", "--pubsub-endpoint",
+                self, "--pubsub-topic", "projects/p/topics/%s-r" % self.name, "--pubsub-endpoint",
                 emu.endpoint, "--count", 50, "--seed", seed)
             self.assertEqual(code, 0, err)
 
@@ -239,7 +239,7 @@ class PubsubRecoveryTest(PubsubCase):
         port = free_port()
         # The endpoint from the variable every Google client honours.
         w = self.worker("--source", "pubsub", "--pubsub-subscription", sub,
-                        "--dead-letter-topic", "projects/p/topics/restarts-dead", *FAST,
+                        "--dead-letter-topic", "projects/p/topics/%s-r-dead" % self.name, *FAST,
                         "--store", "sqlite", "--db", db, "--metrics-addr", "127.0.0.1:%d" % port,
                         env={"PUBSUB_EMULATOR_HOST": emu.host})
         publish(21)
