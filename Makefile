@@ -9,7 +9,8 @@ CMAKE_FLAGS ?=
 # tests add theirs (make test, make asan, make tsan, make fuzz), the benchmarks theirs (make bench).
 BUILD_PACKAGES := g++ cmake make pkg-config \
   libuv1-dev nlohmann-json3-dev prometheus-cpp-dev libmicrohttpd-dev \
-  libcli11-dev libspdlog-dev libfmt-dev libsqlite3-dev libhiredis-dev libsystemd-dev libpq-dev
+  libcli11-dev libspdlog-dev libfmt-dev libsqlite3-dev libhiredis-dev libsystemd-dev libpq-dev \
+  libcurl4-openssl-dev libssl-dev
 TEST_PACKAGES := python3 python3-yaml doctest-dev redis-server redis-tools postgresql prometheus \
   clang-format systemd time clang libclang-rt-14-dev
 BENCH_PACKAGES := python3 redis-server redis-tools postgresql time nodejs node-redis golang-go

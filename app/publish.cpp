@@ -7,6 +7,8 @@
 #include "config/config.hpp"
 #include "message/message.hpp"
 #include "runtime/loop.hpp"
+#include "sources/pubsub_publisher.hpp"
+#include "sources/pubsub_rest.hpp"
 #include "sources/redis_publisher.hpp"
 #include "sources/redis_url.hpp"
 #include "sources/simulate_source.hpp"
@@ -42,6 +44,27 @@ private:
     redis_publisher pub_;
 };
 
+// Pub/Sub: the ordering key, when asked for, is the message's host (a line that does not decode
+// gets none).
+class pubsub_sink final : public sink {
+public:
+    pubsub_sink(const std::string& endpoint, const std::string& topic, bool by_host)
+        : pub_(endpoint, topic), by_host_(by_host) {}
+    void add(std::string_view p) override {
+        std::string key;
+        if (by_host_) {
+            auto d = decode(p, decode_options{});
+            if (auto* m = std::get_if<message>(&d)) key = std::string(m->hostname());
+        }
+        pub_.add(std::string(p), std::move(key));
+    }
+    void flush() override { pub_.flush(); }
+
+private:
+    pubsub_publisher pub_;
+    bool by_host_;
+};
+
 class ndjson_sink final : public sink {
 public:
     explicit ndjson_sink(std::FILE* f) : f_(f) {}
@@ -61,7 +84,8 @@ private:
 
 int run_publish(const std::vector<std::string>& args) {
     CLI::App cmd{"Send restart requests to a Redis stream (XADD <stream> * payload <json>), "
-                 "pipelined. Generated ones (--count) or NDJSON lines from standard input "
+                 "pipelined, or to a Pub/Sub topic (--pubsub-topic). Generated ones (--count) or "
+                 "NDJSON lines from standard input "
                  "(--stdin). Prints {\"sent\":N,...} when done.",
                  "mayhem publish"};
     std::uint64_t count = 10;
@@ -71,6 +95,7 @@ int run_publish(const std::vector<std::string>& args) {
     std::string url = "redis://127.0.0.1:6379/0";
     std::string stream = "mayhem:restarts";
     std::string output;
+    std::string topic, pubsub_endpoint, ordering_key = "none";
     add_whole_number(cmd, "--count", count, 0, messages_max,
                      "How many generated requests (ignored with --stdin)");
     cmd.add_option("--bad-ratio", bad_ratio, "Share of undecodable generated payloads (0..1)")
@@ -85,6 +110,19 @@ int run_publish(const std::vector<std::string>& args) {
     cmd.add_option("--stream", stream, "The stream to add to")->capture_default_str();
     cmd.add_option("--output", output,
                    "Write NDJSON to this file ('-' = standard output) instead of Redis");
+    cmd.add_option("--pubsub-topic", topic,
+                   "Publish to this Pub/Sub topic (projects/P/topics/T) instead of Redis, 1,000 "
+                   "messages a call")
+        ->check(shaped(pubsub::valid_topic, "projects/PROJECT/topics/NAME"));
+    cmd.add_option("--pubsub-endpoint", pubsub_endpoint,
+                   "The Pub/Sub API's base URL (default: http://$PUBSUB_EMULATOR_HOST when that is "
+                   "set, else https://pubsub.googleapis.com)")
+        ->check(shaped(pubsub::valid_endpoint, "http://HOST[:PORT] or https://HOST[:PORT]"));
+    cmd.add_option("--pubsub-ordering-key", ordering_key,
+                   "host: each message's ordering key is its host (the subscription delivers one "
+                   "host's requests in order); none: no ordering key")
+        ->check(CLI::IsMember({"none", "host"}))
+        ->capture_default_str();
     if (auto code = mayhem::parse_command(cmd, args, "mayhem publish", std::cout, std::cerr))
         return *code;
     std::string why;
@@ -104,6 +142,9 @@ int run_publish(const std::vector<std::string>& args) {
             file = std::fopen(output.c_str(), "w");
             if (!file) throw std::runtime_error("cannot open '" + output + "' for writing");
             out = std::make_unique<ndjson_sink>(file);
+        } else if (!topic.empty()) {
+            out = std::make_unique<pubsub_sink>(pubsub::resolve_endpoint(pubsub_endpoint), topic,
+                                                ordering_key == "host");
         } else {
             out = std::make_unique<redis_sink>(*ep, stream);
         }
@@ -164,10 +205,13 @@ int run_publish(const std::vector<std::string>& args) {
     }
     // The summary goes to stderr when stdout carries the NDJSON itself.
     std::FILE* report = output == "-" ? stderr : stdout;
+    std::string target = output == "-"     ? std::string("stdout")
+                         : !output.empty() ? output
+                         : !topic.empty()  ? topic
+                                           : ep->shown() + " " + stream;
     std::fprintf(report, "{\"sent\":%llu,\"rejected\":%llu,\"target\":\"%s\"}\n",
                  static_cast<unsigned long long>(added), static_cast<unsigned long long>(rejected),
-                 output.empty() ? (ep->shown() + " " + stream).c_str()
-                                : (output == "-" ? "stdout" : output.c_str()));
+                 target.c_str());
     std::fflush(report);
     return rejected > 0 ? exit_fatal : 0;
 }

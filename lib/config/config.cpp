@@ -4,6 +4,7 @@
 #include "restart/command_template.hpp"
 #include "restart/exec_wrapper.hpp"
 #include "restart/policy.hpp"
+#include "sources/pubsub_rest.hpp"
 #include "sources/redis_url.hpp"
 
 #include <algorithm>
@@ -238,6 +239,14 @@ spdlog::level::level_enum parse_log_level(const std::string& s) {
     return spdlog::level::off;
 }
 
+CLI::Validator shaped(bool (*valid)(std::string_view), const std::string& shape) {
+    return CLI::Validator(
+        [valid, shape](std::string& v) {
+            return valid(v) ? std::string{} : "'" + v + "' is not valid: expected " + shape;
+        },
+        shape);
+}
+
 std::string env_name(const std::string& flag) {
     std::string out = "MAYHEM_";
     for (char c : flag)
@@ -254,7 +263,7 @@ void add_worker_options(CLI::App& cmd, worker_config& c) {
         ->group("General");
 
     cmd.add_option("--source", c.source, "Where requests come from")
-        ->check(CLI::IsMember({"simulate", "stdin", "redis"}))
+        ->check(CLI::IsMember({"simulate", "stdin", "redis", "pubsub"}))
         ->capture_default_str()
         ->group("Pipeline");
     cmd.add_option("--store", c.store, "Where requests are saved")
@@ -413,8 +422,24 @@ void add_worker_options(CLI::App& cmd, worker_config& c) {
                  "length are read for /metrics (0 = never)")
         ->group("Redis");
     cmd.add_flag("--exit-when-idle", c.exit_when_idle,
-                 "redis: exit 0 once the stream has no new or pending entries for the group")
+                 "redis: exit 0 once the stream has no new or pending entries for the group; "
+                 "pubsub: once pulls brought nothing for 1s and nothing is in flight")
         ->group("Redis");
+
+    cmd.add_option("--pubsub-subscription", c.pubsub_subscription,
+                   "pubsub: the subscription to pull from")
+        ->check(shaped(pubsub::valid_subscription, "projects/PROJECT/subscriptions/NAME"))
+        ->group("Pub/Sub");
+    cmd.add_option("--pubsub-endpoint", c.pubsub_endpoint,
+                   "pubsub: the API's base URL (default: http://$PUBSUB_EMULATOR_HOST when that "
+                   "is set, else https://pubsub.googleapis.com)")
+        ->check(shaped(pubsub::valid_endpoint, "http://HOST[:PORT] or https://HOST[:PORT]"))
+        ->group("Pub/Sub");
+    cmd.add_option("--dead-letter-topic", c.dead_letter_topic,
+                   "pubsub: where dead letters are published (with a reason attribute) before "
+                   "they are acked")
+        ->check(shaped(pubsub::valid_topic, "projects/PROJECT/topics/NAME"))
+        ->group("Pub/Sub");
 
     add_duration(cmd, "--status-interval", c.status_interval,
                  "How often a status line is logged (0 = never)")
@@ -654,6 +679,14 @@ std::optional<std::string> check_safety(const worker_config& c) {
                    "message is taken";
         return std::nullopt;
     };
+    if (c.source == "pubsub" && c.pubsub_subscription.empty())
+        return std::string("--source pubsub needs --pubsub-subscription (or "
+                           "MAYHEM_PUBSUB_SUBSCRIPTION), e.g. projects/my-project/subscriptions/"
+                           "restarts");
+    if (c.source == "pubsub" && c.dead_letter_topic.empty())
+        return std::string("--source pubsub needs --dead-letter-topic (or "
+                           "MAYHEM_DEAD_LETTER_TOPIC), e.g. projects/my-project/topics/"
+                           "restarts-dead: a message that cannot be done is published there");
     if (c.store == "postgres" && c.postgres_url.empty())
         return std::string("--store postgres needs --postgres-url (or MAYHEM_POSTGRES_URL), e.g. "
                            "postgresql://mayhem@db.example.net:5432/mayhem");

@@ -49,6 +49,11 @@ struct worker_config {
     std::uint64_t read_ahead = 512;      // entries read beyond the pipeline's room
     millis stream_sample_interval{5000}; // how often the group is sampled for /metrics
 
+    // pubsub source (README "Google Cloud Pub/Sub")
+    std::string pubsub_subscription; // projects/P/subscriptions/S
+    std::string pubsub_endpoint;     // empty: $PUBSUB_EMULATOR_HOST, else Google's
+    std::string dead_letter_topic;   // projects/P/topics/T
+
     // simulated latencies and failures
     latency_range save_latency{millis{0}, millis{1000}};
     latency_range restart_latency{millis{0}, millis{1000}};
@@ -119,6 +124,10 @@ std::optional<std::uint64_t> parse_whole_number(std::string_view s, std::uint64_
 // An option bound to `target` that takes such a number; an error names the flag and the range.
 CLI::Option* add_whole_number(CLI::App& cmd, const std::string& name, std::uint64_t& target,
                               std::uint64_t min, std::uint64_t max, const std::string& help);
+
+// A check that a value has the shape `valid` accepts; the error shows the value and `shape`
+// ("'x' is not valid: expected projects/PROJECT/topics/NAME").
+CLI::Validator shaped(bool (*valid)(std::string_view), const std::string& shape);
 
 // The environment variable that sets a flag: --max-in-flight -> MAYHEM_MAX_IN_FLIGHT.
 std::string env_name(const std::string& flag);

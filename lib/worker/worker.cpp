@@ -5,6 +5,8 @@
 #include "restart/restart_guard.hpp"
 #include "restart/simulate_restarter.hpp"
 #include "runtime/log.hpp"
+#include "sources/pubsub_rest.hpp"
+#include "sources/pubsub_source.hpp"
 #include "sources/redis_source.hpp"
 #include "sources/simulate_source.hpp"
 #include "sources/stdin_source.hpp"
@@ -59,8 +61,24 @@ std::unique_ptr<source> make_redis_source(rt::loop& loop, const worker_config& c
     return std::make_unique<redis_source>(loop, std::move(o));
 }
 
+std::unique_ptr<source> make_pubsub_source(rt::loop& loop, const worker_config& c) {
+    pubsub_source_options o;
+    o.endpoint = pubsub::resolve_endpoint(c.pubsub_endpoint);
+    o.subscription = c.pubsub_subscription;
+    o.dead_letter_topic = c.dead_letter_topic;
+    o.exit_when_idle = c.exit_when_idle;
+    o.lease_extend = c.lease_extend_interval;
+    o.ack_deadline = c.lease_timeout;
+    if (pubsub::needs_credentials(o.endpoint))
+        log::warn("pubsub: no credentials are sent (Application Default Credentials are not "
+                  "supported yet); Google's endpoint will refuse the calls",
+                  {{"endpoint", o.endpoint}});
+    return std::make_unique<pubsub_source>(loop, std::move(o));
+}
+
 std::unique_ptr<source> make_source(rt::loop& loop, const worker_config& c) {
     if (c.source == "redis") return make_redis_source(loop, c);
+    if (c.source == "pubsub") return make_pubsub_source(loop, c);
     if (c.source == "stdin")
         return std::make_unique<stdin_source>(loop, STDIN_FILENO, c.max_message_bytes);
     simulate_options o;

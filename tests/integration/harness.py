@@ -208,6 +208,106 @@ class RedisServer:
             return False
 
 
+PUBSUB_EMULATOR = os.environ.get("MAYHEM_PUBSUB_EMULATOR") or \
+    "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator"
+# Printed when the emulator is missing: ctest reports the test file as skipped (tests/CMakeLists).
+PUBSUB_ABSENT = "pubsub emulator not installed"
+
+
+def pubsub_emulator_missing():
+    """Why the Pub/Sub emulator cannot run here, or None when it can. It is not a Debian package
+    (it comes with the Google Cloud SDK) and needs Java."""
+    if not os.access(PUBSUB_EMULATOR, os.X_OK):
+        return "%s: %s is missing (Google Cloud SDK)" % (PUBSUB_ABSENT, PUBSUB_EMULATOR)
+    if not shutil.which("java"):
+        return "%s: no java on PATH" % PUBSUB_ABSENT
+    return None
+
+
+class PubsubEmulator:
+    """The Google Cloud Pub/Sub emulator on a free loopback port, in its own process group
+    (a shell script that starts Java) so stop() ends all of it. Data stays in memory."""
+
+    def __init__(self, tmp, port=None):
+        self.port = port or free_port()
+        self.dir = tempfile.mkdtemp(prefix="pubsub-", dir=tmp)
+        self.proc = None
+        self.start()
+
+    @property
+    def host(self):
+        return "127.0.0.1:%d" % self.port
+
+    @property
+    def endpoint(self):
+        return "http://" + self.host
+
+    def start(self):
+        self.log = open(os.path.join(self.dir, "emulator.log"), "a")
+        self.proc = subprocess.Popen(
+            [PUBSUB_EMULATOR, "--host=127.0.0.1", "--port=%d" % self.port],
+            stdout=self.log, stderr=self.log, cwd=self.dir, start_new_session=True)
+        # A hang guard, not a timing: Java starts slowly on a loaded machine.
+        wait_until(lambda: self.answers() or self.proc.poll() is not None, timeout=120,
+                   what="the pubsub emulator to answer")
+        if self.proc.poll() is not None:
+            raise AssertionError("the pubsub emulator exited with %s; see %s"
+                                 % (self.proc.returncode, self.log.name))
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=30)
+        self.log.close()
+
+    def answers(self):
+        status, _ = self.call("GET", "/v1/projects/p/topics")
+        return status == 200
+
+    def call(self, method, path, body=None):
+        """(status, parsed JSON reply or None) of one REST call."""
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.endpoint + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                text = r.read().decode()
+                return r.status, json.loads(text) if text else None
+        except urllib.error.HTTPError as e:
+            return e.code, None
+        except (urllib.error.URLError, ConnectionError, socket.timeout, OSError):
+            return 0, None
+
+    def create(self, name, ack_deadline=60, dead_letter=None, max_attempts=5):
+        """Topic projects/p/topics/<name> and subscription projects/p/subscriptions/<name>;
+        returns the subscription's name. `dead_letter`: a topic for the subscription's own
+        dead-letter policy."""
+        topic = "projects/p/topics/" + name
+        sub = "projects/p/subscriptions/" + name
+        status, _ = self.call("PUT", "/v1/" + topic, {})
+        assert status == 200, "create topic: %s" % status
+        body = {"topic": topic, "ackDeadlineSeconds": ack_deadline}
+        if dead_letter:
+            body["deadLetterPolicy"] = {"deadLetterTopic": dead_letter,
+                                        "maxDeliveryAttempts": max_attempts}
+        status, _ = self.call("PUT", "/v1/" + sub, body)
+        assert status == 200, "create subscription: %s" % status
+        return sub
+
+    def pull(self, sub, max_messages=1000, ack=True):
+        """The messages available on `sub` now (acked unless ack=False)."""
+        _, reply = self.call("POST", "/v1/%s:pull" % sub,
+                             {"maxMessages": max_messages, "returnImmediately": True})
+        got = (reply or {}).get("receivedMessages", [])
+        if ack and got:
+            self.call("POST", "/v1/%s:acknowledge" % sub,
+                      {"ackIds": [m["ackId"] for m in got]})
+        return got
+
+
 class Harness(unittest.TestCase):
     """Base class: a temp dir per test and cleanup of every process started through it."""
 
