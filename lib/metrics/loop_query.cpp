@@ -39,8 +39,8 @@ void loop_query::ask(std::string question, reply_fn reply) {
     {
         std::lock_guard lock(mu_);
         if (!closing_ && waiting_.size() < max_waiting) {
-            waiting_.push_back(
-                {std::move(question), std::move(reply), std::chrono::steady_clock::now() + timeout_});
+            waiting_.push_back({std::move(question), std::move(reply),
+                                std::chrono::steady_clock::now() + timeout_});
             // Under the lock: the destructor closes the handle only after it set closing_.
             uv_async_send(async_.get());
             changed_.notify_all();

@@ -40,7 +40,8 @@ struct reply_slot {
 
 TEST_CASE("loop_query: the loop answers on its own thread") {
     rt::loop loop;
-    metrics::loop_query q(loop, [](const std::string& s) { return "answer to " + s; }, 5s);
+    metrics::loop_query q(
+        loop, [](const std::string& s) { return "answer to " + s; }, 5s);
     reply_slot slot;
     std::thread asker([&] { q.ask("7", slot.fn()); });
     asker.join();
@@ -84,7 +85,8 @@ TEST_CASE("loop_query: too many questions at once, and the ones left at destruct
     rt::loop loop;
     std::array<reply_slot, metrics::loop_query::max_waiting + 1> slots;
     {
-        metrics::loop_query q(loop, [](const std::string&) { return std::string("x"); }, 60s);
+        metrics::loop_query q(
+            loop, [](const std::string&) { return std::string("x"); }, 60s);
         for (auto& s : slots)
             q.ask("q", s.fn());
         CHECK(slots.back().done()); // over the limit: at once
