@@ -3,6 +3,7 @@
 the probe paths, port and variables the worker serves and reads. (No container engine runs here:
 the image itself is not built.)"""
 
+import json
 import os
 import re
 import shlex
@@ -17,6 +18,9 @@ from harness import Harness, http_get, free_port, wait_until
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DOCKERFILE = os.path.join(ROOT, "deploy", "Dockerfile")
 MANIFEST = os.path.join(ROOT, "deploy", "kubernetes", "deployment.yaml")
+RULES = os.path.join(ROOT, "deploy", "prometheus", "mayhem.rules.yml")
+RUNBOOK = os.path.join(ROOT, "deploy", "runbook.md")
+DASHBOARD = os.path.join(ROOT, "deploy", "grafana", "mayhem.json")
 
 
 def stages(text):
@@ -118,6 +122,45 @@ class DeployTest(Harness):
             wait_until(lambda: http_get("http://127.0.0.1:%d%s" % (p, path))[0] == 200
                        or not w.alive(), timeout=10, what=path)
             self.assertEqual(http_get("http://127.0.0.1:%d%s" % (p, path))[0], 200, path)
+
+    def test_every_alert_has_a_runbook_section_and_names_no_job(self):
+        rules = [r for g in yaml.safe_load(open(RULES))["groups"] for r in g["rules"]
+                 if "alert" in r]
+        runbook = open(RUNBOOK).read()
+        sections = dict(re.findall(r"(?ms)^## (\S+)\n(.*?)(?=^## |\Z)", runbook))
+        self.assertEqual(sorted(sections), sorted(r["alert"] for r in rules),
+                         "one runbook section per alert, and no other")
+        for r in rules:
+            name = r["alert"]
+            # The anchor a Markdown renderer gives "## Name".
+            self.assertEqual(r["annotations"].get("runbook_url"),
+                             "deploy/runbook.md#" + name.lower(), name)
+            for part in ("**What it means.**", "**What to check.**", "**What to do.**"):
+                self.assertIn(part, sections[name], "%s: %s" % (name, part))
+            # Annotation-based discovery names its own job: no rule may select one.
+            self.assertNotRegex(r["expr"], r"\bjob\s*=", name)
+        by_name = {r["alert"]: r for r in rules}
+        self.assertIn("absent(", by_name["MayhemWorkersAbsent"]["expr"])
+        self.assertIn("mayhem_restarts_paused", by_name["MayhemStuck"]["expr"])
+
+    def test_the_dashboard_shows_the_rails_and_the_store(self):
+        exprs = []
+
+        def walk(node):
+            if isinstance(node, dict):
+                exprs.extend(v for k, v in node.items() if k == "expr")
+                for v in node.values():
+                    walk(v)
+            elif isinstance(node, list):
+                for v in node:
+                    walk(v)
+
+        walk(json.load(open(DASHBOARD)))
+        text = "\n".join(exprs)
+        for metric in ("mayhem_restarts_paused", "mayhem_restart_breaker_state",
+                       "mayhem_restarts_running", "mayhem_restarts_waiting",
+                       "mayhem_store_healthy"):
+            self.assertIn(metric, text)
 
 
 if __name__ == "__main__":
