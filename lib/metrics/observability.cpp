@@ -147,6 +147,7 @@ void observability::inflight_request(const http_args& args, http_reply reply) {
 
 // Loop thread, on every probe tick: copies what only the loop may read into live_state.
 void observability::publish() noexcept {
+    live_.log_dropped.set(static_cast<std::int64_t>(log::dropped())); // also while stopping
     if (!publishing_) return;
     live_.source_up.store(source_.up(), std::memory_order_relaxed);
     live_.store_healthy.store(store_.healthy(), std::memory_order_relaxed);
