@@ -60,7 +60,11 @@ int check_output(int code) {
     bool stdout_lost = std::fflush(stdout) != 0 || std::ferror(stdout) != 0;
     if (stdout_lost)
         mayhem::log::error("could not write to stdout: the summary (or output) is lost");
-    const auto& lost = mayhem::log::lost();
+    if (auto dropped = mayhem::log::dropped())
+        mayhem::log::warn("log lines were dropped: stderr did not keep up", {{"dropped", dropped}});
+    // Bounded: a stderr nobody reads must not hold the exit (the lines still queued are lost).
+    mayhem::log::flush();
+    const auto lost = mayhem::log::lost();
     if (lost.count > 0) {
         std::string text =
             "mayhem: " + std::to_string(lost.count) +

@@ -244,6 +244,11 @@ std::vector<MetricFamily> collect(const catalogue_inputs& in) {
     out.push_back(single("mayhem_store_healthy", "1 while the store is up and writable",
                          MetricType::Gauge, live.store_healthy.load(std::memory_order_relaxed)));
 
+    out.push_back(single("mayhem_log_dropped_total",
+                         "Log lines dropped because stderr did not keep up (the log queue was "
+                         "full): logging never blocks the event loop",
+                         MetricType::Counter, num(live.log_dropped.get())));
+
     // Event loop and lifecycle
     auto lag = family("mayhem_event_loop_lag_seconds",
                       "How late the loop's periodic probe timer fired (time the loop was busy "

@@ -25,6 +25,7 @@ struct live_state {
     rt::gauge source_reconnects;
     rt::gauge store_transactions;
     rt::gauge store_saves;
+    rt::gauge log_dropped; // log lines dropped: stderr did not keep up (log::dropped())
     // Set once, when a drain ends; 0 before.
     rt::gauge drain_duration_ns;
     // How late the monitor's timer fired, and loop iterations that ran longer than

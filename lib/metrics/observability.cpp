@@ -4,8 +4,11 @@
 #include "runtime/log.hpp"
 #include "version.hpp"
 
+#include <charconv>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <nlohmann/json.hpp>
 #include <thread>
 
 namespace mayhem::metrics {
@@ -28,30 +31,46 @@ observability::observability(rt::loop& l, observability_options opts, const pipe
     publish();
     monitor_ = std::make_unique<loop_monitor>(l, live_, probe_period(opts_.health_max_loop_lag),
                                               opts_.slow_callback_warn, [this] { publish(); });
-    if (opts_.debug_block_loop.count() > 0) {
-        // Test only (README): lets the tests see /healthz and the loop-lag figures react to a
-        // stuck loop, which is exactly what a real blocking call would do.
-        debug_block_ = std::make_unique<rt::signal_watch>(loop_, SIGUSR1, [this](int) {
+    usr1_ = std::make_unique<rt::signal_watch>(loop_, SIGUSR1, [this](int) {
+        log_inflight();
+        if (opts_.debug_block_loop.count() > 0 && publishing_) {
+            // Test only (README): lets the tests see /healthz and the loop-lag figures react to
+            // a stuck loop, which is exactly what a real blocking call would do.
             log::warn("SIGUSR1: blocking the event loop (--debug-block-loop, test only)",
                       {{"ms", static_cast<std::int64_t>(opts_.debug_block_loop.count())}});
             std::this_thread::sleep_for(opts_.debug_block_loop);
-        });
-    }
+        }
+    });
 }
 
 observability::~observability() {
-    server_.reset(); // joins the HTTP threads first: they read live_ and the pipeline's stats
-    debug_block_.reset();
+    // The HTTP threads first: they read live_ and the pipeline's stats, and the server answers
+    // 503 to an in-flight request still waiting for the loop. Replies that come after are
+    // dropped.
+    server_.reset();
+    inflight_query_.reset();
+    usr1_.reset();
     monitor_.reset();
 }
 
 std::optional<std::string> observability::start() {
     if (opts_.listen == "off") return std::nullopt;
     std::string error;
+    inflight_query_ = std::make_unique<loop_query>(
+        loop_,
+        [this](const std::string& limit) {
+            return inflight_json(static_cast<std::size_t>(std::stoull(limit)));
+        },
+        inflight_timeout);
+    deferred_route inflight{"/debug/inflight", [this](const http_args& args, http_reply reply) {
+                                inflight_request(args, std::move(reply));
+                            }};
     server_ = http_server::start(
-        opts_.listen, [this](std::string_view path) { return answer(path); }, error);
+        opts_.listen, [this](std::string_view path) { return answer(path); }, error,
+        std::move(inflight));
     if (!server_) return error;
-    log::info("serving /metrics, /healthz and /readyz", {{"address", opts_.listen}});
+    log::info("serving /metrics, /healthz, /readyz and /debug/inflight",
+              {{"address", opts_.listen}});
     return std::nullopt;
 }
 
@@ -63,11 +82,72 @@ void observability::run_finished(std::optional<std::chrono::nanoseconds> drain_t
     if (drain_took) live_.drain_duration_ns.set(drain_took->count());
     live_.draining.store(true, std::memory_order_relaxed);
     publishing_ = false; // the heartbeat goes on while the store flushes
-    debug_block_.reset();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The in-flight dump: /debug/inflight and SIGUSR1
+// ---------------------------------------------------------------------------------------------
+
+// Loop thread: the pipeline is read only here.
+std::string observability::inflight_json(std::size_t limit) const {
+    auto snap = pipeline_.inflight(limit);
+    nlohmann::json messages = nlohmann::json::array();
+    for (const auto& e : snap.oldest) {
+        nlohmann::json m = {{"message_id", e.message_id},
+                            {"hostname", e.hostname},
+                            {"stage", std::string(to_string(e.stage))},
+                            {"saved", e.saved},
+                            {"age_seconds", std::round(e.age_seconds * 1000) / 1000},
+                            {"attempt", e.attempt}};
+        messages.push_back(std::move(m));
+    }
+    nlohmann::json out = {{"in_flight", snap.in_flight},
+                          {"queued", snap.queued},
+                          {"shown", snap.oldest.size()},
+                          {"messages", std::move(messages)}};
+    return out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+}
+
+// Loop thread (SIGUSR1): the same summary as log lines, one per message.
+void observability::log_inflight() const {
+    auto snap = pipeline_.inflight(inflight_default_limit);
+    log::info(
+        "SIGUSR1: messages in flight, oldest first",
+        {{"in_flight", snap.in_flight}, {"queued", snap.queued}, {"shown", snap.oldest.size()}});
+    for (const auto& e : snap.oldest) {
+        log::info("in flight", {{"message_id", e.message_id},
+                                {"hostname", e.hostname},
+                                {"stage", to_string(e.stage)},
+                                {"saved", e.saved},
+                                {"age_seconds", std::round(e.age_seconds * 1000) / 1000},
+                                {"attempt", e.attempt}});
+    }
+}
+
+// HTTP thread: checks ?limit= and asks the loop; never reads the pipeline itself.
+void observability::inflight_request(const http_args& args, http_reply reply) {
+    std::size_t limit = inflight_default_limit;
+    for (const auto& [key, value] : args) {
+        if (key != "limit") continue;
+        const char* end = value.data() + value.size();
+        auto [p, ec] = std::from_chars(value.data(), end, limit);
+        if (ec != std::errc{} || p != end || limit < 1 || limit > inflight_max_limit)
+            return reply({400, "text/plain; charset=utf-8",
+                          "limit: expected a whole number from 1 to " +
+                              std::to_string(inflight_max_limit) + "\n"});
+    }
+    inflight_query_->ask(std::to_string(limit), [reply](std::optional<std::string> json) {
+        if (json)
+            reply({200, "application/json", std::move(*json)});
+        else
+            reply({503, "application/json",
+                   "{\"error\":\"the event loop did not answer in time\"}\n"});
+    });
 }
 
 // Loop thread, on every probe tick: copies what only the loop may read into live_state.
 void observability::publish() noexcept {
+    live_.log_dropped.set(static_cast<std::int64_t>(log::dropped())); // also while stopping
     if (!publishing_) return;
     live_.source_up.store(source_.up(), std::memory_order_relaxed);
     live_.store_healthy.store(store_.healthy(), std::memory_order_relaxed);
@@ -113,7 +193,8 @@ http_response observability::answer(std::string_view path) const {
         return {503, "application/json",
                 std::string(R"({"ready":false,"reason":")") + reason + "\"}\n"};
     }
-    return {404, "text/plain; charset=utf-8", "not found: try /metrics, /healthz, /readyz\n"};
+    return {404, "text/plain; charset=utf-8",
+            "not found: try /metrics, /healthz, /readyz, /debug/inflight\n"};
 }
 
 } // namespace mayhem::metrics

@@ -1,17 +1,19 @@
-// The worker's observability: the loop monitor, the readiness state and the HTTP port with
-// /metrics, /healthz and /readyz (README, "Observability"). The worker owns one and tells it
-// when a drain begins and ends; everything else it reads for itself.
+// The worker's observability: the loop monitor, the readiness state, the HTTP port with
+// /metrics, /healthz, /readyz and /debug/inflight, and the in-flight dump on SIGUSR1 (README,
+// "Observability"). The worker owns one and tells it when a drain begins and ends; everything
+// else it reads for itself.
 //
 // Threading: constructed, started, told and destroyed on the loop thread. The HTTP threads call
-// answer() and read only atomics (live_state, pipeline_stats). The destructor stops the HTTP
-// server (joining its threads) before anything it reads can go away, so the owner destroys it
-// before the pipeline.
+// answer() and read only atomics (live_state, pipeline_stats); /debug/inflight is asked of the
+// loop (loop_query), which builds it. The destructor stops the HTTP server (joining its threads)
+// before anything it reads can go away, so the owner destroys it before the pipeline.
 #pragma once
 
 #include "metrics/catalogue.hpp"
 #include "metrics/http_server.hpp"
 #include "metrics/live_state.hpp"
 #include "metrics/loop_monitor.hpp"
+#include "metrics/loop_query.hpp"
 #include "pipeline/pipeline.hpp"
 #include "restart/restart_guard.hpp"
 #include "runtime/loop.hpp"
@@ -56,8 +58,18 @@ public:
     // The answer to a GET of `path`; called on the HTTP threads.
     http_response answer(std::string_view path) const;
 
+    // /debug/inflight: what `?limit=` allows, and what it is when absent.
+    static constexpr std::size_t inflight_default_limit = 100;
+    static constexpr std::size_t inflight_max_limit = 10000;
+    // How long /debug/inflight waits for the loop before it answers 503.
+    static constexpr std::chrono::milliseconds inflight_timeout{1000};
+    // Loop thread: the in-flight dump as one JSON object.
+    std::string inflight_json(std::size_t limit) const;
+
 private:
     void publish() noexcept;
+    void log_inflight() const;
+    void inflight_request(const http_args& args, http_reply reply);
 
     rt::loop& loop_;
     observability_options opts_;
@@ -71,7 +83,8 @@ private:
     live_state live_;
     bool publishing_ = true; // loop thread: false once the source may be closed
     std::unique_ptr<loop_monitor> monitor_;
-    std::unique_ptr<rt::signal_watch> debug_block_;
+    std::unique_ptr<rt::signal_watch> usr1_;
+    std::unique_ptr<loop_query> inflight_query_;
     std::unique_ptr<http_server> server_;
 };
 

@@ -38,8 +38,9 @@ struct pipeline::flight : rt::list_node {
     std::uint32_t attempt = 0;        // the store's count of this id's restart starts (0: none)
     bool lease_lost = false;          // the source gave it to a peer: start no restart for it
     outcome last = outcome::released; // what it settled with, for a coalesced duplicate
-    std::uint64_t started_ns = 0;     // when save and restart were started
-    std::uint64_t restarted_ns = 0;   // when the restart's steps ended
+    flight_stage stage = flight_stage::claiming; // for /debug/inflight
+    std::uint64_t started_ns = 0;                // when save and restart were started
+    std::uint64_t restarted_ns = 0;              // when the restart's steps ended
     rt::event done;
     std::uint64_t lease_due = 0;
     rt::branch<save_result> save;
@@ -247,6 +248,7 @@ rt::task<void> pipeline::process(delivery d) {
         bool go = gate == restart_guard::gate::restart;
         try {
             if (gate == restart_guard::gate::wait) {
+                f.stage = flight_stage::waiting_for_slot;
                 auto waited_from = now_ns();
                 go = co_await guard_.wait(f.pass, f.msg, f.restarted);
                 stats_.slot_wait_seconds.observe(static_cast<double>(now_ns() - waited_from) / 1e9);
@@ -257,6 +259,7 @@ rt::task<void> pipeline::process(delivery d) {
                 f.restarted = restart_result{restart_status::not_started, "lease lost to a peer"};
             }
             if (go) {
+                f.stage = flight_stage::restarting;
                 f.ran = true;
                 auto ran_from = now_ns();
                 f.restarted = co_await guard_.inner().restart(f.msg);
@@ -276,6 +279,7 @@ rt::task<void> pipeline::process(delivery d) {
         // ran is never run again because its record failed.
         bool never_ran =
             f.restarted.status == restart_status::not_started || f.restarted.not_attempted;
+        f.stage = flight_stage::recording;
         if (never_ran)
             co_await unclaim(f);
         else if (!co_await record(f))
@@ -288,6 +292,7 @@ rt::task<void> pipeline::process(delivery d) {
     if (step == claim_step::counted)
         stats_.restarts[static_cast<std::size_t>(f.restarted.status)].inc();
     f.restarted_ns = now_ns();
+    f.stage = flight_stage::saving;
     co_await f.save; // gather
     co_return conclude(f);
 }
@@ -326,6 +331,7 @@ rt::task<void> pipeline::record_until_written(flight& f) {
 // unfinished, ask the verify command whether the host came back since; if it did, that restart
 // is recorded as ok and not run a second time.
 rt::task<pipeline::claim_step> pipeline::verify_unfinished(flight& f) {
+    f.stage = flight_stage::verifying;
     restart_result v;
     try {
         v = co_await guard_.inner().verify(f.msg);
@@ -391,6 +397,7 @@ std::uint64_t pipeline::id_hash_of(const flight& f) noexcept {
 // The duplicate's own lease is renewed while it waits: lapsed, a peer would reclaim the entry,
 // find the claim unfinished and restart the host while the first restart still runs.
 rt::task<void> pipeline::follow(flight& f, flight& first) {
+    f.stage = flight_stage::duplicate;
     lease(f);
     co_await first.done;
     settle_duplicate(f, first); // `first` is alive: set() resumes us
@@ -546,6 +553,55 @@ void pipeline::warm(const flight& f, bool ending) const noexcept {
     if (!ending) return;
     if (f.linked()) __builtin_prefetch(f.next);
     __builtin_prefetch(f.d.payload.data());
+}
+
+std::string_view to_string(flight_stage s) noexcept {
+    switch (s) {
+    case flight_stage::claiming:
+        return "claiming";
+    case flight_stage::verifying:
+        return "verifying";
+    case flight_stage::waiting_for_slot:
+        return "waiting_for_slot";
+    case flight_stage::restarting:
+        return "restarting";
+    case flight_stage::recording:
+        return "recording";
+    case flight_stage::saving:
+        return "saving";
+    case flight_stage::duplicate:
+        return "duplicate";
+    }
+    return "unknown";
+}
+
+// Every message in flight is on the lease list from its first suspension until it settles
+// (hold() or follow()). The list is in renewal order, not age order: the oldest are picked out.
+inflight_snapshot pipeline::inflight(std::size_t limit) const {
+    inflight_snapshot s;
+    s.in_flight = in_flight_;
+    s.queued = queue_.size();
+    std::vector<const flight*> all;
+    for (auto* n = leases_.front(); n && n != leases_.end(); n = n->next)
+        all.push_back(static_cast<const flight*>(n));
+    auto by_age = [](const flight* a, const flight* b) {
+        return a->d.received_ns < b->d.received_ns;
+    };
+    auto shown = all.begin() + static_cast<std::ptrdiff_t>(std::min(limit, all.size()));
+    std::partial_sort(all.begin(), shown, all.end(), by_age);
+    auto now = now_ns();
+    for (auto it = all.begin(); it != shown; ++it) {
+        const flight& f = **it;
+        inflight_entry e;
+        e.message_id = f.msg.message_id();
+        e.hostname = f.msg.hostname();
+        e.stage = f.stage;
+        e.saved = f.save.finished_ns() != 0;
+        e.age_seconds = static_cast<double>(now - f.d.received_ns) / 1e9;
+        e.attempt = f.attempt ? f.attempt : f.d.attempt;
+        s.oldest.push_back(std::move(e));
+    }
+    return s;
 }
 
 // One timer renews every lease that is due, in one call to the source. Leases are kept in the

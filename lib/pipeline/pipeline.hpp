@@ -26,7 +26,9 @@
 #include <deque>
 #include <functional>
 #include <random>
+#include <string>
 #include <string_view>
+#include <vector>
 
 namespace mayhem {
 
@@ -94,6 +96,36 @@ struct pipeline_stats {
     }
 };
 
+// What a message in flight is waiting for, for /debug/inflight and SIGUSR1. Its save runs
+// beside these steps from the start; `saving` is a message whose restart step is over and whose
+// save is not.
+enum class flight_stage : std::uint8_t {
+    claiming,         // the store's claim of its restart
+    verifying,        // --verify-command on a restart a dead worker left unfinished
+    waiting_for_slot, // the guard: --max-concurrent-restarts, the pause file, the breaker
+    restarting,       // the restart itself
+    recording,        // writing how the restart ended (or giving its claim back)
+    saving,           // only its save is left
+    duplicate,        // a second delivery of an id in flight, waiting for the first
+};
+std::string_view to_string(flight_stage s) noexcept;
+
+// One message in flight as /debug/inflight shows it.
+struct inflight_entry {
+    std::string message_id;
+    std::string hostname;
+    flight_stage stage = flight_stage::claiming;
+    bool saved = false;
+    double age_seconds = 0; // since the pipeline took it from the source (queue included)
+    std::uint32_t attempt = 0;
+};
+
+struct inflight_snapshot {
+    std::size_t in_flight = 0;
+    std::size_t queued = 0;
+    std::vector<inflight_entry> oldest; // oldest first, at most the limit asked for
+};
+
 class pipeline final : private source_sink {
 public:
     pipeline(rt::loop& loop, pipeline_options opts, source& src, store& st, restart_guard& guard);
@@ -119,6 +151,8 @@ public:
     std::size_t max_in_flight() const noexcept { return opts_.max_in_flight; }
 
     const pipeline_stats& stats() const noexcept { return stats_; }
+    // The `limit` oldest messages in flight, with their stage. Loop thread only.
+    inflight_snapshot inflight(std::size_t limit) const;
     // Called (on the loop) when the pipeline may have become idle or the source changed.
     void on_change(std::function<void()> fn) { on_change_ = std::move(fn); }
 

@@ -33,6 +33,7 @@ public:
 
     bool empty() const noexcept { return head_.next == &head_; }
     list_node* front() noexcept { return empty() ? nullptr : head_.next; }
+    const list_node* front() const noexcept { return empty() ? nullptr : head_.next; }
     // Walks from front(): `for (auto* n = l.front(); n != l.end(); n = n->next)`.
     const list_node* end() const noexcept { return &head_; }
     void push_back(list_node& n) noexcept {

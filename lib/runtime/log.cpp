@@ -2,33 +2,61 @@
 
 #include "runtime/utf8.hpp"
 
+#include <atomic>
 #include <cerrno>
+#include <csignal>
 #include <cstdio>
-#include <spdlog/details/null_mutex.h>
+#include <cstdlib>
+#include <mutex>
+#include <pthread.h>
+#include <spdlog/async.h>
+#include <spdlog/async_logger.h>
 #include <spdlog/sinks/base_sink.h>
+#include <thread>
+#include <unistd.h>
 
 namespace mayhem::log {
 
 namespace {
 format g_format = format::text;
 std::shared_ptr<spdlog::logger> g_logger;
-lost_lines g_lost;
+// Never freed: at exit its thread may be blocked in a write to a stderr nobody reads, and
+// destroying the pool would join that thread and hang the exit. The process ends it instead.
+std::shared_ptr<spdlog::details::thread_pool>* g_pool = nullptr;
+std::atomic<std::uint64_t> g_queued{0};  // lines handed to the queue
+std::atomic<std::uint64_t> g_written{0}; // lines the writer is done with, written or lost
+std::atomic<std::uint64_t> g_lost_count{0};
+std::atomic<int> g_lost_error{0};
 
-// Writes each line to stderr at once, like spdlog's stderr_sink, but counts a line that could not
-// be written (spdlog 1.10's sink ignores the error). stderr is unbuffered: fwrite is the write.
-class stderr_sink final : public spdlog::sinks::base_sink<spdlog::details::null_mutex> {
+bool write_all(const char* p, std::size_t n) {
+    while (n > 0) {
+        ssize_t w = ::write(STDERR_FILENO, p, n);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            return false;
+        }
+        p += w;
+        n -= static_cast<std::size_t>(w);
+    }
+    return true;
+}
+
+// Runs on spdlog's writer thread. Each line goes out with write(2), not through stderr's FILE: a
+// thread blocked inside fwrite holds the FILE's lock, which exit() may want. A line that could
+// not be written is counted (spdlog 1.10's own sink ignores the error) and the next one is
+// tried again: a disk may have room again.
+class stderr_sink final : public spdlog::sinks::base_sink<std::mutex> {
 protected:
     void sink_it_(const spdlog::details::log_msg& msg) override {
         spdlog::memory_buf_t line;
         formatter_->format(msg, line);
-        if (std::fwrite(line.data(), 1, line.size(), stderr) != line.size() ||
-            std::fflush(stderr) != 0) {
-            ++g_lost.count;
-            g_lost.error = errno;
-            std::clearerr(stderr); // the next line is tried again: a disk may have room again
+        if (!write_all(line.data(), line.size())) {
+            g_lost_error.store(errno, std::memory_order_relaxed);
+            g_lost_count.fetch_add(1, std::memory_order_relaxed);
         }
+        g_written.fetch_add(1, std::memory_order_release);
     }
-    void flush_() override { std::fflush(stderr); }
+    void flush_() override {}
 };
 
 spdlog::logger& logger() {
@@ -148,7 +176,19 @@ bool needs_escape(std::string_view s) noexcept {
 void setup(format f, spdlog::level::level_enum level) {
     g_format = f;
     if (!g_logger) {
-        g_logger = std::make_shared<spdlog::logger>("mayhem", std::make_shared<stderr_sink>());
+        // The writer thread takes no signal: they are the event loop's.
+        sigset_t all, before;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &before);
+        g_pool = new std::shared_ptr<spdlog::details::thread_pool>(
+            std::make_shared<spdlog::details::thread_pool>(queue_lines, 1));
+        pthread_sigmask(SIG_SETMASK, &before, nullptr);
+        g_logger = std::make_shared<spdlog::async_logger>(
+            "mayhem", std::make_shared<stderr_sink>(), *g_pool,
+            spdlog::async_overflow_policy::overrun_oldest);
+        std::atexit([] { flush(); });
+    } else {
+        flush(); // lines already queued keep the format they were logged in
     }
     if (f == format::json) {
         // The message part is built by write() as the rest of the object.
@@ -158,11 +198,26 @@ void setup(format f, spdlog::level::level_enum level) {
         g_logger->set_pattern("%Y-%m-%d %H:%M:%S.%e %^%-5l%$ %v");
     }
     g_logger->set_level(level);
-    g_logger->flush_on(spdlog::level::trace);
 }
 
-const lost_lines& lost() {
-    return g_lost;
+lost_lines lost() {
+    return {g_lost_count.load(std::memory_order_relaxed),
+            g_lost_error.load(std::memory_order_relaxed)};
+}
+
+std::uint64_t dropped() {
+    return g_pool ? (*g_pool)->overrun_counter() : 0;
+}
+
+// Every line is either written (or lost) by the writer, or dropped from the queue.
+bool flush(std::chrono::milliseconds timeout) {
+    auto target = g_queued.load(std::memory_order_relaxed);
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (g_written.load(std::memory_order_acquire) + dropped() < target) {
+        if (std::chrono::steady_clock::now() >= deadline) return false;
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    return true;
 }
 
 void set_level(spdlog::level::level_enum level) {
@@ -206,6 +261,7 @@ void write(spdlog::level::level_enum level, std::string_view msg,
             append_value(line, f, false);
         }
     }
+    g_queued.fetch_add(1, std::memory_order_relaxed);
     l.log(level, "{}", line);
 }
 

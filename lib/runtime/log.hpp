@@ -2,10 +2,19 @@
 // line with --log-format json. Fields are key/value pairs; every line about a message carries
 // its message_id. Loop thread and start-up only.
 //
+// Logging never blocks the caller: a line is formatted here and queued, and one thread of
+// spdlog's (its asynchronous mode) writes the queue to stderr. The queue is bounded
+// (queue_lines); when a slow or blocked stderr (a full pipe to journald) lets it fill, the
+// oldest line waiting is dropped and counted (dropped(), the metric mayhem_log_dropped_total).
+// flush() waits, for a bounded time, until every line queued so far is written or dropped; it
+// runs at exit too.
+//
 // A line that cannot be written (the reader of a pipe is gone, the disk is full) is counted,
 // not retried: the process reports the loss by its exit code (app/main.cpp reads lost()).
 #pragma once
 
+#include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <initializer_list>
 #include <spdlog/spdlog.h>
@@ -56,12 +65,21 @@ inline void error(std::string_view msg, std::initializer_list<field> f = {}) {
     write(spdlog::level::err, msg, f);
 }
 
-// Log lines that could not be written to stderr, and the errno of the last such write.
+// Log lines that could not be written to stderr, and the errno of the last such write. Call
+// flush() first: the writer thread may still be writing.
 struct lost_lines {
     std::uint64_t count = 0;
     int error = 0;
 };
-const lost_lines& lost();
+lost_lines lost();
+
+// Lines the queue holds at most; beyond, the oldest waiting is dropped.
+inline constexpr std::size_t queue_lines = 8192;
+// Lines dropped because the queue was full (stderr did not keep up). Any thread.
+std::uint64_t dropped();
+// Waits until every line logged so far is written or dropped, at most `timeout`; false if the
+// time ran out (stderr is blocked).
+bool flush(std::chrono::milliseconds timeout = std::chrono::seconds(1));
 
 // Appends `s` to `out` as the inside of a JSON string (no quotes), always valid UTF-8: a byte
 // that starts no valid UTF-8 sequence becomes U+FFFD, and every control character (C0, DEL,

@@ -11,7 +11,7 @@ import subprocess
 import unittest
 
 import harness
-from harness import Harness
+from harness import Harness, free_port, http_get, wait_until
 
 ZERO = ["--save-latency", "0", "--restart-latency", "0"]
 EXIT_FATAL = 1
@@ -81,6 +81,51 @@ class ReaderGoesAway(Harness):
         code = self.feed_and_wait(p, 100)
         self.assertNotEqual(code, -signal.SIGPIPE, "killed by SIGPIPE")
         self.assertEqual(code, EXIT_FATAL)
+
+
+class BlockedStderr(Harness):
+    """stderr is a pipe whose reader never reads (a journald that stopped taking lines): the
+    event loop must not wait for it (README, "Exit codes": a slow stderr)."""
+
+    def test_worker_keeps_processing_and_counts_dropped_lines(self):
+        from test_metrics import parse_metrics, value
+        port = free_port()
+        base = "http://127.0.0.1:%d" % port
+        r, w = os.pipe()
+        out = open(os.path.join(self.tmp, "stdout"), "w")
+        # --log-level debug: one line per settled message, far more than the pipe holds.
+        p = subprocess.Popen(
+            [harness.MAYHEM, "worker", "--rate", "5000", "--log-level", "debug",
+             "--status-interval", "1s", "--metrics-addr", "127.0.0.1:%d" % port] + ZERO,
+            stdin=subprocess.DEVNULL, stdout=out, stderr=w, cwd=self.tmp)
+        self._procs.append(p)
+        os.close(w)
+        self.addCleanup(os.close, r)
+        out.close()
+
+        def metrics():
+            status, body = http_get(base + "/metrics")
+            return parse_metrics(body) if status == 200 else None
+
+        def acked(m):
+            return value(m, "mayhem_messages_completed_total", source="simulate",
+                         outcome="acked")
+
+        m = wait_until(lambda: (lambda m: m if m and value(m, "mayhem_log_dropped_total") > 0
+                                else None)(metrics()),
+                       timeout=60, interval=0.1, what="log lines dropped (stderr blocked)")
+        # stderr is full and stays full; the loop keeps settling messages.
+        before = acked(m)
+        wait_until(lambda: acked(metrics()) >= before + 5000, timeout=60, interval=0.1,
+                   what="5000 more messages acked while stderr is blocked")
+        m = metrics()
+        self.assertGreater(value(m, "mayhem_log_dropped_total"), 0)
+        self.assertEqual(http_get(base + "/healthz")[0], 200)
+        # The stop is not held by the blocked stderr either (the flush at exit is bounded), and
+        # dropped lines are not an error.
+        p.send_signal(signal.SIGTERM)
+        code = p.wait(timeout=60 * harness.SLOW)
+        self.assertIn(code, (0, 3))  # 3: messages taken but not started were released
 
 
 class RestartCommandSignals(Harness):

@@ -176,14 +176,13 @@ class Restarter(Harness):
 
     def test_deploy_files_name_a_real_restart_command(self):
         root = os.path.join(harness.ROOT, "deploy")
+        import yaml
         with open(os.path.join(root, "kubernetes", "deployment.yaml")) as f:
-            yaml = f.read()
-        m = re.search(r"(?s)\bargs: (\[.*?\])\n", yaml)
-        self.assertIsNotNone(m, "deployment.yaml has an args list")
-        args = json.loads(m.group(1))  # a flow sequence of double-quoted strings is JSON
-        self.assertIn("--source", args)
-        self.assertEqual(args[args.index("--restarter") + 1], "exec")
-        self.assertIn("{hostname}", args[args.index("--restart-command") + 1])
+            docs = [d for d in yaml.safe_load_all(f) if d]
+        settings = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+        self.assertIn("MAYHEM_SOURCE", settings)
+        self.assertEqual(settings["MAYHEM_RESTARTER"], "exec")
+        self.assertIn("{hostname}", settings["MAYHEM_RESTART_COMMAND"])
         with open(os.path.join(root, "systemd", "mayhem.service")) as f:
             unit = f.read()
         self.assertRegex(unit, r"(?m)^Environment=MAYHEM_RESTARTER=exec$")

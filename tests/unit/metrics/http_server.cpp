@@ -1,11 +1,15 @@
 #include "metrics/http_server.hpp"
 
 #include <arpa/inet.h>
+#include <chrono>
 #include <doctest/doctest.h>
+#include <mutex>
 #include <netinet/in.h>
 #include <string>
 #include <sys/socket.h>
+#include <thread>
 #include <unistd.h>
+#include <vector>
 
 using namespace mayhem::metrics;
 
@@ -90,4 +94,81 @@ TEST_CASE("http_server: an address in use is an error naming it") {
     CHECK(error.find(addr) != std::string::npos);
     CHECK(error.find("in use") != std::string::npos);
     ::close(holder);
+}
+
+namespace {
+
+// A deferred route that keeps each request's reply for the test to give, and its arguments.
+struct held_replies {
+    std::mutex mu;
+    std::vector<http_reply> replies;
+    http_args last_args;
+
+    deferred_route route(std::string path) {
+        return {std::move(path), [this](const http_args& args, http_reply reply) {
+                    std::lock_guard lock(mu);
+                    last_args = args;
+                    replies.push_back(std::move(reply));
+                }};
+    }
+    std::size_t count() {
+        std::lock_guard lock(mu);
+        return replies.size();
+    }
+    void wait_for(std::size_t n) {
+        for (int i = 0; i < 1000 && count() < n; ++i)
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        REQUIRE(count() == n);
+    }
+};
+
+int unused_port() {
+    int probe = ::socket(AF_INET, SOCK_STREAM, 0);
+    int port = bound_port(probe);
+    ::close(probe);
+    return port;
+}
+
+} // namespace
+
+TEST_CASE("http_server: a deferred request waits for its reply while other requests are served") {
+    int port = unused_port();
+    held_replies held;
+    std::string error;
+    auto s = http_server::start(
+        "127.0.0.1:" + std::to_string(port),
+        [](std::string_view) {
+            return http_response{200, "text/plain", "now\n"};
+        },
+        error, held.route("/later"));
+    REQUIRE_MESSAGE(s, error);
+    std::string late;
+    std::thread client([&] { late = get(port, "/later?limit=5&x=%41"); });
+    held.wait_for(1);
+    // The server thread is not held by the waiting request.
+    auto now = get(port, "/other");
+    CHECK(now.find("\r\n\r\nnow\n") != std::string::npos);
+    CHECK(held.last_args == http_args{{"limit", "5"}, {"x", "A"}});
+    // The reply comes from another thread.
+    std::thread([&] { held.replies[0]({202, "text/plain", "late\n"}); }).join();
+    client.join();
+    CHECK(late.rfind("HTTP/1.1 202", 0) == 0);
+    CHECK(late.find("\r\n\r\nlate\n") != std::string::npos);
+}
+
+TEST_CASE("http_server: a deferred request still waiting when the server stops gets 503") {
+    int port = unused_port();
+    held_replies held;
+    std::string error;
+    auto s = http_server::start(
+        "127.0.0.1:" + std::to_string(port), [](std::string_view) { return http_response{}; },
+        error, held.route("/later"));
+    REQUIRE_MESSAGE(s, error);
+    std::string late;
+    std::thread client([&] { late = get(port, "/later"); });
+    held.wait_for(1);
+    s.reset();
+    client.join();
+    CHECK(late.rfind("HTTP/1.1 503", 0) == 0);
+    held.replies[0]({200, "text/plain", "too late\n"}); // dropped: the server is gone
 }

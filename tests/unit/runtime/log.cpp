@@ -3,8 +3,10 @@
 #include "message/message.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <doctest/doctest.h>
+#include <fcntl.h>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <unistd.h>
@@ -40,6 +42,7 @@ public:
 private:
     void restore() {
         if (saved_ < 0) return;
+        REQUIRE(log::flush()); // the writer thread has written every line logged so far
         std::fflush(stderr);
         ::dup2(saved_, 2);
         ::close(saved_);
@@ -107,4 +110,39 @@ TEST_CASE("log: text lines escape every control character") {
     CHECK(out.find("\xc2\x9b") == std::string::npos); // C1 CSI
     CHECK(out.find("hostname=\"a\\nb 2026") != std::string::npos);
     CHECK(valid_utf8(out));
+}
+
+TEST_CASE("log: a stderr nobody reads never blocks the caller: lines are dropped and counted") {
+    // stderr becomes a pipe with a small buffer that nobody reads until the end.
+    int p[2];
+    REQUIRE(::pipe(p) == 0);
+    ::fcntl(p[1], F_SETPIPE_SZ, 4096);
+    REQUIRE(::fcntl(p[0], F_SETFL, O_NONBLOCK) == 0);
+    log::setup(log::format::text, spdlog::level::info);
+    REQUIRE(log::flush());
+    std::fflush(stderr);
+    int saved = ::dup(2);
+    ::dup2(p[1], 2);
+    auto dropped_before = log::dropped();
+    auto lost_before = log::lost().count;
+    // Twice the queue: whatever the writer managed before the pipe filled, the rest overflows.
+    for (std::size_t i = 0; i < 2 * log::queue_lines; ++i)
+        log::info("a line nobody reads", {{"i", i}});
+    CHECK(log::dropped() > dropped_before);
+    CHECK_FALSE(log::flush(std::chrono::milliseconds(50))); // bounded: the writer is blocked
+    // Now read it all, so the writer finishes; only then give stderr back.
+    std::size_t read_bytes = 0;
+    char buf[65536];
+    for (int i = 0; i < 10000; ++i) {
+        for (ssize_t n; (n = ::read(p[0], buf, sizeof buf)) > 0;)
+            read_bytes += static_cast<std::size_t>(n);
+        if (log::flush(std::chrono::milliseconds(1))) break;
+    }
+    CHECK(log::flush(std::chrono::milliseconds(0)));
+    ::dup2(saved, 2);
+    ::close(saved);
+    ::close(p[0]);
+    ::close(p[1]);
+    CHECK(read_bytes > 0);
+    CHECK(log::lost().count == lost_before); // dropped is not lost: no write failed
 }
