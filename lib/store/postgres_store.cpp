@@ -140,8 +140,112 @@ BEGIN
 END $fn$;
 )sql";
 
+// Version 2: restart starts are counted as in sqlite_store. A claim that takes over an unfinished
+// start which passed its cooldown claim (it may have run) closes it as `abandoned` and records
+// the next attempt; a claim after an `abandoned` row records the next attempt too; one that
+// never passed the cooldown claim is taken over as it is (no start to count). Every claim
+// answers its attempt. An `abandoned` start still counts for its host's cooldown.
+constexpr const char* schema_v2 = R"sql(
+DROP FUNCTION mayhem_claim(text[], text[], text, bigint, bigint);
+DROP FUNCTION mayhem_claim_again(text, text, text, bigint, bigint);
+
+-- kind: 0 proceed, 1 done, 2 unfinished (taken over), 3 held by a peer; n: the attempt.
+CREATE FUNCTION mayhem_claim_again(id text, host text, who text, now_ms bigint, lease bigint,
+                                   OUT kind smallint, OUT n integer)
+LANGUAGE plpgsql AS $fn$
+DECLARE r record;
+BEGIN
+    LOOP
+        SELECT finished IS NULL AS unfinished, result, attempt, owner, lease_until, host_claimed
+          INTO r FROM restarts WHERE message_id = id ORDER BY attempt DESC LIMIT 1;
+        IF NOT FOUND THEN
+            INSERT INTO restarts (hostname, message_id, started, attempt, owner, lease_until)
+                 VALUES (host, id, now_ms, 1, who, lease) ON CONFLICT DO NOTHING;
+            IF FOUND THEN kind := 0; n := 1; RETURN; END IF;
+        ELSIF r.unfinished THEN
+            IF r.owner IS DISTINCT FROM who AND coalesce(r.lease_until, 0) > now_ms THEN
+                kind := 3; n := r.attempt; RETURN;
+            END IF;
+            IF r.host_claimed THEN
+                UPDATE restarts SET finished = now_ms, result = 'abandoned',
+                       detail = 'its worker stopped or lost its lease before it finished',
+                       lease_until = NULL
+                 WHERE message_id = id AND attempt = r.attempt AND finished IS NULL
+                   AND owner IS NOT DISTINCT FROM r.owner
+                   AND lease_until IS NOT DISTINCT FROM r.lease_until;
+                IF FOUND THEN
+                    -- The row is locked until commit: no peer records this attempt meanwhile.
+                    INSERT INTO restarts (hostname, message_id, started, attempt, owner,
+                                          lease_until)
+                         VALUES (host, id, now_ms, r.attempt + 1, who, lease);
+                    kind := 2; n := r.attempt + 1; RETURN;
+                END IF;
+            ELSE
+                UPDATE restarts SET owner = who, lease_until = lease
+                 WHERE message_id = id AND attempt = r.attempt AND finished IS NULL
+                   AND owner IS NOT DISTINCT FROM r.owner
+                   AND lease_until IS NOT DISTINCT FROM r.lease_until;
+                IF FOUND THEN kind := 2; n := r.attempt; RETURN; END IF;
+            END IF;
+        ELSIF r.result IS NULL
+              OR r.result NOT IN ('failed', 'refused', 'dry_run', 'abandoned') THEN
+            kind := 1; n := r.attempt; RETURN;
+        ELSE
+            INSERT INTO restarts (hostname, message_id, started, attempt, owner, lease_until)
+                 VALUES (host, id, now_ms, r.attempt + 1, who, lease) ON CONFLICT DO NOTHING;
+            IF FOUND THEN
+                kind := CASE WHEN r.result = 'abandoned' THEN 2 ELSE 0 END;
+                n := r.attempt + 1;
+                RETURN;
+            END IF;
+        END IF;
+        -- Another worker wrote this id's row in between: read it again.
+    END LOOP;
+END $fn$;
+
+-- Claims for distinct ids: first claims in one INSERT (attempt 1, proceed: not returned); the
+-- rest one by one, in id order, each returned by position (1-based) with its kind and attempt.
+CREATE FUNCTION mayhem_claim(ids text[], hosts text[], who text, now_ms bigint, lease bigint)
+RETURNS TABLE (i integer, claim smallint, attempt integer) LANGUAGE plpgsql AS $fn$
+DECLARE todo integer[]; k integer;
+BEGIN
+    WITH ins AS (
+        INSERT INTO restarts (hostname, message_id, started, attempt, owner, lease_until)
+        SELECT u.h, u.m, now_ms, 1, who, lease FROM unnest(hosts, ids) AS u(h, m)
+        ON CONFLICT DO NOTHING RETURNING message_id)
+    SELECT coalesce(array_agg(u.ord ORDER BY u.m), '{}') INTO todo
+      FROM unnest(ids) WITH ORDINALITY AS u(m, ord)
+     WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.message_id = u.m);
+    FOREACH k IN ARRAY todo LOOP
+        SELECT c.kind, c.n INTO claim, attempt
+          FROM mayhem_claim_again(ids[k], hosts[k], who, now_ms, lease) AS c;
+        i := k;
+        RETURN NEXT;
+    END LOOP;
+END $fn$;
+
+CREATE OR REPLACE FUNCTION mayhem_claim_hosts(ids text[], hosts text[], cutoffs bigint[],
+                                              now_ms bigint)
+RETURNS TABLE (i integer, blocked_at bigint) LANGUAGE plpgsql AS $fn$
+DECLARE b bigint;
+BEGIN
+    FOR k IN 1 .. coalesce(array_length(ids, 1), 0) LOOP
+        SELECT max(started) INTO b FROM restarts
+         WHERE hostname = hosts[k] AND host_claimed AND message_id <> ids[k]
+           AND started > cutoffs[k]
+           AND (finished IS NULL OR result IN ('ok', 'unverified', 'abandoned'));
+        IF b IS NULL THEN
+            UPDATE restarts SET host_claimed = true, started = now_ms
+             WHERE message_id = ids[k] AND finished IS NULL;
+        ELSE
+            i := k; blocked_at := b; RETURN NEXT;
+        END IF;
+    END LOOP;
+END $fn$;
+)sql";
+
 // One entry per version, applied in order; never edit one that shipped, add the next.
-constexpr const char* migrations[] = {schema_v1};
+constexpr const char* migrations[] = {schema_v1, schema_v2};
 static_assert(std::size(migrations) == postgres_schema_version);
 
 // The migration, as statements of one transaction: the lock (a fixed key, the same for every
@@ -193,8 +297,8 @@ constexpr const char* complete_sql =
     "completed_at = CASE WHEN $2::text = 'retried' THEN completed_at ELSE $4::bigint END, "
     "last_error = COALESCE(NULLIF($3::text, ''), last_error) WHERE message_id = ANY($1::text[]) "
     "AND NOT ($2::text = 'skipped' AND outcome IS NOT DISTINCT FROM 'acked')";
-constexpr const char* claim_sql =
-    "SELECT i, claim FROM mayhem_claim($1::text[], $2::text[], $3::text, $4::bigint, $5::bigint)";
+constexpr const char* claim_sql = "SELECT i, claim, attempt FROM mayhem_claim($1::text[], "
+                                  "$2::text[], $3::text, $4::bigint, $5::bigint)";
 // Only the owner records the end: a row a peer took over is left alone (not RETURNed). One
 // statement per distinct (result, detail), as complete_sql.
 constexpr const char* finish_sql =
@@ -344,6 +448,7 @@ struct postgres_store::reply {
     bool ok = true;
     std::string error;
     restart_claim claim = restart_claim::proceed;
+    std::uint32_t attempt = 0;
     std::int64_t n = 0;
 };
 
@@ -359,12 +464,13 @@ public:
     bool await_ready() const noexcept { return gen_ == 0; }
     void await_suspend(std::coroutine_handle<> h) noexcept { find()->waiter = h; }
     reply await_resume() {
-        if (gen_ == 0) return reply{false, "store closed", {}, 0};
+        if (gen_ == 0) return reply{false, "store closed", {}, 0, 0};
         reply out;
         out.ok = s_.batch_ok_;
         if (!out.ok) out.error = s_.batch_error_;
         if (request* r = find()) {
             out.claim = r->claim;
+            out.attempt = r->attempt;
             out.n = r->n;
         }
         return out;
@@ -657,12 +763,17 @@ rt::task<std::string> postgres_store::write(std::int64_t now) {
         };
         switch (g.kind) {
         case op::claim:
+            // An id's first claim is not returned: proceed, attempt 1.
             for (auto i : g.idx) {
                 flying_[i].claim = restart_claim::proceed;
+                flying_[i].attempt = 1;
                 flying_[i].n = now;
             }
-            for (int row = 0; row < rows; ++row)
-                at(row).claim = static_cast<restart_claim>(std::atoi(PQgetvalue(res, row, 1)));
+            for (int row = 0; row < rows; ++row) {
+                auto& r = at(row);
+                r.claim = static_cast<restart_claim>(std::atoi(PQgetvalue(res, row, 1)));
+                r.attempt = static_cast<std::uint32_t>(std::atoi(PQgetvalue(res, row, 2)));
+            }
             break;
         case op::finish: {
             // The rows RETURNed were still this worker's; any other was taken over (held).
@@ -747,8 +858,6 @@ rt::task<save_result> postgres_store::save(const message& m, const delivery&) {
     co_return save_result{x.ok, std::move(x.error)};
 }
 
-// Restart starts are not counted here yet (claim_answer::attempt 0: the delivery's attempt
-// stands in; see README, "PostgreSQL").
 rt::task<claim_answer> postgres_store::claim_restart(const message& m) {
     request r;
     r.kind = op::claim;
@@ -757,7 +866,7 @@ rt::task<claim_answer> postgres_store::claim_restart(const message& m) {
     auto pending = enqueue(r);
     reply x = co_await pending;
     if (!x.ok) throw std::runtime_error("store: " + x.error);
-    co_return claim_answer{x.claim};
+    co_return claim_answer{x.claim, x.attempt};
 }
 
 rt::task<bool> postgres_store::finish_restart(const message& m, const restart_result& res) {

@@ -321,10 +321,10 @@ TEST_CASE_TEMPLATE("store contract: many claims and finishes in one transaction"
     CHECK(db.count("SELECT count(*) FROM restarts WHERE message_id LIKE 'u%'") == 5);
 }
 
-// SQLite only for now: the PostgreSQL store does not count restart starts (claim_answer::attempt
-// is 0 there, and the delivery's attempt stands in).
-TEST_CASE("sqlite: every start of an id is an attempt, also one its worker left unfinished") {
-    sqlite_backend db;
+TEST_CASE_TEMPLATE("store contract: every start of an id is an attempt, also one its worker left "
+                   "unfinished",
+                   B, STORES) {
+    B db;
     rt::loop loop;
     auto a = db.open(loop, "a", 20ms);
     auto b = db.open(loop, "b", 20ms);
@@ -337,6 +337,11 @@ TEST_CASE("sqlite: every start of an id is an attempt, also one its worker left 
     auto second = run(loop, b->claim_restart(m));
     CHECK(second == restart_claim::unfinished);
     CHECK(second.attempt == 2);
+    // The start closed as abandoned may have restarted its host: it counts for the cooldown.
+    const message other = msg("m2");
+    REQUIRE(run(loop, b->claim_restart(other)) == restart_claim::proceed);
+    CHECK_FALSE(run(loop, b->claim_host(other, std::chrono::system_clock::now(), 1h)).granted);
+    run_void(loop, b->release_claim(other));
     run_void(loop, b->release_claim(m)); // b stops before it runs the restart again
     auto third = run(loop, a->claim_restart(m));
     CHECK(third == restart_claim::unfinished); // still unfinished, not done
@@ -351,4 +356,6 @@ TEST_CASE("sqlite: every start of an id is an attempt, also one its worker left 
     CHECK(fourth.attempt == 3);
     run_void(loop, a->close());
     run_void(loop, b->close());
+    CHECK(db.count("SELECT count(*) FROM restarts WHERE message_id = 'm1' AND attempt = 1 "
+                   "AND result = 'abandoned'") == 1);
 }
