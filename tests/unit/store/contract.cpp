@@ -359,3 +359,86 @@ TEST_CASE_TEMPLATE("store contract: every start of an id is an attempt, also one
     CHECK(db.count("SELECT count(*) FROM restarts WHERE message_id = 'm1' AND attempt = 1 "
                    "AND result = 'abandoned'") == 1);
 }
+
+// Fleet-wide --max-concurrent-restarts: the PostgreSQL store keeps the slots (store.hpp).
+TEST_CASE("postgres: restart slots are the fleet's: taken once, given back, freed by a lease") {
+    postgres_backend db;
+    rt::loop loop;
+    auto a = db.open(loop, "a", 60s);
+    auto b = db.open(loop, "b", 60s);
+    auto c = db.open(loop, "c", 20ms);
+    CHECK(a->shares_slots());
+    auto held = [&](const char* id) {
+        return db.count(std::string("SELECT count(*) FROM restart_slots WHERE message_id = '") +
+                        id + "'");
+    };
+    CHECK(run(loop, a->claim_slot(msg("s1"), 2)));
+    CHECK(run(loop, a->claim_slot(msg("s1"), 2))); // its own again: still one slot
+    CHECK(run(loop, b->claim_slot(msg("s2"), 2)));
+    CHECK_FALSE(run(loop, b->claim_slot(msg("s3"), 2))); // both held
+    CHECK(held("s1") == 1);
+    a->release_slot(msg("s1"));
+    wait_for(loop, [&] { return held("s1") == 0; });
+    CHECK(run(loop, c->claim_slot(msg("s3"), 2)));       // the slot a gave back
+    CHECK_FALSE(run(loop, a->claim_slot(msg("s4"), 2))); // c's lease lives
+    wait(loop, 60ms);                                    // c died
+    CHECK(run(loop, a->claim_slot(msg("s4"), 2)));
+    CHECK(db.count("SELECT count(*) FROM restart_slots WHERE message_id IS NOT NULL") == 2);
+    for (auto* s : {&a, &b, &c})
+        run_void(loop, (*s)->close());
+}
+
+TEST_CASE("postgres: two workers taking the last slot at once: exactly one wins") {
+    postgres_backend db;
+    rt::loop loop;
+    auto a = db.open(loop, "a", 60s);
+    auto b = db.open(loop, "b", 60s);
+    int wins = 0;
+    for (int round = 0; round < 20; ++round) {
+        auto x = msg("x" + std::to_string(round)), y = msg("y" + std::to_string(round));
+        std::optional<bool> gx, gy;
+        {
+            rt::task_scope scope;
+            scope.spawn(into(a->claim_slot(x, 1), gx));
+            scope.spawn(into(b->claim_slot(y, 1), gy));
+            loop.run_until([&] { return gx && gy; });
+        }
+        REQUIRE(gx);
+        REQUIRE(gy);
+        CHECK(*gx != *gy);
+        wins += *gx + *gy;
+        (*gx ? a : b)->release_slot(*gx ? x : y);
+        wait_for(loop, [&] {
+            return db.count("SELECT count(*) FROM restart_slots WHERE message_id IS NOT NULL") == 0;
+        });
+    }
+    CHECK(wins == 20);
+    run_void(loop, a->close());
+    run_void(loop, b->close());
+}
+
+TEST_CASE("postgres: the fleet-wide pause is read at start and polled") {
+    postgres_backend db;
+    rt::loop loop;
+    auto a = db.open(loop, "a", 60s); // migrates
+    pg_exec(db.url, "INSERT INTO fleet_pause (paused_by, paused_at, reason) "
+                    "VALUES ('alice', 1700000000000, 'maintenance')");
+    auto b = db.open(loop, "b", 60s);
+    std::optional<fleet_pause> seen;
+    int calls = 0;
+    b->watch_pause(20ms, [&](const fleet_pause* p) {
+        ++calls;
+        seen = p ? std::optional<fleet_pause>(*p) : std::nullopt;
+    });
+    REQUIRE(calls == 1); // at once, with what the start read
+    REQUIRE(seen);
+    CHECK(seen->who == "alice");
+    CHECK(seen->reason == "maintenance");
+    CHECK(seen->since_ms == 1700000000000);
+    pg_exec(db.url, "DELETE FROM fleet_pause");
+    wait_for(loop, [&] { return !seen; });
+    CHECK(calls == 2);
+    b->watch_pause(20ms, nullptr);
+    run_void(loop, a->close());
+    run_void(loop, b->close());
+}
