@@ -48,8 +48,8 @@ public:
         std::vector<const char*> values;
         for (const auto& p : params)
             values.push_back(p.c_str());
-        pg_result r(PQexecParams(c_, sql, static_cast<int>(values.size()), nullptr,
-                                 values.data(), nullptr, nullptr, 0));
+        pg_result r(PQexecParams(c_, sql, static_cast<int>(values.size()), nullptr, values.data(),
+                                 nullptr, nullptr, 0));
         auto st = PQresultStatus(r.get());
         if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK)
             throw std::runtime_error("query failed: " + trimmed(PQerrorMessage(c_)));
@@ -165,9 +165,8 @@ void print_status(const json& d, std::ostream& out) {
             << "\n";
     out << "restarts   " << d["restarts_running"] << " running\n";
     for (const auto& r : d["running"])
-        out << "  " << report_text(r["message_id"]) << "  " << report_text(r["hostname"])
-            << "  on " << report_text(r["owner"]) << "  since " << report_time(r["started"])
-            << "\n";
+        out << "  " << report_text(r["message_id"]) << "  " << report_text(r["hostname"]) << "  on "
+            << report_text(r["owner"]) << "  since " << report_time(r["started"]) << "\n";
     out << "slots      " << d["slots_held"] << " held (fleet-wide --max-concurrent-restarts)\n";
     for (const auto& r : d["slots"])
         out << "  " << r["slot"] << "  " << report_text(r["message_id"]) << "  on "

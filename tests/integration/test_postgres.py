@@ -229,9 +229,14 @@ class PostgresFleet(Harness):
         # back: none is held.
         self.assertEqual(pg.scalar("SELECT count(*) FROM restart_slots WHERE lease_until > "
                                    "(extract(epoch FROM now()) * 1000)::bigint"), "0")
-        # The rows a left unfinished were taken over and finished by b or c.
-        self.assertEqual(pg.scalar("SELECT count(*) FROM restarts WHERE owner LIKE '%%-' || "
-                                   "'%d-%%'" % a.pid), "0")
+        # The starts a left unfinished (they had passed their cooldown claim) were closed
+        # `abandoned` and each restarted as the next attempt by b or c.
+        of_a = "owner LIKE '%%-' || '%d-%%'" % a.pid
+        self.assertEqual(pg.scalar("SELECT count(*) FROM restarts WHERE %s" % of_a), "3")
+        self.assertEqual(pg.scalar("SELECT count(*) FROM restarts WHERE %s AND attempt = 1 "
+                                   "AND result = 'abandoned'" % of_a), "3")
+        self.assertEqual(pg.scalar("SELECT count(*) FROM restarts WHERE attempt = 2 "
+                                   "AND result = 'ok'"), "3")
         self.assertEqual(r.cli("XPENDING", "mayhem:restarts", "mayhem").splitlines()[0], "0")
 
     def test_the_database_restarted_mid_run_nothing_acked_is_unsaved(self):
