@@ -6,6 +6,7 @@
 #include "runtime/log.hpp"
 #include "runtime/loop.hpp"
 #include "sources/simulate_source.hpp"
+#include "store/fleet.hpp"
 #include "store/history.hpp"
 #include "version.hpp"
 #include "worker/worker.hpp"
@@ -33,6 +34,9 @@ Usage:
   mayhem worker [flags]     run the worker (mayhem worker --help lists every flag)
   mayhem publish [flags]    send restart requests to a Redis stream (or NDJSON with --output)
   mayhem history [flags]    what the store database holds: outcomes, restarts per host (read-only)
+  mayhem pause [flags]      pause restarts on every worker of a PostgreSQL store (--reason TEXT)
+  mayhem resume [flags]     undo mayhem pause
+  mayhem status [flags]     the fleet's rails: pause, restarts running, slots held
   mayhem --version          print the version
   mayhem --help             this text
 
@@ -153,6 +157,45 @@ int run_history(const std::vector<std::string>& args) {
     return mayhem::print_history(o, std::cout, std::cerr);
 }
 
+// `mayhem pause` / `resume` / `status`: the fleet's rails in a PostgreSQL store
+// (lib/store/fleet.hpp).
+int run_fleet(mayhem::fleet_command which, const std::vector<std::string>& args) {
+    const char* name = which == mayhem::fleet_command::pause    ? "mayhem pause"
+                       : which == mayhem::fleet_command::resume ? "mayhem resume"
+                                                                : "mayhem status";
+    const char* what =
+        which == mayhem::fleet_command::pause
+            ? "Pause restarts on every worker of a PostgreSQL store: within a second no worker "
+              "starts a new restart (running ones finish) until `mayhem resume`."
+        : which == mayhem::fleet_command::resume
+            ? "Undo `mayhem pause`: the workers start restarts again within a second."
+            : "Show the fleet's rails in a PostgreSQL store: the pause (who, when, why), the "
+              "restarts running, the fleet-wide --max-concurrent-restarts slots held. "
+              "Read-only.";
+    CLI::App cmd{what, name};
+    mayhem::fleet_options o;
+    cmd.add_option("--postgres-url", o.postgres_url,
+                   "The PostgreSQL store (libpq URI or connection string; also "
+                   "MAYHEM_POSTGRES_URL); never printed")
+        ->envname("MAYHEM_POSTGRES_URL")
+        ->required();
+    if (which == mayhem::fleet_command::pause) {
+        cmd.add_option("--reason", o.reason,
+                       "Why (shown by mayhem status and in every worker's "
+                       "log)");
+        cmd.add_option("--by", o.who, "Who pauses (default: $USER@hostname)");
+    }
+    if (which == mayhem::fleet_command::status)
+        cmd.add_option("--limit", o.limit, "Restarts listed")
+            ->check(CLI::Range(std::size_t{1}, std::size_t{1'000'000}))
+            ->capture_default_str();
+    cmd.add_flag("--json", o.json, "One JSON object on stdout");
+    cmd.footer("Exit codes: 0 ok; 1 the database is unreachable or not a mayhem database of "
+               "this version; 2 bad flags.");
+    if (auto code = mayhem::parse_command(cmd, args, name, std::cout, std::cerr)) return *code;
+    return mayhem::run_fleet_command(which, o, std::cout, std::cerr);
+}
+
 // The command named by the first argument; its exit code.
 int run_command(std::vector<std::string> args) {
     // No command is a usage error (a script that lost its arguments must not pass); asked for,
@@ -174,9 +217,12 @@ int run_command(std::vector<std::string> args) {
     if (cmd == "worker") return run_worker(args);
     if (cmd == "publish") return mayhem::run_publish(args);
     if (cmd == "history") return run_history(args);
+    if (cmd == "pause") return run_fleet(mayhem::fleet_command::pause, args);
+    if (cmd == "resume") return run_fleet(mayhem::fleet_command::resume, args);
+    if (cmd == "status") return run_fleet(mayhem::fleet_command::status, args);
     std::fprintf(stderr,
-                 "mayhem: unknown command '%s' (allowed: worker, publish, history; see mayhem "
-                 "--help)\n",
+                 "mayhem: unknown command '%s' (allowed: worker, publish, history, pause, "
+                 "resume, status; see mayhem --help)\n",
                  cmd.c_str());
     return mayhem::exit_usage;
 }

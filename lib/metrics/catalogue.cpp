@@ -214,8 +214,12 @@ std::vector<MetricFamily> collect(const catalogue_inputs& in) {
 
     // Safety rails (README, "Safety rails")
     if (const restart_guard_stats* g = in.guard) {
-        out.push_back(single("mayhem_restarts_paused", "1 while the pause file holds every restart",
+        out.push_back(single("mayhem_restarts_paused",
+                             "1 while the pause file or the fleet-wide pause holds every restart",
                              MetricType::Gauge, num(g->paused.get())));
+        out.push_back(single("mayhem_fleet_paused",
+                             "1 while the fleet-wide pause (mayhem pause) is set (postgres)",
+                             MetricType::Gauge, num(g->fleet_paused.get())));
         out.push_back(single("mayhem_restart_breaker_state",
                              "Circuit breaker, the state a new restart would meet: 0 closed, 1 "
                              "open, 2 half-open (one trial restart)",
@@ -232,6 +236,13 @@ std::vector<MetricFamily> collect(const catalogue_inputs& in) {
             single("mayhem_restarts_waiting",
                    "Restarts waiting for admission (pause file, breaker, concurrency cap)",
                    MetricType::Gauge, num(g->waiting.get())));
+        out.push_back(single("mayhem_restarts_waiting_for_slot",
+                             "Restarts admitted here waiting for one of the store's fleet-wide "
+                             "--max-concurrent-restarts slots (postgres)",
+                             MetricType::Gauge, num(g->slot_waiting.get())));
+        out.push_back(single("mayhem_restart_slots_busy_total",
+                             "Slot claims that found every fleet-wide slot held (postgres)",
+                             MetricType::Counter, num(g->slots_busy.get())));
     }
 
     // Source and store

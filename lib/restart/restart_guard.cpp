@@ -98,10 +98,13 @@ restart_guard::restart_guard(rt::loop& loop, guard_options opts, store& st, rest
         pause_timer_ = std::make_unique<rt::periodic_timer>(loop_, opts_.pause_check,
                                                             [this] { check_pause_file(); });
     }
+    // A store that keeps a fleet-wide pause is polled as often as the pause file.
+    store_.watch_pause(opts_.pause_check, [this](const fleet_pause* p) { set_fleet_pause(p); });
 }
 
 restart_guard::~restart_guard() {
     if (probe_) probe_->owner = nullptr;
+    store_.watch_pause(opts_.pause_check, nullptr);
 }
 
 std::chrono::milliseconds restart_guard::now() const noexcept {
@@ -132,7 +135,7 @@ restart_guard::gate restart_guard::enter(pass& p, const message& m, restart_resu
     if (running_for(m)) return gate::wait;
     if (stopped(r)) return gate::done;
     hold(p, m, r);
-    if (!admit_now(p) || opts_.cooldown.count() > 0) return gate::wait;
+    if (!admit_now(p) || opts_.cooldown.count() > 0 || fleet_slots()) return gate::wait;
     return go(m, r) ? gate::restart : gate::done;
 }
 
@@ -147,18 +150,56 @@ rt::task<bool> restart_guard::wait(pass& p, const message& m, restart_result& r)
     }
     co_await admit_awaiter(*this, p);
     if (stopped(r)) co_return false; // resumed by stop(), or stopped while it waited
+    bool slot = co_await take_slot(p, m, r);
+    if (!slot) co_return false;
     if (opts_.cooldown.count() > 0) {
         auto now = std::chrono::system_clock::now();
         auto claim = co_await store_.claim_host(m, now, opts_.cooldown).settled();
         if (!cooldown_decision(m, now, claim, r)) co_return false;
-        // The pause began while the claim was answered: nothing starts once the pause is seen,
-        // so the restart gives its slot back and waits for admission again (its claim stays).
-        while (paused_ && !stopping_) {
-            unadmit(p);
-            co_await admit_awaiter(*this, p);
-        }
+    }
+    // The pause began while the store answered: nothing starts once the pause is seen, so the
+    // restart gives its slots back and waits for admission again (its host claim stays).
+    while (paused_ && !stopping_) {
+        unadmit(p);
+        co_await admit_awaiter(*this, p);
+        if (stopped(r)) co_return false;
+        slot = co_await take_slot(p, m, r);
+        if (!slot) co_return false;
     }
     co_return go(m, r);
+}
+
+bool restart_guard::fleet_slots() const noexcept {
+    return opts_.max_concurrent > 0 && store_.shares_slots();
+}
+
+// With a store that shares its slots, the local admission is not enough: one of the store's
+// --max-concurrent-restarts slots is taken too (the cap then holds for every worker of the
+// store). While every slot is held elsewhere, the restart keeps its local slot and asks again.
+rt::task<bool> restart_guard::take_slot(pass& p, const message& m, restart_result& r) {
+    if (!fleet_slots() || p.slot_) co_return true;
+    for (;;) {
+        auto got = co_await store_.claim_slot(m, opts_.max_concurrent).settled();
+        if (!got) { // store trouble: nothing ran (retried, no attempt used; the breaker ignores)
+            r = restart_result{restart_status::failed, rt::describe(got.error())};
+            r.not_attempted = true;
+            co_return false;
+        }
+        if (*got) {
+            p.slot_ = true;
+            co_return true;
+        }
+        stats_.slots_busy.inc();
+        {
+            struct waiting { // also when the task is destroyed while it sleeps
+                rt::gauge& g;
+                explicit waiting(rt::gauge& x) : g(x) { g.add(1); }
+                ~waiting() { g.add(-1); }
+            } counted{stats_.slot_waiting};
+            co_await rt::sleep_for(loop_, opts_.slot_retry);
+        }
+        if (stopped(r)) co_return false;
+    }
 }
 
 void restart_guard::leave(pass& p) {
@@ -209,6 +250,10 @@ void restart_guard::release(pass& p) noexcept {
 void restart_guard::unadmit(pass& p) noexcept {
     if (!p.admitted_) return;
     p.admitted_ = false;
+    if (p.slot_) { // not awaited: a slot not given back comes free when its lease expires
+        p.slot_ = false;
+        store_.release_slot(*p.msg_);
+    }
     if (p.trial_) record(restart_result{restart_status::dry_run}, true, 0);
     p.trial_ = false;
     --running_;
@@ -438,9 +483,9 @@ void restart_guard::check_pause_file() {
 }
 
 void restart_guard::set_paused(bool paused, std::string_view why) {
-    if (paused == paused_) return;
-    paused_ = paused;
-    stats_.paused.set(paused ? 1 : 0);
+    if (paused == file_paused_) return;
+    file_paused_ = paused;
+    show_pause();
     if (paused) {
         log::warn("restarts paused: no restart starts until the pause file is gone",
                   {{"pause_file", opts_.pause_file},
@@ -450,8 +495,32 @@ void restart_guard::set_paused(bool paused, std::string_view why) {
     } else {
         log::info("restarts resumed: the pause file is gone",
                   {{"pause_file", opts_.pause_file}, {"waiting", stats_.waiting.get()}});
-        schedule_admission();
     }
+}
+
+// The store's fleet-wide pause (`mayhem pause` / `mayhem resume`), as polled by the store.
+void restart_guard::set_fleet_pause(const fleet_pause* p) {
+    if ((p != nullptr) == fleet_paused_) return;
+    fleet_paused_ = p != nullptr;
+    stats_.fleet_paused.set(fleet_paused_ ? 1 : 0);
+    show_pause();
+    if (p)
+        log::warn("restarts paused fleet-wide: no restart starts until `mayhem resume`",
+                  {{"paused_by", p->who},
+                   {"reason", p->reason},
+                   {"since_ms", p->since_ms},
+                   {"running", running_},
+                   {"waiting", stats_.waiting.get()}});
+    else
+        log::info("restarts resumed fleet-wide", {{"waiting", stats_.waiting.get()}});
+}
+
+void restart_guard::show_pause() {
+    bool paused = file_paused_ || fleet_paused_;
+    stats_.paused.set(paused ? 1 : 0);
+    if (paused == paused_) return;
+    paused_ = paused;
+    if (!paused) schedule_admission();
 }
 
 } // namespace mayhem

@@ -4,6 +4,9 @@
 //   coalesce  (a restart of this host is running here: wait for it, share its result)
 //   admit     (wait while --pause-file exists, the circuit breaker is open, or
 //              --max-concurrent-restarts are running; FIFO, no polling)
+//   slot      (a store that shares slots, postgres: one of its --max-concurrent-restarts
+//              slots, fleet-wide; while all are held elsewhere, asked again every slot_retry,
+//              holding the local slot; a store error is store trouble, as for the cooldown)
 //   cooldown  (store.claim_host: skipped_cooldown if restarted within the cooldown; a store
 //              error is store trouble, not a failed restart: retried, no attempt used, the
 //              breaker never hears it)
@@ -63,17 +66,22 @@ struct guard_options {
     // counts as "cannot tell", which holds restarts like a present file (a hung NFS mount).
     std::chrono::milliseconds pause_timeout{5000};
     breaker_options breaker{0, {}, {}}; // failures 0: no breaker
+    // How often a restart waiting for one of the store's slots asks again.
+    std::chrono::milliseconds slot_retry{200};
     bool dry_run = false;
 };
 
 // For the metrics exporter (mayhem_restarts_paused, the breaker state, ...). Restarts by result
 // are counted by the pipeline (pipeline_stats::restarts, by restart_status).
 struct restart_guard_stats {
-    rt::gauge paused;        // 1 while the pause file exists or cannot be looked at
+    rt::gauge paused;        // 1 while the pause file or the fleet-wide pause holds restarts
+    rt::gauge fleet_paused;  // 1 while the store's fleet-wide pause (`mayhem pause`) is set
     rt::gauge breaker_state; // what a new restart would meet: 0 closed, 1 open, 2 half-open
     rt::gauge running;       // restarts admitted and not finished
     rt::gauge waiting;       // restarts waiting for admission (pause, breaker, cap)
     rt::gauge clock_behind;  // 1 while the last cooldown claim met a start after its clock
+    rt::gauge slot_waiting;  // restarts admitted here, waiting for one of the store's slots
+    rt::counter slots_busy;  // slot claims that found every store slot held
     rt::counter breaker_opened;
     rt::counter cooldown_skips;
     rt::counter coalesced;
@@ -110,6 +118,7 @@ public:
         const restart_result* result_ = nullptr; // read by coalesced messages
         rt::event done_;                         // coalesced messages wait on it
         bool admitted_ = false, trial_ = false;
+        bool slot_ = false; // holds one of the store's slots
     };
 
     enum class gate : std::uint8_t {
@@ -154,6 +163,8 @@ private:
     bool stopped(restart_result& r) const;
     void shared_result(const message& m, const pass& first, restart_result& r);
     void unadmit(pass& p) noexcept;
+    rt::task<bool> take_slot(pass& p, const message& m, restart_result& r);
+    bool fleet_slots() const noexcept;
     bool cooldown_decision(const message& m, std::chrono::system_clock::time_point now,
                            rt::result<host_claim>& claim, restart_result& r);
     bool room() const noexcept;
@@ -163,6 +174,8 @@ private:
     void show_breaker();
     void check_pause_file();
     void set_paused(bool paused, std::string_view why);
+    void set_fleet_pause(const fleet_pause* p);
+    void show_pause();
     std::chrono::milliseconds now() const noexcept;
 
     rt::loop& loop_;
@@ -179,7 +192,9 @@ private:
     rt::string_index<pass, &restart_guard::host_of, &restart_guard::host_hash_of> running_hosts_;
     rt::intrusive_list waiters_; // admit_awaiter, FIFO
     std::size_t running_ = 0;
-    bool paused_ = false;
+    bool paused_ = false;      // either of the two below
+    bool file_paused_ = false; // the pause file exists or cannot be looked at
+    bool fleet_paused_ = false;
     bool pause_unknown_ = false; // the last look at the pause file did not answer in time
     bool stopping_ = false;
 

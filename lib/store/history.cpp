@@ -145,7 +145,9 @@ private:
     PGconn* conn_;
 };
 
-std::string when(const json& ms) {
+} // namespace
+
+std::string report_time(const nlohmann::ordered_json& ms) {
     if (!ms.is_number()) return "-";
     std::time_t t = static_cast<std::time_t>(ms.get<std::int64_t>() / 1000);
     std::tm tm{};
@@ -158,7 +160,7 @@ std::string when(const json& ms) {
 // A value for the terminal: text from a message (a hostname, an error) is quoted and escaped
 // like a log value when it holds a control character, so it can neither forge a line nor send
 // the terminal an escape sequence.
-std::string str(const json& v) {
+std::string report_text(const nlohmann::ordered_json& v) {
     if (v.is_null()) return "-";
     if (!v.is_string()) return v.dump();
     const auto& s = v.get_ref<const std::string&>();
@@ -167,6 +169,8 @@ std::string str(const json& v) {
     log::json_escape(out, s);
     return out + "\"";
 }
+
+namespace {
 
 // The restarts rows that count as restarts of their host (a string literal, spliced into the
 // queries below).
@@ -254,18 +258,19 @@ void print_text(const json& doc, std::ostream& out) {
         out << "  " << k << ": " << v << "\n";
     out << "\nrestarts per host (most recent first)\n";
     for (auto& h : doc["hosts"]) {
-        out << "  " << str(h["hostname"]) << "  restarts " << h["restarts"] << ", ok "
-            << str(h["ok"]) << ", failed " << str(h["failed"]) << ", unfinished "
-            << str(h["unfinished"]) << ", last started " << when(h["last_started"]);
+        out << "  " << report_text(h["hostname"]) << "  restarts " << h["restarts"] << ", ok "
+            << report_text(h["ok"]) << ", failed " << report_text(h["failed"]) << ", unfinished "
+            << report_text(h["unfinished"]) << ", last started " << report_time(h["last_started"]);
         if (h["simulated"].is_number() && h["simulated"].get<std::int64_t>() > 0)
             out << " (simulated " << h["simulated"] << ")";
         out << "\n";
     }
     out << "\nrecent messages\n";
     for (auto& m : doc["recent"]) {
-        out << "  " << when(m["first_seen"]) << "  " << str(m["message_id"]) << "  "
-            << str(m["hostname"]) << "  " << str(m["outcome"]) << "  attempts " << m["attempts"];
-        if (!m["last_error"].is_null()) out << "  last error: " << str(m["last_error"]);
+        out << "  " << report_time(m["first_seen"]) << "  " << report_text(m["message_id"]) << "  "
+            << report_text(m["hostname"]) << "  " << report_text(m["outcome"]) << "  attempts "
+            << m["attempts"];
+        if (!m["last_error"].is_null()) out << "  last error: " << report_text(m["last_error"]);
         out << "\n";
     }
 }

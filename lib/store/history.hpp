@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstddef>
+#include <nlohmann/json_fwd.hpp>
 #include <ostream>
 #include <string>
 
@@ -22,5 +23,10 @@ struct history_options {
 // Prints the history to `out`; returns 0, or 1 with the reason on `err` when the database is
 // missing, unreadable, or not a mayhem database of a version this build understands.
 int print_history(const history_options& opts, std::ostream& out, std::ostream& err);
+
+// For the text output of history and status: a time in ms since the epoch as UTC ISO 8601
+// ("-" for null), and a value as text, quoted and escaped when it holds a control character.
+std::string report_time(const nlohmann::ordered_json& ms);
+std::string report_text(const nlohmann::ordered_json& v);
 
 } // namespace mayhem

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <optional>
 #include <random>
 #include <unordered_set>
 #include <utility>
@@ -140,8 +141,157 @@ BEGIN
 END $fn$;
 )sql";
 
+// Version 2: restart starts are counted as in sqlite_store. A claim that takes over an unfinished
+// start which passed its cooldown claim (it may have run) closes it as `abandoned` and records
+// the next attempt; a claim after an `abandoned` row records the next attempt too; one that
+// never passed the cooldown claim is taken over as it is (no start to count). Every claim
+// answers its attempt. An `abandoned` start still counts for its host's cooldown.
+constexpr const char* schema_v2 = R"sql(
+DROP FUNCTION mayhem_claim(text[], text[], text, bigint, bigint);
+DROP FUNCTION mayhem_claim_again(text, text, text, bigint, bigint);
+
+-- kind: 0 proceed, 1 done, 2 unfinished (taken over), 3 held by a peer; n: the attempt.
+CREATE FUNCTION mayhem_claim_again(id text, host text, who text, now_ms bigint, lease bigint,
+                                   OUT kind smallint, OUT n integer)
+LANGUAGE plpgsql AS $fn$
+DECLARE r record;
+BEGIN
+    LOOP
+        SELECT finished IS NULL AS unfinished, result, attempt, owner, lease_until, host_claimed
+          INTO r FROM restarts WHERE message_id = id ORDER BY attempt DESC LIMIT 1;
+        IF NOT FOUND THEN
+            INSERT INTO restarts (hostname, message_id, started, attempt, owner, lease_until)
+                 VALUES (host, id, now_ms, 1, who, lease) ON CONFLICT DO NOTHING;
+            IF FOUND THEN kind := 0; n := 1; RETURN; END IF;
+        ELSIF r.unfinished THEN
+            IF r.owner IS DISTINCT FROM who AND coalesce(r.lease_until, 0) > now_ms THEN
+                kind := 3; n := r.attempt; RETURN;
+            END IF;
+            IF r.host_claimed THEN
+                UPDATE restarts SET finished = now_ms, result = 'abandoned',
+                       detail = 'its worker stopped or lost its lease before it finished',
+                       lease_until = NULL
+                 WHERE message_id = id AND attempt = r.attempt AND finished IS NULL
+                   AND owner IS NOT DISTINCT FROM r.owner
+                   AND lease_until IS NOT DISTINCT FROM r.lease_until;
+                IF FOUND THEN
+                    -- The row is locked until commit: no peer records this attempt meanwhile.
+                    INSERT INTO restarts (hostname, message_id, started, attempt, owner,
+                                          lease_until)
+                         VALUES (host, id, now_ms, r.attempt + 1, who, lease);
+                    kind := 2; n := r.attempt + 1; RETURN;
+                END IF;
+            ELSE
+                UPDATE restarts SET owner = who, lease_until = lease
+                 WHERE message_id = id AND attempt = r.attempt AND finished IS NULL
+                   AND owner IS NOT DISTINCT FROM r.owner
+                   AND lease_until IS NOT DISTINCT FROM r.lease_until;
+                IF FOUND THEN kind := 2; n := r.attempt; RETURN; END IF;
+            END IF;
+        ELSIF r.result IS NULL
+              OR r.result NOT IN ('failed', 'refused', 'dry_run', 'abandoned') THEN
+            kind := 1; n := r.attempt; RETURN;
+        ELSE
+            INSERT INTO restarts (hostname, message_id, started, attempt, owner, lease_until)
+                 VALUES (host, id, now_ms, r.attempt + 1, who, lease) ON CONFLICT DO NOTHING;
+            IF FOUND THEN
+                kind := CASE WHEN r.result = 'abandoned' THEN 2 ELSE 0 END;
+                n := r.attempt + 1;
+                RETURN;
+            END IF;
+        END IF;
+        -- Another worker wrote this id's row in between: read it again.
+    END LOOP;
+END $fn$;
+
+-- Claims for distinct ids: first claims in one INSERT (attempt 1, proceed: not returned); the
+-- rest one by one, in id order, each returned by position (1-based) with its kind and attempt.
+CREATE FUNCTION mayhem_claim(ids text[], hosts text[], who text, now_ms bigint, lease bigint)
+RETURNS TABLE (i integer, claim smallint, attempt integer) LANGUAGE plpgsql AS $fn$
+DECLARE todo integer[]; k integer;
+BEGIN
+    WITH ins AS (
+        INSERT INTO restarts (hostname, message_id, started, attempt, owner, lease_until)
+        SELECT u.h, u.m, now_ms, 1, who, lease FROM unnest(hosts, ids) AS u(h, m)
+        ON CONFLICT DO NOTHING RETURNING message_id)
+    SELECT coalesce(array_agg(u.ord ORDER BY u.m), '{}') INTO todo
+      FROM unnest(ids) WITH ORDINALITY AS u(m, ord)
+     WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.message_id = u.m);
+    FOREACH k IN ARRAY todo LOOP
+        SELECT c.kind, c.n INTO claim, attempt
+          FROM mayhem_claim_again(ids[k], hosts[k], who, now_ms, lease) AS c;
+        i := k;
+        RETURN NEXT;
+    END LOOP;
+END $fn$;
+
+-- Fleet-wide --max-concurrent-restarts: slot k is free when it has no message or its owner's
+-- lease expired. Taking one locks a free row (FOR UPDATE SKIP LOCKED: a row another worker is
+-- taking is skipped; one it took since is re-checked and no longer free), so two workers never
+-- hold one slot and never more than the cap are held.
+CREATE TABLE restart_slots (
+    slot        integer PRIMARY KEY,
+    message_id  text,
+    owner       text,
+    lease_until bigint NOT NULL DEFAULT 0,
+    taken       bigint
+);
+
+-- The fleet-wide pause (`mayhem pause` / `mayhem resume`): one row while paused.
+CREATE TABLE fleet_pause (
+    only_row  boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    paused_by text NOT NULL,
+    paused_at bigint NOT NULL,
+    reason    text NOT NULL DEFAULT ''
+);
+
+-- Takes a slot for each id, in order; returns the positions (1-based) that found none free.
+CREATE FUNCTION mayhem_take_slots(ids text[], caps integer[], who text, now_ms bigint,
+                                  lease bigint)
+RETURNS TABLE (i integer) LANGUAGE plpgsql AS $fn$
+DECLARE got integer;
+BEGIN
+    INSERT INTO restart_slots (slot)
+    SELECT generate_series(1, (SELECT max(c) FROM unnest(caps) AS c)) ON CONFLICT DO NOTHING;
+    FOR k IN 1 .. coalesce(array_length(ids, 1), 0) LOOP
+        UPDATE restart_slots SET lease_until = lease
+         WHERE message_id = ids[k] AND owner = who AND slot <= caps[k];
+        CONTINUE WHEN FOUND;
+        SELECT slot INTO got FROM restart_slots
+         WHERE slot <= caps[k] AND (message_id IS NULL OR lease_until <= now_ms)
+         ORDER BY slot LIMIT 1 FOR UPDATE SKIP LOCKED;
+        IF got IS NULL THEN
+            i := k; RETURN NEXT;
+        ELSE
+            UPDATE restart_slots SET message_id = ids[k], owner = who, lease_until = lease,
+                   taken = now_ms
+             WHERE slot = got;
+        END IF;
+    END LOOP;
+END $fn$;
+
+CREATE OR REPLACE FUNCTION mayhem_claim_hosts(ids text[], hosts text[], cutoffs bigint[],
+                                              now_ms bigint)
+RETURNS TABLE (i integer, blocked_at bigint) LANGUAGE plpgsql AS $fn$
+DECLARE b bigint;
+BEGIN
+    FOR k IN 1 .. coalesce(array_length(ids, 1), 0) LOOP
+        SELECT max(started) INTO b FROM restarts
+         WHERE hostname = hosts[k] AND host_claimed AND message_id <> ids[k]
+           AND started > cutoffs[k]
+           AND (finished IS NULL OR result IN ('ok', 'unverified', 'abandoned'));
+        IF b IS NULL THEN
+            UPDATE restarts SET host_claimed = true, started = now_ms
+             WHERE message_id = ids[k] AND finished IS NULL;
+        ELSE
+            i := k; blocked_at := b; RETURN NEXT;
+        END IF;
+    END LOOP;
+END $fn$;
+)sql";
+
 // One entry per version, applied in order; never edit one that shipped, add the next.
-constexpr const char* migrations[] = {schema_v1};
+constexpr const char* migrations[] = {schema_v1, schema_v2};
 static_assert(std::size(migrations) == postgres_schema_version);
 
 // The migration, as statements of one transaction: the lock (a fixed key, the same for every
@@ -193,8 +343,8 @@ constexpr const char* complete_sql =
     "completed_at = CASE WHEN $2::text = 'retried' THEN completed_at ELSE $4::bigint END, "
     "last_error = COALESCE(NULLIF($3::text, ''), last_error) WHERE message_id = ANY($1::text[]) "
     "AND NOT ($2::text = 'skipped' AND outcome IS NOT DISTINCT FROM 'acked')";
-constexpr const char* claim_sql =
-    "SELECT i, claim FROM mayhem_claim($1::text[], $2::text[], $3::text, $4::bigint, $5::bigint)";
+constexpr const char* claim_sql = "SELECT i, claim, attempt FROM mayhem_claim($1::text[], "
+                                  "$2::text[], $3::text, $4::bigint, $5::bigint)";
 // Only the owner records the end: a row a peer took over is left alone (not RETURNed). One
 // statement per distinct (result, detail), as complete_sql.
 constexpr const char* finish_sql =
@@ -210,6 +360,17 @@ constexpr const char* unclaim_sql =
 constexpr const char* renew_sql =
     "UPDATE restarts SET lease_until = $3::bigint WHERE message_id = ANY($1::text[]) "
     "AND finished IS NULL AND owner = $2::text";
+constexpr const char* take_slots_sql =
+    "SELECT i FROM mayhem_take_slots($1::text[], $2::integer[], $3::text, $4::bigint, "
+    "$5::bigint)";
+constexpr const char* release_slots_sql =
+    "UPDATE restart_slots SET message_id = NULL, owner = NULL, lease_until = 0, taken = NULL "
+    "WHERE message_id = ANY($1::text[]) AND owner = $2::text";
+// The slots live as long as their messages' claims (a handful of rows: a scan).
+constexpr const char* renew_slots_sql =
+    "UPDATE restart_slots SET lease_until = $3::bigint WHERE message_id = ANY($1::text[]) "
+    "AND owner = $2::text";
+constexpr const char* read_pause_sql = "SELECT paused_by, paused_at, reason FROM fleet_pause";
 constexpr const char* lock_hosts_sql = "SELECT mayhem_lock_hosts($1::text[])";
 constexpr const char* claim_hosts_sql =
     "SELECT i, blocked_at FROM mayhem_claim_hosts($1::text[], $2::text[], $3::bigint[], "
@@ -259,6 +420,9 @@ std::vector<group> plan(const store_batch& b) {
     }
     flush_both();
 
+    // Slots: on their own table; the ones given back first, so they are free for this batch's.
+    group unslots{store_op::unslot, {}}, slots{store_op::slot, {}};
+    group reads{store_op::read_pause, {}};
     group unclaims{store_op::unclaim, {}}, renews{store_op::renew, {}};
     group hosts{store_op::claim_host, {}};
     first.kind = store_op::claim;
@@ -272,10 +436,22 @@ std::vector<group> plan(const store_batch& b) {
         case store_op::renew:
             renews.idx.push_back(i);
             break;
+        case store_op::unslot:
+            unslots.idx.push_back(i);
+            break;
+        case store_op::slot:
+            slots.idx.push_back(i);
+            break;
+        case store_op::read_pause:
+            reads.idx.push_back(i);
+            break;
         default:
             break;
         }
     }
+    flush(reads);
+    flush(unslots);
+    flush(slots);
     flush(unclaims);
     for (std::uint32_t i = 0; i < b.size(); ++i) {
         const auto& r = b.reqs[i];
@@ -344,6 +520,7 @@ struct postgres_store::reply {
     bool ok = true;
     std::string error;
     restart_claim claim = restart_claim::proceed;
+    std::uint32_t attempt = 0;
     std::int64_t n = 0;
 };
 
@@ -359,12 +536,13 @@ public:
     bool await_ready() const noexcept { return gen_ == 0; }
     void await_suspend(std::coroutine_handle<> h) noexcept { find()->waiter = h; }
     reply await_resume() {
-        if (gen_ == 0) return reply{false, "store closed", {}, 0};
+        if (gen_ == 0) return reply{false, "store closed", {}, 0, 0};
         reply out;
         out.ok = s_.batch_ok_;
         if (!out.ok) out.error = s_.batch_error_;
         if (request* r = find()) {
             out.claim = r->claim;
+            out.attempt = r->attempt;
             out.n = r->n;
         }
         return out;
@@ -383,6 +561,35 @@ private:
     std::uint64_t gen_;
     std::size_t idx_;
 };
+
+int postgres_migrate(PGconn* c) {
+    quiet(c);
+    std::string error;
+    int version = 0;
+    bool ok = true;
+    auto run = [&](const char* sql) {
+        pg_result r(PQexec(c, sql));
+        auto st = PQresultStatus(r.get());
+        if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+            ok = false;
+            error = trimmed(PQerrorMessage(c));
+        }
+        return r;
+    };
+    run("BEGIN");
+    for (const auto& s : migration_statements()) {
+        if (!ok) break;
+        auto r = run(s.sql);
+        if (ok) version = version_of(r.get());
+    }
+    if (ok) run("COMMIT");
+    if (!ok) {
+        pg_result rolled_back(PQexec(c, "ROLLBACK"));
+        throw postgres_fatal("postgres store: cannot migrate the schema: " + error);
+    }
+    if (version > postgres_schema_version) throw postgres_fatal(newer_schema(version));
+    return version;
+}
 
 // ---------------------------------------------------------------------------------------------
 // postgres_store
@@ -410,31 +617,18 @@ postgres_store::postgres_store(rt::loop& loop, postgres_options opts)
                   {{"error", error}});
         health_.note(false, error);
     } else {
-        quiet(c);
-        std::string error;
-        int version = 0;
-        bool ok = true;
-        auto run = [&](const char* sql) {
-            pg_result r(PQexec(c, sql));
-            auto st = PQresultStatus(r.get());
-            if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
-                ok = false;
-                error = trimmed(PQerrorMessage(c));
-            }
-            return r;
-        };
-        run("BEGIN");
-        for (const auto& s : migration_statements()) {
-            if (!ok) break;
-            auto r = run(s.sql);
-            if (ok) version = version_of(r.get());
-        }
-        if (ok) run("COMMIT");
         std::string where = std::string(PQhost(c) ? PQhost(c) : "") + ":" +
                             (PQport(c) ? PQport(c) : "") + "/" + (PQdb(c) ? PQdb(c) : "");
+        int version = 0;
+        try {
+            version = postgres_migrate(c);
+        } catch (...) {
+            PQfinish(c);
+            throw;
+        }
+        pg_result p(PQexec(c, read_pause_sql));
+        if (PQresultStatus(p.get()) == PGRES_TUPLES_OK) saw_pause(p.get());
         PQfinish(c);
-        if (!ok) throw postgres_fatal("postgres store: cannot migrate the schema: " + error);
-        if (version > postgres_schema_version) throw postgres_fatal(newer_schema(version));
         log::info("postgres store: schema ready",
                   {{"database", where}, {"schema_version", version}});
     }
@@ -542,9 +736,12 @@ rt::task<void> postgres_store::writer() {
             reconnect_backoff_ = rt::millis{0};
         }
         // A claim whose task is gone (a forced stop) must not record a start: no restart will
-        // run, and the row would read as a crash in the window on the next delivery.
+        // run, and the row would read as a crash in the window on the next delivery. Nor take a
+        // slot nobody would give back.
         for (auto& r : pending_)
-            if ((r.kind == op::claim || r.kind == op::claim_host) && !r.waiter) r.kind = op::skip;
+            if ((r.kind == op::claim || r.kind == op::claim_host || r.kind == op::slot) &&
+                !r.waiter)
+                r.kind = op::skip;
         if (records_.due()) records_.take_into(pending_);
         take_pending();
         std::string error = co_await write(now_ms());
@@ -571,6 +768,7 @@ void postgres_store::settle(bool ok, std::string error) {
         stats_.failed_transactions.inc();
     }
     records_.ended(ok, flying_);
+    pause_read_queued_ = false;
     health_.note(ok, error);
     batch_ok_ = ok;
     batch_error_ = std::move(error);
@@ -634,6 +832,17 @@ rt::task<std::string> postgres_store::write(std::int64_t now) {
             break;
         case op::renew:
             stmts_.push_back({renew_sql, {array(g, &R::id), opts_.owner, lease_s}});
+            stmts_.push_back({renew_slots_sql, {array(g, &R::id), opts_.owner, lease_s}});
+            break;
+        case op::slot:
+            stmts_.push_back(
+                {take_slots_sql, {array(g, &R::id), numbers(g), opts_.owner, now_s, lease_s}});
+            break;
+        case op::unslot:
+            stmts_.push_back({release_slots_sql, {array(g, &R::id), opts_.owner}});
+            break;
+        case op::read_pause:
+            stmts_.push_back({read_pause_sql, {}});
             break;
         case op::claim_host:
             stmts_.push_back(
@@ -650,6 +859,7 @@ rt::task<std::string> postgres_store::write(std::int64_t now) {
     std::size_t s = hosts.empty() ? 0 : 1;
     for (const auto& g : groups) {
         const PGresult* res = results_[s++].get();
+        if (g.kind == op::renew) ++s; // and its slots' renewal
         int rows = res ? PQntuples(res) : 0;
         auto at = [&](int row) -> request& {
             auto k = static_cast<std::size_t>(std::atoi(PQgetvalue(res, row, 0))) - 1;
@@ -657,12 +867,17 @@ rt::task<std::string> postgres_store::write(std::int64_t now) {
         };
         switch (g.kind) {
         case op::claim:
+            // An id's first claim is not returned: proceed, attempt 1.
             for (auto i : g.idx) {
                 flying_[i].claim = restart_claim::proceed;
+                flying_[i].attempt = 1;
                 flying_[i].n = now;
             }
-            for (int row = 0; row < rows; ++row)
-                at(row).claim = static_cast<restart_claim>(std::atoi(PQgetvalue(res, row, 1)));
+            for (int row = 0; row < rows; ++row) {
+                auto& r = at(row);
+                r.claim = static_cast<restart_claim>(std::atoi(PQgetvalue(res, row, 1)));
+                r.attempt = static_cast<std::uint32_t>(std::atoi(PQgetvalue(res, row, 2)));
+            }
             break;
         case op::finish: {
             // The rows RETURNed were still this worker's; any other was taken over (held).
@@ -676,6 +891,15 @@ rt::task<std::string> postgres_store::write(std::int64_t now) {
                                                                             : restart_claim::held;
             break;
         }
+        case op::read_pause:
+            saw_pause(res);
+            break;
+        case op::slot:
+            for (auto i : g.idx)
+                flying_[i].claim = restart_claim::proceed;
+            for (int row = 0; row < rows; ++row)
+                at(row).claim = restart_claim::held;
+            break;
         case op::claim_host:
             for (auto i : g.idx) {
                 flying_[i].claim = restart_claim::proceed;
@@ -747,8 +971,6 @@ rt::task<save_result> postgres_store::save(const message& m, const delivery&) {
     co_return save_result{x.ok, std::move(x.error)};
 }
 
-// Restart starts are not counted here yet (claim_answer::attempt 0: the delivery's attempt
-// stands in; see README, "PostgreSQL").
 rt::task<claim_answer> postgres_store::claim_restart(const message& m) {
     request r;
     r.kind = op::claim;
@@ -757,7 +979,7 @@ rt::task<claim_answer> postgres_store::claim_restart(const message& m) {
     auto pending = enqueue(r);
     reply x = co_await pending;
     if (!x.ok) throw std::runtime_error("store: " + x.error);
-    co_return claim_answer{x.claim};
+    co_return claim_answer{x.claim, x.attempt};
 }
 
 rt::task<bool> postgres_store::finish_restart(const message& m, const restart_result& res) {
@@ -809,6 +1031,57 @@ rt::task<host_claim> postgres_store::claim_host(const message& m,
                          std::chrono::system_clock::time_point{std::chrono::milliseconds{x.n}}};
 }
 
+rt::task<bool> postgres_store::claim_slot(const message& m, std::size_t cap) {
+    request r;
+    r.kind = op::slot;
+    r.id = pending_.put(m.message_id());
+    r.n = static_cast<std::int64_t>(cap);
+    auto pending = enqueue(r);
+    reply x = co_await pending;
+    if (!x.ok) throw std::runtime_error("store: " + x.error);
+    co_return x.claim == restart_claim::proceed;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fleet-wide pause: read with the migration at start, then polled through the batches.
+// ---------------------------------------------------------------------------------------------
+
+void postgres_store::watch_pause(std::chrono::milliseconds every,
+                                 std::function<void(const fleet_pause*)> changed) {
+    pause_changed_ = std::move(changed);
+    pause_poll_.reset();
+    if (!pause_changed_) return;
+    pause_changed_(pause_ ? &*pause_ : nullptr);
+    pause_poll_ = std::make_unique<rt::periodic_timer>(loop_, every, [this] {
+        if (pause_read_queued_ || phase_ != phase::open) return;
+        pause_read_queued_ = true;
+        request r;
+        r.kind = op::read_pause;
+        pending_.reqs.push_back(r);
+        wake();
+    });
+}
+
+// The answer of read_pause_sql (or of the start-up read).
+void postgres_store::saw_pause(const PGresult* res) {
+    std::optional<fleet_pause> now;
+    if (res && PQntuples(res) > 0)
+        now = fleet_pause{PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 2),
+                          std::atoll(PQgetvalue(res, 0, 1))};
+    if (now == pause_) return;
+    pause_ = std::move(now);
+    if (pause_changed_) pause_changed_(pause_ ? &*pause_ : nullptr);
+}
+
+void postgres_store::release_slot(const message& m) {
+    if (phase_ == phase::closed) return; // it expires with its lease
+    request r;
+    r.kind = op::unslot;
+    r.id = pending_.put(m.message_id());
+    pending_.reqs.push_back(r);
+    wake();
+}
+
 void postgres_store::complete(const message& m, const verdict& v) {
     if (phase_ == phase::closed) {
         stats_.unrecorded.inc();
@@ -832,6 +1105,7 @@ void postgres_store::hurry() {
 }
 
 rt::task<void> postgres_store::close() {
+    pause_poll_.reset();
     if (phase_ == phase::open) phase_ = phase::closing;
     wake();
     co_await writer_done_;

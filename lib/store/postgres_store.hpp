@@ -36,6 +36,9 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
+#include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -44,7 +47,7 @@ namespace mayhem {
 
 // The schema version this build writes (the highest row of schema_migrations). A database with
 // a newer version is refused (exit 1 at start).
-inline constexpr int postgres_schema_version = 1;
+inline constexpr int postgres_schema_version = 2;
 
 struct postgres_options {
     // A libpq connection string or URI (`postgresql://user@host:5432/db?sslmode=require`).
@@ -66,6 +69,10 @@ class postgres_fatal : public std::runtime_error {
 public:
     using std::runtime_error::runtime_error;
 };
+
+// Migrates the schema over a blocking connection (a worker's start, `mayhem pause`): returns the
+// version the database is at. Throws postgres_fatal when it cannot be migrated or is newer.
+int postgres_migrate(PGconn* c);
 
 struct postgres_store_stats {
     rt::counter transactions;        // committed
@@ -96,6 +103,11 @@ public:
     rt::task<bool> finish_restart(const message& m, const restart_result& r) override;
     void renew_claims(std::span<const message* const> ms) override;
     rt::task<void> release_claim(const message& m) override;
+    bool shares_slots() const override { return true; }
+    rt::task<bool> claim_slot(const message& m, std::size_t cap) override;
+    void release_slot(const message& m) override;
+    void watch_pause(std::chrono::milliseconds every,
+                     std::function<void(const fleet_pause*)> changed) override;
     void complete(const message& m, const verdict& v) override;
     bool healthy() const override { return health_.healthy(); }
     void hurry() override;
@@ -143,6 +155,7 @@ private:
     void take_pending();
     void withdraw_if_orphaned(request& r);
     void give_up();
+    void saw_pause(const PGresult* res);
 
     rt::loop& loop_;
     postgres_options opts_;
@@ -168,6 +181,11 @@ private:
     postgres_store_stats stats_;
     store_health health_;  // after stats_: it counts outages there
     held_records records_; // records nobody waits for (store/held_records.hpp); after stats_
+    // The fleet-wide pause as last read, who to tell of a change, and its poll.
+    std::optional<fleet_pause> pause_;
+    std::function<void(const fleet_pause*)> pause_changed_;
+    std::unique_ptr<rt::periodic_timer> pause_poll_;
+    bool pause_read_queued_ = false;
     // Scratch of write(), reused batch after batch.
     std::vector<pg_statement> stmts_;
     std::vector<pg_result> results_;

@@ -447,6 +447,9 @@ struct sqlite_store::shared {
             bind_name(unclaim, 3);
             run(unclaim, "give back a restart claim");
             break;
+        case op::slot:
+        case op::unslot:     // never queued: this store keeps no slots (store.hpp, shares_slots)
+        case op::read_pause: // nor a fleet pause
         case op::skip:
             break;
         case op::complete:

@@ -11,7 +11,9 @@
 #include "runtime/task.hpp"
 
 #include <chrono>
+#include <functional>
 #include <span>
+#include <string>
 #include <string_view>
 
 namespace mayhem {
@@ -50,6 +52,13 @@ struct host_claim {
     // Not granted because that restart started after `now`: the wall clock is behind the store's
     // records (stepped back), so the cooldown cannot be computed; nothing was recorded.
     bool clock_behind = false;
+};
+
+// The fleet-wide pause (`mayhem pause`): who set it, when (ms since the epoch), and why.
+struct fleet_pause {
+    std::string who, reason;
+    std::int64_t since_ms = 0;
+    friend bool operator==(const fleet_pause&, const fleet_pause&) = default;
 };
 
 class store {
@@ -94,6 +103,28 @@ public:
     // answers `proceed`, not `unfinished`. Only an unfinished start is removed: a finished
     // restart's record stays.
     virtual rt::task<void> release_claim(const message& m) = 0;
+    // Fleet-wide `--max-concurrent-restarts`: true when the store keeps restart slots for every
+    // worker sharing it (postgres: the fleet). Then the guard, after its own admission, takes
+    // one of the store's slots for each restart; otherwise its own count is the cap.
+    virtual bool shares_slots() const { return false; }
+    // Takes one of `cap` slots for m's restart as ONE atomic step across every worker of the
+    // store: true when taken (or m already holds one of this worker's), false when all `cap`
+    // are held by live owners. A slot is this worker's until its lease expires (the claim
+    // lease, renewed by renew_claims with m's claim) or release_slot gives it back, so the
+    // slots of a worker that died come free after the lease.
+    virtual rt::task<bool> claim_slot(const message& m, std::size_t cap);
+    // Gives back m's slot, if this worker holds one (not awaited, batched).
+    virtual void release_slot(const message& m) { (void)m; }
+    // The fleet-wide pause, for a store that keeps one (postgres): calls `changed` (loop
+    // thread) at once with the pause as last read (nullptr: none), then reads it every `every`
+    // (one small query) and calls `changed` again whenever it changed. While the database cannot
+    // be read the last answer stands (no restart can be claimed meanwhile anyway). A null
+    // `changed` stops the watch.
+    virtual void watch_pause(std::chrono::milliseconds every,
+                             std::function<void(const fleet_pause*)> changed) {
+        (void)every;
+        (void)changed;
+    }
     // Records the outcome of a message (not awaited, batched). A store that cannot write it now
     // keeps it and writes it later; one it gives up on is counted in unrecorded().
     virtual void complete(const message& m, const verdict& v) = 0;
@@ -126,5 +157,11 @@ public:
     // close() completed.
     virtual std::uint64_t unrecorded() const { return 0; }
 };
+
+inline rt::task<bool> store::claim_slot(const message& m, std::size_t cap) {
+    (void)m;
+    (void)cap;
+    co_return true;
+}
 
 } // namespace mayhem

@@ -24,6 +24,9 @@ enum class store_op : std::uint8_t {
     unclaim,
     renew,
     complete,
+    slot,       // claim_slot
+    unslot,     // release_slot
+    read_pause, // watch_pause's poll
     skip
 };
 
@@ -37,12 +40,13 @@ struct store_request {
     store_op kind = store_op::save;
     store_text_ref id, a, b, c; // save: instance, hostname, reason; claim: hostname;
                                 // finish: result, detail; complete: outcome, reason
-    // out: claim; claim_host: done = blocked; finish: held = the claim is a peer's now
+    // out: claim; claim_host: done = blocked; finish: held = the claim is a peer's now; slot:
+    // held = every slot is taken
     restart_claim claim = restart_claim::proceed;
     std::uint32_t attempt = 0; // claim: out, the restart start recorded (proceed, unfinished)
     // claim_host: in, the cutoff (ms); out, the blocking start (ms) when blocked. claim and
     // claim_host: out, the `started` stamp written (proceed). unclaim: in, that stamp (0:
-    // whatever unfinished start the id has).
+    // whatever unfinished start the id has). slot: in, the cap.
     std::int64_t n = 0;
     std::coroutine_handle<> waiter; // null: nobody waits (complete, cancelled)
 };

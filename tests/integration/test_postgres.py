@@ -104,6 +104,105 @@ class PostgresFleet(Harness):
                  sum(s["acked"] for s in summaries), [s["acked"] for s in summaries],
                  by_result.replace("\n", ", "), self.peak_concurrency()))
 
+    def counting_script(self):
+        """A restart command that counts the runs in progress across the fleet under flock and
+        appends the count it reached to `peaks`."""
+        path = os.path.join(self.tmp, "count.sh")
+        lock, count = os.path.join(self.tmp, "lock"), os.path.join(self.tmp, "running")
+        self.peaks = os.path.join(self.tmp, "peaks")
+        with open(path, "w") as f:
+            f.write("#!/bin/sh\n"
+                    "exec 9>>%(lock)s\n"
+                    "flock 9; n=$(( $(cat %(count)s 2>/dev/null || echo 0) + 1 ))\n"
+                    "echo $n > %(count)s; echo $n >> %(peaks)s; flock -u 9\n"
+                    "sleep 0.3\n"
+                    "flock 9; echo $(( $(cat %(count)s) - 1 )) > %(count)s; flock -u 9\n"
+                    % {"lock": lock, "count": count, "peaks": self.peaks})
+        os.chmod(path, os.stat(path).st_mode | stat.S_IEXEC)
+        return path + " {message_id}"
+
+    def test_max_concurrent_restarts_holds_across_the_fleet(self):
+        r, pg = self.redis(), self.postgres()
+        n = 36
+        self.publish_requests(r, [request(i, "slot-%02d.example.net" % i) for i in range(n)])
+        command = self.counting_script()
+        # Each worker alone may run 3 at once: without fleet-wide slots the three run up to 9.
+        workers = [self.worker(*self.common(r, pg), "--consumer", name, "--restarter", "exec",
+                               "--restart-command", command, "--max-concurrent-restarts", "3",
+                               "--restart-cooldown", "0", "--exit-when-idle",
+                               "--max-in-flight", "8", "--queue-capacity", "4",
+                               "--read-ahead", "0", name=name)
+                   for name in ("a", "b", "c")]
+        results = [w.wait(timeout=300) for w in workers]
+        for code, out, err in results:
+            self.assertEqual(code, 0, err[-3000:])
+        with open(self.peaks) as f:
+            peaks = [int(l) for l in f if l.strip()]
+        self.assertEqual(len(peaks), n)
+        self.assertLessEqual(max(peaks), 3, peaks)
+        self.assertEqual(pg.scalar("SELECT count(*) FROM restarts WHERE result = 'ok'"), str(n))
+        # Every slot was given back at the end.
+        self.assertEqual(pg.scalar("SELECT count(*) FROM restart_slots "
+                                   "WHERE message_id IS NOT NULL"), "0")
+        print("\nfleet slots: 3 workers, --max-concurrent-restarts 3, %d restarts, peak %d"
+              % (n, max(peaks)))
+
+    def mayhem(self, *args):
+        r = subprocess.run([harness.MAYHEM, *args], capture_output=True, text=True, timeout=60)
+        return r.returncode, r.stdout, r.stderr
+
+    def metric(self, port, name):
+        status, body = harness.http_get("http://127.0.0.1:%d/metrics" % port)
+        for line in body.splitlines() if status == 200 else []:
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        return None
+
+    def test_mayhem_pause_holds_every_worker_until_resume(self):
+        r, pg = self.redis(), self.postgres()
+        code, out, err = self.mayhem("pause", "--postgres-url", pg.url, "--reason",
+                                     "db maintenance", "--by", "alice")
+        self.assertEqual(code, 0, err)
+        self.assertIn("paused", out)
+        code, out, err = self.mayhem("status", "--postgres-url", pg.url, "--json")
+        self.assertEqual(code, 0, err)
+        doc = json.loads(out)
+        self.assertEqual(doc["paused"]["by"], "alice")
+        self.assertEqual(doc["paused"]["reason"], "db maintenance")
+        n = 6
+        self.publish_requests(r, [request(i, "p-%d.example.net" % i) for i in range(n)])
+        ports = [harness.free_port(), harness.free_port()]
+        workers = [self.worker(*self.common(r, pg), "--consumer", name, "--restarter", "exec",
+                               "--restart-command", self.script("0.05"), "--exit-when-idle",
+                               "--metrics-addr", "127.0.0.1:%d" % port, name=name)
+                   for name, port in zip(("a", "b"), ports)]
+        # Every message is taken and held at admission: nothing starts while paused.
+        harness.wait_until(
+            lambda: sum(self.metric(p, "mayhem_restarts_waiting") or 0 for p in ports) == n,
+            timeout=60, what="every request to wait for admission")
+        # (A worker that took no request may have exited: --exit-when-idle.)
+        holding = [p for p in ports if self.metric(p, "mayhem_restarts_waiting")]
+        self.assertTrue(holding)
+        for p in holding:
+            self.assertEqual(self.metric(p, "mayhem_restarts_paused"), 1)
+            self.assertEqual(self.metric(p, "mayhem_fleet_paused"), 1)
+        self.assertEqual(self.lines("start"), [])
+        for w in workers:
+            self.assertIn("restarts paused fleet-wide", w.stderr())
+        code, out, err = self.mayhem("status", "--postgres-url", pg.url)
+        self.assertEqual(code, 0, err)
+        self.assertIn("PAUSED by alice", out)
+        self.assertIn("db maintenance", out)
+        code, out, err = self.mayhem("resume", "--postgres-url", pg.url)
+        self.assertEqual(code, 0, err)
+        for w in workers:
+            code, out, err = w.wait(timeout=120)
+            self.assertEqual(code, 0, err[-3000:])
+            self.assertIn("restarts resumed fleet-wide", err)
+        self.assertEqual(len(self.lines("end")), n)
+        code, out, err = self.mayhem("status", "--postgres-url", pg.url, "--json")
+        self.assertIsNone(json.loads(out)["paused"])
+
     def test_a_worker_killed_mid_restart_its_claims_expire_and_the_fleet_carries_on(self):
         r, pg = self.redis(), self.postgres()
         self.publish_requests(r, [request(i, "db-%d.example.net" % i) for i in range(3)])
@@ -126,9 +225,18 @@ class PostgresFleet(Harness):
         self.assertEqual(len(self.lines("end")), 3)  # the second runs; a's never ended
         self.assertEqual(pg.scalar("SELECT count(*) FROM restarts WHERE finished IS NULL"), "0")
         self.assertEqual(pg.scalar("SELECT count(*) FROM restarts WHERE result = 'ok'"), "3")
-        # The rows a left unfinished were taken over and finished by b or c.
-        self.assertEqual(pg.scalar("SELECT count(*) FROM restarts WHERE owner LIKE '%%-' || "
-                                   "'%d-%%'" % a.pid), "0")
+        # a's slots came free with their leases (taken again or not), b's and c's were given
+        # back: none is held.
+        self.assertEqual(pg.scalar("SELECT count(*) FROM restart_slots WHERE lease_until > "
+                                   "(extract(epoch FROM now()) * 1000)::bigint"), "0")
+        # The starts a left unfinished (they had passed their cooldown claim) were closed
+        # `abandoned` and each restarted as the next attempt by b or c.
+        of_a = "owner LIKE '%%-' || '%d-%%'" % a.pid
+        self.assertEqual(pg.scalar("SELECT count(*) FROM restarts WHERE %s" % of_a), "3")
+        self.assertEqual(pg.scalar("SELECT count(*) FROM restarts WHERE %s AND attempt = 1 "
+                                   "AND result = 'abandoned'" % of_a), "3")
+        self.assertEqual(pg.scalar("SELECT count(*) FROM restarts WHERE attempt = 2 "
+                                   "AND result = 'ok'"), "3")
         self.assertEqual(r.cli("XPENDING", "mayhem:restarts", "mayhem").splitlines()[0], "0")
 
     def test_the_database_restarted_mid_run_nothing_acked_is_unsaved(self):
@@ -195,7 +303,7 @@ class PostgresFleet(Harness):
         self.assertEqual(doc["messages"], 50)
         self.assertEqual(doc["by_outcome"], {"acked": 50})
         self.assertEqual(doc["restarts"]["by_result"], {"ok": 50})
-        self.assertEqual(doc["schema_version"], 1)
+        self.assertEqual(doc["schema_version"], 2)
         self.assertNotIn("s3cret-Pa55", r.stdout + r.stderr)
         self.assertEqual(doc["db"], "127.0.0.1:%d/postgres" % pg.port)
 

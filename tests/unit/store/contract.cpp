@@ -321,10 +321,10 @@ TEST_CASE_TEMPLATE("store contract: many claims and finishes in one transaction"
     CHECK(db.count("SELECT count(*) FROM restarts WHERE message_id LIKE 'u%'") == 5);
 }
 
-// SQLite only for now: the PostgreSQL store does not count restart starts (claim_answer::attempt
-// is 0 there, and the delivery's attempt stands in).
-TEST_CASE("sqlite: every start of an id is an attempt, also one its worker left unfinished") {
-    sqlite_backend db;
+TEST_CASE_TEMPLATE("store contract: every start of an id is an attempt, also one its worker left "
+                   "unfinished",
+                   B, STORES) {
+    B db;
     rt::loop loop;
     auto a = db.open(loop, "a", 20ms);
     auto b = db.open(loop, "b", 20ms);
@@ -337,6 +337,11 @@ TEST_CASE("sqlite: every start of an id is an attempt, also one its worker left 
     auto second = run(loop, b->claim_restart(m));
     CHECK(second == restart_claim::unfinished);
     CHECK(second.attempt == 2);
+    // The start closed as abandoned may have restarted its host: it counts for the cooldown.
+    const message other = msg("m2");
+    REQUIRE(run(loop, b->claim_restart(other)) == restart_claim::proceed);
+    CHECK_FALSE(run(loop, b->claim_host(other, std::chrono::system_clock::now(), 1h)).granted);
+    run_void(loop, b->release_claim(other));
     run_void(loop, b->release_claim(m)); // b stops before it runs the restart again
     auto third = run(loop, a->claim_restart(m));
     CHECK(third == restart_claim::unfinished); // still unfinished, not done
@@ -349,6 +354,91 @@ TEST_CASE("sqlite: every start of an id is an attempt, also one its worker left 
     auto fourth = run(loop, a->claim_restart(m));
     CHECK(fourth == restart_claim::proceed); // after a restart that did nothing
     CHECK(fourth.attempt == 3);
+    run_void(loop, a->close());
+    run_void(loop, b->close());
+    CHECK(db.count("SELECT count(*) FROM restarts WHERE message_id = 'm1' AND attempt = 1 "
+                   "AND result = 'abandoned'") == 1);
+}
+
+// Fleet-wide --max-concurrent-restarts: the PostgreSQL store keeps the slots (store.hpp).
+TEST_CASE("postgres: restart slots are the fleet's: taken once, given back, freed by a lease") {
+    postgres_backend db;
+    rt::loop loop;
+    auto a = db.open(loop, "a", 60s);
+    auto b = db.open(loop, "b", 60s);
+    auto c = db.open(loop, "c", 20ms);
+    CHECK(a->shares_slots());
+    auto held = [&](const char* id) {
+        return db.count(std::string("SELECT count(*) FROM restart_slots WHERE message_id = '") +
+                        id + "'");
+    };
+    CHECK(run(loop, a->claim_slot(msg("s1"), 2)));
+    CHECK(run(loop, a->claim_slot(msg("s1"), 2))); // its own again: still one slot
+    CHECK(run(loop, b->claim_slot(msg("s2"), 2)));
+    CHECK_FALSE(run(loop, b->claim_slot(msg("s3"), 2))); // both held
+    CHECK(held("s1") == 1);
+    a->release_slot(msg("s1"));
+    wait_for(loop, [&] { return held("s1") == 0; });
+    CHECK(run(loop, c->claim_slot(msg("s3"), 2)));       // the slot a gave back
+    CHECK_FALSE(run(loop, a->claim_slot(msg("s4"), 2))); // c's lease lives
+    wait(loop, 60ms);                                    // c died
+    CHECK(run(loop, a->claim_slot(msg("s4"), 2)));
+    CHECK(db.count("SELECT count(*) FROM restart_slots WHERE message_id IS NOT NULL") == 2);
+    for (auto* s : {&a, &b, &c})
+        run_void(loop, (*s)->close());
+}
+
+TEST_CASE("postgres: two workers taking the last slot at once: exactly one wins") {
+    postgres_backend db;
+    rt::loop loop;
+    auto a = db.open(loop, "a", 60s);
+    auto b = db.open(loop, "b", 60s);
+    int wins = 0;
+    for (int round = 0; round < 20; ++round) {
+        auto x = msg("x" + std::to_string(round)), y = msg("y" + std::to_string(round));
+        std::optional<bool> gx, gy;
+        {
+            rt::task_scope scope;
+            scope.spawn(into(a->claim_slot(x, 1), gx));
+            scope.spawn(into(b->claim_slot(y, 1), gy));
+            loop.run_until([&] { return gx && gy; });
+        }
+        REQUIRE(gx);
+        REQUIRE(gy);
+        CHECK(*gx != *gy);
+        wins += *gx + *gy;
+        (*gx ? a : b)->release_slot(*gx ? x : y);
+        wait_for(loop, [&] {
+            return db.count("SELECT count(*) FROM restart_slots WHERE message_id IS NOT NULL") == 0;
+        });
+    }
+    CHECK(wins == 20);
+    run_void(loop, a->close());
+    run_void(loop, b->close());
+}
+
+TEST_CASE("postgres: the fleet-wide pause is read at start and polled") {
+    postgres_backend db;
+    rt::loop loop;
+    auto a = db.open(loop, "a", 60s); // migrates
+    pg_exec(db.url, "INSERT INTO fleet_pause (paused_by, paused_at, reason) "
+                    "VALUES ('alice', 1700000000000, 'maintenance')");
+    auto b = db.open(loop, "b", 60s);
+    std::optional<fleet_pause> seen;
+    int calls = 0;
+    b->watch_pause(20ms, [&](const fleet_pause* p) {
+        ++calls;
+        seen = p ? std::optional<fleet_pause>(*p) : std::nullopt;
+    });
+    REQUIRE(calls == 1); // at once, with what the start read
+    REQUIRE(seen);
+    CHECK(seen->who == "alice");
+    CHECK(seen->reason == "maintenance");
+    CHECK(seen->since_ms == 1700000000000);
+    pg_exec(db.url, "DELETE FROM fleet_pause");
+    wait_for(loop, [&] { return !seen; });
+    CHECK(calls == 2);
+    b->watch_pause(20ms, nullptr);
     run_void(loop, a->close());
     run_void(loop, b->close());
 }

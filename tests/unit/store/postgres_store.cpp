@@ -51,7 +51,9 @@ TEST_CASE("postgres_store: an empty database is migrated once, also by workers s
         run_void(loop, a.close());
         run_void(loop, b.close());
     }
-    CHECK(exec(url, "SELECT count(*) FROM schema_migrations") == "1");
+    // One row per migration applied, each once.
+    CHECK(exec(url, "SELECT count(*) FROM schema_migrations") ==
+          std::to_string(postgres_schema_version));
     CHECK(exec(url, "SELECT max(version) FROM schema_migrations") ==
           std::to_string(postgres_schema_version));
     CHECK(exec(url, "SELECT count(*) FROM messages") == "1");

@@ -1,0 +1,228 @@
+#include "store/fleet.hpp"
+
+#include "store/history.hpp"
+#include "store/pg_link.hpp"
+#include "store/postgres_store.hpp"
+
+#include <chrono>
+#include <cstdlib>
+#include <libpq-fe.h>
+#include <nlohmann/json.hpp>
+#include <pwd.h>
+#include <stdexcept>
+#include <unistd.h>
+#include <vector>
+
+namespace mayhem {
+
+namespace {
+
+using json = nlohmann::ordered_json;
+
+std::string trimmed(std::string s) {
+    while (!s.empty() && (s.back() == '\n' || s.back() == ' '))
+        s.pop_back();
+    return s;
+}
+
+// One blocking connection; the URL is never printed (where() names host:port/dbname).
+class connection {
+public:
+    explicit connection(const std::string& url) : c_(PQconnectdb(url.c_str())) {
+        quiet(c_);
+        if (PQstatus(c_) != CONNECTION_OK)
+            throw std::runtime_error("cannot connect: " + trimmed(PQerrorMessage(c_)));
+    }
+    ~connection() { PQfinish(c_); }
+    connection(const connection&) = delete;
+    connection& operator=(const connection&) = delete;
+
+    PGconn* get() const noexcept { return c_; }
+    std::string where() const {
+        return std::string(PQhost(c_)) + ":" + PQport(c_) + "/" + PQdb(c_);
+    }
+    // Runs `sql` with text parameters; every row, each column as text (null: JSON null) or, for
+    // integer columns, as a number.
+    std::vector<std::vector<json>> rows(const char* sql,
+                                        const std::vector<std::string>& params = {}) {
+        std::vector<const char*> values;
+        for (const auto& p : params)
+            values.push_back(p.c_str());
+        pg_result r(PQexecParams(c_, sql, static_cast<int>(values.size()), nullptr, values.data(),
+                                 nullptr, nullptr, 0));
+        auto st = PQresultStatus(r.get());
+        if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK)
+            throw std::runtime_error("query failed: " + trimmed(PQerrorMessage(c_)));
+        std::vector<std::vector<json>> out;
+        for (int i = 0; i < PQntuples(r.get()); ++i) {
+            std::vector<json> row;
+            for (int c = 0; c < PQnfields(r.get()); ++c) {
+                const char* v = PQgetvalue(r.get(), i, c);
+                auto type = PQftype(r.get(), c);
+                if (PQgetisnull(r.get(), i, c))
+                    row.emplace_back(nullptr);
+                else if (type == 20 || type == 21 || type == 23) // int8, int2, int4
+                    row.emplace_back(std::strtoll(v, nullptr, 10));
+                else
+                    row.emplace_back(v);
+            }
+            out.push_back(std::move(row));
+        }
+        return out;
+    }
+
+private:
+    PGconn* c_;
+};
+
+std::int64_t now_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+// user@host of whoever runs the command.
+std::string default_who() {
+    std::string user;
+    if (const char* u = std::getenv("USER"); u && *u)
+        user = u;
+    else if (const passwd* pw = ::getpwuid(::geteuid()))
+        user = pw->pw_name;
+    else
+        user = std::to_string(::geteuid());
+    char host[256] = {};
+    if (::gethostname(host, sizeof host - 1) != 0) host[0] = '\0';
+    return user + "@" + host;
+}
+
+// The database's schema version; throws unless this build's (status reads only, it does not
+// migrate).
+void check_current(connection& c) {
+    auto has = c.rows("SELECT to_regclass('schema_migrations') IS NOT NULL");
+    auto v = has.empty() || has[0][0] != "t" ? c.rows("SELECT 0")
+                                             : c.rows("SELECT max(version) FROM schema_migrations");
+    std::int64_t version = v.empty() || !v[0][0].is_number() ? 0 : v[0][0].get<std::int64_t>();
+    if (version == postgres_schema_version) return;
+    if (version == 0) throw std::runtime_error(c.where() + " holds no mayhem data");
+    throw std::runtime_error(c.where() + " has schema version " + std::to_string(version) +
+                             (version > postgres_schema_version
+                                  ? ", newer than this mayhem supports; use a newer mayhem"
+                                  : ", older than this mayhem's; a worker of this version "
+                                    "migrates it at start (or run mayhem pause/resume)"));
+}
+
+json pause_of(connection& c) {
+    auto p = c.rows("SELECT paused_by, paused_at, reason FROM fleet_pause");
+    if (p.empty()) return nullptr;
+    return json{{"by", p[0][0]}, {"since", p[0][1]}, {"reason", p[0][2]}};
+}
+
+json status(connection& c, const fleet_options& o) {
+    std::string now = std::to_string(now_ms()), limit = std::to_string(o.limit);
+    json doc;
+    doc["db"] = c.where();
+    doc["paused"] = pause_of(c);
+    // Claimed and not finished, the owner's lease current: running (or about to) on a worker.
+    auto n = c.rows("SELECT count(*) FROM restarts WHERE finished IS NULL "
+                    "AND lease_until > $1::bigint",
+                    {now});
+    doc["restarts_running"] = n[0][0];
+    json running = json::array();
+    for (auto& r : c.rows("SELECT message_id, hostname, owner, started, lease_until FROM restarts "
+                          "WHERE finished IS NULL AND lease_until > $1::bigint "
+                          "ORDER BY started LIMIT $2::bigint",
+                          {now, limit}))
+        running.push_back(json{{"message_id", r[0]},
+                               {"hostname", r[1]},
+                               {"owner", r[2]},
+                               {"started", r[3]},
+                               {"lease_until", r[4]}});
+    doc["running"] = std::move(running);
+    json slots = json::array();
+    for (auto& r : c.rows("SELECT slot, message_id, owner, taken, lease_until FROM restart_slots "
+                          "WHERE message_id IS NOT NULL AND lease_until > $1::bigint "
+                          "ORDER BY slot",
+                          {now}))
+        slots.push_back(json{{"slot", r[0]},
+                             {"message_id", r[1]},
+                             {"owner", r[2]},
+                             {"taken", r[3]},
+                             {"lease_until", r[4]}});
+    doc["slots_held"] = slots.size();
+    doc["slots"] = std::move(slots);
+    // Not shared yet: each worker has its own breaker.
+    doc["breaker"] = "per worker: mayhem_restart_breaker_state on each worker's /metrics";
+    return doc;
+}
+
+void print_status(const json& d, std::ostream& out) {
+    out << "database   " << d["db"].get<std::string>() << "\n";
+    if (d["paused"].is_null())
+        out << "pause      not paused\n";
+    else
+        out << "pause      PAUSED by " << report_text(d["paused"]["by"]) << " since "
+            << report_time(d["paused"]["since"]) << ": " << report_text(d["paused"]["reason"])
+            << "\n";
+    out << "restarts   " << d["restarts_running"] << " running\n";
+    for (const auto& r : d["running"])
+        out << "  " << report_text(r["message_id"]) << "  " << report_text(r["hostname"]) << "  on "
+            << report_text(r["owner"]) << "  since " << report_time(r["started"]) << "\n";
+    out << "slots      " << d["slots_held"] << " held (fleet-wide --max-concurrent-restarts)\n";
+    for (const auto& r : d["slots"])
+        out << "  " << r["slot"] << "  " << report_text(r["message_id"]) << "  on "
+            << report_text(r["owner"]) << "  since " << report_time(r["taken"]) << "\n";
+    out << "breaker    " << d["breaker"].get<std::string>() << "\n";
+}
+
+} // namespace
+
+int run_fleet_command(fleet_command cmd, const fleet_options& o, std::ostream& out,
+                      std::ostream& err) {
+    const char* name = cmd == fleet_command::pause    ? "mayhem pause"
+                       : cmd == fleet_command::resume ? "mayhem resume"
+                                                      : "mayhem status";
+    try {
+        connection c(o.postgres_url);
+        if (cmd == fleet_command::status) {
+            check_current(c);
+            // One read-only snapshot: every number comes from the same moment.
+            c.rows("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
+            json doc = status(c, o);
+            c.rows("COMMIT");
+            if (o.json)
+                out << doc.dump() << "\n";
+            else
+                print_status(doc, out);
+            return 0;
+        }
+        postgres_migrate(c.get()); // a fleet can be paused before its first worker starts
+        json doc;
+        if (cmd == fleet_command::pause) {
+            std::string who = o.who.empty() ? default_who() : o.who;
+            c.rows("INSERT INTO fleet_pause (paused_by, paused_at, reason) "
+                   "VALUES ($1, $2::bigint, $3) ON CONFLICT (only_row) DO UPDATE SET "
+                   "paused_by = EXCLUDED.paused_by, paused_at = EXCLUDED.paused_at, "
+                   "reason = EXCLUDED.reason",
+                   {who, std::to_string(now_ms()), o.reason});
+        } else {
+            c.rows("DELETE FROM fleet_pause");
+        }
+        doc["db"] = c.where();
+        doc["paused"] = pause_of(c);
+        if (o.json) {
+            out << doc.dump() << "\n";
+        } else if (doc["paused"].is_null()) {
+            out << "resumed: workers on " << c.where() << " start restarts again within a "
+                << "second\n";
+        } else {
+            out << "paused: no worker on " << c.where() << " starts a restart from within a "
+                << "second (running ones finish); `mayhem resume` to undo\n";
+        }
+        return 0;
+    } catch (const std::exception& e) {
+        err << name << ": " << e.what() << "\n";
+        return 1;
+    }
+}
+
+} // namespace mayhem
