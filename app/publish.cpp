@@ -115,7 +115,7 @@ int run_publish(const std::vector<std::string>& args) {
                    "messages a call")
         ->check(shaped(pubsub::valid_topic, "projects/PROJECT/topics/NAME"));
     cmd.add_option("--pubsub-endpoint", pubsub_endpoint,
-                   "The Pub/Sub API's base URL (default: http://$PUBSUB_EMULATOR_HOST when that is "
+                   "The Pub/Sub API's base URL (default http://$PUBSUB_EMULATOR_HOST when that is "
                    "set, else https://pubsub.googleapis.com)")
         ->check(shaped(pubsub::valid_endpoint, "http://HOST[:PORT] or https://HOST[:PORT]"));
     cmd.add_option("--pubsub-ordering-key", ordering_key,

@@ -431,7 +431,7 @@ void add_worker_options(CLI::App& cmd, worker_config& c) {
         ->check(shaped(pubsub::valid_subscription, "projects/PROJECT/subscriptions/NAME"))
         ->group("Pub/Sub");
     cmd.add_option("--pubsub-endpoint", c.pubsub_endpoint,
-                   "pubsub: the API's base URL (default: http://$PUBSUB_EMULATOR_HOST when that "
+                   "pubsub: the API's base URL (default http://$PUBSUB_EMULATOR_HOST when that "
                    "is set, else https://pubsub.googleapis.com)")
         ->check(shaped(pubsub::valid_endpoint, "http://HOST[:PORT] or https://HOST[:PORT]"))
         ->group("Pub/Sub");

@@ -85,7 +85,8 @@ int run_exec_wrapper(int argc, char** argv) {
     // exec below, except of a set-user-ID or set-group-ID program or one with file capabilities
     // (sudo, for one), which the kernel starts without it unless no_new_privs is set
     // (NoNewPrivileges=yes: then it gains no privilege either).
-    if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) return failed("cannot set the parent-death signal");
+    if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0)
+        return failed("cannot set the parent-death signal");
     // The worker died before the line above: nothing would kill us later.
     if (::getppid() != static_cast<pid_t>(std::strtol(argv[0], nullptr, 10))) {
         std::fputs("the worker is gone\n", stderr);
