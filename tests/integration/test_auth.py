@@ -162,7 +162,9 @@ class SignedRequests(Harness):
                          json.loads(sign(KEY_B, request("p"), datetime.datetime.strptime(
                              line["issued_at"], "%Y-%m-%dT%H:%M:%SZ")))["signature"])
 
-        w, port = self.stdin_worker("--auth-key-file", a, "--auth-key-file", b)
+        db = os.path.join(self.tmp, "mayhem.db")
+        w, port = self.stdin_worker("--auth-key-file", a, "--auth-key-file", b, "--store",
+                                    "sqlite", "--db", db)
         wait_until(lambda: self.metrics(port), timeout=10, what="the metrics port")
         self.send(w, port, [sign(KEY_A, request("old")), sign(KEY_B, request("new")),
                             sign(KEY_C, request("other"))])
@@ -180,6 +182,9 @@ class SignedRequests(Harness):
         self.assertEqual((s["acked"], s["dead_lettered"]), (3, 2), s)
         refused = [l for l in harness.json_log_lines(err) if l.get("msg") == REJECTED]
         self.assertEqual([l["kind"] for l in refused], ["bad_signature"] * 2, refused)
+        # Which ones: the key that left the file is no longer trusted, the one that came is.
+        acked = harness.query_db(db, "SELECT message_id FROM messages ORDER BY message_id")
+        self.assertEqual([r[0] for r in acked], ["new", "next", "old"])
 
     def test_a_key_file_others_can_read_is_refused_with_exit_2(self):
         loose = self.key_file("loose.key", KEY_A, mode=0o644)
