@@ -195,7 +195,8 @@ bool key_ring::compute(key& k, const signed_fields& f, mac& out) noexcept {
 std::string key_ring::sign(const signed_fields& f) {
     if (keys_.empty()) throw std::logic_error("key_ring::sign without a key");
     mac m{};
-    if (!compute(*keys_.back(), f, m)) throw std::runtime_error("OpenSSL failed to compute an HMAC");
+    if (!compute(*keys_.back(), f, m))
+        throw std::runtime_error("OpenSSL failed to compute an HMAC");
     return to_hex(m.data(), m.size());
 }
 

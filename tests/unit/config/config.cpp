@@ -152,7 +152,8 @@ TEST_CASE("an error echoes the file's keys and values with control characters es
 // --auth-key-file may be given twice on the command line (rotation), but a layer replaces the
 // keys of the layers below it: the environment's key must not stay trusted beside the command
 // line's.
-TEST_CASE("--auth-key-file: values add up within a layer; a higher layer replaces a lower one") {
+TEST_CASE(
+    "--auth-key-file: values add up within a layer, and a higher layer replaces a lower one") {
     char dir[] = "/tmp/mayhem-keys-XXXXXX";
     REQUIRE(mkdtemp(dir));
     std::string a = std::string(dir) + "/a", b = std::string(dir) + "/b",

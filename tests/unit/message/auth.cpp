@@ -86,7 +86,8 @@ TEST_CASE("auth: the canonical form is length-prefixed, and its HMAC is the docu
           auth::canonical({"a", "b,1:c", "", "", ""}));
 }
 
-TEST_CASE("auth: a signed request decodes; unsigned, wrong-key, tampered, expired ones do not") {
+TEST_CASE(
+    "auth: a signed request decodes, and unsigned, wrong-key, tampered, expired ones do not") {
     auto keys = ring({key_a});
     auto o = with_keys(keys);
     auto now = std::chrono::system_clock::now();
