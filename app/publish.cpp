@@ -2,6 +2,7 @@
 // (--count, the simulator's payloads, --bad-ratio of them undecodable) or NDJSON lines from
 // standard input (--stdin, each validated like the worker decodes it unless --raw). With
 // --output FILE|- they are written as NDJSON instead (for `mayhem worker --source stdin`).
+// With --auth-key-file each request is signed (lib/message/auth.hpp) as it is sent.
 #include "publish.hpp"
 
 #include "config/config.hpp"
@@ -15,6 +16,7 @@
 #include "worker/worker.hpp"
 
 #include <CLI/CLI.hpp>
+#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -96,6 +98,7 @@ int run_publish(const std::vector<std::string>& args) {
     std::string stream = "mayhem:restarts";
     std::string output;
     std::string topic, pubsub_endpoint, ordering_key = "none";
+    std::vector<std::string> key_files;
     add_whole_number(cmd, "--count", count, 0, messages_max,
                      "How many generated requests (ignored with --stdin)");
     cmd.add_option("--bad-ratio", bad_ratio, "Share of undecodable generated payloads (0..1)")
@@ -123,8 +126,15 @@ int run_publish(const std::vector<std::string>& args) {
                    "host's requests in order); none: no ordering key")
         ->check(CLI::IsMember({"none", "host"}))
         ->capture_default_str();
+    add_auth_key_files(cmd, key_files);
     if (auto code = mayhem::parse_command(cmd, args, "mayhem publish", std::cout, std::cerr))
         return *code;
+    auto loaded = load_auth_keys(key_files);
+    if (auto* bad = std::get_if<std::string>(&loaded)) {
+        std::cerr << "mayhem publish: --auth-key-file " << *bad << "\n";
+        return exit_usage;
+    }
+    auto keys = std::get<std::shared_ptr<auth::key_ring>>(std::move(loaded));
     std::string why;
     auto ep = parse_redis_url(url, &why);
     if (!ep) {
@@ -153,6 +163,15 @@ int run_publish(const std::vector<std::string>& args) {
         return exit_fatal;
     }
 
+    // Each request that is a JSON object is signed as it is sent (issued now); the rest (--raw
+    // lines, --bad-ratio payloads) go as they are.
+    auto add = [&](std::string_view payload) {
+        if (keys)
+            if (auto signed_payload =
+                    auth::sign_request(payload, *keys, std::chrono::system_clock::now()))
+                return out->add(*signed_payload);
+        out->add(payload);
+    };
     std::uint64_t added = 0, rejected = 0;
     try {
         if (from_stdin) {
@@ -172,7 +191,10 @@ int run_publish(const std::vector<std::string>& args) {
                         continue;
                     }
                 }
-                out->add(line);
+                if (raw)
+                    out->add(line);
+                else
+                    add(line);
                 ++added;
             }
         } else {
@@ -188,7 +210,7 @@ int run_publish(const std::vector<std::string>& args) {
                     gen.format_bad(payload, i);
                 else
                     gen.format_message(payload, i);
-                out->add(payload);
+                add(payload);
                 ++added;
             }
             gen.close();

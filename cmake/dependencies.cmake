@@ -5,7 +5,9 @@ pkg_check_modules(HIREDIS REQUIRED IMPORTED_TARGET hiredis)
 pkg_check_modules(SYSTEMD REQUIRED IMPORTED_TARGET libsystemd)
 pkg_check_modules(LIBPQ REQUIRED IMPORTED_TARGET libpq)
 pkg_check_modules(LIBCURL REQUIRED IMPORTED_TARGET libcurl)
-find_package(OpenSSL REQUIRED COMPONENTS Crypto)
+# libcrypto (libssl-dev): HMAC-SHA256 of signed requests (lib/message/auth.hpp), base64 and
+# (later) the RS256 signature of Google service-account tokens.
+find_package(OpenSSL 3 REQUIRED COMPONENTS Crypto)
 find_package(nlohmann_json 3.10 REQUIRED)
 find_package(CLI11 REQUIRED)
 find_package(spdlog REQUIRED)

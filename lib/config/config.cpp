@@ -247,6 +247,28 @@ CLI::Validator shaped(bool (*valid)(std::string_view), const std::string& shape)
         shape);
 }
 
+CLI::Option* add_auth_key_files(CLI::App& cmd, std::vector<std::string>& files) {
+    return cmd
+        .add_option("--auth-key-file", files,
+                    "Secret (>= 32 bytes, hex or raw; mode 0600) that signs requests: the worker "
+                    "dead-letters any request not signed with it, publish signs with it. Give it "
+                    "twice while keys rotate: either verifies, the last one signs. SIGHUP "
+                    "re-reads the files")
+        ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
+        ->type_size(1)
+        ->allow_extra_args(false);
+}
+
+std::variant<std::shared_ptr<auth::key_ring>, std::string>
+load_auth_keys(const std::vector<std::string>& files) {
+    if (files.empty()) return std::shared_ptr<auth::key_ring>{};
+    try {
+        return auth::key_ring::load(files);
+    } catch (const std::exception& e) {
+        return std::string(e.what());
+    }
+}
+
 std::string env_name(const std::string& flag) {
     std::string out = "MAYHEM_";
     for (char c : flag)
@@ -343,6 +365,12 @@ void add_worker_options(CLI::App& cmd, worker_config& c) {
 
     add_safety_options(cmd, c);
 
+    add_auth_key_files(cmd, c.auth_key_files)->group("Messages");
+    add_duration(cmd, "--auth-max-age", c.auth_max_age,
+                 "With --auth-key-file: a request issued longer ago than this is dead-lettered "
+                 "(expired); one issued more than 1m ahead of this clock too",
+                 millis{1000})
+        ->group("Messages");
     cmd.add_option("--host-domain", c.host_domain,
                    "Domain of a host derived from instance_name: <instance_name>.<domain>")
         ->capture_default_str()
@@ -597,6 +625,23 @@ void record_given(CLI::App& cmd, const std::vector<layered_arg>& layered,
     }
 }
 
+// A flag that may be given more than once takes all its values from one layer: the highest that
+// gives any. Values add up within the command line, but an --auth-key-file on the command line
+// must replace the one in the environment, not join it (that key would stay trusted).
+void keep_last_layer(std::vector<std::string>& values, const std::vector<layered_arg>& layered,
+                     const std::string& flag) {
+    // The file's and the environment's values come first, one per entry, then the command
+    // line's (parse order).
+    std::vector<std::string> origins;
+    for (const auto& a : layered)
+        if (!a.origin.empty() && a.arg.starts_with(flag + "=")) origins.push_back(a.origin);
+    origins.resize(values.size(), "command line");
+    std::vector<std::string> kept;
+    for (std::size_t i = 0; i < values.size(); ++i)
+        if (origins[i] == origins.back()) kept.push_back(std::move(values[i]));
+    values = std::move(kept);
+}
+
 } // namespace
 
 std::optional<worker_config> parse_worker_config(const std::vector<std::string>& argv,
@@ -621,6 +666,7 @@ std::optional<worker_config> parse_worker_config(const std::vector<std::string>&
         }
         cmd.parse(args);
         record_given(cmd, layered, cfg.given);
+        keep_last_layer(cfg.auth_key_files, layered, "--auth-key-file");
     } catch (const CLI::CallForHelp&) {
         out << cmd.help();
         exit_code = 0;
@@ -653,6 +699,13 @@ std::optional<worker_config> parse_worker_config(const std::vector<std::string>&
         exit_code = 2;
         return std::nullopt;
     }
+    auto keys = load_auth_keys(cfg.auth_key_files);
+    if (auto* bad = std::get_if<std::string>(&keys)) {
+        err << "mayhem worker: --auth-key-file " << printable(*bad) << "\n";
+        exit_code = 2;
+        return std::nullopt;
+    }
+    cfg.auth_keys = std::get<std::shared_ptr<auth::key_ring>>(std::move(keys));
     exit_code = 0;
     return cfg;
 }

@@ -2,16 +2,19 @@
 // (MAYHEM_<FLAG>) and an optional JSON file (--config), in that order of precedence.
 #pragma once
 
+#include "message/auth.hpp"
 #include "runtime/duration.hpp"
 #include "runtime/log.hpp"
 
 #include <CLI/CLI.hpp>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
 #include <ostream>
 #include <string>
 #include <string_view>
+#include <variant>
 #include <vector>
 
 namespace mayhem {
@@ -81,6 +84,11 @@ struct worker_config {
     // message
     std::string host_domain = "example.net";
     std::uint64_t max_message_bytes = 64 * 1024;
+    // signed requests (README "Signed requests and the trust model"): the files as given, and
+    // their keys, read when the flags are parsed (so SIGHUP reads them again); null: no keys.
+    std::vector<std::string> auth_key_files;
+    millis auth_max_age{10 * 60 * 1000};
+    std::shared_ptr<auth::key_ring> auth_keys;
 
     // pipeline
     std::uint64_t max_in_flight = 1000;
@@ -128,6 +136,12 @@ CLI::Option* add_whole_number(CLI::App& cmd, const std::string& name, std::uint6
 // A check that a value has the shape `valid` accepts; the error shows the value and `shape`
 // ("'x' is not valid: expected projects/PROJECT/topics/NAME").
 CLI::Validator shaped(bool (*valid)(std::string_view), const std::string& shape);
+// --auth-key-file FILE, given up to auth::max_keys times (worker and publish).
+CLI::Option* add_auth_key_files(CLI::App& cmd, std::vector<std::string>& files);
+// The key ring of `files` (read now), or the error that names the bad file; null when `files`
+// is empty.
+std::variant<std::shared_ptr<auth::key_ring>, std::string>
+load_auth_keys(const std::vector<std::string>& files);
 
 // The environment variable that sets a flag: --max-in-flight -> MAYHEM_MAX_IN_FLIGHT.
 std::string env_name(const std::string& flag);

@@ -1,5 +1,6 @@
 #include "message/message.hpp"
 
+#include "runtime/duration.hpp"
 #include "runtime/hash.hpp"
 #include "runtime/utf8.hpp"
 
@@ -25,6 +26,12 @@ std::string_view to_string(decode_kind k) noexcept {
         return "wrong_type";
     case decode_kind::empty_field:
         return "empty_field";
+    case decode_kind::unsigned_request:
+        return "unsigned";
+    case decode_kind::bad_signature:
+        return "bad_signature";
+    case decode_kind::expired:
+        return "expired";
     }
     return "unknown";
 }
@@ -58,8 +65,9 @@ public:
     using string_t = json::string_t;
     using binary_t = json::binary_t;
 
-    std::string id, instance, hostname, reason;
-    bool have_id = false, have_instance = false, have_hostname = false;
+    std::string id, instance, hostname, reason, issued_at, signature;
+    bool have_id = false, have_instance = false, have_hostname = false, have_issued_at = false,
+         have_signature = false;
     std::string type_error; // first mistyped known field, reported after parsing
     bool top_is_object = false;
     std::string parse_error_text;
@@ -88,6 +96,14 @@ public:
                 break;
             case field::reason:
                 reason = std::move(s);
+                break;
+            case field::issued_at:
+                issued_at = std::move(s);
+                have_issued_at = true;
+                break;
+            case field::signature:
+                signature = std::move(s);
+                have_signature = true;
                 break;
             case field::other:
                 break;
@@ -127,6 +143,10 @@ public:
                 current_ = field::hostname;
             else if (k == "reason")
                 current_ = field::reason;
+            else if (k == "issued_at")
+                current_ = field::issued_at;
+            else if (k == "signature")
+                current_ = field::signature;
             else
                 current_ = field::other;
         }
@@ -145,7 +165,7 @@ public:
     std::string top_level_type; // set when the payload is valid JSON but not an object
 
 private:
-    enum class field { message_id, instance_name, hostname, reason, other };
+    enum class field { message_id, instance_name, hostname, reason, issued_at, signature, other };
 
     bool scalar(const char* what) {
         if (depth_ == 0) return top_level(what);
@@ -170,6 +190,10 @@ private:
             return "hostname";
         case field::reason:
             return "reason";
+        case field::issued_at:
+            return "issued_at";
+        case field::signature:
+            return "signature";
         case field::other:
             break;
         }
@@ -196,8 +220,9 @@ decode_error fail(decode_kind k, std::string reason) {
 // ---------------------------------------------------------------------------------------------
 
 struct plain_fields {
-    std::string_view id, instance, hostname, reason;
-    bool have_id = false, have_instance = false, have_hostname = false, have_reason = false;
+    std::string_view id, instance, hostname, reason, issued_at, signature;
+    bool have_id = false, have_instance = false, have_hostname = false, have_reason = false,
+         have_issued_at = false, have_signature = false;
 
     void set(std::string_view key, std::string_view value) noexcept {
         // Later duplicates win, as they do in the SAX handler.
@@ -213,6 +238,12 @@ struct plain_fields {
         } else if (key == "reason") {
             reason = value;
             have_reason = true;
+        } else if (key == "issued_at") {
+            issued_at = value;
+            have_issued_at = true;
+        } else if (key == "signature") {
+            signature = value;
+            have_signature = true;
         }
     }
 };
@@ -309,9 +340,47 @@ private:
     const char* end_;
 };
 
+// A signed request's check (auth.hpp), the first one a parsed payload meets when keys are
+// configured: nothing in an unsigned or forged request is used, not even to report it.
+std::optional<decode_error> check_signature(const plain_fields& f, const decode_options& opts) {
+    if (!f.have_signature)
+        return fail(decode_kind::unsigned_request,
+                    "not signed: a \"signature\" is required (--auth-key-file)");
+    if (!f.have_issued_at)
+        return fail(decode_kind::bad_signature, "signed without an \"issued_at\"");
+    auto given = auth::parse_mac(f.signature);
+    if (!given)
+        return fail(decode_kind::bad_signature, "signature is not 64 hex digits (HMAC-SHA256)");
+    if (!opts.auth_keys->verify({f.id, f.instance, f.hostname, f.reason, f.issued_at}, *given))
+        return fail(decode_kind::bad_signature,
+                    "signature does not match: signed with another key, or a signed field was "
+                    "changed");
+    // Signed by a key holder from here on, so quoting its issued_at is safe.
+    auto issued = auth::parse_time(f.issued_at);
+    if (!issued)
+        return fail(decode_kind::bad_signature, "issued_at \"" + std::string(f.issued_at) +
+                                                    "\" is not a UTC time like "
+                                                    "2026-12-02T14:20:42Z");
+    // In whole seconds: a time years away overflows a difference in the clock's nanoseconds.
+    using namespace std::chrono;
+    seconds age = floor<seconds>(system_clock::now()) - *issued;
+    if (age > opts.auth_max_age)
+        return fail(decode_kind::expired,
+                    "issued_at " + std::string(f.issued_at) + " is " + format_duration(age) +
+                        " ago, more than --auth-max-age " + format_duration(opts.auth_max_age));
+    if (-age > auth::max_clock_skew)
+        return fail(decode_kind::expired,
+                    "issued_at " + std::string(f.issued_at) + " is " + format_duration(-age) +
+                        " ahead of this worker's clock, more than the " +
+                        format_duration(auth::max_clock_skew) + " allowed for clock skew");
+    return std::nullopt;
+}
+
 // The checks both paths share, in the order the reasons are reported; then `out` is written.
 std::optional<decode_error> check_fields(message& out, const plain_fields& f,
                                          const decode_options& opts) {
+    if (opts.auth_keys)
+        if (auto bad = check_signature(f, opts)) return bad;
     if (!f.have_id) return fail(decode_kind::missing_field, "missing field \"message_id\"");
     if (!f.have_instance)
         return fail(decode_kind::missing_field, "missing field \"instance_name\"");
@@ -479,8 +548,10 @@ std::optional<decode_error> decode_with_parser(message& out, std::string_view pa
     if (!sax.top_is_object) return fail(decode_kind::not_object, "payload must be a JSON object");
     if (!sax.type_error.empty()) return fail(decode_kind::wrong_type, sax.type_error);
     return check_fields(out,
-                        plain_fields{sax.id, sax.instance, sax.hostname, sax.reason, sax.have_id,
-                                     sax.have_instance, sax.have_hostname, true},
+                        plain_fields{sax.id, sax.instance, sax.hostname, sax.reason, sax.issued_at,
+                                     sax.signature, sax.have_id, sax.have_instance,
+                                     sax.have_hostname, true, sax.have_issued_at,
+                                     sax.have_signature},
                         opts);
 }
 

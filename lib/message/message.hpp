@@ -1,14 +1,17 @@
 // A host-restart request and its decoding from a JSON payload.
 //
 // Schema: an object with required non-empty strings `message_id` and `instance_name`, optional
-// strings `hostname` (else derived as <instance_name>.<domain>) and `reason`. Other fields are
-// ignored. Decoding never throws: a bad payload yields a decode_error with a precise reason and
-// a small fixed kind (the kind is a metric label; the reason is free text for logs).
+// strings `hostname` (else derived as <instance_name>.<domain>) and `reason`, and the optional
+// strings `issued_at` and `signature` of a signed request (auth.hpp). Other fields are ignored.
+// Decoding never throws: a bad payload yields a decode_error with a precise reason and a small
+// fixed kind (the kind is a metric label; the reason is free text for logs).
 #pragma once
 
+#include "message/auth.hpp"
 #include "runtime/hash.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <initializer_list>
 #include <iterator>
@@ -82,9 +85,19 @@ enum class decode_kind : std::uint8_t {
     missing_field,
     wrong_type,
     empty_field,
+    // With keys configured, a request that is not signed by one of them (auth.hpp): counted
+    // apart from the others (mayhem_auth_rejected_total).
+    unsigned_request, // no signature ("unsigned")
+    bad_signature,    // a signature that no key made, or over fields since changed
+    expired,          // issued more than --auth-max-age ago, or too far ahead of our clock
 };
-inline constexpr int decode_kind_count = 7;
+inline constexpr int decode_kind_count = 10;
 std::string_view to_string(decode_kind k) noexcept;
+// The kinds that reject a request as not signed by a trusted producer.
+constexpr bool is_auth_rejection(decode_kind k) noexcept {
+    return k == decode_kind::unsigned_request || k == decode_kind::bad_signature ||
+           k == decode_kind::expired;
+}
 
 struct decode_error {
     decode_kind kind;
@@ -94,6 +107,11 @@ struct decode_error {
 struct decode_options {
     std::size_t max_bytes = 64 * 1024;
     std::string host_domain = "example.net";
+    // With a key ring, every request must be signed by one of its keys and issued within
+    // [now - auth_max_age, now + auth::max_clock_skew] (the system clock): checked after the
+    // JSON is parsed, before any field is used. The ring is used on the decoding thread only.
+    std::shared_ptr<auth::key_ring> auth_keys;
+    std::chrono::milliseconds auth_max_age{10 * 60 * 1000};
 };
 
 using decoded = std::variant<message, decode_error>;

@@ -130,11 +130,19 @@ std::vector<MetricFamily> collect(const catalogue_inputs& in) {
     auto decode =
         family("mayhem_decode_errors_total",
                "Payloads that did not decode (dead-lettered), by reason", MetricType::Counter);
+    auto rejected =
+        family("mayhem_auth_rejected_total",
+               "Requests not signed by a trusted key (--auth-key-file), dead-lettered, by "
+               "reason",
+               MetricType::Counter);
     for (int i = 0; i < decode_kind_count; ++i) {
-        add_value(decode, num(st.decode_errors[static_cast<std::size_t>(i)].get()),
-                  {{"reason", std::string(to_string(static_cast<decode_kind>(i)))}});
+        auto kind = static_cast<decode_kind>(i);
+        add_value(is_auth_rejection(kind) ? rejected : decode,
+                  num(st.decode_errors[static_cast<std::size_t>(i)].get()),
+                  {{"reason", std::string(to_string(kind))}});
     }
     out.push_back(std::move(decode));
+    out.push_back(std::move(rejected));
 
     out.push_back(single("mayhem_messages_in_flight",
                          "Messages being processed (saved and restarted) now", MetricType::Gauge,

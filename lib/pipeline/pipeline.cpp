@@ -141,6 +141,10 @@ void pipeline::set_max_in_flight(std::size_t n) {
     pump();
 }
 
+void pipeline::set_auth_keys(std::shared_ptr<auth::key_ring> keys) {
+    opts_.decode.auth_keys = std::move(keys);
+}
+
 // ---------------------------------------------------------------------------------------------
 // source_sink: deliveries in, confirmations back
 // ---------------------------------------------------------------------------------------------
@@ -378,8 +382,12 @@ bool pipeline::admit(flight& f) {
         return true;
     }
     stats_.decode_errors[static_cast<std::size_t>(bad->kind)].inc();
-    if (bad_log_.allow(loop_.now()))
-        log::warn("undecodable message dead-lettered",
+    // Requests refused as unsigned or forged have a budget of their own: a flood of bad JSON
+    // must not hide them from the log, nor they it.
+    bool unsigned_or_forged = is_auth_rejection(bad->kind);
+    if ((unsigned_or_forged ? auth_log_ : bad_log_).allow(loop_.now()))
+        log::warn(unsigned_or_forged ? "request not signed by a trusted key: dead-lettered"
+                                     : "undecodable message dead-lettered",
                   {{"reason", bad->reason}, {"kind", to_string(bad->kind)}, {"ref", f.d.ref}});
     settle(f, verdict{outcome::dead_lettered, std::move(bad->reason), {}});
     return false;

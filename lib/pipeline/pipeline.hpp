@@ -70,9 +70,9 @@ private:
 
 struct pipeline_stats {
     rt::counter received;
-    std::array<rt::counter, outcome_count> completed; // confirmed by the source, by outcome
-    std::array<rt::counter, decode_kind_count> decode_errors;
-    std::array<rt::counter, restart_status_count> restarts; // by restart_status
+    std::array<rt::counter, outcome_count> completed;         // confirmed by the source, by outcome
+    std::array<rt::counter, decode_kind_count> decode_errors; // by kind, auth rejections too
+    std::array<rt::counter, restart_status_count> restarts;   // by restart_status
     rt::counter retries;
     rt::counter lease_extensions;
     rt::counter unfinished_restarts; // claims that found a restart started but never finished
@@ -149,6 +149,8 @@ public:
     // Limits that can change at run time (SIGHUP).
     void set_max_in_flight(std::size_t n);
     std::size_t max_in_flight() const noexcept { return opts_.max_in_flight; }
+    // The keys requests must be signed with (SIGHUP re-reads the key files); null: none.
+    void set_auth_keys(std::shared_ptr<auth::key_ring> keys);
 
     const pipeline_stats& stats() const noexcept { return stats_; }
     // The `limit` oldest messages in flight, with their stage. Loop thread only.
@@ -228,6 +230,8 @@ private:
     // Undecodable messages and store failures are logged one line each, but at most this many
     // per second: a flood of bad input or a failing disk must not turn into a flood of log lines.
     rt::log_budget bad_log_{100, "undecodable message dead-lettered", "mayhem_decode_errors_total"};
+    rt::log_budget auth_log_{100, "request not signed by a trusted key: dead-lettered",
+                             "mayhem_auth_rejected_total"};
     rt::log_budget store_log_{10, "restart record not written", "mayhem_record_retries_total"};
 
     std::mt19937_64 rng_;

@@ -153,6 +153,8 @@ pipeline_options make_pipeline_options(const worker_config& c) {
     o.backoff = backoff_policy{c.retry_backoff.min, c.retry_backoff.max};
     o.decode.max_bytes = c.max_message_bytes;
     o.decode.host_domain = c.host_domain;
+    o.decode.auth_keys = c.auth_keys;
+    o.decode.auth_max_age = c.auth_max_age;
     o.seed = c.seed ? c.seed + 3 : 0;
     o.on_unfinished = c.on_unfinished_restart == "dead-letter" ? unfinished_policy::dead_letter
                                                                : unfinished_policy::retry;
@@ -259,6 +261,7 @@ int worker::run() {
                                  {"max_in_flight", cfg_.max_in_flight},
                                  {"queue_capacity", cfg_.queue_capacity},
                                  {"claim_owner", owner_},
+                                 {"auth_keys", auth::describe(cfg_.auth_keys.get())},
                                  {"pid", static_cast<long>(::getpid())}});
     notifier_ = std::make_unique<service_notifier>(
         loop_, [this] { return !metrics::not_ready_reason(observability_->state()); });
@@ -537,7 +540,8 @@ std::string shown_value(std::string_view key, const std::string& value) {
 }
 
 bool reloadable(std::string_view key) {
-    return key == "log-level" || key == "max-in-flight" || key == "status-interval";
+    return key == "log-level" || key == "max-in-flight" || key == "status-interval" ||
+           key == "auth-key-file";
 }
 
 } // namespace
@@ -578,6 +582,18 @@ void worker::apply_reload(const worker_config& fresh) {
             status_timer_ = std::make_unique<rt::periodic_timer>(loop_, cfg_.status_interval,
                                                                  [this] { log_status(); });
         ++changes;
+    }
+    // The key files were read again with the rest (rotation); a worker without keys that is
+    // given some starts requiring signatures.
+    if (set("auth-key-file") && fresh.auth_keys) {
+        auto from = auth::describe(cfg_.auth_keys.get()),
+             to = auth::describe(fresh.auth_keys.get());
+        cfg_.auth_keys = fresh.auth_keys;
+        pipeline_->set_auth_keys(cfg_.auth_keys);
+        if (from != to) {
+            log::info("SIGHUP: auth keys changed", {{"from", from}, {"to", to}});
+            ++changes;
+        }
     }
     // Every other key is read once, at start: a change is logged, and not applied.
     int need_restart = 0;

@@ -5,6 +5,8 @@
 #include <doctest/doctest.h>
 #include <fstream>
 #include <sstream>
+#include <sys/stat.h>
+#include <unistd.h>
 
 using namespace mayhem;
 using namespace std::chrono_literals;
@@ -145,4 +147,42 @@ TEST_CASE("an error echoes the file's keys and values with control characters es
     CHECK_FALSE(parse({"--restarter", "exec", "--restart-command", "ssh\x7f {host\r}"}, &err));
     one_line(err);
     CHECK(err.find(R"(ssh\x7f {host\r})") != std::string::npos);
+}
+
+// --auth-key-file may be given twice on the command line (rotation), but a layer replaces the
+// keys of the layers below it: the environment's key must not stay trusted beside the command
+// line's.
+TEST_CASE(
+    "--auth-key-file: values add up within a layer, and a higher layer replaces a lower one") {
+    char dir[] = "/tmp/mayhem-keys-XXXXXX";
+    REQUIRE(mkdtemp(dir));
+    std::string a = std::string(dir) + "/a", b = std::string(dir) + "/b",
+                e = std::string(dir) + "/e";
+    for (const auto& p : {a, b, e}) {
+        std::ofstream(p) << std::string(64, p.back()); // 'a', 'b', 'e': hex digits
+        chmod(p.c_str(), 0600);
+    }
+    setenv("MAYHEM_AUTH_KEY_FILE", e.c_str(), 1);
+    auto c = parse({"--auth-key-file", a, "--auth-key-file=" + b});
+    auto env_only = parse({});
+    unsetenv("MAYHEM_AUTH_KEY_FILE");
+    REQUIRE(c);
+    CHECK(c->auth_key_files == std::vector<std::string>{a, b});
+    REQUIRE(c->auth_keys);
+    CHECK(c->auth_keys->size() == 2);
+    REQUIRE(env_only);
+    CHECK(env_only->auth_key_files == std::vector<std::string>{e});
+    CHECK(c->auth_max_age == 600000ms);
+
+    chmod(a.c_str(), 0644);
+    std::string err;
+    CHECK_FALSE(parse({"--auth-key-file", a}, &err));
+    CHECK(err.find(a) != std::string::npos);
+    CHECK(err.find("0644") != std::string::npos);
+    std::string args_err;
+    CHECK_FALSE(parse({"--auth-max-age", "0"}, &args_err));
+    CHECK(args_err.find("--auth-max-age") != std::string::npos);
+    for (const auto& p : {a, b, e})
+        std::remove(p.c_str());
+    rmdir(dir);
 }

@@ -30,6 +30,7 @@ TEST_CASE("catalogue: counters carry their labels and values") {
     st.completed[static_cast<std::size_t>(outcome::acked)].inc(7);
     st.completed[static_cast<std::size_t>(outcome::dead_lettered)].inc(3);
     st.decode_errors[static_cast<std::size_t>(decode_kind::invalid_json)].inc(2);
+    st.decode_errors[static_cast<std::size_t>(decode_kind::bad_signature)].inc(6);
     st.restarts[static_cast<std::size_t>(restart_status::failed)].inc(4);
     st.retries.inc(4);
     st.in_flight.set(5);
@@ -45,6 +46,10 @@ TEST_CASE("catalogue: counters carry their labels and values") {
               R"(mayhem_messages_completed_total{outcome="dead_lettered",source="simulate"} 3)"));
     CHECK(has(text, R"(mayhem_messages_completed_total{outcome="released",source="simulate"} 0)"));
     CHECK(has(text, R"(mayhem_decode_errors_total{reason="invalid_json"} 2)"));
+    // Requests refused by the signature check have their own family, not the decode errors'.
+    CHECK(has(text, R"(mayhem_auth_rejected_total{reason="bad_signature"} 6)"));
+    CHECK(has(text, R"(mayhem_auth_rejected_total{reason="unsigned"} 0)"));
+    CHECK(text.find(R"(mayhem_decode_errors_total{reason="bad_signature"})") == std::string::npos);
     CHECK(has(text, R"(mayhem_restarts_total{result="failed"} 4)"));
     CHECK(has(text, "mayhem_retries_total 4"));
     CHECK(has(text, "mayhem_messages_in_flight 5"));
