@@ -84,17 +84,17 @@ int check_output(int code) {
     return stdout_lost || lost.count > 0 ? mayhem::exit_fatal : code;
 }
 
-// Stop signals that arrive while the worker is still starting (reading its config, opening its
-// store, connecting) are held back until its handlers are installed, then handled like any
-// other: a drain with nothing in flight, exit 0. Unheld, a SIGTERM in that window would kill
-// the process. Threads started meanwhile (libuv's pool) keep them blocked, so signals go to the
+// Stop signals (and SIGUSR1, the in-flight dump) that arrive while the worker is still starting
+// (reading its config, opening its store, connecting) are held back until its handlers are
+// installed, then handled like any other: a drain with nothing in flight, exit 0. Unheld, a
+// SIGTERM or SIGUSR1 in that window would kill the process. Threads started meanwhile (libuv's pool) keep them blocked, so signals go to the
 // loop's thread or to threads started later.
 class hold_stop_signals {
 public:
     hold_stop_signals() {
         sigset_t stop;
         sigemptyset(&stop);
-        for (int s : {SIGTERM, SIGINT, SIGHUP})
+        for (int s : {SIGTERM, SIGINT, SIGHUP, SIGUSR1})
             sigaddset(&stop, s);
         pthread_sigmask(SIG_BLOCK, &stop, &before_);
     }

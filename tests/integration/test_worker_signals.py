@@ -72,9 +72,10 @@ class Drain(Harness):
         harness.wait_until(reader_waiting, timeout=20, what="the worker to open its config")
         self.assertIsNotNone(fd, w.stderr()[-3000:])
         try:
+            w.signal(signal.SIGUSR1)  # the in-flight dump, asked for too early
             w.signal(signal.SIGTERM)  # the worker is blocked reading its config
             time.sleep(0.2)
-            self.assertTrue(w.alive(), "killed by a SIGTERM during start-up")
+            self.assertTrue(w.alive(), "killed by a SIGUSR1 or SIGTERM during start-up")
             os.write(fd, b"{}")
         finally:
             os.close(fd)
@@ -82,6 +83,7 @@ class Drain(Harness):
         self.assertEqual(code, 0, err[-3000:])
         self.assert_identity(harness.parse_summary(out))
         self.assertIn("drain", err)
+        self.assertIn("SIGUSR1: messages in flight", err)  # held, then handled
 
     def test_sigint_drains_like_sigterm(self):
         w = self.worker("--store", "memory", "--save-latency", "100ms..200ms",
