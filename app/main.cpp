@@ -87,8 +87,8 @@ int check_output(int code) {
 // Stop signals (and SIGUSR1, the in-flight dump) that arrive while the worker is still starting
 // (reading its config, opening its store, connecting) are held back until its handlers are
 // installed, then handled like any other: a drain with nothing in flight, exit 0. Unheld, a
-// SIGTERM or SIGUSR1 in that window would kill the process. Threads started meanwhile (libuv's pool) keep them blocked, so signals go to the
-// loop's thread or to threads started later.
+// SIGTERM or SIGUSR1 in that window would kill the process. Threads started meanwhile (libuv's
+// pool) keep them blocked, so signals go to the loop's thread or to threads started later.
 class hold_stop_signals {
 public:
     hold_stop_signals() {
