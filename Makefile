@@ -95,7 +95,7 @@ bench: deps-bench build
 # MAYHEM_CHAOS_IN_TESTS). CHAOS_ARGS adds flags, e.g. CHAOS_ARGS="--seed 42 -v".
 chaos: deps-test build
 	MAYHEM_BIN=$(abspath $(BUILD))/mayhem python3 tests/chaos/chaos.py --minutes 10 --requests 100000 \
-		--verify --max-completed-twice-per-kill 1 $(CHAOS_ARGS)
+		--verify --max-completed-twice-per-kill 1 --settle-timeout 900 $(CHAOS_ARGS)
 
 format:
 	clang-format -i $$(git ls-files '*.cpp' '*.hpp')
