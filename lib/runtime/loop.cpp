@@ -210,10 +210,28 @@ void delayed_call::fire() noexcept {
 loop::loop() {
     check_uv(uv_loop_init(&loop_), "uv_loop_init");
     timers_.emplace(&loop_);
+    before_poll_ = uv_handle<uv_prepare_t>(
+        [this](uv_prepare_t* h) { return uv_prepare_init(&loop_, h); }, "uv_prepare_init");
+    before_poll_->data = this;
+    uv_prepare_start(before_poll_.get(), &loop::on_prepare);
+    uv_unref(before_poll_.base());
+}
+
+// A uv_stop() here makes this turn's poll not block; run_until() then sees done(). A predicate
+// that throws (a test's failed check) stops the turn too, and throws again in run_until().
+void loop::on_prepare(uv_prepare_t* h) noexcept {
+    auto* l = static_cast<loop*>(h->data);
+    if (!l || !l->until_.done) return;
+    bool stop = true;
+    try {
+        stop = l->until_.done(l->until_.pred);
+    } catch (...) {}
+    if (stop) uv_stop(&l->loop_);
 }
 
 loop::~loop() {
     timers_.reset();
+    before_poll_.close();
     // Let every close callback run (and any orphaned thread-pool work finish).
     uv_run(&loop_, UV_RUN_DEFAULT);
     int rc = uv_loop_close(&loop_);

@@ -172,15 +172,28 @@ public:
     void run() { uv_run(&loop_, UV_RUN_DEFAULT); }
     void stop() noexcept { uv_stop(&loop_); }
 
-    // Runs the loop until `done()` is true or nothing is left to run.
+    // Runs the loop until `done()` is true or nothing is left to run. `done()` is also checked
+    // right before the loop would block for I/O: what a turn's timer callbacks make true (the
+    // last task resumed, a batch committed) ends the run then, not at the next event.
     template <class Pred>
     void run_until(Pred done) {
+        auto outer =
+            std::exchange(until_, {[](void* p) { return (*static_cast<Pred*>(p))(); }, &done});
         while (!done() && uv_run(&loop_, UV_RUN_ONCE) != 0) {}
+        until_ = outer;
     }
 
 private:
+    struct until {
+        bool (*done)(void*) = nullptr;
+        void* pred = nullptr;
+    };
+    static void on_prepare(uv_prepare_t* h) noexcept;
+
     uv_loop_t loop_{};
     std::optional<timer_queue> timers_;
+    until until_;                         // run_until's predicate while it runs
+    uv_handle<uv_prepare_t> before_poll_; // checks it before each poll; keeps no loop alive
 };
 
 // ---------------------------------------------------------------------------------------------

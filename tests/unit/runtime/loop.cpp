@@ -27,6 +27,22 @@ TEST_CASE("sleeps on the shared timer resume in deadline order") {
     CHECK(l.timers().size() == 0);
 }
 
+// The worker's stop waits with run_until for conditions that a store's or the pipeline's timer
+// callbacks make true (the last task resumed, a batch committed); it must not then sleep until
+// the next event (the stop deadline).
+TEST_CASE("run_until notices a predicate a timer made true, without waiting for the next event") {
+    loop l;
+    bool done = false, later = false;
+    delayed_call now([&] { done = true; });
+    delayed_call guard([&] { later = true; });
+    l.timers().arm(guard, 2s);
+    l.timers().arm(now, 0ms);
+    l.run_until([&] { return done || later; });
+    CHECK(done);
+    CHECK_FALSE(later); // returned at once, not at the next timer
+    guard.cancel();
+}
+
 TEST_CASE("destroying a sleeping task removes its timer entry") {
     loop l;
     bool resumed = false;

@@ -367,8 +367,6 @@ TEST_CASE("postgres: restart slots are the fleet's: taken once, given back, free
     auto a = db.open(loop, "a", 60s);
     auto b = db.open(loop, "b", 60s);
     auto c = db.open(loop, "c", 20ms);
-    // The known defect of the test below: a worker's loop never sits idle, this one must not.
-    rt::periodic_timer tick(loop, 50ms, [] {});
     CHECK(a->shares_slots());
     auto held = [&](const char* id) {
         return db.count(std::string("SELECT count(*) FROM restart_slots WHERE message_id = '") +
@@ -395,11 +393,6 @@ TEST_CASE("postgres: two workers taking the last slot at once: exactly one wins"
     rt::loop loop;
     auto a = db.open(loop, "a", 60s);
     auto b = db.open(loop, "b", 60s);
-    // Known defect, under investigation: with nothing else on the loop, a slot given back can
-    // wait for the loop's next wake-up before it is sent (seen here as a 30 s hang about one run
-    // in two). A worker's loop wakes at least every second (the pause poll, lease renewals), so
-    // this ticking timer stands in for that; the subject here is that exactly one worker wins.
-    rt::periodic_timer tick(loop, 50ms, [] {});
     int wins = 0;
     for (int round = 0; round < 20; ++round) {
         auto x = msg("x" + std::to_string(round)), y = msg("y" + std::to_string(round));
