@@ -36,7 +36,7 @@ Usage:
   mayhem history [flags]    what the store database holds: outcomes, restarts per host (read-only)
   mayhem pause [flags]      pause restarts on every worker of a PostgreSQL store (--reason TEXT)
   mayhem resume [flags]     undo mayhem pause
-  mayhem status [flags]     the fleet's rails: pause, restarts running, slots held
+  mayhem status [flags]     the fleet's rails: pause, restarts running, slots, breaker
   mayhem --version          print the version
   mayhem --help             this text
 
@@ -170,8 +170,8 @@ int run_fleet(mayhem::fleet_command which, const std::vector<std::string>& args)
         : which == mayhem::fleet_command::resume
             ? "Undo `mayhem pause`: the workers start restarts again within a second."
             : "Show the fleet's rails in a PostgreSQL store: the pause (who, when, why), the "
-              "restarts running, the fleet-wide --max-concurrent-restarts slots held. "
-              "Read-only.";
+              "restarts running, the fleet-wide --max-concurrent-restarts slots held, the "
+              "circuit breaker. Read-only.";
     CLI::App cmd{what, name};
     mayhem::fleet_options o;
     cmd.add_option("--postgres-url", o.postgres_url,

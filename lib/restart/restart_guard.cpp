@@ -74,6 +74,7 @@ bool pause_file_present(int stat_result) {
 restart_guard::restart_guard(rt::loop& loop, guard_options opts, store& st, restarter& inner)
     : loop_(loop), opts_(std::move(opts)), store_(st), inner_(inner),
       filter_(opts_.allow_hosts, opts_.deny_hosts), breaker_(opts_.breaker),
+      fleet_breaker_(opts_.breaker.failures > 0 && st.shares_breaker()),
       admission_([this] { admit_waiters(); }), breaker_wake_([this] {
           show_breaker(); // the cooldown is over: a new restart would be the trial
           schedule_admission();
@@ -100,11 +101,14 @@ restart_guard::restart_guard(rt::loop& loop, guard_options opts, store& st, rest
     }
     // A store that keeps a fleet-wide pause is polled as often as the pause file.
     store_.watch_pause(opts_.pause_check, [this](const fleet_pause* p) { set_fleet_pause(p); });
+    if (fleet_breaker_)
+        store_.watch_breaker([this](const fleet_breaker& b) { set_fleet_breaker(b); });
 }
 
 restart_guard::~restart_guard() {
     if (probe_) probe_->owner = nullptr;
     store_.watch_pause(opts_.pause_check, nullptr);
+    if (fleet_breaker_) store_.watch_breaker(nullptr);
 }
 
 std::chrono::milliseconds restart_guard::now() const noexcept {
@@ -135,7 +139,9 @@ restart_guard::gate restart_guard::enter(pass& p, const message& m, restart_resu
     if (running_for(m)) return gate::wait;
     if (stopped(r)) return gate::done;
     hold(p, m, r);
-    if (!admit_now(p) || opts_.cooldown.count() > 0 || fleet_slots()) return gate::wait;
+    if (!admit_now(p) || opts_.cooldown.count() > 0 || fleet_slots() ||
+        (p.trial_ && fleet_breaker_))
+        return gate::wait;
     return go(m, r) ? gate::restart : gate::done;
 }
 
@@ -148,10 +154,8 @@ rt::task<bool> restart_guard::wait(pass& p, const message& m, restart_result& r)
         shared_result(m, *first, r); // `first` is alive: set() resumes us
         co_return false;
     }
-    co_await admit_awaiter(*this, p);
-    if (stopped(r)) co_return false; // resumed by stop(), or stopped while it waited
-    bool slot = co_await take_slot(p, m, r);
-    if (!slot) co_return false;
+    bool in = co_await admitted(p, m, r);
+    if (!in) co_return false;
     if (opts_.cooldown.count() > 0) {
         auto now = std::chrono::system_clock::now();
         auto claim = co_await store_.claim_host(m, now, opts_.cooldown).settled();
@@ -161,12 +165,42 @@ rt::task<bool> restart_guard::wait(pass& p, const message& m, restart_result& r)
     // restart gives its slots back and waits for admission again (its host claim stays).
     while (paused_ && !stopping_) {
         unadmit(p);
-        co_await admit_awaiter(*this, p);
-        if (stopped(r)) co_return false;
-        slot = co_await take_slot(p, m, r);
-        if (!slot) co_return false;
+        in = co_await admitted(p, m, r);
+        if (!in) co_return false;
     }
     co_return go(m, r);
+}
+
+// Admission, then what the store shares: one of its slots, and with a fleet-wide breaker that
+// is open, the fleet's one trial. A trial another worker holds (or a cooldown not over yet)
+// sends the restart back to wait for admission. False when `r` holds the result.
+rt::task<bool> restart_guard::admitted(pass& p, const message& m, restart_result& r) {
+    for (;;) {
+        co_await admit_awaiter(*this, p);
+        if (stopped(r)) co_return false; // resumed by stop(), or stopped while it waited
+        bool slot = co_await take_slot(p, m, r);
+        if (!slot) co_return false;
+        if (!p.trial_ || !fleet_breaker_) co_return true;
+        auto answer = co_await store_.claim_trial(m, opts_.breaker.cooldown).settled();
+        if (!answer) { // store trouble, as for the slot
+            r = restart_result{restart_status::failed, rt::describe(answer.error())};
+            r.not_attempted = true;
+            co_return false;
+        }
+        if (*answer == trial_answer::trial) {
+            p.fleet_trial_ = true;
+            co_return true;
+        }
+        if (*answer == trial_answer::go) { // closed meanwhile: an ordinary restart
+            p.trial_ = false;
+            trial_out_ = false;
+            co_return true;
+        }
+        // Not ours: ask again after a pause check (the trial's owner may have died).
+        next_trial_ask_ = wall_ms() + opts_.pause_check.count();
+        unadmit(p);
+        if (stopped(r)) co_return false;
+    }
 }
 
 bool restart_guard::fleet_slots() const noexcept {
@@ -205,8 +239,9 @@ rt::task<bool> restart_guard::take_slot(pass& p, const message& m, restart_resul
 void restart_guard::leave(pass& p) {
     if (!p.g_) return; // refused or coalesced: held nothing
     if (p.admitted_) {
-        record(*p.result_, p.trial_, p.msg_->host_hash());
+        record(*p.result_, p);
         p.trial_ = false; // heard: release() must not report it again
+        p.fleet_trial_ = false;
     }
     // A message arriving from now on starts its own restart (and cooldown); the coalesced ones
     // resume here, while the result they copy is alive.
@@ -224,7 +259,7 @@ void restart_guard::hold(pass& p, const message& m, const restart_result& r) {
 // Fast path: nobody waits and there is room: admitted without suspending.
 bool restart_guard::admit_now(pass& p) {
     if (!waiters_.empty() || !room()) return false;
-    auto a = breaker_.admit(now());
+    auto a = admit_breaker();
     show_breaker();
     if (a == circuit_breaker::admission::wait) return false;
     grant(p, a == circuit_breaker::admission::trial);
@@ -234,6 +269,7 @@ bool restart_guard::admit_now(pass& p) {
 void restart_guard::grant(pass& p, bool trial) {
     p.admitted_ = true;
     p.trial_ = trial;
+    if (trial && fleet_breaker_) trial_out_ = true;
     ++running_;
     stats_.running.set(static_cast<std::int64_t>(running_));
 }
@@ -254,8 +290,9 @@ void restart_guard::unadmit(pass& p) noexcept {
         p.slot_ = false;
         store_.release_slot(*p.msg_);
     }
-    if (p.trial_) record(restart_result{restart_status::dry_run}, true, 0);
+    if (p.trial_) record(restart_result{restart_status::dry_run}, p);
     p.trial_ = false;
+    p.fleet_trial_ = false;
     --running_;
     stats_.running.set(static_cast<std::int64_t>(running_));
     schedule_admission();
@@ -389,12 +426,11 @@ void restart_guard::admit_waiters() {
             continue;
         }
         if (!room()) return;
-        auto a = breaker_.admit(now());
+        auto a = admit_breaker();
         show_breaker();
         if (a == circuit_breaker::admission::wait) {
-            if (breaker_.state() == breaker_state::open)
-                loop_.timers().arm(breaker_wake_, breaker_.trial_at() - now());
-            return; // half-open: the trial's result schedules the next pass
+            arm_breaker_wake();
+            return;
         }
         auto* w = static_cast<rt::owned_node<admit_awaiter>*>(n)->owner;
         n->unlink();
@@ -404,16 +440,90 @@ void restart_guard::admit_waiters() {
     }
 }
 
+// What admission meets in the breaker: this worker's own, or the fleet's as the store last read
+// it. Of the fleet's, a worker asks for the trial with one restart at a time (claim_trial
+// decides), and while another worker's trial runs, again after each pause check.
+circuit_breaker::admission restart_guard::admit_breaker() {
+    using admission = circuit_breaker::admission;
+    if (!fleet_breaker_) return breaker_.admit(now());
+    if (fleet_.st == fleet_breaker::state::closed) return admission::go;
+    if (trial_out_ || wall_ms() < next_trial_at()) return admission::wait;
+    return admission::trial;
+}
+
+// When a restart held by the breaker may ask again (the cooldown's end, the next look at a
+// trial held elsewhere); a half-open breaker of this worker's, or a trial candidate of this
+// worker's, schedules the next pass with its result.
+void restart_guard::arm_breaker_wake() {
+    if (!fleet_breaker_) {
+        if (breaker_.state() == breaker_state::open)
+            loop_.timers().arm(breaker_wake_, breaker_.trial_at() - now());
+        return;
+    }
+    if (fleet_.st == fleet_breaker::state::closed || trial_out_) return;
+    loop_.timers().arm(breaker_wake_,
+                       millis{std::max<std::int64_t>(0, next_trial_at() - wall_ms())});
+}
+
+std::int64_t restart_guard::next_trial_at() const noexcept {
+    if (fleet_.st == fleet_breaker::state::open)
+        return std::max(fleet_.opened_ms + opts_.breaker.cooldown.count(), next_trial_ask_);
+    return next_trial_ask_;
+}
+
+std::int64_t restart_guard::wall_ms() noexcept {
+    return std::chrono::duration_cast<millis>(std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+// The store's fleet-wide breaker changed (a poll, a note, a trial claim's answer).
+void restart_guard::set_fleet_breaker(const fleet_breaker& b) {
+    using st = fleet_breaker::state;
+    fleet_breaker before = fleet_;
+    fleet_ = b;
+    show_breaker();
+    if (b.st == st::open && (before.st != st::open || before.opened_ms != b.opened_ms)) {
+        stats_.breaker_opened.inc();
+        const auto& o = opts_.breaker;
+        log::warn("circuit breaker open fleet-wide: no restart starts on any worker until the "
+                  "cooldown is over",
+                  {{"failures", o.failures},
+                   {"window", format_duration(o.window)},
+                   {"cooldown", format_duration(o.cooldown)},
+                   {"opened_ms", b.opened_ms}});
+    } else if (b.st == st::closed && before.st != st::closed) {
+        log::info("circuit breaker closed fleet-wide: a trial restart succeeded");
+    }
+    schedule_admission();
+}
+
 // A restart that was never attempted (store trouble) proves nothing about the hosts: neutral.
-void restart_guard::record(const restart_result& rr, bool trial, std::uint64_t host) {
+void restart_guard::record(const restart_result& rr, pass& p) {
     using result = circuit_breaker::result;
+    bool trial = p.trial_;
     result r = rr.not_attempted                  ? result::neutral
                : rr.status == restart_status::ok ? result::ok
                : rr.status == restart_status::failed || rr.status == restart_status::unverified
                    ? result::failed
                    : result::neutral;
+    if (fleet_breaker_) {
+        // The fleet's breaker counts failures and ends trials; successes outside a trial need
+        // no telling.
+        if (trial) trial_out_ = false;
+        bool claimed = trial && p.fleet_trial_;
+        if (claimed || r == result::failed)
+            store_.note_breaker(*p.msg_,
+                                r == result::ok       ? breaker_outcome::ok
+                                : r == result::failed ? breaker_outcome::failed
+                                                      : breaker_outcome::neutral,
+                                claimed,
+                                breaker_rules{opts_.breaker.failures, opts_.breaker.window,
+                                              opts_.breaker.cooldown});
+        schedule_admission();
+        return;
+    }
     breaker_state before = breaker_.state();
-    auto change = breaker_.record(r, trial, now(), host);
+    auto change = breaker_.record(r, trial, now(), p.msg_->host_hash());
     show_breaker();
     // Open: the gauge turns half-open when the cooldown is over, traffic or not.
     if (breaker_.state() == breaker_state::open)
@@ -435,7 +545,16 @@ void restart_guard::record(const restart_result& rr, bool trial, std::uint64_t h
 }
 
 void restart_guard::show_breaker() {
-    stats_.breaker_state.set(static_cast<std::int64_t>(breaker_.state_at(now())));
+    if (!fleet_breaker_) {
+        stats_.breaker_state.set(static_cast<std::int64_t>(breaker_.state_at(now())));
+        return;
+    }
+    // As for this worker's own: an open breaker whose cooldown is over shows as half-open.
+    auto shown = fleet_.st == fleet_breaker::state::open &&
+                         wall_ms() >= fleet_.opened_ms + opts_.breaker.cooldown.count()
+                     ? breaker_state::half_open
+                     : static_cast<breaker_state>(fleet_.st);
+    stats_.breaker_state.set(static_cast<std::int64_t>(shown));
 }
 
 // ---------------------------------------------------------------------------------------------

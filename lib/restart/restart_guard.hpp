@@ -7,6 +7,10 @@
 //   slot      (a store that shares slots, postgres: one of its --max-concurrent-restarts
 //              slots, fleet-wide; while all are held elsewhere, asked again every slot_retry,
 //              holding the local slot; a store error is store trouble, as for the cooldown)
+//   trial     (a store that shares the breaker, postgres: the breaker is the fleet's; when it
+//              is open and its cooldown over, one restart at a time asks the store for the
+//              fleet's one trial (claim_trial); one that is not granted waits for admission
+//              again. Failures and trials' ends are told to the store (note_breaker))
 //   cooldown  (store.claim_host: skipped_cooldown if restarted within the cooldown; a store
 //              error is store trouble, not a failed restart: retried, no attempt used, the
 //              breaker never hears it)
@@ -118,7 +122,8 @@ public:
         const restart_result* result_ = nullptr; // read by coalesced messages
         rt::event done_;                         // coalesced messages wait on it
         bool admitted_ = false, trial_ = false;
-        bool slot_ = false; // holds one of the store's slots
+        bool fleet_trial_ = false; // the trial of the store's fleet-wide breaker
+        bool slot_ = false;        // holds one of the store's slots
     };
 
     enum class gate : std::uint8_t {
@@ -164,13 +169,19 @@ private:
     void shared_result(const message& m, const pass& first, restart_result& r);
     void unadmit(pass& p) noexcept;
     rt::task<bool> take_slot(pass& p, const message& m, restart_result& r);
+    rt::task<bool> admitted(pass& p, const message& m, restart_result& r);
+    circuit_breaker::admission admit_breaker();
+    void arm_breaker_wake();
+    std::int64_t next_trial_at() const noexcept;
+    static std::int64_t wall_ms() noexcept;
+    void set_fleet_breaker(const fleet_breaker& b);
     bool fleet_slots() const noexcept;
     bool cooldown_decision(const message& m, std::chrono::system_clock::time_point now,
                            rt::result<host_claim>& claim, restart_result& r);
     bool room() const noexcept;
     void schedule_admission();
     void admit_waiters();
-    void record(const restart_result& r, bool trial, std::uint64_t host);
+    void record(const restart_result& r, pass& p);
     void show_breaker();
     void check_pause_file();
     void set_paused(bool paused, std::string_view why);
@@ -183,7 +194,14 @@ private:
     store& store_;
     restarter& inner_;
     host_filter filter_;
-    circuit_breaker breaker_;
+    circuit_breaker breaker_; // this worker's own, unless the store shares one
+    // The store's fleet-wide breaker (store.hpp), used instead of breaker_ when the store keeps
+    // one: as last read, whether a restart of this worker's is the trial candidate, and when a
+    // trial held by another worker is asked for again (wall clock, ms).
+    bool fleet_breaker_ = false;
+    fleet_breaker fleet_;
+    bool trial_out_ = false;
+    std::int64_t next_trial_ask_ = 0;
 
     // Hosts whose restart runs here, for coalescing. Keys are the hostnames of the running
     // restarts' messages (alive as long as their pass holds the host).

@@ -150,8 +150,16 @@ json status(connection& c, const fleet_options& o) {
                              {"lease_until", r[4]}});
     doc["slots_held"] = slots.size();
     doc["slots"] = std::move(slots);
-    // Not shared yet: each worker has its own breaker.
-    doc["breaker"] = "per worker: mayhem_restart_breaker_state on each worker's /metrics";
+    // The fleet-wide breaker: its state, since when, the trial running, the failures counted.
+    auto b = c.rows("SELECT CASE state WHEN 0 THEN 'closed' WHEN 1 THEN 'open' "
+                    "ELSE 'half-open' END, opened_at, trial_id, trial_owner, "
+                    "(SELECT count(*) FROM breaker_failures) FROM fleet_breaker");
+    if (!b.empty())
+        doc["breaker"] = json{{"state", b[0][0]},
+                              {"opened_at", b[0][1]},
+                              {"trial_message_id", b[0][2]},
+                              {"trial_owner", b[0][3]},
+                              {"failed_hosts", b[0][4]}};
     return doc;
 }
 
@@ -171,7 +179,16 @@ void print_status(const json& d, std::ostream& out) {
     for (const auto& r : d["slots"])
         out << "  " << r["slot"] << "  " << report_text(r["message_id"]) << "  on "
             << report_text(r["owner"]) << "  since " << report_time(r["taken"]) << "\n";
-    out << "breaker    " << d["breaker"].get<std::string>() << "\n";
+    const auto& b = d["breaker"];
+    out << "breaker    " << b["state"].get<std::string>();
+    if (b["state"] == "closed")
+        out << ", " << b["failed_hosts"] << " hosts failed in its window";
+    else
+        out << " since " << report_time(b["opened_at"]);
+    if (!b["trial_message_id"].is_null())
+        out << ", trial " << report_text(b["trial_message_id"]) << " on "
+            << report_text(b["trial_owner"]);
+    out << "\n";
 }
 
 } // namespace

@@ -290,8 +290,93 @@ BEGIN
 END $fn$;
 )sql";
 
+// Version 3: the fleet-wide circuit breaker (store.hpp, fleet_breaker). One row holds the
+// state; every change to it locks that row first, so two workers never both open, close or
+// take the trial. breaker_failures: the hosts whose restart failed while it was closed, with
+// their latest failure (distinct hosts, as one breaker counts them).
+constexpr const char* schema_v3 = R"sql(
+CREATE TABLE fleet_breaker (
+    only_row    boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    state       smallint NOT NULL DEFAULT 0, -- 0 closed, 1 open, 2 half-open
+    opened_at   bigint NOT NULL DEFAULT 0,
+    trial_owner text,
+    trial_id    text,
+    trial_lease bigint NOT NULL DEFAULT 0
+);
+INSERT INTO fleet_breaker DEFAULT VALUES;
+CREATE TABLE breaker_failures (
+    hostname  text PRIMARY KEY,
+    failed_at bigint NOT NULL
+);
+
+-- Restarts' ends, in order (outcomes: 0 ok, 1 failed, 2 neutral; trials: it was the trial
+-- granted to `who`). Returns the breaker after them.
+CREATE FUNCTION mayhem_breaker_note(hosts text[], ids text[], outcomes smallint[],
+                                    trials boolean[], who text, now_ms bigint, failures integer,
+                                    win bigint, cooldown bigint)
+RETURNS TABLE (state smallint, opened_at bigint) LANGUAGE plpgsql AS $fn$
+DECLARE b fleet_breaker; n integer;
+BEGIN
+    SELECT * INTO b FROM fleet_breaker FOR UPDATE;
+    FOR k IN 1 .. coalesce(array_length(ids, 1), 0) LOOP
+        IF trials[k] AND b.state = 2 AND b.trial_owner = who AND b.trial_id = ids[k] THEN
+            b.trial_owner := NULL; b.trial_id := NULL; b.trial_lease := 0;
+            IF outcomes[k] = 0 THEN
+                b.state := 0;
+                DELETE FROM breaker_failures;
+            ELSIF outcomes[k] = 1 THEN
+                b.state := 1; b.opened_at := now_ms;
+            ELSE -- proved nothing: the next restart is the trial
+                b.state := 1; b.opened_at := now_ms - cooldown;
+            END IF;
+        ELSIF outcomes[k] = 1 AND b.state = 0 THEN
+            -- Failures while open or half-open (restarts that were running) change nothing.
+            INSERT INTO breaker_failures (hostname, failed_at) VALUES (hosts[k], now_ms)
+                ON CONFLICT (hostname) DO UPDATE SET failed_at = excluded.failed_at;
+            SELECT count(*) INTO n FROM breaker_failures WHERE failed_at > now_ms - win;
+            IF n >= failures THEN
+                b.state := 1; b.opened_at := now_ms;
+                DELETE FROM breaker_failures;
+            END IF;
+        END IF;
+    END LOOP;
+    DELETE FROM breaker_failures WHERE failed_at <= now_ms - win;
+    UPDATE fleet_breaker SET state = b.state, opened_at = b.opened_at,
+           trial_owner = b.trial_owner, trial_id = b.trial_id, trial_lease = b.trial_lease;
+    RETURN QUERY SELECT b.state, b.opened_at;
+END $fn$;
+
+-- Trial claims, in order: answer 0 go (closed), 1 the trial is this one's, 2 wait. The trial
+-- of a half-open breaker whose lease expired (its worker died) is taken over.
+CREATE FUNCTION mayhem_breaker_trials(ids text[], who text, now_ms bigint, cooldown bigint,
+                                      lease bigint)
+RETURNS TABLE (i integer, answer smallint, state smallint, opened_at bigint)
+LANGUAGE plpgsql AS $fn$
+DECLARE b fleet_breaker;
+BEGIN
+    SELECT * INTO b FROM fleet_breaker FOR UPDATE;
+    FOR k IN 1 .. coalesce(array_length(ids, 1), 0) LOOP
+        i := k;
+        IF b.state = 0 THEN
+            answer := 0;
+        ELSIF (b.state = 1 AND b.opened_at + cooldown <= now_ms)
+              OR (b.state = 2 AND (b.trial_lease <= now_ms
+                                   OR (b.trial_owner = who AND b.trial_id = ids[k]))) THEN
+            b.state := 2; b.trial_owner := who; b.trial_id := ids[k]; b.trial_lease := lease;
+            answer := 1;
+        ELSE
+            answer := 2;
+        END IF;
+        state := b.state; opened_at := b.opened_at;
+        RETURN NEXT;
+    END LOOP;
+    UPDATE fleet_breaker SET state = b.state, trial_owner = b.trial_owner, trial_id = b.trial_id,
+           trial_lease = b.trial_lease;
+END $fn$;
+)sql";
+
 // One entry per version, applied in order; never edit one that shipped, add the next.
-constexpr const char* migrations[] = {schema_v1, schema_v2};
+constexpr const char* migrations[] = {schema_v1, schema_v2, schema_v3};
 static_assert(std::size(migrations) == postgres_schema_version);
 
 // The migration, as statements of one transaction: the lock (a fixed key, the same for every
@@ -371,6 +456,17 @@ constexpr const char* renew_slots_sql =
     "UPDATE restart_slots SET lease_until = $3::bigint WHERE message_id = ANY($1::text[]) "
     "AND owner = $2::text";
 constexpr const char* read_pause_sql = "SELECT paused_by, paused_at, reason FROM fleet_pause";
+constexpr const char* read_breaker_sql = "SELECT state, opened_at FROM fleet_breaker";
+constexpr const char* note_breaker_sql =
+    "SELECT state, opened_at FROM mayhem_breaker_note($1::text[], $2::text[], $3::smallint[], "
+    "$4::boolean[], $5::text, $6::bigint, $7::integer, $8::bigint, $9::bigint)";
+constexpr const char* breaker_trials_sql =
+    "SELECT i, answer, state, opened_at FROM mayhem_breaker_trials($1::text[], $2::text, "
+    "$3::bigint, $4::bigint, $5::bigint)";
+// A trial lives as long as its message's claim.
+constexpr const char* renew_trial_sql =
+    "UPDATE fleet_breaker SET trial_lease = $3::bigint WHERE state = 2 AND trial_owner = $2::text "
+    "AND trial_id = ANY($1::text[])";
 constexpr const char* lock_hosts_sql = "SELECT mayhem_lock_hosts($1::text[])";
 constexpr const char* claim_hosts_sql =
     "SELECT i, blocked_at FROM mayhem_claim_hosts($1::text[], $2::text[], $3::bigint[], "
@@ -423,6 +519,7 @@ std::vector<group> plan(const store_batch& b) {
     // Slots: on their own table; the ones given back first, so they are free for this batch's.
     group unslots{store_op::unslot, {}}, slots{store_op::slot, {}};
     group reads{store_op::read_pause, {}};
+    group notes{store_op::note, {}}, trials{store_op::trial, {}};
     group unclaims{store_op::unclaim, {}}, renews{store_op::renew, {}};
     group hosts{store_op::claim_host, {}};
     first.kind = store_op::claim;
@@ -445,6 +542,12 @@ std::vector<group> plan(const store_batch& b) {
         case store_op::read_pause:
             reads.idx.push_back(i);
             break;
+        case store_op::note:
+            notes.idx.push_back(i);
+            break;
+        case store_op::trial:
+            trials.idx.push_back(i);
+            break;
         default:
             break;
         }
@@ -452,6 +555,9 @@ std::vector<group> plan(const store_batch& b) {
     flush(reads);
     flush(unslots);
     flush(slots);
+    // The breaker: a trial's end first, so a trial asked for in the same batch may follow it.
+    flush(notes);
+    flush(trials);
     flush(unclaims);
     for (std::uint32_t i = 0; i < b.size(); ++i) {
         const auto& r = b.reqs[i];
@@ -628,6 +734,8 @@ postgres_store::postgres_store(rt::loop& loop, postgres_options opts)
         }
         pg_result p(PQexec(c, read_pause_sql));
         if (PQresultStatus(p.get()) == PGRES_TUPLES_OK) saw_pause(p.get());
+        pg_result b(PQexec(c, read_breaker_sql));
+        if (PQresultStatus(b.get()) == PGRES_TUPLES_OK) saw_breaker(b.get(), 0);
         PQfinish(c);
         log::info("postgres store: schema ready",
                   {{"database", where}, {"schema_version", version}});
@@ -737,9 +845,10 @@ rt::task<void> postgres_store::writer() {
         }
         // A claim whose task is gone (a forced stop) must not record a start: no restart will
         // run, and the row would read as a crash in the window on the next delivery. Nor take a
-        // slot nobody would give back.
+        // slot or the breaker's trial nobody would give back.
         for (auto& r : pending_)
-            if ((r.kind == op::claim || r.kind == op::claim_host || r.kind == op::slot) &&
+            if ((r.kind == op::claim || r.kind == op::claim_host || r.kind == op::slot ||
+                 r.kind == op::trial) &&
                 !r.waiter)
                 r.kind = op::skip;
         if (records_.due()) records_.take_into(pending_);
@@ -833,7 +942,30 @@ rt::task<std::string> postgres_store::write(std::int64_t now) {
         case op::renew:
             stmts_.push_back({renew_sql, {array(g, &R::id), opts_.owner, lease_s}});
             stmts_.push_back({renew_slots_sql, {array(g, &R::id), opts_.owner, lease_s}});
+            stmts_.push_back({renew_trial_sql, {array(g, &R::id), opts_.owner, lease_s}});
             break;
+        case op::note: {
+            std::string outcomes = "{", trials = "{";
+            for (std::size_t k = 0; k < g.idx.size(); ++k) {
+                const auto& r = b.reqs[g.idx[k]];
+                outcomes += (k ? "," : "") + std::to_string(r.n);
+                trials += std::string(k ? "," : "") + (r.attempt ? "t" : "f");
+            }
+            stmts_.push_back({note_breaker_sql,
+                              {array(g, &R::a), array(g, &R::id), outcomes + "}", trials + "}",
+                               opts_.owner, now_s, std::to_string(breaker_rules_.failures),
+                               std::to_string(breaker_rules_.window.count()),
+                               std::to_string(breaker_rules_.cooldown.count())}});
+            break;
+        }
+        case op::trial: {
+            // Without a claim lease, a trial is held for a cooldown at most.
+            auto cooldown = b.reqs[g.idx[0]].n;
+            stmts_.push_back({breaker_trials_sql,
+                              {array(g, &R::id), opts_.owner, now_s, std::to_string(cooldown),
+                               std::to_string(lease > 0 ? lease : now + cooldown)}});
+            break;
+        }
         case op::slot:
             stmts_.push_back(
                 {take_slots_sql, {array(g, &R::id), numbers(g), opts_.owner, now_s, lease_s}});
@@ -843,6 +975,7 @@ rt::task<std::string> postgres_store::write(std::int64_t now) {
             break;
         case op::read_pause:
             stmts_.push_back({read_pause_sql, {}});
+            stmts_.push_back({read_breaker_sql, {}});
             break;
         case op::claim_host:
             stmts_.push_back(
@@ -859,7 +992,8 @@ rt::task<std::string> postgres_store::write(std::int64_t now) {
     std::size_t s = hosts.empty() ? 0 : 1;
     for (const auto& g : groups) {
         const PGresult* res = results_[s++].get();
-        if (g.kind == op::renew) ++s; // and its slots' renewal
+        if (g.kind == op::renew) s += 2; // and its slots' and trial's renewal
+        if (g.kind == op::read_pause) saw_breaker(results_[s++].get(), 0);
         int rows = res ? PQntuples(res) : 0;
         auto at = [&](int row) -> request& {
             auto k = static_cast<std::size_t>(std::atoi(PQgetvalue(res, row, 0))) - 1;
@@ -893,6 +1027,14 @@ rt::task<std::string> postgres_store::write(std::int64_t now) {
         }
         case op::read_pause:
             saw_pause(res);
+            break;
+        case op::note:
+            saw_breaker(res, 0);
+            break;
+        case op::trial:
+            for (int row = 0; row < rows; ++row)
+                at(row).n = std::atoll(PQgetvalue(res, row, 1));
+            saw_breaker(res, 2);
             break;
         case op::slot:
             for (auto i : g.idx)
@@ -1071,6 +1213,52 @@ void postgres_store::saw_pause(const PGresult* res) {
     if (now == pause_) return;
     pause_ = std::move(now);
     if (pause_changed_) pause_changed_(pause_ ? &*pause_ : nullptr);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fleet-wide breaker: read with the pause, and answered by every note and trial claim.
+// ---------------------------------------------------------------------------------------------
+
+void postgres_store::watch_breaker(std::function<void(const fleet_breaker&)> changed) {
+    breaker_changed_ = std::move(changed);
+    if (breaker_changed_) breaker_changed_(breaker_);
+}
+
+// The breaker's state and opening time, in columns `col` and `col` + 1 of the last row of `res`.
+void postgres_store::saw_breaker(const PGresult* res, int col) {
+    int rows = res ? PQntuples(res) : 0;
+    if (rows == 0) return;
+    fleet_breaker now{static_cast<fleet_breaker::state>(std::atoi(PQgetvalue(res, rows - 1, col))),
+                      std::atoll(PQgetvalue(res, rows - 1, col + 1))};
+    if (now == breaker_) return;
+    breaker_ = now;
+    if (breaker_changed_) breaker_changed_(breaker_);
+}
+
+void postgres_store::note_breaker(const message& m, breaker_outcome o, bool trial,
+                                  const breaker_rules& rules) {
+    if (phase_ == phase::closed) return; // a trial's end is then found by its lease
+    breaker_rules_ = rules;
+    request r;
+    r.kind = op::note;
+    r.id = pending_.put(m.message_id());
+    r.a = pending_.put(m.hostname());
+    r.n = static_cast<std::int64_t>(o);
+    r.attempt = trial ? 1 : 0;
+    pending_.reqs.push_back(r);
+    wake();
+}
+
+rt::task<trial_answer> postgres_store::claim_trial(const message& m,
+                                                   std::chrono::milliseconds cooldown) {
+    request r;
+    r.kind = op::trial;
+    r.id = pending_.put(m.message_id());
+    r.n = cooldown.count();
+    auto pending = enqueue(r);
+    reply x = co_await pending;
+    if (!x.ok) throw std::runtime_error("store: " + x.error);
+    co_return static_cast<trial_answer>(x.n);
 }
 
 void postgres_store::release_slot(const message& m) {

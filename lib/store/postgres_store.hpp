@@ -14,7 +14,8 @@
 // attempt); any other claim re-reads the id's latest row and writes conditionally, looping on
 // a lost race (mayhem_claim_again); the per-host cooldown first locks the hosts' rows in
 // `host_locks` (sorted: no deadlock between workers), then checks and marks (see
-// postgres_store.cpp, the schema).
+// postgres_store.cpp, the schema). The fleet-wide breaker's one row is locked by every change
+// to it (a failure counted, a trial taken or ended).
 //
 // Connection loss: the writer reconnects with capped exponential backoff (100 ms to 5 s,
 // jittered); a batch whose transaction did not commit (an error, a dropped connection, no
@@ -47,7 +48,7 @@ namespace mayhem {
 
 // The schema version this build writes (the highest row of schema_migrations). A database with
 // a newer version is refused (exit 1 at start).
-inline constexpr int postgres_schema_version = 2;
+inline constexpr int postgres_schema_version = 3;
 
 struct postgres_options {
     // A libpq connection string or URI (`postgresql://user@host:5432/db?sslmode=require`).
@@ -108,6 +109,12 @@ public:
     void release_slot(const message& m) override;
     void watch_pause(std::chrono::milliseconds every,
                      std::function<void(const fleet_pause*)> changed) override;
+    bool shares_breaker() const override { return true; }
+    void watch_breaker(std::function<void(const fleet_breaker&)> changed) override;
+    void note_breaker(const message& m, breaker_outcome o, bool trial,
+                      const breaker_rules& rules) override;
+    rt::task<trial_answer> claim_trial(const message& m,
+                                       std::chrono::milliseconds cooldown) override;
     void complete(const message& m, const verdict& v) override;
     bool healthy() const override { return health_.healthy(); }
     void hurry() override;
@@ -156,6 +163,7 @@ private:
     void withdraw_if_orphaned(request& r);
     void give_up();
     void saw_pause(const PGresult* res);
+    void saw_breaker(const PGresult* res, int col);
 
     rt::loop& loop_;
     postgres_options opts_;
@@ -186,6 +194,10 @@ private:
     std::function<void(const fleet_pause*)> pause_changed_;
     std::unique_ptr<rt::periodic_timer> pause_poll_;
     bool pause_read_queued_ = false;
+    // The fleet-wide breaker as last read, who to tell of a change, and the rules notes apply.
+    fleet_breaker breaker_;
+    std::function<void(const fleet_breaker&)> breaker_changed_;
+    breaker_rules breaker_rules_;
     // Scratch of write(), reused batch after batch.
     std::vector<pg_statement> stmts_;
     std::vector<pg_result> results_;

@@ -450,6 +450,8 @@ struct sqlite_store::shared {
         case op::slot:
         case op::unslot:     // never queued: this store keeps no slots (store.hpp, shares_slots)
         case op::read_pause: // nor a fleet pause
+        case op::note:       // nor a fleet breaker
+        case op::trial:
         case op::skip:
             break;
         case op::complete:

@@ -61,6 +61,33 @@ struct fleet_pause {
     friend bool operator==(const fleet_pause&, const fleet_pause&) = default;
 };
 
+// The fleet-wide circuit breaker (restart/policy.hpp has the rules of one breaker) as a store
+// that keeps one last read it: closed, open since `opened_ms` (a trial may start once its
+// cooldown is over), or half-open (a trial restart runs somewhere in the fleet).
+struct fleet_breaker {
+    enum class state : std::uint8_t { closed = 0, open = 1, half_open = 2 };
+    state st = state::closed;
+    std::int64_t opened_ms = 0; // wall clock, ms since the epoch
+    friend bool operator==(const fleet_breaker&, const fleet_breaker&) = default;
+};
+
+// The breaker's rules as every worker of the fleet applies them (--breaker-*).
+struct breaker_rules {
+    std::uint32_t failures = 0;
+    std::chrono::milliseconds window{0}, cooldown{0};
+};
+
+// How a restart ended, for the breaker: failed (counts), ok (closes a half-open breaker after
+// its trial), or neither (proves nothing).
+enum class breaker_outcome : std::uint8_t { ok = 0, failed = 1, neutral = 2 };
+
+// The answer to claim_trial.
+enum class trial_answer : std::uint8_t {
+    go,    // the breaker is closed: restart, not as a trial
+    trial, // this restart is the fleet's one trial of the half-open breaker
+    wait,  // open and cooling down, or another worker's trial runs
+};
+
 class store {
 public:
     virtual ~store() = default;
@@ -125,6 +152,31 @@ public:
         (void)every;
         (void)changed;
     }
+    // The fleet-wide circuit breaker, for a store that keeps one (postgres): every worker of
+    // the store counts the failures of all (distinct hosts failed in `window`, as one breaker
+    // would), and there is one open/half-open state and one trial for the whole fleet.
+    virtual bool shares_breaker() const { return false; }
+    // Calls `changed` (loop thread) at once with the breaker as last read, then whenever a read
+    // finds it changed: the reads ride on watch_pause's poll, and on each note_breaker. A null
+    // `changed` stops the watch.
+    virtual void watch_breaker(std::function<void(const fleet_breaker&)> changed) { (void)changed; }
+    // A restart of m's host ended with `o` (not awaited, batched; only failures and trials need
+    // telling). `trial`: it was the trial claim_trial granted. Opens the breaker when the
+    // failures reach `rules.failures`; a trial's end closes it (ok), opens it again (failed), or
+    // makes the next restart the trial (neutral).
+    virtual void note_breaker(const message& m, breaker_outcome o, bool trial,
+                              const breaker_rules& rules) {
+        (void)m;
+        (void)o;
+        (void)trial;
+        (void)rules;
+    }
+    // Asks to run m's restart as the trial of an open breaker whose cooldown is over, as ONE
+    // atomic step across the fleet: at most one trial at a time. The trial is this worker's
+    // until the claim lease expires (renewed with m's claim by renew_claims) or note_breaker
+    // hears its end, so the trial of a worker that died is taken over after the lease.
+    virtual rt::task<trial_answer> claim_trial(const message& m,
+                                               std::chrono::milliseconds cooldown);
     // Records the outcome of a message (not awaited, batched). A store that cannot write it now
     // keeps it and writes it later; one it gives up on is counted in unrecorded().
     virtual void complete(const message& m, const verdict& v) = 0;
@@ -157,6 +209,13 @@ public:
     // close() completed.
     virtual std::uint64_t unrecorded() const { return 0; }
 };
+
+inline rt::task<trial_answer> store::claim_trial(const message& m,
+                                                 std::chrono::milliseconds cooldown) {
+    (void)m;
+    (void)cooldown;
+    co_return trial_answer::go;
+}
 
 inline rt::task<bool> store::claim_slot(const message& m, std::size_t cap) {
     (void)m;

@@ -26,7 +26,9 @@ enum class store_op : std::uint8_t {
     complete,
     slot,       // claim_slot
     unslot,     // release_slot
-    read_pause, // watch_pause's poll
+    read_pause, // watch_pause's poll (and the breaker's)
+    note,       // note_breaker
+    trial,      // claim_trial
     skip
 };
 
@@ -42,6 +44,8 @@ struct store_request {
                                 // finish: result, detail; complete: outcome, reason
     // out: claim; claim_host: done = blocked; finish: held = the claim is a peer's now; slot:
     // held = every slot is taken
+    // note: a = hostname, n = the breaker_outcome, attempt = 1 for a trial. trial: n = the
+    // cooldown in, the trial_answer out.
     restart_claim claim = restart_claim::proceed;
     std::uint32_t attempt = 0; // claim: out, the restart start recorded (proceed, unfinished)
     // claim_host: in, the cutoff (ms); out, the blocking start (ms) when blocked. claim and

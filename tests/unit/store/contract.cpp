@@ -417,6 +417,73 @@ TEST_CASE("postgres: two workers taking the last slot at once: exactly one wins"
     run_void(loop, b->close());
 }
 
+// The fleet-wide circuit breaker (store.hpp, fleet_breaker): the PostgreSQL store keeps one.
+TEST_CASE("postgres: the breaker is the fleet's: every worker's failures open it, one trial at "
+          "a time, a dead worker's trial taken over") {
+    postgres_backend db;
+    rt::loop loop;
+    auto a = db.open(loop, "a", 60s);
+    auto b = db.open(loop, "b", 60s);
+    auto c = db.open(loop, "c", 20ms);
+    CHECK(a->shares_breaker());
+    std::optional<fleet_breaker> seen;
+    b->watch_breaker([&](const fleet_breaker& x) { seen = x; });
+    REQUIRE(seen);
+    CHECK(seen->st == fleet_breaker::state::closed);
+    const breaker_rules rules{3, 60s, 300ms};
+    auto state = [&] { return db.count("SELECT state FROM fleet_breaker"); };
+    auto fail = [&](store& s, const char* id, const char* host) {
+        s.note_breaker(msg(id, host), breaker_outcome::failed, false, rules);
+    };
+    // Two workers, three failures of two hosts: still closed (distinct hosts count).
+    fail(*a, "f1", "h1.example.net");
+    fail(*b, "f2", "h2.example.net");
+    fail(*a, "f3", "h1.example.net");
+    wait_for(loop, [&] { return db.count("SELECT count(*) FROM breaker_failures") == 2; });
+    CHECK(state() == 0);
+    // A third host, failed on b: open, for every worker.
+    fail(*b, "f4", "h3.example.net");
+    wait_for(loop, [&] { return seen->st == fleet_breaker::state::open; });
+    CHECK(state() == 1);
+    CHECK(run(loop, a->claim_trial(msg("t0"), rules.cooldown)) == trial_answer::wait); // cooling
+    wait(loop, 350ms);
+    // Cooldown over: of two workers asking at once, exactly one runs the trial.
+    std::optional<trial_answer> ta, tb;
+    {
+        rt::task_scope scope;
+        scope.spawn(into(a->claim_trial(msg("t1"), rules.cooldown), ta));
+        scope.spawn(into(b->claim_trial(msg("t2"), rules.cooldown), tb));
+        loop.run_until([&] { return ta && tb; });
+    }
+    REQUIRE((ta && tb));
+    CHECK(((*ta == trial_answer::trial) != (*tb == trial_answer::trial)));
+    CHECK((*ta == trial_answer::wait || *tb == trial_answer::wait));
+    auto& winner = *ta == trial_answer::trial ? a : b;
+    auto won = msg(*ta == trial_answer::trial ? "t1" : "t2");
+    // Its trial failed: open again, for another cooldown.
+    winner->note_breaker(won, breaker_outcome::failed, true, rules);
+    wait_for(loop, [&] { return state() == 1; });
+    CHECK(run(loop, a->claim_trial(msg("t3"), rules.cooldown)) == trial_answer::wait);
+    wait(loop, 350ms);
+    // c takes the trial and dies with it: after its lease, a takes it over.
+    CHECK(run(loop, c->claim_trial(msg("t4"), rules.cooldown)) == trial_answer::trial);
+    CHECK(run(loop, a->claim_trial(msg("t5"), rules.cooldown)) == trial_answer::wait);
+    wait(loop, 60ms);
+    CHECK(run(loop, a->claim_trial(msg("t5"), rules.cooldown)) == trial_answer::trial);
+    // A late word from c about its trial changes nothing: the trial is a's now.
+    c->note_breaker(msg("t4"), breaker_outcome::ok, true, rules);
+    a->note_breaker(msg("t5"), breaker_outcome::ok, true, rules);
+    wait_for(loop, [&] { return state() == 0; });
+    CHECK(db.count("SELECT count(*) FROM breaker_failures") == 0);
+    // b hears of it with its next read (here the answer to its own claim).
+    CHECK(seen->st != fleet_breaker::state::closed);
+    CHECK(run(loop, b->claim_trial(msg("t6"), rules.cooldown)) == trial_answer::go);
+    CHECK(seen->st == fleet_breaker::state::closed);
+    b->watch_breaker(nullptr);
+    for (auto* s : {&a, &b, &c})
+        run_void(loop, (*s)->close());
+}
+
 TEST_CASE("postgres: the fleet-wide pause is read at start and polled") {
     postgres_backend db;
     rt::loop loop;
