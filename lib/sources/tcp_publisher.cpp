@@ -19,15 +19,25 @@ constexpr std::size_t read_size = 64 * 1024;
 constexpr rt::millis reconnect_delay{200};
 constexpr rt::millis released_delay{500};
 
-// The outcome word of one of the worker's answers. The answers are the worker's own JSON, so the
-// key is found as written: `"outcome":"` cannot occur inside an escaped string value.
+// The outcome word of an answer: the string value of its "outcome" key. `"outcome"` followed by
+// a colon cannot occur inside an escaped string value, so a plain search finds the key; JSON
+// whitespace around the colon is allowed (other servers speaking the protocol write it).
 std::string_view outcome_word(std::string_view line) {
-    constexpr std::string_view key = R"("outcome":")";
-    auto at = line.find(key);
-    if (at == std::string_view::npos) return {};
-    auto from = at + key.size();
-    auto to = line.find('"', from);
-    return to == std::string_view::npos ? std::string_view{} : line.substr(from, to - from);
+    constexpr std::string_view key = R"("outcome")";
+    auto skip = [&](std::size_t i) {
+        while (i < line.size() && (line[i] == ' ' || line[i] == '\t'))
+            ++i;
+        return i;
+    };
+    for (auto at = line.find(key); at != std::string_view::npos; at = line.find(key, at + 1)) {
+        auto i = skip(at + key.size());
+        if (i >= line.size() || line[i] != ':') continue;
+        i = skip(i + 1);
+        if (i >= line.size() || line[i] != '"') return {};
+        auto to = line.find('"', i + 1);
+        return to == std::string_view::npos ? std::string_view{} : line.substr(i + 1, to - i - 1);
+    }
+    return {};
 }
 
 std::optional<outcome> parse_outcome(std::string_view w) {
