@@ -117,7 +117,6 @@ private:
             ++p.failures_;
             return p.lost(*c);
         }
-        p.failures_ = 0;
         c->connected = true;
         uv_tcp_nodelay(c->tcp.get(), 1);
         uv_read_start(
@@ -214,10 +213,12 @@ private:
         if (!o) {
             if (word == "refused") {
                 ++r_.refused;
+                ++failures_; // counts like a failed connect: --retry does not loop on it
                 r_.error = "the worker refused the connection (--max-connections)";
             }
             return;
         }
+        failures_ = 0; // a worker that answers: connecting again is worth it
         ++c.answered;
         ++r_.answers[static_cast<std::size_t>(*o)];
         if (final_outcome(*o)) ++r_.done;

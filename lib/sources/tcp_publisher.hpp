@@ -20,8 +20,10 @@ struct tcp_publish_options {
     std::string address; // numeric IPv4 HOST:PORT
     std::size_t connections = 1;
     bool retry = false;
-    std::size_t window = 8192;     // unanswered requests per connection at most
-    int max_connect_failures = 50; // in a row, 200 ms apart, before giving up (with retry)
+    std::size_t window = 8192; // unanswered requests per connection at most
+    // Connections in a row that failed or were refused, 200 ms apart, before giving up (with
+    // retry); an answer resets the count.
+    int max_connect_failures = 50;
 };
 
 struct tcp_publish_result {

@@ -320,6 +320,28 @@ class Tcp(Harness):
         self.assertEqual(r["acked"] + r["skipped"], 300)
         self.stop(w)
 
+    def test_publish_retry_connects_again_after_a_refusal(self):
+        w, port, base = self.start("--max-connections", "1", *ZERO, metrics=True)
+        holder = self.connect(port)
+        r = Answers(holder, want=1)
+        holder.sendall(request("holder", 0).encode())
+        self.assertEqual(r.wait()[0]["outcome"], "acked")
+        p = subprocess.Popen([harness.MAYHEM, "publish", "--tcp", "127.0.0.1:%d" % port,
+                              "--count", "50", "--retry"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        self._procs.append(p)
+        wait_until(lambda: self.metric(base, "mayhem_tcp_connections_total",
+                                       '{result="refused"}') >= 1, 10,
+                   what="the publisher to be refused")
+        holder.close()  # room again: the publisher's next attempt is taken
+        out, err = p.communicate(timeout=60 * harness.SLOW)
+        self.assertEqual(p.returncode, 0, err)
+        res = json.loads(out)
+        self.assertGreaterEqual(res["refused"], 1)
+        self.assertEqual(res["acked"], 50)
+        self.assertEqual(res["not_done"], 0)
+        self.stop(w)
+
     def test_publish_fails_when_nobody_listens(self):
         code, out, err = self.publish("--tcp", "127.0.0.1:%d" % free_port(), "--count", 5)
         self.assertEqual(code, 1)
