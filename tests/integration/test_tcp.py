@@ -190,6 +190,24 @@ class Tcp(Harness):
         # Work taken from the cut-off connection was done; only its answers were lost.
         self.assertGreater(st["acked"], 10)
 
+    def test_a_producer_that_leaves_early_does_not_cancel_its_work(self):
+        w, port, base = self.start("--save-latency", "0", "--restart-latency", "300ms",
+                                   metrics=True)
+        s = self.connect(port)
+        s.sendall("".join(request("gone", i) for i in range(100)).encode())
+        s.close()  # before any answer can be ready
+
+        def acked():
+            status, body = http_get(base + "/metrics")
+            m = re.search(r'^mayhem_messages_completed_total\{[^}]*outcome="acked"[^}]*\} (\S+)$',
+                          body, re.M)
+            return float(m.group(1)) if m else 0
+
+        wait_until(lambda: acked() == 100, 30, what="the 100 requests to be acked")
+        st = self.stop(w)
+        self.assertEqual(st["acked"], 100)
+        self.assertEqual(st["received"], 100)
+
     def test_max_connections_refuses_cleanly(self):
         w, port, base = self.start("--max-connections", "2", *ZERO, metrics=True)
         a, b = self.connect(port), self.connect(port)
