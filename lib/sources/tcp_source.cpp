@@ -3,7 +3,6 @@
 #include "message/message.hpp"
 #include "runtime/duration.hpp"
 #include "runtime/log.hpp"
-#include "runtime/log_budget.hpp"
 
 #include <charconv>
 #include <netinet/in.h>
@@ -44,12 +43,6 @@ void append_escaped(std::string& out, std::string_view s) {
         log::json_escape(out, s);
     else
         out.append(s);
-}
-
-// Connection events a flood could repeat (every producer dropping at once).
-rt::log_budget& connection_log() {
-    static rt::log_budget budget(20, "tcp connection lines", "mayhem_tcp_disconnects_total");
-    return budget;
 }
 } // namespace
 
@@ -189,7 +182,7 @@ void tcp_source::on_connection(uv_stream_t* server, int status) noexcept {
     auto* self = static_cast<tcp_source*>(server->data);
     if (!self) return;
     if (status < 0) {
-        if (connection_log().allow(self->loop_.now()))
+        if (self->conn_log_.allow(self->loop_.now()))
             log::warn("tcp: accepting a connection failed", {{"error", uv_strerror(status)}});
         return;
     }
@@ -218,7 +211,7 @@ void tcp_source::accept_one() {
 // One connection too many is not left hanging in the backlog: it hears why, then is closed.
 void tcp_source::refuse(rt::uv_handle<uv_tcp_t> tcp) {
     stats_.refused.inc();
-    if (connection_log().allow(loop_.now()))
+    if (conn_log_.allow(loop_.now()))
         log::warn("tcp: connection refused: --max-connections reached",
                   {{"max_connections", opts_.max_connections}});
     auto serial = ++next_serial_;
@@ -261,7 +254,7 @@ void tcp_source::on_read(uv_stream_t* s, ssize_t n, const uv_buf_t* buf) noexcep
     }
     if (n != UV_EOF) {
         // A reset or read error: nobody is left to answer; work already taken goes on.
-        if (connection_log().allow(self.loop_.now()))
+        if (self.conn_log_.allow(self.loop_.now()))
             log::info("tcp: connection lost",
                       {{"connection", c->serial}, {"error", uv_strerror(static_cast<int>(n))}});
         return self.drop(*c, n == UV_ECONNRESET ? tcp_close_cause::peer : tcp_close_cause::error);
@@ -455,7 +448,7 @@ void tcp_source::flush(connection& c) {
     // What the kernel would not take waits in libuv's queue; a producer that does not read its
     // answers makes it grow, and is cut off at the cap rather than hold memory without bound.
     if (uv_stream_get_write_queue_size(c.stream()) > opts_.max_answer_bytes) {
-        if (connection_log().allow(loop_.now()))
+        if (conn_log_.allow(loop_.now()))
             log::warn("tcp: producer does not read its answers: connection closed",
                       {{"connection", c.serial},
                        {"queued_bytes", uv_stream_get_write_queue_size(c.stream())},
@@ -469,7 +462,7 @@ void tcp_source::on_written(uv_write_t* req, int status) noexcept {
     auto* c = static_cast<connection*>(req->handle->data);
     if (!c) return; // closed meanwhile
     if (status < 0) {
-        if (connection_log().allow(c->src.loop_.now()))
+        if (c->src.conn_log_.allow(c->src.loop_.now()))
             log::info("tcp: writing answers failed",
                       {{"connection", c->serial}, {"error", uv_strerror(status)}});
         return c->src.drop(*c, tcp_close_cause::error);
@@ -532,7 +525,7 @@ void tcp_source::idle_check(connection& c) {
         loop_.timers().arm(c, rt::millis{c.owed > 0 ? limit : limit - quiet});
         return;
     }
-    if (connection_log().allow(now))
+    if (conn_log_.allow(now))
         log::info(
             "tcp: idle connection closed",
             {{"connection", c.serial}, {"idle_timeout", format_duration(opts_.idle_timeout)}});

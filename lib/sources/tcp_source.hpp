@@ -26,6 +26,7 @@
 
 #include "runtime/counter.hpp"
 #include "runtime/list.hpp"
+#include "runtime/log_budget.hpp"
 #include "runtime/loop.hpp"
 #include "sources/source.hpp"
 
@@ -135,6 +136,8 @@ private:
     std::vector<char> read_buf_; // shared: a read is handled before the next is allocated
     bool stopped_ = false;
     bool closed_ = false;
+    // Connection events a flood could repeat (every producer dropping at once).
+    rt::log_budget conn_log_{20, "tcp connection lines", "mayhem_tcp_disconnects_total"};
     tcp_source_stats stats_;
 };
 
