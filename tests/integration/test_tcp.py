@@ -208,6 +208,20 @@ class Tcp(Harness):
         self.assertEqual(st["acked"], 100)
         self.assertEqual(st["received"], 100)
 
+    def test_an_idle_connection_is_closed(self):
+        w, port, base = self.start("--tcp-idle-timeout", "300ms", *ZERO, metrics=True)
+        busy = self.connect(port)
+        r = Answers(busy, want=1)
+        busy.sendall(request("busy", 0).encode())
+        self.assertEqual(r.wait()[0]["outcome"], "acked")
+        idle = Answers(self.connect(port))
+        idle.wait(10)
+        self.assertTrue(idle.eof or idle.error)
+        self.assertEqual(idle.lines, [])
+        self.assertGreaterEqual(
+            self.metric(base, "mayhem_tcp_disconnects_total", '{cause="idle"}'), 1)
+        self.stop(w)
+
     def test_max_connections_refuses_cleanly(self):
         w, port, base = self.start("--max-connections", "2", *ZERO, metrics=True)
         a, b = self.connect(port), self.connect(port)
