@@ -251,6 +251,16 @@ int run_publish(const std::vector<std::string>& args) {
         return exit_usage;
     }
 
+    if (!tcp.empty() && (!output.empty() || !topic.empty())) {
+        std::cerr << "mayhem publish: --tcp sends to a worker; it cannot be combined with "
+                  << (output.empty() ? "--pubsub-topic" : "--output") << "\n";
+        return exit_usage;
+    }
+    if (tcp.empty() && (connections != 1 || retry)) {
+        std::cerr << "mayhem publish: " << (retry ? "--retry" : "--connections")
+                  << " applies only with --tcp\n";
+        return exit_usage;
+    }
     if (!tcp.empty())
         return publish_over_tcp(tcp, connections, retry, from_stdin, raw, count, bad_ratio, seed,
                                 keys);

@@ -179,7 +179,9 @@ class Tcp(Harness):
         wait_until(lambda: self.metric(base, "mayhem_tcp_disconnects_total",
                                        '{cause="answer_queue_full"}') == 1, 10,
                    what="the disconnect to be counted")
-        self.assertIn("producer does not read its answers", w.stderr())
+        # Logged too (by the logger's own thread: it may trail the metric).
+        wait_until(lambda: "producer does not read its answers" in w.stderr(), 10,
+                   what="the disconnect to be logged")
         # The worker is healthy: another producer is answered as usual.
         ok = self.connect(port)
         r = Answers(ok, want=10)
@@ -379,6 +381,15 @@ class Tcp(Harness):
         self.assertEqual(code, 1)
         self.assertIn("cannot connect", err)
         self.assertEqual(json.loads(out)["not_done"], 5)
+
+    def test_publish_flags_that_do_not_go_together_exit_2(self):
+        for args, says in ((["--tcp", "127.0.0.1:1", "--output", "-"], "--output"),
+                           (["--retry"], "--retry applies only with --tcp"),
+                           (["--connections", "4"], "--connections applies only with --tcp"),
+                           (["--tcp", "localhost:7478"], "numeric IPv4")):
+            code, out, err = self.publish(*args)
+            self.assertEqual(code, 2, args)
+            self.assertIn(says, err)
 
     def test_listen_address_in_use_exits_2(self):
         with socket.socket() as taken:
