@@ -8,6 +8,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace mayhem {
@@ -282,7 +283,8 @@ private:
             resend_.push_back(std::move(later_.begin()->second));
             later_.erase(later_.begin());
         }
-        for (; reopen_ > 0; --reopen_)
+        // open() may ask for another reopen (a connect that fails at once): that one waits.
+        for (auto n = std::exchange(reopen_, 0); n > 0; --n)
             open();
         for (auto& c : conns_)
             if (c && !c->closed) fill(*c);
