@@ -13,7 +13,7 @@ BUILD_PACKAGES := g++ cmake make pkg-config \
   libcurl4-openssl-dev libssl-dev
 TEST_PACKAGES := python3 python3-yaml doctest-dev redis-server redis-tools postgresql prometheus \
   clang-format systemd time clang libclang-rt-14-dev
-BENCH_PACKAGES := python3 redis-server redis-tools postgresql time nodejs node-redis golang-go
+BENCH_PACKAGES := python3 python3-uvloop redis-server redis-tools postgresql time nodejs node-redis golang-go
 
 .PHONY: all deps deps-test deps-bench build run test fuzz asan tsan bench chaos format format-check clean help
 

@@ -6,6 +6,7 @@
 #include "runtime/log.hpp"
 #include "runtime/loop.hpp"
 #include "sources/simulate_source.hpp"
+#include "sources/tcp_source.hpp"
 #include "store/fleet.hpp"
 #include "store/history.hpp"
 #include "version.hpp"
@@ -129,6 +130,10 @@ int run_worker(const std::vector<std::string>& args) {
         mayhem::worker w(*cfg, args);
         held.release(); // its signal handlers are installed: what was held is delivered now
         return w.run();
+    } catch (const mayhem::tcp_listen_error& e) {
+        // Like --metrics-addr: an address in use is a setting to fix, not a failure to retry.
+        mayhem::log::error(e.what(), {{"address", cfg->listen}});
+        return mayhem::exit_usage;
     } catch (const std::exception& e) {
         mayhem::log::error("fatal error", {{"error", e.what()}});
         return mayhem::exit_fatal;

@@ -2,17 +2,20 @@
 // (--count, the simulator's payloads, --bad-ratio of them undecodable) or NDJSON lines from
 // standard input (--stdin, each validated like the worker decodes it unless --raw). With
 // --output FILE|- they are written as NDJSON instead (for `mayhem worker --source stdin`).
-// With --auth-key-file each request is signed (lib/message/auth.hpp) as it is sent.
+// With --auth-key-file each request is signed (lib/message/auth.hpp) as it is sent. With --tcp
+// they go to a worker's tcp source, which answers each one (lib/sources/tcp_publisher.hpp).
 #include "publish.hpp"
 
 #include "config/config.hpp"
 #include "message/message.hpp"
+#include "metrics/http_server.hpp"
 #include "runtime/loop.hpp"
 #include "sources/pubsub_publisher.hpp"
 #include "sources/pubsub_rest.hpp"
 #include "sources/redis_publisher.hpp"
 #include "sources/redis_url.hpp"
 #include "sources/simulate_source.hpp"
+#include "sources/tcp_publisher.hpp"
 #include "worker/worker.hpp"
 
 #include <CLI/CLI.hpp>
@@ -82,6 +85,90 @@ private:
     std::FILE* f_;
 };
 
+// --tcp: the requests are pulled one at a time as the connections have room, so a large --count
+// or input is never held in memory.
+int publish_over_tcp(const std::string& address, std::uint64_t connections, bool retry,
+                     bool from_stdin, bool raw, std::uint64_t count, double bad_ratio,
+                     std::uint64_t seed, const std::shared_ptr<auth::key_ring>& keys) {
+    rt::loop gen_loop;
+    simulate_options so;
+    so.seed = seed;
+    simulate_source gen(gen_loop, so);
+    std::mt19937_64 rng(seed ? seed : std::random_device{}());
+    std::uniform_real_distribution<double> coin(0, 1);
+    decode_options dopts;
+    std::uint64_t made = 0, lineno = 0, rejected = 0;
+    std::string line;
+    auto sign = [&](std::string& payload) {
+        if (keys)
+            if (auto s = auth::sign_request(payload, *keys, std::chrono::system_clock::now()))
+                payload = std::move(*s);
+    };
+    std::function<bool(std::string&)> next = [&](std::string& payload) {
+        if (!from_stdin) {
+            if (made >= count) return false;
+            if (bad_ratio > 0 && coin(rng) < bad_ratio) {
+                gen.format_bad(payload, made++);
+                return true;
+            }
+            gen.format_message(payload, made++);
+            sign(payload);
+            return true;
+        }
+        while (std::getline(std::cin, line)) {
+            ++lineno;
+            if (!line.empty() && line.back() == '\r') line.pop_back();
+            if (line.find_first_not_of(" \t") == std::string::npos) continue;
+            payload = line;
+            if (raw) return true;
+            auto d = decode(line, dopts);
+            if (auto* bad = std::get_if<decode_error>(&d)) {
+                std::cerr << "mayhem publish: line " << lineno << " not sent: " << bad->reason
+                          << "\n";
+                ++rejected;
+                continue;
+            }
+            sign(payload);
+            return true;
+        }
+        return false;
+    };
+    tcp_publish_options o;
+    o.address = address;
+    o.connections = connections;
+    o.retry = retry;
+    tcp_publish_result r;
+    try {
+        r = publish_tcp(o, next);
+    } catch (const std::exception& e) {
+        std::cerr << "mayhem publish: " << e.what() << "\n";
+        gen.close();
+        return exit_fatal;
+    }
+    gen.close();
+    auto n = [&](outcome x) {
+        return static_cast<unsigned long long>(r.answers[static_cast<std::size_t>(x)]);
+    };
+    // Generated requests never taken (no connection could carry them) are not done either.
+    std::uint64_t requests = from_stdin ? r.requests : count;
+    std::uint64_t not_done = requests - std::min(requests, r.done);
+    std::printf(
+        "{\"sent\":%llu,\"requests\":%llu,\"acked\":%llu,\"retried\":%llu,"
+        "\"dead_lettered\":%llu,\"skipped\":%llu,\"released\":%llu,"
+        "\"unanswered\":%llu,\"not_done\":%llu,\"refused\":%llu,\"rejected\":%llu,"
+        "\"target\":\"tcp://%s\"}\n",
+        static_cast<unsigned long long>(r.sent), static_cast<unsigned long long>(requests),
+        n(outcome::acked), n(outcome::retried), n(outcome::dead_lettered), n(outcome::skipped),
+        n(outcome::released), static_cast<unsigned long long>(r.unanswered),
+        static_cast<unsigned long long>(not_done), static_cast<unsigned long long>(r.refused),
+        static_cast<unsigned long long>(rejected), address.c_str());
+    std::fflush(stdout);
+    if ((not_done > 0 || r.gave_up) && !r.error.empty())
+        std::cerr << "mayhem publish: " << r.error << "\n";
+    // A refused connection leaves its requests not done, unless --retry carried them later.
+    return not_done > 0 || r.gave_up || rejected > 0 ? exit_fatal : 0;
+}
+
 } // namespace
 
 int run_publish(const std::vector<std::string>& args) {
@@ -99,6 +186,9 @@ int run_publish(const std::vector<std::string>& args) {
     std::string output;
     std::string topic, pubsub_endpoint, ordering_key = "none";
     std::vector<std::string> key_files;
+    std::string tcp;
+    std::uint64_t connections = 1;
+    bool retry = false;
     add_whole_number(cmd, "--count", count, 0, messages_max,
                      "How many generated requests (ignored with --stdin)");
     cmd.add_option("--bad-ratio", bad_ratio, "Share of undecodable generated payloads (0..1)")
@@ -126,6 +216,24 @@ int run_publish(const std::vector<std::string>& args) {
                    "host's requests in order); none: no ordering key")
         ->check(CLI::IsMember({"none", "host"}))
         ->capture_default_str();
+    cmd.add_option("--tcp", tcp,
+                   "Send to a worker's --source tcp at HOST:PORT instead of Redis, read every "
+                   "answer and print the counts by outcome (exit 1 unless every request was "
+                   "acked, skipped or dead-lettered)")
+        ->check(CLI::Validator(
+            [](std::string& v) {
+                return v != "off" && metrics::valid_listen_address(v)
+                           ? std::string{}
+                           : "'" + v +
+                                 "' is not valid: expected HOST:PORT with a numeric IPv4 "
+                                 "host (127.0.0.1:7478)";
+            },
+            "HOST:PORT"));
+    add_whole_number(cmd, "--connections", connections, 1, 1024,
+                     "With --tcp: connections to spread the requests over");
+    cmd.add_flag("--retry", retry,
+                 "With --tcp: send again what is answered retried (after its retry_after_ms) or "
+                 "released, or left unanswered by a connection that closed (connecting again)");
     add_auth_key_files(cmd, key_files);
     if (auto code = mayhem::parse_command(cmd, args, "mayhem publish", std::cout, std::cerr))
         return *code;
@@ -142,6 +250,20 @@ int run_publish(const std::vector<std::string>& args) {
         std::cerr << "mayhem publish: --redis-url: not a valid URL: " << why << "\n";
         return exit_usage;
     }
+
+    if (!tcp.empty() && (!output.empty() || !topic.empty())) {
+        std::cerr << "mayhem publish: --tcp sends to a worker; it cannot be combined with "
+                  << (output.empty() ? "--pubsub-topic" : "--output") << "\n";
+        return exit_usage;
+    }
+    if (tcp.empty() && (connections != 1 || retry)) {
+        std::cerr << "mayhem publish: " << (retry ? "--retry" : "--connections")
+                  << " applies only with --tcp\n";
+        return exit_usage;
+    }
+    if (!tcp.empty())
+        return publish_over_tcp(tcp, connections, retry, from_stdin, raw, count, bad_ratio, seed,
+                                keys);
 
     std::unique_ptr<sink> out;
     std::FILE* file = nullptr;

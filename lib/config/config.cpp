@@ -285,7 +285,7 @@ void add_worker_options(CLI::App& cmd, worker_config& c) {
         ->group("General");
 
     cmd.add_option("--source", c.source, "Where requests come from")
-        ->check(CLI::IsMember({"simulate", "stdin", "redis", "pubsub"}))
+        ->check(CLI::IsMember({"simulate", "stdin", "redis", "pubsub", "tcp"}))
         ->capture_default_str()
         ->group("Pipeline");
     cmd.add_option("--store", c.store, "Where requests are saved")
@@ -468,6 +468,40 @@ void add_worker_options(CLI::App& cmd, worker_config& c) {
                    "they are acked")
         ->check(shaped(pubsub::valid_topic, "projects/PROJECT/topics/NAME"))
         ->group("Pub/Sub");
+
+    cmd.add_option("--listen", c.listen,
+                   "tcp: HOST:PORT to take requests on (a numeric IPv4 host; one JSON request "
+                   "per line, each answered with its outcome)")
+        ->check(CLI::Validator(
+            [](std::string& v) {
+                return v != "off" && metrics::valid_listen_address(v)
+                           ? std::string{}
+                           : "'" + v +
+                                 "' is not valid: expected HOST:PORT with a numeric IPv4 host "
+                                 "(127.0.0.1:7478, 0.0.0.0:7478)";
+            },
+            "HOST:PORT"))
+        ->capture_default_str()
+        ->group("TCP");
+    add_whole_number(cmd, "--max-connections", c.max_connections, 1, 1'000'000,
+                     "tcp: producers connected at once; one more is answered with an error line "
+                     "and closed")
+        ->group("TCP");
+    add_duration(cmd, "--tcp-idle-timeout", c.tcp_idle_timeout,
+                 "tcp: close a connection that sent nothing, read nothing and is owed no answer "
+                 "for this long (0 = never)")
+        ->group("TCP");
+    add_parsed(
+        cmd, "--max-answer-bytes", c.max_answer_bytes,
+        [](std::string_view s) -> std::optional<std::uint64_t> {
+            auto v = parse_bytes(s);
+            if (!v || *v < 4096 || *v > (std::uint64_t{1} << 30)) return std::nullopt;
+            return v;
+        },
+        "tcp: answers waiting to be written to one connection (its producer does not read "
+        "them); above this the connection is closed",
+        std::to_string(c.max_answer_bytes), "expected a size from 4KiB to 1GiB like 1MiB")
+        ->group("TCP");
 
     add_duration(cmd, "--status-interval", c.status_interval,
                  "How often a status line is logged (0 = never)")

@@ -57,6 +57,12 @@ struct worker_config {
     std::string pubsub_endpoint;     // empty: $PUBSUB_EMULATOR_HOST, else Google's
     std::string dead_letter_topic;   // projects/P/topics/T
 
+    // tcp source (README "TCP")
+    std::string listen = "127.0.0.1:7478";
+    std::uint64_t max_connections = 1024;
+    millis tcp_idle_timeout{5 * 60 * 1000};   // 0: never
+    std::uint64_t max_answer_bytes = 1 << 20; // per connection, answers not written yet
+
     // simulated latencies and failures
     latency_range save_latency{millis{0}, millis{1000}};
     latency_range restart_latency{millis{0}, millis{1000}};

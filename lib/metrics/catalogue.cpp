@@ -4,6 +4,7 @@
 #include "pipeline/outcome.hpp"
 #include "restart/exec_restarter.hpp"
 #include "sources/redis_source.hpp"
+#include "sources/tcp_source.hpp"
 
 #include <limits>
 #include <prometheus/text_serializer.h>
@@ -93,6 +94,32 @@ void add_redis(std::vector<MetricFamily>& out, const redis_source_stats* r) {
     out.push_back(single("mayhem_redis_ack_failures_total",
                          "Verdicts (XACK, dead letter) Redis refused or whose reply was lost",
                          MetricType::Counter, get(&redis_source_stats::ack_failures)));
+}
+
+// The TCP listener's figures (--source tcp); 0 with another source.
+void add_tcp(std::vector<MetricFamily>& out, const tcp_source_stats* t) {
+    auto get = [t](auto member) { return t ? num((t->*member).get()) : 0.0; };
+    out.push_back(single("mayhem_tcp_connections", "Producers connected now (--source tcp)",
+                         MetricType::Gauge, get(&tcp_source_stats::connections)));
+    auto conns = family("mayhem_tcp_connections_total",
+                        "Connections accepted, or refused over --max-connections (answered with "
+                        "an error line and closed)",
+                        MetricType::Counter);
+    add_value(conns, get(&tcp_source_stats::accepted), {{"result", "accepted"}});
+    add_value(conns, get(&tcp_source_stats::refused), {{"result", "refused"}});
+    out.push_back(std::move(conns));
+    auto closed = family("mayhem_tcp_disconnects_total",
+                         "Accepted connections that ended, by cause", MetricType::Counter);
+    for (int i = 0; i < tcp_close_cause_count; ++i) {
+        auto cause = static_cast<tcp_close_cause>(i);
+        add_value(closed, t ? num(t->disconnects[i].get()) : 0.0,
+                  {{"cause", std::string(to_string(cause))}});
+    }
+    out.push_back(std::move(closed));
+    out.push_back(single("mayhem_tcp_answers_lost_total",
+                         "Answers not sent because their producer had disconnected (the work "
+                         "was carried out)",
+                         MetricType::Counter, get(&tcp_source_stats::answers_lost)));
 }
 
 } // namespace
@@ -260,6 +287,7 @@ std::vector<MetricFamily> collect(const catalogue_inputs& in) {
                          "Times the source lost its connection and connected again",
                          MetricType::Counter, num(live.source_reconnects.get())));
     add_redis(out, in.redis);
+    add_tcp(out, in.tcp);
     out.push_back(single("mayhem_store_healthy", "1 while the store is up and writable",
                          MetricType::Gauge, live.store_healthy.load(std::memory_order_relaxed)));
 

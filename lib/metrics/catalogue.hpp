@@ -19,6 +19,7 @@
 namespace mayhem {
 struct exec_restarter_stats;
 struct redis_source_stats;
+struct tcp_source_stats;
 } // namespace mayhem
 
 namespace mayhem::metrics {
@@ -33,6 +34,7 @@ struct catalogue_inputs {
     const restart_guard_stats* guard = nullptr; // the safety rails in front of the restarter
     const exec_restarter_stats* exec = nullptr; // with --restarter exec
     const redis_source_stats* redis = nullptr;  // with --source redis
+    const tcp_source_stats* tcp = nullptr;      // with --source tcp
 };
 
 std::vector<prometheus::MetricFamily> collect(const catalogue_inputs& in);

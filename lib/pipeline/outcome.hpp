@@ -22,6 +22,10 @@ struct verdict {
     outcome what = outcome::acked;
     std::string reason;                      // why (dead letter, retry), empty when acked
     std::chrono::milliseconds retry_after{}; // with `retried`: when to deliver it again
+    // The request's id, set by the pipeline for a payload that decoded and valid only while
+    // source::settle() runs (it points into the message); empty when it did not decode. A
+    // source that answers its producer (tcp) names the request with it.
+    std::string_view message_id;
 };
 
 // How a restart ended.

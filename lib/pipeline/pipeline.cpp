@@ -545,6 +545,7 @@ void pipeline::settle(flight& f, verdict v, std::uint64_t now) {
     }
     f.last = v.what;
     ++unconfirmed_;
+    if (f.decoded) v.message_id = f.msg.message_id();
     source_.settle(std::move(f.d), v);
     f.done.set(); // duplicates waiting on this one settle now
 }

@@ -10,6 +10,7 @@
 #include "sources/redis_source.hpp"
 #include "sources/simulate_source.hpp"
 #include "sources/stdin_source.hpp"
+#include "sources/tcp_source.hpp"
 #include "store/memory_store.hpp"
 #include "store/postgres_store.hpp"
 #include "store/sqlite_store.hpp"
@@ -79,6 +80,15 @@ std::unique_ptr<source> make_pubsub_source(rt::loop& loop, const worker_config& 
 std::unique_ptr<source> make_source(rt::loop& loop, const worker_config& c) {
     if (c.source == "redis") return make_redis_source(loop, c);
     if (c.source == "pubsub") return make_pubsub_source(loop, c);
+    if (c.source == "tcp") {
+        tcp_source_options o;
+        o.listen = c.listen;
+        o.max_connections = c.max_connections;
+        o.max_line_bytes = c.max_message_bytes;
+        o.idle_timeout = c.tcp_idle_timeout;
+        o.max_answer_bytes = c.max_answer_bytes;
+        return std::make_unique<tcp_source>(loop, std::move(o)); // tcp_listen_error: exit 2
+    }
     if (c.source == "stdin")
         return std::make_unique<stdin_source>(loop, STDIN_FILENO, c.max_message_bytes);
     simulate_options o;
@@ -202,6 +212,11 @@ const redis_source_stats* redis_stats(const source& s) {
     return r ? &r->stats() : nullptr;
 }
 
+const tcp_source_stats* tcp_stats(const source& s) {
+    auto* t = dynamic_cast<const tcp_source*>(&s);
+    return t ? &t->stats() : nullptr;
+}
+
 double seconds_since(std::chrono::steady_clock::time_point t) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
@@ -219,7 +234,7 @@ worker::worker(worker_config cfg, std::vector<std::string> argv)
     pipeline_->on_change([this] { check_done(); });
     observability_ = std::make_unique<metrics::observability>(
         loop_, make_observability_options(cfg_), *pipeline_, *source_, *store_, &guard_->stats(),
-        exec_stats(*restarter_), redis_stats(*source_));
+        exec_stats(*restarter_), redis_stats(*source_), tcp_stats(*source_));
 
     for (int s : {SIGTERM, SIGINT}) {
         signals_.push_back(
