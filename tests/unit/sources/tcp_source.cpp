@@ -76,19 +76,10 @@ tcp_source_options local_opts() {
     return o;
 }
 
-// Wakes the loop every few milliseconds: run_until() looks at its predicate between loop
-// iterations only, and a step done in a timer callback leaves the loop polling for I/O.
-struct ticker final : rt::timer_entry {
-    rt::loop& loop;
-    explicit ticker(rt::loop& l) : loop(l) { loop.timers().arm(*this, rt::millis{2}); }
-    void fire() noexcept override { loop.timers().arm(*this, rt::millis{2}); }
-};
-
 template <class Pred>
 bool run_until(rt::loop& loop, Pred done, rt::millis limit = rt::millis{5000}) {
     flag_timer guard; // a failing test ends here instead of hanging
     loop.timers().arm(guard, limit);
-    ticker tick(loop);
     loop.run_until([&] { return done() || guard.fired; });
     return done();
 }
