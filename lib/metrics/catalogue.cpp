@@ -208,6 +208,13 @@ std::vector<MetricFamily> collect(const catalogue_inputs& in) {
                          MetricType::Counter, num(live.store_transactions.get())));
     out.push_back(single("mayhem_store_saves_total", "Saves in committed store transactions",
                          MetricType::Counter, num(live.store_saves.get())));
+    auto pruned = family("mayhem_store_pruned_total",
+                         "Rows deleted by --retention (finished and older than the retention), by "
+                         "table",
+                         MetricType::Counter);
+    add_value(pruned, num(live.store_pruned_messages.get()), {{"table", "messages"}});
+    add_value(pruned, num(live.store_pruned_restarts.get()), {{"table", "restarts"}});
+    out.push_back(std::move(pruned));
 
     // Always present (0 without --restarter exec), so a dashboard's query never goes missing.
     auto signalled = family("mayhem_restart_processes_signalled_total",

@@ -290,8 +290,15 @@ BEGIN
 END $fn$;
 )sql";
 
+// Version 3: retention (store/retention.hpp). A pass walks the rows that finished longest ago,
+// oldest first, through these; partial, so rows in flight cost them nothing.
+constexpr const char* schema_v3 = R"sql(
+CREATE INDEX messages_completed ON messages (completed_at) WHERE completed_at IS NOT NULL;
+CREATE INDEX restarts_finished ON restarts (finished) WHERE finished IS NOT NULL;
+)sql";
+
 // One entry per version, applied in order; never edit one that shipped, add the next.
-constexpr const char* migrations[] = {schema_v1, schema_v2};
+constexpr const char* migrations[] = {schema_v1, schema_v2, schema_v3};
 static_assert(std::size(migrations) == postgres_schema_version);
 
 // The migration, as statements of one transaction: the lock (a fixed key, the same for every
@@ -371,6 +378,33 @@ constexpr const char* renew_slots_sql =
     "UPDATE restart_slots SET lease_until = $3::bigint WHERE message_id = ANY($1::text[]) "
     "AND owner = $2::text";
 constexpr const char* read_pause_sql = "SELECT paused_by, paused_at, reason FROM fleet_pause";
+// A retention pass (store.hpp, prune_bounds), one statement: $1 messages_before, $2
+// restarts_before, $3 the limit, $4 host_claims_since. The rules of sqlite_store.cpp's
+// prune_*_sql. Rows another worker's batch holds (its own pass, a duplicate's outcome) are
+// skipped, not waited for. Both deletes read the statement's one snapshot.
+constexpr const char* prune_sql = R"sql(
+WITH m AS (
+    DELETE FROM messages WHERE message_id IN (
+        SELECT c.message_id FROM messages AS c
+         WHERE c.completed_at < $1::bigint AND c.outcome IN ('acked', 'dead_lettered', 'skipped')
+           AND NOT EXISTS (SELECT 1 FROM restarts AS r
+                            WHERE r.message_id = c.message_id AND r.finished IS NULL)
+         ORDER BY c.completed_at LIMIT $3::integer FOR UPDATE OF c SKIP LOCKED)
+    RETURNING 1),
+r AS (
+    DELETE FROM restarts WHERE message_id IN (
+        SELECT c.message_id FROM restarts AS c
+         WHERE c.finished < $2::bigint
+           AND NOT EXISTS (SELECT 1 FROM restarts AS x WHERE x.message_id = c.message_id
+                              AND (x.finished IS NULL OR x.finished >= $2::bigint
+                                   OR (x.host_claimed AND x.started >= $4::bigint)))
+           AND NOT EXISTS (SELECT 1 FROM messages AS g WHERE g.message_id = c.message_id
+                              AND (g.outcome IS NULL
+                                   OR g.outcome NOT IN ('acked', 'dead_lettered', 'skipped')))
+         ORDER BY c.finished LIMIT $3::integer FOR UPDATE OF c SKIP LOCKED)
+    RETURNING 1)
+SELECT (SELECT count(*) FROM m), (SELECT count(*) FROM r)
+)sql";
 constexpr const char* lock_hosts_sql = "SELECT mayhem_lock_hosts($1::text[])";
 constexpr const char* claim_hosts_sql =
     "SELECT i, blocked_at FROM mayhem_claim_hosts($1::text[], $2::text[], $3::bigint[], "
@@ -422,7 +456,7 @@ std::vector<group> plan(const store_batch& b) {
 
     // Slots: on their own table; the ones given back first, so they are free for this batch's.
     group unslots{store_op::unslot, {}}, slots{store_op::slot, {}};
-    group reads{store_op::read_pause, {}};
+    group reads{store_op::read_pause, {}}, prunes{store_op::prune, {}};
     group unclaims{store_op::unclaim, {}}, renews{store_op::renew, {}};
     group hosts{store_op::claim_host, {}};
     first.kind = store_op::claim;
@@ -443,7 +477,8 @@ std::vector<group> plan(const store_batch& b) {
             slots.idx.push_back(i);
             break;
         case store_op::read_pause:
-            reads.idx.push_back(i);
+        case store_op::prune: // after the batch's claims: see the end of plan()
+            (r.kind == store_op::prune ? prunes : reads).idx.push_back(i);
             break;
         default:
             break;
@@ -470,6 +505,7 @@ std::vector<group> plan(const store_batch& b) {
     flush_both();
     flush(hosts);
     flush(renews);
+    flush(prunes); // last: the batch's claims are decided before its deletes take any lock
     return out;
 }
 
@@ -561,6 +597,10 @@ private:
     std::uint64_t gen_;
     std::size_t idx_;
 };
+
+std::span<const char* const> postgres_migrations() {
+    return migrations;
+}
 
 int postgres_migrate(PGconn* c) {
     quiet(c);
@@ -844,6 +884,13 @@ rt::task<std::string> postgres_store::write(std::int64_t now) {
         case op::read_pause:
             stmts_.push_back({read_pause_sql, {}});
             break;
+        case op::prune:
+            stmts_.push_back(
+                {prune_sql,
+                 {std::to_string(prune_next_.messages_before),
+                  std::to_string(prune_next_.restarts_before), std::to_string(prune_next_.limit),
+                  std::to_string(prune_next_.host_claims_since)}});
+            break;
         case op::claim_host:
             stmts_.push_back(
                 {claim_hosts_sql, {array(g, &R::id), array(g, &R::a), numbers(g), now_s}});
@@ -893,6 +940,13 @@ rt::task<std::string> postgres_store::write(std::int64_t now) {
         }
         case op::read_pause:
             saw_pause(res);
+            break;
+        case op::prune:
+            for (auto i : g.idx) {
+                flying_[i].n = rows ? std::atoll(PQgetvalue(res, 0, 0)) : 0;
+                flying_[i].attempt =
+                    rows ? static_cast<std::uint32_t>(std::atoll(PQgetvalue(res, 0, 1))) : 0;
+            }
             break;
         case op::slot:
             for (auto i : g.idx)
@@ -1071,6 +1125,29 @@ void postgres_store::saw_pause(const PGresult* res) {
     if (now == pause_) return;
     pause_ = std::move(now);
     if (pause_changed_) pause_changed_(pause_ ? &*pause_ : nullptr);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Retention (store.hpp, prune): one statement at the end of a batch.
+// ---------------------------------------------------------------------------------------------
+
+rt::task<prune_counts> postgres_store::prune(prune_bounds b) {
+    if (prune_queued_) co_return prune_counts{}; // one pass at a time
+    prune_queued_ = true;
+    struct unqueue {
+        bool& q;
+        ~unqueue() { q = false; }
+    } guard{prune_queued_};
+    prune_next_ = b;
+    request r;
+    r.kind = op::prune;
+    auto pending = enqueue(r);
+    reply x = co_await pending;
+    if (!x.ok) throw std::runtime_error("store: " + x.error);
+    prune_counts c{static_cast<std::uint64_t>(x.n), x.attempt};
+    stats_.pruned_messages.inc(c.messages);
+    stats_.pruned_restarts.inc(c.restarts);
+    co_return c;
 }
 
 void postgres_store::release_slot(const message& m) {

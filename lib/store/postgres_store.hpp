@@ -39,6 +39,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -47,7 +48,7 @@ namespace mayhem {
 
 // The schema version this build writes (the highest row of schema_migrations). A database with
 // a newer version is refused (exit 1 at start).
-inline constexpr int postgres_schema_version = 2;
+inline constexpr int postgres_schema_version = 3;
 
 struct postgres_options {
     // A libpq connection string or URI (`postgresql://user@host:5432/db?sslmode=require`).
@@ -73,6 +74,8 @@ public:
 // Migrates the schema over a blocking connection (a worker's start, `mayhem pause`): returns the
 // version the database is at. Throws postgres_fatal when it cannot be migrated or is newer.
 int postgres_migrate(PGconn* c);
+// The migrations, one per version from 1, as shipped (the tests build older databases with them).
+std::span<const char* const> postgres_migrations();
 
 struct postgres_store_stats {
     rt::counter transactions;        // committed
@@ -83,6 +86,8 @@ struct postgres_store_stats {
     rt::counter reconnects;          // connections made after the first
     rt::counter unrecorded;          // records given up (store.hpp, unrecorded())
     rt::counter withdrawn;           // restart starts withdrawn: their task was gone
+    rt::counter pruned_messages;     // rows deleted by retention passes (prune)
+    rt::counter pruned_restarts;
 };
 
 class postgres_store final : public store {
@@ -108,6 +113,10 @@ public:
     void release_slot(const message& m) override;
     void watch_pause(std::chrono::milliseconds every,
                      std::function<void(const fleet_pause*)> changed) override;
+    rt::task<prune_counts> prune(prune_bounds b) override;
+    prune_counts pruned() const override {
+        return {stats_.pruned_messages.get(), stats_.pruned_restarts.get()};
+    }
     void complete(const message& m, const verdict& v) override;
     bool healthy() const override { return health_.healthy(); }
     void hurry() override;
@@ -186,6 +195,9 @@ private:
     std::function<void(const fleet_pause*)> pause_changed_;
     std::unique_ptr<rt::periodic_timer> pause_poll_;
     bool pause_read_queued_ = false;
+    // The retention pass queued (one at a time): its bounds.
+    prune_bounds prune_next_;
+    bool prune_queued_ = false;
     // Scratch of write(), reused batch after batch.
     std::vector<pg_statement> stmts_;
     std::vector<pg_result> results_;

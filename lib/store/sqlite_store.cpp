@@ -68,6 +68,59 @@ ALTER TABLE restarts ADD COLUMN lease_until INTEGER;
 PRAGMA user_version = 2;
 )sql";
 
+// Version 3: retention (store/retention.hpp): a pass walks the rows that finished longest ago,
+// oldest first, through the two indexes; partial, so rows still in flight cost them nothing.
+// And the rails every worker sharing the file holds, as in the postgres store: restart_slots,
+// the --max-concurrent-restarts slots (a row with an owner and a lease per slot), and
+// fleet_pause, `mayhem pause` (one row while paused).
+constexpr const char* schema_v3 = R"sql(
+CREATE INDEX messages_completed ON messages (completed_at) WHERE completed_at IS NOT NULL;
+CREATE INDEX restarts_finished ON restarts (finished) WHERE finished IS NOT NULL;
+CREATE TABLE restart_slots (
+    slot        INTEGER PRIMARY KEY,
+    message_id  TEXT,
+    owner       TEXT,
+    lease_until INTEGER NOT NULL DEFAULT 0,
+    taken       INTEGER
+);
+CREATE TABLE fleet_pause (
+    only_row  INTEGER PRIMARY KEY CHECK (only_row = 1),
+    paused_by TEXT NOT NULL,
+    paused_at INTEGER NOT NULL,
+    reason    TEXT NOT NULL DEFAULT ''
+);
+PRAGMA user_version = 3;
+)sql";
+
+// A retention pass (store.hpp, prune_bounds). ?1 messages_before, ?2 restarts_before, ?3 the
+// limit, ?4 host_claims_since. A messages row goes once final and old, unless a restart of its
+// id is unfinished; an id's restarts rows go together (the latest row is the idempotency
+// record, and attempt 1 missing would read as "never restarted"), only when all are finished
+// and old, none is a host claim a cooldown still needs, and the id is not in flight.
+constexpr const char* prune_messages_sql = R"sql(
+DELETE FROM messages WHERE message_id IN (
+    SELECT c.message_id FROM messages AS c
+     WHERE c.completed_at < ?1 AND c.outcome IN ('acked', 'dead_lettered', 'skipped')
+       AND NOT EXISTS (SELECT 1 FROM restarts AS r
+                        WHERE r.message_id = c.message_id AND r.finished IS NULL)
+     ORDER BY c.completed_at LIMIT ?3)
+)sql";
+constexpr const char* prune_restarts_sql = R"sql(
+DELETE FROM restarts WHERE message_id IN (
+    SELECT c.message_id FROM restarts AS c
+     WHERE c.finished < ?2
+       AND NOT EXISTS (SELECT 1 FROM restarts AS x WHERE x.message_id = c.message_id
+                          AND (x.finished IS NULL OR x.finished >= ?2
+                               OR (x.host_claimed = 1 AND x.started >= ?4)))
+       AND NOT EXISTS (SELECT 1 FROM messages AS m WHERE m.message_id = c.message_id
+                          AND (m.outcome IS NULL
+                               OR m.outcome NOT IN ('acked', 'dead_lettered', 'skipped')))
+     ORDER BY c.finished LIMIT ?3)
+)sql";
+
+constexpr const char* migrations[] = {schema_v1, schema_v2, schema_v3};
+static_assert(std::size(migrations) == sqlite_schema_version);
+
 // A failed SQLite call, carried to the end of the transaction (pool thread only).
 struct db_error {
     int code;
@@ -104,6 +157,10 @@ bool reopen_after(int code) {
 
 } // namespace
 
+std::span<const char* const> sqlite_migrations() {
+    return migrations;
+}
+
 // ---------------------------------------------------------------------------------------------
 // shared: the connection and the batch in flight. Owned through a shared_ptr so that a
 // transaction still running on the pool when the store is destroyed keeps what it touches.
@@ -127,7 +184,8 @@ struct sqlite_store::shared {
                  *last_restart = nullptr, *start_restart = nullptr, *finish = nullptr,
                  *complete = nullptr, *host_blocker = nullptr, *host_claim_row = nullptr,
                  *first_restart = nullptr, *unclaim = nullptr, *take_over = nullptr,
-                 *take_waiting = nullptr, *renew = nullptr;
+                 *take_waiting = nullptr, *renew = nullptr, *prune_messages = nullptr,
+                 *prune_restarts = nullptr;
     // multi[k][n]: kind k for n rows (2..max_rows), prepared on first use.
     sqlite3_stmt* multi[m_kinds][max_rows + 1] = {};
     batch flying;                      // the batch being written
@@ -139,6 +197,11 @@ struct sqlite_store::shared {
     std::vector<request*> saves_, completes_, claims_, finishes_, renews_;
     std::vector<std::size_t> ids_;
     std::vector<std::string> returned_; // ids a RETURNING clause named
+    // The retention pass asked for (store.hpp, prune): set on the loop thread before its request
+    // is queued, read by the pool thread while that request is written (one pass at a time);
+    // why it failed, read back once its batch has ended.
+    prune_bounds prune_next;
+    std::string prune_error;
 
     explicit shared(sqlite_options o) : opts(std::move(o)) {}
     ~shared() { close_conn(); }
@@ -171,7 +234,7 @@ struct sqlite_store::shared {
     void close_conn() noexcept {
         for (auto** s : {&begin, &commit, &rollback, &save, &last_restart, &start_restart, &finish,
                          &complete, &host_blocker, &host_claim_row, &first_restart, &unclaim,
-                         &take_over, &take_waiting, &renew}) {
+                         &take_over, &take_waiting, &renew, &prune_messages, &prune_restarts}) {
             sqlite3_finalize(*s);
             *s = nullptr;
         }
@@ -345,7 +408,7 @@ struct sqlite_store::shared {
             if (tables > 0) throw foreign("it holds tables but no mayhem schema version");
             return;
         }
-        // Columns per table at each version (schema_v1, schema_v2).
+        // Columns per table at each version (schema_v1, schema_v2; schema_v3 adds indexes).
         int messages = scalar_int(
             "SELECT count(*) FROM pragma_table_info('messages') WHERE name IN ('message_id', "
             "'instance', 'hostname', 'reason', 'first_seen', 'attempts', 'outcome', "
@@ -360,21 +423,19 @@ struct sqlite_store::shared {
                           " but it lacks mayhem's tables messages and restarts (or their columns)");
     }
 
-    // Version 0 -> 1 -> 2. Re-checked inside the write transaction: another worker on the same file
-    // may have created the schema in the meantime.
+    // Version 0 -> 1 -> 2 -> 3, one step per version. Re-checked inside the write transaction:
+    // another worker on the same file may have created the schema in the meantime.
     void migrate() {
         exec("BEGIN IMMEDIATE", "begin migration");
         try {
             int version = scalar_int("PRAGMA user_version");
-            if (version == 0) {
-                if (scalar_int("SELECT count(*) FROM sqlite_schema") > 0)
-                    throw sqlite_fatal(opts.path +
-                                       " is not a mayhem database: it holds tables but no mayhem "
-                                       "schema version; use another --db");
-                exec(schema_v1, "create schema");
-                version = 1;
-            }
-            if (version == 1) exec(schema_v2, "migrate schema to version 2");
+            if (version == 0 && scalar_int("SELECT count(*) FROM sqlite_schema") > 0)
+                throw sqlite_fatal(opts.path +
+                                   " is not a mayhem database: it holds tables but no mayhem "
+                                   "schema version; use another --db");
+            for (; version < sqlite_schema_version; ++version)
+                exec(migrations[static_cast<std::size_t>(version)],
+                     "migrate schema"); // each sets its user_version
             exec("COMMIT", "commit migration");
         } catch (...) {
             sqlite3_exec(conn, "ROLLBACK", nullptr, nullptr, nullptr);
@@ -450,6 +511,7 @@ struct sqlite_store::shared {
         case op::slot:
         case op::unslot:     // never queued: this store keeps no slots (store.hpp, shares_slots)
         case op::read_pause: // nor a fleet pause
+        case op::prune:      // its own transaction, after the batch's (prune_asked)
         case op::skip:
             break;
         case op::complete:
@@ -855,6 +917,51 @@ struct sqlite_store::shared {
         synchronous_full_now = full;
     }
 
+    // ------------------------------------------------------------------------------------------
+    // Retention (store.hpp, prune): a pass runs in a short transaction of its own right after
+    // the batch's commit, so no claim of the batch waits for its deletes, and its failure fails
+    // only the pass (claim `held`, prune_error says why).
+    // ------------------------------------------------------------------------------------------
+
+    void prune_asked() noexcept {
+        for (auto& r : flying)
+            if (r.kind == op::prune) prune_pass(r);
+    }
+
+    void prune_pass(request& r) noexcept {
+        r.claim = restart_claim::held;
+        try {
+            if (!prune_messages) prune_messages = prepare(prune_messages_sql);
+            if (!prune_restarts) prune_restarts = prepare(prune_restarts_sql);
+            run(begin, "begin retention pass");
+            try {
+                for (sqlite3_stmt* st : {prune_messages, prune_restarts}) {
+                    sqlite3_bind_int64(st, 1, prune_next.messages_before);
+                    sqlite3_bind_int64(st, 2, prune_next.restarts_before);
+                    sqlite3_bind_int64(st, 3, prune_next.limit);
+                    sqlite3_bind_int64(st, 4, prune_next.host_claims_since);
+                }
+                run(prune_messages, "prune messages");
+                r.n = sqlite3_changes(conn);
+                run(prune_restarts, "prune restarts");
+                r.attempt = static_cast<std::uint32_t>(sqlite3_changes(conn));
+                run(commit, "commit retention pass");
+            } catch (...) {
+                if (!sqlite3_get_autocommit(conn)) {
+                    sqlite3_step(rollback);
+                    sqlite3_reset(rollback);
+                }
+                throw;
+            }
+            r.claim = restart_claim::proceed;
+        } catch (const db_error& e) {
+            prune_error = e.what;
+            if (reopen_after(e.code)) close_conn();
+        } catch (const std::exception& e) {
+            prune_error = e.what();
+        }
+    }
+
     // Pool thread: writes `flying` as one transaction. Returns the error, empty on success.
     std::string write() noexcept {
         try {
@@ -876,6 +983,7 @@ struct sqlite_store::shared {
                 }
                 throw;
             }
+            prune_asked();
             return {};
         } catch (const db_error& e) {
             if (reopen_after(e.code)) close_conn();
@@ -1187,6 +1295,26 @@ rt::task<host_claim> sqlite_store::claim_host(const message& m,
     co_return host_claim{false,
                          std::chrono::system_clock::time_point{std::chrono::milliseconds{x.n}},
                          x.claim == restart_claim::held};
+}
+
+rt::task<prune_counts> sqlite_store::prune(prune_bounds b) {
+    if (prune_queued_) co_return prune_counts{}; // one pass at a time
+    prune_queued_ = true;
+    struct unqueue {
+        bool& q;
+        ~unqueue() { q = false; }
+    } guard{prune_queued_};
+    db_->prune_next = b; // no pass is in flight: the pool does not read it now
+    request r;
+    r.kind = op::prune;
+    auto pending = enqueue(r); // named: see writer() on GCC 12 and temporaries
+    reply x = co_await pending;
+    if (!x.ok) throw std::runtime_error("store: " + x.error);
+    if (x.claim != restart_claim::proceed) throw std::runtime_error("store: " + db_->prune_error);
+    prune_counts c{static_cast<std::uint64_t>(x.n), x.attempt};
+    stats_.pruned_messages.inc(c.messages);
+    stats_.pruned_restarts.inc(c.restarts);
+    co_return c;
 }
 
 void sqlite_store::complete(const message& m, const verdict& v) {

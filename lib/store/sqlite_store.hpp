@@ -37,6 +37,7 @@
 #include <atomic>
 #include <chrono>
 #include <memory>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -45,7 +46,10 @@ namespace mayhem {
 
 // The schema version this build writes (PRAGMA user_version). A file with a newer version is
 // refused at start (exit 1): an older worker must not write rows it does not understand.
-inline constexpr int sqlite_schema_version = 2;
+inline constexpr int sqlite_schema_version = 3;
+// The migrations, one per version from 1, as shipped: each sets its user_version (the tests
+// build older files with them).
+std::span<const char* const> sqlite_migrations();
 
 struct sqlite_options {
     std::string path = "mayhem.db";
@@ -78,6 +82,8 @@ struct sqlite_store_stats {
     rt::counter outages;             // times healthy() turned false
     rt::counter unrecorded;          // records given up (store.hpp, unrecorded())
     rt::counter withdrawn;           // restart starts withdrawn: their task was gone
+    rt::counter pruned_messages;     // rows deleted by retention passes (prune)
+    rt::counter pruned_restarts;
 };
 
 class sqlite_store final : public store {
@@ -99,6 +105,10 @@ public:
     rt::task<bool> finish_restart(const message& m, const restart_result& r) override;
     void renew_claims(std::span<const message* const> ms) override;
     rt::task<void> release_claim(const message& m) override;
+    rt::task<prune_counts> prune(prune_bounds b) override;
+    prune_counts pruned() const override {
+        return {stats_.pruned_messages.get(), stats_.pruned_restarts.get()};
+    }
     void complete(const message& m, const verdict& v) override;
     bool healthy() const override { return health_.healthy(); }
     // See store.hpp. A transaction waiting for another writer's lock gives up at once.
@@ -168,6 +178,7 @@ private:
     kick kick_{*this};
     resume_done resume_{*this};
     phase phase_ = phase::open;
+    bool prune_queued_ = false; // a retention pass is queued or being written
     rt::event writer_done_;
     // Records nobody waits for, oldest first (see the top of this file), the number of them in
     // the transaction being written (its last ones), and when they may be written again.

@@ -61,6 +61,24 @@ struct fleet_pause {
     friend bool operator==(const fleet_pause&, const fleet_pause&) = default;
 };
 
+// Retention (store/retention.hpp): one bounded pass of store::prune. Times are ms since the
+// epoch. A store deletes, in one short transaction of its own:
+//  - messages rows with a final outcome (acked, dead_lettered, skipped) completed before
+//    `messages_before`, unless a restart of the id is unfinished;
+//  - every restarts row of a message id whose rows are all finished before `restarts_before`,
+//    none of them a host claim started at or after `host_claims_since` (a cooldown still needs
+//    it), and whose messages row, if any, is not in flight (no outcome, or retried).
+// At most `limit` messages rows and `limit` message ids' restarts rows go in one pass (oldest
+// first), so a pass never holds the database for long.
+struct prune_bounds {
+    std::int64_t messages_before = 0, restarts_before = 0, host_claims_since = 0;
+    std::uint32_t limit = 1000;
+};
+struct prune_counts {
+    std::uint64_t messages = 0, restarts = 0; // rows deleted
+    friend bool operator==(const prune_counts&, const prune_counts&) = default;
+};
+
 class store {
 public:
     virtual ~store() = default;
@@ -125,6 +143,12 @@ public:
         (void)every;
         (void)changed;
     }
+    // One retention pass (prune_bounds above), run by the store's writer between its batches
+    // (sqlite) or as one statement of a batch (postgres); the rows deleted. Throws when the
+    // store could not run it. One pass at a time. The memory store keeps nothing: it prunes
+    // nothing. pruned(): the rows deleted so far by this process (loop thread).
+    virtual rt::task<prune_counts> prune(prune_bounds b);
+    virtual prune_counts pruned() const { return {}; }
     // Records the outcome of a message (not awaited, batched). A store that cannot write it now
     // keeps it and writes it later; one it gives up on is counted in unrecorded().
     virtual void complete(const message& m, const verdict& v) = 0;
@@ -157,6 +181,11 @@ public:
     // close() completed.
     virtual std::uint64_t unrecorded() const { return 0; }
 };
+
+inline rt::task<prune_counts> store::prune(prune_bounds b) {
+    (void)b;
+    co_return prune_counts{};
+}
 
 inline rt::task<bool> store::claim_slot(const message& m, std::size_t cap) {
     (void)m;

@@ -27,6 +27,8 @@ enum class store_op : std::uint8_t {
     slot,       // claim_slot
     unslot,     // release_slot
     read_pause, // watch_pause's poll
+    prune,      // prune: its bounds are the store's (one pass at a time); out: n messages rows
+                // deleted, attempt restarts rows deleted
     skip
 };
 

@@ -449,3 +449,106 @@ TEST_CASE("postgres: the fleet-wide pause is read at start and polled") {
     run_void(loop, a->close());
     run_void(loop, b->close());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Retention (store.hpp, prune_bounds)
+// ---------------------------------------------------------------------------------------------
+
+TEST_CASE_TEMPLATE("store contract: retention prunes finished rows past the cutoff in bounded "
+                   "passes and keeps what is in flight, unfinished or needed by a cooldown",
+                   B, STORES) {
+    B db;
+    rt::loop loop;
+    auto st = db.open(loop, "a", 60s);
+    auto acked = verdict{outcome::acked, {}, {}};
+    auto restart = [&](const message& x, restart_status how) {
+        CHECK(run(loop, st->claim_restart(x)) == restart_claim::proceed);
+        CHECK(run(loop, st->finish_restart(x, restart_result{how, {}})));
+    };
+    // Gone once old: restarted and acked (p0..p4), acked after a failed first attempt (two
+    // restarts rows, gone together), dead-lettered without a restart.
+    for (int i = 0; i < 5; ++i) {
+        auto p = msg("p" + std::to_string(i));
+        CHECK(run(loop, st->save(p, delivery{})).ok);
+        restart(p, restart_status::ok);
+        st->complete(p, acked);
+    }
+    auto twice = msg("twice"), dl = msg("dl");
+    CHECK(run(loop, st->save(twice, delivery{})).ok);
+    restart(twice, restart_status::failed);
+    restart(twice, restart_status::ok);
+    st->complete(twice, acked);
+    CHECK(run(loop, st->save(dl, delivery{})).ok);
+    st->complete(dl, verdict{outcome::dead_lettered, "bad", {}});
+    // Kept: in flight (no outcome; its restart done), retried after a failure, acked with its
+    // restart unfinished, and a cooldown claim within the cooldown (its message row goes).
+    auto fly = msg("fly"), again = msg("again"), running = msg("running"),
+         cool = msg("cool", "cool.example.net");
+    CHECK(run(loop, st->save(fly, delivery{})).ok);
+    restart(fly, restart_status::ok);
+    CHECK(run(loop, st->save(again, delivery{})).ok);
+    restart(again, restart_status::failed);
+    st->complete(again, verdict{outcome::retried, "boom", {}});
+    CHECK(run(loop, st->save(running, delivery{})).ok);
+    CHECK(run(loop, st->claim_restart(running)) == restart_claim::proceed);
+    st->complete(running, acked);
+    CHECK(run(loop, st->save(cool, delivery{})).ok);
+    CHECK(run(loop, st->claim_restart(cool)) == restart_claim::proceed);
+    CHECK(run(loop, st->claim_host(cool, std::chrono::system_clock::now(), 1h)).granted);
+    CHECK(run(loop, st->finish_restart(cool, ok)));
+    st->complete(cool, acked);
+
+    // Everything above finished "before" an hour from now; the cooldown reaches an hour back.
+    auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                   std::chrono::system_clock::now().time_since_epoch())
+                   .count();
+    prune_bounds b{now + 3'600'000, now + 3'600'000, now - 3'600'000, 3};
+    prune_counts total;
+    std::vector<prune_counts> passes;
+    for (int i = 0; i < 10; ++i) {
+        auto c = run(loop, st->prune(b));
+        passes.push_back(c);
+        CHECK(c.messages <= 3); // bounded: at most `limit` rows, and `limit` ids' restarts
+        CHECK(c.restarts <= 3 * 2);
+        total.messages += c.messages;
+        total.restarts += c.restarts;
+        if (c == prune_counts{}) break;
+    }
+    REQUIRE(passes.size() >= 3);
+    CHECK(passes[0].messages == 3); // 8 were old enough: the first pass takes its limit
+    CHECK(passes.back() == prune_counts{});
+    CHECK(total == prune_counts{8, 7});
+    CHECK(st->pruned() == total);
+    // The kept record still decides: the retried message's next claim is its second attempt.
+    auto next = run(loop, st->claim_restart(again));
+    CHECK(next == restart_claim::proceed);
+    CHECK(next.attempt == 2);
+    run_void(loop, st->close());
+    CHECK(db.count("SELECT count(*) FROM messages WHERE message_id IN ('fly', 'again', "
+                   "'running')") == 3);
+    CHECK(db.count("SELECT count(*) FROM messages") == 3);
+    CHECK(db.count("SELECT count(*) FROM restarts WHERE message_id IN ('fly', 'again', "
+                   "'running', 'cool')") == 5); // again: its failed attempt and the new one
+    CHECK(db.count("SELECT count(*) FROM restarts") == 5);
+}
+
+TEST_CASE_TEMPLATE("store contract: a retention pass before the cutoff deletes nothing", B,
+                   STORES) {
+    B db;
+    rt::loop loop;
+    auto st = db.open(loop, "a", 60s);
+    auto a = msg("a");
+    CHECK(run(loop, st->save(a, delivery{})).ok);
+    CHECK(run(loop, st->claim_restart(a)) == restart_claim::proceed);
+    CHECK(run(loop, st->finish_restart(a, ok)));
+    st->complete(a, verdict{outcome::acked, {}, {}});
+    auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                   std::chrono::system_clock::now().time_since_epoch())
+                   .count();
+    // Finished now: not older than an hour.
+    CHECK(run(loop, st->prune(prune_bounds{now - 3'600'000, now - 3'600'000, now, 1000})) ==
+          prune_counts{});
+    run_void(loop, st->close());
+    CHECK(db.count("SELECT count(*) FROM messages") == 1);
+    CHECK(db.count("SELECT count(*) FROM restarts") == 1);
+}
