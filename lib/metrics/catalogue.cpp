@@ -233,7 +233,7 @@ std::vector<MetricFamily> collect(const catalogue_inputs& in) {
                              "1 while the pause file or the fleet-wide pause holds every restart",
                              MetricType::Gauge, num(g->paused.get())));
         out.push_back(single("mayhem_fleet_paused",
-                             "1 while the fleet-wide pause (mayhem pause) is set (postgres)",
+                             "1 while the shared pause (mayhem pause) is set (sqlite, postgres)",
                              MetricType::Gauge, num(g->fleet_paused.get())));
         out.push_back(single("mayhem_restart_breaker_state",
                              "Circuit breaker, the state a new restart would meet: 0 closed, 1 "
@@ -253,10 +253,10 @@ std::vector<MetricFamily> collect(const catalogue_inputs& in) {
                    MetricType::Gauge, num(g->waiting.get())));
         out.push_back(single("mayhem_restarts_waiting_for_slot",
                              "Restarts admitted here waiting for one of the store's fleet-wide "
-                             "--max-concurrent-restarts slots (postgres)",
+                             "--max-concurrent-restarts slots (sqlite, postgres)",
                              MetricType::Gauge, num(g->slot_waiting.get())));
         out.push_back(single("mayhem_restart_slots_busy_total",
-                             "Slot claims that found every fleet-wide slot held (postgres)",
+                             "Slot claims that found every shared slot held (sqlite, postgres)",
                              MetricType::Counter, num(g->slots_busy.get())));
     }
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <functional>
 #include <iterator>
+#include <optional>
 #include <sqlite3.h>
 #include <thread>
 #include <utility>
@@ -84,7 +85,7 @@ CREATE TABLE restart_slots (
     taken       INTEGER
 );
 CREATE TABLE fleet_pause (
-    only_row  INTEGER PRIMARY KEY CHECK (only_row = 1),
+    only_row  INT PRIMARY KEY NOT NULL DEFAULT 1 CHECK (only_row = 1),
     paused_by TEXT NOT NULL,
     paused_at INTEGER NOT NULL,
     reason    TEXT NOT NULL DEFAULT ''
@@ -185,7 +186,8 @@ struct sqlite_store::shared {
                  *complete = nullptr, *host_blocker = nullptr, *host_claim_row = nullptr,
                  *first_restart = nullptr, *unclaim = nullptr, *take_over = nullptr,
                  *take_waiting = nullptr, *renew = nullptr, *prune_messages = nullptr,
-                 *prune_restarts = nullptr;
+                 *prune_restarts = nullptr, *slot_rows = nullptr, *slot_renew = nullptr,
+                 *slot_take = nullptr, *slot_release = nullptr, *pause_read = nullptr;
     // multi[k][n]: kind k for n rows (2..max_rows), prepared on first use.
     sqlite3_stmt* multi[m_kinds][max_rows + 1] = {};
     batch flying;                      // the batch being written
@@ -202,6 +204,9 @@ struct sqlite_store::shared {
     // why it failed, read back once its batch has ended.
     prune_bounds prune_next;
     std::string prune_error;
+    // The fleet pause as the last read_pause read it (pool thread; the loop reads it once the
+    // batch holding that read has ended, or at start-up).
+    std::optional<fleet_pause> pause_seen;
 
     explicit shared(sqlite_options o) : opts(std::move(o)) {}
     ~shared() { close_conn(); }
@@ -232,9 +237,12 @@ struct sqlite_store::shared {
     }
 
     void close_conn() noexcept {
-        for (auto** s : {&begin, &commit, &rollback, &save, &last_restart, &start_restart, &finish,
-                         &complete, &host_blocker, &host_claim_row, &first_restart, &unclaim,
-                         &take_over, &take_waiting, &renew, &prune_messages, &prune_restarts}) {
+        for (auto** s :
+             {&begin,          &commit,         &rollback,  &save,         &last_restart,
+              &start_restart,  &finish,         &complete,  &host_blocker, &host_claim_row,
+              &first_restart,  &unclaim,        &take_over, &take_waiting, &renew,
+              &prune_messages, &prune_restarts, &slot_rows, &slot_renew,   &slot_take,
+              &slot_release,   &pause_read}) {
             sqlite3_finalize(*s);
             *s = nullptr;
         }
@@ -509,9 +517,17 @@ struct sqlite_store::shared {
             run(unclaim, "give back a restart claim");
             break;
         case op::slot:
-        case op::unslot:     // never queued: this store keeps no slots (store.hpp, shares_slots)
-        case op::read_pause: // nor a fleet pause
-        case op::prune:      // its own transaction, after the batch's (prune_asked)
+            take_slot(r, now);
+            break;
+        case op::unslot:
+            text(slot_release, 1, r.id);
+            bind_name(slot_release, 2);
+            run(slot_release, "give back a restart slot");
+            break;
+        case op::read_pause:
+            read_pause();
+            break;
+        case op::prune: // its own transaction, after the batch's (prune_asked)
         case op::skip:
             break;
         case op::complete:
@@ -897,6 +913,13 @@ struct sqlite_store::shared {
         // Renewals last: they only extend what is still this worker's and unfinished, whatever
         // came before them in the batch. One id is renewed at most once per tick.
         apply_run(m_renew, renews_, now);
+        // The slots of the renewed claims that hold one (marked n = 1 by renew_claims).
+        for (request* r : renews_)
+            if (r->n == 1) {
+                text(slot_renew, 1, r->id);
+                bind_owner(slot_renew, 2, now);
+                run(slot_renew, "renew restart slot");
+            }
     }
 
     // Restart claims are the record that a restart may have run: the cooldown and the
@@ -915,6 +938,74 @@ struct sqlite_store::shared {
         if (full == synchronous_full_now) return;
         exec(full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL", "synchronous");
         synchronous_full_now = full;
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // The rails of every worker sharing the file (store.hpp: claim_slot, watch_pause), as the
+    // postgres store keeps them for a fleet. BEGIN IMMEDIATE makes each transaction the only
+    // writer of the file, so a slot is looked for and taken without a peer in between.
+    // ------------------------------------------------------------------------------------------
+
+    // The batch's requests on the rails' tables: slots given back first, so they are free for
+    // the batch's claims of a slot; then those, in arrival order; then the pause's read.
+    void write_rails(std::int64_t now) {
+        for (op k : {op::unslot, op::slot, op::read_pause})
+            for (auto& r : flying)
+                if (r.kind == k) apply(r, now);
+    }
+
+    void prepare_rails() {
+        if (slot_rows) return;
+        // Slots 1..cap exist as rows (a bigger cap adds rows; a smaller one leaves the rest).
+        slot_rows = prepare("WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s "
+                            "WHERE n < ?1) INSERT OR IGNORE INTO restart_slots (slot) "
+                            "SELECT n FROM s");
+        slot_renew = prepare("UPDATE restart_slots SET lease_until = ?3 "
+                             "WHERE message_id = ?1 AND owner = ?2");
+        // A free slot: no message, or its owner's lease expired (the owner died).
+        slot_take = prepare("UPDATE restart_slots SET message_id = ?1, owner = ?2, "
+                            "lease_until = ?3, taken = ?4 WHERE slot = (SELECT slot FROM "
+                            "restart_slots WHERE slot <= ?5 AND (message_id IS NULL OR "
+                            "lease_until <= ?4) ORDER BY slot LIMIT 1)");
+        slot_release =
+            prepare("UPDATE restart_slots SET message_id = NULL, owner = NULL, "
+                    "lease_until = 0, taken = NULL WHERE message_id = ?1 AND owner = ?2");
+        pause_read = prepare("SELECT paused_by, paused_at, reason FROM fleet_pause");
+    }
+
+    // claim_slot: the slot m already holds (renewed), else the first free one of `cap` (r.n);
+    // held when there is none.
+    void take_slot(request& r, std::int64_t now) {
+        prepare_rails();
+        sqlite3_bind_int64(slot_rows, 1, r.n);
+        run(slot_rows, "create restart slots");
+        text(slot_renew, 1, r.id);
+        bind_owner(slot_renew, 2, now);
+        run(slot_renew, "renew restart slot");
+        r.claim = restart_claim::proceed;
+        if (sqlite3_changes(conn) > 0) return;
+        text(slot_take, 1, r.id);
+        bind_owner(slot_take, 2, now);
+        sqlite3_bind_int64(slot_take, 4, now);
+        sqlite3_bind_int64(slot_take, 5, r.n);
+        run(slot_take, "take a restart slot");
+        if (sqlite3_changes(conn) == 0) r.claim = restart_claim::held;
+    }
+
+    void read_pause() {
+        prepare_rails();
+        int rc = sqlite3_step(pause_read);
+        std::optional<fleet_pause> p;
+        if (rc == SQLITE_ROW) {
+            auto col = [&](int i) {
+                auto* t = reinterpret_cast<const char*>(sqlite3_column_text(pause_read, i));
+                return std::string(t ? t : "");
+            };
+            p = fleet_pause{col(0), col(2), sqlite3_column_int64(pause_read, 1)};
+        }
+        sqlite3_reset(pause_read);
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE) fail(rc, "read the fleet pause");
+        pause_seen = std::move(p);
     }
 
     // ------------------------------------------------------------------------------------------
@@ -975,6 +1066,7 @@ struct sqlite_store::shared {
                 // run back to back over the same hot pages.
                 write_messages(now);
                 write_restarts(now);
+                write_rails(now);
                 run(commit, "commit");
             } catch (...) {
                 if (conn && !sqlite3_get_autocommit(conn)) {
@@ -994,6 +1086,16 @@ struct sqlite_store::shared {
         }
     }
 };
+
+int sqlite_migrate(const std::string& path) {
+    sqlite_store::shared db(sqlite_options{path});
+    try {
+        db.open(); // as a worker's start: created or migrated, a foreign file refused
+    } catch (const db_error& e) {
+        throw std::runtime_error(e.what);
+    }
+    return sqlite_schema_version;
+}
 
 // ---------------------------------------------------------------------------------------------
 // request_awaiter: suspends a task until the transaction holding its request has ended. It
@@ -1072,6 +1174,8 @@ sqlite_store::sqlite_store(rt::loop& loop, sqlite_options opts)
     // Start-up, before the loop runs: the one time the loop thread touches the connection.
     try {
         db_->open();
+        db_->read_pause(); // watch_pause's first answer
+        pause_ = db_->pause_seen;
     } catch (const db_error& e) {
         // Maybe transient (read-only for now, locked, disk full): run unready and retry with
         // every transaction, so the messages are retried, not lost, and /readyz says why.
@@ -1122,8 +1226,11 @@ rt::task<void> sqlite_store::writer() {
         }
         // A claim whose task is gone (a forced stop) must not record a start: no restart will
         // run, and the row would read as a crash in the window on the next delivery.
+        // Nor take a slot nobody would give back.
         for (auto& r : pending_)
-            if ((r.kind == op::claim || r.kind == op::claim_host) && !r.waiter) r.kind = op::skip;
+            if ((r.kind == op::claim || r.kind == op::claim_host || r.kind == op::slot) &&
+                !r.waiter)
+                r.kind = op::skip;
         if (records_.due()) records_.take_into(pending_);
         swap(db_->flying, pending_);
         pending_.clear();
@@ -1156,6 +1263,8 @@ rt::task<void> sqlite_store::writer() {
         }
         // Committed: what is held goes with the next transaction. Failed: its records are held.
         records_.ended(ok, db_->flying);
+        if (pause_read_queued_ && ok) saw_pause();
+        pause_read_queued_ = false;
         health_.note(ok, error);
         batch_ok_ = ok;
         batch_error_ = std::move(error);
@@ -1264,6 +1373,7 @@ void sqlite_store::renew_claims(std::span<const message* const> ms) {
         request r;
         r.kind = op::renew;
         r.id = pending_.put(m->message_id());
+        r.n = slot_holders_.count(std::string(m->message_id())) ? 1 : 0; // and its slot
         pending_.reqs.push_back(r);
     }
     wake();
@@ -1317,6 +1427,57 @@ rt::task<prune_counts> sqlite_store::prune(prune_bounds b) {
     co_return c;
 }
 
+// ---------------------------------------------------------------------------------------------
+// The rails of every worker sharing the file: slots and the fleet pause (store.hpp)
+// ---------------------------------------------------------------------------------------------
+
+rt::task<bool> sqlite_store::claim_slot(const message& m, std::size_t cap) {
+    request r;
+    r.kind = op::slot;
+    r.id = pending_.put(m.message_id());
+    r.n = static_cast<std::int64_t>(cap);
+    auto pending = enqueue(r); // named: see writer() on GCC 12 and temporaries
+    reply x = co_await pending;
+    if (!x.ok) throw std::runtime_error("store: " + x.error);
+    if (x.claim != restart_claim::proceed) co_return false;
+    slot_holders_.emplace(m.message_id());
+    co_return true;
+}
+
+void sqlite_store::release_slot(const message& m) {
+    slot_holders_.erase(std::string(m.message_id()));
+    if (phase_ == phase::closed) return; // it expires with its lease
+    request r;
+    r.kind = op::unslot;
+    r.id = pending_.put(m.message_id());
+    pending_.reqs.push_back(r);
+    wake();
+}
+
+void sqlite_store::watch_pause(std::chrono::milliseconds every,
+                               std::function<void(const fleet_pause*)> changed) {
+    pause_changed_ = std::move(changed);
+    pause_poll_.reset();
+    if (!pause_changed_) return;
+    pause_changed_(pause_ ? &*pause_ : nullptr);
+    pause_poll_ = std::make_unique<rt::periodic_timer>(loop_, every, [this] {
+        if (pause_read_queued_ || phase_ != phase::open) return;
+        pause_read_queued_ = true;
+        request r;
+        r.kind = op::read_pause;
+        pending_.reqs.push_back(r);
+        wake();
+    });
+}
+
+// The batch holding a read of the pause committed: tell the watcher if it changed. A read that
+// failed keeps the last answer (store.hpp).
+void sqlite_store::saw_pause() {
+    if (db_->pause_seen == pause_) return;
+    pause_ = db_->pause_seen;
+    if (pause_changed_) pause_changed_(pause_ ? &*pause_ : nullptr);
+}
+
 void sqlite_store::complete(const message& m, const verdict& v) {
     if (phase_ == phase::closed) {
         stats_.unrecorded.inc();
@@ -1337,6 +1498,7 @@ void sqlite_store::hurry() {
 }
 
 rt::task<void> sqlite_store::close() {
+    pause_poll_.reset();
     if (phase_ == phase::open) phase_ = phase::closing;
     wake();
     co_await writer_done_;

@@ -36,10 +36,13 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 namespace mayhem {
@@ -50,6 +53,10 @@ inline constexpr int sqlite_schema_version = 3;
 // The migrations, one per version from 1, as shipped: each sets its user_version (the tests
 // build older files with them).
 std::span<const char* const> sqlite_migrations();
+// Creates or migrates the schema of the file at `path` as a worker's start does (`mayhem pause`
+// on a file no worker opened yet); the version reached. Throws sqlite_fatal for a newer or
+// foreign file, std::runtime_error when it cannot be opened or written.
+int sqlite_migrate(const std::string& path);
 
 struct sqlite_options {
     std::string path = "mayhem.db";
@@ -105,6 +112,12 @@ public:
     rt::task<bool> finish_restart(const message& m, const restart_result& r) override;
     void renew_claims(std::span<const message* const> ms) override;
     rt::task<void> release_claim(const message& m) override;
+    // The rails of every worker sharing the file, as the postgres store's for a fleet.
+    bool shares_slots() const override { return true; }
+    rt::task<bool> claim_slot(const message& m, std::size_t cap) override;
+    void release_slot(const message& m) override;
+    void watch_pause(std::chrono::milliseconds every,
+                     std::function<void(const fleet_pause*)> changed) override;
     rt::task<prune_counts> prune(prune_bounds b) override;
     prune_counts pruned() const override {
         return {stats_.pruned_messages.get(), stats_.pruned_restarts.get()};
@@ -164,6 +177,7 @@ private:
     rt::task<void> writer();
     void withdraw_if_orphaned(request& r);
     void give_up();
+    void saw_pause();
 
     rt::loop& loop_;
     std::shared_ptr<shared> db_;
@@ -179,6 +193,13 @@ private:
     resume_done resume_{*this};
     phase phase_ = phase::open;
     bool prune_queued_ = false; // a retention pass is queued or being written
+    // The fleet pause as last read, who to tell of a change, and its poll (loop thread).
+    std::optional<fleet_pause> pause_;
+    std::function<void(const fleet_pause*)> pause_changed_;
+    std::unique_ptr<rt::periodic_timer> pause_poll_;
+    bool pause_read_queued_ = false;
+    // Messages holding one of the file's slots (their renewals renew it too).
+    std::unordered_set<std::string> slot_holders_;
     rt::event writer_done_;
     // Records nobody waits for, oldest first (see the top of this file), the number of them in
     // the transaction being written (its last ones), and when they may be written again.

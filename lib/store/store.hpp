@@ -122,8 +122,9 @@ public:
     // restart's record stays.
     virtual rt::task<void> release_claim(const message& m) = 0;
     // Fleet-wide `--max-concurrent-restarts`: true when the store keeps restart slots for every
-    // worker sharing it (postgres: the fleet). Then the guard, after its own admission, takes
-    // one of the store's slots for each restart; otherwise its own count is the cap.
+    // worker sharing it (sqlite: the file, postgres: the fleet). Then the guard, after its own
+    // admission, takes one of the store's slots for each restart; otherwise its own count is the
+    // cap.
     virtual bool shares_slots() const { return false; }
     // Takes one of `cap` slots for m's restart as ONE atomic step across every worker of the
     // store: true when taken (or m already holds one of this worker's), false when all `cap`
@@ -133,7 +134,7 @@ public:
     virtual rt::task<bool> claim_slot(const message& m, std::size_t cap);
     // Gives back m's slot, if this worker holds one (not awaited, batched).
     virtual void release_slot(const message& m) { (void)m; }
-    // The fleet-wide pause, for a store that keeps one (postgres): calls `changed` (loop
+    // The shared pause, for a store that keeps one (sqlite, postgres): calls `changed` (loop
     // thread) at once with the pause as last read (nullptr: none), then reads it every `every`
     // (one small query) and calls `changed` again whenever it changed. While the database cannot
     // be read the last answer stands (no restart can be claimed meanwhile anyway). A null

@@ -47,6 +47,13 @@ struct sqlite_backend {
         o.claim_lease = lease;
         return std::make_unique<sqlite_store>(loop, o);
     }
+    void exec(const std::string& sql) {
+        sqlite3* c = nullptr;
+        REQUIRE(sqlite3_open_v2(path.c_str(), &c, SQLITE_OPEN_READWRITE, nullptr) == SQLITE_OK);
+        sqlite3_busy_timeout(c, 5000);
+        CHECK(sqlite3_exec(c, sql.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK);
+        sqlite3_close(c);
+    }
     std::int64_t count(const std::string& sql) {
         sqlite3* c = nullptr;
         REQUIRE(sqlite3_open_v2(path.c_str(), &c, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
@@ -72,6 +79,7 @@ struct postgres_backend {
         o.claim_lease = lease;
         return std::make_unique<postgres_store>(loop, o);
     }
+    void exec(const std::string& sql) { pg_exec(url, sql); }
     std::int64_t count(const std::string& sql) { return std::stoll(pg_exec(url, sql)); }
 };
 
@@ -360,9 +368,12 @@ TEST_CASE_TEMPLATE("store contract: every start of an id is an attempt, also one
                    "AND result = 'abandoned'") == 1);
 }
 
-// Fleet-wide --max-concurrent-restarts: the PostgreSQL store keeps the slots (store.hpp).
-TEST_CASE("postgres: restart slots are the fleet's: taken once, given back, freed by a lease") {
-    postgres_backend db;
+// Shared --max-concurrent-restarts: the store keeps the slots for every worker sharing it
+// (store.hpp): PostgreSQL for the fleet, SQLite for the workers sharing the file.
+TEST_CASE_TEMPLATE("store contract: restart slots are shared: taken once, given back, freed by a "
+                   "lease",
+                   B, STORES) {
+    B db;
     rt::loop loop;
     auto a = db.open(loop, "a", 60s);
     auto b = db.open(loop, "b", 60s);
@@ -390,8 +401,9 @@ TEST_CASE("postgres: restart slots are the fleet's: taken once, given back, free
         run_void(loop, (*s)->close());
 }
 
-TEST_CASE("postgres: two workers taking the last slot at once: exactly one wins") {
-    postgres_backend db;
+TEST_CASE_TEMPLATE("store contract: two workers taking the last slot at once: exactly one wins", B,
+                   STORES) {
+    B db;
     rt::loop loop;
     auto a = db.open(loop, "a", 60s);
     auto b = db.open(loop, "b", 60s);
@@ -424,12 +436,12 @@ TEST_CASE("postgres: two workers taking the last slot at once: exactly one wins"
     run_void(loop, b->close());
 }
 
-TEST_CASE("postgres: the fleet-wide pause is read at start and polled") {
-    postgres_backend db;
+TEST_CASE_TEMPLATE("store contract: the shared pause is read at start and polled", B, STORES) {
+    B db;
     rt::loop loop;
     auto a = db.open(loop, "a", 60s); // migrates
-    pg_exec(db.url, "INSERT INTO fleet_pause (paused_by, paused_at, reason) "
-                    "VALUES ('alice', 1700000000000, 'maintenance')");
+    db.exec("INSERT INTO fleet_pause (paused_by, paused_at, reason) "
+            "VALUES ('alice', 1700000000000, 'maintenance')");
     auto b = db.open(loop, "b", 60s);
     std::optional<fleet_pause> seen;
     int calls = 0;
@@ -442,7 +454,7 @@ TEST_CASE("postgres: the fleet-wide pause is read at start and polled") {
     CHECK(seen->who == "alice");
     CHECK(seen->reason == "maintenance");
     CHECK(seen->since_ms == 1700000000000);
-    pg_exec(db.url, "DELETE FROM fleet_pause");
+    db.exec("DELETE FROM fleet_pause");
     wait_for(loop, [&] { return !seen; });
     CHECK(calls == 2);
     b->watch_pause(20ms, nullptr);
@@ -551,4 +563,30 @@ TEST_CASE_TEMPLATE("store contract: a retention pass before the cutoff deletes n
     run_void(loop, st->close());
     CHECK(db.count("SELECT count(*) FROM messages") == 1);
     CHECK(db.count("SELECT count(*) FROM restarts") == 1);
+}
+
+TEST_CASE_TEMPLATE("store contract: a renewed claim keeps its slot past its first lease", B,
+                   STORES) {
+    B db;
+    rt::loop loop;
+    auto a = db.open(loop, "a", 60s);
+    auto c = db.open(loop, "c", 200ms);
+    rt::periodic_timer tick(loop, 50ms, [] {}); // see "restart slots are shared" above
+    auto s1 = msg("s1");
+    CHECK(run(loop, c->save(s1, delivery{})).ok);
+    CHECK(run(loop, c->claim_restart(s1)) == restart_claim::proceed);
+    CHECK(run(loop, c->claim_slot(s1, 1)));
+    for (int i = 0; i < 6; ++i) { // 600 ms: three leases, renewed every 100 ms
+        const message* ms[] = {&s1};
+        c->renew_claims(ms);
+        wait(loop, 100ms);
+    }
+    CHECK_FALSE(run(loop, a->claim_slot(msg("s2"), 1)));
+    c->release_slot(s1);
+    wait_for(loop, [&] {
+        return db.count("SELECT count(*) FROM restart_slots WHERE message_id IS NOT NULL") == 0;
+    });
+    CHECK(run(loop, a->claim_slot(msg("s2"), 1)));
+    run_void(loop, a->close());
+    run_void(loop, c->close());
 }
