@@ -1,17 +1,12 @@
 #include "store/fleet.hpp"
 
 #include "store/history.hpp"
-#include "store/pg_link.hpp"
-#include "store/postgres_store.hpp"
-#include "store/sqlite_store.hpp"
+#include "store/store_db.hpp"
 
 #include <chrono>
 #include <cstdlib>
-#include <libpq-fe.h>
-#include <memory>
 #include <nlohmann/json.hpp>
 #include <pwd.h>
-#include <sqlite3.h>
 #include <stdexcept>
 #include <unistd.h>
 #include <vector>
@@ -21,168 +16,6 @@ namespace mayhem {
 namespace {
 
 using json = nlohmann::ordered_json;
-
-std::string trimmed(std::string s) {
-    while (!s.empty() && (s.back() == '\n' || s.back() == ' '))
-        s.pop_back();
-    return s;
-}
-
-using table = std::vector<std::vector<json>>;
-
-// The store the command works on: the same statements run on both (parameters $1, $2...,
-// untyped: PostgreSQL infers their types from the columns they meet).
-class fleet_db {
-public:
-    virtual ~fleet_db() = default;
-    virtual std::string where() const = 0;
-    // Every row of `sql` with text parameters, each column as text, a number (integer
-    // columns) or null.
-    virtual table rows(const char* sql, const std::vector<std::string>& params = {}) = 0;
-    // The schema version (0: no mayhem data), read without changing anything.
-    virtual std::int64_t version() = 0;
-    virtual int current_version() const = 0;
-    // Creates or migrates the schema (pause, resume), as a worker's start does.
-    virtual void migrate() = 0;
-    // A read-only snapshot until rows("COMMIT"): every number from the same moment.
-    virtual void snapshot() = 0;
-};
-
-// PostgreSQL: one blocking connection; the URL is never printed (where() names
-// host:port/dbname).
-class pg_db final : public fleet_db {
-public:
-    explicit pg_db(const std::string& url) : c_(PQconnectdb(url.c_str())) {
-        quiet(c_);
-        if (PQstatus(c_) != CONNECTION_OK) {
-            std::string why = trimmed(PQerrorMessage(c_));
-            PQfinish(c_);
-            throw std::runtime_error("cannot connect: " + why);
-        }
-    }
-    ~pg_db() override { PQfinish(c_); }
-    pg_db(const pg_db&) = delete;
-    pg_db& operator=(const pg_db&) = delete;
-
-    std::string where() const override {
-        return std::string(PQhost(c_)) + ":" + PQport(c_) + "/" + PQdb(c_);
-    }
-    table rows(const char* sql, const std::vector<std::string>& params = {}) override {
-        std::vector<const char*> values;
-        for (const auto& p : params)
-            values.push_back(p.c_str());
-        pg_result r(PQexecParams(c_, sql, static_cast<int>(values.size()), nullptr, values.data(),
-                                 nullptr, nullptr, 0));
-        auto st = PQresultStatus(r.get());
-        if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK)
-            throw std::runtime_error("query failed: " + trimmed(PQerrorMessage(c_)));
-        table out;
-        for (int i = 0; i < PQntuples(r.get()); ++i) {
-            std::vector<json> row;
-            for (int c = 0; c < PQnfields(r.get()); ++c) {
-                const char* v = PQgetvalue(r.get(), i, c);
-                auto type = PQftype(r.get(), c);
-                if (PQgetisnull(r.get(), i, c))
-                    row.emplace_back(nullptr);
-                else if (type == 20 || type == 21 || type == 23) // int8, int2, int4
-                    row.emplace_back(std::strtoll(v, nullptr, 10));
-                else
-                    row.emplace_back(v);
-            }
-            out.push_back(std::move(row));
-        }
-        return out;
-    }
-    std::int64_t version() override {
-        auto has = rows("SELECT to_regclass('schema_migrations') IS NOT NULL");
-        if (has.empty() || has[0][0] != "t") return 0;
-        auto v = rows("SELECT max(version) FROM schema_migrations");
-        return v.empty() || !v[0][0].is_number() ? 0 : v[0][0].get<std::int64_t>();
-    }
-    int current_version() const override { return postgres_schema_version; }
-    void migrate() override { postgres_migrate(c_); }
-    void snapshot() override { rows("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"); }
-
-private:
-    PGconn* c_;
-};
-
-// SQLite: the file every worker on this machine shares (WAL: read and written while they run).
-class sqlite_db final : public fleet_db {
-public:
-    sqlite_db(std::string path, bool write) : path_(std::move(path)), write_(write) {}
-    ~sqlite_db() override { sqlite3_close(c_); }
-    sqlite_db(const sqlite_db&) = delete;
-    sqlite_db& operator=(const sqlite_db&) = delete;
-
-    std::string where() const override { return path_; }
-    table rows(const char* sql, const std::vector<std::string>& params = {}) override {
-        open();
-        sqlite3_stmt* s = nullptr;
-        if (sqlite3_prepare_v2(c_, sql, -1, &s, nullptr) != SQLITE_OK)
-            throw std::runtime_error(std::string("query failed: ") + sqlite3_errmsg(c_));
-        for (std::size_t i = 0; i < params.size(); ++i) {
-            int at = sqlite3_bind_parameter_index(s, ("$" + std::to_string(i + 1)).c_str());
-            if (at > 0)
-                sqlite3_bind_text(s, at, params[i].data(), static_cast<int>(params[i].size()),
-                                  SQLITE_STATIC);
-        }
-        table out;
-        int rc;
-        while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-            std::vector<json> row;
-            for (int c = 0; c < sqlite3_column_count(s); ++c) {
-                switch (sqlite3_column_type(s, c)) {
-                case SQLITE_NULL:
-                    row.emplace_back(nullptr);
-                    break;
-                case SQLITE_INTEGER:
-                    row.emplace_back(static_cast<std::int64_t>(sqlite3_column_int64(s, c)));
-                    break;
-                default:
-                    row.emplace_back(reinterpret_cast<const char*>(sqlite3_column_text(s, c)));
-                }
-            }
-            out.push_back(std::move(row));
-        }
-        sqlite3_finalize(s);
-        if (rc != SQLITE_DONE)
-            throw std::runtime_error(std::string("query failed: ") + sqlite3_errmsg(c_));
-        return out;
-    }
-    std::int64_t version() override {
-        auto v = rows("PRAGMA user_version");
-        std::int64_t version = v.empty() ? 0 : v[0][0].get<std::int64_t>();
-        if (version > 0 && rows("SELECT 1 FROM sqlite_schema WHERE name = 'messages'").empty())
-            throw std::runtime_error(path_ + " is not a mayhem database");
-        return version;
-    }
-    int current_version() const override { return sqlite_schema_version; }
-    void migrate() override {
-        sqlite3_close(c_);
-        c_ = nullptr;
-        sqlite_migrate(path_);
-    }
-    void snapshot() override { rows("BEGIN"); }
-
-private:
-    // Opened on first use: a missing file is an error, not created (status), unless migrate()
-    // created it first.
-    void open() {
-        if (c_) return;
-        int flags = write_ ? SQLITE_OPEN_READWRITE : SQLITE_OPEN_READONLY;
-        if (sqlite3_open_v2(path_.c_str(), &c_, flags, nullptr) != SQLITE_OK) {
-            std::string why = c_ ? sqlite3_errmsg(c_) : "out of memory";
-            sqlite3_close(c_);
-            c_ = nullptr;
-            throw std::runtime_error("cannot open " + path_ + ": " + why);
-        }
-        sqlite3_busy_timeout(c_, 5000);
-    }
-    std::string path_;
-    bool write_;
-    sqlite3* c_ = nullptr;
-};
 
 std::int64_t now_ms() {
     return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -206,7 +39,7 @@ std::string default_who() {
 
 // The database's schema version; throws unless this build's (status reads only, it does not
 // migrate).
-void check_current(fleet_db& c) {
+void check_current(store_db& c) {
     std::int64_t version = c.version();
     if (version == c.current_version()) return;
     if (version == 0) throw std::runtime_error(c.where() + " holds no mayhem data");
@@ -217,13 +50,13 @@ void check_current(fleet_db& c) {
                                     "migrates it at start (or run mayhem pause/resume)"));
 }
 
-json pause_of(fleet_db& c) {
+json pause_of(store_db& c) {
     auto p = c.rows("SELECT paused_by, paused_at, reason FROM fleet_pause");
     if (p.empty()) return nullptr;
     return json{{"by", p[0][0]}, {"since", p[0][1]}, {"reason", p[0][2]}};
 }
 
-json status(fleet_db& c, const fleet_options& o) {
+json status(store_db& c, const fleet_options& o) {
     std::string now = std::to_string(now_ms()), limit = std::to_string(o.limit);
     json doc;
     doc["db"] = c.where();
@@ -288,12 +121,9 @@ int run_fleet_command(fleet_command cmd, const fleet_options& o, std::ostream& o
                        : cmd == fleet_command::resume ? "mayhem resume"
                                                       : "mayhem status";
     try {
-        std::unique_ptr<fleet_db> db;
-        if (!o.postgres_url.empty())
-            db = std::make_unique<pg_db>(o.postgres_url);
-        else
-            db = std::make_unique<sqlite_db>(o.db, cmd != fleet_command::status);
-        fleet_db& c = *db;
+        auto db = o.postgres_url.empty() ? open_sqlite_db(o.db, cmd != fleet_command::status)
+                                         : open_postgres_db(o.postgres_url);
+        store_db& c = *db;
         if (cmd == fleet_command::status) {
             check_current(c);
             // One read-only snapshot: every number comes from the same moment.
