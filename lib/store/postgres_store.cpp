@@ -808,7 +808,7 @@ void postgres_store::settle(bool ok, std::string error) {
         stats_.failed_transactions.inc();
     }
     records_.ended(ok, flying_);
-    pause_read_queued_ = false;
+    pause_.read_ended();
     health_.note(ok, error);
     batch_ok_ = ok;
     batch_error_ = std::move(error);
@@ -1102,17 +1102,13 @@ rt::task<bool> postgres_store::claim_slot(const message& m, std::size_t cap) {
 
 void postgres_store::watch_pause(std::chrono::milliseconds every,
                                  std::function<void(const fleet_pause*)> changed) {
-    pause_changed_ = std::move(changed);
-    pause_poll_.reset();
-    if (!pause_changed_) return;
-    pause_changed_(pause_ ? &*pause_ : nullptr);
-    pause_poll_ = std::make_unique<rt::periodic_timer>(loop_, every, [this] {
-        if (pause_read_queued_ || phase_ != phase::open) return;
-        pause_read_queued_ = true;
+    pause_.watch(loop_, every, std::move(changed), [this] {
+        if (phase_ != phase::open) return false;
         request r;
         r.kind = op::read_pause;
         pending_.reqs.push_back(r);
         wake();
+        return true;
     });
 }
 
@@ -1122,9 +1118,7 @@ void postgres_store::saw_pause(const PGresult* res) {
     if (res && PQntuples(res) > 0)
         now = fleet_pause{PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 2),
                           std::atoll(PQgetvalue(res, 0, 1))};
-    if (now == pause_) return;
-    pause_ = std::move(now);
-    if (pause_changed_) pause_changed_(pause_ ? &*pause_ : nullptr);
+    pause_.saw(std::move(now));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1133,11 +1127,7 @@ void postgres_store::saw_pause(const PGresult* res) {
 
 rt::task<prune_counts> postgres_store::prune(prune_bounds b) {
     if (prune_queued_) co_return prune_counts{}; // one pass at a time
-    prune_queued_ = true;
-    struct unqueue {
-        bool& q;
-        ~unqueue() { q = false; }
-    } guard{prune_queued_};
+    flag_while_alive queued{prune_queued_};
     prune_next_ = b;
     request r;
     r.kind = op::prune;
@@ -1182,7 +1172,7 @@ void postgres_store::hurry() {
 }
 
 rt::task<void> postgres_store::close() {
-    pause_poll_.reset();
+    pause_.stop();
     if (phase_ == phase::open) phase_ = phase::closing;
     wake();
     co_await writer_done_;

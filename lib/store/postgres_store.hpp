@@ -29,6 +29,7 @@
 #include "runtime/counter.hpp"
 #include "runtime/loop.hpp"
 #include "store/held_records.hpp"
+#include "store/pause_watch.hpp"
 #include "store/pg_link.hpp"
 #include "store/store.hpp"
 #include "store/store_batch.hpp"
@@ -191,10 +192,7 @@ private:
     store_health health_;  // after stats_: it counts outages there
     held_records records_; // records nobody waits for (store/held_records.hpp); after stats_
     // The fleet-wide pause as last read, who to tell of a change, and its poll.
-    std::optional<fleet_pause> pause_;
-    std::function<void(const fleet_pause*)> pause_changed_;
-    std::unique_ptr<rt::periodic_timer> pause_poll_;
-    bool pause_read_queued_ = false;
+    pause_watch pause_;
     // The retention pass queued (one at a time): its bounds.
     prune_bounds prune_next_;
     bool prune_queued_ = false;

@@ -1175,7 +1175,7 @@ sqlite_store::sqlite_store(rt::loop& loop, sqlite_options opts)
     try {
         db_->open();
         db_->read_pause(); // watch_pause's first answer
-        pause_ = db_->pause_seen;
+        pause_.saw(db_->pause_seen);
     } catch (const db_error& e) {
         // Maybe transient (read-only for now, locked, disk full): run unready and retry with
         // every transaction, so the messages are retried, not lost, and /readyz says why.
@@ -1263,8 +1263,8 @@ rt::task<void> sqlite_store::writer() {
         }
         // Committed: what is held goes with the next transaction. Failed: its records are held.
         records_.ended(ok, db_->flying);
-        if (pause_read_queued_ && ok) saw_pause();
-        pause_read_queued_ = false;
+        if (pause_.read_queued() && ok) pause_.saw(db_->pause_seen);
+        pause_.read_ended();
         health_.note(ok, error);
         batch_ok_ = ok;
         batch_error_ = std::move(error);
@@ -1409,11 +1409,7 @@ rt::task<host_claim> sqlite_store::claim_host(const message& m,
 
 rt::task<prune_counts> sqlite_store::prune(prune_bounds b) {
     if (prune_queued_) co_return prune_counts{}; // one pass at a time
-    prune_queued_ = true;
-    struct unqueue {
-        bool& q;
-        ~unqueue() { q = false; }
-    } guard{prune_queued_};
+    flag_while_alive queued{prune_queued_};
     db_->prune_next = b; // no pass is in flight: the pool does not read it now
     request r;
     r.kind = op::prune;
@@ -1456,26 +1452,14 @@ void sqlite_store::release_slot(const message& m) {
 
 void sqlite_store::watch_pause(std::chrono::milliseconds every,
                                std::function<void(const fleet_pause*)> changed) {
-    pause_changed_ = std::move(changed);
-    pause_poll_.reset();
-    if (!pause_changed_) return;
-    pause_changed_(pause_ ? &*pause_ : nullptr);
-    pause_poll_ = std::make_unique<rt::periodic_timer>(loop_, every, [this] {
-        if (pause_read_queued_ || phase_ != phase::open) return;
-        pause_read_queued_ = true;
+    pause_.watch(loop_, every, std::move(changed), [this] {
+        if (phase_ != phase::open) return false;
         request r;
         r.kind = op::read_pause;
         pending_.reqs.push_back(r);
         wake();
+        return true;
     });
-}
-
-// The batch holding a read of the pause committed: tell the watcher if it changed. A read that
-// failed keeps the last answer (store.hpp).
-void sqlite_store::saw_pause() {
-    if (db_->pause_seen == pause_) return;
-    pause_ = db_->pause_seen;
-    if (pause_changed_) pause_changed_(pause_ ? &*pause_ : nullptr);
 }
 
 void sqlite_store::complete(const message& m, const verdict& v) {
@@ -1498,7 +1482,7 @@ void sqlite_store::hurry() {
 }
 
 rt::task<void> sqlite_store::close() {
-    pause_poll_.reset();
+    pause_.stop();
     if (phase_ == phase::open) phase_ = phase::closing;
     wake();
     co_await writer_done_;

@@ -30,6 +30,7 @@
 #include "runtime/counter.hpp"
 #include "runtime/loop.hpp"
 #include "store/held_records.hpp"
+#include "store/pause_watch.hpp"
 #include "store/store.hpp"
 #include "store/store_batch.hpp"
 #include "store/store_health.hpp"
@@ -177,7 +178,6 @@ private:
     rt::task<void> writer();
     void withdraw_if_orphaned(request& r);
     void give_up();
-    void saw_pause();
 
     rt::loop& loop_;
     std::shared_ptr<shared> db_;
@@ -193,11 +193,7 @@ private:
     resume_done resume_{*this};
     phase phase_ = phase::open;
     bool prune_queued_ = false; // a retention pass is queued or being written
-    // The fleet pause as last read, who to tell of a change, and its poll (loop thread).
-    std::optional<fleet_pause> pause_;
-    std::function<void(const fleet_pause*)> pause_changed_;
-    std::unique_ptr<rt::periodic_timer> pause_poll_;
-    bool pause_read_queued_ = false;
+    pause_watch pause_;         // the shared pause as last read, and its watcher
     // Messages holding one of the file's slots (their renewals renew it too).
     std::unordered_set<std::string> slot_holders_;
     rt::event writer_done_;

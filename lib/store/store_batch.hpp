@@ -83,6 +83,16 @@ struct store_batch {
     }
 };
 
+// Sets a flag for as long as it lives: a store's one retention pass at a time (store.hpp,
+// prune) is marked queued until the task that queued it ends or is destroyed.
+struct flag_while_alive {
+    bool& on;
+    explicit flag_while_alive(bool& f) noexcept : on(f) { on = true; }
+    ~flag_while_alive() { on = false; }
+    flag_while_alive(const flag_while_alive&) = delete;
+    flag_while_alive& operator=(const flag_while_alive&) = delete;
+};
+
 // Appends `r` with its strings, copied from `from`'s text into `to`'s; nobody waits on the copy.
 inline void copy_request(store_batch& to, const store_batch& from, store_request r) {
     for (auto* t : {&r.id, &r.a, &r.b, &r.c})
