@@ -195,6 +195,10 @@ struct sqlite_store::shared {
     // Set by hurry() (loop thread): a wait for another writer's lock gives up at once.
     std::atomic<bool> hurry{false};
     std::chrono::steady_clock::time_point busy_since; // pool thread
+    // How long the busy handler waits now: busy_timeout, or prune_busy_wait during a retention
+    // pass, which gives way to the workers' batches rather than hold up this one's (pool thread).
+    static constexpr std::chrono::milliseconds prune_busy_wait{50};
+    bool pruning = false;
     // Scratch of write(), reused batch after batch (pool thread).
     std::vector<request*> saves_, completes_, claims_, finishes_, renews_;
     std::vector<std::size_t> ids_;
@@ -263,7 +267,7 @@ struct sqlite_store::shared {
         auto now = std::chrono::steady_clock::now();
         if (count == 0) sh->busy_since = now;
         if (sh->hurry.load(std::memory_order_relaxed) ||
-            now - sh->busy_since >= sh->opts.busy_timeout)
+            now - sh->busy_since >= (sh->pruning ? prune_busy_wait : sh->opts.busy_timeout))
             return 0;
         std::this_thread::sleep_for(std::chrono::milliseconds(std::min(count + 1, 20)));
         return 1;
@@ -1021,6 +1025,7 @@ struct sqlite_store::shared {
 
     void prune_pass(request& r) noexcept {
         r.claim = restart_claim::held;
+        flag_while_alive short_waits{pruning}; // another writer's lock: skip this pass
         try {
             if (!prune_messages) prune_messages = prepare(prune_messages_sql);
             if (!prune_restarts) prune_restarts = prepare(prune_restarts_sql);
@@ -1058,6 +1063,14 @@ struct sqlite_store::shared {
         try {
             if (!conn) open();
             std::int64_t now = now_ms();
+            // A batch of nothing but a retention pass (an idle worker's tick) has no transaction
+            // of its own to wait for a lock in.
+            if (std::all_of(flying.begin(), flying.end(), [](const request& r) {
+                    return r.kind == op::prune || r.kind == op::skip;
+                })) {
+                prune_asked();
+                return {};
+            }
             set_synchronous(); // outside the transaction: it applies to the next commit
             run(begin, "begin");
             try {

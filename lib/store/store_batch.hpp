@@ -84,7 +84,8 @@ struct store_batch {
 };
 
 // Sets a flag for as long as it lives: a store's one retention pass at a time (store.hpp,
-// prune) is marked queued until the task that queued it ends or is destroyed.
+// prune), marked queued until the task that queued it ends or is destroyed; the sqlite store's
+// short lock waits while a pass is written.
 struct flag_while_alive {
     bool& on;
     explicit flag_while_alive(bool& f) noexcept : on(f) { on = true; }

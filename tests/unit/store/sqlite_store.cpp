@@ -794,3 +794,22 @@ TEST_CASE("sqlite_store: a transaction that holds a restart claim is fsynced, ev
     CHECK(wal_sync_counter::syncs.load() == after_finish);
     run(loop, st.close());
 }
+
+TEST_CASE("sqlite_store: a retention pass gives way to another writer's lock instead of waiting "
+          "--db-busy-timeout") {
+    temp_dir dir;
+    rt::loop loop;
+    sqlite_options o{dir.db()};
+    o.busy_timeout = std::chrono::minutes(10); // a pass that waited this long would hang here
+    sqlite_store st(loop, o);
+    CHECK(run(loop, st.save(msg("a"), delivery{})).ok);
+    sqlite3* peer = nullptr;
+    REQUIRE(sqlite3_open(dir.db().c_str(), &peer) == SQLITE_OK);
+    REQUIRE(sqlite3_exec(peer, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) == SQLITE_OK);
+    prune_bounds b{1, 1, 1, 1000};
+    CHECK_THROWS_WITH(run(loop, st.prune(b)), doctest::Contains("locked"));
+    REQUIRE(sqlite3_exec(peer, "COMMIT", nullptr, nullptr, nullptr) == SQLITE_OK);
+    sqlite3_close(peer);
+    CHECK(run(loop, st.prune(b)) == prune_counts{}); // the next pass runs
+    run(loop, st.close());
+}
