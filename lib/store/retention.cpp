@@ -23,7 +23,7 @@ prune_bounds retention_bounds(std::chrono::system_clock::time_point now,
 
 retention::retention(rt::loop& loop, store& st, retention_options o)
     : loop_(loop), store_(st), opts_(o), tasks_([](std::exception_ptr e) {
-          log::warn("retention: pass failed", {{"error", rt::describe(e)}});
+          log::error("retention: pass ended unexpectedly", {{"error", rt::describe(e)}});
       }) {
     if (opts_.keep.count() <= 0) return;
     auto every = std::clamp(opts_.keep / 2, std::chrono::milliseconds{100}, opts_.every);
@@ -42,8 +42,20 @@ rt::task<void> retention::tick() {
     } guard{running_};
     prune_counts total;
     for (std::uint32_t i = 0; i < opts_.passes_per_tick; ++i) {
-        auto pending = store_.prune(retention_bounds(std::chrono::system_clock::now(), opts_));
-        prune_counts c = co_await pending; // named: GCC 12 and co_await temporaries
+        prune_counts c;
+        std::string error;
+        try {
+            auto pending = store_.prune(retention_bounds(std::chrono::system_clock::now(), opts_));
+            c = co_await pending; // named: GCC 12 and co_await temporaries
+        } catch (const std::exception& e) {
+            error = e.what();
+        }
+        if (!error.empty()) {
+            // The store is down or locked: the next tick tries again. At most a line a second.
+            if (failures_.allow(loop_.now()))
+                log::warn("retention: pass failed; the next tick tries again", {{"error", error}});
+            break;
+        }
         total.messages += c.messages;
         total.restarts += c.restarts;
         if (c.messages < opts_.batch && c.restarts < opts_.batch) break;

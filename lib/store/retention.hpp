@@ -10,6 +10,7 @@
 // Threading: loop thread only.
 #pragma once
 
+#include "runtime/log_budget.hpp"
 #include "runtime/loop.hpp"
 #include "runtime/task.hpp"
 #include "store/store.hpp"
@@ -47,6 +48,7 @@ private:
     store& store_;
     retention_options opts_;
     bool running_ = false;
+    rt::log_budget failures_{1, "retention: pass failed", "mayhem_store_healthy"};
     std::unique_ptr<rt::periodic_timer> timer_;
     rt::task_scope tasks_; // last: destroyed (its pass abandoned) before what it uses
 };
