@@ -1063,11 +1063,14 @@ struct sqlite_store::shared {
         try {
             if (!conn) open();
             std::int64_t now = now_ms();
-            // A batch of nothing but a retention pass (an idle worker's tick) has no transaction
-            // of its own to wait for a lock in.
+            // A batch of nothing but reads of the pause and retention passes (an idle worker's
+            // ticks) takes no write lock of its own: the read is one statement on its own, the
+            // pass its own transaction.
             if (std::all_of(flying.begin(), flying.end(), [](const request& r) {
-                    return r.kind == op::prune || r.kind == op::skip;
+                    return r.kind == op::prune || r.kind == op::read_pause || r.kind == op::skip;
                 })) {
+                for (auto& r : flying)
+                    if (r.kind == op::read_pause) apply(r, now);
                 prune_asked();
                 return {};
             }
