@@ -35,9 +35,9 @@ Usage:
   mayhem worker [flags]     run the worker (mayhem worker --help lists every flag)
   mayhem publish [flags]    send restart requests to a Redis stream (or NDJSON with --output)
   mayhem history [flags]    what the store database holds: outcomes, restarts per host (read-only)
-  mayhem pause [flags]      pause restarts on every worker of a PostgreSQL store (--reason TEXT)
+  mayhem pause [flags]      pause restarts on every worker sharing the store (--reason TEXT)
   mayhem resume [flags]     undo mayhem pause
-  mayhem status [flags]     the fleet's rails: pause, restarts running, slots, breaker
+  mayhem status [flags]     the store's shared rails: pause, restarts running, slots, breaker
   mayhem --version          print the version
   mayhem --help             this text
 
@@ -162,7 +162,7 @@ int run_history(const std::vector<std::string>& args) {
     return mayhem::print_history(o, std::cout, std::cerr);
 }
 
-// `mayhem pause` / `resume` / `status`: the fleet's rails in a PostgreSQL store
+// `mayhem pause` / `resume` / `status`: the shared rails of a PostgreSQL or SQLite store
 // (lib/store/fleet.hpp).
 int run_fleet(mayhem::fleet_command which, const std::vector<std::string>& args) {
     const char* name = which == mayhem::fleet_command::pause    ? "mayhem pause"
@@ -170,20 +170,23 @@ int run_fleet(mayhem::fleet_command which, const std::vector<std::string>& args)
                                                                 : "mayhem status";
     const char* what =
         which == mayhem::fleet_command::pause
-            ? "Pause restarts on every worker of a PostgreSQL store: within a second no worker "
-              "starts a new restart (running ones finish) until `mayhem resume`."
+            ? "Pause restarts on every worker sharing the store (a PostgreSQL database, or a "
+              "SQLite file): within a second no worker starts a new restart (running ones "
+              "finish) until `mayhem resume`."
         : which == mayhem::fleet_command::resume
             ? "Undo `mayhem pause`: the workers start restarts again within a second."
-            : "Show the fleet's rails in a PostgreSQL store: the pause (who, when, why), the "
-              "restarts running, the fleet-wide --max-concurrent-restarts slots held, the "
-              "circuit breaker. Read-only.";
+            : "Show the rails every worker sharing the store holds (a PostgreSQL database, or a "
+              "SQLite file): the pause (who, when, why), the restarts running, the shared "
+              "--max-concurrent-restarts slots held, the circuit breaker (PostgreSQL). "
+              "Read-only.";
     CLI::App cmd{what, name};
     mayhem::fleet_options o;
     cmd.add_option("--postgres-url", o.postgres_url,
                    "The PostgreSQL store (libpq URI or connection string; also "
                    "MAYHEM_POSTGRES_URL); never printed")
-        ->envname("MAYHEM_POSTGRES_URL")
-        ->required();
+        ->envname("MAYHEM_POSTGRES_URL");
+    cmd.add_option("--db", o.db, "The SQLite store's file, without --postgres-url")
+        ->capture_default_str();
     if (which == mayhem::fleet_command::pause) {
         cmd.add_option("--reason", o.reason,
                        "Why (shown by mayhem status and in every worker's "

@@ -321,6 +321,10 @@ void add_worker_options(CLI::App& cmd, worker_config& c) {
             return opts ? std::string{} : "not a libpq connection string or URI: " + why;
         })
         ->group("Store");
+    add_duration(cmd, "--retention", c.retention,
+                 "sqlite and postgres stores: finished requests and restarts older than this are "
+                 "deleted, in small batches (0 = keep forever); a cooldown's rows are kept")
+        ->group("Store");
     cmd.add_option("--on-unfinished-restart", c.on_unfinished_restart,
                    "A message whose restart was recorded as started but never finished (a crash "
                    "in between): retry = restart it again, dead-letter = do not, dead-letter it")

@@ -30,6 +30,7 @@ struct worker_config {
     std::string db_synchronous = "normal";
     millis db_busy_timeout{5000};
     std::string on_unfinished_restart = "retry";
+    millis retention{90LL * 24 * 3600 * 1000}; // sqlite and postgres stores; 0: keep forever
 
     // postgres store
     std::string postgres_url; // never logged: it may hold a password

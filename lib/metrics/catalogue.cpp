@@ -235,6 +235,13 @@ std::vector<MetricFamily> collect(const catalogue_inputs& in) {
                          MetricType::Counter, num(live.store_transactions.get())));
     out.push_back(single("mayhem_store_saves_total", "Saves in committed store transactions",
                          MetricType::Counter, num(live.store_saves.get())));
+    auto pruned = family("mayhem_store_pruned_total",
+                         "Rows deleted by --retention (finished and older than the retention), by "
+                         "table",
+                         MetricType::Counter);
+    add_value(pruned, num(live.store_pruned_messages.get()), {{"table", "messages"}});
+    add_value(pruned, num(live.store_pruned_restarts.get()), {{"table", "restarts"}});
+    out.push_back(std::move(pruned));
 
     // Always present (0 without --restarter exec), so a dashboard's query never goes missing.
     auto signalled = family("mayhem_restart_processes_signalled_total",
@@ -253,7 +260,7 @@ std::vector<MetricFamily> collect(const catalogue_inputs& in) {
                              "1 while the pause file or the fleet-wide pause holds every restart",
                              MetricType::Gauge, num(g->paused.get())));
         out.push_back(single("mayhem_fleet_paused",
-                             "1 while the fleet-wide pause (mayhem pause) is set (postgres)",
+                             "1 while the shared pause (mayhem pause) is set (sqlite, postgres)",
                              MetricType::Gauge, num(g->fleet_paused.get())));
         out.push_back(single("mayhem_restart_breaker_state",
                              "Circuit breaker, the state a new restart would meet: 0 closed, 1 "
@@ -273,10 +280,10 @@ std::vector<MetricFamily> collect(const catalogue_inputs& in) {
                    MetricType::Gauge, num(g->waiting.get())));
         out.push_back(single("mayhem_restarts_waiting_for_slot",
                              "Restarts admitted here waiting for one of the store's fleet-wide "
-                             "--max-concurrent-restarts slots (postgres)",
+                             "--max-concurrent-restarts slots (sqlite, postgres)",
                              MetricType::Gauge, num(g->slot_waiting.get())));
         out.push_back(single("mayhem_restart_slots_busy_total",
-                             "Slot claims that found every fleet-wide slot held (postgres)",
+                             "Slot claims that found every shared slot held (sqlite, postgres)",
                              MetricType::Counter, num(g->slots_busy.get())));
     }
 

@@ -25,6 +25,8 @@ struct live_state {
     rt::gauge source_reconnects;
     rt::gauge store_transactions;
     rt::gauge store_saves;
+    rt::gauge store_pruned_messages; // rows deleted by --retention (store::pruned())
+    rt::gauge store_pruned_restarts;
     rt::gauge log_dropped; // log lines dropped: stderr did not keep up (log::dropped())
     // Set once, when a drain ends; 0 before.
     rt::gauge drain_duration_ns;

@@ -157,6 +157,9 @@ void observability::publish() noexcept {
     auto commits = store_.commits();
     live_.store_transactions.set(static_cast<std::int64_t>(commits.transactions));
     live_.store_saves.set(static_cast<std::int64_t>(commits.saves));
+    auto pruned = store_.pruned();
+    live_.store_pruned_messages.set(static_cast<std::int64_t>(pruned.messages));
+    live_.store_pruned_restarts.set(static_cast<std::int64_t>(pruned.restarts));
     live_.max_in_flight.set(static_cast<std::int64_t>(pipeline_.max_in_flight()));
 }
 

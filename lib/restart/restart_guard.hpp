@@ -4,7 +4,7 @@
 //   coalesce  (a restart of this host is running here: wait for it, share its result)
 //   admit     (wait while --pause-file exists, the circuit breaker is open, or
 //              --max-concurrent-restarts are running; FIFO, no polling)
-//   slot      (a store that shares slots, postgres: one of its --max-concurrent-restarts
+//   slot      (a store that shares slots, sqlite and postgres: one of its --max-concurrent-restarts
 //              slots, fleet-wide; while all are held elsewhere, asked again every slot_retry,
 //              holding the local slot; a store error is store trouble, as for the cooldown)
 //   trial     (a store that shares the breaker, postgres: the breaker is the fleet's; when it

@@ -1,12 +1,10 @@
 #include "store/fleet.hpp"
 
 #include "store/history.hpp"
-#include "store/pg_link.hpp"
-#include "store/postgres_store.hpp"
+#include "store/store_db.hpp"
 
 #include <chrono>
 #include <cstdlib>
-#include <libpq-fe.h>
 #include <nlohmann/json.hpp>
 #include <pwd.h>
 #include <stdexcept>
@@ -18,62 +16,6 @@ namespace mayhem {
 namespace {
 
 using json = nlohmann::ordered_json;
-
-std::string trimmed(std::string s) {
-    while (!s.empty() && (s.back() == '\n' || s.back() == ' '))
-        s.pop_back();
-    return s;
-}
-
-// One blocking connection; the URL is never printed (where() names host:port/dbname).
-class connection {
-public:
-    explicit connection(const std::string& url) : c_(PQconnectdb(url.c_str())) {
-        quiet(c_);
-        if (PQstatus(c_) != CONNECTION_OK)
-            throw std::runtime_error("cannot connect: " + trimmed(PQerrorMessage(c_)));
-    }
-    ~connection() { PQfinish(c_); }
-    connection(const connection&) = delete;
-    connection& operator=(const connection&) = delete;
-
-    PGconn* get() const noexcept { return c_; }
-    std::string where() const {
-        return std::string(PQhost(c_)) + ":" + PQport(c_) + "/" + PQdb(c_);
-    }
-    // Runs `sql` with text parameters; every row, each column as text (null: JSON null) or, for
-    // integer columns, as a number.
-    std::vector<std::vector<json>> rows(const char* sql,
-                                        const std::vector<std::string>& params = {}) {
-        std::vector<const char*> values;
-        for (const auto& p : params)
-            values.push_back(p.c_str());
-        pg_result r(PQexecParams(c_, sql, static_cast<int>(values.size()), nullptr, values.data(),
-                                 nullptr, nullptr, 0));
-        auto st = PQresultStatus(r.get());
-        if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK)
-            throw std::runtime_error("query failed: " + trimmed(PQerrorMessage(c_)));
-        std::vector<std::vector<json>> out;
-        for (int i = 0; i < PQntuples(r.get()); ++i) {
-            std::vector<json> row;
-            for (int c = 0; c < PQnfields(r.get()); ++c) {
-                const char* v = PQgetvalue(r.get(), i, c);
-                auto type = PQftype(r.get(), c);
-                if (PQgetisnull(r.get(), i, c))
-                    row.emplace_back(nullptr);
-                else if (type == 20 || type == 21 || type == 23) // int8, int2, int4
-                    row.emplace_back(std::strtoll(v, nullptr, 10));
-                else
-                    row.emplace_back(v);
-            }
-            out.push_back(std::move(row));
-        }
-        return out;
-    }
-
-private:
-    PGconn* c_;
-};
 
 std::int64_t now_ms() {
     return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -97,40 +39,37 @@ std::string default_who() {
 
 // The database's schema version; throws unless this build's (status reads only, it does not
 // migrate).
-void check_current(connection& c) {
-    auto has = c.rows("SELECT to_regclass('schema_migrations') IS NOT NULL");
-    auto v = has.empty() || has[0][0] != "t" ? c.rows("SELECT 0")
-                                             : c.rows("SELECT max(version) FROM schema_migrations");
-    std::int64_t version = v.empty() || !v[0][0].is_number() ? 0 : v[0][0].get<std::int64_t>();
-    if (version == postgres_schema_version) return;
+void check_current(store_db& c) {
+    std::int64_t version = c.version();
+    if (version == c.current_version()) return;
     if (version == 0) throw std::runtime_error(c.where() + " holds no mayhem data");
     throw std::runtime_error(c.where() + " has schema version " + std::to_string(version) +
-                             (version > postgres_schema_version
+                             (version > c.current_version()
                                   ? ", newer than this mayhem supports; use a newer mayhem"
                                   : ", older than this mayhem's; a worker of this version "
                                     "migrates it at start (or run mayhem pause/resume)"));
 }
 
-json pause_of(connection& c) {
+json pause_of(store_db& c) {
     auto p = c.rows("SELECT paused_by, paused_at, reason FROM fleet_pause");
     if (p.empty()) return nullptr;
     return json{{"by", p[0][0]}, {"since", p[0][1]}, {"reason", p[0][2]}};
 }
 
-json status(connection& c, const fleet_options& o) {
+json status(store_db& c, const fleet_options& o) {
     std::string now = std::to_string(now_ms()), limit = std::to_string(o.limit);
     json doc;
     doc["db"] = c.where();
     doc["paused"] = pause_of(c);
     // Claimed and not finished, the owner's lease current: running (or about to) on a worker.
     auto n = c.rows("SELECT count(*) FROM restarts WHERE finished IS NULL "
-                    "AND lease_until > $1::bigint",
+                    "AND lease_until > $1",
                     {now});
     doc["restarts_running"] = n[0][0];
     json running = json::array();
     for (auto& r : c.rows("SELECT message_id, hostname, owner, started, lease_until FROM restarts "
-                          "WHERE finished IS NULL AND lease_until > $1::bigint "
-                          "ORDER BY started LIMIT $2::bigint",
+                          "WHERE finished IS NULL AND lease_until > $1 "
+                          "ORDER BY started LIMIT $2",
                           {now, limit}))
         running.push_back(json{{"message_id", r[0]},
                                {"hostname", r[1]},
@@ -140,7 +79,7 @@ json status(connection& c, const fleet_options& o) {
     doc["running"] = std::move(running);
     json slots = json::array();
     for (auto& r : c.rows("SELECT slot, message_id, owner, taken, lease_until FROM restart_slots "
-                          "WHERE message_id IS NOT NULL AND lease_until > $1::bigint "
+                          "WHERE message_id IS NOT NULL AND lease_until > $1 "
                           "ORDER BY slot",
                           {now}))
         slots.push_back(json{{"slot", r[0]},
@@ -151,6 +90,9 @@ json status(connection& c, const fleet_options& o) {
     doc["slots_held"] = slots.size();
     doc["slots"] = std::move(slots);
     // The fleet-wide breaker: its state, since when, the trial running, the failures counted.
+    // (Each worker's own with the other stores: on its /metrics.)
+    doc["breaker"] = nullptr;
+    if (!c.has_breaker()) return doc;
     auto b = c.rows("SELECT CASE state WHEN 0 THEN 'closed' WHEN 1 THEN 'open' "
                     "ELSE 'half-open' END, opened_at, trial_id, trial_owner, "
                     "(SELECT count(*) FROM breaker_failures) FROM fleet_breaker");
@@ -175,11 +117,16 @@ void print_status(const json& d, std::ostream& out) {
     for (const auto& r : d["running"])
         out << "  " << report_text(r["message_id"]) << "  " << report_text(r["hostname"]) << "  on "
             << report_text(r["owner"]) << "  since " << report_time(r["started"]) << "\n";
-    out << "slots      " << d["slots_held"] << " held (fleet-wide --max-concurrent-restarts)\n";
+    out << "slots      " << d["slots_held"] << " held (shared --max-concurrent-restarts)\n";
     for (const auto& r : d["slots"])
         out << "  " << r["slot"] << "  " << report_text(r["message_id"]) << "  on "
             << report_text(r["owner"]) << "  since " << report_time(r["taken"]) << "\n";
     const auto& b = d["breaker"];
+    if (b.is_null()) {
+        out << "breaker    per worker with this store: mayhem_restart_breaker_state on its "
+               "/metrics\n";
+        return;
+    }
     out << "breaker    " << b["state"].get<std::string>();
     if (b["state"] == "closed")
         out << ", " << b["failed_hosts"] << " hosts failed in its window";
@@ -199,11 +146,13 @@ int run_fleet_command(fleet_command cmd, const fleet_options& o, std::ostream& o
                        : cmd == fleet_command::resume ? "mayhem resume"
                                                       : "mayhem status";
     try {
-        connection c(o.postgres_url);
+        auto db = o.postgres_url.empty() ? open_sqlite_db(o.db, cmd != fleet_command::status)
+                                         : open_postgres_db(o.postgres_url);
+        store_db& c = *db;
         if (cmd == fleet_command::status) {
             check_current(c);
             // One read-only snapshot: every number comes from the same moment.
-            c.rows("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
+            c.snapshot();
             json doc = status(c, o);
             c.rows("COMMIT");
             if (o.json)
@@ -212,14 +161,14 @@ int run_fleet_command(fleet_command cmd, const fleet_options& o, std::ostream& o
                 print_status(doc, out);
             return 0;
         }
-        postgres_migrate(c.get()); // a fleet can be paused before its first worker starts
+        c.migrate(); // a fleet can be paused before its first worker starts
         json doc;
         if (cmd == fleet_command::pause) {
             std::string who = o.who.empty() ? default_who() : o.who;
             c.rows("INSERT INTO fleet_pause (paused_by, paused_at, reason) "
-                   "VALUES ($1, $2::bigint, $3) ON CONFLICT (only_row) DO UPDATE SET "
-                   "paused_by = EXCLUDED.paused_by, paused_at = EXCLUDED.paused_at, "
-                   "reason = EXCLUDED.reason",
+                   "VALUES ($1, $2, $3) ON CONFLICT (only_row) DO UPDATE SET "
+                   "paused_by = excluded.paused_by, paused_at = excluded.paused_at, "
+                   "reason = excluded.reason",
                    {who, std::to_string(now_ms()), o.reason});
         } else {
             c.rows("DELETE FROM fleet_pause");

@@ -1,6 +1,7 @@
-// `mayhem pause`, `mayhem resume`, `mayhem status`: the fleet's rails in the PostgreSQL store.
-// pause and resume write the fleet-wide pause (one row of `fleet_pause`: who, when, why) that
-// every worker on the database polls with its pause-file check; status reads the pause, the
+// `mayhem pause`, `mayhem resume`, `mayhem status`: the rails every worker sharing a store
+// holds: a PostgreSQL database (the fleet) or a SQLite file (the workers of one machine).
+// pause and resume write the shared pause (one row of `fleet_pause`: who, when, why) that
+// every worker on the store polls with its pause-file check; status reads the pause, the
 // restarts running (started, unfinished, their owner's lease current) and the fleet-wide
 // --max-concurrent-restarts slots held, in one read-only snapshot.
 //
@@ -17,10 +18,11 @@ namespace mayhem {
 enum class fleet_command : std::uint8_t { pause, resume, status };
 
 struct fleet_options {
-    std::string postgres_url; // required; never printed
-    std::string reason;       // pause: why
-    std::string who;          // pause: who (default user@host)
-    std::size_t limit = 20;   // status: restarts and slots listed
+    std::string postgres_url;     // the PostgreSQL store (never printed); empty: the SQLite file
+    std::string db = "mayhem.db"; // the SQLite store's file
+    std::string reason;           // pause: why
+    std::string who;              // pause: who (default user@host)
+    std::size_t limit = 20;       // status: restarts and slots listed
     bool json = false;
 };
 

@@ -1,14 +1,10 @@
 #include "store/history.hpp"
 
 #include "runtime/log.hpp"
-#include "store/postgres_store.hpp"
-#include "store/sqlite_store.hpp"
+#include "store/store_db.hpp"
 
-#include <cstdlib>
 #include <ctime>
-#include <libpq-fe.h>
 #include <nlohmann/json.hpp>
-#include <sqlite3.h>
 #include <stdexcept>
 #include <vector>
 
@@ -17,133 +13,6 @@ namespace mayhem {
 namespace {
 
 using json = nlohmann::ordered_json;
-
-// A read-only connection to a store database. The queries below are written for both SQLite and
-// PostgreSQL: `$1` parameters (SQLite numbers them in order of appearance), no boolean sums.
-class reader {
-public:
-    virtual ~reader() = default;
-    // Runs `sql` with its integer parameters and returns every row, each column as JSON.
-    virtual std::vector<std::vector<json>> rows(const char* sql,
-                                                std::initializer_list<std::int64_t> args = {}) = 0;
-    std::int64_t scalar(const char* sql) {
-        auto r = rows(sql);
-        return r.empty() || !r[0][0].is_number() ? 0 : r[0][0].get<std::int64_t>();
-    }
-};
-
-class sqlite_reader final : public reader {
-public:
-    explicit sqlite_reader(const std::string& path) {
-        int rc = sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READONLY, nullptr);
-        if (rc != SQLITE_OK) {
-            std::string why = db_ ? sqlite3_errmsg(db_) : sqlite3_errstr(rc);
-            sqlite3_close_v2(db_); // a failed open still returns a handle to free
-            throw std::runtime_error("cannot open " + path + ": " + why);
-        }
-        sqlite3_busy_timeout(db_, 5000);
-    }
-    ~sqlite_reader() override { sqlite3_close_v2(db_); }
-    sqlite_reader(const sqlite_reader&) = delete;
-    sqlite_reader& operator=(const sqlite_reader&) = delete;
-
-    std::vector<std::vector<json>> rows(const char* sql,
-                                        std::initializer_list<std::int64_t> args = {}) override {
-        sqlite3_stmt* s = nullptr;
-        if (sqlite3_prepare_v2(db_, sql, -1, &s, nullptr) != SQLITE_OK)
-            throw std::runtime_error(std::string("query failed: ") + sqlite3_errmsg(db_));
-        int i = 1;
-        for (auto a : args)
-            sqlite3_bind_int64(s, i++, a);
-        std::vector<std::vector<json>> out;
-        int rc;
-        while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-            std::vector<json> row;
-            for (int c = 0; c < sqlite3_column_count(s); ++c) {
-                switch (sqlite3_column_type(s, c)) {
-                case SQLITE_INTEGER:
-                    row.emplace_back(sqlite3_column_int64(s, c));
-                    break;
-                case SQLITE_FLOAT:
-                    row.emplace_back(sqlite3_column_double(s, c));
-                    break;
-                case SQLITE_NULL:
-                    row.emplace_back(nullptr);
-                    break;
-                default:
-                    row.emplace_back(reinterpret_cast<const char*>(sqlite3_column_text(s, c)));
-                }
-            }
-            out.push_back(std::move(row));
-        }
-        std::string err = sqlite3_errmsg(db_);
-        sqlite3_finalize(s);
-        if (rc != SQLITE_DONE) throw std::runtime_error("query failed: " + err);
-        return out;
-    }
-
-private:
-    sqlite3* db_ = nullptr;
-};
-
-class postgres_reader final : public reader {
-public:
-    // `url` is never printed (it may hold a password): where() names host:port/dbname.
-    explicit postgres_reader(const std::string& url) : conn_(PQconnectdb(url.c_str())) {
-        quiet(conn_);
-        if (PQstatus(conn_) != CONNECTION_OK)
-            throw std::runtime_error(std::string("cannot connect: ") + PQerrorMessage(conn_));
-    }
-    ~postgres_reader() override { PQfinish(conn_); }
-    postgres_reader(const postgres_reader&) = delete;
-    postgres_reader& operator=(const postgres_reader&) = delete;
-
-    std::string where() const {
-        return std::string(PQhost(conn_)) + ":" + PQport(conn_) + "/" + PQdb(conn_);
-    }
-    std::vector<std::vector<json>> rows(const char* sql,
-                                        std::initializer_list<std::int64_t> args = {}) override {
-        std::vector<std::string> text;
-        for (auto a : args)
-            text.push_back(std::to_string(a));
-        std::vector<const char*> values;
-        for (auto& t : text)
-            values.push_back(t.c_str());
-        pg_result r(PQexecParams(conn_, sql, static_cast<int>(values.size()), nullptr,
-                                 values.data(), nullptr, nullptr, 0));
-        auto st = PQresultStatus(r.get());
-        if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK)
-            throw std::runtime_error(std::string("query failed: ") + PQerrorMessage(conn_));
-        std::vector<std::vector<json>> out;
-        for (int i = 0; i < PQntuples(r.get()); ++i) {
-            std::vector<json> row;
-            for (int c = 0; c < PQnfields(r.get()); ++c) {
-                const char* v = PQgetvalue(r.get(), i, c);
-                switch (PQftype(r.get(), c)) {
-                case 20:   // int8
-                case 21:   // int2
-                case 23:   // int4
-                case 1700: // numeric (a sum of bigints)
-                    if (PQgetisnull(r.get(), i, c))
-                        row.emplace_back(nullptr);
-                    else
-                        row.emplace_back(std::strtoll(v, nullptr, 10));
-                    break;
-                default:
-                    if (PQgetisnull(r.get(), i, c))
-                        row.emplace_back(nullptr);
-                    else
-                        row.emplace_back(v);
-                }
-            }
-            out.push_back(std::move(row));
-        }
-        return out;
-    }
-
-private:
-    PGconn* conn_;
-};
 
 } // namespace
 
@@ -176,7 +45,7 @@ namespace {
 // queries below).
 #define RESTART_RAN "(finished IS NULL OR result IN ('ok', 'failed', 'unverified', 'abandoned'))"
 
-json collect(reader& r, const history_options& o, const std::string& db, int version) {
+json collect(store_db& r, const history_options& o, const std::string& db, int version) {
     auto limit = static_cast<std::int64_t>(o.limit);
     json doc;
     doc["db"] = db;
@@ -289,27 +158,15 @@ void check_version(const std::string& db, std::int64_t version, int supported) {
 int print_history(const history_options& o, std::ostream& out, std::ostream& err) {
     try {
         json doc;
-        if (!o.postgres_url.empty()) {
-            postgres_reader r(o.postgres_url);
-            std::string db = r.where();
-            auto has = r.rows("SELECT to_regclass('schema_migrations') IS NOT NULL");
-            auto version = has.empty() || has[0][0] != "t"
-                               ? 0
-                               : r.scalar("SELECT max(version) FROM schema_migrations");
-            check_version(db, version, postgres_schema_version);
-            // One read-only snapshot: every number comes from the same moment.
-            r.rows("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
-            doc = collect(r, o, db, static_cast<int>(version));
-            r.rows("COMMIT");
-        } else {
-            sqlite_reader r(o.db);
-            auto version = r.scalar("PRAGMA user_version");
-            check_version(o.db, version, sqlite_schema_version);
-            // One read transaction: every number comes from the same snapshot.
-            r.rows("BEGIN");
-            doc = collect(r, o, o.db, static_cast<int>(version));
-            r.rows("COMMIT");
-        }
+        auto r =
+            o.postgres_url.empty() ? open_sqlite_db(o.db, false) : open_postgres_db(o.postgres_url);
+        std::string db = r->where();
+        auto version = r->version();
+        check_version(db, version, r->current_version());
+        // One read-only snapshot: every number comes from the same moment.
+        r->snapshot();
+        doc = collect(*r, o, db, static_cast<int>(version));
+        r->rows("COMMIT");
         if (o.json)
             out << doc.dump() << "\n";
         else

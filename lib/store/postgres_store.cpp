@@ -290,11 +290,18 @@ BEGIN
 END $fn$;
 )sql";
 
-// Version 3: the fleet-wide circuit breaker (store.hpp, fleet_breaker). One row holds the
+// Version 3: retention (store/retention.hpp). A pass walks the rows that finished longest ago,
+// oldest first, through these; partial, so rows in flight cost them nothing.
+constexpr const char* schema_v3 = R"sql(
+CREATE INDEX messages_completed ON messages (completed_at) WHERE completed_at IS NOT NULL;
+CREATE INDEX restarts_finished ON restarts (finished) WHERE finished IS NOT NULL;
+)sql";
+
+// Version 4: the fleet-wide circuit breaker (store.hpp, fleet_breaker). One row holds the
 // state; every change to it locks that row first, so two workers never both open, close or
 // take the trial. breaker_failures: the hosts whose restart failed while it was closed, with
 // their latest failure (distinct hosts, as one breaker counts them).
-constexpr const char* schema_v3 = R"sql(
+constexpr const char* schema_v4 = R"sql(
 CREATE TABLE fleet_breaker (
     only_row    boolean PRIMARY KEY DEFAULT true CHECK (only_row),
     state       smallint NOT NULL DEFAULT 0, -- 0 closed, 1 open, 2 half-open
@@ -376,7 +383,7 @@ END $fn$;
 )sql";
 
 // One entry per version, applied in order; never edit one that shipped, add the next.
-constexpr const char* migrations[] = {schema_v1, schema_v2, schema_v3};
+constexpr const char* migrations[] = {schema_v1, schema_v2, schema_v3, schema_v4};
 static_assert(std::size(migrations) == postgres_schema_version);
 
 // The migration, as statements of one transaction: the lock (a fixed key, the same for every
@@ -467,6 +474,33 @@ constexpr const char* breaker_trials_sql =
 constexpr const char* renew_trial_sql =
     "UPDATE fleet_breaker SET trial_lease = $3::bigint WHERE state = 2 AND trial_owner = $2::text "
     "AND trial_id = ANY($1::text[])";
+// A retention pass (store.hpp, prune_bounds), one statement: $1 messages_before, $2
+// restarts_before, $3 the limit, $4 host_claims_since. The rules of sqlite_store.cpp's
+// prune_*_sql. Rows another worker's batch holds (its own pass, a duplicate's outcome) are
+// skipped, not waited for. Both deletes read the statement's one snapshot.
+constexpr const char* prune_sql = R"sql(
+WITH m AS (
+    DELETE FROM messages WHERE message_id IN (
+        SELECT c.message_id FROM messages AS c
+         WHERE c.completed_at < $1::bigint AND c.outcome IN ('acked', 'dead_lettered', 'skipped')
+           AND NOT EXISTS (SELECT 1 FROM restarts AS r
+                            WHERE r.message_id = c.message_id AND r.finished IS NULL)
+         ORDER BY c.completed_at LIMIT $3::integer FOR UPDATE OF c SKIP LOCKED)
+    RETURNING 1),
+r AS (
+    DELETE FROM restarts WHERE message_id IN (
+        SELECT c.message_id FROM restarts AS c
+         WHERE c.finished < $2::bigint
+           AND NOT EXISTS (SELECT 1 FROM restarts AS x WHERE x.message_id = c.message_id
+                              AND (x.finished IS NULL OR x.finished >= $2::bigint
+                                   OR (x.host_claimed AND x.started >= $4::bigint)))
+           AND NOT EXISTS (SELECT 1 FROM messages AS g WHERE g.message_id = c.message_id
+                              AND (g.outcome IS NULL
+                                   OR g.outcome NOT IN ('acked', 'dead_lettered', 'skipped')))
+         ORDER BY c.finished LIMIT $3::integer FOR UPDATE OF c SKIP LOCKED)
+    RETURNING 1)
+SELECT (SELECT count(*) FROM m), (SELECT count(*) FROM r)
+)sql";
 constexpr const char* lock_hosts_sql = "SELECT mayhem_lock_hosts($1::text[])";
 constexpr const char* claim_hosts_sql =
     "SELECT i, blocked_at FROM mayhem_claim_hosts($1::text[], $2::text[], $3::bigint[], "
@@ -518,7 +552,7 @@ std::vector<group> plan(const store_batch& b) {
 
     // Slots: on their own table; the ones given back first, so they are free for this batch's.
     group unslots{store_op::unslot, {}}, slots{store_op::slot, {}};
-    group reads{store_op::read_pause, {}};
+    group reads{store_op::read_pause, {}}, prunes{store_op::prune, {}};
     group notes{store_op::note, {}}, trials{store_op::trial, {}};
     group unclaims{store_op::unclaim, {}}, renews{store_op::renew, {}};
     group hosts{store_op::claim_host, {}};
@@ -540,7 +574,8 @@ std::vector<group> plan(const store_batch& b) {
             slots.idx.push_back(i);
             break;
         case store_op::read_pause:
-            reads.idx.push_back(i);
+        case store_op::prune: // after the batch's claims: see the end of plan()
+            (r.kind == store_op::prune ? prunes : reads).idx.push_back(i);
             break;
         case store_op::note:
             notes.idx.push_back(i);
@@ -576,6 +611,7 @@ std::vector<group> plan(const store_batch& b) {
     flush_both();
     flush(hosts);
     flush(renews);
+    flush(prunes); // last: the batch's claims are decided before its deletes take any lock
     return out;
 }
 
@@ -667,6 +703,10 @@ private:
     std::uint64_t gen_;
     std::size_t idx_;
 };
+
+std::span<const char* const> postgres_migrations() {
+    return migrations;
+}
 
 int postgres_migrate(PGconn* c) {
     quiet(c);
@@ -877,7 +917,7 @@ void postgres_store::settle(bool ok, std::string error) {
         stats_.failed_transactions.inc();
     }
     records_.ended(ok, flying_);
-    pause_read_queued_ = false;
+    pause_.read_ended();
     health_.note(ok, error);
     batch_ok_ = ok;
     batch_error_ = std::move(error);
@@ -977,6 +1017,13 @@ rt::task<std::string> postgres_store::write(std::int64_t now) {
             stmts_.push_back({read_pause_sql, {}});
             stmts_.push_back({read_breaker_sql, {}});
             break;
+        case op::prune:
+            stmts_.push_back(
+                {prune_sql,
+                 {std::to_string(prune_next_.messages_before),
+                  std::to_string(prune_next_.restarts_before), std::to_string(prune_next_.limit),
+                  std::to_string(prune_next_.host_claims_since)}});
+            break;
         case op::claim_host:
             stmts_.push_back(
                 {claim_hosts_sql, {array(g, &R::id), array(g, &R::a), numbers(g), now_s}});
@@ -1035,6 +1082,13 @@ rt::task<std::string> postgres_store::write(std::int64_t now) {
             for (int row = 0; row < rows; ++row)
                 at(row).n = std::atoll(PQgetvalue(res, row, 1));
             saw_breaker(res, 2);
+            break;
+        case op::prune:
+            for (auto i : g.idx) {
+                flying_[i].n = rows ? std::atoll(PQgetvalue(res, 0, 0)) : 0;
+                flying_[i].attempt =
+                    rows ? static_cast<std::uint32_t>(std::atoll(PQgetvalue(res, 0, 1))) : 0;
+            }
             break;
         case op::slot:
             for (auto i : g.idx)
@@ -1190,17 +1244,13 @@ rt::task<bool> postgres_store::claim_slot(const message& m, std::size_t cap) {
 
 void postgres_store::watch_pause(std::chrono::milliseconds every,
                                  std::function<void(const fleet_pause*)> changed) {
-    pause_changed_ = std::move(changed);
-    pause_poll_.reset();
-    if (!pause_changed_) return;
-    pause_changed_(pause_ ? &*pause_ : nullptr);
-    pause_poll_ = std::make_unique<rt::periodic_timer>(loop_, every, [this] {
-        if (pause_read_queued_ || phase_ != phase::open) return;
-        pause_read_queued_ = true;
+    pause_.watch(loop_, every, std::move(changed), [this] {
+        if (phase_ != phase::open) return false;
         request r;
         r.kind = op::read_pause;
         pending_.reqs.push_back(r);
         wake();
+        return true;
     });
 }
 
@@ -1210,9 +1260,26 @@ void postgres_store::saw_pause(const PGresult* res) {
     if (res && PQntuples(res) > 0)
         now = fleet_pause{PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 2),
                           std::atoll(PQgetvalue(res, 0, 1))};
-    if (now == pause_) return;
-    pause_ = std::move(now);
-    if (pause_changed_) pause_changed_(pause_ ? &*pause_ : nullptr);
+    pause_.saw(std::move(now));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Retention (store.hpp, prune): one statement at the end of a batch.
+// ---------------------------------------------------------------------------------------------
+
+rt::task<prune_counts> postgres_store::prune(prune_bounds b) {
+    if (prune_queued_) co_return prune_counts{}; // one pass at a time
+    flag_while_alive queued{prune_queued_};
+    prune_next_ = b;
+    request r;
+    r.kind = op::prune;
+    auto pending = enqueue(r);
+    reply x = co_await pending;
+    if (!x.ok) throw std::runtime_error("store: " + x.error);
+    prune_counts c{static_cast<std::uint64_t>(x.n), x.attempt};
+    stats_.pruned_messages.inc(c.messages);
+    stats_.pruned_restarts.inc(c.restarts);
+    co_return c;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1293,7 +1360,7 @@ void postgres_store::hurry() {
 }
 
 rt::task<void> postgres_store::close() {
-    pause_poll_.reset();
+    pause_.stop();
     if (phase_ == phase::open) phase_ = phase::closing;
     wake();
     co_await writer_done_;

@@ -30,6 +30,7 @@
 #include "runtime/counter.hpp"
 #include "runtime/loop.hpp"
 #include "store/held_records.hpp"
+#include "store/pause_watch.hpp"
 #include "store/pg_link.hpp"
 #include "store/store.hpp"
 #include "store/store_batch.hpp"
@@ -40,6 +41,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -48,7 +50,7 @@ namespace mayhem {
 
 // The schema version this build writes (the highest row of schema_migrations). A database with
 // a newer version is refused (exit 1 at start).
-inline constexpr int postgres_schema_version = 3;
+inline constexpr int postgres_schema_version = 4;
 
 struct postgres_options {
     // A libpq connection string or URI (`postgresql://user@host:5432/db?sslmode=require`).
@@ -74,6 +76,8 @@ public:
 // Migrates the schema over a blocking connection (a worker's start, `mayhem pause`): returns the
 // version the database is at. Throws postgres_fatal when it cannot be migrated or is newer.
 int postgres_migrate(PGconn* c);
+// The migrations, one per version from 1, as shipped (the tests build older databases with them).
+std::span<const char* const> postgres_migrations();
 
 struct postgres_store_stats {
     rt::counter transactions;        // committed
@@ -84,6 +88,8 @@ struct postgres_store_stats {
     rt::counter reconnects;          // connections made after the first
     rt::counter unrecorded;          // records given up (store.hpp, unrecorded())
     rt::counter withdrawn;           // restart starts withdrawn: their task was gone
+    rt::counter pruned_messages;     // rows deleted by retention passes (prune)
+    rt::counter pruned_restarts;
 };
 
 class postgres_store final : public store {
@@ -115,6 +121,10 @@ public:
                       const breaker_rules& rules) override;
     rt::task<trial_answer> claim_trial(const message& m,
                                        std::chrono::milliseconds cooldown) override;
+    rt::task<prune_counts> prune(prune_bounds b) override;
+    prune_counts pruned() const override {
+        return {stats_.pruned_messages.get(), stats_.pruned_restarts.get()};
+    }
     void complete(const message& m, const verdict& v) override;
     bool healthy() const override { return health_.healthy(); }
     void hurry() override;
@@ -190,10 +200,10 @@ private:
     store_health health_;  // after stats_: it counts outages there
     held_records records_; // records nobody waits for (store/held_records.hpp); after stats_
     // The fleet-wide pause as last read, who to tell of a change, and its poll.
-    std::optional<fleet_pause> pause_;
-    std::function<void(const fleet_pause*)> pause_changed_;
-    std::unique_ptr<rt::periodic_timer> pause_poll_;
-    bool pause_read_queued_ = false;
+    pause_watch pause_;
+    // The retention pass queued (one at a time): its bounds.
+    prune_bounds prune_next_;
+    bool prune_queued_ = false;
     // The fleet-wide breaker as last read, who to tell of a change, and the rules notes apply.
     fleet_breaker breaker_;
     std::function<void(const fleet_breaker&)> breaker_changed_;

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <functional>
 #include <iterator>
+#include <optional>
 #include <sqlite3.h>
 #include <thread>
 #include <utility>
@@ -68,6 +69,59 @@ ALTER TABLE restarts ADD COLUMN lease_until INTEGER;
 PRAGMA user_version = 2;
 )sql";
 
+// Version 3: retention (store/retention.hpp): a pass walks the rows that finished longest ago,
+// oldest first, through the two indexes; partial, so rows still in flight cost them nothing.
+// And the rails every worker sharing the file holds, as in the postgres store: restart_slots,
+// the --max-concurrent-restarts slots (a row with an owner and a lease per slot), and
+// fleet_pause, `mayhem pause` (one row while paused).
+constexpr const char* schema_v3 = R"sql(
+CREATE INDEX messages_completed ON messages (completed_at) WHERE completed_at IS NOT NULL;
+CREATE INDEX restarts_finished ON restarts (finished) WHERE finished IS NOT NULL;
+CREATE TABLE restart_slots (
+    slot        INTEGER PRIMARY KEY,
+    message_id  TEXT,
+    owner       TEXT,
+    lease_until INTEGER NOT NULL DEFAULT 0,
+    taken       INTEGER
+);
+CREATE TABLE fleet_pause (
+    only_row  INT PRIMARY KEY NOT NULL DEFAULT 1 CHECK (only_row = 1),
+    paused_by TEXT NOT NULL,
+    paused_at INTEGER NOT NULL,
+    reason    TEXT NOT NULL DEFAULT ''
+);
+PRAGMA user_version = 3;
+)sql";
+
+// A retention pass (store.hpp, prune_bounds). ?1 messages_before, ?2 restarts_before, ?3 the
+// limit, ?4 host_claims_since. A messages row goes once final and old, unless a restart of its
+// id is unfinished; an id's restarts rows go together (the latest row is the idempotency
+// record, and attempt 1 missing would read as "never restarted"), only when all are finished
+// and old, none is a host claim a cooldown still needs, and the id is not in flight.
+constexpr const char* prune_messages_sql = R"sql(
+DELETE FROM messages WHERE message_id IN (
+    SELECT c.message_id FROM messages AS c
+     WHERE c.completed_at < ?1 AND c.outcome IN ('acked', 'dead_lettered', 'skipped')
+       AND NOT EXISTS (SELECT 1 FROM restarts AS r
+                        WHERE r.message_id = c.message_id AND r.finished IS NULL)
+     ORDER BY c.completed_at LIMIT ?3)
+)sql";
+constexpr const char* prune_restarts_sql = R"sql(
+DELETE FROM restarts WHERE message_id IN (
+    SELECT c.message_id FROM restarts AS c
+     WHERE c.finished < ?2
+       AND NOT EXISTS (SELECT 1 FROM restarts AS x WHERE x.message_id = c.message_id
+                          AND (x.finished IS NULL OR x.finished >= ?2
+                               OR (x.host_claimed = 1 AND x.started >= ?4)))
+       AND NOT EXISTS (SELECT 1 FROM messages AS m WHERE m.message_id = c.message_id
+                          AND (m.outcome IS NULL
+                               OR m.outcome NOT IN ('acked', 'dead_lettered', 'skipped')))
+     ORDER BY c.finished LIMIT ?3)
+)sql";
+
+constexpr const char* migrations[] = {schema_v1, schema_v2, schema_v3};
+static_assert(std::size(migrations) == sqlite_schema_version);
+
 // A failed SQLite call, carried to the end of the transaction (pool thread only).
 struct db_error {
     int code;
@@ -104,6 +158,10 @@ bool reopen_after(int code) {
 
 } // namespace
 
+std::span<const char* const> sqlite_migrations() {
+    return migrations;
+}
+
 // ---------------------------------------------------------------------------------------------
 // shared: the connection and the batch in flight. Owned through a shared_ptr so that a
 // transaction still running on the pool when the store is destroyed keeps what it touches.
@@ -127,7 +185,9 @@ struct sqlite_store::shared {
                  *last_restart = nullptr, *start_restart = nullptr, *finish = nullptr,
                  *complete = nullptr, *host_blocker = nullptr, *host_claim_row = nullptr,
                  *first_restart = nullptr, *unclaim = nullptr, *take_over = nullptr,
-                 *take_waiting = nullptr, *renew = nullptr;
+                 *take_waiting = nullptr, *renew = nullptr, *prune_messages = nullptr,
+                 *prune_restarts = nullptr, *slot_rows = nullptr, *slot_renew = nullptr,
+                 *slot_take = nullptr, *slot_release = nullptr, *pause_read = nullptr;
     // multi[k][n]: kind k for n rows (2..max_rows), prepared on first use.
     sqlite3_stmt* multi[m_kinds][max_rows + 1] = {};
     batch flying;                      // the batch being written
@@ -135,10 +195,22 @@ struct sqlite_store::shared {
     // Set by hurry() (loop thread): a wait for another writer's lock gives up at once.
     std::atomic<bool> hurry{false};
     std::chrono::steady_clock::time_point busy_since; // pool thread
+    // How long the busy handler waits now: busy_timeout, or prune_busy_wait during a retention
+    // pass, which gives way to the workers' batches rather than hold up this one's (pool thread).
+    static constexpr std::chrono::milliseconds prune_busy_wait{50};
+    bool pruning = false;
     // Scratch of write(), reused batch after batch (pool thread).
     std::vector<request*> saves_, completes_, claims_, finishes_, renews_;
     std::vector<std::size_t> ids_;
     std::vector<std::string> returned_; // ids a RETURNING clause named
+    // The retention pass asked for (store.hpp, prune): set on the loop thread before its request
+    // is queued, read by the pool thread while that request is written (one pass at a time);
+    // why it failed, read back once its batch has ended.
+    prune_bounds prune_next;
+    std::string prune_error;
+    // The fleet pause as the last read_pause read it (pool thread; the loop reads it once the
+    // batch holding that read has ended, or at start-up).
+    std::optional<fleet_pause> pause_seen;
 
     explicit shared(sqlite_options o) : opts(std::move(o)) {}
     ~shared() { close_conn(); }
@@ -169,9 +241,12 @@ struct sqlite_store::shared {
     }
 
     void close_conn() noexcept {
-        for (auto** s : {&begin, &commit, &rollback, &save, &last_restart, &start_restart, &finish,
-                         &complete, &host_blocker, &host_claim_row, &first_restart, &unclaim,
-                         &take_over, &take_waiting, &renew}) {
+        for (auto** s :
+             {&begin,          &commit,         &rollback,  &save,         &last_restart,
+              &start_restart,  &finish,         &complete,  &host_blocker, &host_claim_row,
+              &first_restart,  &unclaim,        &take_over, &take_waiting, &renew,
+              &prune_messages, &prune_restarts, &slot_rows, &slot_renew,   &slot_take,
+              &slot_release,   &pause_read}) {
             sqlite3_finalize(*s);
             *s = nullptr;
         }
@@ -192,7 +267,7 @@ struct sqlite_store::shared {
         auto now = std::chrono::steady_clock::now();
         if (count == 0) sh->busy_since = now;
         if (sh->hurry.load(std::memory_order_relaxed) ||
-            now - sh->busy_since >= sh->opts.busy_timeout)
+            now - sh->busy_since >= (sh->pruning ? prune_busy_wait : sh->opts.busy_timeout))
             return 0;
         std::this_thread::sleep_for(std::chrono::milliseconds(std::min(count + 1, 20)));
         return 1;
@@ -345,7 +420,7 @@ struct sqlite_store::shared {
             if (tables > 0) throw foreign("it holds tables but no mayhem schema version");
             return;
         }
-        // Columns per table at each version (schema_v1, schema_v2).
+        // Columns per table at each version (schema_v1, schema_v2; schema_v3 adds indexes).
         int messages = scalar_int(
             "SELECT count(*) FROM pragma_table_info('messages') WHERE name IN ('message_id', "
             "'instance', 'hostname', 'reason', 'first_seen', 'attempts', 'outcome', "
@@ -360,21 +435,19 @@ struct sqlite_store::shared {
                           " but it lacks mayhem's tables messages and restarts (or their columns)");
     }
 
-    // Version 0 -> 1 -> 2. Re-checked inside the write transaction: another worker on the same file
-    // may have created the schema in the meantime.
+    // Version 0 -> 1 -> 2 -> 3, one step per version. Re-checked inside the write transaction:
+    // another worker on the same file may have created the schema in the meantime.
     void migrate() {
         exec("BEGIN IMMEDIATE", "begin migration");
         try {
             int version = scalar_int("PRAGMA user_version");
-            if (version == 0) {
-                if (scalar_int("SELECT count(*) FROM sqlite_schema") > 0)
-                    throw sqlite_fatal(opts.path +
-                                       " is not a mayhem database: it holds tables but no mayhem "
-                                       "schema version; use another --db");
-                exec(schema_v1, "create schema");
-                version = 1;
-            }
-            if (version == 1) exec(schema_v2, "migrate schema to version 2");
+            if (version == 0 && scalar_int("SELECT count(*) FROM sqlite_schema") > 0)
+                throw sqlite_fatal(opts.path +
+                                   " is not a mayhem database: it holds tables but no mayhem "
+                                   "schema version; use another --db");
+            for (; version < sqlite_schema_version; ++version)
+                exec(migrations[static_cast<std::size_t>(version)],
+                     "migrate schema"); // each sets its user_version
             exec("COMMIT", "commit migration");
         } catch (...) {
             sqlite3_exec(conn, "ROLLBACK", nullptr, nullptr, nullptr);
@@ -448,10 +521,19 @@ struct sqlite_store::shared {
             run(unclaim, "give back a restart claim");
             break;
         case op::slot:
-        case op::unslot:     // never queued: this store keeps no slots (store.hpp, shares_slots)
-        case op::read_pause: // nor a fleet pause
-        case op::note:       // nor a fleet breaker
-        case op::trial:
+            take_slot(r, now);
+            break;
+        case op::unslot:
+            text(slot_release, 1, r.id);
+            bind_name(slot_release, 2);
+            run(slot_release, "give back a restart slot");
+            break;
+        case op::read_pause:
+            read_pause();
+            break;
+        case op::note:  // never queued: this store keeps no fleet breaker
+        case op::trial: // (store.hpp, shares_breaker)
+        case op::prune: // its own transaction, after the batch's (prune_asked)
         case op::skip:
             break;
         case op::complete:
@@ -837,6 +919,13 @@ struct sqlite_store::shared {
         // Renewals last: they only extend what is still this worker's and unfinished, whatever
         // came before them in the batch. One id is renewed at most once per tick.
         apply_run(m_renew, renews_, now);
+        // The slots of the renewed claims that hold one (marked n = 1 by renew_claims).
+        for (request* r : renews_)
+            if (r->n == 1) {
+                text(slot_renew, 1, r->id);
+                bind_owner(slot_renew, 2, now);
+                run(slot_renew, "renew restart slot");
+            }
     }
 
     // Restart claims are the record that a restart may have run: the cooldown and the
@@ -857,11 +946,136 @@ struct sqlite_store::shared {
         synchronous_full_now = full;
     }
 
+    // ------------------------------------------------------------------------------------------
+    // The rails of every worker sharing the file (store.hpp: claim_slot, watch_pause), as the
+    // postgres store keeps them for a fleet. BEGIN IMMEDIATE makes each transaction the only
+    // writer of the file, so a slot is looked for and taken without a peer in between.
+    // ------------------------------------------------------------------------------------------
+
+    // The batch's requests on the rails' tables: slots given back first, so they are free for
+    // the batch's claims of a slot; then those, in arrival order; then the pause's read.
+    void write_rails(std::int64_t now) {
+        for (op k : {op::unslot, op::slot, op::read_pause})
+            for (auto& r : flying)
+                if (r.kind == k) apply(r, now);
+    }
+
+    void prepare_rails() {
+        if (slot_rows) return;
+        // Slots 1..cap exist as rows (a bigger cap adds rows; a smaller one leaves the rest).
+        slot_rows = prepare("WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s "
+                            "WHERE n < ?1) INSERT OR IGNORE INTO restart_slots (slot) "
+                            "SELECT n FROM s");
+        slot_renew = prepare("UPDATE restart_slots SET lease_until = ?3 "
+                             "WHERE message_id = ?1 AND owner = ?2");
+        // A free slot: no message, or its owner's lease expired (the owner died).
+        slot_take = prepare("UPDATE restart_slots SET message_id = ?1, owner = ?2, "
+                            "lease_until = ?3, taken = ?4 WHERE slot = (SELECT slot FROM "
+                            "restart_slots WHERE slot <= ?5 AND (message_id IS NULL OR "
+                            "lease_until <= ?4) ORDER BY slot LIMIT 1)");
+        slot_release =
+            prepare("UPDATE restart_slots SET message_id = NULL, owner = NULL, "
+                    "lease_until = 0, taken = NULL WHERE message_id = ?1 AND owner = ?2");
+        pause_read = prepare("SELECT paused_by, paused_at, reason FROM fleet_pause");
+    }
+
+    // claim_slot: the slot m already holds (renewed), else the first free one of `cap` (r.n);
+    // held when there is none.
+    void take_slot(request& r, std::int64_t now) {
+        prepare_rails();
+        sqlite3_bind_int64(slot_rows, 1, r.n);
+        run(slot_rows, "create restart slots");
+        text(slot_renew, 1, r.id);
+        bind_owner(slot_renew, 2, now);
+        run(slot_renew, "renew restart slot");
+        r.claim = restart_claim::proceed;
+        if (sqlite3_changes(conn) > 0) return;
+        text(slot_take, 1, r.id);
+        bind_owner(slot_take, 2, now);
+        sqlite3_bind_int64(slot_take, 4, now);
+        sqlite3_bind_int64(slot_take, 5, r.n);
+        run(slot_take, "take a restart slot");
+        if (sqlite3_changes(conn) == 0) r.claim = restart_claim::held;
+    }
+
+    void read_pause() {
+        prepare_rails();
+        int rc = sqlite3_step(pause_read);
+        std::optional<fleet_pause> p;
+        if (rc == SQLITE_ROW) {
+            auto col = [&](int i) {
+                auto* t = reinterpret_cast<const char*>(sqlite3_column_text(pause_read, i));
+                return std::string(t ? t : "");
+            };
+            p = fleet_pause{col(0), col(2), sqlite3_column_int64(pause_read, 1)};
+        }
+        sqlite3_reset(pause_read);
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE) fail(rc, "read the fleet pause");
+        pause_seen = std::move(p);
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // Retention (store.hpp, prune): a pass runs in a short transaction of its own right after
+    // the batch's commit, so no claim of the batch waits for its deletes, and its failure fails
+    // only the pass (claim `held`, prune_error says why).
+    // ------------------------------------------------------------------------------------------
+
+    void prune_asked() noexcept {
+        for (auto& r : flying)
+            if (r.kind == op::prune) prune_pass(r);
+    }
+
+    void prune_pass(request& r) noexcept {
+        r.claim = restart_claim::held;
+        flag_while_alive short_waits{pruning}; // another writer's lock: skip this pass
+        try {
+            if (!prune_messages) prune_messages = prepare(prune_messages_sql);
+            if (!prune_restarts) prune_restarts = prepare(prune_restarts_sql);
+            run(begin, "begin retention pass");
+            try {
+                for (sqlite3_stmt* st : {prune_messages, prune_restarts}) {
+                    sqlite3_bind_int64(st, 1, prune_next.messages_before);
+                    sqlite3_bind_int64(st, 2, prune_next.restarts_before);
+                    sqlite3_bind_int64(st, 3, prune_next.limit);
+                    sqlite3_bind_int64(st, 4, prune_next.host_claims_since);
+                }
+                run(prune_messages, "prune messages");
+                r.n = sqlite3_changes(conn);
+                run(prune_restarts, "prune restarts");
+                r.attempt = static_cast<std::uint32_t>(sqlite3_changes(conn));
+                run(commit, "commit retention pass");
+            } catch (...) {
+                if (!sqlite3_get_autocommit(conn)) {
+                    sqlite3_step(rollback);
+                    sqlite3_reset(rollback);
+                }
+                throw;
+            }
+            r.claim = restart_claim::proceed;
+        } catch (const db_error& e) {
+            prune_error = e.what;
+            if (reopen_after(e.code)) close_conn();
+        } catch (const std::exception& e) {
+            prune_error = e.what();
+        }
+    }
+
     // Pool thread: writes `flying` as one transaction. Returns the error, empty on success.
     std::string write() noexcept {
         try {
             if (!conn) open();
             std::int64_t now = now_ms();
+            // A batch of nothing but reads of the pause and retention passes (an idle worker's
+            // ticks) takes no write lock of its own: the read is one statement on its own, the
+            // pass its own transaction.
+            if (std::all_of(flying.begin(), flying.end(), [](const request& r) {
+                    return r.kind == op::prune || r.kind == op::read_pause || r.kind == op::skip;
+                })) {
+                for (auto& r : flying)
+                    if (r.kind == op::read_pause) apply(r, now);
+                prune_asked();
+                return {};
+            }
             set_synchronous(); // outside the transaction: it applies to the next commit
             run(begin, "begin");
             try {
@@ -870,6 +1084,7 @@ struct sqlite_store::shared {
                 // run back to back over the same hot pages.
                 write_messages(now);
                 write_restarts(now);
+                write_rails(now);
                 run(commit, "commit");
             } catch (...) {
                 if (conn && !sqlite3_get_autocommit(conn)) {
@@ -878,6 +1093,7 @@ struct sqlite_store::shared {
                 }
                 throw;
             }
+            prune_asked();
             return {};
         } catch (const db_error& e) {
             if (reopen_after(e.code)) close_conn();
@@ -888,6 +1104,16 @@ struct sqlite_store::shared {
         }
     }
 };
+
+int sqlite_migrate(const std::string& path) {
+    sqlite_store::shared db(sqlite_options{path});
+    try {
+        db.open(); // as a worker's start: created or migrated, a foreign file refused
+    } catch (const db_error& e) {
+        throw std::runtime_error(e.what);
+    }
+    return sqlite_schema_version;
+}
 
 // ---------------------------------------------------------------------------------------------
 // request_awaiter: suspends a task until the transaction holding its request has ended. It
@@ -966,6 +1192,8 @@ sqlite_store::sqlite_store(rt::loop& loop, sqlite_options opts)
     // Start-up, before the loop runs: the one time the loop thread touches the connection.
     try {
         db_->open();
+        db_->read_pause(); // watch_pause's first answer
+        pause_.saw(db_->pause_seen);
     } catch (const db_error& e) {
         // Maybe transient (read-only for now, locked, disk full): run unready and retry with
         // every transaction, so the messages are retried, not lost, and /readyz says why.
@@ -1016,8 +1244,11 @@ rt::task<void> sqlite_store::writer() {
         }
         // A claim whose task is gone (a forced stop) must not record a start: no restart will
         // run, and the row would read as a crash in the window on the next delivery.
+        // Nor take a slot nobody would give back.
         for (auto& r : pending_)
-            if ((r.kind == op::claim || r.kind == op::claim_host) && !r.waiter) r.kind = op::skip;
+            if ((r.kind == op::claim || r.kind == op::claim_host || r.kind == op::slot) &&
+                !r.waiter)
+                r.kind = op::skip;
         if (records_.due()) records_.take_into(pending_);
         swap(db_->flying, pending_);
         pending_.clear();
@@ -1050,6 +1281,8 @@ rt::task<void> sqlite_store::writer() {
         }
         // Committed: what is held goes with the next transaction. Failed: its records are held.
         records_.ended(ok, db_->flying);
+        if (pause_.read_queued() && ok) pause_.saw(db_->pause_seen);
+        pause_.read_ended();
         health_.note(ok, error);
         batch_ok_ = ok;
         batch_error_ = std::move(error);
@@ -1158,6 +1391,7 @@ void sqlite_store::renew_claims(std::span<const message* const> ms) {
         request r;
         r.kind = op::renew;
         r.id = pending_.put(m->message_id());
+        r.n = slot_holders_.count(std::string(m->message_id())) ? 1 : 0; // and its slot
         pending_.reqs.push_back(r);
     }
     wake();
@@ -1191,6 +1425,61 @@ rt::task<host_claim> sqlite_store::claim_host(const message& m,
                          x.claim == restart_claim::held};
 }
 
+rt::task<prune_counts> sqlite_store::prune(prune_bounds b) {
+    if (prune_queued_) co_return prune_counts{}; // one pass at a time
+    flag_while_alive queued{prune_queued_};
+    db_->prune_next = b; // no pass is in flight: the pool does not read it now
+    request r;
+    r.kind = op::prune;
+    auto pending = enqueue(r); // named: see writer() on GCC 12 and temporaries
+    reply x = co_await pending;
+    if (!x.ok) throw std::runtime_error("store: " + x.error);
+    if (x.claim != restart_claim::proceed) throw std::runtime_error("store: " + db_->prune_error);
+    prune_counts c{static_cast<std::uint64_t>(x.n), x.attempt};
+    stats_.pruned_messages.inc(c.messages);
+    stats_.pruned_restarts.inc(c.restarts);
+    co_return c;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The rails of every worker sharing the file: slots and the fleet pause (store.hpp)
+// ---------------------------------------------------------------------------------------------
+
+rt::task<bool> sqlite_store::claim_slot(const message& m, std::size_t cap) {
+    request r;
+    r.kind = op::slot;
+    r.id = pending_.put(m.message_id());
+    r.n = static_cast<std::int64_t>(cap);
+    auto pending = enqueue(r); // named: see writer() on GCC 12 and temporaries
+    reply x = co_await pending;
+    if (!x.ok) throw std::runtime_error("store: " + x.error);
+    if (x.claim != restart_claim::proceed) co_return false;
+    slot_holders_.emplace(m.message_id());
+    co_return true;
+}
+
+void sqlite_store::release_slot(const message& m) {
+    slot_holders_.erase(std::string(m.message_id()));
+    if (phase_ == phase::closed) return; // it expires with its lease
+    request r;
+    r.kind = op::unslot;
+    r.id = pending_.put(m.message_id());
+    pending_.reqs.push_back(r);
+    wake();
+}
+
+void sqlite_store::watch_pause(std::chrono::milliseconds every,
+                               std::function<void(const fleet_pause*)> changed) {
+    pause_.watch(loop_, every, std::move(changed), [this] {
+        if (phase_ != phase::open) return false;
+        request r;
+        r.kind = op::read_pause;
+        pending_.reqs.push_back(r);
+        wake();
+        return true;
+    });
+}
+
 void sqlite_store::complete(const message& m, const verdict& v) {
     if (phase_ == phase::closed) {
         stats_.unrecorded.inc();
@@ -1211,6 +1500,7 @@ void sqlite_store::hurry() {
 }
 
 rt::task<void> sqlite_store::close() {
+    pause_.stop();
     if (phase_ == phase::open) phase_ = phase::closing;
     wake();
     co_await writer_done_;

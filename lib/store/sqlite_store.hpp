@@ -30,22 +30,34 @@
 #include "runtime/counter.hpp"
 #include "runtime/loop.hpp"
 #include "store/held_records.hpp"
+#include "store/pause_watch.hpp"
 #include "store/store.hpp"
 #include "store/store_batch.hpp"
 #include "store/store_health.hpp"
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <memory>
+#include <optional>
+#include <span>
 #include <stdexcept>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 namespace mayhem {
 
 // The schema version this build writes (PRAGMA user_version). A file with a newer version is
 // refused at start (exit 1): an older worker must not write rows it does not understand.
-inline constexpr int sqlite_schema_version = 2;
+inline constexpr int sqlite_schema_version = 3;
+// The migrations, one per version from 1, as shipped: each sets its user_version (the tests
+// build older files with them).
+std::span<const char* const> sqlite_migrations();
+// Creates or migrates the schema of the file at `path` as a worker's start does (`mayhem pause`
+// on a file no worker opened yet); the version reached. Throws sqlite_fatal for a newer or
+// foreign file, std::runtime_error when it cannot be opened or written.
+int sqlite_migrate(const std::string& path);
 
 struct sqlite_options {
     std::string path = "mayhem.db";
@@ -78,6 +90,8 @@ struct sqlite_store_stats {
     rt::counter outages;             // times healthy() turned false
     rt::counter unrecorded;          // records given up (store.hpp, unrecorded())
     rt::counter withdrawn;           // restart starts withdrawn: their task was gone
+    rt::counter pruned_messages;     // rows deleted by retention passes (prune)
+    rt::counter pruned_restarts;
 };
 
 class sqlite_store final : public store {
@@ -99,6 +113,16 @@ public:
     rt::task<bool> finish_restart(const message& m, const restart_result& r) override;
     void renew_claims(std::span<const message* const> ms) override;
     rt::task<void> release_claim(const message& m) override;
+    // The rails of every worker sharing the file, as the postgres store's for a fleet.
+    bool shares_slots() const override { return true; }
+    rt::task<bool> claim_slot(const message& m, std::size_t cap) override;
+    void release_slot(const message& m) override;
+    void watch_pause(std::chrono::milliseconds every,
+                     std::function<void(const fleet_pause*)> changed) override;
+    rt::task<prune_counts> prune(prune_bounds b) override;
+    prune_counts pruned() const override {
+        return {stats_.pruned_messages.get(), stats_.pruned_restarts.get()};
+    }
     void complete(const message& m, const verdict& v) override;
     bool healthy() const override { return health_.healthy(); }
     // See store.hpp. A transaction waiting for another writer's lock gives up at once.
@@ -168,6 +192,10 @@ private:
     kick kick_{*this};
     resume_done resume_{*this};
     phase phase_ = phase::open;
+    bool prune_queued_ = false; // a retention pass is queued or being written
+    pause_watch pause_;         // the shared pause as last read, and its watcher
+    // Messages holding one of the file's slots (their renewals renew it too).
+    std::unordered_set<std::string> slot_holders_;
     rt::event writer_done_;
     // Records nobody waits for, oldest first (see the top of this file), the number of them in
     // the transaction being written (its last ones), and when they may be written again.

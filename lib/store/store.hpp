@@ -88,6 +88,24 @@ enum class trial_answer : std::uint8_t {
     wait,  // open and cooling down, or another worker's trial runs
 };
 
+// Retention (store/retention.hpp): one bounded pass of store::prune. Times are ms since the
+// epoch. A store deletes, in one short transaction of its own:
+//  - messages rows with a final outcome (acked, dead_lettered, skipped) completed before
+//    `messages_before`, unless a restart of the id is unfinished;
+//  - every restarts row of a message id whose rows are all finished before `restarts_before`,
+//    none of them a host claim started at or after `host_claims_since` (a cooldown still needs
+//    it), and whose messages row, if any, is not in flight (no outcome, or retried).
+// At most `limit` messages rows and `limit` message ids' restarts rows go in one pass (oldest
+// first), so a pass never holds the database for long.
+struct prune_bounds {
+    std::int64_t messages_before = 0, restarts_before = 0, host_claims_since = 0;
+    std::uint32_t limit = 1000;
+};
+struct prune_counts {
+    std::uint64_t messages = 0, restarts = 0; // rows deleted
+    friend bool operator==(const prune_counts&, const prune_counts&) = default;
+};
+
 class store {
 public:
     virtual ~store() = default;
@@ -131,8 +149,9 @@ public:
     // restart's record stays.
     virtual rt::task<void> release_claim(const message& m) = 0;
     // Fleet-wide `--max-concurrent-restarts`: true when the store keeps restart slots for every
-    // worker sharing it (postgres: the fleet). Then the guard, after its own admission, takes
-    // one of the store's slots for each restart; otherwise its own count is the cap.
+    // worker sharing it (sqlite: the file, postgres: the fleet). Then the guard, after its own
+    // admission, takes one of the store's slots for each restart; otherwise its own count is the
+    // cap.
     virtual bool shares_slots() const { return false; }
     // Takes one of `cap` slots for m's restart as ONE atomic step across every worker of the
     // store: true when taken (or m already holds one of this worker's), false when all `cap`
@@ -142,7 +161,7 @@ public:
     virtual rt::task<bool> claim_slot(const message& m, std::size_t cap);
     // Gives back m's slot, if this worker holds one (not awaited, batched).
     virtual void release_slot(const message& m) { (void)m; }
-    // The fleet-wide pause, for a store that keeps one (postgres): calls `changed` (loop
+    // The shared pause, for a store that keeps one (sqlite, postgres): calls `changed` (loop
     // thread) at once with the pause as last read (nullptr: none), then reads it every `every`
     // (one small query) and calls `changed` again whenever it changed. While the database cannot
     // be read the last answer stands (no restart can be claimed meanwhile anyway). A null
@@ -177,6 +196,12 @@ public:
     // hears its end, so the trial of a worker that died is taken over after the lease.
     virtual rt::task<trial_answer> claim_trial(const message& m,
                                                std::chrono::milliseconds cooldown);
+    // One retention pass (prune_bounds above), run by the store's writer between its batches
+    // (sqlite) or as one statement of a batch (postgres); the rows deleted. Throws when the
+    // store could not run it. One pass at a time. The memory store keeps nothing: it prunes
+    // nothing. pruned(): the rows deleted so far by this process (loop thread).
+    virtual rt::task<prune_counts> prune(prune_bounds b);
+    virtual prune_counts pruned() const { return {}; }
     // Records the outcome of a message (not awaited, batched). A store that cannot write it now
     // keeps it and writes it later; one it gives up on is counted in unrecorded().
     virtual void complete(const message& m, const verdict& v) = 0;
@@ -215,6 +240,11 @@ inline rt::task<trial_answer> store::claim_trial(const message& m,
     (void)m;
     (void)cooldown;
     co_return trial_answer::go;
+}
+
+inline rt::task<prune_counts> store::prune(prune_bounds b) {
+    (void)b;
+    co_return prune_counts{};
 }
 
 inline rt::task<bool> store::claim_slot(const message& m, std::size_t cap) {

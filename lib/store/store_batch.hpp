@@ -29,6 +29,8 @@ enum class store_op : std::uint8_t {
     read_pause, // watch_pause's poll (and the breaker's)
     note,       // note_breaker
     trial,      // claim_trial
+    prune,      // prune: its bounds are the store's (one pass at a time); out: n messages rows
+                // deleted, attempt restarts rows deleted
     skip
 };
 
@@ -83,6 +85,17 @@ struct store_batch {
         x.reqs.swap(y.reqs);
         x.text.swap(y.text);
     }
+};
+
+// Sets a flag for as long as it lives: a store's one retention pass at a time (store.hpp,
+// prune), marked queued until the task that queued it ends or is destroyed; the sqlite store's
+// short lock waits while a pass is written.
+struct flag_while_alive {
+    bool& on;
+    explicit flag_while_alive(bool& f) noexcept : on(f) { on = true; }
+    ~flag_while_alive() { on = false; }
+    flag_while_alive(const flag_while_alive&) = delete;
+    flag_while_alive& operator=(const flag_while_alive&) = delete;
 };
 
 // Appends `r` with its strings, copied from `from`'s text into `to`'s; nobody waits on the copy.

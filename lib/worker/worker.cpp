@@ -232,6 +232,10 @@ worker::worker(worker_config cfg, std::vector<std::string> argv)
     pipeline_ =
         std::make_unique<pipeline>(loop_, make_pipeline_options(cfg_), *source_, *store_, *guard_);
     pipeline_->on_change([this] { check_done(); });
+    retention_ = std::make_unique<retention>(
+        loop_, *store_,
+        retention_options{.keep = cfg_.retention,
+                          .cooldown = resolve_safety(cfg_).restart_cooldown});
     observability_ = std::make_unique<metrics::observability>(
         loop_, make_observability_options(cfg_), *pipeline_, *source_, *store_, &guard_->stats(),
         exec_stats(*restarter_), redis_stats(*source_), tcp_stats(*source_));
@@ -328,6 +332,7 @@ bool worker::finish_stop() {
     }
     phase_ = phase::closing;
     status_timer_.reset();
+    retention_.reset(); // no pass starts once the stop began; one under way is abandoned
     reload_poll_.reset();
     drain_deadline_.reset();
     bool clean = true;

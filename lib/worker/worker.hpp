@@ -18,6 +18,7 @@
 #include "restart/restarter.hpp"
 #include "runtime/loop.hpp"
 #include "sources/source.hpp"
+#include "store/retention.hpp"
 #include "store/store.hpp"
 
 #include <chrono>
@@ -90,6 +91,7 @@ private:
     std::unique_ptr<restarter> restarter_;
     std::unique_ptr<restart_guard> guard_; // in front of restarter_; destroyed before it
     std::unique_ptr<pipeline> pipeline_;
+    std::unique_ptr<retention> retention_; // --retention's passes on store_; stopped at the stop
     // /metrics, /healthz, /readyz and the loop monitor; its HTTP threads read the pipeline's
     // stats, so it is destroyed first.
     std::unique_ptr<metrics::observability> observability_;

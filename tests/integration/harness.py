@@ -87,6 +87,24 @@ def http_get(url, timeout=2.0):
         return 0, ""
 
 
+def counting_script(tmp):
+    """A restart command that counts the runs in progress across every worker under flock and
+    appends the count it reached to a file. Returns (command template, path of that file)."""
+    import stat
+    path = os.path.join(tmp, "count.sh")
+    lock, count, peaks = (os.path.join(tmp, n) for n in ("lock", "running", "peaks"))
+    with open(path, "w") as f:
+        f.write("#!/bin/sh\n"
+                "exec 9>>%(lock)s\n"
+                "flock 9; n=$(( $(cat %(count)s 2>/dev/null || echo 0) + 1 ))\n"
+                "echo $n > %(count)s; echo $n >> %(peaks)s; flock -u 9\n"
+                "sleep 0.3\n"
+                "flock 9; echo $(( $(cat %(count)s) - 1 )) > %(count)s; flock -u 9\n"
+                % {"lock": lock, "count": count, "peaks": peaks})
+    os.chmod(path, os.stat(path).st_mode | stat.S_IEXEC)
+    return path + " {message_id}", peaks
+
+
 class Worker:
     """A running `mayhem worker`; stdout and stderr go to files in the test's temp dir."""
 

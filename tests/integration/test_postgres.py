@@ -105,21 +105,8 @@ class PostgresFleet(Harness):
                  by_result.replace("\n", ", "), self.peak_concurrency()))
 
     def counting_script(self):
-        """A restart command that counts the runs in progress across the fleet under flock and
-        appends the count it reached to `peaks`."""
-        path = os.path.join(self.tmp, "count.sh")
-        lock, count = os.path.join(self.tmp, "lock"), os.path.join(self.tmp, "running")
-        self.peaks = os.path.join(self.tmp, "peaks")
-        with open(path, "w") as f:
-            f.write("#!/bin/sh\n"
-                    "exec 9>>%(lock)s\n"
-                    "flock 9; n=$(( $(cat %(count)s 2>/dev/null || echo 0) + 1 ))\n"
-                    "echo $n > %(count)s; echo $n >> %(peaks)s; flock -u 9\n"
-                    "sleep 0.3\n"
-                    "flock 9; echo $(( $(cat %(count)s) - 1 )) > %(count)s; flock -u 9\n"
-                    % {"lock": lock, "count": count, "peaks": self.peaks})
-        os.chmod(path, os.stat(path).st_mode | stat.S_IEXEC)
-        return path + " {message_id}"
+        command, self.peaks = harness.counting_script(self.tmp)
+        return command
 
     def test_max_concurrent_restarts_holds_across_the_fleet(self):
         r, pg = self.redis(), self.postgres()
@@ -369,7 +356,7 @@ class PostgresFleet(Harness):
         self.assertEqual(doc["messages"], 50)
         self.assertEqual(doc["by_outcome"], {"acked": 50})
         self.assertEqual(doc["restarts"]["by_result"], {"ok": 50})
-        self.assertEqual(doc["schema_version"], 3)
+        self.assertEqual(doc["schema_version"], 4)
         self.assertNotIn("s3cret-Pa55", r.stdout + r.stderr)
         self.assertEqual(doc["db"], "127.0.0.1:%d/postgres" % pg.port)
 

@@ -74,7 +74,7 @@ class StoreTest(Harness):
         self.assertEqual(scalar(db, "SELECT count(*) FROM messages WHERE completed_at IS NULL"), 0)
         self.assertEqual(scalar(db, "SELECT count(*) FROM restarts WHERE result = 'ok' "
                                     "AND finished IS NOT NULL"), n)
-        self.assertEqual(scalar(db, "PRAGMA user_version"), 2)
+        self.assertEqual(scalar(db, "PRAGMA user_version"), 3)
         self.assertEqual(store_closed(err)["saves"], n)
 
         code, out, errtext = self.history("--json", "--limit", "5")

@@ -70,6 +70,23 @@ TEST_CASE("bad values name the flag and what is allowed") {
     REQUIRE(zero);
     CHECK(zero->read_ahead == 0);
     CHECK_FALSE(parse({"--no-such-flag"}, &err));
+    CHECK_FALSE(parse({"--retention", "3 months"}, &err));
+    CHECK(err.find("--retention") != std::string::npos);
+    CHECK(err.find("7d") != std::string::npos);
+}
+
+TEST_CASE("--retention: 90 days by default, 0 keeps forever, MAYHEM_RETENTION sets it") {
+    auto c = parse({});
+    REQUIRE(c);
+    CHECK(c->retention == std::chrono::milliseconds{90LL * 24 * 3600 * 1000});
+    auto forever = parse({"--retention", "0"});
+    REQUIRE(forever);
+    CHECK(forever->retention == 0ms);
+    ::setenv("MAYHEM_RETENTION", "30d", 1);
+    auto env = parse({});
+    ::unsetenv("MAYHEM_RETENTION");
+    REQUIRE(env);
+    CHECK(env->retention == std::chrono::milliseconds{30LL * 24 * 3600 * 1000});
 }
 
 TEST_CASE("flags win over the environment, the environment over the config file") {

@@ -47,6 +47,13 @@ struct sqlite_backend {
         o.claim_lease = lease;
         return std::make_unique<sqlite_store>(loop, o);
     }
+    void exec(const std::string& sql) {
+        sqlite3* c = nullptr;
+        REQUIRE(sqlite3_open_v2(path.c_str(), &c, SQLITE_OPEN_READWRITE, nullptr) == SQLITE_OK);
+        sqlite3_busy_timeout(c, 5000);
+        CHECK(sqlite3_exec(c, sql.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK);
+        sqlite3_close(c);
+    }
     std::int64_t count(const std::string& sql) {
         sqlite3* c = nullptr;
         REQUIRE(sqlite3_open_v2(path.c_str(), &c, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
@@ -72,6 +79,7 @@ struct postgres_backend {
         o.claim_lease = lease;
         return std::make_unique<postgres_store>(loop, o);
     }
+    void exec(const std::string& sql) { pg_exec(url, sql); }
     std::int64_t count(const std::string& sql) { return std::stoll(pg_exec(url, sql)); }
 };
 
@@ -360,9 +368,12 @@ TEST_CASE_TEMPLATE("store contract: every start of an id is an attempt, also one
                    "AND result = 'abandoned'") == 1);
 }
 
-// Fleet-wide --max-concurrent-restarts: the PostgreSQL store keeps the slots (store.hpp).
-TEST_CASE("postgres: restart slots are the fleet's: taken once, given back, freed by a lease") {
-    postgres_backend db;
+// Shared --max-concurrent-restarts: the store keeps the slots for every worker sharing it
+// (store.hpp): PostgreSQL for the fleet, SQLite for the workers sharing the file.
+TEST_CASE_TEMPLATE("store contract: restart slots are shared: taken once, given back, freed by a "
+                   "lease",
+                   B, STORES) {
+    B db;
     rt::loop loop;
     auto a = db.open(loop, "a", 60s);
     auto b = db.open(loop, "b", 60s);
@@ -388,8 +399,9 @@ TEST_CASE("postgres: restart slots are the fleet's: taken once, given back, free
         run_void(loop, (*s)->close());
 }
 
-TEST_CASE("postgres: two workers taking the last slot at once: exactly one wins") {
-    postgres_backend db;
+TEST_CASE_TEMPLATE("store contract: two workers taking the last slot at once: exactly one wins", B,
+                   STORES) {
+    B db;
     rt::loop loop;
     auto a = db.open(loop, "a", 60s);
     auto b = db.open(loop, "b", 60s);
@@ -484,12 +496,12 @@ TEST_CASE("postgres: the breaker is the fleet's: every worker's failures open it
         run_void(loop, (*s)->close());
 }
 
-TEST_CASE("postgres: the fleet-wide pause is read at start and polled") {
-    postgres_backend db;
+TEST_CASE_TEMPLATE("store contract: the shared pause is read at start and polled", B, STORES) {
+    B db;
     rt::loop loop;
     auto a = db.open(loop, "a", 60s); // migrates
-    pg_exec(db.url, "INSERT INTO fleet_pause (paused_by, paused_at, reason) "
-                    "VALUES ('alice', 1700000000000, 'maintenance')");
+    db.exec("INSERT INTO fleet_pause (paused_by, paused_at, reason) "
+            "VALUES ('alice', 1700000000000, 'maintenance')");
     auto b = db.open(loop, "b", 60s);
     std::optional<fleet_pause> seen;
     int calls = 0;
@@ -502,10 +514,139 @@ TEST_CASE("postgres: the fleet-wide pause is read at start and polled") {
     CHECK(seen->who == "alice");
     CHECK(seen->reason == "maintenance");
     CHECK(seen->since_ms == 1700000000000);
-    pg_exec(db.url, "DELETE FROM fleet_pause");
+    db.exec("DELETE FROM fleet_pause");
     wait_for(loop, [&] { return !seen; });
     CHECK(calls == 2);
     b->watch_pause(20ms, nullptr);
     run_void(loop, a->close());
     run_void(loop, b->close());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Retention (store.hpp, prune_bounds)
+// ---------------------------------------------------------------------------------------------
+
+TEST_CASE_TEMPLATE("store contract: retention prunes finished rows past the cutoff in bounded "
+                   "passes and keeps what is in flight, unfinished or needed by a cooldown",
+                   B, STORES) {
+    B db;
+    rt::loop loop;
+    auto st = db.open(loop, "a", 60s);
+    auto acked = verdict{outcome::acked, {}, {}};
+    auto restart = [&](const message& x, restart_status how) {
+        CHECK(run(loop, st->claim_restart(x)) == restart_claim::proceed);
+        CHECK(run(loop, st->finish_restart(x, restart_result{how, {}})));
+    };
+    // Gone once old: restarted and acked (p0..p4), acked after a failed first attempt (two
+    // restarts rows, gone together), dead-lettered without a restart.
+    for (int i = 0; i < 5; ++i) {
+        auto p = msg("p" + std::to_string(i));
+        CHECK(run(loop, st->save(p, delivery{})).ok);
+        restart(p, restart_status::ok);
+        st->complete(p, acked);
+    }
+    auto twice = msg("twice"), dl = msg("dl");
+    CHECK(run(loop, st->save(twice, delivery{})).ok);
+    restart(twice, restart_status::failed);
+    restart(twice, restart_status::ok);
+    st->complete(twice, acked);
+    CHECK(run(loop, st->save(dl, delivery{})).ok);
+    st->complete(dl, verdict{outcome::dead_lettered, "bad", {}});
+    // Kept: in flight (no outcome; its restart done), retried after a failure, acked with its
+    // restart unfinished, and a cooldown claim within the cooldown (its message row goes).
+    auto fly = msg("fly"), again = msg("again"), running = msg("running"),
+         cool = msg("cool", "cool.example.net");
+    CHECK(run(loop, st->save(fly, delivery{})).ok);
+    restart(fly, restart_status::ok);
+    CHECK(run(loop, st->save(again, delivery{})).ok);
+    restart(again, restart_status::failed);
+    st->complete(again, verdict{outcome::retried, "boom", {}});
+    CHECK(run(loop, st->save(running, delivery{})).ok);
+    CHECK(run(loop, st->claim_restart(running)) == restart_claim::proceed);
+    st->complete(running, acked);
+    CHECK(run(loop, st->save(cool, delivery{})).ok);
+    CHECK(run(loop, st->claim_restart(cool)) == restart_claim::proceed);
+    CHECK(run(loop, st->claim_host(cool, std::chrono::system_clock::now(), 1h)).granted);
+    CHECK(run(loop, st->finish_restart(cool, ok)));
+    st->complete(cool, acked);
+
+    // Everything above finished "before" an hour from now; the cooldown reaches an hour back.
+    auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                   std::chrono::system_clock::now().time_since_epoch())
+                   .count();
+    prune_bounds b{now + 3'600'000, now + 3'600'000, now - 3'600'000, 3};
+    prune_counts total;
+    std::vector<prune_counts> passes;
+    for (int i = 0; i < 10; ++i) {
+        auto c = run(loop, st->prune(b));
+        passes.push_back(c);
+        CHECK(c.messages <= 3); // bounded: at most `limit` rows, and `limit` ids' restarts
+        CHECK(c.restarts <= 3 * 2);
+        total.messages += c.messages;
+        total.restarts += c.restarts;
+        if (c == prune_counts{}) break;
+    }
+    REQUIRE(passes.size() >= 3);
+    CHECK(passes[0].messages == 3); // 8 were old enough: the first pass takes its limit
+    CHECK(passes.back() == prune_counts{});
+    CHECK(total == prune_counts{8, 7});
+    CHECK(st->pruned() == total);
+    // The kept record still decides: the retried message's next claim is its second attempt.
+    auto next = run(loop, st->claim_restart(again));
+    CHECK(next == restart_claim::proceed);
+    CHECK(next.attempt == 2);
+    run_void(loop, st->close());
+    CHECK(db.count("SELECT count(*) FROM messages WHERE message_id IN ('fly', 'again', "
+                   "'running')") == 3);
+    CHECK(db.count("SELECT count(*) FROM messages") == 3);
+    CHECK(db.count("SELECT count(*) FROM restarts WHERE message_id IN ('fly', 'again', "
+                   "'running', 'cool')") == 5); // again: its failed attempt and the new one
+    CHECK(db.count("SELECT count(*) FROM restarts") == 5);
+}
+
+TEST_CASE_TEMPLATE("store contract: a retention pass before the cutoff deletes nothing", B,
+                   STORES) {
+    B db;
+    rt::loop loop;
+    auto st = db.open(loop, "a", 60s);
+    auto a = msg("a");
+    CHECK(run(loop, st->save(a, delivery{})).ok);
+    CHECK(run(loop, st->claim_restart(a)) == restart_claim::proceed);
+    CHECK(run(loop, st->finish_restart(a, ok)));
+    st->complete(a, verdict{outcome::acked, {}, {}});
+    auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                   std::chrono::system_clock::now().time_since_epoch())
+                   .count();
+    // Finished now: not older than an hour.
+    CHECK(run(loop, st->prune(prune_bounds{now - 3'600'000, now - 3'600'000, now, 1000})) ==
+          prune_counts{});
+    run_void(loop, st->close());
+    CHECK(db.count("SELECT count(*) FROM messages") == 1);
+    CHECK(db.count("SELECT count(*) FROM restarts") == 1);
+}
+
+TEST_CASE_TEMPLATE("store contract: a renewed claim keeps its slot past its first lease", B,
+                   STORES) {
+    B db;
+    rt::loop loop;
+    auto a = db.open(loop, "a", 60s);
+    auto c = db.open(loop, "c", 200ms);
+    rt::periodic_timer tick(loop, 50ms, [] {}); // see "restart slots are shared" above
+    auto s1 = msg("s1");
+    CHECK(run(loop, c->save(s1, delivery{})).ok);
+    CHECK(run(loop, c->claim_restart(s1)) == restart_claim::proceed);
+    CHECK(run(loop, c->claim_slot(s1, 1)));
+    for (int i = 0; i < 6; ++i) { // 600 ms: three leases, renewed every 100 ms
+        const message* ms[] = {&s1};
+        c->renew_claims(ms);
+        wait(loop, 100ms);
+    }
+    CHECK_FALSE(run(loop, a->claim_slot(msg("s2"), 1)));
+    c->release_slot(s1);
+    wait_for(loop, [&] {
+        return db.count("SELECT count(*) FROM restart_slots WHERE message_id IS NOT NULL") == 0;
+    });
+    CHECK(run(loop, a->claim_slot(msg("s2"), 1)));
+    run_void(loop, a->close());
+    run_void(loop, c->close());
 }

@@ -4,12 +4,15 @@
 
 #include "store_test.hpp"
 
+#include <atomic>
 #include <cstdlib>
 #include <doctest/doctest.h>
 #include <libpq-fe.h>
 #include <optional>
 #include <string>
+#include <thread>
 #include <unistd.h>
+#include <vector>
 
 using namespace mayhem;
 using namespace mayhem::store_test;
@@ -57,6 +60,92 @@ TEST_CASE("postgres_store: an empty database is migrated once, also by workers s
     CHECK(exec(url, "SELECT max(version) FROM schema_migrations") ==
           std::to_string(postgres_schema_version));
     CHECK(exec(url, "SELECT count(*) FROM messages") == "1");
+}
+
+TEST_CASE("postgres_store: workers starting together on an empty database apply each migration "
+          "once") {
+    auto url = fresh_db("migrate_race");
+    // Each thread is one worker's start: its own connection, migrating at the same moment.
+    constexpr int workers = 6;
+    std::vector<int> versions(workers, -1);
+    std::vector<std::string> errors(workers);
+    std::atomic<int> ready{0};
+    std::vector<std::thread> threads;
+    for (int i = 0; i < workers; ++i)
+        threads.emplace_back([&, i] {
+            PGconn* c = PQconnectdb(url.c_str());
+            ++ready;
+            while (ready.load() < workers) // all connected, then all migrate at once
+                std::this_thread::yield();
+            try {
+                versions[static_cast<std::size_t>(i)] = postgres_migrate(c);
+            } catch (const std::exception& e) {
+                errors[static_cast<std::size_t>(i)] = e.what();
+            }
+            PQfinish(c);
+        });
+    for (auto& t : threads)
+        t.join();
+    for (int i = 0; i < workers; ++i) {
+        CHECK(errors[static_cast<std::size_t>(i)] == "");
+        CHECK(versions[static_cast<std::size_t>(i)] == postgres_schema_version);
+    }
+    CHECK(exec(url, "SELECT count(*) FROM schema_migrations") ==
+          std::to_string(postgres_schema_version));
+    CHECK(exec(url, "SELECT count(DISTINCT version) FROM schema_migrations") ==
+          std::to_string(postgres_schema_version));
+}
+
+TEST_CASE("postgres_store: a database of the previous schema version is migrated, its rows kept "
+          "and claimed as before") {
+    for (int version = 1; version < postgres_schema_version; ++version) {
+        CAPTURE(version);
+        auto url = fresh_db("older");
+        // As the older build left it: its migrations and their version rows, then its rows.
+        std::string sql = "BEGIN; CREATE TABLE schema_migrations (version integer PRIMARY KEY, "
+                          "applied_at timestamptz NOT NULL DEFAULT now());";
+        for (int v = 1; v <= version; ++v)
+            sql += std::string(postgres_migrations()[static_cast<std::size_t>(v - 1)]) +
+                   "; INSERT INTO schema_migrations (version) VALUES (" + std::to_string(v) + ");";
+        sql += R"sql(
+INSERT INTO messages (message_id, instance, hostname, first_seen, outcome, completed_at)
+VALUES ('m-done', 'i', 'h1', 1000, 'acked', 2000), ('m-failed', 'i', 'h2', 1000, 'retried', NULL),
+       ('m-dead', 'i', 'h3', 1000, NULL, NULL);
+INSERT INTO restarts (message_id, attempt, hostname, started, finished, result, host_claimed,
+                      owner, lease_until)
+VALUES ('m-done', 1, 'h1', 1000, 1500, 'ok', true, NULL, NULL),
+       ('m-failed', 1, 'h2', 1000, 1500, 'failed', true, NULL, NULL),
+       ('m-dead', 1, 'h3', 1000, NULL, NULL, true, 'dead-worker', 2000);
+COMMIT;)sql";
+        exec(url, sql);
+        REQUIRE(exec(url, "SELECT max(version) FROM schema_migrations") == std::to_string(version));
+        rt::loop loop;
+        {
+            postgres_store st(loop, on(url));
+            CHECK(st.healthy());
+            CHECK(run(loop, st.claim_restart(msg("m-done"))) == restart_claim::done);
+            auto failed = run(loop, st.claim_restart(msg("m-failed")));
+            CHECK(failed == restart_claim::proceed);
+            CHECK(failed.attempt == 2);
+            // Its owner's lease long expired: unfinished. Version 1 took the row over as it was;
+            // from version 2 on, a start that passed its cooldown claim is closed abandoned and
+            // the next attempt recorded.
+            auto dead = run(loop, st.claim_restart(msg("m-dead")));
+            CHECK(dead == restart_claim::unfinished);
+            CHECK(dead.attempt == 2);
+            CHECK(run(loop, st.save(msg("m-new"), delivery{})).ok);
+            run_void(loop, st.close());
+        }
+        CHECK(exec(url, "SELECT max(version) FROM schema_migrations") ==
+              std::to_string(postgres_schema_version));
+        CHECK(exec(url, "SELECT count(*) FROM schema_migrations") ==
+              std::to_string(postgres_schema_version));
+        CHECK(exec(url, "SELECT count(*) FROM messages") == "4");
+        CHECK(exec(url, "SELECT count(*) FROM restarts WHERE message_id = 'm-dead' AND "
+                        "result = 'abandoned'") == "1");
+        CHECK(exec(url, "SELECT count(*) FROM pg_indexes WHERE indexname IN "
+                        "('messages_completed', 'restarts_finished')") == "2");
+    }
 }
 
 TEST_CASE("postgres_store: a newer schema version is refused at start") {

@@ -174,6 +174,63 @@ TEST_CASE("sqlite_store: a newer schema version is refused") {
     CHECK_THROWS_AS(sqlite_store(loop, sqlite_options{dir.db()}), sqlite_fatal);
 }
 
+// A file as an older build left it: the shipped migrations up to `version`, then its rows.
+// m-done restarted ok and acked; m-failed failed once (retried); m-dead started and never
+// finished, by a worker that died (version 1 has no owner or lease).
+void older_file(const std::string& db, int version) {
+    sqlite3* c = nullptr;
+    REQUIRE(sqlite3_open(db.c_str(), &c) == SQLITE_OK);
+    for (int v = 0; v < version; ++v)
+        REQUIRE(sqlite3_exec(c, sqlite_migrations()[static_cast<std::size_t>(v)], nullptr, nullptr,
+                             nullptr) == SQLITE_OK);
+    const char* rows = R"sql(
+INSERT INTO messages (message_id, instance, hostname, first_seen, outcome, completed_at)
+VALUES ('m-done', 'i', 'h1', 1000, 'acked', 2000),
+       ('m-failed', 'i', 'h2', 1000, 'retried', NULL),
+       ('m-dead', 'i', 'h3', 1000, NULL, NULL);
+INSERT INTO restarts (message_id, attempt, hostname, started, finished, result, host_claimed)
+VALUES ('m-done', 1, 'h1', 1000, 1500, 'ok', 1),
+       ('m-failed', 1, 'h2', 1000, 1500, 'failed', 1),
+       ('m-dead', 1, 'h3', 1000, NULL, NULL, 1);
+)sql";
+    REQUIRE(sqlite3_exec(c, rows, nullptr, nullptr, nullptr) == SQLITE_OK);
+    sqlite3_close(c);
+    REQUIRE(count(db, "PRAGMA user_version") == version);
+}
+
+TEST_CASE("sqlite_store: a file of an older schema version is migrated, its rows kept and "
+          "claimed as before") {
+    for (int version = 1; version < sqlite_schema_version; ++version) {
+        CAPTURE(version);
+        temp_dir dir;
+        older_file(dir.db(), version);
+        rt::loop loop;
+        sqlite_options o{dir.db()};
+        o.owner = "new";
+        o.claim_lease = std::chrono::seconds(60);
+        sqlite_store st(loop, o);
+        CHECK(st.healthy());
+        CHECK(count(dir.db(), "PRAGMA user_version") == sqlite_schema_version);
+        CHECK(count(dir.db(), "SELECT count(*) FROM messages") == 3);
+        CHECK(count(dir.db(), "SELECT count(*) FROM restarts") == 3);
+        CHECK(count(dir.db(), "SELECT count(*) FROM sqlite_schema WHERE type = 'index' AND name "
+                              "IN ('messages_completed', 'restarts_finished')") == 2);
+        CHECK(run(loop, st.claim_restart(msg("m-done", "h1"))) == restart_claim::done);
+        auto failed = run(loop, st.claim_restart(msg("m-failed", "h2")));
+        CHECK(failed == restart_claim::proceed);
+        CHECK(failed.attempt == 2);
+        // No lease on the old unfinished row: it is unfinished, closed abandoned, next attempt.
+        auto dead = run(loop, st.claim_restart(msg("m-dead", "h3")));
+        CHECK(dead == restart_claim::unfinished);
+        CHECK(dead.attempt == 2);
+        CHECK(run(loop, st.save(msg("m-new"), delivery{})).ok);
+        run(loop, st.close());
+        CHECK(count(dir.db(), "SELECT count(*) FROM restarts WHERE message_id = 'm-dead' AND "
+                              "result = 'abandoned'") == 1);
+        CHECK(count(dir.db(), "SELECT count(*) FROM messages") == 4);
+    }
+}
+
 TEST_CASE("sqlite_store: a database that cannot be opened fails saves and never throws") {
     temp_dir dir;
     rt::loop loop;
@@ -735,5 +792,24 @@ TEST_CASE("sqlite_store: a transaction that holds a restart claim is fsynced, ev
     int after_finish = wal_sync_counter::syncs.load();
     CHECK(run(loop, st.save(b, delivery{})).ok); // back to NORMAL for a save alone
     CHECK(wal_sync_counter::syncs.load() == after_finish);
+    run(loop, st.close());
+}
+
+TEST_CASE("sqlite_store: a retention pass gives way to another writer's lock instead of waiting "
+          "--db-busy-timeout") {
+    temp_dir dir;
+    rt::loop loop;
+    sqlite_options o{dir.db()};
+    o.busy_timeout = std::chrono::minutes(10); // a pass that waited this long would hang here
+    sqlite_store st(loop, o);
+    CHECK(run(loop, st.save(msg("a"), delivery{})).ok);
+    sqlite3* peer = nullptr;
+    REQUIRE(sqlite3_open(dir.db().c_str(), &peer) == SQLITE_OK);
+    REQUIRE(sqlite3_exec(peer, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) == SQLITE_OK);
+    prune_bounds b{1, 1, 1, 1000};
+    CHECK_THROWS_WITH(run(loop, st.prune(b)), doctest::Contains("locked"));
+    REQUIRE(sqlite3_exec(peer, "COMMIT", nullptr, nullptr, nullptr) == SQLITE_OK);
+    sqlite3_close(peer);
+    CHECK(run(loop, st.prune(b)) == prune_counts{}); // the next pass runs
     run(loop, st.close());
 }
