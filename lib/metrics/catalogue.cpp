@@ -3,6 +3,7 @@
 #include "message/message.hpp"
 #include "pipeline/outcome.hpp"
 #include "restart/exec_restarter.hpp"
+#include "sources/pubsub_source.hpp"
 #include "sources/redis_source.hpp"
 
 #include <limits>
@@ -93,6 +94,14 @@ void add_redis(std::vector<MetricFamily>& out, const redis_source_stats* r) {
     out.push_back(single("mayhem_redis_ack_failures_total",
                          "Verdicts (XACK, dead letter) Redis refused or whose reply was lost",
                          MetricType::Counter, get(&redis_source_stats::ack_failures)));
+}
+
+// The subscription's figures (--source pubsub); 0 with another source.
+void add_pubsub(std::vector<MetricFamily>& out, const pubsub_source_stats* p) {
+    out.push_back(single("mayhem_pubsub_acks_refused_total",
+                         "Acks Pub/Sub refused (exactly-once delivery: expired or invalid ack id); "
+                         "those messages were not acked and are redelivered",
+                         MetricType::Counter, p ? num(p->acks_refused.get()) : 0.0));
 }
 
 } // namespace
@@ -260,6 +269,7 @@ std::vector<MetricFamily> collect(const catalogue_inputs& in) {
                          "Times the source lost its connection and connected again",
                          MetricType::Counter, num(live.source_reconnects.get())));
     add_redis(out, in.redis);
+    add_pubsub(out, in.pubsub);
     out.push_back(single("mayhem_store_healthy", "1 while the store is up and writable",
                          MetricType::Gauge, live.store_healthy.load(std::memory_order_relaxed)));
 

@@ -19,6 +19,7 @@
 namespace mayhem {
 struct exec_restarter_stats;
 struct redis_source_stats;
+struct pubsub_source_stats;
 } // namespace mayhem
 
 namespace mayhem::metrics {
@@ -30,9 +31,10 @@ struct catalogue_inputs {
     std::string version;  // mayhem_build_info labels
     std::string revision; //
     std::optional<process_stats> process;
-    const restart_guard_stats* guard = nullptr; // the safety rails in front of the restarter
-    const exec_restarter_stats* exec = nullptr; // with --restarter exec
-    const redis_source_stats* redis = nullptr;  // with --source redis
+    const restart_guard_stats* guard = nullptr;  // the safety rails in front of the restarter
+    const exec_restarter_stats* exec = nullptr;  // with --restarter exec
+    const redis_source_stats* redis = nullptr;   // with --source redis
+    const pubsub_source_stats* pubsub = nullptr; // with --source pubsub
 };
 
 std::vector<prometheus::MetricFamily> collect(const catalogue_inputs& in);
