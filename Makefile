@@ -35,6 +35,11 @@ deps-test:
 	@./scripts/deps $(BUILD_PACKAGES) $(TEST_PACKAGES)
 deps-bench:
 	@./scripts/deps $(BUILD_PACKAGES) $(BENCH_PACKAGES)
+	@# The npm packages of the baselines (scripts/baseline/package-lock.json: the official
+	@# Pub/Sub client for Node.js is on the npm registry, not in Debian); only for make bench.
+	@# NodeSource's nodejs carries npm, Debian's does not (its npm package then).
+	@command -v npm >/dev/null || ./scripts/deps npm
+	cd scripts/baseline && npm ci --no-audit --no-fund --loglevel=error
 
 # A build dir made by make build or make run has no tests (BUILD_TESTING=OFF: no doctest, no
 # promtool needed); make test turns them on in it.
