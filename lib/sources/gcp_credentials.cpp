@@ -51,12 +51,11 @@ std::string field(const nlohmann::json& doc, const char* name, bool required) {
 } // namespace
 
 std::shared_ptr<const service_account> load_service_account(const std::string& path) {
-    auto failed = [&](const std::string& why) {
-        return std::runtime_error(path + ": " + why);
-    };
+    auto failed = [&](const std::string& why) { return std::runtime_error(path + ": " + why); };
     std::ifstream in(path, std::ios::binary);
-    if (!in) throw failed("cannot open it (GOOGLE_APPLICATION_CREDENTIALS names a missing or "
-                          "unreadable file)");
+    if (!in)
+        throw failed("cannot open it (GOOGLE_APPLICATION_CREDENTIALS names a missing or "
+                     "unreadable file)");
     std::string text;
     text.resize(max_key_file_bytes + 1);
     in.read(text.data(), static_cast<std::streamsize>(text.size()));
@@ -87,8 +86,8 @@ std::shared_ptr<const service_account> load_service_account(const std::string& p
         auto pem = field(doc, "private_key", true);
         std::unique_ptr<BIO, decltype(&BIO_free)> bio(
             BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())), &BIO_free);
-        EVP_PKEY* key = bio ? PEM_read_bio_PrivateKey(bio.get(), nullptr, &no_passphrase, nullptr)
-                            : nullptr;
+        EVP_PKEY* key =
+            bio ? PEM_read_bio_PrivateKey(bio.get(), nullptr, &no_passphrase, nullptr) : nullptr;
         ERR_clear_error();
         if (!key) throw std::runtime_error("\"private_key\" is not a PEM private key");
         sa->key.reset(key, &EVP_PKEY_free);
@@ -126,8 +125,7 @@ std::string make_assertion(const service_account& sa, std::chrono::system_clock:
                           {"iat", iat},
                           {"exp", iat + assertion_lifetime.count()}};
     std::string input = base64url(header.dump()) + "." + base64url(claims.dump());
-    std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(),
-                                                               &EVP_MD_CTX_free);
+    std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), &EVP_MD_CTX_free);
     std::size_t len = 0;
     if (!ctx || EVP_DigestSignInit(ctx.get(), nullptr, EVP_sha256(), nullptr, sa.key.get()) != 1 ||
         EVP_DigestSign(ctx.get(), nullptr, &len,

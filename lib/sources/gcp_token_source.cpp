@@ -94,8 +94,9 @@ void token_source::on_reply(const http_response& r) {
     loop_.timers().arm(expiry_timer_, usable);
     loop_.timers().arm(refresh_timer_, std::max<rt::millis>(refresh_at, rt::millis{100}));
     if (recovered)
-        log::info("pubsub: access token obtained",
-                  {{"from", where()}, {"expires_in_s", static_cast<long long>(t->expires_in.count())}});
+        log::info(
+            "pubsub: access token obtained",
+            {{"from", where()}, {"expires_in_s", static_cast<long long>(t->expires_in.count())}});
     else
         log::debug("pubsub: access token refreshed",
                    {{"expires_in_s", static_cast<long long>(t->expires_in.count())}});

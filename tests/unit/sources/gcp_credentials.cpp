@@ -1,6 +1,7 @@
 // gcp_credentials: the plain parts of Application Default Credentials, without a server (the
 // token flow against a stand-in is tests/integration/test_pubsub_auth.py).
 #include "sources/gcp_credentials.hpp"
+
 #include "sources/pubsub_rest.hpp"
 
 #include <doctest/doctest.h>
@@ -21,9 +22,9 @@ TEST_CASE("gcp: a token reply gives the token and its life; a bad one a reason w
     REQUIRE(t);
     CHECK(t->value == "ya29.x");
     CHECK(t->expires_in.count() == 3599);
-    for (const char* bad : {"", "[]", R"({"expires_in":10})", R"({"access_token":"a"})",
-                            R"({"access_token":"a","expires_in":0})",
-                            R"({"access_token":"a b","expires_in":10})"}) {
+    for (const char* bad :
+         {"", "[]", R"({"expires_in":10})", R"({"access_token":"a"})",
+          R"({"access_token":"a","expires_in":0})", R"({"access_token":"a b","expires_in":10})"}) {
         why.clear();
         CHECK_FALSE(gcp::parse_token_reply(bad, &why));
         CHECK_FALSE(why.empty());
