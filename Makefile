@@ -35,6 +35,11 @@ deps-test:
 	@./scripts/deps $(BUILD_PACKAGES) $(TEST_PACKAGES)
 deps-bench:
 	@./scripts/deps $(BUILD_PACKAGES) $(BENCH_PACKAGES)
+	@# The npm packages of the baselines (scripts/baseline/package-lock.json: the official
+	@# Pub/Sub client for Node.js is on the npm registry, not in Debian); only for make bench.
+	@# NodeSource's nodejs carries npm, Debian's does not (its npm package then).
+	@command -v npm >/dev/null || ./scripts/deps npm
+	cd scripts/baseline && npm ci --no-audit --no-fund --loglevel=error
 
 # A build dir made by make build or make run has no tests (BUILD_TESTING=OFF: no doctest, no
 # promtool needed); make test turns them on in it.
@@ -80,7 +85,7 @@ SAN_ENV_thread = TSAN_OPTIONS=log_path=$(SAN_REPORTS)/tsan:suppressions=$(CURDIR
 # between threads, the tests of loop-thread-only protocol and policy code (Redis source, Pub/Sub
 # source, safety rails, command templates, signing), which ASan runs.
 SAN_SKIP_address = ^bench: |^deploy: |test_deploy$$|test_readme_help$$
-SAN_SKIP_thread = $(SAN_SKIP_address)|test_pubsub$$|test_safety$$|test_redis$$|test_redis_claims$$|test_redis_states$$|test_rails$$|test_many_workers$$|test_exec_children$$|test_auth$$|test_worker_cli$$
+SAN_SKIP_thread = $(SAN_SKIP_address)|test_pubsub$$|test_safety$$|test_redis$$|test_redis_claims$$|test_redis_states$$|test_rails$$|test_many_workers$$|test_exec_children$$|test_auth$$|test_worker_cli$$|test_pubsub_auth$$|test_tcp$$
 
 build-san:
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Debug -DMAYHEM_SANITIZE=$(SAN) -DMAYHEM_CHAOS_IN_TESTS=OFF

@@ -53,8 +53,10 @@ private:
 // gets none).
 class pubsub_sink final : public sink {
 public:
-    pubsub_sink(const std::string& endpoint, const std::string& topic, bool by_host)
-        : pub_(endpoint, topic), by_host_(by_host) {}
+    pubsub_sink(const std::string& endpoint, const std::string& topic, bool by_host,
+                bool credentials, std::shared_ptr<const gcp::service_account> key)
+        : pub_(endpoint, topic, pubsub::max_publish, 8, credentials, std::move(key)),
+          by_host_(by_host) {}
     void add(std::string_view p) override {
         std::string key;
         if (by_host_) {
@@ -234,6 +236,8 @@ int run_publish(const std::vector<std::string>& args) {
     cmd.add_flag("--retry", retry,
                  "With --tcp: send again what is answered retried (after its retry_after_ms) or "
                  "released, or left unanswered by a connection that closed (connecting again)");
+    std::string credentials = "auto";
+    add_pubsub_credentials(cmd, credentials);
     add_auth_key_files(cmd, key_files);
     if (auto code = mayhem::parse_command(cmd, args, "mayhem publish", std::cout, std::cerr))
         return *code;
@@ -243,6 +247,15 @@ int run_publish(const std::vector<std::string>& args) {
         return exit_usage;
     }
     auto keys = std::get<std::shared_ptr<auth::key_ring>>(std::move(loaded));
+    std::shared_ptr<const gcp::service_account> gcp_key;
+    if (!topic.empty()) {
+        auto key = load_pubsub_key(credentials, pubsub_endpoint);
+        if (auto* bad = std::get_if<std::string>(&key)) {
+            std::cerr << "mayhem publish: " << *bad << "\n";
+            return exit_usage;
+        }
+        gcp_key = std::get<std::shared_ptr<const gcp::service_account>>(std::move(key));
+    }
     std::string why;
     auto ep = parse_redis_url(url, &why);
     if (!ep) {
@@ -275,8 +288,10 @@ int run_publish(const std::vector<std::string>& args) {
             if (!file) throw std::runtime_error("cannot open '" + output + "' for writing");
             out = std::make_unique<ndjson_sink>(file);
         } else if (!topic.empty()) {
-            out = std::make_unique<pubsub_sink>(pubsub::resolve_endpoint(pubsub_endpoint), topic,
-                                                ordering_key == "host");
+            auto endpoint = pubsub::resolve_endpoint(pubsub_endpoint);
+            out = std::make_unique<pubsub_sink>(endpoint, topic, ordering_key == "host",
+                                                gcp::wants_credentials(credentials, endpoint),
+                                                std::move(gcp_key));
         } else {
             out = std::make_unique<redis_sink>(*ep, stream);
         }

@@ -269,6 +269,28 @@ load_auth_keys(const std::vector<std::string>& files) {
     }
 }
 
+CLI::Option* add_pubsub_credentials(CLI::App& cmd, std::string& mode) {
+    return cmd
+        .add_option("--pubsub-credentials", mode,
+                    "pubsub: auto = Application Default Credentials for an https endpoint, none "
+                    "for http (an emulator); adc = always; none = never")
+        ->check(CLI::IsMember({"auto", "adc", "none"}))
+        ->capture_default_str();
+}
+
+std::variant<std::shared_ptr<const gcp::service_account>, std::string>
+load_pubsub_key(const std::string& mode, const std::string& endpoint) {
+    if (!gcp::wants_credentials(mode, pubsub::resolve_endpoint(endpoint)))
+        return std::shared_ptr<const gcp::service_account>{};
+    const char* file = std::getenv("GOOGLE_APPLICATION_CREDENTIALS");
+    if (!file || !*file) return std::shared_ptr<const gcp::service_account>{};
+    try {
+        return gcp::load_service_account(file);
+    } catch (const std::exception& e) {
+        return std::string("GOOGLE_APPLICATION_CREDENTIALS ") + e.what();
+    }
+}
+
 std::string env_name(const std::string& flag) {
     std::string out = "MAYHEM_";
     for (char c : flag)
@@ -472,6 +494,7 @@ void add_worker_options(CLI::App& cmd, worker_config& c) {
                    "they are acked")
         ->check(shaped(pubsub::valid_topic, "projects/PROJECT/topics/NAME"))
         ->group("Pub/Sub");
+    add_pubsub_credentials(cmd, c.pubsub_credentials)->group("Pub/Sub");
 
     cmd.add_option("--listen", c.listen,
                    "tcp: HOST:PORT to take requests on (a numeric IPv4 host; one JSON request "
@@ -744,6 +767,15 @@ std::optional<worker_config> parse_worker_config(const std::vector<std::string>&
         return std::nullopt;
     }
     cfg.auth_keys = std::get<std::shared_ptr<auth::key_ring>>(std::move(keys));
+    if (cfg.source == "pubsub") {
+        auto key = load_pubsub_key(cfg.pubsub_credentials, cfg.pubsub_endpoint);
+        if (auto* bad = std::get_if<std::string>(&key)) {
+            err << "mayhem worker: " << printable(*bad) << "\n";
+            exit_code = 2;
+            return std::nullopt;
+        }
+        cfg.pubsub_key = std::get<std::shared_ptr<const gcp::service_account>>(std::move(key));
+    }
     exit_code = 0;
     return cfg;
 }

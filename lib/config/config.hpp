@@ -5,6 +5,7 @@
 #include "message/auth.hpp"
 #include "runtime/duration.hpp"
 #include "runtime/log.hpp"
+#include "sources/gcp_credentials.hpp"
 
 #include <CLI/CLI.hpp>
 #include <cstdint>
@@ -54,9 +55,13 @@ struct worker_config {
     millis stream_sample_interval{5000}; // how often the group is sampled for /metrics
 
     // pubsub source (README "Google Cloud Pub/Sub")
-    std::string pubsub_subscription; // projects/P/subscriptions/S
-    std::string pubsub_endpoint;     // empty: $PUBSUB_EMULATOR_HOST, else Google's
-    std::string dead_letter_topic;   // projects/P/topics/T
+    std::string pubsub_subscription;         // projects/P/subscriptions/S
+    std::string pubsub_endpoint;             // empty: $PUBSUB_EMULATOR_HOST, else Google's
+    std::string pubsub_credentials = "auto"; // auto, adc, none (gcp::wants_credentials)
+    // The key file of $GOOGLE_APPLICATION_CREDENTIALS, read when the flags are parsed when
+    // credentials are used; null: none (the metadata server is asked).
+    std::shared_ptr<const gcp::service_account> pubsub_key;
+    std::string dead_letter_topic; // projects/P/topics/T
 
     // tcp source (README "TCP")
     std::string listen = "127.0.0.1:7478";
@@ -149,6 +154,14 @@ CLI::Option* add_auth_key_files(CLI::App& cmd, std::vector<std::string>& files);
 // is empty.
 std::variant<std::shared_ptr<auth::key_ring>, std::string>
 load_auth_keys(const std::vector<std::string>& files);
+
+// --pubsub-credentials auto|adc|none (worker and publish).
+CLI::Option* add_pubsub_credentials(CLI::App& cmd, std::string& mode);
+// Application Default Credentials' key file for a Pub/Sub `endpoint` under `mode`: the service
+// account of $GOOGLE_APPLICATION_CREDENTIALS (read now), null when credentials are not used or
+// that variable is unset (the metadata server), or the error naming the file.
+std::variant<std::shared_ptr<const gcp::service_account>, std::string>
+load_pubsub_key(const std::string& mode, const std::string& endpoint);
 
 // The environment variable that sets a flag: --max-in-flight -> MAYHEM_MAX_IN_FLIGHT.
 std::string env_name(const std::string& flag);

@@ -3,6 +3,7 @@
 #include "message/message.hpp"
 #include "pipeline/outcome.hpp"
 #include "restart/exec_restarter.hpp"
+#include "sources/pubsub_source.hpp"
 #include "sources/redis_source.hpp"
 #include "sources/tcp_source.hpp"
 
@@ -120,6 +121,14 @@ void add_tcp(std::vector<MetricFamily>& out, const tcp_source_stats* t) {
                          "Answers not sent because their producer had disconnected (the work "
                          "was carried out)",
                          MetricType::Counter, get(&tcp_source_stats::answers_lost)));
+}
+
+// The subscription's figures (--source pubsub); 0 with another source.
+void add_pubsub(std::vector<MetricFamily>& out, const pubsub_source_stats* p) {
+    out.push_back(single("mayhem_pubsub_acks_refused_total",
+                         "Acks Pub/Sub refused (exactly-once delivery: expired or invalid ack id); "
+                         "those messages were not acked and are redelivered",
+                         MetricType::Counter, p ? num(p->acks_refused.get()) : 0.0));
 }
 
 } // namespace
@@ -295,6 +304,7 @@ std::vector<MetricFamily> collect(const catalogue_inputs& in) {
                          MetricType::Counter, num(live.source_reconnects.get())));
     add_redis(out, in.redis);
     add_tcp(out, in.tcp);
+    add_pubsub(out, in.pubsub);
     out.push_back(single("mayhem_store_healthy", "1 while the store is up and writable",
                          MetricType::Gauge, live.store_healthy.load(std::memory_order_relaxed)));
 

@@ -20,6 +20,7 @@ namespace mayhem {
 struct exec_restarter_stats;
 struct redis_source_stats;
 struct tcp_source_stats;
+struct pubsub_source_stats;
 } // namespace mayhem
 
 namespace mayhem::metrics {
@@ -31,10 +32,11 @@ struct catalogue_inputs {
     std::string version;  // mayhem_build_info labels
     std::string revision; //
     std::optional<process_stats> process;
-    const restart_guard_stats* guard = nullptr; // the safety rails in front of the restarter
-    const exec_restarter_stats* exec = nullptr; // with --restarter exec
-    const redis_source_stats* redis = nullptr;  // with --source redis
-    const tcp_source_stats* tcp = nullptr;      // with --source tcp
+    const restart_guard_stats* guard = nullptr;  // the safety rails in front of the restarter
+    const exec_restarter_stats* exec = nullptr;  // with --restarter exec
+    const redis_source_stats* redis = nullptr;   // with --source redis
+    const tcp_source_stats* tcp = nullptr;       // with --source tcp
+    const pubsub_source_stats* pubsub = nullptr; // with --source pubsub
 };
 
 std::vector<prometheus::MetricFamily> collect(const catalogue_inputs& in);

@@ -26,9 +26,9 @@ rt::millis probe_period(rt::millis max_lag) {
 observability::observability(rt::loop& l, observability_options opts, const pipeline& p,
                              const source& src, const store& st, const restart_guard_stats* guard,
                              const exec_restarter_stats* exec, const redis_source_stats* redis,
-                             const tcp_source_stats* tcp)
+                             const tcp_source_stats* tcp, const pubsub_source_stats* pubsub)
     : loop_(l), opts_(std::move(opts)), pipeline_(p), source_(src), store_(st), guard_(guard),
-      exec_(exec), redis_(redis), tcp_(tcp), source_name_(src.name()) {
+      exec_(exec), redis_(redis), tcp_(tcp), pubsub_(pubsub), source_name_(src.name()) {
     publish();
     monitor_ = std::make_unique<loop_monitor>(l, live_, probe_period(opts_.health_max_loop_lag),
                                               opts_.slow_callback_warn, [this] { publish(); });
@@ -176,6 +176,7 @@ http_response observability::answer(std::string_view path) const {
         in.exec = exec_;
         in.redis = redis_;
         in.tcp = tcp_;
+        in.pubsub = pubsub_;
         return {200, "text/plain; version=0.0.4; charset=utf-8", serialize(collect(in))};
     }
     if (path == "/healthz") {

@@ -40,7 +40,8 @@ public:
     observability(rt::loop& l, observability_options opts, const pipeline& p, const source& src,
                   const store& st, const restart_guard_stats* guard = nullptr,
                   const exec_restarter_stats* exec = nullptr,
-                  const redis_source_stats* redis = nullptr, const tcp_source_stats* tcp = nullptr);
+                  const redis_source_stats* redis = nullptr, const tcp_source_stats* tcp = nullptr,
+                  const pubsub_source_stats* pubsub = nullptr);
     observability(const observability&) = delete;
     observability& operator=(const observability&) = delete;
     ~observability();
@@ -80,6 +81,7 @@ private:
     const exec_restarter_stats* exec_;
     const redis_source_stats* redis_;
     const tcp_source_stats* tcp_;
+    const pubsub_source_stats* pubsub_;
     const std::string source_name_;
     live_state live_;
     bool publishing_ = true; // loop thread: false once the source may be closed

@@ -61,26 +61,42 @@ http_client::~http_client() {
 
 void http_client::post(const std::string& url, std::string body, std::chrono::milliseconds timeout,
                        callback done, const std::string& bearer) {
-    if (!multi_) throw std::logic_error("http_client: post after close");
+    http_request req;
+    req.url = url;
+    req.body = std::move(body);
+    req.timeout = timeout;
+    if (!bearer.empty()) req.headers.push_back("Authorization: Bearer " + bearer);
+    send(std::move(req), std::move(done));
+}
+
+void http_client::send(http_request req, callback done) {
+    if (!multi_) throw std::logic_error("http_client: send after close");
     auto r = std::make_unique<request>();
     r->easy = curl_easy_init();
     if (!r->easy) throw std::runtime_error("curl_easy_init failed");
-    r->sent = std::move(body);
+    r->sent = std::move(req.body);
     r->done = std::move(done);
-    r->headers = curl_slist_append(r->headers, "Content-Type: application/json");
-    // No "Expect: 100-continue" round trip before a large body.
-    r->headers = curl_slist_append(r->headers, "Expect:");
-    if (!bearer.empty())
-        r->headers = curl_slist_append(r->headers, ("Authorization: Bearer " + bearer).c_str());
+    bool get = req.method == "GET";
+    if (!get) {
+        r->headers = curl_slist_append(r->headers, ("Content-Type: " + req.content_type).c_str());
+        // No "Expect: 100-continue" round trip before a large body.
+        r->headers = curl_slist_append(r->headers, "Expect:");
+    }
+    for (const auto& h : req.headers)
+        r->headers = curl_slist_append(r->headers, h.c_str());
     CURL* e = r->easy;
-    curl_easy_setopt(e, CURLOPT_URL, url.c_str());
+    curl_easy_setopt(e, CURLOPT_URL, req.url.c_str());
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->headers);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->sent.data());
-    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(r->sent.size()));
+    if (get) {
+        curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+    } else {
+        curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->sent.data());
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(r->sent.size()));
+    }
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, &on_data);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, &r->received);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->error);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, static_cast<long>(timeout.count()));
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, static_cast<long>(req.timeout.count()));
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     if (auto rc = curl_multi_add_handle(multi_, e); rc != CURLM_OK)

@@ -13,8 +13,19 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 namespace mayhem {
+
+// One request. GET when `method` is "GET" (no body), else a POST of `body`.
+struct http_request {
+    std::string method = "POST";
+    std::string url;
+    std::string body;
+    std::string content_type = "application/json";
+    std::vector<std::string> headers; // more header lines, "Name: value"
+    std::chrono::milliseconds timeout{30000};
+};
 
 struct http_response {
     long status = 0; // 0: no response came (error says why)
@@ -35,6 +46,8 @@ public:
     // from inside post(). A non-empty `bearer` is sent as "Authorization: Bearer <bearer>".
     void post(const std::string& url, std::string body, std::chrono::milliseconds timeout,
               callback done, const std::string& bearer = {});
+    // Sends `req`; `done` runs later on the loop with the response, never from inside send().
+    void send(http_request req, callback done);
     // Requests under way.
     std::size_t active() const noexcept { return requests_.size(); }
     // Abandons every request under way (their callbacks never run) and frees the handles.

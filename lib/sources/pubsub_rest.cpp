@@ -62,10 +62,6 @@ std::string resolve_endpoint(const std::string& flag) {
     return url;
 }
 
-bool needs_credentials(std::string_view endpoint) {
-    return endpoint == google_endpoint || endpoint.ends_with(".googleapis.com");
-}
-
 std::string base64_encode(std::string_view data) {
     std::string out(4 * ((data.size() + 2) / 3), '\0');
     int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
@@ -167,6 +163,23 @@ std::optional<std::size_t> parse_publish(std::string_view body) {
     } catch (const std::exception&) {
         return std::nullopt;
     }
+}
+
+std::optional<std::unordered_map<std::string, std::string>> ack_failures(std::string_view body) {
+    try {
+        auto doc = nlohmann::json::parse(body);
+        for (const auto& d : doc.at("error").at("details")) {
+            auto type = d.value("@type", std::string());
+            if (!type.ends_with("google.rpc.ErrorInfo")) continue;
+            auto meta = d.find("metadata");
+            if (meta == d.end() || !meta->is_object()) continue;
+            std::unordered_map<std::string, std::string> out;
+            for (const auto& [id, why] : meta->items())
+                if (why.is_string()) out.emplace(id, why.get<std::string>());
+            return out;
+        }
+    } catch (const std::exception&) {}
+    return std::nullopt;
 }
 
 std::string error_text(long status, std::string_view body) {

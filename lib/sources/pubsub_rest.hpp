@@ -11,6 +11,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -33,8 +34,6 @@ bool valid_endpoint(std::string_view url);
 // The API's base URL: `flag` (--pubsub-endpoint) when given, else http://$PUBSUB_EMULATOR_HOST
 // (the variable every Google client honours) when set, else Google's endpoint.
 std::string resolve_endpoint(const std::string& flag);
-// True when that base URL is the emulator's or another one given (not Google's): no token.
-bool needs_credentials(std::string_view endpoint);
 
 std::string base64_encode(std::string_view data);
 std::optional<std::string> base64_decode(std::string_view text);
@@ -63,6 +62,12 @@ struct outgoing {
 std::string publish_body(std::span<const outgoing> messages);
 // How many message ids a publish reply holds; nullopt when it does not parse.
 std::optional<std::size_t> parse_publish(std::string_view body);
+
+// The ack ids an acknowledge or modifyAckDeadline refusal names as failed, with their reason
+// ("PERMANENT_FAILURE_INVALID_ACK_ID", ...): on an exactly-once subscription the error's
+// google.rpc.ErrorInfo lists them, and the call's other ack ids took. nullopt when the reply
+// carries no such list (then none of them took).
+std::optional<std::unordered_map<std::string, std::string>> ack_failures(std::string_view body);
 
 // "HTTP 404: Resource not found (resource=...)": the status with the API's own error message
 // when the body carries one.

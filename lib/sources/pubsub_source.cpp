@@ -48,6 +48,9 @@ pubsub_source::pubsub_source(rt::loop& loop, pubsub_source_options opts)
       }),
       force_timer_([this] { give_up(); }) {
     idle_->data = this;
+    if (opts_.credentials)
+        auth_ =
+            std::make_unique<gcp::token_source>(loop_, http_, opts_.key, [this] { on_token(); });
     opts_.max_pull = std::clamp<std::size_t>(opts_.max_pull, 1, pubsub::max_pull);
 }
 
@@ -81,6 +84,24 @@ void pubsub_source::enter(state next, std::string_view why) {
     state_ = next;
 }
 
+const std::string& pubsub_source::bearer() const noexcept {
+    static const std::string none;
+    return auth_ ? auth_->token() : none;
+}
+
+bool pubsub_source::unauthorized(const http_response& r, const std::string& used) {
+    if (!auth_ || r.status != 401) return false;
+    auth_->rejected(used);
+    return true;
+}
+
+// A token came (calls may go: a turn sends what waited) or there is none (not ready).
+void pubsub_source::on_token() {
+    if (!sink_ || state_ == state::closed) return;
+    if (can_send()) kick();
+    sink_->source_changed();
+}
+
 std::string pubsub_source::url(std::string_view resource, std::string_view method) const {
     std::string u = opts_.endpoint;
     u += "/v1/";
@@ -102,7 +123,9 @@ void pubsub_source::start(source_sink& sink) {
     enter(state::running, "started");
     log::info("pubsub source started", {{"endpoint", opts_.endpoint},
                                         {"subscription", opts_.subscription},
-                                        {"dead_letter_topic", opts_.dead_letter_topic}});
+                                        {"dead_letter_topic", opts_.dead_letter_topic},
+                                        {"credentials", auth_ ? auth_->where() : "none"}});
+    if (auth_) auth_->start();
     kick();
 }
 
@@ -211,6 +234,7 @@ void pubsub_source::close() {
     force_timer_.cancel();
     idle_.close();
     http_.close();
+    auth_.reset();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -241,21 +265,24 @@ void pubsub_source::turn() {
 }
 
 void pubsub_source::pull() {
-    if (state_ != state::running || cooling_ || pause_timer_.armed()) return;
+    if (state_ != state::running || cooling_ || pause_timer_.armed() || !can_send()) return;
     while (pulls_ < max_pulls && demand_ > reserved_) {
         std::size_t n = std::min(demand_ - reserved_, opts_.max_pull);
         reserved_ += n;
         ++pulls_;
         // returnImmediately: a pull that waited for messages would hold up a drain (it waits
         // for every pull under way) and could not tell an idle subscription.
-        http_.post(url(opts_.subscription, "pull"), pubsub::pull_body(n, true), opts_.call_timeout,
-                   [this, n](http_response r) { on_pull(std::move(r), n); });
+        http_.post(
+            url(opts_.subscription, "pull"), pubsub::pull_body(n, true), opts_.call_timeout,
+            [this, n, used = bearer()](http_response r) { on_pull(std::move(r), n, used); },
+            bearer());
     }
 }
 
-void pubsub_source::on_pull(http_response r, std::size_t asked) {
+void pubsub_source::on_pull(http_response r, std::size_t asked, const std::string& used) {
     --pulls_;
     reserved_ -= asked;
+    unauthorized(r, used);
     std::optional<std::vector<pubsub::received>> got;
     std::string why;
     if (classify(r) == result::ok) {
@@ -316,6 +343,7 @@ void pubsub_source::check_idle() {
 void pubsub_source::flush() {
     if (state_ == state::gave_up || state_ == state::closed) return;
     if (cooling_ && state_ != state::forced) return;
+    if (!can_send()) return; // the verdicts wait for a token (a forced stop gives them up)
     if (!dead_.empty()) {
         auto dead = std::move(dead_);
         dead_.clear();
@@ -377,18 +405,22 @@ void pubsub_source::send(call c) {
             where = url(opts_.subscription, "modifyAckDeadline");
         }
     }
-    http_.post(where, std::move(body), opts_.call_timeout,
-               [this, it](http_response r) { on_sent(it, std::move(r)); });
+    http_.post(
+        where, std::move(body), opts_.call_timeout,
+        [this, it, used = bearer()](http_response r) { on_sent(it, std::move(r), used); },
+        bearer());
 }
 
-void pubsub_source::on_sent(std::list<call>::iterator it, http_response r) {
+void pubsub_source::on_sent(std::list<call>::iterator it, http_response r,
+                            const std::string& used) {
     call c = std::move(*it);
     calls_.erase(it);
     if (c.dropped) return;
+    bool token_refused = unauthorized(r, used);
     const char* what = !c.dead.empty()    ? "publish to the dead-letter topic"
                        : c.deadline_s < 0 ? "acknowledge"
                                           : "modifyAckDeadline";
-    switch (classify(r)) {
+    switch (token_refused ? result::transient : classify(r)) {
     case result::ok:
         mark_up();
         if (!c.dead.empty()) {
@@ -417,8 +449,12 @@ void pubsub_source::on_sent(std::list<call>::iterator it, http_response r) {
         cool_down(what, describe(r));
         break;
     case result::refused:
-        // Sending it again cannot help: nothing was acked, the broker redelivers.
         ++refused_;
+        if (c.deadline_s < 0 && c.dead.empty()) {
+            refused_ack(c, r);
+            break;
+        }
+        // Sending it again cannot help: nothing was acked, the broker redelivers.
         log::error(
             "pubsub: the API refused a call; its messages are not acked and are "
             "redelivered once their deadline lapses",
@@ -429,6 +465,35 @@ void pubsub_source::on_sent(std::list<call>::iterator it, http_response r) {
             report(d.it, outcome::released);
         break;
     }
+}
+
+// An acknowledge the API refused. On an exactly-once subscription an ack can fail (its ack id
+// expired, or the message went to another worker): the reply's ErrorInfo names the ack ids that
+// did not take, and the call's others did. Whatever did not take is not acked: reported
+// released, counted, redelivered by the broker; the store's record absorbs the redelivery.
+// Without that list, none took.
+void pubsub_source::refused_ack(const call& c, const http_response& r) {
+    auto failed = pubsub::ack_failures(r.body);
+    std::uint64_t refused = 0;
+    std::string reason;
+    for (const auto& i : c.items) {
+        if (failed) {
+            auto f = failed->find(i.ack_id);
+            if (f == failed->end()) {
+                report(i, i.what);
+                continue;
+            }
+            if (reason.empty()) reason = f->second;
+        }
+        ++refused;
+        report(i, outcome::released);
+    }
+    stats_.acks_refused.inc(refused);
+    if (refused > 0 && refused_log_.allow(loop_.now()))
+        log::warn("pubsub: acks did not take; those messages are not acked and are redelivered",
+                  {{"refused", refused},
+                   {"acked", c.items.size() - refused},
+                   {"reason", reason.empty() ? describe(r) : reason}});
 }
 
 void pubsub_source::report(const item& i, outcome o) {
@@ -443,20 +508,22 @@ void pubsub_source::report(const item& i, outcome o) {
 
 void pubsub_source::renew() {
     if (held_.empty() || (state_ != state::running && state_ != state::draining)) return;
+    if (!can_send()) return;
     int seconds = static_cast<int>(std::clamp<std::int64_t>(opts_.ack_deadline.count() / 1000, 10,
                                                             pubsub::max_ack_deadline_s));
     std::vector<std::string> ids(held_.begin(), held_.end());
     for (std::size_t at = 0; at < ids.size(); at += pubsub::max_ack_ids) {
         auto end = std::min(ids.size(), at + pubsub::max_ack_ids);
         std::span<const std::string> chunk(ids.data() + at, end - at);
-        http_.post(url(opts_.subscription, "modifyAckDeadline"),
-                   pubsub::modify_deadline_body(chunk, seconds), opts_.call_timeout,
-                   [this](http_response r) { on_renewed(r); });
+        http_.post(
+            url(opts_.subscription, "modifyAckDeadline"),
+            pubsub::modify_deadline_body(chunk, seconds), opts_.call_timeout,
+            [this, used = bearer()](http_response r) { on_renewed(r, used); }, bearer());
     }
 }
 
-void pubsub_source::on_renewed(const http_response& r) {
-    switch (classify(r)) {
+void pubsub_source::on_renewed(const http_response& r, const std::string& used) {
+    switch (unauthorized(r, used) ? result::transient : classify(r)) {
     case result::ok:
         mark_up();
         break;

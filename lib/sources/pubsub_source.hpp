@@ -28,7 +28,11 @@
 // Threading: loop thread only.
 #pragma once
 
+#include "runtime/counter.hpp"
+#include "runtime/log_budget.hpp"
 #include "runtime/loop.hpp"
+#include "sources/gcp_credentials.hpp"
+#include "sources/gcp_token_source.hpp"
 #include "sources/http_client.hpp"
 #include "sources/source.hpp"
 
@@ -42,6 +46,13 @@
 
 namespace mayhem {
 
+// For /metrics: written on the loop thread, read by the HTTP threads (atomic counters).
+struct pubsub_source_stats {
+    // Acks the API refused (exactly-once delivery: an expired or invalid ack id), each counted
+    // once; those messages were reported released, not acked.
+    rt::counter acks_refused;
+};
+
 struct pubsub_source_options {
     std::string endpoint;          // base URL, e.g. https://pubsub.googleapis.com
     std::string subscription;      // projects/P/subscriptions/S
@@ -52,6 +63,11 @@ struct pubsub_source_options {
     rt::millis idle_after{1000};    // --exit-when-idle: pulls empty this long, nothing held
     std::size_t max_pull = 1000;    // messages per pull at most
     rt::millis call_timeout{30000};
+    // Application Default Credentials: off for an emulator. With them every call carries an
+    // access token from `key` (a service-account key file) or, when null, the metadata server;
+    // while there is none, nothing is sent and the source is not up.
+    bool credentials = false;
+    std::shared_ptr<const gcp::service_account> key;
 };
 
 class pubsub_source final : public source {
@@ -66,13 +82,17 @@ public:
     void stop() override;
     bool finished() const override;
     bool drained() const override { return pulls_ == 0; }
-    bool up() const override { return up_; }
+    bool up() const override { return up_ && can_send(); }
     std::uint64_t reconnects() const override { return reconnects_; }
     void force_stop() override;
     void close() override;
 
     // Calls the API refused for good; their messages were reported released.
     std::uint64_t refused_calls() const noexcept { return refused_; }
+    // Acks the API refused (on an exactly-once subscription: expired or invalid ack ids); those
+    // messages were reported released, not acked.
+    std::uint64_t refused_acks() const noexcept { return stats_.acks_refused.get(); }
+    const pubsub_source_stats& stats() const noexcept { return stats_; }
 
 private:
     // The source's life. Independently of it the endpoint is up, or failing and cooled down.
@@ -111,23 +131,31 @@ private:
     void kick();
     void turn();
     void pull();
-    void on_pull(http_response r, std::size_t asked);
+    void on_pull(http_response r, std::size_t asked, const std::string& used);
     void flush();
     void send(call c);
-    void on_sent(std::list<call>::iterator it, http_response r);
+    void on_sent(std::list<call>::iterator it, http_response r, const std::string& used);
     void renew();
-    void on_renewed(const http_response& r);
+    void on_renewed(const http_response& r, const std::string& used);
     void mark_up();
     void cool_down(const char* what, const std::string& why);
+    void refused_ack(const call& c, const http_response& r);
     void report(const item& i, outcome o);
     void check_idle();
     void give_up();
     std::string url(std::string_view resource, std::string_view method) const;
+    // Credentials: the token to send (empty without credentials), whether a call may go now, and
+    // what a 401 to a call that carried `used` means (true: the token was refused, send again).
+    const std::string& bearer() const noexcept;
+    bool can_send() const noexcept { return !auth_ || !auth_->token().empty(); }
+    bool unauthorized(const http_response& r, const std::string& used);
+    void on_token();
 
     rt::loop& loop_;
     pubsub_source_options opts_;
     source_sink* sink_ = nullptr;
     http_client http_;
+    std::unique_ptr<gcp::token_source> auth_; // null: no credentials (an emulator)
     rt::uv_handle<uv_idle_t> idle_;
     std::unique_ptr<rt::periodic_timer> lease_timer_;
     rt::delayed_call cool_timer_;
@@ -153,6 +181,9 @@ private:
     std::uint64_t last_message_at_ = 0; // loop time of the last non-empty pull (or the start)
     std::uint64_t reconnects_ = 0;
     std::uint64_t refused_ = 0;
+    pubsub_source_stats stats_;
+    // Refused acks: logged at a bounded rate, all counted.
+    rt::log_budget refused_log_{10, "refused pubsub acks", "mayhem_pubsub_acks_refused_total"};
 };
 
 } // namespace mayhem

@@ -70,10 +70,8 @@ std::unique_ptr<source> make_pubsub_source(rt::loop& loop, const worker_config& 
     o.exit_when_idle = c.exit_when_idle;
     o.lease_extend = c.lease_extend_interval;
     o.ack_deadline = c.lease_timeout;
-    if (pubsub::needs_credentials(o.endpoint))
-        log::warn("pubsub: no credentials are sent (Application Default Credentials are not "
-                  "supported yet); Google's endpoint will refuse the calls",
-                  {{"endpoint", o.endpoint}});
+    o.credentials = gcp::wants_credentials(c.pubsub_credentials, o.endpoint);
+    o.key = c.pubsub_key;
     return std::make_unique<pubsub_source>(loop, std::move(o));
 }
 
@@ -217,6 +215,11 @@ const tcp_source_stats* tcp_stats(const source& s) {
     return t ? &t->stats() : nullptr;
 }
 
+const pubsub_source_stats* pubsub_stats(const source& s) {
+    auto* p = dynamic_cast<const pubsub_source*>(&s);
+    return p ? &p->stats() : nullptr;
+}
+
 double seconds_since(std::chrono::steady_clock::time_point t) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
@@ -238,7 +241,8 @@ worker::worker(worker_config cfg, std::vector<std::string> argv)
                           .cooldown = resolve_safety(cfg_).restart_cooldown});
     observability_ = std::make_unique<metrics::observability>(
         loop_, make_observability_options(cfg_), *pipeline_, *source_, *store_, &guard_->stats(),
-        exec_stats(*restarter_), redis_stats(*source_), tcp_stats(*source_));
+        exec_stats(*restarter_), redis_stats(*source_), tcp_stats(*source_),
+        pubsub_stats(*source_));
 
     for (int s : {SIGTERM, SIGINT}) {
         signals_.push_back(
