@@ -12,7 +12,7 @@ BUILD_PACKAGES := g++ cmake make pkg-config \
   libcli11-dev libspdlog-dev libfmt-dev libsqlite3-dev libhiredis-dev libsystemd-dev libpq-dev \
   libcurl4-openssl-dev libssl-dev
 TEST_PACKAGES := python3 python3-yaml doctest-dev redis-server redis-tools postgresql prometheus \
-  clang-format systemd time clang libclang-rt-14-dev
+  clang-format systemd time clang libclang-rt-14-dev openssl
 BENCH_PACKAGES := python3 python3-uvloop redis-server redis-tools postgresql time nodejs node-redis golang-go
 
 .PHONY: all deps deps-test deps-bench build run test fuzz asan tsan bench chaos format format-check clean help
@@ -83,7 +83,7 @@ SAN_ENV_thread = TSAN_OPTIONS=log_path=$(SAN_REPORTS)/tsan:suppressions=$(CURDIR
 # What a sanitizer build does not run (CI's 20 minutes): tests of no C++ of ours (benchmarks,
 # promtool, the deploy files, README against --help); and under TSan, which looks for races
 # between threads, the tests of loop-thread-only protocol and policy code (Redis source, Pub/Sub
-# source, safety rails, command templates, signing), which ASan runs.
+# and TCP sources, safety rails, command templates, signing, credentials), which ASan runs.
 SAN_SKIP_address = ^bench: |^deploy: |test_deploy$$|test_readme_help$$
 SAN_SKIP_thread = $(SAN_SKIP_address)|test_pubsub$$|test_safety$$|test_redis$$|test_redis_claims$$|test_redis_states$$|test_rails$$|test_many_workers$$|test_exec_children$$|test_auth$$|test_worker_cli$$|test_pubsub_auth$$|test_tcp$$
 
