@@ -436,13 +436,15 @@ TEST_CASE("postgres: the breaker is the fleet's: every worker's failures open it
     rt::loop loop;
     auto a = db.open(loop, "a", 60s);
     auto b = db.open(loop, "b", 60s);
-    auto c = db.open(loop, "c", 20ms);
+    // The cooldown and c's lease are long enough that a loaded machine answers each claim
+    // inside them: the checks before each wait must land before it ends.
+    auto c = db.open(loop, "c", 1s);
     CHECK(a->shares_breaker());
     std::optional<fleet_breaker> seen;
     b->watch_breaker([&](const fleet_breaker& x) { seen = x; });
     REQUIRE(seen);
     CHECK(seen->st == fleet_breaker::state::closed);
-    const breaker_rules rules{3, 60s, 300ms};
+    const breaker_rules rules{3, 60s, 1s};
     auto state = [&] { return db.count("SELECT state FROM fleet_breaker"); };
     auto fail = [&](store& s, const char* id, const char* host) {
         s.note_breaker(msg(id, host), breaker_outcome::failed, false, rules);
@@ -458,7 +460,7 @@ TEST_CASE("postgres: the breaker is the fleet's: every worker's failures open it
     wait_for(loop, [&] { return seen->st == fleet_breaker::state::open; });
     CHECK(state() == 1);
     CHECK(run(loop, a->claim_trial(msg("t0"), rules.cooldown)) == trial_answer::wait); // cooling
-    wait(loop, 350ms);
+    wait(loop, 1050ms);
     // Cooldown over: of two workers asking at once, exactly one runs the trial.
     std::optional<trial_answer> ta, tb;
     {
@@ -476,11 +478,11 @@ TEST_CASE("postgres: the breaker is the fleet's: every worker's failures open it
     winner->note_breaker(won, breaker_outcome::failed, true, rules);
     wait_for(loop, [&] { return state() == 1; });
     CHECK(run(loop, a->claim_trial(msg("t3"), rules.cooldown)) == trial_answer::wait);
-    wait(loop, 350ms);
+    wait(loop, 1050ms);
     // c takes the trial and dies with it: after its lease, a takes it over.
     CHECK(run(loop, c->claim_trial(msg("t4"), rules.cooldown)) == trial_answer::trial);
     CHECK(run(loop, a->claim_trial(msg("t5"), rules.cooldown)) == trial_answer::wait);
-    wait(loop, 60ms);
+    wait(loop, 1050ms);
     CHECK(run(loop, a->claim_trial(msg("t5"), rules.cooldown)) == trial_answer::trial);
     // A late word from c about its trial changes nothing: the trial is a's now.
     c->note_breaker(msg("t4"), breaker_outcome::ok, true, rules);
