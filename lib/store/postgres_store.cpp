@@ -383,7 +383,20 @@ END $fn$;
 )sql";
 
 // One entry per version, applied in order; never edit one that shipped, add the next.
-constexpr const char* migrations[] = {schema_v1, schema_v2, schema_v3, schema_v4};
+// Version 5: retention walks the rows by columns written once (a message's first_seen, a
+// restart's start) instead of version 3's completed_at and finished. An UPDATE that changes no
+// indexed column can be a heap-only tuple (a new version on the same page, no index entries:
+// the reason for fillfactor 70); version 3's indexes put every finish and every outcome
+// outside that. A message completes after it was first seen and a restart finishes after it
+// started, so the written-once column bounds the other.
+constexpr const char* schema_v5 = R"sql(
+DROP INDEX messages_completed;
+DROP INDEX restarts_finished;
+CREATE INDEX messages_first_seen ON messages (first_seen);
+CREATE INDEX restarts_started ON restarts (started);
+)sql";
+
+constexpr const char* migrations[] = {schema_v1, schema_v2, schema_v3, schema_v4, schema_v5};
 static_assert(std::size(migrations) == postgres_schema_version);
 
 // The migration, as statements of one transaction: the lock (a fixed key, the same for every
@@ -421,6 +434,13 @@ std::string newer_schema(int version) {
            ", newer than this mayhem supports (" + std::to_string(postgres_schema_version) +
            "); use a newer mayhem or another database";
 }
+
+// The writer's session. Every statement it sends finds its rows by key (arrays of ids or
+// hosts) or through an index range (retention), so reading a whole table is never its plan;
+// but the planner prices a batch's few thousand index probes above one scan of a young table
+// and then reads the whole table for each batch, which grows with the table. Sent with every
+// (re)connection's migration.
+constexpr const char* session_sql = "SET enable_seqscan = off";
 
 // The statements of a batch. Arrays are text parameters ({"a","b"}); $now is the batch's clock.
 constexpr const char* save_sql =
@@ -476,28 +496,30 @@ constexpr const char* renew_trial_sql =
     "AND trial_id = ANY($1::text[])";
 // A retention pass (store.hpp, prune_bounds), one statement: $1 messages_before, $2
 // restarts_before, $3 the limit, $4 host_claims_since. The rules of sqlite_store.cpp's
-// prune_*_sql. Rows another worker's batch holds (its own pass, a duplicate's outcome) are
+// prune_*_sql, walking the rows in order of the columns written once (version 5). Rows another
+// worker's batch holds (its own pass, a duplicate's outcome) are
 // skipped, not waited for. Both deletes read the statement's one snapshot.
 constexpr const char* prune_sql = R"sql(
 WITH m AS (
     DELETE FROM messages WHERE message_id IN (
         SELECT c.message_id FROM messages AS c
-         WHERE c.completed_at < $1::bigint AND c.outcome IN ('acked', 'dead_lettered', 'skipped')
+         WHERE c.first_seen < $1::bigint AND c.completed_at < $1::bigint
+           AND c.outcome IN ('acked', 'dead_lettered', 'skipped')
            AND NOT EXISTS (SELECT 1 FROM restarts AS r
                             WHERE r.message_id = c.message_id AND r.finished IS NULL)
-         ORDER BY c.completed_at LIMIT $3::integer FOR UPDATE OF c SKIP LOCKED)
+         ORDER BY c.first_seen LIMIT $3::integer FOR UPDATE OF c SKIP LOCKED)
     RETURNING 1),
 r AS (
     DELETE FROM restarts WHERE message_id IN (
         SELECT c.message_id FROM restarts AS c
-         WHERE c.finished < $2::bigint
+         WHERE c.started < $2::bigint AND c.finished < $2::bigint
            AND NOT EXISTS (SELECT 1 FROM restarts AS x WHERE x.message_id = c.message_id
                               AND (x.finished IS NULL OR x.finished >= $2::bigint
                                    OR (x.host_claimed AND x.started >= $4::bigint)))
            AND NOT EXISTS (SELECT 1 FROM messages AS g WHERE g.message_id = c.message_id
                               AND (g.outcome IS NULL
                                    OR g.outcome NOT IN ('acked', 'dead_lettered', 'skipped')))
-         ORDER BY c.finished LIMIT $3::integer FOR UPDATE OF c SKIP LOCKED)
+         ORDER BY c.started LIMIT $3::integer FOR UPDATE OF c SKIP LOCKED)
     RETURNING 1)
 SELECT (SELECT count(*) FROM m), (SELECT count(*) FROM r)
 )sql";
@@ -812,6 +834,7 @@ rt::task<std::string> postgres_store::connect() {
     std::string error = co_await link_.connect(opts_.connect_timeout);
     if (!error.empty()) co_return error;
     auto stmts = migration_statements();
+    stmts.insert(stmts.begin(), pg_statement{session_sql, {}});
     error = co_await link_.run(stmts, results_, opts_.io_timeout);
     if (error.empty()) {
         int version = version_of(results_.back().get());

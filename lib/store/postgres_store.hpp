@@ -50,7 +50,7 @@ namespace mayhem {
 
 // The schema version this build writes (the highest row of schema_migrations). A database with
 // a newer version is refused (exit 1 at start).
-inline constexpr int postgres_schema_version = 4;
+inline constexpr int postgres_schema_version = 5;
 
 struct postgres_options {
     // A libpq connection string or URI (`postgresql://user@host:5432/db?sslmode=require`).

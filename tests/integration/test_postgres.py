@@ -356,7 +356,7 @@ class PostgresFleet(Harness):
         self.assertEqual(doc["messages"], 50)
         self.assertEqual(doc["by_outcome"], {"acked": 50})
         self.assertEqual(doc["restarts"]["by_result"], {"ok": 50})
-        self.assertEqual(doc["schema_version"], 4)
+        self.assertEqual(doc["schema_version"], 5)
         self.assertNotIn("s3cret-Pa55", r.stdout + r.stderr)
         self.assertEqual(doc["db"], "127.0.0.1:%d/postgres" % pg.port)
 
