@@ -5,7 +5,6 @@
 #include "sources/redis_reply.hpp"
 
 #include <arpa/inet.h>
-#include <charconv>
 #include <cstring>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
@@ -283,36 +282,10 @@ void redis_link::on_reply(redisAsyncContext* c, void* reply, void* privdata) {
     if (p->fn) p->fn(r);
 }
 
-// The command in Redis's protocol (RESP), formatted here rather than by hiredis's
-// redisFormatSdsCommandArgv, which grows an sds string with a printf-like call per argument: an
-// XACK of hundreds of ids cost ~600 instructions per id that way. The buffer is reused
-// (hiredis copies the command into its output buffer).
-static const std::string& format_command(int argc, const char** argv, const std::size_t* lens) {
-    thread_local std::string out;
-    out.clear();
-    char num[24];
-    auto add_number = [&](char kind, std::size_t n) {
-        out += kind;
-        auto [end, ec] = std::to_chars(num, num + sizeof num, n);
-        (void)ec; // 24 digits hold any size_t
-        out.append(num, end);
-        out += "\r\n";
-    };
-    add_number('*', static_cast<std::size_t>(argc));
-    for (int i = 0; i < argc; ++i) {
-        add_number('$', lens[i]);
-        out.append(argv[i], lens[i]);
-        out += "\r\n";
-    }
-    return out;
-}
-
 bool redis_link::raw_send(int argc, const char** argv, const std::size_t* lens, reply_fn fn) {
     if (!ctx_) return false;
-    const std::string& cmd = format_command(argc, argv, lens);
     auto* p = new pending{this, gen_, std::move(fn)};
-    if (redisAsyncFormattedCommand(ctx_, &redis_link::on_reply, p, cmd.data(), cmd.size()) !=
-        REDIS_OK) {
+    if (redisAsyncCommandArgv(ctx_, &redis_link::on_reply, p, argc, argv, lens) != REDIS_OK) {
         delete p;
         return false;
     }
