@@ -1,6 +1,7 @@
 #include "runtime/task.hpp"
 
 #include <stdexcept>
+#include <utility>
 #include <vector>
 
 namespace mayhem::rt {
@@ -49,15 +50,15 @@ void task_scope::cancel_all() noexcept {
 event::~event() {
     // Waiters still linked (only possible while a scope is being cancelled) are detached so
     // their destructors do not touch this event.
-    for (awaiter* a = first(); a; a = a->next_)
+    for (awaiter* a = first_; a; a = a->next_)
         a->ev_ = nullptr;
 }
 
 void event::add(awaiter* a) noexcept {
     a->next_ = nullptr;
-    awaiter* last = first();
+    awaiter* last = first_;
     if (!last) {
-        state_ = reinterpret_cast<std::uintptr_t>(a);
+        first_ = a;
         return;
     }
     while (last->next_)
@@ -66,9 +67,9 @@ void event::add(awaiter* a) noexcept {
 }
 
 void event::remove(awaiter* a) noexcept {
-    awaiter* cur = first();
+    awaiter* cur = first_;
     if (cur == a) {
-        state_ = reinterpret_cast<std::uintptr_t>(a->next_);
+        first_ = a->next_;
     } else {
         while (cur && cur->next_ != a)
             cur = cur->next_;
@@ -79,8 +80,8 @@ void event::remove(awaiter* a) noexcept {
 
 void event::set() noexcept {
     if (is_set()) return;
-    awaiter* a = first();
-    state_ = set_state;
+    awaiter* a = std::exchange(first_, nullptr);
+    set_ = true;
     if (!a) return;
     // Resuming a waiter may destroy other waiters (and this event): detach them all and take
     // their handles first.

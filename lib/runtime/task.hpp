@@ -465,8 +465,8 @@ private:
 
 // ---------------------------------------------------------------------------------------------
 // event: a one-shot signal several tasks can wait on. Waiters are resumed in set(), in the order
-// they came. One word: every message in flight has one (its duplicates wait on it), and waiting
-// is rare, so the waiters are a singly linked list walked only by the rare paths.
+// they came. Every message in flight has one (its duplicates wait on it) and waiting is rare, so
+// the waiters are a singly linked list walked only by the rare paths.
 // ---------------------------------------------------------------------------------------------
 class event {
 public:
@@ -475,7 +475,7 @@ public:
     event& operator=(const event&) = delete;
     ~event();
 
-    bool is_set() const noexcept { return state_ == set_state; }
+    bool is_set() const noexcept { return set_; }
     void set() noexcept;
 
     class awaiter {
@@ -502,14 +502,11 @@ public:
     awaiter operator co_await() noexcept { return awaiter{*this}; }
 
 private:
-    static constexpr std::uintptr_t set_state = 1;
-    awaiter* first() const noexcept {
-        return state_ == set_state ? nullptr : reinterpret_cast<awaiter*>(state_);
-    }
     void add(awaiter* a) noexcept;
     void remove(awaiter* a) noexcept;
 
-    std::uintptr_t state_ = 0; // 0: not set, nobody waits; set_state; else the first waiter
+    awaiter* first_ = nullptr; // the waiters, in the order they came (none once set)
+    bool set_ = false;
 };
 
 } // namespace mayhem::rt
