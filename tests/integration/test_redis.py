@@ -180,10 +180,13 @@ class RedisSourceTest(Harness):
         self.assertEqual(pending(r), 0)
 
         # Nothing lost: every published id has its row and a final outcome (`skipped` when
-        # the doomed worker restarted it but died before its ack).
+        # the doomed worker restarted it but died before its ack). The outcome is written after
+        # the ack, so one the doomed worker acked in its last moment may have none: its restart
+        # was recorded before that ack (checked below) and the stream holds nothing pending.
         outcomes = dict(query(db, "SELECT message_id, outcome FROM messages"))
         self.assertEqual(set(outcomes), set(ids))
-        self.assertEqual({o for o in outcomes.values()} - {"acked", "skipped"}, set())
+        self.assertEqual({o for o in outcomes.values()} - {"acked", "skipped", None}, set())
+        self.assertLessEqual(sum(o is None for o in outcomes.values()), 100)  # --max-in-flight
         # One restart per message id in the table: at most one `ok` row per id, and exactly one
         # row each, finished (`ok`, or `coalesced` when it shared a running restart of the same
         # host: generated host names can repeat).
