@@ -7,13 +7,14 @@ the host name, gathers save() and restart_host() (zero latency) with return_exce
 then "acks" by counting. In flight is capped like mayhem's --max-in-flight, and the ids are
 formatted cheaply (run prefix + sequence number), as mayhem's simulator does, so the figure is
 the pipeline's and not uuid4()'s. Prints one summary line shaped like mayhem's.
-Standard library only.
+Standard library only (uvloop with --uvloop).
 """
 
 import argparse
 import asyncio
 import json
 import os
+import sys
 import time
 
 
@@ -98,4 +99,15 @@ if __name__ == "__main__":
     ap.add_argument("--messages", type=int, default=200000)
     ap.add_argument("--max-in-flight", type=int, default=1000)
     ap.add_argument("--queue-capacity", type=int, default=64)
-    asyncio.run(main(ap.parse_args()))
+    ap.add_argument("--uvloop", action="store_true",
+                    help="run on uvloop (Debian package python3-uvloop) instead of asyncio's loop")
+    args = ap.parse_args()
+    if args.uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            print("asyncio_worker: --uvloop: uvloop is not installed for this python3 "
+                  "(Debian package python3-uvloop)", file=sys.stderr)
+            sys.exit(2)
+        uvloop.install()
+    asyncio.run(main(args))
