@@ -152,6 +152,7 @@ void pipeline::set_auth_keys(std::shared_ptr<auth::key_ring> keys) {
 void pipeline::deliver(delivery d) {
     stats_.received.inc();
     d.received_ns = now_ns();
+    if (first_received_ns_ == 0) first_received_ns_ = d.received_ns;
     if (intake_stopped_) { // a read sent before the stop: nothing new starts now
         release_unstarted(std::move(d), "arrived while stopping");
         notify();
@@ -166,7 +167,13 @@ void pipeline::settled(outcome o) {
     assert(unconfirmed_ > 0);
     --unconfirmed_;
     stats_.completed[static_cast<std::size_t>(o)].inc();
+    last_settled_ns_ = now_ns();
     notify();
+}
+
+double pipeline::active_seconds() const noexcept {
+    if (first_received_ns_ == 0 || last_settled_ns_ < first_received_ns_) return 0;
+    return static_cast<double>(last_settled_ns_ - first_received_ns_) / 1e9;
 }
 
 void pipeline::source_changed() {

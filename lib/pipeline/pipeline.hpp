@@ -153,6 +153,9 @@ public:
     void set_auth_keys(std::shared_ptr<auth::key_ring> keys);
 
     const pipeline_stats& stats() const noexcept { return stats_; }
+    // Seconds from the first delivery received to the last outcome the source confirmed: the
+    // run without its start-up and its idle end (0 before any). Loop thread only.
+    double active_seconds() const noexcept;
     // The `limit` oldest messages in flight, with their stage. Loop thread only.
     inflight_snapshot inflight(std::size_t limit) const;
     // Called (on the loop) when the pipeline may have become idle or the source changed.
@@ -236,6 +239,8 @@ private:
 
     std::mt19937_64 rng_;
     pipeline_stats stats_;
+    std::uint64_t first_received_ns_ = 0; // active_seconds()
+    std::uint64_t last_settled_ns_ = 0;
     std::function<void()> on_change_;
     rt::task_scope tasks_;
 };

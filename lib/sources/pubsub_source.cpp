@@ -13,7 +13,10 @@ namespace {
 
 // After a pull that brought nothing, the next one waits this long (pulls return at once).
 constexpr rt::millis empty_pause{100};
-// Pulls under way at once at most: one is answered while the other is being delivered.
+// Pulls under way at once at most: one is answered while the other is being delivered. Pulls,
+// verdicts and renewals do not wait for one another (each takes a connection of its own when
+// others are under way). One call at a time was measured on the emulator: each call answered
+// about twice as fast, no more messages a second (BENCHMARKS.md, "Pub/Sub").
 constexpr unsigned max_pulls = 2;
 // The backoff after failed calls: 100 ms doubling per failure in a row, at most 5 s.
 constexpr rt::millis cool_base{100};
@@ -506,6 +509,8 @@ void pubsub_source::report(const item& i, outcome o) {
 // Leases: one modifyAckDeadline per tick for everything held
 // ---------------------------------------------------------------------------------------------
 
+// Sent at the tick, beside whatever calls are under way: a pull or an acknowledge that takes
+// long never holds a renewal back, so no lease lapses behind one.
 void pubsub_source::renew() {
     if (held_.empty() || (state_ != state::running && state_ != state::draining)) return;
     if (!can_send()) return;

@@ -676,7 +676,7 @@ std::string worker::summary_json(double seconds) const {
         buf, sizeof buf,
         R"({"received":%llu,"acked":%llu,"retried":%llu,"dead_lettered":%llu,"skipped":%llu,)"
         R"("released":%llu,"lease_extensions":%llu,"abandoned":%llu,"unrecorded":%llu,)"
-        R"("peak_in_flight":%lld,"seconds":%.3f,"msgs_per_s":%.1f})",
+        R"("peak_in_flight":%lld,"seconds":%.3f,"active_seconds":%.3f,"msgs_per_s":%.1f})",
         static_cast<unsigned long long>(st.received.get()),
         static_cast<unsigned long long>(c(outcome::acked)),
         static_cast<unsigned long long>(c(outcome::retried)),
@@ -686,7 +686,8 @@ std::string worker::summary_json(double seconds) const {
         static_cast<unsigned long long>(st.lease_extensions.get()),
         static_cast<unsigned long long>(source_->abandoned()),
         static_cast<unsigned long long>(store_->unrecorded()),
-        static_cast<long long>(st.peak_in_flight.get()), seconds, rate);
+        static_cast<long long>(st.peak_in_flight.get()), seconds, pipeline_->active_seconds(),
+        rate);
     return buf;
 }
 

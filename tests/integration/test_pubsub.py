@@ -83,6 +83,9 @@ class PubsubTest(PubsubCase):
         self.assertEqual(code, 0, err[-3000:])
         self.assertEqual(s["received"], 10000, s)  # none delivered twice
         self.assertEqual(s["acked"], 10000, s)
+        # First delivery to last ack answered: without the start-up and the idle second.
+        self.assertGreater(s["active_seconds"], 0, s)
+        self.assertLess(s["active_seconds"], s["seconds"], s)
         rows = query_db(db, "SELECT outcome, COUNT(*) FROM messages GROUP BY outcome")
         self.assertEqual(rows, [("acked", 10000)])
         self.assertEqual(self.emulator.pull(self.sub), [])  # nothing left to deliver

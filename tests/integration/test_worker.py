@@ -260,8 +260,11 @@ class SimulateSource(Harness):
         code, s, err = self.run_worker("--messages", "10", *ZERO)
         self.assertEqual(code, 0, err[-3000:])
         for key in ("received", "acked", "retried", "dead_lettered", "skipped", "released",
-                    "lease_extensions", "abandoned", "peak_in_flight", "seconds", "msgs_per_s"):
+                    "lease_extensions", "abandoned", "peak_in_flight", "seconds", "active_seconds",
+                    "msgs_per_s"):
             self.assertIn(key, s)
+        self.assertGreaterEqual(s["active_seconds"], 0, s)
+        self.assertLessEqual(s["active_seconds"], s["seconds"], s)
         self.assert_identity(s)
 
     def test_peak_in_flight_reaches_the_limit_and_never_passes_it(self):
