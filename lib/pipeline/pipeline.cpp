@@ -226,68 +226,53 @@ void pipeline::pump() {
 // One message, as in the talk: fan out save and restart, gather both, decide, settle.
 // ---------------------------------------------------------------------------------------------
 
+// Every co_await here takes a slot of its own in this frame, which lives as long as the message
+// is in flight (GCC 12 overlaps no two awaits' slots, nor the temporaries kept across them).
+// So this frame awaits only the restart itself, the save, and one call per phase; the phases'
+// own waits, the rare ones above all (a duplicate, a verify, a slot, a retried record), live in
+// short-lived frames of their own, allocated only while that phase runs.
 rt::task<void> pipeline::process(delivery d) {
     flight f(*this, d);
     if (!admit(f)) co_return; // undecodable: dead-lettered
     warm(f, false);
-    if (flight* first = in_flight_with_id(f.msg)) {
+    if (in_flight_with_id(f.msg)) {
         // A second delivery of an id still in flight waits for the first and shares its outcome,
         // so one id never gets two restarts, whatever the timing.
-        co_return co_await follow(f, *first);
+        co_return co_await follow(f);
     }
     hold(f);
     // Fan out: the save runs as a branch while this frame carries out the restart, a serial
     // chain that never blocks the loop ("block when needed"): claim, the guard's steps, the
     // restart, its record. Every step writes the one result `f.restarted`.
     f.save.start(store_.save(f.msg, f.d));
-    claim_step step;
-    try {
-        step = after_claim(f, co_await store_.claim_restart(f.msg));
-    } catch (...) {
-        step = store_failed(f.restarted);
-    }
-    if (step == claim_step::verify) step = co_await verify_unfinished(f);
+    claim_step step = co_await claim(f);
     if (step == claim_step::restart) {
         auto gate = guard_.enter(f.pass, f.msg, f.restarted);
         bool go = gate == restart_guard::gate::restart;
-        try {
-            if (gate == restart_guard::gate::wait) {
-                f.stage = flight_stage::waiting_for_slot;
-                auto waited_from = now_ns();
-                go = co_await guard_.wait(f.pass, f.msg, f.restarted);
-                stats_.slot_wait_seconds.observe(static_cast<double>(now_ns() - waited_from) / 1e9);
-            }
-            if (go && f.lease_lost) {
-                go = false;
-                stats_.lost_unstarted.inc();
-                f.restarted = restart_result{restart_status::not_started, "lease lost to a peer"};
-            }
-            if (go) {
-                f.stage = flight_stage::restarting;
-                f.ran = true;
+        if (gate == restart_guard::gate::wait) go = co_await wait_for_slot(f);
+        if (go && f.lease_lost) {
+            go = false;
+            stats_.lost_unstarted.inc();
+            f.restarted = restart_result{restart_status::not_started, "lease lost to a peer"};
+        }
+        if (go) {
+            f.stage = flight_stage::restarting;
+            f.ran = true;
+            try {
                 auto ran_from = now_ns();
                 f.restarted = co_await guard_.inner().restart(f.msg);
                 stats_.command_seconds.observe(static_cast<double>(now_ns() - ran_from) / 1e9);
+            } catch (...) {
+                // A restarter that threw: a failed restart like any other.
+                restart_failed(f.restarted);
             }
-        } catch (...) {
-            restart_failed(f.restarted); // a restarter that threw: a failed restart like any other
         }
         warm(f, true);
         guard_.leave(f.pass);
     }
     if (step == claim_step::restart || step == claim_step::record ||
         step == claim_step::record_counted) {
-        // A restart the stop kept from starting, or that store trouble kept from being
-        // attempted, gives its claim back, so its redelivery is not taken for a restart that
-        // died half-way; any other result is recorded, however long that takes: a restart that
-        // ran is never run again because its record failed.
-        bool never_ran =
-            f.restarted.status == restart_status::not_started || f.restarted.not_attempted;
-        f.stage = flight_stage::recording;
-        if (never_ran)
-            co_await unclaim(f);
-        else if (!co_await record(f))
-            co_await record_until_written(f);
+        co_await close_claim(f);
         if (f.restarted.not_attempted)
             step = claim_step::uncounted; // store trouble: no restart to count
         else if (step != claim_step::record)
@@ -299,6 +284,50 @@ rt::task<void> pipeline::process(delivery d) {
     f.stage = flight_stage::saving;
     co_await f.save; // gather
     co_return conclude(f);
+}
+
+// The claim of the restart, and what it calls for next: store trouble is no restart (counted as
+// none, retried without using up an attempt); an unfinished restart may be verified first.
+rt::task<pipeline::claim_step> pipeline::claim(flight& f) {
+    claim_step step;
+    try {
+        step = after_claim(f, co_await store_.claim_restart(f.msg));
+    } catch (...) {
+        co_return store_failed(f.restarted);
+    }
+    if (step == claim_step::verify) step = co_await verify_unfinished(f);
+    co_return step;
+}
+
+// The rare path in a frame of its own: the guard holds the restart (the cap, the pause file, the
+// breaker, a coalesced restart of the host, the cooldown claim). True when it may run now;
+// otherwise `f.restarted` holds the result.
+rt::task<bool> pipeline::wait_for_slot(flight& f) {
+    f.stage = flight_stage::waiting_for_slot;
+    auto waited_from = now_ns();
+    try {
+        bool go = co_await guard_.wait(f.pass, f.msg, f.restarted);
+        stats_.slot_wait_seconds.observe(static_cast<double>(now_ns() - waited_from) / 1e9);
+        co_return go;
+    } catch (...) {
+        restart_failed(f.restarted); // a guard step that threw: a failed restart like any other
+        co_return false;
+    }
+}
+
+// The claim's end. A restart the stop kept from starting, or that store trouble kept from being
+// attempted, gives its claim back, so its redelivery is not taken for a restart that died
+// half-way; any other result is recorded, however long that takes: a restart that ran is never
+// run again because its record failed.
+rt::task<void> pipeline::close_claim(flight& f) {
+    f.stage = flight_stage::recording;
+    if (f.restarted.status == restart_status::not_started || f.restarted.not_attempted) {
+        co_await unclaim(f);
+        co_return;
+    }
+    // Named, not `if (!co_await record(f))`: see lib/runtime/README.md on GCC 12.
+    bool written = co_await record(f);
+    if (!written) co_await record_until_written(f);
 }
 
 // One write of the restart's record: false when the store failed (logged, at a bounded rate).
@@ -327,7 +356,8 @@ rt::task<void> pipeline::record_until_written(flight& f) {
     for (std::uint32_t attempt = 1;; ++attempt) {
         stats_.record_retries.inc();
         co_await rt::sleep_for(loop_, opts_.record_retry.delay(attempt, rng_()));
-        if (co_await record(f)) co_return;
+        bool written = co_await record(f); // named: see close_claim()
+        if (written) co_return;
     }
 }
 
@@ -404,9 +434,10 @@ std::uint64_t pipeline::id_hash_of(const flight& f) noexcept {
 // The rare path in a frame of its own, so the event's awaiter takes no room in every message's.
 // The duplicate's own lease is renewed while it waits: lapsed, a peer would reclaim the entry,
 // find the claim unfinished and restart the host while the first restart still runs.
-rt::task<void> pipeline::follow(flight& f, flight& first) {
+rt::task<void> pipeline::follow(flight& f) {
     f.stage = flight_stage::duplicate;
     lease(f);
+    flight& first = *in_flight_with_id(f.msg);
     co_await first.done;
     settle_duplicate(f, first); // `first` is alive: set() resumes us
 }
