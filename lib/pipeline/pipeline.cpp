@@ -318,46 +318,35 @@ rt::task<bool> pipeline::wait_for_slot(flight& f) {
 // The claim's end. A restart the stop kept from starting, or that store trouble kept from being
 // attempted, gives its claim back, so its redelivery is not taken for a restart that died
 // half-way; any other result is recorded, however long that takes: a restart that ran is never
-// run again because its record failed.
+// run again because its record failed. A failed write is logged (at a bounded rate) and tried
+// again with backoff; the message stays in flight meanwhile (its lease is renewed), and a forced
+// stop destroys this frame and ~flight reports the restart that ran unrecorded. A claim that a
+// peer took over meanwhile (this worker stalled past its lease) is not written: the restart may
+// have run twice, which is reported, and the message is not acked here.
 rt::task<void> pipeline::close_claim(flight& f) {
     f.stage = flight_stage::recording;
     if (f.restarted.status == restart_status::not_started || f.restarted.not_attempted) {
         co_await unclaim(f);
         co_return;
     }
-    // Named, not `if (!co_await record(f))`: see lib/runtime/README.md on GCC 12.
-    bool written = co_await record(f);
-    if (!written) co_await record_until_written(f);
-}
-
-// One write of the restart's record: false when the store failed (logged, at a bounded rate).
-// A claim that a peer took over meanwhile (this worker stalled past its lease) is not written:
-// the restart may have run twice, which is reported, and the message is not acked here.
-rt::task<bool> pipeline::record(flight& f) {
-    try {
-        bool mine = co_await store_.finish_restart(f.msg, f.restarted);
-        f.ran = false; // recorded, or the peer's to record: nothing left for ~flight to report
-        if (!mine) claim_lost(f);
-        co_return true;
-    } catch (...) {
-        if (store_log_.allow(loop_.now()))
-            log::error("cannot record how a restart ended; writing it again, the message is held",
-                       {{"message_id", f.msg.message_id()},
-                        {"result", to_string(f.restarted.status)},
-                        {"error", rt::describe(std::current_exception())}});
-        co_return false;
-    }
-}
-
-// The rare path in a frame of its own: write the record again, with backoff, until it is
-// written. The message stays in flight meanwhile (its lease is renewed); a forced stop destroys
-// this frame and ~flight reports the restart that ran unrecorded.
-rt::task<void> pipeline::record_until_written(flight& f) {
-    for (std::uint32_t attempt = 1;; ++attempt) {
-        stats_.record_retries.inc();
-        co_await rt::sleep_for(loop_, opts_.record_retry.delay(attempt, rng_()));
-        bool written = co_await record(f); // named: see close_claim()
-        if (written) co_return;
+    for (std::uint32_t attempt = 0;; ++attempt) {
+        if (attempt > 0) {
+            stats_.record_retries.inc();
+            co_await rt::sleep_for(loop_, opts_.record_retry.delay(attempt, rng_()));
+        }
+        try {
+            bool mine = co_await store_.finish_restart(f.msg, f.restarted);
+            f.ran = false; // recorded, or the peer's to record: nothing left for ~flight to report
+            if (!mine) claim_lost(f);
+            co_return;
+        } catch (...) {
+            if (store_log_.allow(loop_.now()))
+                log::error(
+                    "cannot record how a restart ended; writing it again, the message is held",
+                    {{"message_id", f.msg.message_id()},
+                     {"result", to_string(f.restarted.status)},
+                     {"error", rt::describe(std::current_exception())}});
+        }
     }
 }
 

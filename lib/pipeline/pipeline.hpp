@@ -173,8 +173,6 @@ private:
     rt::task<void> process(delivery d);
     rt::task<bool> wait_for_slot(flight& f);
     rt::task<void> close_claim(flight& f);
-    rt::task<bool> record(flight& f);
-    rt::task<void> record_until_written(flight& f);
     rt::task<void> unclaim(flight& f);
     void claim_lost(flight& f);
     bool admit(flight& f);
