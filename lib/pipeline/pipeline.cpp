@@ -233,68 +233,53 @@ void pipeline::pump() {
 // One message, as in the talk: fan out save and restart, gather both, decide, settle.
 // ---------------------------------------------------------------------------------------------
 
+// Every co_await here takes a slot of its own in this frame, which lives as long as the message
+// is in flight (GCC 12 overlaps no two awaits' slots, nor the temporaries kept across them).
+// So this frame awaits only the restart itself, the save, and one call per phase; the phases'
+// own waits, the rare ones above all (a duplicate, a verify, a slot, a retried record), live in
+// short-lived frames of their own, allocated only while that phase runs.
 rt::task<void> pipeline::process(delivery d) {
     flight f(*this, d);
     if (!admit(f)) co_return; // undecodable: dead-lettered
     warm(f, false);
-    if (flight* first = in_flight_with_id(f.msg)) {
+    if (in_flight_with_id(f.msg)) {
         // A second delivery of an id still in flight waits for the first and shares its outcome,
         // so one id never gets two restarts, whatever the timing.
-        co_return co_await follow(f, *first);
+        co_return co_await follow(f);
     }
     hold(f);
     // Fan out: the save runs as a branch while this frame carries out the restart, a serial
     // chain that never blocks the loop ("block when needed"): claim, the guard's steps, the
     // restart, its record. Every step writes the one result `f.restarted`.
     f.save.start(store_.save(f.msg, f.d));
-    claim_step step;
-    try {
-        step = after_claim(f, co_await store_.claim_restart(f.msg));
-    } catch (...) {
-        step = store_failed(f.restarted);
-    }
-    if (step == claim_step::verify) step = co_await verify_unfinished(f);
+    claim_step step = co_await claim(f);
     if (step == claim_step::restart) {
         auto gate = guard_.enter(f.pass, f.msg, f.restarted);
         bool go = gate == restart_guard::gate::restart;
-        try {
-            if (gate == restart_guard::gate::wait) {
-                f.stage = flight_stage::waiting_for_slot;
-                auto waited_from = now_ns();
-                go = co_await guard_.wait(f.pass, f.msg, f.restarted);
-                stats_.slot_wait_seconds.observe(static_cast<double>(now_ns() - waited_from) / 1e9);
-            }
-            if (go && f.lease_lost) {
-                go = false;
-                stats_.lost_unstarted.inc();
-                f.restarted = restart_result{restart_status::not_started, "lease lost to a peer"};
-            }
-            if (go) {
-                f.stage = flight_stage::restarting;
-                f.ran = true;
+        if (gate == restart_guard::gate::wait) go = co_await wait_for_slot(f);
+        if (go && f.lease_lost) {
+            go = false;
+            stats_.lost_unstarted.inc();
+            f.restarted = restart_result{restart_status::not_started, "lease lost to a peer"};
+        }
+        if (go) {
+            f.stage = flight_stage::restarting;
+            f.ran = true;
+            try {
                 auto ran_from = now_ns();
                 f.restarted = co_await guard_.inner().restart(f.msg);
                 stats_.command_seconds.observe(static_cast<double>(now_ns() - ran_from) / 1e9);
+            } catch (...) {
+                // A restarter that threw: a failed restart like any other.
+                restart_failed(f.restarted);
             }
-        } catch (...) {
-            restart_failed(f.restarted); // a restarter that threw: a failed restart like any other
         }
         warm(f, true);
         guard_.leave(f.pass);
     }
     if (step == claim_step::restart || step == claim_step::record ||
         step == claim_step::record_counted) {
-        // A restart the stop kept from starting, or that store trouble kept from being
-        // attempted, gives its claim back, so its redelivery is not taken for a restart that
-        // died half-way; any other result is recorded, however long that takes: a restart that
-        // ran is never run again because its record failed.
-        bool never_ran =
-            f.restarted.status == restart_status::not_started || f.restarted.not_attempted;
-        f.stage = flight_stage::recording;
-        if (never_ran)
-            co_await unclaim(f);
-        else if (!co_await record(f))
-            co_await record_until_written(f);
+        co_await close_claim(f);
         if (f.restarted.not_attempted)
             step = claim_step::uncounted; // store trouble: no restart to count
         else if (step != claim_step::record)
@@ -308,33 +293,67 @@ rt::task<void> pipeline::process(delivery d) {
     co_return conclude(f);
 }
 
-// One write of the restart's record: false when the store failed (logged, at a bounded rate).
-// A claim that a peer took over meanwhile (this worker stalled past its lease) is not written:
-// the restart may have run twice, which is reported, and the message is not acked here.
-rt::task<bool> pipeline::record(flight& f) {
+// The claim of the restart, and what it calls for next: store trouble is no restart (counted as
+// none, retried without using up an attempt); an unfinished restart may be verified first.
+rt::task<pipeline::claim_step> pipeline::claim(flight& f) {
+    claim_step step;
     try {
-        bool mine = co_await store_.finish_restart(f.msg, f.restarted);
-        f.ran = false; // recorded, or the peer's to record: nothing left for ~flight to report
-        if (!mine) claim_lost(f);
-        co_return true;
+        step = after_claim(f, co_await store_.claim_restart(f.msg));
     } catch (...) {
-        if (store_log_.allow(loop_.now()))
-            log::error("cannot record how a restart ended; writing it again, the message is held",
-                       {{"message_id", f.msg.message_id()},
-                        {"result", to_string(f.restarted.status)},
-                        {"error", rt::describe(std::current_exception())}});
+        co_return store_failed(f.restarted);
+    }
+    if (step == claim_step::verify) step = co_await verify_unfinished(f);
+    co_return step;
+}
+
+// The rare path in a frame of its own: the guard holds the restart (the cap, the pause file, the
+// breaker, a coalesced restart of the host, the cooldown claim). True when it may run now;
+// otherwise `f.restarted` holds the result.
+rt::task<bool> pipeline::wait_for_slot(flight& f) {
+    f.stage = flight_stage::waiting_for_slot;
+    auto waited_from = now_ns();
+    try {
+        bool go = co_await guard_.wait(f.pass, f.msg, f.restarted);
+        stats_.slot_wait_seconds.observe(static_cast<double>(now_ns() - waited_from) / 1e9);
+        co_return go;
+    } catch (...) {
+        restart_failed(f.restarted); // a guard step that threw: a failed restart like any other
         co_return false;
     }
 }
 
-// The rare path in a frame of its own: write the record again, with backoff, until it is
-// written. The message stays in flight meanwhile (its lease is renewed); a forced stop destroys
-// this frame and ~flight reports the restart that ran unrecorded.
-rt::task<void> pipeline::record_until_written(flight& f) {
-    for (std::uint32_t attempt = 1;; ++attempt) {
-        stats_.record_retries.inc();
-        co_await rt::sleep_for(loop_, opts_.record_retry.delay(attempt, rng_()));
-        if (co_await record(f)) co_return;
+// The claim's end. A restart the stop kept from starting, or that store trouble kept from being
+// attempted, gives its claim back, so its redelivery is not taken for a restart that died
+// half-way; any other result is recorded, however long that takes: a restart that ran is never
+// run again because its record failed. A failed write is logged (at a bounded rate) and tried
+// again with backoff; the message stays in flight meanwhile (its lease is renewed), and a forced
+// stop destroys this frame and ~flight reports the restart that ran unrecorded. A claim that a
+// peer took over meanwhile (this worker stalled past its lease) is not written: the restart may
+// have run twice, which is reported, and the message is not acked here.
+rt::task<void> pipeline::close_claim(flight& f) {
+    f.stage = flight_stage::recording;
+    if (f.restarted.status == restart_status::not_started || f.restarted.not_attempted) {
+        co_await unclaim(f);
+        co_return;
+    }
+    for (std::uint32_t attempt = 0;; ++attempt) {
+        if (attempt > 0) {
+            stats_.record_retries.inc();
+            co_await rt::sleep_for(loop_, opts_.record_retry.delay(attempt, rng_()));
+        }
+        try {
+            bool mine = co_await store_.finish_restart(f.msg, f.restarted);
+            f.ran = false; // recorded, or the peer's to record: nothing left for ~flight to report
+            if (!mine) claim_lost(f);
+            co_return;
+        } catch (...) {
+            if (store_log_.allow(loop_.now()))
+                log::error(
+                    "cannot record how a restart ended; writing it again, the message is held",
+                    {{"message_id", f.msg.message_id()},
+                     {"result", to_string(f.restarted.status)},
+                     {"error", rt::describe(std::current_exception())}});
+        }
     }
 }
 
@@ -411,9 +430,10 @@ std::uint64_t pipeline::id_hash_of(const flight& f) noexcept {
 // The rare path in a frame of its own, so the event's awaiter takes no room in every message's.
 // The duplicate's own lease is renewed while it waits: lapsed, a peer would reclaim the entry,
 // find the claim unfinished and restart the host while the first restart still runs.
-rt::task<void> pipeline::follow(flight& f, flight& first) {
+rt::task<void> pipeline::follow(flight& f) {
     f.stage = flight_stage::duplicate;
     lease(f);
+    flight& first = *in_flight_with_id(f.msg);
     co_await first.done;
     settle_duplicate(f, first); // `first` is alive: set() resumes us
 }

@@ -174,13 +174,13 @@ private:
     void release_unstarted(delivery d, const char* why);
     void release_queued(const char* why);
     rt::task<void> process(delivery d);
-    rt::task<bool> record(flight& f);
-    rt::task<void> record_until_written(flight& f);
+    rt::task<bool> wait_for_slot(flight& f);
+    rt::task<void> close_claim(flight& f);
     rt::task<void> unclaim(flight& f);
     void claim_lost(flight& f);
     bool admit(flight& f);
     flight* in_flight_with_id(const message& m);
-    rt::task<void> follow(flight& f, flight& first);
+    rt::task<void> follow(flight& f);
     void settle_duplicate(flight& f, const flight& first);
     void hold(flight& f);
     void lease(flight& f);
@@ -196,6 +196,7 @@ private:
         counted,
         uncounted
     };
+    rt::task<claim_step> claim(flight& f);
     rt::task<claim_step> verify_unfinished(flight& f);
     claim_step after_claim(flight& f, claim_answer claim);
     static void restart_failed(restart_result& r);

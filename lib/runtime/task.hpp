@@ -148,6 +148,8 @@ public:
 
 protected:
     explicit leaf(T v) : value_(std::move(v)) {}
+    // For a leaf that finishes its value when its work is done (simulate_restarter's result).
+    T& value() noexcept { return value_; }
     // The work is done; from a loop callback this runs whoever waits (it may destroy the leaf).
     void complete() noexcept {
         done_ = true;
