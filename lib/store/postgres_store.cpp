@@ -387,9 +387,9 @@ END $fn$;
 // UPDATE that changes no indexed column can be a heap-only tuple (a new version on the same page,
 // no index entries: the reason for fillfactor 70); version 3's index put every outcome outside
 // that. A message completes after it was first seen, so first_seen bounds completed_at.
-// Restarts keep version 3's index on finished: one on started (written once too) is chosen by
-// the planner for the cooldown check's max(started), walking every restart newer than the
-// cutoff from the top instead of the host's own claims (a fleet test went from 4 s to 92 s).
+// Restarts keep version 3's index on finished: an index on started (written once too) would
+// offer the planner a second path for the cooldown check's max(started), one that walks every
+// restart newer than the cutoff instead of the host's own claims.
 //
 // And mayhem_take_slots creates only the slot rows that are missing. Its INSERT ... ON CONFLICT
 // DO NOTHING of every slot in each batch waited on each slot row another worker's open
