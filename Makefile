@@ -2,6 +2,9 @@
 SHELL := /bin/bash
 BUILD ?= build
 JOBS ?= 2
+# ctest runs this many tests at once: most of a test's time is spent waiting on the worker, a
+# server, a socket or a timer, so twice the cores keeps both busy without starving a test.
+TEST_JOBS ?= 4
 BUILD_TYPE ?= RelWithDebInfo
 CMAKE_FLAGS ?=
 
@@ -55,7 +58,7 @@ run: build
 test: deps-test $(BUILD)/CMakeCache.txt
 	cmake -S . -B $(BUILD) -DBUILD_TESTING=ON >/dev/null
 	$(MAKE) --no-print-directory build
-	cd $(BUILD) && ctest --output-on-failure -j$(JOBS)
+	cd $(BUILD) && ctest --output-on-failure -j$(TEST_JOBS)
 
 # libFuzzer targets (tests/fuzz): their own build with clang, ASan and UBSan; each runs
 # FUZZ_SECONDS as the ctest test "fuzz: <target>", starting from its seeds (tests/fuzz/<target>/)
@@ -84,14 +87,17 @@ SAN_ENV_thread = TSAN_OPTIONS=log_path=$(SAN_REPORTS)/tsan:suppressions=$(CURDIR
 # promtool, the deploy files, README against --help); and under TSan, which looks for races
 # between threads, the tests of loop-thread-only protocol and policy code (Redis source, Pub/Sub
 # and TCP sources, safety rails, command templates, signing, credentials), which ASan runs.
-SAN_SKIP_address = ^bench: |^deploy: |test_deploy$$|test_readme_help$$
-SAN_SKIP_thread = $(SAN_SKIP_address)|test_pubsub$$|test_safety$$|test_redis$$|test_redis_claims$$|test_redis_states$$|test_rails$$|test_many_workers$$|test_exec_children$$|test_auth$$|test_worker_cli$$|test_pubsub_auth$$|test_tcp$$
+# The ctest names of every test of the integration files given ('a|b'): "integration: a" or
+# "integration: a.Class.test_method".
+san_files = ^integration: ($(1))(\.|$$)
+SAN_SKIP_address = ^bench: |^deploy: |$(call san_files,test_deploy|test_readme_help)
+SAN_SKIP_thread = $(SAN_SKIP_address)|$(call san_files,test_pubsub|test_safety|test_redis|test_redis_claims|test_redis_states|test_rails|test_many_workers|test_exec_children|test_auth|test_worker_cli|test_pubsub_auth|test_tcp)
 
 build-san:
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Debug -DMAYHEM_SANITIZE=$(SAN) -DMAYHEM_CHAOS_IN_TESTS=OFF
 	cmake --build $(BUILD) -j$(JOBS)
 	rm -rf $(SAN_REPORTS) && mkdir -p $(SAN_REPORTS)
-	cd $(BUILD) && MAYHEM_SANITIZED=$(SAN) $(SAN_ENV_$(SAN)) ctest --output-on-failure -j$(JOBS) -E '$(SAN_SKIP_$(SAN))'; \
+	cd $(BUILD) && MAYHEM_SANITIZED=$(SAN) $(SAN_ENV_$(SAN)) ctest --output-on-failure -j$(TEST_JOBS) -E '$(SAN_SKIP_$(SAN))'; \
 	  status=$$?; \
 	  if [ -n "$$(ls -A $(SAN_REPORTS))" ]; then \
 	    cat $(SAN_REPORTS)/*; echo "sanitizer reports: $(SAN_REPORTS)"; exit 1; \
