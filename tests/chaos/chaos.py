@@ -5,6 +5,9 @@ Redis killed under them; then every request is checked for loss and for double r
 The scenario: a private redis-server on a free loopback port with AOF (`appendonly
 yes`, `appendfsync always`); N `mayhem worker --source redis --store sqlite --restarter exec`
 processes on one stream and group, sharing one SQLite file, each with its own --consumer name.
+With --store postgres they share a private PostgreSQL server instead (tests/integration/
+postgres.py), and the faults add database outages: the server stopped in `immediate` mode (a
+crash, recovered at the next start) and started again on the same port and data.
 The restart command is restart.sh in the run's temp dir: it appends
 
     start <message_id> <host> <worker pid ($PPID)> <unix time> <worker instance> <own pid>
@@ -84,6 +87,9 @@ BAD_KINDS = {
 
 FAULTS = ("sigkill", "sigterm", "sighup", "redis")
 FAULT_WEIGHTS = (0.35, 0.25, 0.15, 0.25)
+# With --store postgres (a seed replays the same schedule within one store).
+FAULTS_POSTGRES = FAULTS + ("database",)
+FAULT_WEIGHTS_POSTGRES = (0.3, 0.2, 0.15, 0.2, 0.15)
 
 RESTART_SCRIPT = r"""#!/bin/bash
 # The chaos test's restart command: restart.sh <message_id> <host> <worker instance>.
@@ -129,6 +135,7 @@ class Run(harness.Harness):
         self._cleaned = True
         kill_scripts(self.script)
         self.tearDown()  # kills every worker, redis-server and publish; removes the temp dir
+        self.doCleanups()  # the PostgreSQL server, with --store postgres
         kill_scripts(self.script)  # any a worker started meanwhile
 
 
@@ -195,7 +202,7 @@ class Slot:
 
 
 class Fleet:
-    def __init__(self, run, redis, n, log, verify_dir=None):
+    def __init__(self, run, redis, n, log, verify_dir=None, pg=None):
         self.run = run
         self.verify_dir = verify_dir  # set: workers get a --verify-command that looks there
         self.redis = redis
@@ -205,6 +212,7 @@ class Fleet:
         self.config = os.path.join(run.tmp, "worker.json")
         self.write_config(256)
         self.db = os.path.join(run.tmp, "shared.db")
+        self.pg = pg  # the shared PostgreSQL server, or None: the shared SQLite file
         self.kills = []         # {"t", "instance", "consumer", "cause"}: every SIGKILL of a worker
         self.terms = []         # {"t", "instance", "code"}
         self.events = []        # (t, kind, instance): every fault, for the report
@@ -217,13 +225,27 @@ class Fleet:
             json.dump({"max-in-flight": max_in_flight, "log-level": "info"}, f)
         os.replace(self.config + ".new", self.config)
 
+    def store_args(self):
+        if self.pg:
+            return ["--store", "postgres", "--postgres-url", self.pg.url]
+        return ["--store", "sqlite", "--db", self.db]
+
+    def outcomes(self):
+        """The stored outcome of every valid request, counted ('in_progress': none yet)."""
+        sql = ("SELECT coalesce(outcome, 'in_progress'), count(*) FROM messages "
+               "WHERE message_id LIKE 'req-%' GROUP BY 1")
+        if self.pg:
+            rows = [line.split("|") for line in self.pg.psql(sql).splitlines()]
+            return {k: int(n) for k, n in rows}
+        return dict(harness.query_db(self.db, sql))
+
     def start(self, slot):
         self.instances += 1
         slot.instance = "w%d" % self.instances
         command = "bash '%s' {message_id} {hostname} %s" % (self.run.script, slot.instance)
         args = ["--source", "redis", "--redis-url", self.redis.url, "--stream", STREAM,
-                "--group", GROUP, "--consumer", slot.consumer, "--store", "sqlite",
-                "--db", self.db, "--restarter", "exec", "--restart-command", command,
+                "--group", GROUP, "--consumer", slot.consumer] + self.store_args() + [
+                "--restarter", "exec", "--restart-command", command,
                 "--config", self.config] + WORKER_FLAGS
         if self.verify_dir:
             # Like a real verify ("did the host come back?"): has this restart's script ended?
@@ -366,6 +388,8 @@ class Chaos:
         self.redis_lock = threading.Lock()
         self.outages = []  # (t killed, t back)
         self.redis_back_at = None  # while redis-server is down: when it comes back
+        self.database_outages = []  # (t stopped, t back), with --store postgres
+        self.database_back_at = None
         self.sighups = 0
         self.log_path = os.path.join(run.tmp, "restart.log")
         self.done_dir = os.path.join(run.tmp, "done")  # restart.sh leaves one file per restart
@@ -384,8 +408,9 @@ class Chaos:
                                       "min_ms": a.restart_ms[0],
                                       "span_ms": a.restart_ms[1] - a.restart_ms[0] + 1})
         self.redis = self.run.redis(persistence=True)
+        self.pg = self.run.postgres() if a.store == "postgres" else None
         self.fleet = Fleet(self.run, self.redis, a.workers, self.log,
-                           self.done_dir if a.verify else None)
+                           self.done_dir if a.verify else None, self.pg)
         self.requests = make_requests(self.rng, a.requests, a.bad_per_kind)
         for s in self.fleet.slots:
             self.fleet.start(s)
@@ -416,10 +441,13 @@ class Chaos:
                 raise HarnessError("publishing failed: %s" % self.publisher.error)
             if self.redis_back_at is not None and now >= self.redis_back_at:
                 self.redis_back()
+            if self.database_back_at is not None and now >= self.database_back_at:
+                self.database_back()
             self.fleet.tick(now)
             if now >= next_fault:
                 # Every draw is made whatever the fault, so a seed replays the same schedule.
-                kind = rng.choices(FAULTS, FAULT_WEIGHTS)[0]
+                kind = rng.choices(*((FAULTS_POSTGRES, FAULT_WEIGHTS_POSTGRES) if self.pg
+                                     else (FAULTS, FAULT_WEIGHTS)))[0]
                 pick, delay, same = rng.randrange(len(self.fleet.slots)), rng.random(), \
                     rng.random() < 0.5
                 max_in_flight = rng.choice([32, 64, 256, 1000])
@@ -428,6 +456,8 @@ class Chaos:
             time.sleep(0.05)
         if self.redis_back_at is not None:
             self.redis_back()
+        if self.database_back_at is not None:
+            self.database_back()
 
     def inject(self, kind, pick, delay, same_name, max_in_flight):
         """One fault. `delay` (0..1) scales the outage or the wait for a replacement."""
@@ -442,6 +472,13 @@ class Chaos:
                 self.redis.proc.wait(timeout=30)
                 self.redis_back_at = time.time() + 0.2 + delay * 4.8
                 self.log("redis-server SIGKILL, back in %.1fs" % (self.redis_back_at - now))
+        elif kind == "database" and self.database_back_at is None:
+            fleet.events.append((now, "database", None))
+            self.database_outages.append((now, None))
+            self.pg.stop(mode="immediate")
+            self.database_back_at = time.time() + 0.2 + delay * 4.8
+            self.log("PostgreSQL stopped (immediate), back in %.1fs" %
+                     (self.database_back_at - now))
         elif kind == "sigkill" and slot:
             fleet.events.append((now, "sigkill", slot.instance))
             self.log("SIGKILL %s (%s); replacement %s in %.1fs" % (
@@ -466,6 +503,14 @@ class Chaos:
         self.outages[-1] = (self.outages[-1][0], time.time())
         self.fleet.events.append((time.time(), "redis back", None))
         self.log("redis-server back")
+
+    def database_back(self):
+        """Ends a database outage: the server again on the same port and data."""
+        self.pg.start()
+        self.database_back_at = None
+        self.database_outages[-1] = (self.database_outages[-1][0], time.time())
+        self.fleet.events.append((time.time(), "database back", None))
+        self.log("PostgreSQL back")
 
     def settle(self, timeout):
         """Waits, without faults, until the group has read the whole stream and has nothing
@@ -631,9 +676,7 @@ def judge(chaos):
     sigkills = len(fleet.kills)
     fault_kills = [k for k in fleet.kills if k["cause"] == "fault"]
     try:
-        store = dict(harness.query_db(fleet.db, "SELECT coalesce(outcome, 'in_progress'), "
-                                      "count(*) FROM messages WHERE message_id LIKE 'req-%' "
-                                      "GROUP BY 1"))
+        store = fleet.outcomes()
     except Exception as e:  # informative only
         store = {"error": str(e)}
     figures = {
@@ -643,6 +686,7 @@ def judge(chaos):
         "sigkill": len(fault_kills), "sigkill_same_name": sum(k["same_name"] for k in fault_kills),
         "sigterm": sum(kind == "sigterm" for _, kind, _ in fleet.events),
         "sighup": chaos.sighups, "redis_outages": len(chaos.outages),
+        "store": chaos.args.store, "database_outages": len(chaos.database_outages),
         "restarts": len(runs), "restarts_unfinished": sum(r.end is None for r in runs),
         "doubles_excused": len(excused), "doubles_excused_completed_twice": completed_twice,
         "doubles_excused_by_grace": by_grace, "doubles_unexcused": len(unexcused),
@@ -694,8 +738,10 @@ def report(chaos, figures, failures, detail):
         f["requests"], f["bad_requests"], f["workers"],
         " with --verify-command" if f["verify"] else "", f["minutes"], f["seconds"]))
     print("  faults     SIGKILL %d (%d kept the consumer name), SIGTERM %d, SIGHUP %d, "
-          "redis outages %d" % (f["sigkill"], f["sigkill_same_name"], f["sigterm"], f["sighup"],
-                                f["redis_outages"]))
+          "redis outages %d, %s" % (f["sigkill"], f["sigkill_same_name"], f["sigterm"],
+                                    f["sighup"], f["redis_outages"],
+                                    "database outages %d" % f["database_outages"]
+                                    if f["store"] == "postgres" else "store sqlite"))
     print("  restarts   %d runs (%d never ended)" % (f["restarts"], f["restarts_unfinished"]))
     print("  doubles    excused %d (%d completed twice, %d by --grace), unexcused %d on %d ids"
           % (f["doubles_excused"], f["doubles_excused_completed_twice"],
@@ -785,6 +831,9 @@ def parse_args(argv):
     p.add_argument("--max-completed-twice-per-kill", type=float, default=None,
                    help="fail when more hosts than this per SIGKILL, on average, were "
                         "restarted to completion twice (the goal is 1; default off)")
+    p.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite",
+                   help="what the workers share: one SQLite file, or a private PostgreSQL "
+                        "server that the faults also stop and start (default sqlite)")
     p.add_argument("--verify", action="store_true",
                    help="give the workers a --verify-command that tells whether a restart's "
                         "script ended: an unfinished restart whose host came back is not run "
