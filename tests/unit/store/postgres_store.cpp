@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <doctest/doctest.h>
 #include <libpq-fe.h>
+#include <memory>
 #include <optional>
 #include <string>
 #include <thread>
@@ -282,4 +283,49 @@ TEST_CASE("postgres_store: a statement that fails rolls back its whole batch") {
     CHECK(run(loop, st.save(msg("after"), delivery{})).ok); // the connection goes on
     run_void(loop, st.close());
     CHECK(exec(url, "SELECT string_agg(message_id, ',') FROM messages") == "after");
+}
+
+// Version 5's mayhem_take_slots creates the slot rows only when some are missing. Version 4's
+// inserted every slot in every call (INSERT ... ON CONFLICT DO NOTHING), and that insert waits
+// for the transaction of a peer that has taken one of them and not committed yet: two workers
+// whose batches each held a row the other needed then deadlocked, and the server aborted one
+// batch. Here a peer's open transaction holds slot 1; taking the free slot 2 must not wait for
+// it (lock_timeout makes a wait an error, so a wait fails the test instead of hanging it).
+TEST_CASE("postgres_store: taking a free slot does not wait for a peer's open transaction that "
+          "took another") {
+    auto url = fresh_db("slot_wait");
+    using conn = std::unique_ptr<PGconn, decltype(&PQfinish)>;
+    auto connect = [&] {
+        conn c(PQconnectdb(url.c_str()), &PQfinish);
+        REQUIRE_MESSAGE(PQstatus(c.get()) == CONNECTION_OK, PQerrorMessage(c.get()));
+        return c;
+    };
+    // Runs `sql`; its first value, or its error prefixed with "error: ".
+    auto query = [](const conn& c, const std::string& sql) {
+        mayhem::pg_result r(PQexec(c.get(), sql.c_str()));
+        auto st = PQresultStatus(r.get());
+        if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK)
+            return "error: " + std::string(PQresultErrorMessage(r.get()));
+        return std::string(
+            st == PGRES_TUPLES_OK && PQntuples(r.get()) > 0 ? PQgetvalue(r.get(), 0, 0) : "");
+    };
+    auto a = connect(), b = connect();
+    REQUIRE(postgres_migrate(a.get()) == postgres_schema_version);
+    // The slot rows exist: a slot was taken and given back before.
+    auto take = [](const char* id, const char* who) {
+        return std::string("SELECT count(*) FROM mayhem_take_slots('{") + id + "}', '{2}', '" +
+               who + "', 5000, 3600000)";
+    };
+    REQUIRE(query(a, take("earlier", "a")) == "0");
+    REQUIRE(query(a, "UPDATE restart_slots SET message_id = NULL, owner = NULL, lease_until = 0") ==
+            "");
+    // Worker a takes slot 1 in a batch that has not committed yet.
+    REQUIRE(query(a, "BEGIN") == "");
+    REQUIRE(query(a, take("x", "a")) == "0");
+    // Worker b takes slot 2 meanwhile, without waiting for a.
+    REQUIRE(query(b, "SET lock_timeout = '2s'") == "");
+    CHECK(query(b, take("y", "b")) == "0");
+    REQUIRE(query(a, "COMMIT") == "");
+    CHECK(query(a, "SELECT string_agg(slot || ':' || message_id || ':' || owner, ',' ORDER BY "
+                   "slot) FROM restart_slots") == "1:x:a,2:y:b");
 }
