@@ -41,15 +41,38 @@ void held_records::add_withdrawal(std::string_view message_id, std::int64_t stam
     wake_();
 }
 
+void held_records::add_slot_release(std::string_view message_id) {
+    store_request r;
+    r.kind = store_op::unslot;
+    r.id = records_.put(message_id);
+    records_.reqs.push_back(r);
+    if (due()) wake_();
+}
+
 bool held_records::due() const noexcept {
     return !records_.empty() && (due_at_ == 0 || loop_.now() >= due_at_);
 }
 
 void held_records::take_into(store_batch& batch) {
-    for (const auto& r : records_)
+    if (due()) {
+        for (const auto& r : records_)
+            copy_request(batch, records_, r);
+        flying_ = records_.size();
+        records_.clear();
+        return;
+    }
+    auto release = [](const store_request& r) { return r.kind == store_op::unslot; };
+    if (std::none_of(records_.begin(), records_.end(), release)) return;
+    store_batch kept;
+    for (const auto& r : records_) {
+        if (!release(r)) {
+            copy_request(kept, records_, r);
+            continue;
+        }
         copy_request(batch, records_, r);
-    flying_ = records_.size();
-    records_.clear();
+        ++flying_;
+    }
+    swap(kept, records_);
 }
 
 void held_records::ended(bool committed, const store_batch& flying) {
@@ -83,15 +106,18 @@ void held_records::retry::fire() noexcept {
 }
 
 void held_records::give_up() {
-    std::uint64_t outcomes = 0, withdrawals = 0;
+    std::uint64_t outcomes = 0, withdrawals = 0, releases = 0;
     for (const auto& r : records_)
-        (r.kind == store_op::complete ? outcomes : withdrawals) += 1;
+        (r.kind == store_op::complete  ? outcomes
+         : r.kind == store_op::unclaim ? withdrawals
+                                       : releases) += 1;
     if (!records_.empty())
         log::error("store closing out of time: records not written",
                    {{field_, value_},
                     {"outcome_records", outcomes},
-                    {"withdrawn_restart_starts", withdrawals}});
-    unrecorded_.inc(records_.size());
+                    {"withdrawn_restart_starts", withdrawals},
+                    {"slot_releases", releases}});
+    unrecorded_.inc(outcomes + withdrawals);
     records_.clear();
     timer_.cancel();
 }

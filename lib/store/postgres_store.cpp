@@ -948,7 +948,7 @@ rt::task<void> postgres_store::writer() {
                  r.kind == op::trial) &&
                 !r.waiter)
                 r.kind = op::skip;
-        if (records_.due()) records_.take_into(pending_);
+        records_.take_into(pending_); // when not due, the slot releases only
         take_pending();
         std::string error = co_await write(now_ms());
         flush_done();            // the previous batch, if its resume has not run yet
@@ -1385,13 +1385,11 @@ rt::task<trial_answer> postgres_store::claim_trial(const message& m,
     co_return static_cast<trial_answer>(x.n);
 }
 
+// Held until written (store/held_records.hpp): a release lost with a failed batch would keep
+// the slot from the whole fleet until its lease expired.
 void postgres_store::release_slot(const message& m) {
     if (phase_ == phase::closed) return; // it expires with its lease
-    request r;
-    r.kind = op::unslot;
-    r.id = pending_.put(m.message_id());
-    pending_.reqs.push_back(r);
-    wake();
+    records_.add_slot_release(m.message_id());
 }
 
 void postgres_store::complete(const message& m, const verdict& v) {

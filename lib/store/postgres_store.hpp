@@ -20,9 +20,10 @@
 // Connection loss: the writer reconnects with capped exponential backoff (100 ms to 5 s,
 // jittered); a batch whose transaction did not commit (an error, a dropped connection, no
 // answer within io_timeout) fails as a whole: its saves and claims are answered as failed
-// (their messages are retried, never acked), its outcome records are kept and written again
-// (as sqlite_store). While the database is unreachable, new requests fail at once. Health:
-// as sqlite_store (down at the first failure, up after `recover_after` of successes).
+// (their messages are retried, never acked), its outcome records and slot releases are kept
+// and written again (store/held_records.hpp). While the database is unreachable, new requests
+// fail at once. Health: as sqlite_store (down at the first failure, up after `recover_after`
+// of successes).
 //
 // Threading: loop thread only; healthy() and the counters are also read by the metrics thread.
 #pragma once

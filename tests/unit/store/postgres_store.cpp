@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <doctest/doctest.h>
 #include <libpq-fe.h>
+#include <memory>
 #include <optional>
 #include <string>
 #include <thread>
@@ -179,9 +180,10 @@ TEST_CASE(
     CHECK_FALSE(r.ok);
     CHECK(r.error.str().find("connect") != std::string::npos);
     st.complete(msg("a"), verdict{outcome::retried, "store", {}});
+    st.release_slot(msg("a"));
     st.hurry(); // the outcome record cannot be written: given up and counted
     run_void(loop, st.close());
-    CHECK(st.unrecorded() == 1);
+    CHECK(st.unrecorded() == 1); // not the slot release: the slot comes free with its lease
 }
 
 TEST_CASE("postgres_store: a connection lost between batches fails one batch, then reconnects") {
@@ -282,4 +284,132 @@ TEST_CASE("postgres_store: a statement that fails rolls back its whole batch") {
     CHECK(run(loop, st.save(msg("after"), delivery{})).ok); // the connection goes on
     run_void(loop, st.close());
     CHECK(exec(url, "SELECT string_agg(message_id, ',') FROM messages") == "after");
+}
+
+// A slot release is not awaited (restart_guard gives the slot back as its restart ends): when
+// the batch carrying it fails, the release is held and written with a later batch, as outcome
+// records are. A release lost with its batch would keep the slot until its lease ran out (an
+// hour here), one restart fewer for the whole fleet meanwhile.
+TEST_CASE("postgres_store: a slot release whose batch lost its connection is written after the "
+          "reconnect") {
+    auto url = fresh_db("unslot_lost");
+    rt::loop loop;
+    auto o = on(url);
+    o.claim_lease = 3600s;
+    postgres_store st(loop, o);
+    auto x = msg("x"), y = msg("y");
+    REQUIRE(run(loop, st.claim_slot(x, 1)));
+    REQUIRE_FALSE(run(loop, st.claim_slot(y, 1)));
+    // The server ends the store's connection; the next batch, the release's, finds it gone.
+    const std::string others = "FROM pg_stat_activity WHERE datname = current_database() AND "
+                               "pid <> pg_backend_pid()";
+    exec(url, "SELECT pg_terminate_backend(pid) " + others);
+    for (int i = 0; exec(url, "SELECT count(*) " + others) != "0"; ++i) {
+        REQUIRE(i < 3000);
+        usleep(10000);
+    }
+    auto failed = st.stats().failed_transactions.get();
+    st.release_slot(x);
+    wait_for(loop, [&] { return st.stats().failed_transactions.get() > failed; });
+    CHECK(exec(url, "SELECT message_id FROM restart_slots WHERE message_id IS NOT NULL") == "x");
+    // Reconnected: the first batch that commits carries the release.
+    wait_for(loop, [&] { return run(loop, st.save(msg("c"), delivery{})).ok; });
+    CHECK(exec(url, "SELECT count(*) FROM restart_slots WHERE message_id IS NOT NULL") == "0");
+    CHECK(run(loop, st.claim_slot(y, 1)));
+    run_void(loop, st.close());
+}
+
+TEST_CASE("postgres_store: a slot release whose batch failed on a statement is written with the "
+          "next batch") {
+    auto url = fresh_db("unslot_rollback");
+    rt::loop loop;
+    auto o = on(url);
+    o.claim_lease = 3600s;
+    postgres_store st(loop, o);
+    auto x = msg("x"), y = msg("y");
+    auto bad = message{"bad\xff", "cattle", "cattle.example.net"}; // not UTF-8: the server refuses
+    REQUIRE(run(loop, st.claim_slot(x, 1)));
+    // Queued in one loop turn: the release and the refused claim go in one batch.
+    st.release_slot(x);
+    std::optional<rt::result<claim_answer>> claimed;
+    {
+        rt::task_scope scope;
+        scope.spawn([](postgres_store& s, const message& m,
+                       std::optional<rt::result<claim_answer>>& out) -> rt::task<void> {
+            out.emplace(co_await s.claim_restart(m).settled());
+        }(st, bad, claimed));
+        wait_for(loop, [&] { return claimed.has_value(); });
+    }
+    REQUIRE_FALSE(*claimed);
+    CHECK(exec(url, "SELECT message_id FROM restart_slots WHERE message_id IS NOT NULL") == "x");
+    CHECK(run(loop, st.save(msg("after"), delivery{})).ok);
+    CHECK(exec(url, "SELECT count(*) FROM restart_slots WHERE message_id IS NOT NULL") == "0");
+    CHECK(run(loop, st.claim_slot(y, 1)));
+    run_void(loop, st.close());
+}
+
+// A release held after its batch failed goes with the next batch, before that batch's claims:
+// were a new claim of the same message's slot written first, it would keep the old slot as its
+// own, and the release written after would free the slot of a running restart.
+TEST_CASE("postgres_store: a slot release held after a failed batch goes before a new claim of "
+          "the same message's slot") {
+    auto url = fresh_db("unslot_order");
+    rt::loop loop;
+    auto o = on(url);
+    o.claim_lease = 3600s;
+    postgres_store st(loop, o);
+    auto x = msg("x");
+    auto bad = message{"bad\xff", "cattle", "cattle.example.net"}; // not UTF-8: the server refuses
+    REQUIRE(run(loop, st.claim_slot(x, 1)));
+    st.release_slot(x);
+    CHECK_FALSE(run(loop, st.save(bad, delivery{})).ok); // the release's batch
+    // x's message is delivered again at once, and its restart takes a slot.
+    CHECK(run(loop, st.claim_slot(x, 1)));
+    run_void(loop, st.close()); // writes whatever it still holds
+    CHECK(exec(url, "SELECT message_id FROM restart_slots WHERE message_id IS NOT NULL") == "x");
+}
+
+// Version 5's mayhem_take_slots creates the slot rows only when some are missing. Version 4's
+// inserted every slot in every call (INSERT ... ON CONFLICT DO NOTHING), and that insert waits
+// for the transaction of a peer that has taken one of them and not committed yet: two workers
+// whose batches each held a row the other needed then deadlocked, and the server aborted one
+// batch. Here a peer's open transaction holds slot 1; taking the free slot 2 must not wait for
+// it (lock_timeout makes a wait an error, so a wait fails the test instead of hanging it).
+TEST_CASE("postgres_store: taking a free slot does not wait for a peer's open transaction that "
+          "took another") {
+    auto url = fresh_db("slot_wait");
+    using conn = std::unique_ptr<PGconn, decltype(&PQfinish)>;
+    auto connect = [&] {
+        conn c(PQconnectdb(url.c_str()), &PQfinish);
+        REQUIRE_MESSAGE(PQstatus(c.get()) == CONNECTION_OK, PQerrorMessage(c.get()));
+        return c;
+    };
+    // Runs `sql`; its first value, or its error prefixed with "error: ".
+    auto query = [](const conn& c, const std::string& sql) {
+        mayhem::pg_result r(PQexec(c.get(), sql.c_str()));
+        auto st = PQresultStatus(r.get());
+        if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK)
+            return "error: " + std::string(PQresultErrorMessage(r.get()));
+        return std::string(
+            st == PGRES_TUPLES_OK && PQntuples(r.get()) > 0 ? PQgetvalue(r.get(), 0, 0) : "");
+    };
+    auto a = connect(), b = connect();
+    REQUIRE(postgres_migrate(a.get()) == postgres_schema_version);
+    // The slot rows exist: a slot was taken and given back before.
+    auto take = [](const char* id, const char* who) {
+        return std::string("SELECT count(*) FROM mayhem_take_slots('{") + id + "}', '{2}', '" +
+               who + "', 5000, 3600000)";
+    };
+    REQUIRE(query(a, take("earlier", "a")) == "0");
+    REQUIRE(query(a, "UPDATE restart_slots SET message_id = NULL, owner = NULL, lease_until = 0") ==
+            "");
+    // Worker a takes slot 1 in a batch that has not committed yet.
+    REQUIRE(query(a, "BEGIN") == "");
+    REQUIRE(query(a, take("x", "a")) == "0");
+    // Worker b takes slot 2 meanwhile, without waiting for a.
+    REQUIRE(query(b, "SET lock_timeout = '2s'") == "");
+    CHECK(query(b, take("y", "b")) == "0");
+    REQUIRE(query(a, "COMMIT") == "");
+    CHECK(query(a, "SELECT string_agg(slot || ':' || message_id || ':' || owner, ',' ORDER BY "
+                   "slot) FROM restart_slots") == "1:x:a,2:y:b");
 }
