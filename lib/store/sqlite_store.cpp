@@ -1116,10 +1116,12 @@ int sqlite_migrate(const std::string& path) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// request_awaiter: suspends a task until the transaction holding its request has ended. It
-// finds its request by (generation, index), so the queues can grow and swap under it; if its
-// task is destroyed first, it clears the request's waiter (the request is still written). A
-// request made once the writer has ended fails at once (generation 0).
+// request_awaiter: suspends a task until the transaction holding its request has ended. The
+// request points to a reply slot, which the awaiter holds; flush_done() writes the answer there
+// and resumes the task. The slot stays where it is while the batches grow and swap. If the task
+// is destroyed first, the slot is marked orphaned and the request is still written; the store
+// takes the slot back once its transaction has ended. A request made once the writer has ended
+// fails at once (no slot).
 // ---------------------------------------------------------------------------------------------
 
 struct reply {
@@ -1130,43 +1132,35 @@ struct reply {
     std::uint32_t attempt = 0;
 };
 
+// Who holds a slot: nobody (free); the awaiter, its request queued or in flight (waiting) or
+// answered (answered); the request alone, its awaiter gone (orphaned).
+struct store_reply_slot {
+    enum class state : std::uint8_t { free, waiting, answered, orphaned };
+    state st = state::free;
+    std::coroutine_handle<> waiter; // waiting: the task, once it suspended
+    reply out;                      // answered
+};
+
 class sqlite_store::request_awaiter {
 public:
-    request_awaiter(sqlite_store& s, std::uint64_t gen, std::size_t idx)
-        : s_(s), gen_(gen), idx_(idx) {}
+    request_awaiter(sqlite_store& s, store_reply_slot* slot) : s_(s), slot_(slot) {}
     request_awaiter(const request_awaiter&) = delete;
     request_awaiter& operator=(const request_awaiter&) = delete;
     ~request_awaiter() {
-        if (request* r = find()) r->waiter = {};
+        if (slot_) s_.drop_slot(*slot_);
     }
-    bool await_ready() const noexcept { return gen_ == 0; }
-    void await_suspend(std::coroutine_handle<> h) noexcept { find()->waiter = h; }
+    bool await_ready() const noexcept {
+        return !slot_ || slot_->st == store_reply_slot::state::answered;
+    }
+    void await_suspend(std::coroutine_handle<> h) noexcept { slot_->waiter = h; }
     reply await_resume() {
-        reply out;
-        if (gen_ == 0) return reply{false, "store closed", {}, 0, 0};
-        out.ok = s_.batch_ok_;
-        if (!out.ok) out.error = s_.batch_error_;
-        if (request* r = find()) {
-            out.claim = r->claim;
-            out.n = r->n;
-            out.attempt = r->attempt;
-        }
-        return out;
+        if (!slot_) return reply{false, "store closed", {}, 0, 0};
+        return std::move(slot_->out);
     }
 
 private:
-    request* find() noexcept {
-        if (gen_ == 0) return nullptr;
-        if (gen_ == s_.pending_gen_)
-            return idx_ < s_.pending_.size() ? &s_.pending_[idx_] : nullptr;
-        if (gen_ == s_.flying_gen_)
-            return idx_ < s_.db_->flying.size() ? &s_.db_->flying[idx_] : nullptr;
-        if (gen_ == s_.done_gen_) return idx_ < s_.done_.size() ? &s_.done_[idx_] : nullptr;
-        return nullptr;
-    }
     sqlite_store& s_;
-    std::uint64_t gen_;
-    std::size_t idx_;
+    store_reply_slot* slot_; // null: the store was closed
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -1205,10 +1199,38 @@ sqlite_store::sqlite_store(rt::loop& loop, sqlite_options opts)
 sqlite_store::~sqlite_store() = default;
 
 sqlite_store::request_awaiter sqlite_store::enqueue(const request& r) {
-    if (phase_ == phase::closed) return request_awaiter(*this, 0, 0);
+    if (phase_ == phase::closed) return request_awaiter(*this, nullptr);
+    store_reply_slot* slot;
+    if (free_slots_.empty()) {
+        slot = slots_.emplace_back(std::make_unique<store_reply_slot>()).get();
+        free_slots_.reserve(slots_.size()); // so that drop_slot() never allocates
+    } else {
+        slot = free_slots_.back();
+        free_slots_.pop_back();
+    }
+    slot->st = store_reply_slot::state::waiting;
     pending_.reqs.push_back(r);
+    pending_.reqs.back().reply = slot;
     wake();
-    return request_awaiter(*this, pending_gen_, pending_.size() - 1);
+    return request_awaiter(*this, slot);
+}
+
+// A request's task still waits for its answer (false: nobody waits, or its task was destroyed).
+bool sqlite_store::waited(const request& r) noexcept {
+    return r.reply && r.reply->st == store_reply_slot::state::waiting;
+}
+
+// The awaiter is gone: an answered slot is free again; a waiting one is orphaned, and
+// flush_done() frees it when its request's transaction has ended.
+void sqlite_store::drop_slot(store_reply_slot& slot) noexcept {
+    if (slot.st == store_reply_slot::state::waiting) {
+        slot.st = store_reply_slot::state::orphaned;
+        slot.waiter = {};
+        return;
+    }
+    slot.st = store_reply_slot::state::free;
+    slot.out = reply{};
+    free_slots_.push_back(&slot); // reserved in enqueue()
 }
 
 void sqlite_store::wake() noexcept {
@@ -1247,12 +1269,11 @@ rt::task<void> sqlite_store::writer() {
         // Nor take a slot nobody would give back.
         for (auto& r : pending_)
             if ((r.kind == op::claim || r.kind == op::claim_host || r.kind == op::slot) &&
-                !r.waiter)
+                !waited(r))
                 r.kind = op::skip;
         if (records_.due()) records_.take_into(pending_);
         swap(db_->flying, pending_);
         pending_.clear();
-        flying_gen_ = pending_gen_++;
 
         std::string error;
         try {
@@ -1287,7 +1308,6 @@ rt::task<void> sqlite_store::writer() {
         batch_ok_ = ok;
         batch_error_ = std::move(error);
         swap(done_, db_->flying);
-        done_gen_ = std::exchange(flying_gen_, 0);
         // Starts whose task was destroyed while they were written: withdrawn in the next
         // transaction, ahead of any claim already queued for the same id.
         for (auto& r : done_)
@@ -1298,21 +1318,29 @@ rt::task<void> sqlite_store::writer() {
     writer_done_.set();
 }
 
-// Resumes every task that waited on done_. Resuming may destroy other waiters' tasks (their
-// awaiters clear their own entry), so the handle is re-read at each step; new requests land in
-// pending_, not here. A committed start whose task was destroyed meanwhile (no waiter to
-// resume) is withdrawn.
+// Answers every request of done_ and resumes the tasks waiting. Resuming may destroy other
+// waiters' tasks (their slots become orphaned), so each slot's state is read at its turn; new
+// requests land in pending_, not here. A committed start whose task was destroyed meanwhile
+// (an orphaned slot) is withdrawn.
 void sqlite_store::flush_done() noexcept {
-    if (done_gen_ == 0) return;
     resume_.cancel();
     for (std::size_t i = 0; i < done_.size(); ++i) {
-        if (auto h = std::exchange(done_[i].waiter, {}))
-            h.resume();
-        else
-            withdraw_if_orphaned(done_[i]);
+        request& r = done_[i];
+        store_reply_slot* slot = std::exchange(r.reply, nullptr);
+        if (slot && slot->st == store_reply_slot::state::waiting) {
+            slot->out.ok = batch_ok_;
+            if (!batch_ok_) slot->out.error = batch_error_;
+            slot->out.claim = r.claim;
+            slot->out.n = r.n;
+            slot->out.attempt = r.attempt;
+            slot->st = store_reply_slot::state::answered;
+            if (auto h = std::exchange(slot->waiter, {})) h.resume();
+            continue;
+        }
+        if (slot) drop_slot(*slot); // orphaned: free again
+        withdraw_if_orphaned(r);
     }
     done_.clear();
-    done_gen_ = 0;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1322,7 +1350,7 @@ void sqlite_store::flush_done() noexcept {
 // A start (claim, or claim_host granted) that committed while its task was destroyed: no
 // restart will run for it, so it is withdrawn (once: the request becomes a skip).
 void sqlite_store::withdraw_if_orphaned(request& r) {
-    if (r.waiter || !batch_ok_ || r.claim != restart_claim::proceed ||
+    if (waited(r) || !batch_ok_ || r.claim != restart_claim::proceed ||
         (r.kind != op::claim && r.kind != op::claim_host))
         return;
     r.kind = op::skip;
@@ -1336,7 +1364,6 @@ void sqlite_store::give_up() {
     while (!pending_.empty()) {
         swap(done_, pending_);
         pending_.clear();
-        done_gen_ = pending_gen_++;
         batch_ok_ = false;
         batch_error_ = "store closing: out of time to write";
         flush_done(); // the resumed tasks may queue more: failed in the next round

@@ -173,6 +173,8 @@ private:
     };
 
     request_awaiter enqueue(const request& r);
+    static bool waited(const request& r) noexcept;
+    void drop_slot(store_reply_slot& slot) noexcept;
     void wake() noexcept;
     void flush_done() noexcept;
     rt::task<void> writer();
@@ -181,11 +183,12 @@ private:
 
     rt::loop& loop_;
     std::shared_ptr<shared> db_;
-    batch pending_;                       // waiting for the next transaction (loop thread)
-    std::uint64_t pending_gen_ = 1;       // generation of pending_
-    std::uint64_t flying_gen_ = 0;        // generation of db_->flying while in flight, else 0
-    batch done_;                          // committed (or failed), its tasks not resumed yet
-    std::uint64_t done_gen_ = 0;          // generation of done_ while it holds a batch, else 0
+    batch pending_; // waiting for the next transaction (loop thread)
+    batch done_;    // committed (or failed), its tasks not resumed yet
+    // Every reply slot made (a request waited on holds one until its awaiter is gone), and those
+    // free for the next request.
+    std::vector<std::unique_ptr<store_reply_slot>> slots_;
+    std::vector<store_reply_slot*> free_slots_;
     bool batch_ok_ = true;                // result of done_ (while resuming it)
     std::string batch_error_;             //   and why it failed
     std::coroutine_handle<> writer_idle_; // the writer, suspended with nothing to write

@@ -39,6 +39,9 @@ struct store_text_ref {
     std::uint32_t off = 0, len = 0;
 };
 
+// sqlite_store's answer to a request, written there for the task waiting on it.
+struct store_reply_slot;
+
 // One queued request.
 struct store_request {
     store_op kind = store_op::save;
@@ -54,7 +57,8 @@ struct store_request {
     // claim_host: out, the `started` stamp written (proceed). unclaim: in, that stamp (0:
     // whatever unfinished start the id has). slot: in, the cap.
     std::int64_t n = 0;
-    std::coroutine_handle<> waiter; // null: nobody waits (complete, cancelled)
+    std::coroutine_handle<> waiter;    // postgres_store: null: nobody waits (complete, cancelled)
+    store_reply_slot* reply = nullptr; // sqlite_store: where its answer goes (null: nobody waits)
 };
 
 // Requests and the strings they refer to, all in one buffer: queueing a request allocates
@@ -103,6 +107,7 @@ inline void copy_request(store_batch& to, const store_batch& from, store_request
     for (auto* t : {&r.id, &r.a, &r.b, &r.c})
         *t = to.put(from.view(*t));
     r.waiter = {};
+    r.reply = nullptr;
     to.reqs.push_back(r);
 }
 
