@@ -222,6 +222,7 @@ class Fleet:
         self.events = []        # (t, kind, instance): every fault, for the report
         self.crashes = []       # unexpected exits: (instance, code, stderr tail)
         self.hung = []          # instances that did not exit after SIGTERM
+        self.drains_database_behind = 0  # drains that ended 1, records unwritten, database down
 
     def write_config(self, max_in_flight):
         """The --config file every worker reads (SIGHUP re-reads it)."""
@@ -278,6 +279,11 @@ class Fleet:
         slot.worker.signal(signal.SIGTERM)
         slot.state, slot.term_sent = "draining", now
 
+    def database_was_down(self, since):
+        """Whether a database outage began during the drain, or up to 30 s before it (outcome
+        records held from it may still be waiting for their retry)."""
+        return any(kind == "database" and t >= since - 30 for t, kind, _ in self.events)
+
     def tick(self, now, restart=True):
         """Notices exits, restarts slots that are due, and kills a worker that does not finish
         its drain (a hang) so the run goes on."""
@@ -290,8 +296,17 @@ class Fleet:
                 s.state, s.restart_at = "down", now
             elif s.state == "draining" and code is not None:
                 self.terms.append({"t": s.term_sent, "instance": s.instance, "code": code})
-                if code not in (0, 3):  # a drain ends in 0, or 3 when it released work
-                    self.crashes.append((s.instance, code, s.worker.stderr()[-1500:]))
+                err = s.worker.stderr()
+                if code == 1 and self.database_was_down(s.term_sent) and \
+                        "outcome records could not be written" in err:
+                    # What the worker documents: a drain that could not write its outcome
+                    # records (the database down) ends in 1. Counted apart; the judge still
+                    # checks that nothing was lost or restarted twice.
+                    self.drains_database_behind += 1
+                    self.log("%s exited with 1 after SIGTERM: the database was down" %
+                             s.instance)
+                elif code not in (0, 3):  # a drain ends in 0, or 3 when it released work
+                    self.crashes.append((s.instance, code, err[-1500:]))
                     self.log("%s exited with %d after SIGTERM" % (s.instance, code))
                 s.state, s.restart_at = "down", now
             elif s.state == "draining" and now - s.term_sent > DRAIN_TIMEOUT + 20:
@@ -520,9 +535,13 @@ class Chaos:
         """Waits, without faults, until the group has read the whole stream and has nothing
         pending (every worker running again). Returns whether it did within timeout."""
         deadline = time.time() + timeout
+        next_note = time.time() + 30
         while time.time() < deadline:
             self.fleet.tick(time.time())
             group = self.group()
+            if group and time.time() >= next_note:
+                next_note += 30
+                self.log("settling: %d pending, %s lag" % (group["pending"], group.get("lag")))
             info = redis_json(self.redis, "XINFO", "STREAM", STREAM) or {}
             last = info.get("last-generated-id")
             if group and last and group["pending"] == 0 and \
@@ -694,6 +713,7 @@ def judge(chaos):
         "sigterm": sum(kind == "sigterm" for _, kind, _ in fleet.events),
         "sighup": chaos.sighups, "redis_outages": len(chaos.outages),
         "store": chaos.args.store, "database_outages": len(chaos.database_outages),
+        "drains_database_behind": fleet.drains_database_behind,
         "restarts": len(runs), "restarts_unfinished": sum(r.end is None for r in runs),
         "doubles_excused": len(excused), "doubles_excused_completed_twice": completed_twice,
         "doubles_excused_by_grace": by_grace, "doubles_unexcused": len(unexcused),
@@ -747,7 +767,9 @@ def report(chaos, figures, failures, detail):
     print("  faults     SIGKILL %d (%d kept the consumer name), SIGTERM %d, SIGHUP %d, "
           "redis outages %d, %s" % (f["sigkill"], f["sigkill_same_name"], f["sigterm"],
                                     f["sighup"], f["redis_outages"],
-                                    "database outages %d" % f["database_outages"]
+                                    "database outages %d (%d drains ended 1 with records "
+                                    "unwritten)" % (f["database_outages"],
+                                                    f["drains_database_behind"])
                                     if f["store"] == "postgres" else "store sqlite"))
     print("  restarts   %d runs (%d never ended)" % (f["restarts"], f["restarts_unfinished"]))
     print("  doubles    excused %d (%d completed twice, %d by --grace), unexcused %d on %d ids"
