@@ -414,34 +414,6 @@ TEST_CASE("postgres_store: taking a free slot does not wait for a peer's open tr
                    "slot) FROM restart_slots") == "1:x:a,2:y:b");
 }
 
-TEST_CASE("postgres_store: answers reach their tasks over many batches, some tasks destroyed "
-          "while queued") {
-    auto url = fresh_db("orphans");
-    rt::loop loop;
-    postgres_store st(loop, on(url));
-    std::vector<message> ms;
-    for (int i = 0; i < 40; ++i)
-        ms.push_back(msg("m" + std::to_string(i)));
-    int answered = 0;
-    for (int round = 0; round < 4; ++round) {
-        rt::task_scope kept;
-        {
-            rt::task_scope dropped;
-            for (int i = 0; i < 10; ++i)
-                (i % 2 ? dropped : kept)
-                    .spawn([](postgres_store& s, const message& m, int& n) -> rt::task<void> {
-                        delivery d;
-                        save_result r = co_await s.save(m, d);
-                        n += r.ok;
-                    }(st, ms[static_cast<std::size_t>(round * 10 + i)], answered));
-        } // half of this round's tasks are destroyed while their requests are queued
-        wait_for(loop, [&] { return kept.size() == 0; });
-    }
-    CHECK(answered == 20);
-    run_void(loop, st.close());
-    CHECK(exec(url, "SELECT count(*) FROM messages") == "40"); // every save still written
-}
-
 // A start nobody will run is not left behind: a claim whose task is destroyed while it is
 // queued is not written; one whose task is destroyed while its batch is on its way is withdrawn
 // once the batch has committed.
@@ -487,14 +459,4 @@ TEST_CASE("postgres_store: a claim whose task is destroyed while queued or in fl
     run_void(loop, st.close()); // writes the withdrawal
     CHECK(exec(url, "SELECT count(*) FROM restarts WHERE message_id IN ('x', 'y')") == "0");
     CHECK(exec(url, "SELECT count(*) FROM restarts WHERE message_id = 'r'") == "1");
-}
-
-TEST_CASE("postgres_store: a request made once the writer has ended fails at once") {
-    auto url = fresh_db("late");
-    rt::loop loop;
-    postgres_store st(loop, on(url));
-    run_void(loop, st.close());
-    save_result r = run(loop, st.save(msg("late"), delivery{}));
-    CHECK_FALSE(r.ok);
-    CHECK(r.error == "store closed");
 }
