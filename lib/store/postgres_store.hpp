@@ -6,8 +6,9 @@
 // renew, complete) are queued on the loop thread; one writer task sends the whole queue as ONE
 // pipeline of a few set-based statements (arrays of ids, `unnest`) ending in one Sync, i.e.
 // one round trip and one transaction; requests arriving meanwhile wait for the next one. The
-// tasks that waited on a committed batch are resumed on the next loop turn, while the next
-// batch is already on its way (as in sqlite_store).
+// tasks that waited on a committed batch get their answers (reply slots, store/store_reply.hpp)
+// and are resumed on the next loop turn, while the next batch is already on its way (as in
+// sqlite_store).
 //
 // What must hold across the fleet is decided inside that transaction by the database, each in
 // one statement: a first claim is an INSERT ... ON CONFLICT DO NOTHING on (message_id,
