@@ -707,59 +707,6 @@ std::string trimmed(std::string s) {
 
 } // namespace
 
-// ---------------------------------------------------------------------------------------------
-// request_awaiter: suspends a task until the transaction holding its request has ended (as in
-// sqlite_store): it finds its request by (generation, index), so the queues can swap under it;
-// if its task is destroyed first, it clears the request's waiter (the request is still
-// written). A request made once the writer has ended fails at once (generation 0).
-// ---------------------------------------------------------------------------------------------
-
-struct postgres_store::reply {
-    bool ok = true;
-    std::string error;
-    restart_claim claim = restart_claim::proceed;
-    std::uint32_t attempt = 0;
-    std::int64_t n = 0;
-};
-
-class postgres_store::request_awaiter {
-public:
-    request_awaiter(postgres_store& s, std::uint64_t gen, std::size_t idx)
-        : s_(s), gen_(gen), idx_(idx) {}
-    request_awaiter(const request_awaiter&) = delete;
-    request_awaiter& operator=(const request_awaiter&) = delete;
-    ~request_awaiter() {
-        if (request* r = find()) r->waiter = {};
-    }
-    bool await_ready() const noexcept { return gen_ == 0; }
-    void await_suspend(std::coroutine_handle<> h) noexcept { find()->waiter = h; }
-    reply await_resume() {
-        if (gen_ == 0) return reply{false, "store closed", {}, 0, 0};
-        reply out;
-        out.ok = s_.batch_ok_;
-        if (!out.ok) out.error = s_.batch_error_;
-        if (request* r = find()) {
-            out.claim = r->claim;
-            out.attempt = r->attempt;
-            out.n = r->n;
-        }
-        return out;
-    }
-
-private:
-    request* find() noexcept {
-        if (gen_ == 0) return nullptr;
-        batch* b = gen_ == s_.pending_gen_  ? &s_.pending_
-                   : gen_ == s_.flying_gen_ ? &s_.flying_
-                   : gen_ == s_.done_gen_   ? &s_.done_
-                                            : nullptr;
-        return b && idx_ < b->size() ? &(*b)[idx_] : nullptr;
-    }
-    postgres_store& s_;
-    std::uint64_t gen_;
-    std::size_t idx_;
-};
-
 std::span<const char* const> postgres_migrations() {
     return migrations;
 }
@@ -841,11 +788,12 @@ postgres_store::postgres_store(rt::loop& loop, postgres_options opts)
 
 postgres_store::~postgres_store() = default;
 
-postgres_store::request_awaiter postgres_store::enqueue(const request& r) {
-    if (phase_ == phase::closed) return request_awaiter(*this, 0, 0);
-    pending_.reqs.push_back(r);
-    wake();
-    return request_awaiter(*this, pending_gen_, pending_.size() - 1);
+// Queues a request its task waits on (store/store_reply.hpp); once the writer has ended, it
+// fails at once.
+store_reply_awaiter postgres_store::enqueue(const request& r) {
+    if (phase_ == phase::closed) return store_reply_awaiter(replies_, nullptr);
+    wake(); // the writer takes it on the next loop turn
+    return replies_.queue(pending_, r);
 }
 
 void postgres_store::wake() noexcept {
@@ -888,7 +836,6 @@ rt::task<std::string> postgres_store::connect() {
 void postgres_store::take_pending() {
     swap(flying_, pending_);
     pending_.clear();
-    flying_gen_ = pending_gen_++;
 }
 
 // The group-commit loop (see the header).
@@ -946,7 +893,7 @@ rt::task<void> postgres_store::writer() {
         for (auto& r : pending_)
             if ((r.kind == op::claim || r.kind == op::claim_host || r.kind == op::slot ||
                  r.kind == op::trial) &&
-                !r.waiter)
+                !store_reply_slots::waited(r))
                 r.kind = op::skip;
         records_.take_into(pending_); // when not due, the slot releases only
         take_pending();
@@ -980,7 +927,7 @@ void postgres_store::settle(bool ok, std::string error) {
     batch_error_ = std::move(error);
     swap(done_, flying_);
     flying_.clear();
-    done_gen_ = std::exchange(flying_gen_, 0);
+    // Starts whose task was destroyed while they were written: withdrawn in the next batch.
     for (auto& r : done_)
         withdraw_if_orphaned(r);
     loop_.timers().arm(resume_, rt::millis{0});
@@ -1171,22 +1118,19 @@ rt::task<std::string> postgres_store::write(std::int64_t now) {
     co_return std::string{};
 }
 
-// Resumes every task that waited on done_ (as sqlite_store::flush_done).
+// Answers every request of done_ and resumes the tasks waiting (as sqlite_store::flush_done).
+// A committed start whose task was destroyed meanwhile (an orphaned slot) is withdrawn.
 void postgres_store::flush_done() noexcept {
-    if (done_gen_ == 0) return;
     resume_.cancel();
-    for (std::size_t i = 0; i < done_.size(); ++i) {
-        if (auto h = std::exchange(done_[i].waiter, {}))
-            h.resume();
-        else
-            withdraw_if_orphaned(done_[i]);
-    }
+    for (std::size_t i = 0; i < done_.size(); ++i)
+        if (!replies_.answer(done_[i], batch_ok_, batch_error_)) withdraw_if_orphaned(done_[i]);
     done_.clear();
-    done_gen_ = 0;
 }
 
+// A start (claim, or claim_host granted) that committed while its task was destroyed: no
+// restart will run for it, so it is withdrawn (once: the request becomes a skip).
 void postgres_store::withdraw_if_orphaned(request& r) {
-    if (r.waiter || !batch_ok_ || r.claim != restart_claim::proceed ||
+    if (store_reply_slots::waited(r) || !batch_ok_ || r.claim != restart_claim::proceed ||
         (r.kind != op::claim && r.kind != op::claim_host))
         return;
     r.kind = op::skip;
@@ -1194,16 +1138,15 @@ void postgres_store::withdraw_if_orphaned(request& r) {
     stats_.withdrawn.inc();
 }
 
+// hurry(): every request still queued fails, and the records are given up.
 void postgres_store::give_up() {
     flush_done();
     while (!pending_.empty()) {
-        take_pending();
-        swap(done_, flying_);
-        flying_.clear();
-        done_gen_ = std::exchange(flying_gen_, 0);
+        swap(done_, pending_);
+        pending_.clear();
         batch_ok_ = false;
         batch_error_ = "store closing: out of time to write";
-        flush_done();
+        flush_done(); // the resumed tasks may queue more: failed in the next round
     }
     records_.give_up();
 }
@@ -1220,7 +1163,7 @@ rt::task<save_result> postgres_store::save(const message& m, const delivery&) {
     r.b = pending_.put(m.hostname());
     r.c = pending_.put(m.reason());
     auto pending = enqueue(r); // named: GCC 12 destroys temporaries of a co_await twice
-    reply x = co_await pending;
+    store_reply x = co_await pending;
     co_return save_result{x.ok, std::move(x.error)};
 }
 
@@ -1230,7 +1173,7 @@ rt::task<claim_answer> postgres_store::claim_restart(const message& m) {
     r.id = pending_.put(m.message_id());
     r.a = pending_.put(m.hostname());
     auto pending = enqueue(r);
-    reply x = co_await pending;
+    store_reply x = co_await pending;
     if (!x.ok) throw std::runtime_error("store: " + x.error);
     co_return claim_answer{x.claim, x.attempt};
 }
@@ -1242,7 +1185,7 @@ rt::task<bool> postgres_store::finish_restart(const message& m, const restart_re
     r.a = pending_.put(to_string(res.status));
     r.b = pending_.put(res.detail);
     auto pending = enqueue(r);
-    reply x = co_await pending;
+    store_reply x = co_await pending;
     if (!x.ok) throw std::runtime_error("store: " + x.error);
     co_return x.claim != restart_claim::held;
 }
@@ -1263,7 +1206,7 @@ rt::task<void> postgres_store::release_claim(const message& m) {
     r.kind = op::unclaim;
     r.id = pending_.put(m.message_id());
     auto pending = enqueue(r);
-    reply x = co_await pending;
+    store_reply x = co_await pending;
     if (!x.ok) throw std::runtime_error("store: " + x.error);
 }
 
@@ -1277,7 +1220,7 @@ rt::task<host_claim> postgres_store::claim_host(const message& m,
     r.n = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() -
           cooldown.count();
     auto pending = enqueue(r);
-    reply x = co_await pending;
+    store_reply x = co_await pending;
     if (!x.ok) throw std::runtime_error("store: " + x.error);
     if (x.claim == restart_claim::proceed) co_return host_claim{};
     co_return host_claim{false,
@@ -1290,7 +1233,7 @@ rt::task<bool> postgres_store::claim_slot(const message& m, std::size_t cap) {
     r.id = pending_.put(m.message_id());
     r.n = static_cast<std::int64_t>(cap);
     auto pending = enqueue(r);
-    reply x = co_await pending;
+    store_reply x = co_await pending;
     if (!x.ok) throw std::runtime_error("store: " + x.error);
     co_return x.claim == restart_claim::proceed;
 }
@@ -1331,7 +1274,7 @@ rt::task<prune_counts> postgres_store::prune(prune_bounds b) {
     request r;
     r.kind = op::prune;
     auto pending = enqueue(r);
-    reply x = co_await pending;
+    store_reply x = co_await pending;
     if (!x.ok) throw std::runtime_error("store: " + x.error);
     prune_counts c{static_cast<std::uint64_t>(x.n), x.attempt};
     stats_.pruned_messages.inc(c.messages);
@@ -1380,7 +1323,7 @@ rt::task<trial_answer> postgres_store::claim_trial(const message& m,
     r.id = pending_.put(m.message_id());
     r.n = cooldown.count();
     auto pending = enqueue(r);
-    reply x = co_await pending;
+    store_reply x = co_await pending;
     if (!x.ok) throw std::runtime_error("store: " + x.error);
     co_return static_cast<trial_answer>(x.n);
 }

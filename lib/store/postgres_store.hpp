@@ -6,8 +6,9 @@
 // renew, complete) are queued on the loop thread; one writer task sends the whole queue as ONE
 // pipeline of a few set-based statements (arrays of ids, `unnest`) ending in one Sync, i.e.
 // one round trip and one transaction; requests arriving meanwhile wait for the next one. The
-// tasks that waited on a committed batch are resumed on the next loop turn, while the next
-// batch is already on its way (as in sqlite_store).
+// tasks that waited on a committed batch get their answers (reply slots, store/store_reply.hpp)
+// and are resumed on the next loop turn, while the next batch is already on its way (as in
+// sqlite_store).
 //
 // What must hold across the fleet is decided inside that transaction by the database, each in
 // one statement: a first claim is an INSERT ... ON CONFLICT DO NOTHING on (message_id,
@@ -36,6 +37,7 @@
 #include "store/store.hpp"
 #include "store/store_batch.hpp"
 #include "store/store_health.hpp"
+#include "store/store_reply.hpp"
 
 #include <atomic>
 #include <chrono>
@@ -142,8 +144,6 @@ public:
     using batch = store_batch;
 
 private:
-    class request_awaiter;
-    struct reply;
     // Calls a member of the store when due (loop thread).
     struct timer final : rt::timer_entry {
         postgres_store& s;
@@ -162,7 +162,7 @@ private:
     enum class phase : std::uint8_t { open, closing, hurried, closed };
     static constexpr rt::millis reconnect_min{100}, reconnect_max{5000};
 
-    request_awaiter enqueue(const request& r);
+    store_reply_awaiter enqueue(const request& r);
     void wake() noexcept;
     void kick();
     void flush_done() noexcept;
@@ -183,14 +183,12 @@ private:
     std::string fatal_; // why the schema cannot be used (logged, the store stays down)
     rt::millis reconnect_backoff_{0};
     std::uint64_t reconnect_at_ = 0; // loop time (ms) before which no connect is tried
-    batch pending_;
-    std::uint64_t pending_gen_ = 1;
-    batch flying_;
-    std::uint64_t flying_gen_ = 0;
-    batch done_;
-    std::uint64_t done_gen_ = 0;
-    bool batch_ok_ = true;
-    std::string batch_error_;
+    batch pending_;                  // waiting for the next transaction
+    batch flying_;                   // being written
+    batch done_;                     // committed (or failed), its tasks not resumed yet
+    store_reply_slots replies_;      // where the answers of those three batches go
+    bool batch_ok_ = true;           // result of done_ (while resuming it)
+    std::string batch_error_;        //   and why it failed
     std::coroutine_handle<> writer_idle_;
     timer kick_{*this, &postgres_store::kick};
     timer backoff_timer_{*this, &postgres_store::kick}; // the end of a reconnect backoff

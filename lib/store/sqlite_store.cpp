@@ -1116,54 +1116,6 @@ int sqlite_migrate(const std::string& path) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// request_awaiter: suspends a task until the transaction holding its request has ended. The
-// request points to a reply slot, which the awaiter holds; flush_done() writes the answer there
-// and resumes the task. The slot stays where it is while the batches grow and swap. If the task
-// is destroyed first, the slot is marked orphaned and the request is still written; the store
-// takes the slot back once its transaction has ended. A request made once the writer has ended
-// fails at once (no slot).
-// ---------------------------------------------------------------------------------------------
-
-struct reply {
-    bool ok = true;
-    std::string error;
-    restart_claim claim = restart_claim::proceed;
-    std::int64_t n = 0;
-    std::uint32_t attempt = 0;
-};
-
-// Who holds a slot: nobody (free); the awaiter, its request queued or in flight (waiting) or
-// answered (answered); the request alone, its awaiter gone (orphaned).
-struct store_reply_slot {
-    enum class state : std::uint8_t { free, waiting, answered, orphaned };
-    state st = state::free;
-    std::coroutine_handle<> waiter; // waiting: the task, once it suspended
-    reply out;                      // answered
-};
-
-class sqlite_store::request_awaiter {
-public:
-    request_awaiter(sqlite_store& s, store_reply_slot* slot) : s_(s), slot_(slot) {}
-    request_awaiter(const request_awaiter&) = delete;
-    request_awaiter& operator=(const request_awaiter&) = delete;
-    ~request_awaiter() {
-        if (slot_) s_.drop_slot(*slot_);
-    }
-    bool await_ready() const noexcept {
-        return !slot_ || slot_->st == store_reply_slot::state::answered;
-    }
-    void await_suspend(std::coroutine_handle<> h) noexcept { slot_->waiter = h; }
-    reply await_resume() {
-        if (!slot_) return reply{false, "store closed", {}, 0, 0};
-        return std::move(slot_->out);
-    }
-
-private:
-    sqlite_store& s_;
-    store_reply_slot* slot_; // null: the store was closed
-};
-
-// ---------------------------------------------------------------------------------------------
 // sqlite_store
 // ---------------------------------------------------------------------------------------------
 
@@ -1198,39 +1150,12 @@ sqlite_store::sqlite_store(rt::loop& loop, sqlite_options opts)
 
 sqlite_store::~sqlite_store() = default;
 
-sqlite_store::request_awaiter sqlite_store::enqueue(const request& r) {
-    if (phase_ == phase::closed) return request_awaiter(*this, nullptr);
-    store_reply_slot* slot;
-    if (free_slots_.empty()) {
-        slot = slots_.emplace_back(std::make_unique<store_reply_slot>()).get();
-        free_slots_.reserve(slots_.size()); // so that drop_slot() never allocates
-    } else {
-        slot = free_slots_.back();
-        free_slots_.pop_back();
-    }
-    slot->st = store_reply_slot::state::waiting;
-    pending_.reqs.push_back(r);
-    pending_.reqs.back().reply = slot;
-    wake();
-    return request_awaiter(*this, slot);
-}
-
-// A request's task still waits for its answer (false: nobody waits, or its task was destroyed).
-bool sqlite_store::waited(const request& r) noexcept {
-    return r.reply && r.reply->st == store_reply_slot::state::waiting;
-}
-
-// The awaiter is gone: an answered slot is free again; a waiting one is orphaned, and
-// flush_done() frees it when its request's transaction has ended.
-void sqlite_store::drop_slot(store_reply_slot& slot) noexcept {
-    if (slot.st == store_reply_slot::state::waiting) {
-        slot.st = store_reply_slot::state::orphaned;
-        slot.waiter = {};
-        return;
-    }
-    slot.st = store_reply_slot::state::free;
-    slot.out = reply{};
-    free_slots_.push_back(&slot); // reserved in enqueue()
+// Queues a request its task waits on (store/store_reply.hpp); once the writer has ended, it
+// fails at once.
+store_reply_awaiter sqlite_store::enqueue(const request& r) {
+    if (phase_ == phase::closed) return store_reply_awaiter(replies_, nullptr);
+    wake(); // the writer takes it on the next loop turn
+    return replies_.queue(pending_, r);
 }
 
 void sqlite_store::wake() noexcept {
@@ -1269,7 +1194,7 @@ rt::task<void> sqlite_store::writer() {
         // Nor take a slot nobody would give back.
         for (auto& r : pending_)
             if ((r.kind == op::claim || r.kind == op::claim_host || r.kind == op::slot) &&
-                !waited(r))
+                !store_reply_slots::waited(r))
                 r.kind = op::skip;
         if (records_.due()) records_.take_into(pending_);
         swap(db_->flying, pending_);
@@ -1318,28 +1243,14 @@ rt::task<void> sqlite_store::writer() {
     writer_done_.set();
 }
 
-// Answers every request of done_ and resumes the tasks waiting. Resuming may destroy other
-// waiters' tasks (their slots become orphaned), so each slot's state is read at its turn; new
-// requests land in pending_, not here. A committed start whose task was destroyed meanwhile
-// (an orphaned slot) is withdrawn.
+// Answers every request of done_ and resumes the tasks waiting (store/store_reply.hpp). Resuming
+// may destroy other waiters' tasks (their slots become orphaned), so each request is answered
+// at its turn; new requests land in pending_, not here. A committed start whose task was
+// destroyed meanwhile (an orphaned slot) is withdrawn.
 void sqlite_store::flush_done() noexcept {
     resume_.cancel();
-    for (std::size_t i = 0; i < done_.size(); ++i) {
-        request& r = done_[i];
-        store_reply_slot* slot = std::exchange(r.reply, nullptr);
-        if (slot && slot->st == store_reply_slot::state::waiting) {
-            slot->out.ok = batch_ok_;
-            if (!batch_ok_) slot->out.error = batch_error_;
-            slot->out.claim = r.claim;
-            slot->out.n = r.n;
-            slot->out.attempt = r.attempt;
-            slot->st = store_reply_slot::state::answered;
-            if (auto h = std::exchange(slot->waiter, {})) h.resume();
-            continue;
-        }
-        if (slot) drop_slot(*slot); // orphaned: free again
-        withdraw_if_orphaned(r);
-    }
+    for (std::size_t i = 0; i < done_.size(); ++i)
+        if (!replies_.answer(done_[i], batch_ok_, batch_error_)) withdraw_if_orphaned(done_[i]);
     done_.clear();
 }
 
@@ -1350,7 +1261,7 @@ void sqlite_store::flush_done() noexcept {
 // A start (claim, or claim_host granted) that committed while its task was destroyed: no
 // restart will run for it, so it is withdrawn (once: the request becomes a skip).
 void sqlite_store::withdraw_if_orphaned(request& r) {
-    if (waited(r) || !batch_ok_ || r.claim != restart_claim::proceed ||
+    if (store_reply_slots::waited(r) || !batch_ok_ || r.claim != restart_claim::proceed ||
         (r.kind != op::claim && r.kind != op::claim_host))
         return;
     r.kind = op::skip;
@@ -1383,7 +1294,7 @@ rt::task<save_result> sqlite_store::save(const message& m, const delivery&) {
     r.b = pending_.put(m.hostname());
     r.c = pending_.put(m.reason());
     auto pending = enqueue(r); // named: see writer() on GCC 12 and temporaries
-    reply x = co_await pending;
+    store_reply x = co_await pending;
     co_return save_result{x.ok, std::move(x.error)};
 }
 
@@ -1393,7 +1304,7 @@ rt::task<claim_answer> sqlite_store::claim_restart(const message& m) {
     r.id = pending_.put(m.message_id());
     r.a = pending_.put(m.hostname());
     auto pending = enqueue(r); // named: see writer() on GCC 12 and temporaries
-    reply x = co_await pending;
+    store_reply x = co_await pending;
     // Without a durable claim the restart must not run: the caller turns this into a retry.
     if (!x.ok) throw std::runtime_error("store: " + x.error);
     co_return claim_answer{x.claim, x.attempt};
@@ -1406,7 +1317,7 @@ rt::task<bool> sqlite_store::finish_restart(const message& m, const restart_resu
     r.a = pending_.put(to_string(res.status));
     r.b = pending_.put(res.detail);
     auto pending = enqueue(r); // named: see writer() on GCC 12 and temporaries
-    reply x = co_await pending;
+    store_reply x = co_await pending;
     // Not written: the restart is still recorded as unfinished (the caller writes it again).
     if (!x.ok) throw std::runtime_error("store: " + x.error);
     co_return x.claim != restart_claim::held;
@@ -1429,7 +1340,7 @@ rt::task<void> sqlite_store::release_claim(const message& m) {
     r.kind = op::unclaim;
     r.id = pending_.put(m.message_id());
     auto pending = enqueue(r); // named: see writer() on GCC 12 and temporaries
-    reply x = co_await pending;
+    store_reply x = co_await pending;
     if (!x.ok) throw std::runtime_error("store: " + x.error);
 }
 
@@ -1444,7 +1355,7 @@ rt::task<host_claim> sqlite_store::claim_host(const message& m,
     r.n = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() -
           cooldown.count();
     auto pending = enqueue(r); // named: see writer() on GCC 12 and temporaries
-    reply x = co_await pending;
+    store_reply x = co_await pending;
     if (!x.ok) throw std::runtime_error("store: " + x.error);
     if (x.claim == restart_claim::proceed) co_return host_claim{};
     co_return host_claim{false,
@@ -1459,7 +1370,7 @@ rt::task<prune_counts> sqlite_store::prune(prune_bounds b) {
     request r;
     r.kind = op::prune;
     auto pending = enqueue(r); // named: see writer() on GCC 12 and temporaries
-    reply x = co_await pending;
+    store_reply x = co_await pending;
     if (!x.ok) throw std::runtime_error("store: " + x.error);
     if (x.claim != restart_claim::proceed) throw std::runtime_error("store: " + db_->prune_error);
     prune_counts c{static_cast<std::uint64_t>(x.n), x.attempt};
@@ -1478,7 +1389,7 @@ rt::task<bool> sqlite_store::claim_slot(const message& m, std::size_t cap) {
     r.id = pending_.put(m.message_id());
     r.n = static_cast<std::int64_t>(cap);
     auto pending = enqueue(r); // named: see writer() on GCC 12 and temporaries
-    reply x = co_await pending;
+    store_reply x = co_await pending;
     if (!x.ok) throw std::runtime_error("store: " + x.error);
     if (x.claim != restart_claim::proceed) co_return false;
     slot_holders_.emplace(m.message_id());

@@ -34,6 +34,7 @@
 #include "store/store.hpp"
 #include "store/store_batch.hpp"
 #include "store/store_health.hpp"
+#include "store/store_reply.hpp"
 
 #include <atomic>
 #include <chrono>
@@ -143,7 +144,6 @@ public:
     struct shared; // connection + statements + the batch in flight
 
 private:
-    class request_awaiter;
     struct kick final : rt::timer_entry {
         sqlite_store& s;
         explicit kick(sqlite_store& st) : s(st) {}
@@ -172,9 +172,7 @@ private:
         void await_resume() const noexcept {}
     };
 
-    request_awaiter enqueue(const request& r);
-    static bool waited(const request& r) noexcept;
-    void drop_slot(store_reply_slot& slot) noexcept;
+    store_reply_awaiter enqueue(const request& r);
     void wake() noexcept;
     void flush_done() noexcept;
     rt::task<void> writer();
@@ -183,14 +181,11 @@ private:
 
     rt::loop& loop_;
     std::shared_ptr<shared> db_;
-    batch pending_; // waiting for the next transaction (loop thread)
-    batch done_;    // committed (or failed), its tasks not resumed yet
-    // Every reply slot made (a request waited on holds one until its awaiter is gone), and those
-    // free for the next request.
-    std::vector<std::unique_ptr<store_reply_slot>> slots_;
-    std::vector<store_reply_slot*> free_slots_;
-    bool batch_ok_ = true;                // result of done_ (while resuming it)
-    std::string batch_error_;             //   and why it failed
+    batch pending_;             // waiting for the next transaction (loop thread)
+    batch done_;                // committed (or failed), its tasks not resumed yet
+    store_reply_slots replies_; // where the answers of the queued, written and done requests go
+    bool batch_ok_ = true;      // result of done_ (while resuming it)
+    std::string batch_error_;   //   and why it failed
     std::coroutine_handle<> writer_idle_; // the writer, suspended with nothing to write
     kick kick_{*this};
     resume_done resume_{*this};

@@ -6,7 +6,6 @@
 
 #include "store/store.hpp"
 
-#include <coroutine>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -39,7 +38,7 @@ struct store_text_ref {
     std::uint32_t off = 0, len = 0;
 };
 
-// sqlite_store's answer to a request, written there for the task waiting on it.
+// Where a request's answer goes, for the task waiting on it (store/store_reply.hpp).
 struct store_reply_slot;
 
 // One queued request.
@@ -57,8 +56,7 @@ struct store_request {
     // claim_host: out, the `started` stamp written (proceed). unclaim: in, that stamp (0:
     // whatever unfinished start the id has). slot: in, the cap.
     std::int64_t n = 0;
-    std::coroutine_handle<> waiter;    // postgres_store: null: nobody waits (complete, cancelled)
-    store_reply_slot* reply = nullptr; // sqlite_store: where its answer goes (null: nobody waits)
+    store_reply_slot* reply = nullptr; // where its answer goes (null: nobody waits)
 };
 
 // Requests and the strings they refer to, all in one buffer: queueing a request allocates
@@ -106,7 +104,6 @@ struct flag_while_alive {
 inline void copy_request(store_batch& to, const store_batch& from, store_request r) {
     for (auto* t : {&r.id, &r.a, &r.b, &r.c})
         *t = to.put(from.view(*t));
-    r.waiter = {};
     r.reply = nullptr;
     to.reqs.push_back(r);
 }

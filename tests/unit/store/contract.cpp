@@ -121,6 +121,49 @@ TEST_CASE_TEMPLATE("store contract: saves that arrive together share one transac
     CHECK(db.count("SELECT attempts FROM messages WHERE message_id = 's0'") == 2);
 }
 
+// A task destroyed while its request waits (a forced stop) leaves the request to the store
+// (store/store_reply.hpp): a save is still written, and the answers of the others still reach
+// their tasks, batch after batch.
+TEST_CASE_TEMPLATE("store contract: answers reach their tasks over many transactions, some tasks "
+                   "destroyed while queued",
+                   B, STORES) {
+    B db;
+    rt::loop loop;
+    auto st = db.open(loop, "a", 60s);
+    std::vector<message> ms;
+    for (int i = 0; i < 40; ++i)
+        ms.push_back(msg("m" + std::to_string(i)));
+    int answered = 0;
+    for (int round = 0; round < 4; ++round) {
+        rt::task_scope kept;
+        {
+            rt::task_scope dropped;
+            for (int i = 0; i < 10; ++i)
+                (i % 2 ? dropped : kept)
+                    .spawn([](store& s, const message& x, int& n) -> rt::task<void> {
+                        delivery d;
+                        save_result r = co_await s.save(x, d);
+                        n += r.ok;
+                    }(*st, ms[static_cast<std::size_t>(round * 10 + i)], answered));
+        } // half of this round's tasks are destroyed while their requests are queued
+        wait_for(loop, [&] { return kept.size() == 0; });
+    }
+    CHECK(answered == 20);
+    run_void(loop, st->close());
+    CHECK(db.count("SELECT count(*) FROM messages") == 40); // every save still written
+}
+
+TEST_CASE_TEMPLATE("store contract: a request made once the writer has ended fails at once", B,
+                   STORES) {
+    B db;
+    rt::loop loop;
+    auto st = db.open(loop, "a", 60s);
+    run_void(loop, st->close());
+    save_result r = run(loop, st->save(msg("late"), delivery{}));
+    CHECK_FALSE(r.ok);
+    CHECK(r.error == "store closed");
+}
+
 TEST_CASE_TEMPLATE("store contract: a claim proceeds, then is done; failed and refused run again",
                    B, STORES) {
     B db;

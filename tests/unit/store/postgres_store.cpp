@@ -413,3 +413,50 @@ TEST_CASE("postgres_store: taking a free slot does not wait for a peer's open tr
     CHECK(query(a, "SELECT string_agg(slot || ':' || message_id || ':' || owner, ',' ORDER BY "
                    "slot) FROM restart_slots") == "1:x:a,2:y:b");
 }
+
+// A start nobody will run is not left behind: a claim whose task is destroyed while it is
+// queued is not written; one whose task is destroyed while its batch is on its way is withdrawn
+// once the batch has committed.
+TEST_CASE("postgres_store: a claim whose task is destroyed while queued or in flight leaves no "
+          "start") {
+    auto url = fresh_db("orphan_claims");
+    rt::loop loop;
+    postgres_store st(loop, on(url));
+    auto x = msg("x"), y = msg("y"), r = msg("r");
+    REQUIRE(run(loop, st.claim_restart(r)) == restart_claim::proceed);
+    {
+        rt::task_scope scope;
+        scope.spawn([](postgres_store& s, const message& m) -> rt::task<void> {
+            co_await s.claim_restart(m);
+        }(st, y));
+    } // destroyed while queued
+    // x's claim goes in one batch with a renewal of r, whose row another connection holds: the
+    // batch stays on its way until that connection commits.
+    PGconn* holder = PQconnectdb(url.c_str());
+    REQUIRE(PQstatus(holder) == CONNECTION_OK);
+    PQclear(PQexec(holder, "BEGIN"));
+    PQclear(PQexec(holder, "SELECT 1 FROM restarts WHERE message_id = 'r' FOR UPDATE"));
+    auto sent = st.stats().transactions.get();
+    {
+        rt::task_scope scope;
+        scope.spawn([](postgres_store& s, const message& m) -> rt::task<void> {
+            co_await s.claim_restart(m);
+        }(st, x));
+        const message* renewed[] = {&r};
+        st.renew_claims(renewed);
+        // The batch is on its way once the store's connection waits for the holder's lock.
+        for (int i = 0; exec(url, "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                                  "current_database() AND wait_event_type = 'Lock'") == "0";
+             ++i) {
+            REQUIRE(i < 1500);
+            wait(loop, 20ms);
+        }
+        CHECK(st.stats().transactions.get() == sent);
+    } // destroyed while its batch is in flight
+    PQclear(PQexec(holder, "COMMIT"));
+    PQfinish(holder);
+    wait_for(loop, [&] { return st.stats().withdrawn.get() == 1; });
+    run_void(loop, st.close()); // writes the withdrawal
+    CHECK(exec(url, "SELECT count(*) FROM restarts WHERE message_id IN ('x', 'y')") == "0");
+    CHECK(exec(url, "SELECT count(*) FROM restarts WHERE message_id = 'r'") == "1");
+}

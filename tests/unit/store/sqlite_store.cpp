@@ -270,45 +270,6 @@ TEST_CASE("sqlite_store: a task destroyed while its request is written is forgot
     CHECK(count(dir.db(), "SELECT count(*) FROM restarts") == 0); // a start that never runs not
 }
 
-TEST_CASE("sqlite_store: answers reach their tasks over many transactions, some tasks destroyed "
-          "while queued") {
-    temp_dir dir;
-    rt::loop loop;
-    sqlite_store st(loop, sqlite_options{dir.db()});
-    std::vector<message> ms;
-    for (int i = 0; i < 40; ++i)
-        ms.push_back(msg("m" + std::to_string(i)));
-    int answered = 0;
-    for (int round = 0; round < 4; ++round) {
-        rt::task_scope kept;
-        {
-            rt::task_scope dropped;
-            for (int i = 0; i < 10; ++i)
-                (i % 2 ? dropped : kept)
-                    .spawn([](sqlite_store& s, const message& m, int& n) -> rt::task<void> {
-                        delivery d;
-                        save_result r = co_await s.save(m, d);
-                        n += r.ok;
-                    }(st, ms[static_cast<std::size_t>(round * 10 + i)], answered));
-        } // half of this round's tasks are destroyed while their requests are queued
-        wait_for(loop, [&] { return kept.size() == 0; });
-    }
-    CHECK(answered == 20);
-    run(loop, st.close());
-    CHECK(count(dir.db(), "SELECT count(*) FROM messages") == 40); // every save still written
-}
-
-TEST_CASE("sqlite_store: a request made once the writer has ended fails at once") {
-    temp_dir dir;
-    rt::loop loop;
-    sqlite_store st(loop, sqlite_options{dir.db()});
-    run(loop, st.close());
-    delivery d;
-    save_result r = run(loop, st.save(msg("late"), d));
-    CHECK_FALSE(r.ok);
-    CHECK(r.error == "store closed");
-}
-
 namespace {
 
 std::string text_of(const std::string& db, const std::string& sql) {
