@@ -1,6 +1,6 @@
 // held_records: the records of a group-committing store that nobody waits for (sqlite_store,
 // postgres_store): outcome records from complete(), withdrawals of restart starts whose task
-// was destroyed while their claim was written, and slot releases (postgres_store's
+// was destroyed while their claim was written, and slot releases (both stores'
 // release_slot). They join the next transaction (appended after the requests queued for it);
 // when it fails they are kept, in order, and written again after a backoff (100 ms doubling to
 // 1 s), or with the transaction after the next one that succeeds, until they are written or the

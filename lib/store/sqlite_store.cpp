@@ -1196,7 +1196,7 @@ rt::task<void> sqlite_store::writer() {
             if ((r.kind == op::claim || r.kind == op::claim_host || r.kind == op::slot) &&
                 !store_reply_slots::waited(r))
                 r.kind = op::skip;
-        if (records_.due()) records_.take_into(pending_);
+        records_.take_into(pending_); // when not due, the slot releases only
         swap(db_->flying, pending_);
         pending_.clear();
 
@@ -1396,14 +1396,12 @@ rt::task<bool> sqlite_store::claim_slot(const message& m, std::size_t cap) {
     co_return true;
 }
 
+// Held until written (store/held_records.hpp): a release lost with a failed transaction would
+// keep the slot from every worker on the file until its lease expired.
 void sqlite_store::release_slot(const message& m) {
     slot_holders_.erase(std::string(m.message_id()));
     if (phase_ == phase::closed) return; // it expires with its lease
-    request r;
-    r.kind = op::unslot;
-    r.id = pending_.put(m.message_id());
-    pending_.reqs.push_back(r);
-    wake();
+    records_.add_slot_release(m.message_id());
 }
 
 void sqlite_store::watch_pause(std::chrono::milliseconds every,

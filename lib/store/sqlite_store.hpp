@@ -10,14 +10,15 @@
 // transaction has committed, before the tasks that waited on it are resumed (on the next loop
 // turn): the pool writes while the loop resumes, instead of each waiting for the other.
 //
-// Records nobody waits for (outcome records from complete(), and the withdrawal of a restart
-// start whose task was destroyed while its claim was written) are kept apart, in `records_`
-// (store/held_records.hpp): they join the next transaction, and when it fails they are kept, in
-// order, and written again (after a backoff, or with the transaction after the next one that
-// succeeds) until they are written, close() gives up on them (hurry()), or, while the store cannot
-// write, more than `max_held_records` pile up (then new outcome records are dropped). What is given
-// up is counted in unrecorded(). A save, claim or finish that fails is answered as failed at once:
-// its task decides whether to retry.
+// Records nobody waits for (outcome records from complete(), the withdrawal of a restart start
+// whose task was destroyed while its claim was written, and slot releases) are kept apart, in
+// `records_` (store/held_records.hpp): they join the next transaction, and when it fails they are
+// kept, in order, and written again (after a backoff, or with the transaction after the next one
+// that succeeds; slot releases with every transaction) until they are written, close() gives up
+// on them (hurry()), or, while the store cannot write, more than `max_held_records` pile up (then
+// new outcome records are dropped). What is given up is counted in unrecorded(), except slot
+// releases (a slot comes free with its lease). A save, claim or finish that fails is answered as
+// failed at once: its task decides whether to retry.
 //
 // Health (healthy(), readiness, the log lines about it): a state, store/store_health.hpp.
 //

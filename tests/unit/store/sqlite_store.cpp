@@ -813,3 +813,106 @@ TEST_CASE("sqlite_store: a retention pass gives way to another writer's lock ins
     CHECK(run(loop, st.prune(b)) == prune_counts{}); // the next pass runs
     run(loop, st.close());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Slot releases (store.hpp, release_slot). A release is not awaited (restart_guard gives the
+// slot back as its restart ends): when the transaction carrying it fails, the release is held
+// and written with a later one, as outcome records are. A release lost with its transaction
+// would keep the slot until its lease ran out (an hour here), one restart fewer for every worker
+// on the file meanwhile. The fault is real: a peer connection holds the file's write lock past
+// the store's busy timeout, so the store's BEGIN IMMEDIATE fails with SQLITE_BUSY.
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+// A second connection on the file that holds its write lock while it lives.
+class write_lock {
+public:
+    explicit write_lock(const std::string& db) {
+        REQUIRE(sqlite3_open(db.c_str(), &peer_) == SQLITE_OK);
+        REQUIRE(sqlite3_exec(peer_, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr) == SQLITE_OK);
+    }
+    ~write_lock() {
+        sqlite3_exec(peer_, "COMMIT", nullptr, nullptr, nullptr);
+        sqlite3_close(peer_);
+    }
+    write_lock(const write_lock&) = delete;
+    write_lock& operator=(const write_lock&) = delete;
+
+private:
+    sqlite3* peer_ = nullptr;
+};
+
+sqlite_options slot_options(const std::string& db) {
+    sqlite_options o{db};
+    o.claim_lease = std::chrono::hours(1); // only a real release frees a slot
+    o.busy_timeout = std::chrono::milliseconds(50);
+    return o;
+}
+
+std::string slot_holder(const std::string& db) {
+    return text_of(db, "SELECT coalesce(group_concat(message_id), '') FROM restart_slots "
+                       "WHERE message_id IS NOT NULL");
+}
+
+} // namespace
+
+TEST_CASE("sqlite_store: a slot release whose transaction failed on a locked file is written "
+          "once the lock is gone") {
+    temp_dir dir;
+    rt::loop loop;
+    sqlite_store st(loop, slot_options(dir.db()));
+    auto x = msg("x"), y = msg("y");
+    REQUIRE(run(loop, st.claim_slot(x, 1)));
+    REQUIRE_FALSE(run(loop, st.claim_slot(y, 1)));
+    {
+        write_lock peer(dir.db());
+        auto failed = st.stats().failed_transactions.get();
+        st.release_slot(x);
+        wait_for(loop, [&] { return st.stats().failed_transactions.get() > failed; });
+    }
+    CHECK(slot_holder(dir.db()) == "x");
+    // The lock is gone: the next transaction carries the release, before the claim in it.
+    CHECK(run(loop, st.claim_slot(y, 1)));
+    CHECK(slot_holder(dir.db()) == "y");
+    run(loop, st.close());
+    CHECK(st.unrecorded() == 0);
+}
+
+// A release held after its transaction failed goes with the next transaction, before that
+// transaction's claims: were a new claim of the same message's slot written first, it would
+// keep the old slot as its own, and the release written after would free the slot of a running
+// restart.
+TEST_CASE("sqlite_store: a slot release held after a failed transaction goes before a new claim "
+          "of the same message's slot") {
+    temp_dir dir;
+    rt::loop loop;
+    sqlite_store st(loop, slot_options(dir.db()));
+    auto x = msg("x");
+    REQUIRE(run(loop, st.claim_slot(x, 1)));
+    {
+        write_lock peer(dir.db());
+        st.release_slot(x);
+        CHECK_FALSE(run(loop, st.save(msg("a"), delivery{})).ok); // the release's transaction
+    }
+    // x's message is delivered again at once, and its restart takes a slot.
+    CHECK(run(loop, st.claim_slot(x, 1)));
+    run(loop, st.close()); // writes whatever it still holds
+    CHECK(slot_holder(dir.db()) == "x");
+}
+
+TEST_CASE("sqlite_store: a slot release not written by close is given up without counting it as "
+          "unrecorded") {
+    temp_dir dir;
+    rt::loop loop;
+    sqlite_store st(loop, slot_options(dir.db()));
+    auto x = msg("x");
+    REQUIRE(run(loop, st.claim_slot(x, 1)));
+    write_lock peer(dir.db()); // held until the end: nothing more is written
+    st.release_slot(x);
+    CHECK_FALSE(run(loop, st.save(msg("a"), delivery{})).ok);
+    st.complete(x, verdict{outcome::acked, {}, {}});
+    st.hurry();
+    run(loop, st.close());
+    CHECK(st.unrecorded() == 1); // the outcome record, not the release: the slot has a lease
+}
