@@ -30,6 +30,15 @@ def wait_received(w, at_least):
     harness.wait_until(seen, timeout=20, what="%d messages received" % at_least)
 
 
+def restarts_running(port):
+    """mayhem_restarts_running on the worker's /metrics (0 when it cannot be read)."""
+    status, body = harness.http_get("http://127.0.0.1:%d/metrics" % port)
+    for line in body.splitlines() if status == 200 else []:
+        if line.startswith("mayhem_restarts_running "):
+            return float(line.split()[1])
+    return 0
+
+
 class Drain(Harness):
     def test_sigterm_finishes_in_flight_work(self):
         # --rate 300: fewer in flight than --max-in-flight, so nothing waits in the queue; the
@@ -99,11 +108,16 @@ class Drain(Harness):
         self.assertIn('"signal":"SIGINT"', err)
 
     def test_drain_timeout_releases_unfinished_work(self):
+        port = harness.free_port()
         w = self.worker("--save-latency", "2s", "--restart-latency", "2s",
                         "--drain-timeout", "100ms", "--log-format", "json",
-                        "--status-interval", "50ms")
+                        "--status-interval", "50ms", "--metrics-addr", "127.0.0.1:%d" % port)
         started(w)
         wait_received(w, 10)
+        # A drain waits only for restarts already running (messages still saving are released
+        # at once): the deadline is only reached with one running.
+        harness.wait_until(lambda: restarts_running(port) > 0, timeout=20,
+                           what="a restart running")
         t0 = time.monotonic()
         w.signal(signal.SIGTERM)
         code, out, err = w.wait(timeout=30)
