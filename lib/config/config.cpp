@@ -343,6 +343,11 @@ void add_worker_options(CLI::App& cmd, worker_config& c) {
             return opts ? std::string{} : "not a libpq connection string or URI: " + why;
         })
         ->group("Store");
+    add_whole_number(cmd, "--postgres-connections", c.postgres_connections, 1, 16,
+                     "postgres store: connections to the database; each message id always uses "
+                     "the same one, and each commits its share of the batches on its own (the "
+                     "server runs one connection's transactions on one core)")
+        ->group("Store");
     add_duration(cmd, "--retention", c.retention,
                  "sqlite and postgres stores: finished requests and restarts older than this are "
                  "deleted, in small batches (0 = keep forever); a cooldown's rows are kept")

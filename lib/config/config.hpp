@@ -35,6 +35,7 @@ struct worker_config {
 
     // postgres store
     std::string postgres_url; // never logged: it may hold a password
+    std::uint64_t postgres_connections = 2;
 
     // simulate source
     std::uint64_t messages = 0;

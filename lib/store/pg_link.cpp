@@ -114,7 +114,10 @@ std::string pg_link::where() const {
 rt::task<std::string> pg_link::connect(rt::millis timeout) {
     close();
     auto deadline = loop_.now() + static_cast<std::uint64_t>(timeout.count());
-    conn_ = PQconnectStart(conninfo_.c_str());
+    // pg_stat_activity names the worker's connections "mayhem" unless the URL names them.
+    const char* keys[] = {"dbname", "fallback_application_name", nullptr};
+    const char* values[] = {conninfo_.c_str(), "mayhem", nullptr};
+    conn_ = PQconnectStartParams(keys, values, 1);
     if (!conn_) co_return "postgres: out of memory";
     if (PQstatus(conn_) == CONNECTION_BAD) co_return fail("postgres connect");
     PostgresPollingStatusType st = PGRES_POLLING_WRITING;

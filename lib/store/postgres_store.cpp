@@ -754,6 +754,10 @@ postgres_store::postgres_store(rt::loop& loop, postgres_options opts)
       }) {
     // Start-up, before the loop runs: connect and migrate blocking, so a database this build
     // must not write fails the start (exit 1). The writer uses its own connection.
+    if (!opts_.check_at_start) {
+        tasks_.spawn(writer());
+        return;
+    }
     std::string timeout =
         std::to_string(std::max<long long>(1, opts_.connect_timeout.count() / 1000));
     const char* keys[] = {"connect_timeout", "dbname", nullptr};

@@ -67,6 +67,11 @@ struct postgres_options {
     std::chrono::milliseconds connect_timeout{5000};
     // A batch not answered within this is failed and the connection dropped.
     std::chrono::milliseconds io_timeout{30000};
+    // Connect and migrate blocking in the constructor (below). Off for a worker's second and
+    // later connections (sharded_store): the first has checked the schema, and an unreachable
+    // server would otherwise hold the start for connect_timeout once per connection. The
+    // writer migrates with every connection it makes either way.
+    bool check_at_start = true;
 };
 
 // Thrown at start-up for a database that retrying cannot fix (a newer schema, tables that are

@@ -13,6 +13,7 @@
 #include "sources/tcp_source.hpp"
 #include "store/memory_store.hpp"
 #include "store/postgres_store.hpp"
+#include "store/sharded_store.hpp"
 #include "store/sqlite_store.hpp"
 
 #include <algorithm>
@@ -115,7 +116,14 @@ std::unique_ptr<store> make_store(rt::loop& loop, const worker_config& c,
         o.url = c.postgres_url;
         o.owner = owner;
         o.claim_lease = c.lease_timeout;
-        return std::make_unique<postgres_store>(loop, o); // postgres_fatal (newer schema): exit 1
+        // postgres_fatal (newer schema): exit 1
+        if (c.postgres_connections <= 1) return std::make_unique<postgres_store>(loop, o);
+        std::vector<std::unique_ptr<store>> shards;
+        for (std::uint64_t i = 0; i < c.postgres_connections; ++i) {
+            shards.push_back(std::make_unique<postgres_store>(loop, o));
+            o.check_at_start = false; // the first connection has checked the schema
+        }
+        return std::make_unique<sharded_store>(std::move(shards));
     }
     return std::make_unique<memory_store>(loop, c.save_latency, c.seed ? c.seed + 1 : 0);
 }

@@ -352,10 +352,10 @@ class Harness(unittest.TestCase):
     def redis(self, persistence=True, password=None):
         return RedisServer(self, persistence=persistence, password=password)
 
-    def postgres(self, password=None):
+    def postgres(self, password=None, start=True):
         """A private PostgreSQL server (postgres.py), removed when the test ends."""
         from postgres import PostgresServer
-        server = PostgresServer(password=password)
+        server = PostgresServer(password=password, start=start)
         self.addCleanup(server.remove)
         return server
 

@@ -411,6 +411,70 @@ class PostgresFleet(Harness):
         self.assertGreater(s["unrecorded"], 0, s)
         self.assertEqual(code, 1, err[-3000:])
 
+    def test_one_worker_with_three_connections_uses_each_and_restarts_every_host_once(self):
+        r, pg = self.redis(), self.postgres()
+        n = 600
+        self.publish_requests(r, [request(i, "c%04d.example.net" % i) for i in range(n)])
+        w = self.worker(*self.common(r, pg), "--consumer", "a", "--restarter", "simulate",
+                        "--restart-latency", "0", "--postgres-connections", "3", name="a")
+
+        def acked():
+            try:
+                return int(pg.scalar("SELECT count(*) FROM messages WHERE outcome = 'acked'"))
+            except RuntimeError:  # not migrated yet
+                return 0
+        harness.wait_until(lambda: acked() == n or not w.alive(), timeout=120,
+                           what="every request to be acked")
+        # Its connections, named by the worker (the URL names none): one per --postgres-connections.
+        self.assertEqual(pg.scalar("SELECT count(*) FROM pg_stat_activity "
+                                   "WHERE application_name = 'mayhem'"), "3")
+        w.signal(signal.SIGTERM)
+        code, out, err = w.wait(timeout=60)
+        self.assertEqual(code, 0, err[-3000:])
+        self.assertEqual(harness.parse_summary(out)["acked"], n)
+        self.assertEqual(r.cli("XPENDING", "mayhem:restarts", "mayhem").splitlines()[0], "0")
+        self.assertEqual(pg.scalar("SELECT count(*) FROM restarts"), str(n))
+        self.assertEqual(pg.scalar("SELECT count(DISTINCT message_id) FROM restarts "
+                                   "WHERE result = 'ok'"), str(n))
+
+    def test_a_database_down_at_start_keeps_the_worker_unready_then_every_connection_serves(self):
+        # Only the first connection checks the schema at start; the others, like it, connect
+        # (and migrate) in the background once the server is there.
+        r, pg = self.redis(), self.postgres(start=False)
+        n = 200
+        self.publish_requests(r, [request(i, "d%04d.example.net" % i) for i in range(n)])
+        port = harness.free_port()
+        w = self.worker(*self.common(r, pg), "--consumer", "a", "--restarter", "simulate",
+                        "--restart-latency", "0", "--postgres-connections", "2",
+                        # Messages whose save failed come back once their lease is over.
+                        "--lease-timeout", "2s", "--reclaim-interval", "200ms",
+                        "--metrics-addr", "127.0.0.1:%d" % port, "--exit-when-idle", name="a")
+        readyz = "http://127.0.0.1:%d/readyz" % port
+
+        def unhealthy():
+            status, body = harness.http_get(readyz)
+            return status == 503 and "store_unhealthy" in body
+        harness.wait_until(unhealthy, timeout=30, what="/readyz to say store_unhealthy")
+        self.assertIn("unreachable at start", w.stderr())
+        time.sleep(1)
+        self.assertTrue(w.alive())
+        pg.start()
+        code, out, err = w.wait(timeout=120)
+        self.assertEqual(code, 0, err[-3000:])
+        self.assertEqual(harness.parse_summary(out)["acked"], n)
+        self.assertEqual(r.cli("XPENDING", "mayhem:restarts", "mayhem").splitlines()[0], "0")
+        self.assertEqual(pg.scalar("SELECT count(*) FROM messages WHERE outcome = 'acked'"),
+                         str(n))
+        self.assertEqual(pg.scalar("SELECT count(*) FROM restarts WHERE result = 'ok'"), str(n))
+
+    def test_postgres_connections_out_of_range_names_the_flag_and_exits_2(self):
+        code, _, err = self.run_worker("--store", "postgres", "--postgres-url",
+                                       "postgresql://127.0.0.1/x", "--postgres-connections", "0",
+                                       "--messages", "1")
+        self.assertEqual(code, 2, err)
+        self.assertIn("--postgres-connections", err)
+        self.assertIn("1 to 16", err)
+
     def test_store_postgres_without_a_url_names_the_flag_and_exits_2(self):
         code, _, err = self.run_worker("--store", "postgres", "--messages", "1")
         self.assertEqual(code, 2, err)

@@ -1,8 +1,10 @@
 // The store contract of store.hpp, run against every store that is shared by workers: SQLite
 // (a file in a temp dir) and PostgreSQL (a fresh database on the private server whose URL is
 // in MAYHEM_TEST_POSTGRES_URL; tests/integration/postgres.py starts it for ctest). Two store
-// objects on one database stand for two workers.
+// objects on one database stand for two workers; PostgreSQL also as a worker with two connections
+// (sharded_store).
 #include "store/postgres_store.hpp"
+#include "store/sharded_store.hpp"
 #include "store/sqlite_store.hpp"
 #include "store_test.hpp"
 
@@ -26,6 +28,7 @@ namespace {
 
 struct sqlite_backend {
     static constexpr const char* name = "sqlite";
+    static constexpr std::uint64_t shards = 1; // transactions a batch of many messages takes
     std::string path;
     sqlite_backend()
         : path((fs::temp_directory_path() / ("mayhem-contract-" + std::to_string(::getpid()) + "-" +
@@ -69,6 +72,7 @@ struct sqlite_backend {
 
 struct postgres_backend {
     static constexpr const char* name = "postgres";
+    static constexpr std::uint64_t shards = 1;
     std::string url;
     postgres_backend() : url(fresh_pg_db("contract")) {}
     std::unique_ptr<store> open(rt::loop& loop, const char* owner,
@@ -83,6 +87,20 @@ struct postgres_backend {
     std::int64_t count(const std::string& sql) { return std::stoll(pg_exec(url, sql)); }
 };
 
+// A worker with --postgres-connections 2: two connections (two postgres stores, one owner
+// name), each message id always on the same one.
+struct sharded_postgres_backend : postgres_backend {
+    static constexpr const char* name = "postgres, 2 connections";
+    static constexpr std::uint64_t shards = 2;
+    std::unique_ptr<store> open(rt::loop& loop, const char* owner,
+                                std::chrono::milliseconds lease) {
+        std::vector<std::unique_ptr<store>> s;
+        s.push_back(postgres_backend::open(loop, owner, lease));
+        s.push_back(postgres_backend::open(loop, owner, lease));
+        return std::make_unique<sharded_store>(std::move(s));
+    }
+};
+
 const message m{"m1", "cattle-1", "cattle-1.example.net"};
 const restart_result ok{restart_status::ok, {}};
 
@@ -92,7 +110,7 @@ message msg(const std::string& id, const std::string& host = "cattle-1.example.n
 
 } // namespace
 
-#define STORES sqlite_backend, postgres_backend
+#define STORES sqlite_backend, postgres_backend, sharded_postgres_backend
 
 TEST_CASE_TEMPLATE("store contract: saves that arrive together share one transaction", B, STORES) {
     B db;
@@ -113,7 +131,7 @@ TEST_CASE_TEMPLATE("store contract: saves that arrive together share one transac
         loop.run_until([&] { return saved == 300; });
     }
     CHECK(saved == 300);
-    CHECK(st->commits().transactions == 1);
+    CHECK(st->commits().transactions == B::shards);
     CHECK(st->commits().saves == 300);
     CHECK(run(loop, st->save(ms[0], delivery{})).ok); // a redelivery counts an attempt
     run_void(loop, st->close());
@@ -356,7 +374,7 @@ TEST_CASE_TEMPLATE("store contract: many claims and finishes in one transaction"
             }(*again, ms[i], claims[i], answered));
         loop.run_until([&] { return answered == ms.size(); });
     }
-    CHECK(again->commits().transactions == tx + 1);
+    CHECK(again->commits().transactions == tx + B::shards);
     for (std::size_t i = 0; i < ms.size(); ++i) {
         char p = ms[i].message_id()[0];
         auto want = p == 'd'   ? restart_claim::done

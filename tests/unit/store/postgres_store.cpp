@@ -2,6 +2,7 @@
 // private server's URL is in MAYHEM_TEST_POSTGRES_URL (tests/integration/postgres.py).
 #include "store/postgres_store.hpp"
 
+#include "store/sharded_store.hpp"
 #include "store_test.hpp"
 
 #include <atomic>
@@ -465,4 +466,65 @@ TEST_CASE("postgres_store: a claim whose task is destroyed while queued or in fl
     run_void(loop, st.close()); // writes the withdrawal
     CHECK(exec(url, "SELECT count(*) FROM restarts WHERE message_id IN ('x', 'y')") == "0");
     CHECK(exec(url, "SELECT count(*) FROM restarts WHERE message_id = 'r'") == "1");
+}
+
+// --postgres-connections: the rule sharded_store relies on. Every request about one message
+// goes to one connection (its message id's), so a message's requests keep their order (a slot
+// release queued on one connection cannot be overtaken by a claim of the same slot on another);
+// the fleet-wide requests that are about no one message all go to the first connection.
+TEST_CASE("sharded_store: every request about one message goes to its id's connection; the "
+          "breaker and retention to the first") {
+    auto url = fresh_db("sharded");
+    rt::loop loop;
+    std::vector<postgres_store*> pg;
+    std::vector<std::unique_ptr<store>> shards;
+    for (int i = 0; i < 3; ++i) {
+        shards.push_back(std::make_unique<postgres_store>(loop, on(url)));
+        pg.push_back(static_cast<postgres_store*>(shards.back().get()));
+    }
+    sharded_store st(std::move(shards));
+    auto requests = [&] {
+        std::vector<std::uint64_t> n;
+        for (auto* p : pg)
+            n.push_back(p->stats().requests.get());
+        return n;
+    };
+    std::vector<int> used(3, 0);
+    for (int i = 0; i < 24; ++i) {
+        auto m = msg("r" + std::to_string(i));
+        auto at = st.shard_of(m);
+        ++used[at];
+        auto before = requests();
+        CHECK(run(loop, st.save(m, delivery{})).ok);
+        CHECK(run(loop, st.claim_restart(m)) == restart_claim::proceed);
+        CHECK(run(loop, st.claim_slot(m, 2)));
+        const message* ms[] = {&m};
+        st.renew_claims(ms);
+        CHECK(run(loop, st.finish_restart(m, restart_result{restart_status::ok, {}})));
+        st.release_slot(m);
+        st.complete(m, verdict{outcome::acked, {}});
+        // save, claim, slot, renewal, finish, slot release and outcome, all on one connection.
+        wait_for(loop, [&] { return requests()[at] == before[at] + 7; });
+        for (std::size_t s = 0; s < pg.size(); ++s)
+            if (s != at) CHECK_MESSAGE(requests()[s] == before[s], "connection ", s);
+    }
+    for (int n : used)
+        CHECK(n > 0); // every connection took some messages
+    CHECK(exec(url, "SELECT count(*) FROM messages WHERE outcome = 'acked'") == "24");
+    CHECK(exec(url, "SELECT count(*) FROM restarts WHERE result = 'ok'") == "24");
+    CHECK(slot_holder(url).empty());
+
+    // A message the first connection does not take: its trial and breaker note still go there.
+    auto other = msg("r0");
+    for (int i = 0; st.shard_of(other) == 0; ++i)
+        other = msg("t" + std::to_string(i));
+    auto before = requests();
+    CHECK(run(loop, st.claim_trial(other, 1s)) == trial_answer::go);
+    st.note_breaker(other, breaker_outcome::failed, false, breaker_rules{5, 60s, 60s});
+    CHECK(run(loop, st.prune(prune_bounds{0, 0, 0, 10})) == prune_counts{});
+    wait_for(loop, [&] { return requests()[0] == before[0] + 3; });
+    CHECK(requests()[1] == before[1]);
+    CHECK(requests()[2] == before[2]);
+    CHECK(exec(url, "SELECT count(*) FROM breaker_failures") == "1");
+    run_void(loop, st.close());
 }
