@@ -41,8 +41,8 @@ store::commit_counts sharded_store::commits() const {
     return sum;
 }
 
-// Every shard closes at once, each writing what it still holds for as long as it is given: a
-// shard that waited for another's close would be given only what is left when hurry() comes.
+// Every shard closes at once, so a stop waits for the slowest one's last batch and held
+// records, not for the sum of them.
 rt::task<void> sharded_store::close() {
     std::vector<std::unique_ptr<rt::branch<void>>> closing;
     for (auto& s : shards_) {
