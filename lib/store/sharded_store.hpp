@@ -5,10 +5,12 @@
 // The rule it relies on: its shards are stores that already hold their rails for every worker
 // sharing the database (shares_slots(), the postgres store), so N shards of one worker are, to
 // the database, N workers with one owner name; and every request about one message goes to one
-// shard, chosen by its message id (hash_key % N), so a message's requests keep their order and
-// no two shards ever write one message id's rows. The fleet-wide requests that are not about
-// one message (the pause, the breaker's notes, trials and reads, retention) all go to shard 0,
-// so the breaker's state is read in the order its changes committed.
+// shard, chosen by its message id's hash, so a message's requests keep their order and no two
+// shards ever write one message id's rows. The fleet-wide requests that are not about one
+// message (the pause, the breaker's notes, trials and reads, retention) all go to shard 0, so
+// the breaker's state is read in the order its changes committed. A trial's lease is renewed
+// with its message's claim, on that message's shard: the renewal names the trial by owner and
+// message id, so it holds from any connection, and does nothing once the trial has ended.
 //
 // Threading: loop thread only; healthy() and the counters as the shards' (any thread).
 #pragma once
@@ -41,7 +43,7 @@ public:
     }
     void renew_claims(std::span<const message* const> ms) override;
     rt::task<void> release_claim(const message& m) override { return of(m).release_claim(m); }
-    bool shares_slots() const override { return true; }
+    bool shares_slots() const override { return shards_.front()->shares_slots(); }
     rt::task<bool> claim_slot(const message& m, std::size_t cap) override {
         return of(m).claim_slot(m, cap);
     }
@@ -73,7 +75,6 @@ public:
     void hurry() override;
     std::uint64_t unrecorded() const override;
 
-    std::size_t size() const noexcept { return shards_.size(); }
     // The shard that takes every request about m.
     std::size_t shard_of(const message& m) const noexcept;
 
