@@ -752,12 +752,13 @@ postgres_store::postgres_store(rt::loop& loop, postgres_options opts)
       tasks_([](std::exception_ptr e) {
           log::error("store writer failed", {{"error", rt::describe(e)}});
       }) {
-    // Start-up, before the loop runs: connect and migrate blocking, so a database this build
-    // must not write fails the start (exit 1). The writer uses its own connection.
-    if (!opts_.check_at_start) {
-        tasks_.spawn(writer());
-        return;
-    }
+    if (opts_.check_at_start) check_schema();
+    tasks_.spawn(writer());
+}
+
+// Start-up, before the loop runs: connect and migrate blocking, so a database this build must
+// not write fails the start (exit 1). The writer uses its own connection.
+void postgres_store::check_schema() {
     std::string timeout =
         std::to_string(std::max<long long>(1, opts_.connect_timeout.count() / 1000));
     const char* keys[] = {"connect_timeout", "dbname", nullptr};
@@ -787,7 +788,6 @@ postgres_store::postgres_store(rt::loop& loop, postgres_options opts)
         log::info("postgres store: schema ready",
                   {{"database", where}, {"schema_version", version}});
     }
-    tasks_.spawn(writer());
 }
 
 postgres_store::~postgres_store() = default;

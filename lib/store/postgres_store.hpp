@@ -167,6 +167,7 @@ private:
     enum class phase : std::uint8_t { open, closing, hurried, closed };
     static constexpr rt::millis reconnect_min{100}, reconnect_max{5000};
 
+    void check_schema();
     store_reply_awaiter enqueue(const request& r);
     void wake() noexcept;
     void kick();
