@@ -108,6 +108,13 @@ message msg(const std::string& id, const std::string& host = "cattle-1.example.n
     return message{id, "cattle", host};
 }
 
+// Wall clock, ms since the epoch: the stores' stamps and leases.
+std::int64_t now_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
 } // namespace
 
 #define STORES sqlite_backend, postgres_backend, sharded_postgres_backend
@@ -247,11 +254,6 @@ TEST_CASE_TEMPLATE("store contract: renewal keeps a claim held past its first le
     const message* ms[] = {&m};
     a->renew_claims(ms);
     wait_for(loop, [&] { return db.count(lease) > first; });
-    auto now_ms = [] {
-        return std::chrono::duration_cast<std::chrono::milliseconds>(
-                   std::chrono::system_clock::now().time_since_epoch())
-            .count();
-    };
     while (now_ms() <= first + 100) // past the first lease
         wait(loop, 50ms);
     CHECK(run(loop, b->claim_restart(m)) == restart_claim::held);
@@ -702,17 +704,22 @@ TEST_CASE_TEMPLATE("store contract: a renewed claim keeps its slot past its firs
     B db;
     rt::loop loop;
     auto a = db.open(loop, "a", 60s);
-    auto c = db.open(loop, "c", 200ms);
+    auto c = db.open(loop, "c", 1s);
     rt::periodic_timer tick(loop, 50ms, [] {}); // see "restart slots are shared" above
     auto s1 = msg("s1");
     CHECK(run(loop, c->save(s1, delivery{})).ok);
     CHECK(run(loop, c->claim_restart(s1)) == restart_claim::proceed);
     CHECK(run(loop, c->claim_slot(s1, 1)));
-    for (int i = 0; i < 6; ++i) { // 600 ms: three leases, renewed every 100 ms
-        const message* ms[] = {&s1};
-        c->renew_claims(ms);
-        wait(loop, 100ms);
-    }
+    // As "renewal keeps a claim held past its first lease": renewed 600 ms in, asked once the
+    // renewal is written and the first lease is over.
+    const std::string lease = "SELECT lease_until FROM restart_slots WHERE message_id = 's1'";
+    const std::int64_t first = db.count(lease);
+    wait(loop, 600ms);
+    const message* ms[] = {&s1};
+    c->renew_claims(ms);
+    wait_for(loop, [&] { return db.count(lease) > first; });
+    while (now_ms() <= first + 100)
+        wait(loop, 50ms);
     CHECK_FALSE(run(loop, a->claim_slot(msg("s2"), 1)));
     c->release_slot(s1);
     wait_for(loop, [&] {
