@@ -745,11 +745,8 @@ int postgres_migrate(PGconn* c) {
 // ---------------------------------------------------------------------------------------------
 
 postgres_store::postgres_store(rt::loop& loop, postgres_options opts)
-    : loop_(loop), opts_(std::move(opts)), link_(loop, opts_.url),
-      health_(loop, "store", "postgres", stats_.outages),
-      records_(
-          loop, opts_.max_held_records, stats_.unrecorded, [this] { wake(); }, "store", "postgres"),
-      tasks_([](std::exception_ptr e) {
+    : group_commit_store(loop, opts.max_held_records, "store", "postgres"), opts_(std::move(opts)),
+      link_(loop, opts_.url), tasks_([](std::exception_ptr e) {
           log::error("store writer failed", {{"error", rt::describe(e)}});
       }) {
     if (opts_.check_at_start) check_schema();
@@ -792,24 +789,6 @@ void postgres_store::check_schema() {
 
 postgres_store::~postgres_store() = default;
 
-// Queues a request its task waits on (store/store_reply.hpp); once the writer has ended, it
-// fails at once.
-store_reply_awaiter postgres_store::enqueue(const request& r) {
-    if (phase_ == phase::closed) return store_reply_awaiter(replies_, nullptr);
-    wake(); // the writer takes it on the next loop turn
-    return replies_.queue(pending_, r);
-}
-
-void postgres_store::wake() noexcept {
-    // The writer starts the next batch on the next loop turn, so everything queued in this turn
-    // goes into it.
-    if (writer_idle_ && !kick_.armed()) loop_.timers().arm(kick_, rt::millis{0});
-}
-
-void postgres_store::kick() {
-    if (auto h = std::exchange(writer_idle_, {})) h.resume();
-}
-
 // ---------------------------------------------------------------------------------------------
 // The writer
 // ---------------------------------------------------------------------------------------------
@@ -830,7 +809,7 @@ rt::task<std::string> postgres_store::connect() {
         link_.close();
         co_return "postgres schema: " + error;
     }
-    if (ever_connected_) stats_.reconnects.inc();
+    if (ever_connected_) reconnects_.inc();
     ever_connected_ = true;
     log::info("postgres store: connected", {{"database", link_.where()}});
     co_return std::string{};
@@ -854,8 +833,10 @@ rt::task<void> postgres_store::writer() {
             // Unreachable: what waits fails now (its messages are retried), records stay held.
             flush_done();
             take_pending();
-            settle(false,
-                   health_.last_error().empty() ? "postgres: unreachable" : health_.last_error());
+            batch_ended(false,
+                        health_.last_error().empty() ? "postgres: unreachable"
+                                                     : health_.last_error(),
+                        flying_);
             continue;
         }
         if (backing_off || (pending_.empty() && !records_.due())) {
@@ -883,7 +864,7 @@ rt::task<void> postgres_store::writer() {
                 if (!pending_.empty()) {
                     flush_done();
                     take_pending();
-                    settle(false, error);
+                    batch_ended(false, error, flying_);
                 } else {
                     health_.note(false, error);
                 }
@@ -891,50 +872,17 @@ rt::task<void> postgres_store::writer() {
             }
             reconnect_backoff_ = rt::millis{0};
         }
-        // A claim whose task is gone (a forced stop) must not record a start: no restart will
-        // run, and the row would read as a crash in the window on the next delivery. Nor take a
-        // slot or the breaker's trial nobody would give back.
-        for (auto& r : pending_)
-            if ((r.kind == op::claim || r.kind == op::claim_host || r.kind == op::slot ||
-                 r.kind == op::trial) &&
-                !store_reply_slots::waited(r))
-                r.kind = op::skip;
+        skip_unwaited_starts();
         records_.take_into(pending_); // when not due, the slot releases only
         take_pending();
         std::string error = co_await write(now_ms());
         flush_done();            // the previous batch, if its resume has not run yet
         bool ok = error.empty(); // before the move below: argument order is unspecified
-        settle(ok, std::move(error));
+        batch_ended(ok, std::move(error), flying_);
     }
     link_.close();
     phase_ = phase::closed;
     writer_done_.set();
-}
-
-// flying_ ended (committed, or failed: `error`): counts it, keeps or holds its records, and
-// hands it to done_, whose tasks are resumed on the next loop turn.
-void postgres_store::settle(bool ok, std::string error) {
-    if (ok) {
-        std::uint64_t saves = 0;
-        for (const auto& r : flying_)
-            saves += r.kind == op::save;
-        stats_.transactions.inc();
-        stats_.requests.inc(flying_.size());
-        stats_.saves.inc(saves);
-    } else {
-        stats_.failed_transactions.inc();
-    }
-    records_.ended(ok, flying_);
-    pause_.read_ended();
-    health_.note(ok, error);
-    batch_ok_ = ok;
-    batch_error_ = std::move(error);
-    swap(done_, flying_);
-    flying_.clear();
-    // Starts whose task was destroyed while they were written: withdrawn in the next batch.
-    for (auto& r : done_)
-        withdraw_if_orphaned(r);
-    loop_.timers().arm(resume_, rt::millis{0});
 }
 
 // Sends flying_ as one pipeline (one transaction) and sets each request's answer. Empty on
@@ -1122,77 +1070,9 @@ rt::task<std::string> postgres_store::write(std::int64_t now) {
     co_return std::string{};
 }
 
-// Answers every request of done_ and resumes the tasks waiting (as sqlite_store::flush_done).
-// A committed start whose task was destroyed meanwhile (an orphaned slot) is withdrawn.
-void postgres_store::flush_done() noexcept {
-    resume_.cancel();
-    for (std::size_t i = 0; i < done_.size(); ++i)
-        if (!replies_.answer(done_[i], batch_ok_, batch_error_)) withdraw_if_orphaned(done_[i]);
-    done_.clear();
-}
-
-// A start (claim, or claim_host granted) that committed while its task was destroyed: no
-// restart will run for it, so it is withdrawn (once: the request becomes a skip).
-void postgres_store::withdraw_if_orphaned(request& r) {
-    if (store_reply_slots::waited(r) || !batch_ok_ || r.claim != restart_claim::proceed ||
-        (r.kind != op::claim && r.kind != op::claim_host))
-        return;
-    r.kind = op::skip;
-    records_.add_withdrawal(done_.view(r.id), r.n);
-    stats_.withdrawn.inc();
-}
-
-// hurry(): every request still queued fails, and the records are given up.
-void postgres_store::give_up() {
-    flush_done();
-    while (!pending_.empty()) {
-        swap(done_, pending_);
-        pending_.clear();
-        batch_ok_ = false;
-        batch_error_ = "store closing: out of time to write";
-        flush_done(); // the resumed tasks may queue more: failed in the next round
-    }
-    records_.give_up();
-}
-
 // ---------------------------------------------------------------------------------------------
-// The requests (as sqlite_store)
+// The requests that differ from group_commit_store's
 // ---------------------------------------------------------------------------------------------
-
-rt::task<save_result> postgres_store::save(const message& m, const delivery&) {
-    request r;
-    r.kind = op::save;
-    r.id = pending_.put(m.message_id());
-    r.a = pending_.put(m.instance_name());
-    r.b = pending_.put(m.hostname());
-    r.c = pending_.put(m.reason());
-    auto pending = enqueue(r); // named: GCC 12 destroys temporaries of a co_await twice
-    store_reply x = co_await pending;
-    co_return save_result{x.ok, std::move(x.error)};
-}
-
-rt::task<claim_answer> postgres_store::claim_restart(const message& m) {
-    request r;
-    r.kind = op::claim;
-    r.id = pending_.put(m.message_id());
-    r.a = pending_.put(m.hostname());
-    auto pending = enqueue(r);
-    store_reply x = co_await pending;
-    if (!x.ok) throw std::runtime_error("store: " + x.error);
-    co_return claim_answer{x.claim, x.attempt};
-}
-
-rt::task<bool> postgres_store::finish_restart(const message& m, const restart_result& res) {
-    request r;
-    r.kind = op::finish;
-    r.id = pending_.put(m.message_id());
-    r.a = pending_.put(to_string(res.status));
-    r.b = pending_.put(res.detail);
-    auto pending = enqueue(r);
-    store_reply x = co_await pending;
-    if (!x.ok) throw std::runtime_error("store: " + x.error);
-    co_return x.claim != restart_claim::held;
-}
 
 void postgres_store::renew_claims(std::span<const message* const> ms) {
     if (opts_.claim_lease.count() <= 0) return;
@@ -1200,63 +1080,13 @@ void postgres_store::renew_claims(std::span<const message* const> ms) {
         request r;
         r.kind = op::renew;
         r.id = pending_.put(m->message_id());
-        pending_.reqs.push_back(r);
+        enqueue_unwaited(r);
     }
-    wake();
-}
-
-rt::task<void> postgres_store::release_claim(const message& m) {
-    request r;
-    r.kind = op::unclaim;
-    r.id = pending_.put(m.message_id());
-    auto pending = enqueue(r);
-    store_reply x = co_await pending;
-    if (!x.ok) throw std::runtime_error("store: " + x.error);
-}
-
-rt::task<host_claim> postgres_store::claim_host(const message& m,
-                                                std::chrono::system_clock::time_point now,
-                                                std::chrono::milliseconds cooldown) {
-    request r;
-    r.kind = op::claim_host;
-    r.id = pending_.put(m.message_id());
-    r.a = pending_.put(m.hostname());
-    r.n = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() -
-          cooldown.count();
-    auto pending = enqueue(r);
-    store_reply x = co_await pending;
-    if (!x.ok) throw std::runtime_error("store: " + x.error);
-    if (x.claim == restart_claim::proceed) co_return host_claim{};
-    co_return host_claim{false,
-                         std::chrono::system_clock::time_point{std::chrono::milliseconds{x.n}}};
-}
-
-rt::task<bool> postgres_store::claim_slot(const message& m, std::size_t cap) {
-    request r;
-    r.kind = op::slot;
-    r.id = pending_.put(m.message_id());
-    r.n = static_cast<std::int64_t>(cap);
-    auto pending = enqueue(r);
-    store_reply x = co_await pending;
-    if (!x.ok) throw std::runtime_error("store: " + x.error);
-    co_return x.claim == restart_claim::proceed;
 }
 
 // ---------------------------------------------------------------------------------------------
 // The fleet-wide pause: read with the migration at start, then polled through the batches.
 // ---------------------------------------------------------------------------------------------
-
-void postgres_store::watch_pause(std::chrono::milliseconds every,
-                                 std::function<void(const fleet_pause*)> changed) {
-    pause_.watch(loop_, every, std::move(changed), [this] {
-        if (phase_ != phase::open) return false;
-        request r;
-        r.kind = op::read_pause;
-        pending_.reqs.push_back(r);
-        wake();
-        return true;
-    });
-}
 
 // The answer of read_pause_sql (or of the start-up read).
 void postgres_store::saw_pause(const PGresult* res) {
@@ -1316,8 +1146,7 @@ void postgres_store::note_breaker(const message& m, breaker_outcome o, bool tria
     r.a = pending_.put(m.hostname());
     r.n = static_cast<std::int64_t>(o);
     r.attempt = trial ? 1 : 0;
-    pending_.reqs.push_back(r);
-    wake();
+    enqueue_unwaited(r);
 }
 
 rt::task<trial_answer> postgres_store::claim_trial(const message& m,
@@ -1330,21 +1159,6 @@ rt::task<trial_answer> postgres_store::claim_trial(const message& m,
     store_reply x = co_await pending;
     if (!x.ok) throw std::runtime_error("store: " + x.error);
     co_return static_cast<trial_answer>(x.n);
-}
-
-// Held until written (store/held_records.hpp): a release lost with a failed batch would keep
-// the slot from the whole fleet until its lease expired.
-void postgres_store::release_slot(const message& m) {
-    if (phase_ == phase::closed) return; // it expires with its lease
-    records_.add_slot_release(m.message_id());
-}
-
-void postgres_store::complete(const message& m, const verdict& v) {
-    if (phase_ == phase::closed) {
-        stats_.unrecorded.inc();
-        return;
-    }
-    records_.add_outcome(m, v);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1362,11 +1176,8 @@ void postgres_store::hurry() {
 }
 
 rt::task<void> postgres_store::close() {
-    pause_.stop();
-    if (phase_ == phase::open) phase_ = phase::closing;
-    wake();
-    co_await writer_done_;
-    health_.closed();
+    auto writer_ended = close_writer(); // named: GCC 12 destroys co_await temporaries twice
+    co_await writer_ended;
     auto tx = stats_.transactions.get();
     log::info("store closed",
               {{"store", "postgres"},
@@ -1377,7 +1188,7 @@ rt::task<void> postgres_store::close() {
                {"saves_per_transaction",
                 tx ? static_cast<double>(stats_.saves.get()) / static_cast<double>(tx) : 0.0},
                {"outages", stats_.outages.get()},
-               {"reconnects", stats_.reconnects.get()},
+               {"reconnects", reconnects_.get()},
                {"unrecorded", stats_.unrecorded.get()}});
 }
 

@@ -8,7 +8,8 @@
 // one round trip and one transaction; requests arriving meanwhile wait for the next one. The
 // tasks that waited on a committed batch get their answers (reply slots, store/store_reply.hpp)
 // and are resumed on the next loop turn, while the next batch is already on its way (as in
-// sqlite_store).
+// sqlite_store). The queue, the answers and the held records are group_commit_store's
+// (store/group_commit_store.hpp); this store adds the writer and the connection.
 //
 // What must hold across the fleet is decided inside that transaction by the database, each in
 // one statement: a first claim is an INSERT ... ON CONFLICT DO NOTHING on (message_id,
@@ -31,13 +32,8 @@
 
 #include "runtime/counter.hpp"
 #include "runtime/loop.hpp"
-#include "store/held_records.hpp"
-#include "store/pause_watch.hpp"
+#include "store/group_commit_store.hpp"
 #include "store/pg_link.hpp"
-#include "store/store.hpp"
-#include "store/store_batch.hpp"
-#include "store/store_health.hpp"
-#include "store/store_reply.hpp"
 
 #include <atomic>
 #include <chrono>
@@ -87,42 +83,16 @@ int postgres_migrate(PGconn* c);
 // The migrations, one per version from 1, as shipped (the tests build older databases with them).
 std::span<const char* const> postgres_migrations();
 
-struct postgres_store_stats {
-    rt::counter transactions;        // committed
-    rt::counter failed_transactions; // failed or not sent (the requests in them failed)
-    rt::counter requests;            // requests in committed transactions
-    rt::counter saves;               // saves in committed transactions
-    rt::counter outages;             // times healthy() turned false
-    rt::counter reconnects;          // connections made after the first
-    rt::counter unrecorded;          // records given up (store.hpp, unrecorded())
-    rt::counter withdrawn;           // restart starts withdrawn: their task was gone
-    rt::counter pruned_messages;     // rows deleted by retention passes (prune)
-    rt::counter pruned_restarts;
-};
-
-class postgres_store final : public store {
+class postgres_store final : public group_commit_store {
 public:
     // Connects and migrates the schema at once (start-up, before the loop runs, blocking), so a
     // newer schema fails fast with postgres_fatal. An unreachable server does not throw: the
     // store starts unhealthy and the writer connects (and migrates) when it can.
     postgres_store(rt::loop& loop, postgres_options opts);
     ~postgres_store() override;
-    postgres_store(const postgres_store&) = delete;
-    postgres_store& operator=(const postgres_store&) = delete;
 
     std::string_view name() const override { return "postgres"; }
-    rt::task<save_result> save(const message& m, const delivery& d) override;
-    rt::task<claim_answer> claim_restart(const message& m) override;
-    rt::task<host_claim> claim_host(const message& m, std::chrono::system_clock::time_point now,
-                                    std::chrono::milliseconds cooldown) override;
-    rt::task<bool> finish_restart(const message& m, const restart_result& r) override;
     void renew_claims(std::span<const message* const> ms) override;
-    rt::task<void> release_claim(const message& m) override;
-    bool shares_slots() const override { return true; }
-    rt::task<bool> claim_slot(const message& m, std::size_t cap) override;
-    void release_slot(const message& m) override;
-    void watch_pause(std::chrono::milliseconds every,
-                     std::function<void(const fleet_pause*)> changed) override;
     bool shares_breaker() const override { return true; }
     void watch_breaker(std::function<void(const fleet_breaker&)> changed) override;
     void note_breaker(const message& m, breaker_outcome o, bool trial,
@@ -130,85 +100,34 @@ public:
     rt::task<trial_answer> claim_trial(const message& m,
                                        std::chrono::milliseconds cooldown) override;
     rt::task<prune_counts> prune(prune_bounds b) override;
-    prune_counts pruned() const override {
-        return {stats_.pruned_messages.get(), stats_.pruned_restarts.get()};
-    }
-    void complete(const message& m, const verdict& v) override;
-    bool healthy() const override { return health_.healthy(); }
     void hurry() override;
-    std::uint64_t unrecorded() const override { return stats_.unrecorded.get(); }
-    commit_counts commits() const override {
-        return {stats_.transactions.get(), stats_.saves.get()};
-    }
     rt::task<void> close() override;
 
-    const postgres_store_stats& stats() const noexcept { return stats_; }
-
-    using op = store_op;
-    using request = store_request;
-    using batch = store_batch;
+    // Connections made after the first.
+    std::uint64_t reconnects() const noexcept { return reconnects_.get(); }
 
 private:
-    // Calls a member of the store when due (loop thread).
-    struct timer final : rt::timer_entry {
-        postgres_store& s;
-        void (postgres_store::*fn)();
-        timer(postgres_store& st, void (postgres_store::*f)()) : s(st), fn(f) {}
-        void fire() noexcept override { (s.*fn)(); }
-    };
-    // The writer, suspended with nothing to do (or waiting out a reconnect backoff): a request,
-    // a due record, hurry() or the backoff's end wake it.
-    struct idle_awaiter {
-        postgres_store& s;
-        bool await_ready() const noexcept { return false; }
-        void await_suspend(std::coroutine_handle<> h) noexcept { s.writer_idle_ = h; }
-        void await_resume() const noexcept {}
-    };
-    enum class phase : std::uint8_t { open, closing, hurried, closed };
     static constexpr rt::millis reconnect_min{100}, reconnect_max{5000};
 
     void check_schema();
-    store_reply_awaiter enqueue(const request& r);
-    void wake() noexcept;
-    void kick();
-    void flush_done() noexcept;
     rt::task<void> writer();
     rt::task<std::string> connect();
     rt::task<std::string> write(std::int64_t now);
-    void settle(bool ok, std::string error);
     void take_pending();
-    void withdraw_if_orphaned(request& r);
-    void give_up();
     void saw_pause(const PGresult* res);
     void saw_breaker(const PGresult* res, int col);
 
-    rt::loop& loop_;
     postgres_options opts_;
     pg_link link_;
     bool ever_connected_ = false;
+    rt::counter reconnects_;
     std::string fatal_; // why the schema cannot be used (logged, the store stays down)
     rt::millis reconnect_backoff_{0};
     std::uint64_t reconnect_at_ = 0; // loop time (ms) before which no connect is tried
-    batch pending_;                  // waiting for the next transaction
     batch flying_;                   // being written
-    batch done_;                     // committed (or failed), its tasks not resumed yet
-    store_reply_slots replies_;      // where the answers of those three batches go
-    bool batch_ok_ = true;           // result of done_ (while resuming it)
-    std::string batch_error_;        //   and why it failed
-    std::coroutine_handle<> writer_idle_;
-    timer kick_{*this, &postgres_store::kick};
     timer backoff_timer_{*this, &postgres_store::kick}; // the end of a reconnect backoff
-    timer resume_{*this, &postgres_store::flush_done};
-    phase phase_ = phase::open;
-    rt::event writer_done_;
-    postgres_store_stats stats_;
-    store_health health_;  // after stats_: it counts outages there
-    held_records records_; // records nobody waits for (store/held_records.hpp); after stats_
-    // The fleet-wide pause as last read, who to tell of a change, and its poll.
-    pause_watch pause_;
     // The retention pass queued (one at a time): its bounds.
     prune_bounds prune_next_;
-    bool prune_queued_ = false;
     // The fleet-wide breaker as last read, who to tell of a change, and the rules notes apply.
     fleet_breaker breaker_;
     std::function<void(const fleet_breaker&)> breaker_changed_;
@@ -216,7 +135,7 @@ private:
     // Scratch of write(), reused batch after batch.
     std::vector<pg_statement> stmts_;
     std::vector<pg_result> results_;
-    rt::task_scope tasks_;
+    rt::task_scope tasks_; // last: the writer's frame goes first
 };
 
 } // namespace mayhem

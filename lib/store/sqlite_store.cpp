@@ -1120,12 +1120,8 @@ int sqlite_migrate(const std::string& path) {
 // ---------------------------------------------------------------------------------------------
 
 sqlite_store::sqlite_store(rt::loop& loop, sqlite_options opts)
-    : loop_(loop), db_(std::make_shared<shared>(std::move(opts))),
-      health_(loop, "db", db_->opts.path, stats_.outages),
-      records_(
-          loop, db_->opts.max_held_records, stats_.unrecorded, [this] { wake(); }, "db",
-          db_->opts.path),
-      tasks_([](std::exception_ptr e) {
+    : group_commit_store(loop, opts.max_held_records, "db", opts.path),
+      db_(std::make_shared<shared>(std::move(opts))), tasks_([](std::exception_ptr e) {
           log::error("store writer failed", {{"error", rt::describe(e)}});
       }) {
     // SQLite's allocation statistics take a global mutex on every malloc; nothing reads them.
@@ -1150,24 +1146,6 @@ sqlite_store::sqlite_store(rt::loop& loop, sqlite_options opts)
 
 sqlite_store::~sqlite_store() = default;
 
-// Queues a request its task waits on (store/store_reply.hpp); once the writer has ended, it
-// fails at once.
-store_reply_awaiter sqlite_store::enqueue(const request& r) {
-    if (phase_ == phase::closed) return store_reply_awaiter(replies_, nullptr);
-    wake(); // the writer takes it on the next loop turn
-    return replies_.queue(pending_, r);
-}
-
-void sqlite_store::wake() noexcept {
-    // The writer starts the next transaction on the next loop turn, so everything queued in
-    // this turn goes into it.
-    if (writer_idle_ && !kick_.armed()) loop_.timers().arm(kick_, rt::millis{0});
-}
-
-void sqlite_store::kick::fire() noexcept {
-    if (auto h = std::exchange(s.writer_idle_, {})) h.resume();
-}
-
 // ---------------------------------------------------------------------------------------------
 // The writer
 // ---------------------------------------------------------------------------------------------
@@ -1189,13 +1167,7 @@ rt::task<void> sqlite_store::writer() {
             co_await idle_awaiter{*this}; // woken by a request, a due record, or hurry()
             continue;
         }
-        // A claim whose task is gone (a forced stop) must not record a start: no restart will
-        // run, and the row would read as a crash in the window on the next delivery.
-        // Nor take a slot nobody would give back.
-        for (auto& r : pending_)
-            if ((r.kind == op::claim || r.kind == op::claim_host || r.kind == op::slot) &&
-                !store_reply_slots::waited(r))
-                r.kind = op::skip;
+        skip_unwaited_starts();
         records_.take_into(pending_); // when not due, the slot releases only
         swap(db_->flying, pending_);
         pending_.clear();
@@ -1215,113 +1187,16 @@ rt::task<void> sqlite_store::writer() {
         // written); if not, it is resumed first, so its tasks read their own result.
         flush_done();
         bool ok = error.empty();
-        if (ok) {
-            std::uint64_t saves = 0;
-            for (const auto& r : db_->flying)
-                saves += r.kind == op::save;
-            stats_.transactions.inc();
-            stats_.requests.inc(db_->flying.size());
-            stats_.saves.inc(saves);
-        } else {
-            stats_.failed_transactions.inc();
-        }
-        // Committed: what is held goes with the next transaction. Failed: its records are held.
-        records_.ended(ok, db_->flying);
         if (pause_.read_queued() && ok) pause_.saw(db_->pause_seen);
-        pause_.read_ended();
-        health_.note(ok, error);
-        batch_ok_ = ok;
-        batch_error_ = std::move(error);
-        swap(done_, db_->flying);
-        // Starts whose task was destroyed while they were written: withdrawn in the next
-        // transaction, ahead of any claim already queued for the same id.
-        for (auto& r : done_)
-            withdraw_if_orphaned(r);
-        loop_.timers().arm(resume_, rt::millis{0});
+        batch_ended(ok, std::move(error), db_->flying);
     }
     phase_ = phase::closed;
     writer_done_.set();
 }
 
-// Answers every request of done_ and resumes the tasks waiting (store/store_reply.hpp). Resuming
-// may destroy other waiters' tasks (their slots become orphaned), so each request is answered
-// at its turn; new requests land in pending_, not here. A committed start whose task was
-// destroyed meanwhile (an orphaned slot) is withdrawn.
-void sqlite_store::flush_done() noexcept {
-    resume_.cancel();
-    for (std::size_t i = 0; i < done_.size(); ++i)
-        if (!replies_.answer(done_[i], batch_ok_, batch_error_)) withdraw_if_orphaned(done_[i]);
-    done_.clear();
-}
-
 // ---------------------------------------------------------------------------------------------
-// Records nobody waits for
+// The requests that differ from group_commit_store's
 // ---------------------------------------------------------------------------------------------
-
-// A start (claim, or claim_host granted) that committed while its task was destroyed: no
-// restart will run for it, so it is withdrawn (once: the request becomes a skip).
-void sqlite_store::withdraw_if_orphaned(request& r) {
-    if (store_reply_slots::waited(r) || !batch_ok_ || r.claim != restart_claim::proceed ||
-        (r.kind != op::claim && r.kind != op::claim_host))
-        return;
-    r.kind = op::skip;
-    records_.add_withdrawal(done_.view(r.id), r.n);
-    stats_.withdrawn.inc();
-}
-
-// hurry(): every request still queued fails, and the records are given up.
-void sqlite_store::give_up() {
-    flush_done();
-    while (!pending_.empty()) {
-        swap(done_, pending_);
-        pending_.clear();
-        batch_ok_ = false;
-        batch_error_ = "store closing: out of time to write";
-        flush_done(); // the resumed tasks may queue more: failed in the next round
-    }
-    records_.give_up();
-}
-
-// ---------------------------------------------------------------------------------------------
-// The requests
-// ---------------------------------------------------------------------------------------------
-
-rt::task<save_result> sqlite_store::save(const message& m, const delivery&) {
-    request r;
-    r.kind = op::save;
-    r.id = pending_.put(m.message_id());
-    r.a = pending_.put(m.instance_name());
-    r.b = pending_.put(m.hostname());
-    r.c = pending_.put(m.reason());
-    auto pending = enqueue(r); // named: see writer() on GCC 12 and temporaries
-    store_reply x = co_await pending;
-    co_return save_result{x.ok, std::move(x.error)};
-}
-
-rt::task<claim_answer> sqlite_store::claim_restart(const message& m) {
-    request r;
-    r.kind = op::claim;
-    r.id = pending_.put(m.message_id());
-    r.a = pending_.put(m.hostname());
-    auto pending = enqueue(r); // named: see writer() on GCC 12 and temporaries
-    store_reply x = co_await pending;
-    // Without a durable claim the restart must not run: the caller turns this into a retry.
-    if (!x.ok) throw std::runtime_error("store: " + x.error);
-    co_return claim_answer{x.claim, x.attempt};
-}
-
-rt::task<bool> sqlite_store::finish_restart(const message& m, const restart_result& res) {
-    request r;
-    r.kind = op::finish;
-    r.id = pending_.put(m.message_id());
-    r.a = pending_.put(to_string(res.status));
-    r.b = pending_.put(res.detail);
-    auto pending = enqueue(r); // named: see writer() on GCC 12 and temporaries
-    store_reply x = co_await pending;
-    // Not written: the restart is still recorded as unfinished (the caller writes it again).
-    if (!x.ok) throw std::runtime_error("store: " + x.error);
-    co_return x.claim != restart_claim::held;
-}
 
 void sqlite_store::renew_claims(std::span<const message* const> ms) {
     if (db_->opts.claim_lease.count() <= 0) return; // never held against a peer: nothing to renew
@@ -1330,37 +1205,8 @@ void sqlite_store::renew_claims(std::span<const message* const> ms) {
         r.kind = op::renew;
         r.id = pending_.put(m->message_id());
         r.n = slot_holders_.count(std::string(m->message_id())) ? 1 : 0; // and its slot
-        pending_.reqs.push_back(r);
+        enqueue_unwaited(r);
     }
-    wake();
-}
-
-rt::task<void> sqlite_store::release_claim(const message& m) {
-    request r;
-    r.kind = op::unclaim;
-    r.id = pending_.put(m.message_id());
-    auto pending = enqueue(r); // named: see writer() on GCC 12 and temporaries
-    store_reply x = co_await pending;
-    if (!x.ok) throw std::runtime_error("store: " + x.error);
-}
-
-rt::task<host_claim> sqlite_store::claim_host(const message& m,
-                                              std::chrono::system_clock::time_point now,
-                                              std::chrono::milliseconds cooldown) {
-    request r;
-    r.kind = op::claim_host;
-    r.id = pending_.put(m.message_id());
-    r.a = pending_.put(m.hostname());
-    // The transaction stamps the claim with its own clock; the cutoff uses the caller's.
-    r.n = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() -
-          cooldown.count();
-    auto pending = enqueue(r); // named: see writer() on GCC 12 and temporaries
-    store_reply x = co_await pending;
-    if (!x.ok) throw std::runtime_error("store: " + x.error);
-    if (x.claim == restart_claim::proceed) co_return host_claim{};
-    co_return host_claim{false,
-                         std::chrono::system_clock::time_point{std::chrono::milliseconds{x.n}},
-                         x.claim == restart_claim::held};
 }
 
 rt::task<prune_counts> sqlite_store::prune(prune_bounds b) {
@@ -1379,49 +1225,16 @@ rt::task<prune_counts> sqlite_store::prune(prune_bounds b) {
     co_return c;
 }
 
-// ---------------------------------------------------------------------------------------------
-// The rails of every worker sharing the file: slots and the fleet pause (store.hpp)
-// ---------------------------------------------------------------------------------------------
-
 rt::task<bool> sqlite_store::claim_slot(const message& m, std::size_t cap) {
-    request r;
-    r.kind = op::slot;
-    r.id = pending_.put(m.message_id());
-    r.n = static_cast<std::int64_t>(cap);
-    auto pending = enqueue(r); // named: see writer() on GCC 12 and temporaries
-    store_reply x = co_await pending;
-    if (!x.ok) throw std::runtime_error("store: " + x.error);
-    if (x.claim != restart_claim::proceed) co_return false;
-    slot_holders_.emplace(m.message_id());
-    co_return true;
+    auto claim = group_commit_store::claim_slot(m, cap); // named: see writer() on GCC 12
+    bool got = co_await claim;
+    if (got) slot_holders_.emplace(m.message_id());
+    co_return got;
 }
 
-// Held until written (store/held_records.hpp): a release lost with a failed transaction would
-// keep the slot from every worker on the file until its lease expired.
 void sqlite_store::release_slot(const message& m) {
     slot_holders_.erase(std::string(m.message_id()));
-    if (phase_ == phase::closed) return; // it expires with its lease
-    records_.add_slot_release(m.message_id());
-}
-
-void sqlite_store::watch_pause(std::chrono::milliseconds every,
-                               std::function<void(const fleet_pause*)> changed) {
-    pause_.watch(loop_, every, std::move(changed), [this] {
-        if (phase_ != phase::open) return false;
-        request r;
-        r.kind = op::read_pause;
-        pending_.reqs.push_back(r);
-        wake();
-        return true;
-    });
-}
-
-void sqlite_store::complete(const message& m, const verdict& v) {
-    if (phase_ == phase::closed) {
-        stats_.unrecorded.inc();
-        return;
-    }
-    records_.add_outcome(m, v);
+    group_commit_store::release_slot(m);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1436,11 +1249,8 @@ void sqlite_store::hurry() {
 }
 
 rt::task<void> sqlite_store::close() {
-    pause_.stop();
-    if (phase_ == phase::open) phase_ = phase::closing;
-    wake();
-    co_await writer_done_;
-    health_.closed();
+    auto writer_ended = close_writer(); // named: see writer() on GCC 12 and temporaries
+    co_await writer_ended;
     std::function<void()> fn = [db = db_] { db->close_conn(); }; // checkpoints the WAL: blocks
     rt::offload_awaiter<void> work(loop_, std::move(fn));
     co_await work;

@@ -9,6 +9,9 @@
 // transaction holding it committed. The writer hands over the next queue as soon as a
 // transaction has committed, before the tasks that waited on it are resumed (on the next loop
 // turn): the pool writes while the loop resumes, instead of each waiting for the other.
+
+// The queue, the answers and the held records are group_commit_store's
+// (store/group_commit_store.hpp); this store adds the writer and the file.
 //
 // Records nobody waits for (outcome records from complete(), the withdrawal of a restart start
 // whose task was destroyed while its claim was written, and slot releases) are kept apart, in
@@ -28,14 +31,8 @@
 // The counters are also read by the metrics thread (relaxed atomics); healthy() too.
 #pragma once
 
-#include "runtime/counter.hpp"
 #include "runtime/loop.hpp"
-#include "store/held_records.hpp"
-#include "store/pause_watch.hpp"
-#include "store/store.hpp"
-#include "store/store_batch.hpp"
-#include "store/store_health.hpp"
-#include "store/store_reply.hpp"
+#include "store/group_commit_store.hpp"
 
 #include <atomic>
 #include <chrono>
@@ -84,19 +81,9 @@ public:
     using std::runtime_error::runtime_error;
 };
 
-struct sqlite_store_stats {
-    rt::counter transactions;        // committed
-    rt::counter failed_transactions; // rolled back (the requests in them failed)
-    rt::counter requests;            // requests in committed transactions (all kinds)
-    rt::counter saves;               // messages saved in committed transactions
-    rt::counter outages;             // times healthy() turned false
-    rt::counter unrecorded;          // records given up (store.hpp, unrecorded())
-    rt::counter withdrawn;           // restart starts withdrawn: their task was gone
-    rt::counter pruned_messages;     // rows deleted by retention passes (prune)
-    rt::counter pruned_restarts;
-};
+using sqlite_store_stats = group_commit_stats;
 
-class sqlite_store final : public store {
+class sqlite_store final : public group_commit_store {
 public:
     // Opens and creates or migrates the schema at once (start-up, before the loop runs), so a
     // newer or foreign file fails fast with sqlite_fatal. A file that cannot be opened or written
@@ -104,104 +91,28 @@ public:
     // unhealthy and every transaction tries to open it again.
     sqlite_store(rt::loop& loop, sqlite_options opts);
     ~sqlite_store() override;
-    sqlite_store(const sqlite_store&) = delete;
-    sqlite_store& operator=(const sqlite_store&) = delete;
 
     std::string_view name() const override { return "sqlite"; }
-    rt::task<save_result> save(const message& m, const delivery& d) override;
-    rt::task<claim_answer> claim_restart(const message& m) override;
-    rt::task<host_claim> claim_host(const message& m, std::chrono::system_clock::time_point now,
-                                    std::chrono::milliseconds cooldown) override;
-    rt::task<bool> finish_restart(const message& m, const restart_result& r) override;
     void renew_claims(std::span<const message* const> ms) override;
-    rt::task<void> release_claim(const message& m) override;
     // The rails of every worker sharing the file, as the postgres store's for a fleet.
-    bool shares_slots() const override { return true; }
     rt::task<bool> claim_slot(const message& m, std::size_t cap) override;
     void release_slot(const message& m) override;
-    void watch_pause(std::chrono::milliseconds every,
-                     std::function<void(const fleet_pause*)> changed) override;
     rt::task<prune_counts> prune(prune_bounds b) override;
-    prune_counts pruned() const override {
-        return {stats_.pruned_messages.get(), stats_.pruned_restarts.get()};
-    }
-    void complete(const message& m, const verdict& v) override;
-    bool healthy() const override { return health_.healthy(); }
     // See store.hpp. A transaction waiting for another writer's lock gives up at once.
     void hurry() override;
-    std::uint64_t unrecorded() const override { return stats_.unrecorded.get(); }
-    commit_counts commits() const override {
-        return {stats_.transactions.get(), stats_.saves.get()};
-    }
     rt::task<void> close() override;
 
-    const sqlite_store_stats& stats() const noexcept { return stats_; }
-
     // The queue's types, shared with the postgres store (store/store_batch.hpp).
-    using op = store_op;
     using text_ref = store_text_ref;
-    using request = store_request;
-    using batch = store_batch;
     struct shared; // connection + statements + the batch in flight
 
 private:
-    struct kick final : rt::timer_entry {
-        sqlite_store& s;
-        explicit kick(sqlite_store& st) : s(st) {}
-        void fire() noexcept override;
-    };
-    // Resumes the tasks of the transaction that just committed, while the next one is written.
-    struct resume_done final : rt::timer_entry {
-        sqlite_store& s;
-        explicit resume_done(sqlite_store& st) : s(st) {}
-        void fire() noexcept override { s.flush_done(); }
-    };
-    // The store's life: writing; closing (close() called: write what is queued and held);
-    // hurried (out of time: write nothing more); closed (the writer has ended).
-    enum class phase : std::uint8_t { open, closing, hurried, closed };
-    // Calls a member of the store when due (loop thread).
-    struct timer final : rt::timer_entry {
-        sqlite_store& s;
-        void (sqlite_store::*fn)();
-        timer(sqlite_store& st, void (sqlite_store::*f)()) : s(st), fn(f) {}
-        void fire() noexcept override { (s.*fn)(); }
-    };
-    struct idle_awaiter {
-        sqlite_store& s;
-        bool await_ready() const noexcept { return false; }
-        void await_suspend(std::coroutine_handle<> h) noexcept { s.writer_idle_ = h; }
-        void await_resume() const noexcept {}
-    };
-
-    store_reply_awaiter enqueue(const request& r);
-    void wake() noexcept;
-    void flush_done() noexcept;
     rt::task<void> writer();
-    void withdraw_if_orphaned(request& r);
-    void give_up();
 
-    rt::loop& loop_;
     std::shared_ptr<shared> db_;
-    batch pending_;             // waiting for the next transaction (loop thread)
-    batch done_;                // committed (or failed), its tasks not resumed yet
-    store_reply_slots replies_; // where the answers of the queued, written and done requests go
-    bool batch_ok_ = true;      // result of done_ (while resuming it)
-    std::string batch_error_;   //   and why it failed
-    std::coroutine_handle<> writer_idle_; // the writer, suspended with nothing to write
-    kick kick_{*this};
-    resume_done resume_{*this};
-    phase phase_ = phase::open;
-    bool prune_queued_ = false; // a retention pass is queued or being written
-    pause_watch pause_;         // the shared pause as last read, and its watcher
     // Messages holding one of the file's slots (their renewals renew it too).
     std::unordered_set<std::string> slot_holders_;
-    rt::event writer_done_;
-    // Records nobody waits for, oldest first (see the top of this file), the number of them in
-    // the transaction being written (its last ones), and when they may be written again.
-    sqlite_store_stats stats_;
-    store_health health_;  // after stats_: it counts outages there
-    held_records records_; // records nobody waits for (store/held_records.hpp); after stats_
-    rt::task_scope tasks_;
+    rt::task_scope tasks_; // last: the writer's frame goes first
 };
 
 } // namespace mayhem
