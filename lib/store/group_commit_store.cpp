@@ -8,7 +8,8 @@ namespace mayhem {
 group_commit_store::group_commit_store(rt::loop& loop, std::size_t max_held_records,
                                        const std::string& field, const std::string& value)
     : loop_(loop), health_(loop, field, value, stats_.outages),
-      records_(loop, max_held_records, stats_.unrecorded, [this] { wake(); }, field, value) {}
+      records_(
+          loop, max_held_records, stats_.unrecorded, [this] { wake(); }, field, value) {}
 
 // ---------------------------------------------------------------------------------------------
 // The queue

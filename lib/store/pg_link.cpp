@@ -1,8 +1,14 @@
 #include "store/pg_link.hpp"
 
+#include <new>
 #include <utility>
 
 namespace mayhem {
+
+namespace {
+// What pg_stat_activity names mayhem's connections unless the URL names them.
+constexpr const char* application_name = "mayhem";
+} // namespace
 
 // ---------------------------------------------------------------------------------------------
 // io_wait: suspends the operation until the socket is ready for `events` or the deadline
@@ -80,9 +86,7 @@ void pg_link::close() noexcept {
 std::string pg_link::fail(const std::string& what) {
     std::string msg = what;
     if (conn_) {
-        std::string err = PQerrorMessage(conn_);
-        while (!err.empty() && (err.back() == '\n' || err.back() == ' '))
-            err.pop_back();
+        std::string err = pg_error(conn_);
         if (!err.empty()) msg += ": " + err;
     }
     close();
@@ -104,19 +108,14 @@ void pg_link::watch_socket() {
 }
 
 std::string pg_link::where() const {
-    if (!conn_) return "postgres";
-    std::string w = PQhost(conn_) ? PQhost(conn_) : "";
-    if (const char* p = PQport(conn_); p && *p) w += std::string(":") + p;
-    if (const char* d = PQdb(conn_)) w += std::string("/") + d;
-    return w;
+    return conn_ ? pg_where(conn_) : "postgres";
 }
 
 rt::task<std::string> pg_link::connect(rt::millis timeout) {
     close();
     auto deadline = loop_.now() + static_cast<std::uint64_t>(timeout.count());
-    // pg_stat_activity names the worker's connections "mayhem" unless the URL names them.
     const char* keys[] = {"dbname", "fallback_application_name", nullptr};
-    const char* values[] = {conninfo_.c_str(), "mayhem", nullptr};
+    const char* values[] = {conninfo_.c_str(), application_name, nullptr};
     conn_ = PQconnectStartParams(keys, values, 1);
     if (!conn_) co_return "postgres: out of memory";
     if (PQstatus(conn_) == CONNECTION_BAD) co_return fail("postgres connect");
@@ -199,6 +198,31 @@ rt::task<std::string> pg_link::run(const std::vector<pg_statement>& stmts,
         if (ready == 0)
             co_return fail("postgres: no answer within " + std::to_string(timeout.count()) + " ms");
     }
+}
+
+std::string pg_error(const PGconn* c) {
+    std::string s = PQerrorMessage(c);
+    while (!s.empty() && (s.back() == '\n' || s.back() == ' '))
+        s.pop_back();
+    return s;
+}
+
+std::string pg_where(const PGconn* c) {
+    std::string w = PQhost(c) ? PQhost(c) : "";
+    if (const char* p = PQport(c); p && *p) w += std::string(":") + p;
+    if (const char* d = PQdb(c)) w += std::string("/") + d;
+    return w;
+}
+
+PGconn* pg_connect_blocking(const std::string& url, long connect_timeout_s) {
+    std::string timeout = std::to_string(connect_timeout_s);
+    // Expanded in order: the URL's own connect_timeout and application_name win.
+    const char* keys[] = {"connect_timeout", "dbname", "fallback_application_name", nullptr};
+    const char* values[] = {timeout.c_str(), url.c_str(), application_name, nullptr};
+    PGconn* c = PQconnectdbParams(keys, values, 1);
+    if (!c) throw std::bad_alloc();
+    quiet(c);
+    return c;
 }
 
 void quiet(PGconn* c) noexcept {

@@ -63,6 +63,15 @@ private:
     io_wait* waiter_ = nullptr; // the operation waiting for the socket
 };
 
+// libpq's last error on `c` (or a null connection's), without its trailing newline.
+std::string pg_error(const PGconn* c);
+// host:port/dbname of a connection (no password), for the log.
+std::string pg_where(const PGconn* c);
+// Connects blocking (a worker's start-up check, the command-line tools), giving up after
+// `connect_timeout_s` seconds unless the URL sets its own `connect_timeout`. The connection
+// shows as `mayhem` in pg_stat_activity unless the URL names it. Never null; check PQstatus.
+PGconn* pg_connect_blocking(const std::string& url, long connect_timeout_s);
+
 // Drops the server's notices (NOTICE: relation already exists) instead of printing them on
 // stderr: they are not errors, and the log has its own format.
 void quiet(PGconn* c) noexcept;

@@ -699,12 +699,6 @@ std::vector<group> by_values(std::vector<group> groups, const store_batch& b) {
     return out;
 }
 
-std::string trimmed(std::string s) {
-    while (!s.empty() && (s.back() == '\n' || s.back() == ' '))
-        s.pop_back();
-    return s;
-}
-
 } // namespace
 
 std::span<const char* const> postgres_migrations() {
@@ -721,7 +715,7 @@ int postgres_migrate(PGconn* c) {
         auto st = PQresultStatus(r.get());
         if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
             ok = false;
-            error = trimmed(PQerrorMessage(c));
+            error = pg_error(c);
         }
         return r;
     };
@@ -756,20 +750,16 @@ postgres_store::postgres_store(rt::loop& loop, postgres_options opts)
 // Start-up, before the loop runs: connect and migrate blocking, so a database this build must
 // not write fails the start (exit 1). The writer uses its own connection.
 void postgres_store::check_schema() {
-    std::string timeout =
-        std::to_string(std::max<long long>(1, opts_.connect_timeout.count() / 1000));
-    const char* keys[] = {"connect_timeout", "dbname", nullptr};
-    const char* values[] = {timeout.c_str(), opts_.url.c_str(), nullptr};
-    PGconn* c = PQconnectdbParams(keys, values, 1); // the URL's own settings win
+    PGconn* c = pg_connect_blocking(opts_.url,
+                                    std::max<long long>(1, opts_.connect_timeout.count() / 1000));
     if (PQstatus(c) != CONNECTION_OK) {
-        std::string error = "postgres connect: " + trimmed(PQerrorMessage(c));
+        std::string error = "postgres connect: " + pg_error(c);
         PQfinish(c);
         log::warn("postgres store: database unreachable at start; connecting in the background",
                   {{"error", error}});
         health_.note(false, error);
     } else {
-        std::string where = std::string(PQhost(c) ? PQhost(c) : "") + ":" +
-                            (PQport(c) ? PQport(c) : "") + "/" + (PQdb(c) ? PQdb(c) : "");
+        std::string where = pg_where(c);
         int version = 0;
         try {
             version = postgres_migrate(c);

@@ -16,18 +16,13 @@ namespace {
 
 using json = nlohmann::ordered_json;
 
-std::string trimmed(std::string s) {
-    while (!s.empty() && (s.back() == '\n' || s.back() == ' '))
-        s.pop_back();
-    return s;
-}
-
 class postgres_db final : public store_db {
 public:
-    explicit postgres_db(const std::string& url) : c_(PQconnectdb(url.c_str())) {
-        quiet(c_);
+    // A server that does not answer is given up after connect_timeout_s (the URL's own
+    // connect_timeout wins), so a command never hangs on a host that drops packets.
+    explicit postgres_db(const std::string& url) : c_(pg_connect_blocking(url, connect_timeout_s)) {
         if (PQstatus(c_) != CONNECTION_OK) {
-            std::string why = trimmed(PQerrorMessage(c_));
+            std::string why = pg_error(c_);
             PQfinish(c_);
             throw std::runtime_error("cannot connect: " + why);
         }
@@ -36,9 +31,7 @@ public:
     postgres_db(const postgres_db&) = delete;
     postgres_db& operator=(const postgres_db&) = delete;
 
-    std::string where() const override {
-        return std::string(PQhost(c_)) + ":" + PQport(c_) + "/" + PQdb(c_);
-    }
+    std::string where() const override { return pg_where(c_); }
     using store_db::rows;
     table rows(const char* sql, const std::vector<std::string>& params) override {
         std::vector<const char*> values;
@@ -48,7 +41,7 @@ public:
                                  nullptr, nullptr, 0));
         auto st = PQresultStatus(r.get());
         if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK)
-            throw std::runtime_error("query failed: " + trimmed(PQerrorMessage(c_)));
+            throw std::runtime_error("query failed: " + pg_error(c_));
         table out;
         for (int i = 0; i < PQntuples(r.get()); ++i) {
             std::vector<json> row;
@@ -84,6 +77,7 @@ public:
     void snapshot() override { rows("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"); }
 
 private:
+    static constexpr long connect_timeout_s = 10;
     PGconn* c_;
 };
 

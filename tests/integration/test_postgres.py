@@ -467,6 +467,41 @@ class PostgresFleet(Harness):
                          str(n))
         self.assertEqual(pg.scalar("SELECT count(*) FROM restarts WHERE result = 'ok'"), str(n))
 
+    def test_every_connection_mayhem_makes_is_named_mayhem(self):
+        # The worker's start-up check, its writers' connections and the command-line tools'
+        # all show as application_name 'mayhem', as the server's own log of connections says.
+        r, pg = self.redis(), self.postgres()
+        pg.psql("ALTER SYSTEM SET log_connections = on")
+        pg.psql("SELECT pg_reload_conf()")
+        self.publish_requests(r, [request(i, "n%04d.example.net" % i) for i in range(3)])
+        code, s, err = self.run_worker(*self.common(r, pg), "--consumer", "a", "--restarter",
+                                       "simulate", "--restart-latency", "0", "--exit-when-idle")
+        self.assertEqual(code, 0, err[-3000:])
+        self.assertEqual(s["acked"], 3)
+        code, out, err = self.mayhem("status", "--postgres-url", pg.url)
+        self.assertEqual(code, 0, err)
+        with open(pg.log) as f:
+            authorized = [l for l in f if "connection authorized" in l]
+        # psql (the test's queries) names itself; every other connection is mayhem's.
+        ours = [l for l in authorized if "application_name=psql" not in l]
+        # The start-up check and the 2 writers' connections, and the status command's.
+        self.assertEqual(len(ours), 4, "".join(authorized))
+        for line in ours:
+            self.assertIn("application_name=mayhem", line)
+
+    def test_status_against_a_server_that_never_answers_gives_up_and_exits_1(self):
+        # A listening socket that accepts and never says a word: without a connect timeout,
+        # libpq would wait for the server's answer for ever.
+        import socket
+        with socket.socket() as silent:
+            silent.bind(("127.0.0.1", 0))
+            silent.listen(8)
+            url = "postgresql://postgres@127.0.0.1:%d/postgres" % silent.getsockname()[1]
+            code, out, err = self.mayhem("status", "--postgres-url", url)
+        self.assertEqual(code, 1, err)
+        self.assertIn("cannot connect", err)
+        self.assertIn("timeout", err)
+
     def test_postgres_connections_out_of_range_names_the_flag_and_exits_2(self):
         code, _, err = self.run_worker("--store", "postgres", "--postgres-url",
                                        "postgresql://127.0.0.1/x", "--postgres-connections", "0",
