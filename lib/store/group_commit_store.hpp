@@ -108,7 +108,7 @@ protected:
     void enqueue_unwaited(const request& r);
     void wake() noexcept;
     void kick();
-    // A start (a claim, a granted cooldown claim, a slot, a breaker trial) whose task is gone (a
+    // A start (a claim, a cooldown claim, a slot, a breaker trial) whose task is gone (a
     // forced stop) must not be written: no restart will run for it, and its row would read as a
     // crash in the window on the next delivery, or hold a slot or the trial nobody gives back.
     void skip_unwaited_starts();
