@@ -81,8 +81,6 @@ public:
     using std::runtime_error::runtime_error;
 };
 
-using sqlite_store_stats = group_commit_stats;
-
 class sqlite_store final : public group_commit_store {
 public:
     // Opens and creates or migrates the schema at once (start-up, before the loop runs), so a
